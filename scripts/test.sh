@@ -1,0 +1,28 @@
+#!/bin/sh
+# The whole test suite, from a fresh machine: system packages the tests use, npm dependencies, build,
+# lint, generated-docs check, then every test file under dist/test with Node's test runner.
+set -eu
+cd "$(dirname "$0")/.."
+
+need_apt=""
+command -v sqlite3 >/dev/null 2>&1 || need_apt="$need_apt sqlite3"
+if [ -n "$need_apt" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "test: installing system packages:$need_apt"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need_apt >/dev/null
+  else
+    echo "test: missing system packages:$need_apt (run as root once, or install them)" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
+npm run -s build
+npx biome check .
+node dist/scripts/gen-docs.js --check
+cd dist/test
+exec node --test --test-concurrency=2 "$@"

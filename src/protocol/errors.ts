@@ -1,0 +1,148 @@
+/**
+ * The one errors table that crosses the socket.
+ *
+ * Every failure the daemon or the CLI reports has a stable string code. The code decides the numeric
+ * JSON-RPC error code on the wire (outside the ranges JSON-RPC reserves), the CLI exit status, and the
+ * hint printed when the thrower did not give a more specific one. Codes are part of the public contract:
+ * add new ones, never rename or renumber existing ones.
+ */
+
+export interface ErrorSpec {
+  /** JSON-RPC error code used on the wire. Reserved ranges -32768..-32000 are avoided on purpose. */
+  rpc: number;
+  /** Process exit status the CLI uses for this error. */
+  exit: 1 | 2;
+  /** What to do next, used when the thrower gives no hint of its own. */
+  hint: string;
+}
+
+export const ERROR_CODES = {
+  INTERNAL: { rpc: 1000, exit: 1, hint: "check the daemon log: journalctl -u agentlabd -n 100" },
+  INVALID_PARAMS: { rpc: 1001, exit: 2, hint: "run the command with --help to see the accepted flags" },
+  METHOD_NOT_FOUND: {
+    rpc: 1002,
+    exit: 1,
+    hint: "the daemon does not know this method: make sure agentlab and agentlabd are the same version",
+  },
+  USAGE: { rpc: 1003, exit: 2, hint: "run the command with --help to see the accepted flags" },
+  CANCELLED: { rpc: 1004, exit: 1, hint: "the operation was cancelled before it finished" },
+  CONFLICT: { rpc: 1005, exit: 1, hint: "re-read the current state and retry" },
+  NOT_FOUND: { rpc: 1006, exit: 1, hint: "list what exists with the matching list command" },
+
+  CONFIG_INVALID: {
+    rpc: 1100,
+    exit: 1,
+    hint: "fix the named key in the config file, then restart the daemon: systemctl restart agentlabd",
+  },
+  PROFILE_INVALID: {
+    rpc: 1101,
+    exit: 1,
+    hint: "fix the named key in the profile file, then restart the daemon: systemctl restart agentlabd",
+  },
+  PROFILE_NOT_FOUND: { rpc: 1102, exit: 1, hint: "list the loaded profiles: agentlab profile list" },
+
+  DB_LOCKED: {
+    rpc: 1200,
+    exit: 1,
+    hint: "another process holds the database: ps aux | grep agentlabd; lsof <db>; stop it or restart the daemon",
+  },
+  DB_CORRUPT: {
+    rpc: 1201,
+    exit: 1,
+    hint: 'stop the daemon, back up the database, then run sqlite3 <db> "PRAGMA integrity_check;"',
+  },
+  DB_TOO_NEW: {
+    rpc: 1202,
+    exit: 1,
+    hint: "this database was written by a newer agentlabd: install that version or restore a backup",
+  },
+  DB_UNAVAILABLE: { rpc: 1203, exit: 1, hint: "check that the database path exists and is writable" },
+
+  DAEMON_UNREACHABLE: {
+    rpc: 1300,
+    exit: 1,
+    hint: "check the daemon: systemctl status agentlabd; ls -l <socket>; systemctl start agentlabd",
+  },
+  DAEMON_TIMEOUT: {
+    rpc: 1301,
+    exit: 1,
+    hint: "the daemon may be busy: check journalctl -u agentlabd -f, or raise the limit, e.g. agentlab --timeout 5m status",
+  },
+  SOCKET_PERMISSION: {
+    rpc: 1302,
+    exit: 1,
+    hint: "join the agentlab group: sudo usermod -aG agentlab $USER, then log in again",
+  },
+  SOCKET_IN_USE: {
+    rpc: 1303,
+    exit: 1,
+    hint: "another agentlabd is already serving this socket: systemctl status agentlabd",
+  },
+  DAEMON_SHUTTING_DOWN: { rpc: 1304, exit: 1, hint: "the daemon is stopping; retry once it is back" },
+  PROTOCOL_MISMATCH: {
+    rpc: 1305,
+    exit: 1,
+    hint: "the daemon answered something this CLI does not understand: make sure agentlab and agentlabd are the same version",
+  },
+  NODE_UNSUPPORTED: { rpc: 1306, exit: 1, hint: "install Node.js 20.19 or newer" },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === "string" && Object.hasOwn(ERROR_CODES, value);
+}
+
+/** Look a code up from its wire number; unknown numbers map to undefined. */
+export function codeFromRpc(rpc: number): ErrorCode | undefined {
+  for (const [code, spec] of Object.entries(ERROR_CODES)) {
+    if (spec.rpc === rpc) return code as ErrorCode;
+  }
+  return undefined;
+}
+
+export type ErrorDetails = Record<string, unknown>;
+
+export interface AgentlabErrorOptions {
+  hint?: string;
+  details?: ErrorDetails;
+  cause?: unknown;
+}
+
+/** The wire shape of an error's `data` field, and the body of `--json` error output. */
+export interface ErrorData {
+  code: ErrorCode;
+  hint: string;
+  details: ErrorDetails;
+}
+
+/**
+ * An error with a stable code, a human message (the spec's wording where it fixes one) and a hint.
+ * Thrown by services, converted to a JSON-RPC ResponseError by the daemon's RPC layer only, and
+ * rebuilt from the response by the CLI.
+ */
+export class AgentlabError extends Error {
+  readonly code: ErrorCode;
+  readonly hint: string;
+  readonly details: ErrorDetails;
+
+  constructor(code: ErrorCode, message: string, options: AgentlabErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = "AgentlabError";
+    this.code = code;
+    this.hint = options.hint ?? ERROR_CODES[code].hint;
+    this.details = options.details ?? {};
+  }
+
+  get rpcCode(): number {
+    return ERROR_CODES[this.code].rpc;
+  }
+
+  get exitCode(): 1 | 2 {
+    return ERROR_CODES[this.code].exit;
+  }
+
+  toData(): ErrorData {
+    return { code: this.code, hint: this.hint, details: this.details };
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * Parsers for the human units that cross the CLI and the config file: durations ("30s", "5m", "1h30m",
+ * Go's syntax, which upstream configs use) and TTLs in whole minutes. Pure functions; a bad value throws
+ * a plain Error whose message says what was expected, for the caller to wrap with the field's name.
+ */
+
+const DURATION_UNITS_MS: Record<string, number> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+};
+
+const DURATION_PART = /(\d+(?:\.\d+)?)(ms|s|m|h|d)/y;
+
+/**
+ * Parse a duration such as "30s", "5m", "1h30m", "250ms" or "1.5h" into milliseconds.
+ * A bare number is not accepted here: the unit would be a guess. Use parseTtlMinutes for TTLs.
+ */
+export function parseDuration(text: string): number {
+  const input = text.trim();
+  if (input === "") throw new Error("expected a duration such as 30s, 5m or 1h30m, got an empty value");
+  if (input === "0") return 0;
+  let total = 0;
+  DURATION_PART.lastIndex = 0;
+  let consumed = 0;
+  while (consumed < input.length) {
+    DURATION_PART.lastIndex = consumed;
+    const match = DURATION_PART.exec(input);
+    if (!match) {
+      throw new Error(`expected a duration such as 30s, 5m or 1h30m, got "${text}"`);
+    }
+    const [whole, amount, unit] = match;
+    total += Number(amount) * DURATION_UNITS_MS[unit as string]!;
+    consumed += whole.length;
+  }
+  return Math.round(total);
+}
+
+/** Render milliseconds the way parseDuration reads them back: 90000 -> "1m30s". */
+export function formatDuration(ms: number): string {
+  if (ms === 0) return "0s";
+  if (ms < 1000) return `${ms}ms`;
+  let rest = Math.round(ms / 1000);
+  const parts: string[] = [];
+  for (const [unit, size] of [
+    ["d", 86_400],
+    ["h", 3_600],
+    ["m", 60],
+    ["s", 1],
+  ] as const) {
+    if (rest >= size) {
+      parts.push(`${Math.floor(rest / size)}${unit}`);
+      rest %= size;
+    }
+  }
+  return parts.join("");
+}
+
+/**
+ * A TTL as given on the command line: integer minutes ("90") or a duration ("2h", "90m"), rounded up to
+ * whole minutes. Zero and negative values are refused with the spec's wording.
+ */
+export function parseTtlMinutes(text: string): number {
+  const input = text.trim();
+  let minutes: number;
+  if (/^-?\d+$/.test(input)) {
+    minutes = Number(input);
+  } else if (input.startsWith("-")) {
+    minutes = -1;
+  } else {
+    minutes = Math.ceil(parseDuration(input) / 60_000);
+  }
+  if (!Number.isFinite(minutes) || minutes <= 0) throw new Error("ttl must be positive");
+  return minutes;
+}
