@@ -18,9 +18,10 @@ export interface ErrorSpec {
 
 export const ERROR_CODES = {
   INTERNAL: { rpc: 1000, exit: 1, hint: "check the daemon log: journalctl -u agentlabd -n 100" },
-  INVALID_PARAMS: { rpc: 1001, exit: 2, hint: "run the command with --help to see the accepted flags" },
+  // The two JSON-RPC standard codes keep their standard numbers so generic clients understand them.
+  INVALID_PARAMS: { rpc: -32602, exit: 2, hint: "run the command with --help to see the accepted flags" },
   METHOD_NOT_FOUND: {
-    rpc: 1002,
+    rpc: -32601,
     exit: 1,
     hint: "the daemon does not know this method: make sure agentlab and agentlabd are the same version",
   },

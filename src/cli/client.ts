@@ -1,0 +1,168 @@
+import { randomUUID } from "node:crypto";
+import { connect, type Socket } from "node:net";
+import {
+  CancellationTokenSource,
+  createMessageConnection,
+  ErrorCodes,
+  type MessageConnection,
+  ResponseError,
+  StreamMessageReader,
+  StreamMessageWriter,
+} from "vscode-jsonrpc/node.js";
+import {
+  AgentlabError,
+  type ErrorCode,
+  formatDuration,
+  isErrorCode,
+  type Method,
+  type ParamsOf,
+  type ProgressValue,
+  progressType,
+  type ResultOf,
+} from "../protocol/index.js";
+
+export interface CallOptions {
+  socketPath: string;
+  /** Longest silence from the daemon before giving up; progress notifications count as an answer. */
+  timeoutMs: number;
+  onProgress?: (value: ProgressValue) => void;
+  /** Aborting cancels the call on the daemon ($/cancelRequest) and waits for its answer. */
+  signal?: AbortSignal;
+}
+
+function unreachable(path: string, reason: string, cause: unknown): AgentlabError {
+  return new AgentlabError("DAEMON_UNREACHABLE", `invalid socket path ${path}: ${reason}`, {
+    hint: [
+      "1. check the daemon: systemctl status agentlabd",
+      `2. check the socket file: ls -l ${path}`,
+      "3. start the daemon if stopped: systemctl start agentlabd",
+      "(a socket elsewhere: pass --socket PATH or set AGENTLAB_SOCKET)",
+    ].join("\n"),
+    details: { socket: path },
+    cause,
+  });
+}
+
+/** Explain a failed connect by its errno: nobody listening, wrong path, or no permission. */
+export function connectError(path: string, error: NodeJS.ErrnoException): AgentlabError {
+  switch (error.code) {
+    case "ENOENT":
+      return unreachable(path, "no such socket file (is agentlabd running?)", error);
+    case "ECONNREFUSED":
+      return unreachable(path, "nothing is listening on it (agentlabd stopped or crashed)", error);
+    case "ENOTSOCK":
+    case "ENOTDIR":
+      return unreachable(path, "it is not a socket", error);
+    case "EACCES":
+    case "EPERM": {
+      const user = process.env.USER ?? process.env.LOGNAME ?? "$USER";
+      return new AgentlabError("SOCKET_PERMISSION", `permission denied on socket ${path}`, {
+        hint: `join the agentlab group: sudo usermod -aG agentlab ${user}, then log in again (or run as root)`,
+        details: { socket: path, user },
+        cause: error,
+      });
+    }
+    default:
+      return unreachable(path, `${error.code ?? "error"}: ${error.message}`, error);
+  }
+}
+
+function openSocket(path: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(path);
+    socket.once("connect", () => {
+      socket.removeAllListeners("error");
+      resolve(socket);
+    });
+    socket.once("error", (error) => reject(connectError(path, error)));
+  });
+}
+
+/** Rebuild the daemon's error from a JSON-RPC error response, so the CLI renders code + hint. */
+export function fromResponseError(error: ResponseError<unknown>, method: string): AgentlabError {
+  const data = error.data as { code?: unknown; hint?: unknown; details?: unknown } | undefined;
+  if (data && isErrorCode(data.code)) {
+    return new AgentlabError(data.code, error.message, {
+      ...(typeof data.hint === "string" ? { hint: data.hint } : {}),
+      ...(data.details && typeof data.details === "object" ? { details: data.details as Record<string, unknown> } : {}),
+    });
+  }
+  const standard: Partial<Record<number, ErrorCode>> = {
+    [ErrorCodes.MethodNotFound]: "METHOD_NOT_FOUND",
+    [ErrorCodes.InvalidParams]: "INVALID_PARAMS",
+  };
+  return new AgentlabError(standard[error.code] ?? "PROTOCOL_MISMATCH", error.message, {
+    details: { method, rpc_code: error.code },
+  });
+}
+
+/**
+ * One request to the daemon over a fresh connection: connect, send, wait for the answer with an
+ * inactivity timeout, validate the result against the protocol, close. Failures come back as
+ * AgentlabErrors with the troubleshooting guide's wording.
+ */
+export async function call<M extends Method>(
+  options: CallOptions,
+  method: M,
+  params: Omit<ParamsOf<M>, "progress_token">,
+): Promise<ResultOf<M>> {
+  const socket = await openSocket(options.socketPath);
+  const conn: MessageConnection = createMessageConnection(
+    new StreamMessageReader(socket),
+    new StreamMessageWriter(socket),
+  );
+  const cancel = new CancellationTokenSource();
+  let timer: NodeJS.Timeout | undefined;
+  let rejectCall: (error: AgentlabError) => void = () => {};
+  const failed = new Promise<never>((_, reject) => (rejectCall = reject));
+  const armTimer = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      cancel.cancel();
+      rejectCall(
+        new AgentlabError("DAEMON_TIMEOUT", "timeout waiting for daemon response", {
+          details: { method: method.method, timeout: formatDuration(options.timeoutMs), socket: options.socketPath },
+        }),
+      );
+    }, options.timeoutMs);
+  };
+  conn.onClose(() =>
+    rejectCall(
+      new AgentlabError("DAEMON_UNREACHABLE", `agentlabd closed the connection before answering ${method.method}`, {
+        hint: "the daemon may have stopped or restarted: systemctl status agentlabd; journalctl -u agentlabd -n 50",
+        details: { method: method.method, socket: options.socketPath },
+      }),
+    ),
+  );
+  const onAbort = () => cancel.cancel();
+  options.signal?.addEventListener("abort", onAbort);
+  const wire: Record<string, unknown> = { ...params };
+  if (method.progress && options.onProgress) {
+    const token = randomUUID();
+    wire.progress_token = token;
+    conn.onProgress(progressType, token, (value) => {
+      armTimer();
+      options.onProgress?.(value);
+    });
+  }
+  conn.listen();
+  armTimer();
+  try {
+    const raw = await Promise.race([conn.sendRequest(method.type, wire, cancel.token), failed]);
+    const parsed = method.result.safeParse(raw);
+    if (!parsed.success) {
+      throw new AgentlabError("PROTOCOL_MISMATCH", `unexpected answer from agentlabd to ${method.method}`, {
+        details: { method: method.method, issues: parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`) },
+      });
+    }
+    return raw as ResultOf<M>;
+  } catch (error) {
+    if (error instanceof ResponseError) throw fromResponseError(error, method.method);
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    options.signal?.removeEventListener("abort", onAbort);
+    conn.dispose();
+    socket.destroy();
+  }
+}

@@ -1,0 +1,31 @@
+import type { CommandModule } from "yargs";
+import { type DaemonStatus, daemonStatus, formatDuration } from "../../protocol/index.js";
+import { execute, type GlobalArgs } from "../context.js";
+import { fields, formatBytes } from "../render.js";
+
+export function statusText(status: DaemonStatus): string {
+  const counts = Object.entries(status.sandboxes)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([state, count]) => `${state} ${count}`);
+  return fields([
+    ["daemon", `agentlabd ${status.version} (pid ${status.pid}, node ${status.node_version})`],
+    ["uptime", `${formatDuration(Math.round(status.uptime_seconds) * 1000)} (since ${status.started_at})`],
+    ["schema", `version ${status.schema_version}`],
+    ["backend", status.backend.kind],
+    ["database", `${status.database.path} (${formatBytes(status.database.size_bytes)})`],
+    ["socket", status.socket_path],
+    ["config", status.config_path],
+    ["profiles", String(status.profiles)],
+    ["sandboxes", counts.length > 0 ? counts.join(", ") : "none"],
+  ]);
+}
+
+export const statusCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+  command: "status",
+  describe: "Show the daemon's version, uptime, schema version, backend, database and sandbox counts",
+  handler: (argv) =>
+    execute(argv, async (ctx) => {
+      const status = await ctx.call(daemonStatus, {});
+      return { data: status, text: statusText(status) };
+    }),
+};

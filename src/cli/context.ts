@@ -1,0 +1,95 @@
+import { AgentlabError, DEFAULT_SOCKET_PATH, type Method, type ParamsOf, parseDuration, type ResultOf } from "../protocol/index.js";
+import { call } from "./client.js";
+import { asAgentlabError, type Output, processOutput, progressPrinter, renderError, renderJson } from "./render.js";
+
+/** Flags every command accepts. */
+export interface GlobalArgs {
+  socket: string;
+  json: boolean;
+  timeout: string;
+}
+
+export const DEFAULT_TIMEOUT = "30s";
+
+export function defaultSocket(env: NodeJS.ProcessEnv = process.env): string {
+  const fromEnv = env.AGENTLAB_SOCKET;
+  return fromEnv && fromEnv !== "" ? fromEnv : DEFAULT_SOCKET_PATH;
+}
+
+export function parseTimeout(text: string): number {
+  let ms: number;
+  try {
+    ms = parseDuration(text);
+  } catch (error) {
+    throw new AgentlabError("USAGE", `--timeout: ${(error as Error).message}`);
+  }
+  if (ms <= 0) throw new AgentlabError("USAGE", "--timeout: must be greater than zero");
+  return ms;
+}
+
+/** What a command's work function returns; render decides how it is shown. */
+export interface Outcome {
+  /** The raw protocol result, printed as-is under --json. */
+  data: unknown;
+  /** The text for people. */
+  text: string;
+  exitCode?: number;
+}
+
+export interface CommandContext {
+  args: GlobalArgs;
+  out: Output;
+  call<M extends Method>(method: M, params: Omit<ParamsOf<M>, "progress_token">): Promise<ResultOf<M>>;
+}
+
+/**
+ * Make a context whose calls use the global flags, print progress, and turn the first Ctrl-C into a
+ * cancellation the daemon rolls back; a second Ctrl-C leaves at once and says what that means.
+ */
+export function commandContext(args: GlobalArgs, out: Output = processOutput): CommandContext {
+  return {
+    args,
+    out,
+    async call(method, params) {
+      const timeoutMs = parseTimeout(args.timeout);
+      const abort = new AbortController();
+      let interrupts = 0;
+      const onSigint = () => {
+        interrupts++;
+        if (interrupts === 1) {
+          out.stderr("cancelling… (press Ctrl-C again to stop waiting; the daemon then finishes the rollback alone)\n");
+          abort.abort();
+        } else {
+          out.stderr("stopped waiting; check the result with agentlab status\n");
+          process.exit(130);
+        }
+      };
+      process.on("SIGINT", onSigint);
+      try {
+        const onProgress = progressPrinter(out, args.json);
+        return await call(
+          { socketPath: args.socket, timeoutMs, signal: abort.signal, ...(onProgress ? { onProgress } : {}) },
+          method,
+          params,
+        );
+      } finally {
+        process.off("SIGINT", onSigint);
+      }
+    },
+  };
+}
+
+/** Run a command's work and render its outcome or its error; sets the exit code, never throws. */
+export async function execute(args: GlobalArgs, work: (ctx: CommandContext) => Promise<Outcome>): Promise<void> {
+  const ctx = commandContext(args);
+  try {
+    const outcome = await work(ctx);
+    if (args.json) renderJson(ctx.out, outcome.data);
+    else ctx.out.stdout(outcome.text);
+    process.exitCode = outcome.exitCode ?? 0;
+  } catch (error) {
+    const failure = asAgentlabError(error);
+    renderError(ctx.out, failure, args.json);
+    process.exitCode = failure.exitCode;
+  }
+}

@@ -1,0 +1,66 @@
+import yargs, { type Argv } from "yargs";
+import { hideBin } from "yargs/helpers";
+import { AgentlabError } from "../protocol/index.js";
+import { VERSION } from "../version.js";
+import { completionCommand } from "./commands/completion.js";
+import { profileCommand } from "./commands/profile.js";
+import { statusCommand } from "./commands/status.js";
+import { versionCommand } from "./commands/version.js";
+import { DEFAULT_TIMEOUT, defaultSocket, type GlobalArgs, parseTimeout } from "./context.js";
+import { processOutput, renderError } from "./render.js";
+
+/** Help is wrapped at a fixed width so docs/cli.md, generated from it, does not depend on the terminal. */
+export const HELP_WIDTH = 100;
+
+export function buildCli(argv: string[]): Argv<GlobalArgs> {
+  const wantsJson = argv.includes("--json");
+  return yargs(argv)
+    .scriptName("agentlab")
+    .usage("$0 <command> [options]\n\nRun and manage network-isolated Proxmox sandboxes for coding agents.")
+    .option("socket", {
+      type: "string",
+      default: defaultSocket(),
+      defaultDescription: "$AGENTLAB_SOCKET or /run/agentlab/agentlabd.sock",
+      describe: "path of the daemon's Unix socket",
+      global: true,
+    })
+    .option("json", { type: "boolean", default: false, describe: "print machine-readable JSON", global: true })
+    .option("timeout", {
+      type: "string",
+      default: DEFAULT_TIMEOUT,
+      describe: "how long to wait for the daemon to answer, e.g. 30s, 5m (progress counts as an answer)",
+      global: true,
+    })
+    .check((args) => {
+      parseTimeout(args.timeout);
+      return true;
+    })
+    .command(statusCommand)
+    .command(profileCommand)
+    .command(versionCommand)
+    .command(completionCommand)
+    .completion("__complete", false)
+    .demandCommand(1, "name a command; agentlab --help lists them")
+    .recommendCommands()
+    .strict()
+    .version(VERSION)
+    .alias("v", "version")
+    .help()
+    .alias("h", "help")
+    .epilogue("Docs: docs/cli.md (this reference), docs/troubleshooting.md. Exit status: 0 ok, 1 failure, 2 usage.")
+    .wrap(HELP_WIDTH)
+    .fail((message, error) => {
+      const failure =
+        error instanceof AgentlabError
+          ? error
+          : new AgentlabError("USAGE", message ?? error?.message ?? "invalid usage", {
+              hint: "run the command with --help to see its usage",
+            });
+      renderError(processOutput, failure, wantsJson);
+      process.exit(failure.exitCode);
+    }) as unknown as Argv<GlobalArgs>;
+}
+
+export async function main(argv: string[] = hideBin(process.argv)): Promise<void> {
+  await buildCli(argv).parseAsync();
+}

@@ -1,0 +1,26 @@
+import type { Config } from "../config/config.js";
+import type { Profile } from "../config/profiles.js";
+import type { Logger } from "./log.js";
+import type { Store } from "./store/db.js";
+
+/** Injected time, so leases, TTLs and uptime are testable without sleeping. */
+export interface Clock {
+  now(): Date;
+}
+
+export const systemClock: Clock = { now: () => new Date() };
+
+/**
+ * Everything a service needs, passed explicitly: no module-level singletons, so tests build a context
+ * over a temp directory and the real code runs unchanged.
+ */
+export interface DaemonContext {
+  config: Config;
+  configPath: string;
+  profiles: readonly Profile[];
+  store: Store;
+  log: Logger;
+  clock: Clock;
+  startedAt: Date;
+  version: string;
+}

@@ -1,0 +1,141 @@
+import { parseArgs } from "node:util";
+import { configPathFromEnv, loadConfig } from "../config/config.js";
+import { loadProfiles } from "../config/profiles.js";
+import { AgentlabError } from "../protocol/errors.js";
+import { VERSION } from "../version.js";
+import { type Clock, type DaemonContext, systemClock } from "./context.js";
+import { createLogger, type Logger } from "./log.js";
+import { registerHandlers } from "./rpc/handlers.js";
+import { RpcServer } from "./rpc/server.js";
+import { openStore, type Store } from "./store/db.js";
+
+export interface Daemon {
+  ctx: DaemonContext;
+  /** Stop accepting, drain in-flight calls within shutdown_timeout, close the DB, remove the socket. */
+  stop(reason: string): Promise<void>;
+}
+
+export interface StartOptions {
+  configPath: string;
+  clock?: Clock;
+}
+
+/**
+ * Start-up in the order that makes failures cheap: config, then profiles (both pure reads), then the
+ * database (migrations), then the socket last, so a daemon that cannot serve never looks alive.
+ */
+export async function startDaemon(options: StartOptions): Promise<Daemon> {
+  const { config, warnings } = loadConfig(options.configPath);
+  const log: Logger = createLogger(config.log_level);
+  for (const warning of warnings) log.warn({ file: options.configPath }, warning);
+  const { profiles, warnings: profileWarnings } = loadProfiles(config.profiles_dir);
+  for (const warning of profileWarnings) log.warn({ dir: config.profiles_dir }, warning);
+
+  const clock = options.clock ?? systemClock;
+  let store: Store | undefined;
+  try {
+    store = openStore(config.db_path, { now: () => clock.now() });
+    const ctx: DaemonContext = {
+      config,
+      configPath: options.configPath,
+      profiles,
+      store,
+      log,
+      clock,
+      startedAt: clock.now(),
+      version: VERSION,
+    };
+    const server = new RpcServer({ log });
+    registerHandlers(server, ctx);
+    const socket = await server.listen(config.socket_path);
+    log.info(
+      {
+        version: VERSION,
+        socket: config.socket_path,
+        socket_mode: socket.mode.toString(8),
+        socket_group: socket.group ?? null,
+        db: store.path,
+        schema_version: store.schemaVersion(),
+        profiles: profiles.map((p) => p.name),
+        backend: config.proxmox_backend,
+      },
+      "agentlabd ready",
+    );
+    const openStoreRef = store;
+    let stopping: Promise<void> | undefined;
+    return {
+      ctx,
+      stop(reason) {
+        stopping ??= (async () => {
+          log.info({ reason, active_calls: server.activeCalls }, "agentlabd stopping");
+          const { drained, cancelled } = await server.close(config.shutdown_timeout_ms);
+          openStoreRef.close();
+          log.info({ drained, cancelled }, "agentlabd stopped");
+        })();
+        return stopping;
+      },
+    };
+  } catch (error) {
+    store?.close();
+    throw error;
+  }
+}
+
+const USAGE = `Usage: agentlabd [--config PATH]
+
+The agentlab daemon: owns the sandbox database and serves the agentlab CLI on a Unix socket.
+
+Options:
+  --config PATH   config file (default: $AGENTLAB_CONFIG or /etc/agentlab/config.yaml)
+  --version       print the version and exit
+  --help          print this help and exit
+`;
+
+function fail(error: unknown): never {
+  const known =
+    error instanceof AgentlabError
+      ? error
+      : new AgentlabError("INTERNAL", (error as Error)?.stack ?? String(error), {
+          hint: "this is a bug in agentlabd; please report it with the log above",
+        });
+  process.stderr.write(`agentlabd: error: ${known.message}\n`);
+  const [first, ...rest] = known.hint.split("\n");
+  process.stderr.write(`hint: ${first}\n${rest.map((line) => `      ${line}\n`).join("")}`);
+  process.exit(1);
+}
+
+export async function main(argv: string[] = process.argv.slice(2)): Promise<void> {
+  let values: { config?: string | undefined; version?: boolean | undefined; help?: boolean | undefined };
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: { config: { type: "string" }, version: { type: "boolean" }, help: { type: "boolean", short: "h" } },
+      strict: true,
+    }));
+  } catch (error) {
+    process.stderr.write(`agentlabd: error: ${(error as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  if (values.version) {
+    process.stdout.write(`agentlabd ${VERSION}\n`);
+    return;
+  }
+  let daemon: Daemon;
+  try {
+    daemon = await startDaemon({ configPath: values.config ?? configPathFromEnv() });
+  } catch (error) {
+    fail(error);
+  }
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    process.on(signal, () => {
+      daemon.stop(signal).then(
+        () => process.exit(0),
+        (error) => fail(error),
+      );
+    });
+  }
+}

@@ -1,0 +1,37 @@
+import { z } from "zod";
+import { defineMethod } from "./method.js";
+
+export const SandboxCounts = z
+  .record(z.string(), z.number().int().nonnegative())
+  .describe("number of sandboxes in each state; states without sandboxes are left out");
+
+export const DaemonStatus = z.object({
+  version: z.string().describe("agentlabd version"),
+  pid: z.number().int(),
+  started_at: z.string().describe("RFC 3339 UTC time the daemon started"),
+  uptime_seconds: z.number().nonnegative(),
+  node_version: z.string(),
+  schema_version: z.number().int().describe("database schema version (newest migration applied)"),
+  backend: z.object({
+    kind: z.enum(["shell", "api"]).describe("configured Proxmox backend"),
+  }),
+  database: z.object({
+    path: z.string(),
+    size_bytes: z.number().int().nonnegative().describe("database file plus its write-ahead log"),
+  }),
+  socket_path: z.string(),
+  config_path: z.string(),
+  profiles: z.number().int().nonnegative().describe("number of profiles loaded"),
+  sandboxes: SandboxCounts,
+});
+export type DaemonStatus = z.infer<typeof DaemonStatus>;
+
+export const daemonStatus = defineMethod({
+  method: "daemon.status",
+  summary:
+    "Daemon health: version, uptime, schema version, backend, database path and size, sandbox counts by state.",
+  params: z.object({}).strict(),
+  result: DaemonStatus,
+  progress: false,
+  errors: ["INTERNAL"],
+});

@@ -1,0 +1,22 @@
+/**
+ * The JSON-RPC contract between the agentlab CLI and agentlabd. Both ends import this module and
+ * nothing in it imports anything else of ours.
+ */
+import { daemonStatus } from "./daemon.js";
+import type { Method } from "./method.js";
+import { profileList } from "./profile.js";
+
+export * from "./daemon.js";
+export * from "./errors.js";
+export * from "./method.js";
+export * from "./profile.js";
+export * from "./progress.js";
+export * from "./units.js";
+
+/** Every method the daemon serves, in the order docs/rpc.md lists them. */
+export const METHODS: readonly Method[] = [daemonStatus, profileList];
+
+/** Frames larger than this close the connection: no legitimate request comes near it. */
+export const MAX_FRAME_BYTES = 1024 * 1024;
+
+export const DEFAULT_SOCKET_PATH = "/run/agentlab/agentlabd.sock";

@@ -1,0 +1,23 @@
+import { ProgressType } from "vscode-jsonrpc";
+import { z } from "zod";
+
+/**
+ * Long operations report each step through `$/progress` notifications addressed by the token the
+ * client put in the request's `progress_token` param. A step has a stable machine name and a line for
+ * people; `done`/`total` are set when the step can count.
+ */
+export const ProgressValue = z.object({
+  step: z.string(),
+  message: z.string(),
+  done: z.number().int().nonnegative().optional(),
+  total: z.number().int().nonnegative().optional(),
+});
+export type ProgressValue = z.infer<typeof ProgressValue>;
+
+export const progressType = new ProgressType<ProgressValue>();
+
+/** The param every progress-reporting method accepts. */
+export const progressToken = z
+  .union([z.string().min(1).max(128), z.number().int()])
+  .optional()
+  .describe("token the daemon addresses $/progress notifications to");

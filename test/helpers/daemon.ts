@@ -1,0 +1,121 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { chmodSync, cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { AGENTLAB_BIN, AGENTLABD_BIN, PROFILES_DIR } from "./paths.js";
+
+/** A temp directory laid out like a host: config.yaml, profiles/, data/, run/. */
+export interface HostDir {
+  root: string;
+  configPath: string;
+  socketPath: string;
+  dbPath: string;
+  profilesDir: string;
+  cleanup(): void;
+}
+
+export function makeHostDir(extraConfig = ""): HostDir {
+  const root = mkdtempSync(join(tmpdir(), "agentlab-it-"));
+  const profilesDir = join(root, "profiles");
+  cpSync(PROFILES_DIR, profilesDir, { recursive: true });
+  mkdirSync(join(root, "data"));
+  const configPath = join(root, "config.yaml");
+  writeConfig(configPath, `profiles_dir: profiles\ndata_dir: data\nrun_dir: run\nlog_level: debug\n${extraConfig}`);
+  return {
+    root,
+    configPath,
+    socketPath: join(root, "run", "agentlabd.sock"),
+    dbPath: join(root, "data", "agentlab.db"),
+    profilesDir,
+    cleanup: () => rmSync(root, { recursive: true, force: true }),
+  };
+}
+
+export function writeConfig(path: string, text: string): void {
+  writeFileSync(path, text, { mode: 0o600 });
+  chmodSync(path, 0o600);
+}
+
+export interface RunningDaemon {
+  proc: ChildProcess;
+  /** Everything the daemon wrote so far (JSON log lines on stdout, start-up errors on stderr). */
+  output(): { stdout: string; stderr: string };
+  /** Resolves with the exit code (or signal name) when the process ends. */
+  exited: Promise<number | string>;
+  stop(signal?: NodeJS.Signals): Promise<number | string>;
+}
+
+export function spawnDaemon(host: HostDir, args: string[] = []): RunningDaemon {
+  const proc = spawn(process.execPath, [AGENTLABD_BIN, "--config", host.configPath, ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, AGENTLAB_CONFIG: "" },
+  });
+  let stdout = "";
+  let stderr = "";
+  proc.stdout?.on("data", (chunk) => (stdout += chunk));
+  proc.stderr?.on("data", (chunk) => (stderr += chunk));
+  const exited = new Promise<number | string>((resolve) =>
+    proc.on("exit", (code, signal) => resolve(code ?? signal ?? "unknown")),
+  );
+  return {
+    proc,
+    output: () => ({ stdout, stderr }),
+    exited,
+    stop: async (signal = "SIGTERM") => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      return exited;
+    },
+  };
+}
+
+function canConnect(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
+}
+
+/** Start the daemon and wait until its socket accepts connections (or it exits, which fails). */
+export async function startDaemon(host: HostDir, args: string[] = []): Promise<RunningDaemon> {
+  const daemon = spawnDaemon(host, args);
+  const deadline = Date.now() + 15_000;
+  let exitedEarly: number | string | undefined;
+  void daemon.exited.then((code) => (exitedEarly = code));
+  while (Date.now() < deadline) {
+    if (exitedEarly !== undefined) {
+      throw new Error(`agentlabd exited with ${exitedEarly} before serving:\n${daemon.output().stderr}`);
+    }
+    if (daemon.output().stdout.includes("agentlabd ready") && (await canConnect(host.socketPath))) return daemon;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  await daemon.stop("SIGKILL");
+  throw new Error(`agentlabd did not become ready in 15s:\n${JSON.stringify(daemon.output())}`);
+}
+
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run the real CLI binary as a child process. */
+export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; command?: string[] } = {}): Promise<CliResult> {
+  const [cmd, ...prefix] = options.command ?? [process.execPath];
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd!, [...prefix, AGENTLAB_BIN, ...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, AGENTLAB_SOCKET: "", ...options.env },
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk) => (stdout += chunk));
+    child.stderr.on("data", (chunk) => (stderr += chunk));
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+}
