@@ -1,0 +1,205 @@
+/**
+ * Opening the database. Everything the daemon stores goes through here: SQL lives in
+ * src/daemon/store only, one repository module per table.
+ *
+ * Open order matters: checks that only read (quick_check, schema version) run before anything that
+ * writes (WAL switch, migrations), so a damaged database or one from a newer agentlabd is refused
+ * without being touched.
+ */
+
+import fs from "node:fs";
+import nodePath from "node:path";
+import Database from "better-sqlite3";
+import { AgentlabError } from "../../protocol/errors.js";
+import {
+  classifySqliteError,
+  dbCorruptError,
+  dbUnavailableError,
+  osReason,
+  translateSqliteError,
+} from "./errors.js";
+import { createEventRepo, type EventRepo } from "./events.js";
+import { MIGRATIONS, migrate, pendingMigrations, readAppliedMigrations } from "./migrations.js";
+import { createSandboxRepo, type SandboxRepo } from "./sandboxes.js";
+
+export type { DbHolder, StorageFailure } from "./errors.js";
+export { classifySqliteError, findDbHolders, translateSqliteError } from "./errors.js";
+
+export const DEFAULT_BUSY_TIMEOUT_MS = 5000;
+
+export interface StoreOptions {
+  /** How long a statement waits for another connection's lock before failing with DB_LOCKED. */
+  busyTimeoutMs?: number;
+  /** Inspect only: no directory creation, no WAL switch, no migrations (a database needing one is refused). */
+  readonly?: boolean;
+  /** Clock for every timestamp the store writes; injected by tests. */
+  now?: () => Date;
+}
+
+export interface Store {
+  /** For repositories in this directory only. */
+  readonly db: Database.Database;
+  /** Absolute path of the database file. */
+  readonly path: string;
+  readonly readonly: boolean;
+  readonly now: () => Date;
+  readonly sandboxes: SandboxRepo;
+  readonly events: EventRepo;
+  /** Run fn in one IMMEDIATE transaction (the write lock is taken up front, so no upgrade deadlock). */
+  tx<T>(fn: () => T): T;
+  /** Highest applied migration version. */
+  schemaVersion(): number;
+  /** Size of the database file plus its write-ahead log, in bytes. */
+  sizeBytes(): number;
+  /** Idempotent. */
+  close(): void;
+}
+
+class SqliteStore implements Store {
+  readonly sandboxes: SandboxRepo;
+  readonly events: EventRepo;
+  readonly #versionStmt: Database.Statement<[], { version: number }>;
+
+  constructor(
+    readonly db: Database.Database,
+    readonly path: string,
+    readonly readonly: boolean,
+    readonly now: () => Date,
+  ) {
+    this.sandboxes = createSandboxRepo(db, now);
+    this.events = createEventRepo(db, now);
+    this.#versionStmt = db.prepare("SELECT coalesce(max(version), 0) AS version FROM schema_migrations");
+  }
+
+  tx<T>(fn: () => T): T {
+    try {
+      return this.db.transaction(fn).immediate();
+    } catch (err) {
+      throw translateSqliteError(err, this.path) ?? err;
+    }
+  }
+
+  schemaVersion(): number {
+    return this.#versionStmt.get()?.version ?? 0;
+  }
+
+  sizeBytes(): number {
+    let total = 0;
+    for (const file of [this.path, `${this.path}-wal`]) {
+      try {
+        total += fs.statSync(file).size;
+      } catch {
+        // No -wal file just means nothing is waiting to be checkpointed.
+      }
+    }
+    return total;
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}
+
+function quickCheck(db: Database.Database, dbPath: string): void {
+  // quick_check skips the index-content cross-check of integrity_check: linear time, fine at start-up.
+  const lines: string[] = [];
+  try {
+    for (const row of db.prepare<[], unknown[]>("PRAGMA quick_check(20)").raw().iterate()) {
+      lines.push(String(row[0]));
+    }
+  } catch (err) {
+    // On a damaged file SQLite reports the bad pages as rows and then fails the statement itself;
+    // the rows say where the damage is, so keep them.
+    if (classifySqliteError(err) === "corrupt") {
+      throw dbCorruptError(dbPath, {
+        cause: err,
+        check: [...lines, err instanceof Error ? err.message : String(err)],
+      });
+    }
+    throw err;
+  }
+  if (lines.length !== 1 || lines[0] !== "ok") throw dbCorruptError(dbPath, { check: lines });
+}
+
+/**
+ * Open (creating if needed) and migrate the database at `path`. Failures come back as AgentlabErrors
+ * with operator guidance: DB_LOCKED, DB_CORRUPT, DB_TOO_NEW or DB_UNAVAILABLE.
+ */
+export function openStore(path: string, opts: StoreOptions = {}): Store {
+  const dbPath = nodePath.resolve(path);
+  const readonly = opts.readonly ?? false;
+  const busyTimeoutMs = opts.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS;
+  if (!Number.isSafeInteger(busyTimeoutMs) || busyTimeoutMs < 0) {
+    throw new AgentlabError(
+      "INVALID_PARAMS",
+      `busyTimeoutMs must be a non-negative integer, got ${busyTimeoutMs}`,
+    );
+  }
+  const now = opts.now ?? (() => new Date());
+
+  if (!readonly) {
+    const dir = nodePath.dirname(dbPath);
+    try {
+      fs.mkdirSync(dir, { recursive: true, mode: 0o750 });
+    } catch (err) {
+      throw dbUnavailableError(dbPath, `cannot create directory ${dir}: ${osReason(err)}`, err);
+    }
+  }
+  const existed = fs.existsSync(dbPath);
+
+  let db: Database.Database;
+  try {
+    db = new Database(dbPath, { readonly, fileMustExist: readonly, timeout: busyTimeoutMs });
+  } catch (err) {
+    throw (
+      translateSqliteError(err, dbPath, { readonly }) ??
+      dbUnavailableError(dbPath, err instanceof Error ? err.message : String(err), err)
+    );
+  }
+
+  try {
+    if (!existed && !readonly) {
+      // Token hashes and job results live here; -wal and -shm inherit this mode from SQLite.
+      try {
+        fs.chmodSync(dbPath, 0o640);
+      } catch {
+        // Not fatal: the 0750 directory already keeps other users out.
+      }
+    }
+    db.pragma(`busy_timeout = ${busyTimeoutMs}`);
+    db.pragma("foreign_keys = ON");
+    // FULL makes every commit durable across power loss; our write rate is a few rows per second.
+    db.pragma("synchronous = FULL");
+    quickCheck(db, dbPath);
+    pendingMigrations(readAppliedMigrations(db), MIGRATIONS, dbPath);
+    if (!readonly) {
+      const mode = String(db.pragma("journal_mode = WAL", { simple: true })).toLowerCase();
+      if (mode !== "wal") {
+        throw dbUnavailableError(
+          dbPath,
+          `cannot switch to WAL journaling (journal_mode stays ${mode}); put the database on a local filesystem`,
+        );
+      }
+    }
+    const result = migrate(db, { path: dbPath, now, readonly });
+    if (!readonly && result.applied.length === 0) {
+      // Reads succeed while another process holds the write lock in WAL mode; take and drop it once
+      // so a stale holder is reported now, not as a failure on the daemon's first write.
+      db.exec("BEGIN IMMEDIATE");
+      db.exec("ROLLBACK");
+    }
+    return new SqliteStore(db, dbPath, readonly, now);
+  } catch (err) {
+    db.close();
+    const translated = translateSqliteError(err, dbPath, { readonly });
+    if (translated !== undefined) throw translated;
+    throw new AgentlabError(
+      "INTERNAL",
+      `cannot open database ${dbPath}: ${err instanceof Error ? err.message : String(err)}`,
+      {
+        details: { path: dbPath },
+        cause: err,
+      },
+    );
+  }
+}

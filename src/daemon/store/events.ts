@@ -1,0 +1,145 @@
+/**
+ * The events table: an append-only log keyed by sandbox, job and workspace. Ids only grow
+ * (AUTOINCREMENT never reuses one), so a reader can follow the log with `afterId`.
+ */
+
+import type Database from "better-sqlite3";
+import { AgentlabError } from "../../protocol/errors.js";
+import { fromDbTime, toDbTime } from "./time.js";
+
+export interface NewEvent {
+  kind: string;
+  sandbox_vmid?: number | null;
+  job_id?: string | null;
+  workspace_id?: string | null;
+  msg?: string | null;
+  /** Stored as JSON. */
+  payload?: Readonly<Record<string, unknown>> | null;
+}
+
+export interface EventRecord {
+  id: number;
+  ts: Date;
+  kind: string;
+  sandbox_vmid: number | null;
+  job_id: string | null;
+  workspace_id: string | null;
+  msg: string | null;
+  payload: Record<string, unknown> | null;
+}
+
+export interface EventListOptions {
+  /** Only the last `tail` matching events (still oldest first). */
+  tail?: number;
+  /** Only events with an id greater than this. */
+  afterId?: number;
+}
+
+export interface EventRepo {
+  /** Record an event stamped with the store clock; returns it with its id. */
+  append(event: NewEvent): EventRecord;
+  /** A sandbox's events, oldest first. */
+  listForSandbox(vmid: number, options?: EventListOptions): EventRecord[];
+}
+
+interface EventDbRow {
+  id: number;
+  ts: string;
+  kind: string;
+  sandbox_vmid: number | null;
+  job_id: string | null;
+  workspace_id: string | null;
+  msg: string | null;
+  json: string | null;
+}
+
+interface EventInsertParams {
+  ts: string;
+  kind: string;
+  sandbox_vmid: number | null;
+  job_id: string | null;
+  workspace_id: string | null;
+  msg: string | null;
+  json: string | null;
+}
+
+const COLUMNS = "id, ts, kind, sandbox_vmid, job_id, workspace_id, msg, json";
+
+function parsePayload(row: EventDbRow): Record<string, unknown> | null {
+  if (row.json === null) return null;
+  let value: unknown;
+  try {
+    value = JSON.parse(row.json);
+  } catch {
+    // An unreadable payload must not make the whole log unreadable; keep the text for a human.
+    return { unparsed: row.json };
+  }
+  return typeof value === "object" && value !== null && !Array.isArray(value)
+    ? (value as Record<string, unknown>)
+    : { value };
+}
+
+function fromRow(row: EventDbRow): EventRecord {
+  return {
+    id: row.id,
+    ts: fromDbTime(row.ts),
+    kind: row.kind,
+    sandbox_vmid: row.sandbox_vmid,
+    job_id: row.job_id,
+    workspace_id: row.workspace_id,
+    msg: row.msg,
+    payload: parsePayload(row),
+  };
+}
+
+function checkCount(name: string, value: number | undefined): void {
+  if (value !== undefined && (!Number.isSafeInteger(value) || value < 0)) {
+    throw new AgentlabError("INVALID_PARAMS", `${name} must be a non-negative integer, got ${String(value)}`);
+  }
+}
+
+export function createEventRepo(db: Database.Database, now: () => Date): EventRepo {
+  const insertStmt = db.prepare<EventInsertParams, EventDbRow>(
+    "INSERT INTO events (ts, kind, sandbox_vmid, job_id, workspace_id, msg, json) " +
+      `VALUES (@ts, @kind, @sandbox_vmid, @job_id, @workspace_id, @msg, @json) RETURNING ${COLUMNS}`,
+  );
+  const forSandboxStmt = db.prepare<[number, number], EventDbRow>(
+    `SELECT ${COLUMNS} FROM events WHERE sandbox_vmid = ? AND id > ? ORDER BY id`,
+  );
+  const tailForSandboxStmt = db.prepare<[number, number, number], EventDbRow>(
+    `SELECT ${COLUMNS} FROM (
+       SELECT ${COLUMNS} FROM events WHERE sandbox_vmid = ? AND id > ? ORDER BY id DESC LIMIT ?
+     ) ORDER BY id`,
+  );
+
+  return {
+    append(event) {
+      if (event.kind === "") throw new AgentlabError("INVALID_PARAMS", "event kind must not be empty");
+      const json =
+        event.payload === undefined || event.payload === null ? null : JSON.stringify(event.payload);
+      const row = insertStmt.get({
+        ts: toDbTime(now()),
+        kind: event.kind,
+        sandbox_vmid: event.sandbox_vmid ?? null,
+        job_id: event.job_id ?? null,
+        workspace_id: event.workspace_id ?? null,
+        msg: event.msg ?? null,
+        json,
+      });
+      if (row === undefined)
+        throw new AgentlabError("INTERNAL", `appending event ${event.kind} returned no row`);
+      return fromRow(row);
+    },
+
+    listForSandbox(vmid, options = {}) {
+      checkCount("tail", options.tail);
+      checkCount("afterId", options.afterId);
+      const after = options.afterId ?? 0;
+      const rows =
+        options.tail === undefined
+          ? forSandboxStmt.all(vmid, after)
+          : tailForSandboxStmt.all(vmid, after, options.tail);
+      return rows.map(fromRow);
+    },
+  };
+}

@@ -1,0 +1,385 @@
+/**
+ * The schema's history: a numbered, append-only list of migrations and the runner that applies them.
+ *
+ * Rules for adding one: append with the next version, never edit or reorder a released migration
+ * (databases in the field already ran it), and keep its DDL here, spelled out, not built from
+ * constants the repositories use: a migration must mean the same thing forever.
+ */
+
+import type Database from "better-sqlite3";
+import { AgentlabError } from "../../protocol/errors.js";
+import { translateSqliteError } from "./errors.js";
+import { toDbTime } from "./time.js";
+
+export interface Migration {
+  readonly version: number;
+  readonly name: string;
+  /**
+   * Rebuilding a table (SQLite's only way to change a constraint) needs foreign keys off; the runner
+   * turns them off around the transaction and runs foreign_key_check before committing.
+   */
+  readonly foreignKeysOff?: boolean;
+  up(db: Database.Database): void;
+}
+
+/**
+ * Frozen copy of the fixed-width timestamp shape (see time.ts). The schema checks it so that no
+ * code path can store a trimmed timestamp that would break `lease_expires_at <= ?` comparisons.
+ */
+const TS =
+  "GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]Z'";
+
+const INIT_CORE_TABLES = `
+CREATE TABLE workspaces (
+  id                 TEXT PRIMARY KEY,
+  name               TEXT NOT NULL UNIQUE CHECK (name <> ''),
+  storage            TEXT NOT NULL,
+  volid              TEXT NOT NULL,
+  size_gb            INTEGER NOT NULL CHECK (size_gb > 0),
+  attached_vmid      INTEGER,
+  last_attached_vmid INTEGER,
+  lease_owner        TEXT,
+  lease_nonce        TEXT,
+  lease_expires_at   TEXT CHECK (lease_expires_at ${TS}),
+  created_at         TEXT NOT NULL CHECK (created_at ${TS}),
+  updated_at         TEXT NOT NULL CHECK (updated_at ${TS}),
+  meta_json          TEXT
+);
+-- One workspace per VM; the attach CAS (attached_vmid IS NULL) gives one VM per workspace.
+CREATE UNIQUE INDEX workspaces_attached_vmid ON workspaces(attached_vmid) WHERE attached_vmid IS NOT NULL;
+CREATE INDEX workspaces_lease_expires_at ON workspaces(lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+
+CREATE TABLE sandboxes (
+  vmid             INTEGER PRIMARY KEY CHECK (vmid > 0),
+  name             TEXT NOT NULL,
+  profile          TEXT NOT NULL,
+  state            TEXT NOT NULL CHECK (state IN ('REQUESTED', 'PROVISIONING', 'BOOTING', 'READY', 'RUNNING',
+                     'SUSPENDED', 'COMPLETED', 'FAILED', 'TIMEOUT', 'STOPPED', 'DESTROYED')),
+  node             TEXT,
+  -- NULL when unknown: upstream wrote '' and then had to special-case it everywhere.
+  ip               TEXT CHECK (ip <> ''),
+  workspace_id     TEXT REFERENCES workspaces(id) ON DELETE SET NULL,
+  keepalive        INTEGER NOT NULL DEFAULT 0 CHECK (keepalive IN (0, 1)),
+  lease_expires_at TEXT CHECK (lease_expires_at ${TS}),
+  tags             TEXT NOT NULL DEFAULT '',
+  failure_reason   TEXT,
+  -- Set once the clone succeeded for this row; cleanup destroys a Proxmox VM only when it is 1, so a
+  -- failure before the clone can never destroy someone else's VM with the same id (upstream T36/F1).
+  vm_created       INTEGER NOT NULL DEFAULT 0 CHECK (vm_created IN (0, 1)),
+  -- Kept in the row, not in memory, so the cloud-init snippet is still cleaned after a restart.
+  snippet_path     TEXT,
+  created_at       TEXT NOT NULL CHECK (created_at ${TS}),
+  updated_at       TEXT NOT NULL CHECK (updated_at ${TS}),
+  last_used_at     TEXT CHECK (last_used_at ${TS})
+);
+-- Two live sandboxes with one guest IP was a real upstream incident; destroyed rows keep their last IP.
+CREATE UNIQUE INDEX sandboxes_ip_live ON sandboxes(ip) WHERE ip IS NOT NULL AND state <> 'DESTROYED';
+CREATE INDEX sandboxes_state ON sandboxes(state);
+CREATE INDEX sandboxes_profile ON sandboxes(profile);
+-- Lets ON DELETE SET NULL from workspaces find the rows without a scan.
+CREATE INDEX sandboxes_workspace_id ON sandboxes(workspace_id) WHERE workspace_id IS NOT NULL;
+
+CREATE TABLE sessions (
+  id           TEXT PRIMARY KEY,
+  name         TEXT NOT NULL UNIQUE CHECK (name <> ''),
+  workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+  current_vmid INTEGER,
+  profile      TEXT NOT NULL,
+  branch       TEXT,
+  created_at   TEXT NOT NULL CHECK (created_at ${TS}),
+  updated_at   TEXT NOT NULL CHECK (updated_at ${TS})
+);
+CREATE INDEX sessions_workspace_id ON sessions(workspace_id);
+CREATE INDEX sessions_current_vmid ON sessions(current_vmid) WHERE current_vmid IS NOT NULL;
+
+CREATE TABLE jobs (
+  id             TEXT PRIMARY KEY,
+  repo_url       TEXT NOT NULL,
+  ref            TEXT NOT NULL,
+  profile        TEXT NOT NULL,
+  status         TEXT NOT NULL CHECK (status IN ('QUEUED', 'RUNNING', 'COMPLETED', 'FAILED', 'TIMEOUT')),
+  task           TEXT,
+  mode           TEXT,
+  ttl_minutes    INTEGER CHECK (ttl_minutes > 0),
+  keepalive      INTEGER NOT NULL DEFAULT 0 CHECK (keepalive IN (0, 1)),
+  sandbox_vmid   INTEGER REFERENCES sandboxes(vmid),
+  -- Plain ids, not foreign keys: a job's history should still name the workspace and session it
+  -- used after they are deleted.
+  workspace_id   TEXT,
+  session_id     TEXT,
+  result_json    TEXT,
+  failure_reason TEXT,
+  created_at     TEXT NOT NULL CHECK (created_at ${TS}),
+  updated_at     TEXT NOT NULL CHECK (updated_at ${TS})
+);
+CREATE INDEX jobs_status ON jobs(status);
+CREATE INDEX jobs_sandbox_vmid ON jobs(sandbox_vmid, created_at) WHERE sandbox_vmid IS NOT NULL;
+CREATE INDEX jobs_workspace_id ON jobs(workspace_id) WHERE workspace_id IS NOT NULL;
+CREATE INDEX jobs_session_id ON jobs(session_id) WHERE session_id IS NOT NULL;
+
+CREATE TABLE workspace_snapshots (
+  workspace_id TEXT NOT NULL REFERENCES workspaces(id) ON DELETE CASCADE,
+  name         TEXT NOT NULL CHECK (name <> ''),
+  backend_ref  TEXT NOT NULL,
+  created_at   TEXT NOT NULL CHECK (created_at ${TS}),
+  PRIMARY KEY (workspace_id, name)
+);
+
+CREATE TABLE events (
+  id           INTEGER PRIMARY KEY AUTOINCREMENT,
+  ts           TEXT NOT NULL CHECK (ts ${TS}),
+  kind         TEXT NOT NULL CHECK (kind <> ''),
+  sandbox_vmid INTEGER,
+  job_id       TEXT,
+  workspace_id TEXT,
+  msg          TEXT,
+  json         TEXT
+);
+CREATE INDEX events_sandbox_vmid ON events(sandbox_vmid, id) WHERE sandbox_vmid IS NOT NULL;
+CREATE INDEX events_job_id ON events(job_id, id) WHERE job_id IS NOT NULL;
+-- Upstream's workspace events carried no key at all and could not be found again.
+CREATE INDEX events_workspace_id ON events(workspace_id, id) WHERE workspace_id IS NOT NULL;
+CREATE INDEX events_ts ON events(ts);
+
+CREATE TABLE bootstrap_tokens (
+  -- SHA-256 hex of the token; the token itself is never stored.
+  token_hash  TEXT PRIMARY KEY CHECK (length(token_hash) = 64 AND token_hash NOT GLOB '*[^0-9a-f]*'),
+  vmid        INTEGER NOT NULL,
+  expires_at  TEXT NOT NULL CHECK (expires_at ${TS}),
+  consumed_at TEXT CHECK (consumed_at ${TS}),
+  created_at  TEXT NOT NULL CHECK (created_at ${TS})
+);
+CREATE INDEX bootstrap_tokens_vmid ON bootstrap_tokens(vmid);
+
+CREATE TABLE artifacts (
+  id         INTEGER PRIMARY KEY AUTOINCREMENT,
+  job_id     TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+  vmid       INTEGER,
+  name       TEXT NOT NULL,
+  path       TEXT NOT NULL,
+  size_bytes INTEGER NOT NULL CHECK (size_bytes >= 0),
+  sha256     TEXT NOT NULL,
+  mime       TEXT,
+  created_at TEXT NOT NULL CHECK (created_at ${TS})
+);
+CREATE INDEX artifacts_job_id ON artifacts(job_id);
+CREATE INDEX artifacts_vmid ON artifacts(vmid) WHERE vmid IS NOT NULL;
+
+CREATE TABLE artifact_tokens (
+  token_hash   TEXT PRIMARY KEY CHECK (length(token_hash) = 64 AND token_hash NOT GLOB '*[^0-9a-f]*'),
+  job_id       TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+  vmid         INTEGER,
+  expires_at   TEXT NOT NULL CHECK (expires_at ${TS}),
+  created_at   TEXT NOT NULL CHECK (created_at ${TS}),
+  last_used_at TEXT CHECK (last_used_at ${TS})
+);
+CREATE INDEX artifact_tokens_job_id ON artifact_tokens(job_id);
+CREATE INDEX artifact_tokens_vmid ON artifact_tokens(vmid) WHERE vmid IS NOT NULL;
+CREATE INDEX artifact_tokens_expires_at ON artifact_tokens(expires_at);
+`;
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: "init_core_tables",
+    up(db) {
+      db.exec(INIT_CORE_TABLES);
+    },
+  },
+];
+
+const NAME = /^[a-z0-9_]+$/;
+
+/** Refuse a malformed list: empty, duplicate or non-ascending versions, missing or odd names. */
+export function validateMigrations(list: readonly Migration[]): void {
+  const bad = (why: string) => new AgentlabError("INTERNAL", `schema migration list is malformed: ${why}`);
+  if (list.length === 0) throw bad("it is empty");
+  let previous = 0;
+  const names = new Set<string>();
+  for (const m of list) {
+    if (!Number.isSafeInteger(m.version) || m.version < 1) {
+      throw bad(`version ${String(m.version)} is not a positive integer`);
+    }
+    if (m.version === previous) throw bad(`version ${m.version} appears twice`);
+    if (m.version < previous) throw bad(`version ${m.version} comes after ${previous}`);
+    if (typeof m.name !== "string" || m.name.trim() === "") throw bad(`version ${m.version} has no name`);
+    if (!NAME.test(m.name)) throw bad(`version ${m.version} name "${m.name}" is not lower_snake_case`);
+    if (names.has(m.name)) throw bad(`name "${m.name}" appears twice`);
+    if (typeof m.up !== "function") throw bad(`version ${m.version} has no up()`);
+    names.add(m.name);
+    previous = m.version;
+  }
+}
+
+validateMigrations(MIGRATIONS);
+
+export const LATEST_SCHEMA_VERSION: number = MIGRATIONS[MIGRATIONS.length - 1]!.version;
+
+export interface AppliedMigration {
+  version: number;
+  name: string;
+  applied_at: string;
+}
+
+/** The schema_migrations rows, oldest first; empty for a database that never ran a migration. */
+export function readAppliedMigrations(db: Database.Database): AppliedMigration[] {
+  const exists = db
+    .prepare<[], { n: number }>(
+      "SELECT count(*) AS n FROM sqlite_schema WHERE type = 'table' AND name = 'schema_migrations'",
+    )
+    .get();
+  if (!exists || exists.n === 0) return [];
+  return db
+    .prepare<[], AppliedMigration>("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
+    .all();
+}
+
+function tooNew(dbPath: string, dbVersion: number, supported: number, message: string): AgentlabError {
+  return new AgentlabError("DB_TOO_NEW", message, {
+    hint:
+      `this database was written by a newer or different agentlabd (schema ${dbVersion}; this one supports up to ${supported}). ` +
+      "It was not modified. Install the agentlabd version that wrote it, or restore a backup taken before the upgrade.",
+    details: { path: dbPath, db_version: dbVersion, supported_version: supported },
+  });
+}
+
+/**
+ * Check the applied history against the list and return what is still pending. Throws before any
+ * write, so a database from a newer agentlabd is left exactly as it was.
+ */
+export function pendingMigrations(
+  applied: readonly AppliedMigration[],
+  list: readonly Migration[],
+  dbPath: string,
+): Migration[] {
+  const latest = list[list.length - 1]!.version;
+  const known = new Map(list.map((m) => [m.version, m]));
+  const newest = applied.reduce((max, a) => Math.max(max, a.version), 0);
+  if (newest > latest) {
+    throw tooNew(
+      dbPath,
+      newest,
+      latest,
+      `database schema version ${newest} is newer than this agentlabd supports (${latest})`,
+    );
+  }
+  for (const a of applied) {
+    const m = known.get(a.version);
+    if (m === undefined) {
+      throw tooNew(
+        dbPath,
+        a.version,
+        latest,
+        `database schema version ${a.version} is unknown to this agentlabd (it knows ${[...known.keys()].join(", ")})`,
+      );
+    }
+    if (m.name !== a.name) {
+      throw tooNew(
+        dbPath,
+        a.version,
+        latest,
+        `database schema version ${a.version} is "${a.name}" but this agentlabd's is "${m.name}"`,
+      );
+    }
+  }
+  const done = new Set(applied.map((a) => a.version));
+  const pending = list.filter((m) => !done.has(m.version));
+  const early = pending.find((m) => m.version < newest);
+  if (early !== undefined) {
+    // Only possible if someone inserted a migration into the middle of a released list.
+    throw new AgentlabError(
+      "INTERNAL",
+      `schema migration ${early.version} (${early.name}) would run after version ${newest}: the migration list is not append-only`,
+      { details: { path: dbPath, db_version: newest, pending_version: early.version } },
+    );
+  }
+  return pending;
+}
+
+export interface MigrateOptions {
+  /** Shown in errors; the database's own file name. */
+  path: string;
+  now?: () => Date;
+  migrations?: readonly Migration[];
+  /** Check only: refuse a database that still needs migrating instead of writing to it. */
+  readonly?: boolean;
+}
+
+export interface MigrateResult {
+  /** Versions this call applied, ascending. */
+  applied: number[];
+  version: number;
+}
+
+const CREATE_SCHEMA_MIGRATIONS = `CREATE TABLE IF NOT EXISTS schema_migrations (
+  version    INTEGER PRIMARY KEY,
+  name       TEXT NOT NULL,
+  applied_at TEXT NOT NULL
+)`;
+
+/** Apply every pending migration, each in its own IMMEDIATE transaction with its schema_migrations row. */
+export function migrate(db: Database.Database, options: MigrateOptions): MigrateResult {
+  const list = options.migrations ?? MIGRATIONS;
+  const now = options.now ?? (() => new Date());
+  validateMigrations(list);
+  let pending: Migration[];
+  try {
+    pending = pendingMigrations(readAppliedMigrations(db), list, options.path);
+  } catch (err) {
+    throw translateSqliteError(err, options.path) ?? err;
+  }
+  const currentVersion = () => readAppliedMigrations(db).reduce((max, a) => Math.max(max, a.version), 0);
+  if (options.readonly) {
+    if (pending.length > 0) {
+      throw new AgentlabError(
+        "DB_UNAVAILABLE",
+        `database ${options.path} needs schema migration ${pending.map((m) => m.version).join(", ")} and was opened read-only`,
+        {
+          hint: "start the daemon once so it migrates the database: systemctl start agentlabd",
+          details: { path: options.path, pending: pending.map((m) => m.version) },
+        },
+      );
+    }
+    return { applied: [], version: currentVersion() };
+  }
+  const applied: number[] = [];
+  const insert = (m: Migration) =>
+    db
+      .prepare("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)")
+      .run(m.version, m.name, toDbTime(now()));
+  for (const m of pending) {
+    const run = db.transaction(() => {
+      db.exec(CREATE_SCHEMA_MIGRATIONS);
+      // Another process may have migrated while we waited for the write lock: re-check under it.
+      const stillPending = pendingMigrations(readAppliedMigrations(db), list, options.path);
+      if (!stillPending.some((p) => p.version === m.version)) return false;
+      m.up(db);
+      if (m.foreignKeysOff) {
+        const violations = db.pragma("foreign_key_check") as unknown[];
+        if (violations.length > 0) {
+          throw new Error(
+            `leaves ${violations.length} foreign key violation(s): ${JSON.stringify(violations[0])}`,
+          );
+        }
+      }
+      insert(m);
+      return true;
+    });
+    if (m.foreignKeysOff) db.pragma("foreign_keys = OFF");
+    try {
+      if (run.immediate()) applied.push(m.version);
+    } catch (err) {
+      if (err instanceof AgentlabError) throw err;
+      const translated = translateSqliteError(err, options.path);
+      if (translated !== undefined) throw translated;
+      throw new AgentlabError(
+        "INTERNAL",
+        `schema migration ${m.version} (${m.name}) failed: ${err instanceof Error ? err.message : String(err)}`,
+        { details: { path: options.path, version: m.version, name: m.name }, cause: err },
+      );
+    } finally {
+      if (m.foreignKeysOff) db.pragma("foreign_keys = ON");
+    }
+  }
+  return { applied, version: currentVersion() };
+}

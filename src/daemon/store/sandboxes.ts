@@ -1,0 +1,280 @@
+/**
+ * The sandboxes table. Rows are never deleted: a destroyed sandbox stays as state DESTROYED so its
+ * history, events and jobs keep pointing at something.
+ */
+
+import type Database from "better-sqlite3";
+import { AgentlabError } from "../../protocol/errors.js";
+import { fromDbTime, fromDbTimeOrNull, toDbTime, toDbTimeOrNull } from "./time.js";
+
+/** Spec 4.1. Migration 1 spells the same list out in its CHECK constraint. */
+export const SANDBOX_STATES = [
+  "REQUESTED",
+  "PROVISIONING",
+  "BOOTING",
+  "READY",
+  "RUNNING",
+  "SUSPENDED",
+  "COMPLETED",
+  "FAILED",
+  "TIMEOUT",
+  "STOPPED",
+  "DESTROYED",
+] as const;
+
+export type SandboxState = (typeof SANDBOX_STATES)[number];
+
+export function isSandboxState(value: unknown): value is SandboxState {
+  return typeof value === "string" && (SANDBOX_STATES as readonly string[]).includes(value);
+}
+
+export interface Sandbox {
+  vmid: number;
+  name: string;
+  profile: string;
+  state: SandboxState;
+  node: string | null;
+  /** null while unknown. */
+  ip: string | null;
+  workspace_id: string | null;
+  keepalive: boolean;
+  lease_expires_at: Date | null;
+  tags: string[];
+  /** Why the sandbox is FAILED or TIMEOUT. */
+  failure_reason: string | null;
+  /** The Proxmox clone succeeded for this row; only then may cleanup destroy VM `vmid`. */
+  vm_created: boolean;
+  /** Cloud-init snippet to delete when the sandbox is destroyed. */
+  snippet_path: string | null;
+  created_at: Date;
+  updated_at: Date;
+  last_used_at: Date | null;
+}
+
+export interface NewSandbox {
+  vmid: number;
+  name: string;
+  profile: string;
+  state: SandboxState;
+  node?: string | null;
+  /** An empty string is stored as null (unknown). */
+  ip?: string | null;
+  workspace_id?: string | null;
+  keepalive?: boolean;
+  lease_expires_at?: Date | null;
+  tags?: readonly string[];
+  failure_reason?: string | null;
+  vm_created?: boolean;
+  snippet_path?: string | null;
+  /** Defaults to the store clock; updated_at starts equal to it. */
+  created_at?: Date;
+  last_used_at?: Date | null;
+}
+
+export interface SandboxListFilter {
+  state?: SandboxState;
+  profile?: string;
+  /** DESTROYED rows are left out unless asked for, or unless `state` is DESTROYED. */
+  includeDestroyed?: boolean;
+}
+
+export interface SandboxRepo {
+  /** Row count per state, for states that have at least one row. */
+  countByState(): Record<string, number>;
+  /** Insert a new row. A taken vmid or live guest IP → CONFLICT; an unknown workspace → NOT_FOUND. */
+  insert(row: NewSandbox): Sandbox;
+  get(vmid: number): Sandbox | undefined;
+  /** Ordered by vmid. */
+  list(filter?: SandboxListFilter): Sandbox[];
+}
+
+interface SandboxDbRow {
+  vmid: number;
+  name: string;
+  profile: string;
+  state: string;
+  node: string | null;
+  ip: string | null;
+  workspace_id: string | null;
+  keepalive: number;
+  lease_expires_at: string | null;
+  tags: string;
+  failure_reason: string | null;
+  vm_created: number;
+  snippet_path: string | null;
+  created_at: string;
+  updated_at: string;
+  last_used_at: string | null;
+}
+
+interface SandboxInsertParams {
+  vmid: number;
+  name: string;
+  profile: string;
+  state: string;
+  node: string | null;
+  ip: string | null;
+  workspace_id: string | null;
+  keepalive: number;
+  lease_expires_at: string | null;
+  tags: string;
+  failure_reason: string | null;
+  vm_created: number;
+  snippet_path: string | null;
+  created_at: string;
+  updated_at: string;
+  last_used_at: string | null;
+}
+
+interface SandboxListParams {
+  state: string | null;
+  profile: string | null;
+  all: number;
+}
+
+const COLUMNS =
+  "vmid, name, profile, state, node, ip, workspace_id, keepalive, lease_expires_at, tags, failure_reason, " +
+  "vm_created, snippet_path, created_at, updated_at, last_used_at";
+
+function fromRow(row: SandboxDbRow): Sandbox {
+  if (!isSandboxState(row.state)) {
+    throw new AgentlabError(
+      "INTERNAL",
+      `sandbox ${row.vmid} has an unknown state "${row.state}" in the database`,
+    );
+  }
+  return {
+    vmid: row.vmid,
+    name: row.name,
+    profile: row.profile,
+    state: row.state,
+    node: row.node,
+    ip: row.ip,
+    workspace_id: row.workspace_id,
+    keepalive: row.keepalive !== 0,
+    lease_expires_at: fromDbTimeOrNull(row.lease_expires_at),
+    tags: row.tags === "" ? [] : row.tags.split(","),
+    failure_reason: row.failure_reason,
+    vm_created: row.vm_created !== 0,
+    snippet_path: row.snippet_path,
+    created_at: fromDbTime(row.created_at),
+    updated_at: fromDbTime(row.updated_at),
+    last_used_at: fromDbTimeOrNull(row.last_used_at),
+  };
+}
+
+/** Tags are stored comma-joined (upstream's format), so a tag may not contain a comma. */
+function encodeTags(tags: readonly string[]): string {
+  for (const tag of tags) {
+    if (tag === "" || tag.includes(",")) {
+      throw new AgentlabError(
+        "INVALID_PARAMS",
+        `invalid sandbox tag ${JSON.stringify(tag)}: tags are non-empty and contain no comma`,
+      );
+    }
+  }
+  return tags.join(",");
+}
+
+function sqliteCode(err: unknown): string | undefined {
+  const code = typeof err === "object" && err !== null ? (err as { code?: unknown }).code : undefined;
+  return typeof code === "string" ? code : undefined;
+}
+
+export function createSandboxRepo(db: Database.Database, now: () => Date): SandboxRepo {
+  const countStmt = db.prepare<[], { state: string; n: number }>(
+    "SELECT state, count(*) AS n FROM sandboxes GROUP BY state ORDER BY state",
+  );
+  const insertStmt = db.prepare<SandboxInsertParams, SandboxDbRow>(
+    `INSERT INTO sandboxes (${COLUMNS}) VALUES (@vmid, @name, @profile, @state, @node, @ip, @workspace_id, ` +
+      "@keepalive, @lease_expires_at, @tags, @failure_reason, @vm_created, @snippet_path, @created_at, " +
+      `@updated_at, @last_used_at) RETURNING ${COLUMNS}`,
+  );
+  const getStmt = db.prepare<[number], SandboxDbRow>(`SELECT ${COLUMNS} FROM sandboxes WHERE vmid = ?`);
+  const listStmt = db.prepare<SandboxListParams, SandboxDbRow>(
+    `SELECT ${COLUMNS} FROM sandboxes
+     WHERE (@state IS NULL OR state = @state)
+       AND (@profile IS NULL OR profile = @profile)
+       AND (@all = 1 OR @state IS NOT NULL OR state <> 'DESTROYED')
+     ORDER BY vmid`,
+  );
+  const ipOwnerStmt = db.prepare<[string], { vmid: number }>(
+    "SELECT vmid FROM sandboxes WHERE ip = ? AND state <> 'DESTROYED'",
+  );
+
+  return {
+    countByState() {
+      const counts: Record<string, number> = {};
+      for (const { state, n } of countStmt.all()) counts[state] = n;
+      return counts;
+    },
+
+    insert(row) {
+      const created = toDbTime(row.created_at ?? now());
+      const ip = row.ip === "" ? null : (row.ip ?? null);
+      const params: SandboxInsertParams = {
+        vmid: row.vmid,
+        name: row.name,
+        profile: row.profile,
+        state: row.state,
+        node: row.node ?? null,
+        ip,
+        workspace_id: row.workspace_id ?? null,
+        keepalive: row.keepalive ? 1 : 0,
+        lease_expires_at: toDbTimeOrNull(row.lease_expires_at),
+        tags: encodeTags(row.tags ?? []),
+        failure_reason: row.failure_reason ?? null,
+        vm_created: row.vm_created ? 1 : 0,
+        snippet_path: row.snippet_path ?? null,
+        created_at: created,
+        updated_at: created,
+        last_used_at: toDbTimeOrNull(row.last_used_at),
+      };
+      let inserted: SandboxDbRow | undefined;
+      try {
+        inserted = insertStmt.get(params);
+      } catch (err) {
+        const code = sqliteCode(err);
+        if (code === "SQLITE_CONSTRAINT_PRIMARYKEY") {
+          throw new AgentlabError("CONFLICT", `sandbox ${row.vmid} already exists`, {
+            details: { vmid: row.vmid },
+            cause: err,
+          });
+        }
+        if (code === "SQLITE_CONSTRAINT_UNIQUE" && ip !== null && /sandboxes\.ip/.test(String(err))) {
+          const owner = ipOwnerStmt.get(ip)?.vmid;
+          throw new AgentlabError(
+            "CONFLICT",
+            `guest IP ${ip} is already used by sandbox ${owner ?? "another sandbox"}`,
+            { details: { vmid: row.vmid, ip, conflicting_vmid: owner ?? null }, cause: err },
+          );
+        }
+        if (code === "SQLITE_CONSTRAINT_FOREIGNKEY") {
+          throw new AgentlabError("NOT_FOUND", `workspace ${String(row.workspace_id)} does not exist`, {
+            details: { vmid: row.vmid, workspace_id: row.workspace_id ?? null },
+            cause: err,
+          });
+        }
+        throw err;
+      }
+      if (inserted === undefined)
+        throw new AgentlabError("INTERNAL", `inserting sandbox ${row.vmid} returned no row`);
+      return fromRow(inserted);
+    },
+
+    get(vmid) {
+      const row = getStmt.get(vmid);
+      return row === undefined ? undefined : fromRow(row);
+    },
+
+    list(filter = {}) {
+      return listStmt
+        .all({
+          state: filter.state ?? null,
+          profile: filter.profile ?? null,
+          all: filter.includeDestroyed ? 1 : 0,
+        })
+        .map(fromRow);
+    },
+  };
+}
