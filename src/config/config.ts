@@ -1,0 +1,463 @@
+/**
+ * The daemon's config.yaml: schema, defaults, derived values and the loader.
+ *
+ * Keys and defaults follow upstream agentlab (spec §8.3) so an existing config file keeps working. What
+ * differs on purpose: every problem in the file is reported at once; unknown keys warn instead of being
+ * silently dropped; relative paths are taken from the config file's directory (so a test can run the
+ * daemon from a temp dir); durations are exposed in milliseconds under `<key>_ms`.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { z } from "zod";
+import { AgentlabError } from "../protocol/errors.js";
+import {
+  bool,
+  duration,
+  matching,
+  name,
+  nonNegativeInt,
+  numberBetween,
+  oneOf,
+  positiveInt,
+  text,
+} from "./fields.js";
+import { deriveAgentSubnet, isCidr, isLoopbackHost, isWildcardHost, parseHostPort } from "./net.js";
+import { checkDocument, describeValue, isMapping, type Problem, withoutBlanks } from "./validate.js";
+import { readYamlDocument } from "./yaml.js";
+
+export const DEFAULT_CONFIG_PATH = "/etc/agentlab/config.yaml";
+
+/** The config file the daemon reads: AGENTLAB_CONFIG when set, else the packaged location. */
+export function configPathFromEnv(env: NodeJS.ProcessEnv = process.env): string {
+  const fromEnv = env["AGENTLAB_CONFIG"]?.trim();
+  return fromEnv ? fromEnv : DEFAULT_CONFIG_PATH;
+}
+
+export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+const MINUTE_MS = 60_000;
+
+/** Fully resolved settings: every default applied, every path absolute, every duration in ms. */
+export interface Config {
+  profiles_dir: string;
+  data_dir: string;
+  run_dir: string;
+  socket_path: string;
+  db_path: string;
+  artifact_dir: string;
+  log_level: LogLevel;
+  bootstrap_listen: string;
+  artifact_listen: string;
+  agent_subnet: string;
+  controller_url: string;
+  artifact_upload_url: string;
+  /** "" when the metrics listener is disabled. */
+  metrics_listen: string;
+  snippets_dir: string;
+  snippet_storage: string;
+  /** The key injected into guests: inline, or read from ssh_public_key_path at load. "" when neither is set. */
+  ssh_public_key: string;
+  ssh_public_key_path: string;
+  proxmox_backend: "shell" | "api";
+  proxmox_clone_mode: "linked" | "full";
+  proxmox_api_url: string;
+  /** USER@REALM!TOKENID=SECRET, without any "PVEAPIToken=" prefix; "" for the shell backend. */
+  proxmox_api_token: string;
+  /** "" means: discover the node at first use. */
+  proxmox_node: string;
+  proxmox_tls_insecure: boolean;
+  proxmox_tls_ca_path: string;
+  proxmox_command_timeout_ms: number;
+  provisioning_timeout_ms: number;
+  orphan_grace_period_ms: number;
+  idle_stop_enabled: boolean;
+  idle_stop_interval_ms: number;
+  idle_stop_minutes_default: number;
+  idle_stop_cpu_threshold: number;
+  artifact_max_bytes: number;
+  artifact_token_ttl_minutes: number;
+  /** How long the daemon lets in-flight calls finish after SIGTERM. */
+  shutdown_timeout_ms: number;
+}
+
+const filePath = () => text("expected a path");
+const listen = () =>
+  matching((value) => parseHostPort(value) !== undefined, "expected host:port such as 10.77.0.1:8844");
+const httpUrl = () => matching(isHttpUrl, "expected an http:// or https:// URL with a host");
+
+const API_TOKEN_PREFIX = "PVEAPIToken=";
+const API_TOKEN = /^(?:PVEAPIToken=)?[^@\s!=]+@[^@\s!=]+![^@\s!=]+=\S+$/;
+
+/** The file as written: what each key accepts. Cross-key rules and derived values live in resolve(). */
+export const ConfigFileSchema = z.strictObject({
+  profiles_dir: filePath().default("/etc/agentlab/profiles"),
+  data_dir: filePath().default("/var/lib/agentlab"),
+  run_dir: filePath().default("/run/agentlab"),
+  socket_path: filePath().optional(),
+  db_path: filePath().optional(),
+  artifact_dir: filePath().optional(),
+  log_level: oneOf(LOG_LEVELS).default("info"),
+  bootstrap_listen: listen().default("10.77.0.1:8844"),
+  artifact_listen: listen().default("10.77.0.1:8846"),
+  agent_subnet: matching(isCidr, "expected a CIDR such as 10.77.0.0/16").optional(),
+  controller_url: httpUrl().optional(),
+  artifact_upload_url: httpUrl().optional(),
+  metrics_listen: listen().optional(),
+  snippets_dir: filePath().default("/var/lib/vz/snippets"),
+  snippet_storage: name(
+    /^[A-Za-z0-9._-]{1,64}$/,
+    "expected a Proxmox storage name: at most 64 characters from A-Z a-z 0-9 . _ -",
+  ).default("local"),
+  ssh_public_key: matching(
+    (value) => !value.trim().includes("\n"),
+    "expected one line holding an SSH public key",
+  ).optional(),
+  ssh_public_key_path: filePath().optional(),
+  proxmox_backend: oneOf(["shell", "api"]).default("shell"),
+  proxmox_clone_mode: oneOf(["linked", "full"]).default("linked"),
+  proxmox_api_url: httpUrl().default("https://localhost:8006"),
+  proxmox_api_token: matching(
+    (value) => API_TOKEN.test(value.trim()),
+    "expected an API token in the form USER@REALM!TOKENID=SECRET",
+  ).optional(),
+  proxmox_node: name(/^[A-Za-z0-9][A-Za-z0-9.-]*$/, "expected a Proxmox node name").optional(),
+  proxmox_tls_insecure: bool().default(false),
+  proxmox_tls_ca_path: filePath().optional(),
+  proxmox_command_timeout: duration().optional(),
+  provisioning_timeout: duration().optional(),
+  orphan_grace_period: duration().optional(),
+  idle_stop_enabled: bool().default(true),
+  idle_stop_interval: duration().optional(),
+  idle_stop_minutes_default: nonNegativeInt().default(30),
+  idle_stop_cpu_threshold: numberBetween(0, 1).default(0.05),
+  artifact_max_bytes: positiveInt().default(268_435_456),
+  artifact_token_ttl_minutes: positiveInt().default(1440),
+  shutdown_timeout: duration().optional(),
+});
+
+type ConfigFile = z.output<typeof ConfigFileSchema>;
+
+/**
+ * Keys of upstream's config that this daemon does not implement. They are named in a warning of their
+ * own so that an operator migrating a config is not told they are typos.
+ */
+const UPSTREAM_ONLY_KEYS = new Set([
+  "log_dir",
+  "control_listen",
+  "control_auth_token",
+  "control_allow_cidrs",
+  "authorized_keys_path",
+  "bootstrap_rate_limit_qps",
+  "bootstrap_rate_limit_burst",
+  "artifact_rate_limit_qps",
+  "artifact_rate_limit_burst",
+  "secrets_dir",
+  "secrets_bundle",
+  "secrets_age_key_path",
+  "secrets_sops_path",
+  "proxmox_api_shell_fallback",
+  "backend",
+  "docker_host",
+  "libvirt_uri",
+  "lxc_enabled",
+  "metadata_routing_enabled",
+  "cli_path",
+  "integrations_enabled",
+  "integration_enc_key",
+  "integration_target_allowlist",
+  "offline",
+  "trust_agent_subnet",
+  "pool_total_cores",
+  "pool_total_memory_mb",
+  "pool_cpu_over_commit",
+  "pool_mem_over_commit",
+  "pool_burst_duration",
+  "claude_skill_bundle_name",
+  "claude_skill_bundle_version",
+]);
+
+/** Read, permission-check and parse the config file. Throws CONFIG_INVALID naming the file and key. */
+export function loadConfig(file: string): { config: Config; warnings: string[] } {
+  const source = path.resolve(file);
+  checkConfigFile(source);
+  let textContent: string;
+  try {
+    textContent = fs.readFileSync(source, "utf8");
+  } catch (error) {
+    throw new AgentlabError("CONFIG_INVALID", `config file ${source} cannot be read: ${errorText(error)}`, {
+      details: { file: source },
+      cause: error,
+    });
+  }
+  return parseConfig(textContent, source);
+}
+
+/**
+ * Parse config text as if it had been read from `source` (which anchors relative paths and names the file
+ * in messages). Touches the disk only to read ssh_public_key_path when it is set.
+ */
+export function parseConfig(textContent: string, source: string): { config: Config; warnings: string[] } {
+  const parsed = readYamlDocument(textContent, source);
+  if (!parsed.ok) {
+    throw new AgentlabError("CONFIG_INVALID", parsed.message, {
+      details: { file: source, line: parsed.line },
+    });
+  }
+  // No document, or one holding only comments: every setting at its default.
+  const document = parsed.document == null ? {} : withoutBlanks(parsed.document);
+  if (!isMapping(document)) {
+    throw new AgentlabError(
+      "CONFIG_INVALID",
+      `${source}: expected a mapping of settings (key: value lines) at the top level, got ${describeValue(document)}`,
+      { details: { file: source } },
+    );
+  }
+
+  const checked = checkDocument(ConfigFileSchema, document, { secretKeys: new Set(["proxmox_api_token"]) });
+  const warnings = checked.unknownKeys.map(({ key, suggestion }) =>
+    UPSTREAM_ONLY_KEYS.has(key) || key.startsWith("proxy_")
+      ? `${source}: ${key}: upstream agentlab setting that this daemon does not use, ignored`
+      : `${source}: ${key}: unknown key, ignored${suggestion ? ` (did you mean "${suggestion}"?)` : ""}`,
+  );
+  const problems = new Problems(checked.problems);
+  // Keys that failed their own check are dropped from `data`, so cross-key rules still run on the rest.
+  const config = resolve(checked.data ?? ConfigFileSchema.parse({}), source, problems, warnings);
+
+  if (problems.list.length > 0) {
+    // In the order the keys appear in the file, so the list reads top to bottom alongside it.
+    const order = Object.keys(document);
+    const rank = (key: string) => {
+      const index = order.indexOf(key);
+      return index === -1 ? order.length : index;
+    };
+    const sorted = [...problems.list].sort((a, b) => rank(a.key) - rank(b.key));
+    throw new AgentlabError("CONFIG_INVALID", sorted.map((p) => `${source}: ${p.message}`).join("\n"), {
+      details: { file: source, key: sorted[0]!.key, problems: sorted },
+    });
+  }
+  return { config, warnings };
+}
+
+/** Problems keyed by config key: a key that already failed its own check gets no second complaint. */
+class Problems {
+  readonly list: Problem[];
+  constructor(initial: Problem[]) {
+    this.list = [...initial];
+  }
+  has(key: string): boolean {
+    return this.list.some((problem) => problem.key === key);
+  }
+  add(key: string, message: string): void {
+    if (!this.has(key)) this.list.push({ key, message });
+  }
+}
+
+function resolve(file: ConfigFile, source: string, problems: Problems, warnings: string[]): Config {
+  const baseDir = path.dirname(source);
+  const absolute = (value: string) => path.resolve(baseDir, value);
+  const optionalPath = (value: string | undefined) => (value === undefined ? "" : absolute(value));
+
+  const dataDir = absolute(file.data_dir);
+  const runDir = absolute(file.run_dir);
+
+  const bootstrap = parseHostPort(file.bootstrap_listen)!;
+  const artifact = parseHostPort(file.artifact_listen)!;
+  // A wildcard bind says nothing about where guests are or how they reach the daemon: the operator must.
+  if (isWildcardHost(bootstrap.host)) {
+    const why = `when bootstrap_listen binds every interface (${file.bootstrap_listen})`;
+    if (file.agent_subnet === undefined) {
+      problems.add(
+        "agent_subnet",
+        `agent_subnet: required ${why}: the guests' subnet cannot be derived from it`,
+      );
+    }
+    if (file.controller_url === undefined) {
+      problems.add(
+        "controller_url",
+        `controller_url: required ${why}: guests need an address they can reach`,
+      );
+    }
+  }
+  if (isWildcardHost(artifact.host) && file.artifact_upload_url === undefined) {
+    problems.add(
+      "artifact_upload_url",
+      `artifact_upload_url: required when artifact_listen binds every interface (${file.artifact_listen}): guests need an address they can reach`,
+    );
+  }
+  let agentSubnet = file.agent_subnet ?? deriveAgentSubnet(bootstrap.host);
+  if (agentSubnet === undefined) {
+    if (!isWildcardHost(bootstrap.host)) {
+      problems.add(
+        "agent_subnet",
+        `agent_subnet: required when bootstrap_listen's host is a name (${bootstrap.host}): only an IP address gives a subnet to derive`,
+      );
+    }
+    agentSubnet = "";
+  }
+
+  const metricsListen = file.metrics_listen ?? "";
+  const metrics = parseHostPort(metricsListen);
+  if (metrics && !isLoopbackHost(metrics.host)) {
+    problems.add(
+      "metrics_listen",
+      `metrics_listen must be localhost-only (127.0.0.1, ::1 or localhost), got ${describeValue(metricsListen)}`,
+    );
+  }
+
+  const token = file.proxmox_api_token?.trim() ?? "";
+  if (file.proxmox_backend === "api" && token === "") {
+    problems.add(
+      "proxmox_api_token",
+      `proxmox_api_token: required when proxmox_backend is "api" (format USER@REALM!TOKENID=SECRET)`,
+    );
+  }
+  if (file.proxmox_tls_insecure && file.proxmox_tls_ca_path !== undefined) {
+    problems.add(
+      "proxmox_tls_insecure",
+      "proxmox_tls_insecure: cannot be true while proxmox_tls_ca_path is set; trust the CA or skip verification, not both",
+    );
+  }
+
+  const idleStopIntervalMs = file.idle_stop_interval ?? MINUTE_MS;
+  if (file.idle_stop_enabled && idleStopIntervalMs <= 0) {
+    problems.add(
+      "idle_stop_interval",
+      "idle_stop_interval: must be greater than 0 when idle_stop_enabled is true",
+    );
+  }
+
+  const provisioningTimeoutMs = file.provisioning_timeout ?? 10 * MINUTE_MS;
+  const sshKeyPath = optionalPath(file.ssh_public_key_path);
+
+  return {
+    profiles_dir: absolute(file.profiles_dir),
+    data_dir: dataDir,
+    run_dir: runDir,
+    socket_path:
+      file.socket_path === undefined ? path.join(runDir, "agentlabd.sock") : absolute(file.socket_path),
+    db_path: file.db_path === undefined ? path.join(dataDir, "agentlab.db") : absolute(file.db_path),
+    artifact_dir:
+      file.artifact_dir === undefined ? path.join(dataDir, "artifacts") : absolute(file.artifact_dir),
+    log_level: file.log_level,
+    bootstrap_listen: file.bootstrap_listen.trim(),
+    artifact_listen: file.artifact_listen.trim(),
+    agent_subnet: agentSubnet.trim(),
+    controller_url: file.controller_url?.trim() ?? `http://${file.bootstrap_listen.trim()}`,
+    artifact_upload_url: file.artifact_upload_url?.trim() ?? `http://${file.artifact_listen.trim()}/upload`,
+    metrics_listen: metricsListen.trim(),
+    snippets_dir: absolute(file.snippets_dir),
+    snippet_storage: file.snippet_storage,
+    ssh_public_key: resolveSshKey(file.ssh_public_key, sshKeyPath, source, problems, warnings),
+    ssh_public_key_path: sshKeyPath,
+    proxmox_backend: file.proxmox_backend,
+    proxmox_clone_mode: file.proxmox_clone_mode,
+    proxmox_api_url: file.proxmox_api_url.trim(),
+    proxmox_api_token: token.startsWith(API_TOKEN_PREFIX) ? token.slice(API_TOKEN_PREFIX.length) : token,
+    proxmox_node: file.proxmox_node ?? "",
+    proxmox_tls_insecure: file.proxmox_tls_insecure,
+    proxmox_tls_ca_path: optionalPath(file.proxmox_tls_ca_path),
+    proxmox_command_timeout_ms: file.proxmox_command_timeout ?? 2 * MINUTE_MS,
+    provisioning_timeout_ms: provisioningTimeoutMs,
+    // Orphans are VMs whose provisioning never finished; give a slow provisioning time to end first.
+    orphan_grace_period_ms:
+      file.orphan_grace_period ??
+      Math.min(Math.max(2 * provisioningTimeoutMs, 5 * MINUTE_MS), 120 * MINUTE_MS),
+    idle_stop_enabled: file.idle_stop_enabled,
+    idle_stop_interval_ms: idleStopIntervalMs,
+    idle_stop_minutes_default: file.idle_stop_minutes_default,
+    idle_stop_cpu_threshold: file.idle_stop_cpu_threshold,
+    artifact_max_bytes: file.artifact_max_bytes,
+    artifact_token_ttl_minutes: file.artifact_token_ttl_minutes,
+    shutdown_timeout_ms: file.shutdown_timeout ?? 10_000,
+  };
+}
+
+/**
+ * The key file is read now rather than at first provisioning: upstream read it lazily too, and a missing
+ * key then failed every `sandbox new` with a message far from its cause.
+ */
+function resolveSshKey(
+  inline: string | undefined,
+  keyPath: string,
+  source: string,
+  problems: Problems,
+  warnings: string[],
+): string {
+  let fromFile: string | undefined;
+  if (keyPath !== "") {
+    try {
+      fromFile = fs.readFileSync(keyPath, "utf8").trim();
+    } catch (error) {
+      problems.add("ssh_public_key_path", `ssh_public_key_path: cannot read ${keyPath}: ${errorText(error)}`);
+    }
+    if (fromFile === "") problems.add("ssh_public_key_path", `ssh_public_key_path: ${keyPath} is empty`);
+    else if (fromFile?.includes("\n")) {
+      problems.add(
+        "ssh_public_key_path",
+        `ssh_public_key_path: ${keyPath} holds more than one line; expected a single SSH public key`,
+      );
+    }
+  }
+  if (inline !== undefined) {
+    if (keyPath !== "") {
+      warnings.push(`${source}: ssh_public_key and ssh_public_key_path are both set; using ssh_public_key`);
+    }
+    return inline.trim();
+  }
+  return fromFile ?? "";
+}
+
+/** Refuse a config others could read (it may hold the API token) or change (it decides what runs as root). */
+function checkConfigFile(source: string): void {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(source);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") {
+      throw new AgentlabError("CONFIG_INVALID", `config file ${source} not found`, {
+        details: { file: source },
+        hint: "create it (agentlab init writes one), or point AGENTLAB_CONFIG at an existing config file",
+        cause: error,
+      });
+    }
+    throw new AgentlabError("CONFIG_INVALID", `config file ${source} cannot be read: ${errorText(error)}`, {
+      details: { file: source },
+      cause: error,
+    });
+  }
+  if (!stat.isFile()) {
+    throw new AgentlabError("CONFIG_INVALID", `config file ${source} is not a regular file`, {
+      details: { file: source },
+      hint: "point AGENTLAB_CONFIG at the config.yaml file itself",
+    });
+  }
+  const mode = stat.mode & 0o777;
+  const unsafe: string[] = [];
+  if (mode & 0o007) unsafe.push("other users can access it");
+  if (mode & 0o030) unsafe.push("its group can modify or execute it");
+  if (unsafe.length > 0) {
+    throw new AgentlabError(
+      "CONFIG_INVALID",
+      `${source}: permissions ${mode.toString(8).padStart(4, "0")} are too open: ${unsafe.join(" and ")}`,
+      { details: { file: source, mode }, hint: `chmod 600 ${source}` },
+    );
+  }
+}
+
+function isHttpUrl(value: string): boolean {
+  try {
+    const url = new URL(value.trim());
+    return (url.protocol === "http:" || url.protocol === "https:") && url.hostname !== "";
+  } catch {
+    return false;
+  }
+}
+
+function errorText(error: unknown): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === "ENOENT") return "no such file";
+  if (code === "EACCES") return "permission denied";
+  if (code === "EISDIR") return "it is a directory";
+  return error instanceof Error ? error.message : String(error);
+}

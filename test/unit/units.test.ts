@@ -1,0 +1,77 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { formatDuration, parseDuration, parseTtlMinutes } from "../../src/protocol/units.js";
+
+describe("units: parseDuration", () => {
+  it("reads Go-style durations into milliseconds", () => {
+    const cases: [string, number][] = [
+      ["250ms", 250],
+      ["30s", 30_000],
+      ["5m", 300_000],
+      ["2h", 7_200_000],
+      ["1d", 86_400_000],
+      ["1h30m", 5_400_000],
+      ["1m30s500ms", 90_500],
+      ["1.5h", 5_400_000],
+      ["0", 0],
+      ["0s", 0],
+      [" 10s ", 10_000],
+    ];
+    for (const [text, ms] of cases) assert.equal(parseDuration(text), ms, text);
+  });
+
+  it("refuses bare numbers, unknown units, signs, spaces and empty input", () => {
+    for (const text of ["5", "5x", "-5m", "+5m", "1h 30m", "m", "abc", "1.5"]) {
+      assert.throws(
+        () => parseDuration(text),
+        /^Error: expected a duration such as 30s, 5m or 1h30m, got "/,
+        text,
+      );
+    }
+    assert.throws(
+      () => parseDuration(""),
+      /expected a duration such as 30s, 5m or 1h30m, got an empty value/,
+    );
+    assert.throws(() => parseDuration("   "), /got an empty value/);
+  });
+});
+
+describe("units: formatDuration", () => {
+  it("writes the shortest form parseDuration reads back", () => {
+    assert.equal(formatDuration(0), "0s");
+    assert.equal(formatDuration(250), "250ms");
+    assert.equal(formatDuration(90_000), "1m30s");
+    assert.equal(formatDuration(3_600_000), "1h");
+    assert.equal(formatDuration(90_061_000), "1d1h1m1s");
+    for (const ms of [1000, 59_000, 600_000, 7_200_000, 90_061_000])
+      assert.equal(parseDuration(formatDuration(ms)), ms);
+  });
+});
+
+describe("units: parseTtlMinutes", () => {
+  it("reads whole minutes or a duration", () => {
+    assert.equal(parseTtlMinutes("90"), 90);
+    assert.equal(parseTtlMinutes(" 45 "), 45);
+    assert.equal(parseTtlMinutes("2h"), 120);
+    assert.equal(parseTtlMinutes("1h30m"), 90);
+    assert.equal(parseTtlMinutes("1.5h"), 90);
+  });
+
+  it("rounds a duration up to whole minutes", () => {
+    assert.equal(parseTtlMinutes("60s"), 1);
+    assert.equal(parseTtlMinutes("61s"), 2);
+    assert.equal(parseTtlMinutes("90s"), 2);
+    assert.equal(parseTtlMinutes("1ms"), 1);
+  });
+
+  it("refuses zero and negative values with the spec's wording", () => {
+    for (const text of ["0", "-5", "-5m", "0s", "0m", "00"]) {
+      assert.throws(() => parseTtlMinutes(text), { message: "ttl must be positive" }, text);
+    }
+  });
+
+  it("reports a malformed duration as such", () => {
+    assert.throws(() => parseTtlMinutes("soon"), /expected a duration/);
+    assert.throws(() => parseTtlMinutes("5x"), /expected a duration/);
+  });
+});
