@@ -84,7 +84,9 @@ export function fromResponseError(error: ResponseError<unknown>, method: string)
   if (data && isErrorCode(data.code)) {
     return new AgentlabError(data.code, error.message, {
       ...(typeof data.hint === "string" ? { hint: data.hint } : {}),
-      ...(data.details && typeof data.details === "object" ? { details: data.details as Record<string, unknown> } : {}),
+      ...(data.details && typeof data.details === "object"
+        ? { details: data.details as Record<string, unknown> }
+        : {}),
     });
   }
   const standard: Partial<Record<number, ErrorCode>> = {
@@ -121,17 +123,25 @@ export async function call<M extends Method>(
       cancel.cancel();
       rejectCall(
         new AgentlabError("DAEMON_TIMEOUT", "timeout waiting for daemon response", {
-          details: { method: method.method, timeout: formatDuration(options.timeoutMs), socket: options.socketPath },
+          details: {
+            method: method.method,
+            timeout: formatDuration(options.timeoutMs),
+            socket: options.socketPath,
+          },
         }),
       );
     }, options.timeoutMs);
   };
   conn.onClose(() =>
     rejectCall(
-      new AgentlabError("DAEMON_UNREACHABLE", `agentlabd closed the connection before answering ${method.method}`, {
-        hint: "the daemon may have stopped or restarted: systemctl status agentlabd; journalctl -u agentlabd -n 50",
-        details: { method: method.method, socket: options.socketPath },
-      }),
+      new AgentlabError(
+        "DAEMON_UNREACHABLE",
+        `agentlabd closed the connection before answering ${method.method}`,
+        {
+          hint: "the daemon may have stopped or restarted: systemctl status agentlabd; journalctl -u agentlabd -n 50",
+          details: { method: method.method, socket: options.socketPath },
+        },
+      ),
     ),
   );
   const onAbort = () => cancel.cancel();
@@ -152,7 +162,10 @@ export async function call<M extends Method>(
     const parsed = method.result.safeParse(raw);
     if (!parsed.success) {
       throw new AgentlabError("PROTOCOL_MISMATCH", `unexpected answer from agentlabd to ${method.method}`, {
-        details: { method: method.method, issues: parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`) },
+        details: {
+          method: method.method,
+          issues: parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`),
+        },
       });
     }
     return raw as ResultOf<M>;

@@ -1,6 +1,20 @@
-import { AgentlabError, DEFAULT_SOCKET_PATH, type Method, type ParamsOf, parseDuration, type ResultOf } from "../protocol/index.js";
+import {
+  AgentlabError,
+  DEFAULT_SOCKET_PATH,
+  type Method,
+  type ParamsOf,
+  parseDuration,
+  type ResultOf,
+} from "../protocol/index.js";
 import { call } from "./client.js";
-import { asAgentlabError, type Output, processOutput, progressPrinter, renderError, renderJson } from "./render.js";
+import {
+  asAgentlabError,
+  type Output,
+  processOutput,
+  progressPrinter,
+  renderError,
+  renderJson,
+} from "./render.js";
 
 /** Flags every command accepts. */
 export interface GlobalArgs {
@@ -57,7 +71,9 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
       const onSigint = () => {
         interrupts++;
         if (interrupts === 1) {
-          out.stderr("cancelling… (press Ctrl-C again to stop waiting; the daemon then finishes the rollback alone)\n");
+          out.stderr(
+            "cancelling… (press Ctrl-C again to stop waiting; the daemon then finishes the rollback alone)\n",
+          );
           abort.abort();
         } else {
           out.stderr("stopped waiting; check the result with agentlab status\n");
@@ -80,7 +96,10 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
 }
 
 /** Run a command's work and render its outcome or its error; sets the exit code, never throws. */
-export async function execute(args: GlobalArgs, work: (ctx: CommandContext) => Promise<Outcome>): Promise<void> {
+export async function execute(
+  args: GlobalArgs,
+  work: (ctx: CommandContext) => Promise<Outcome>,
+): Promise<void> {
   const ctx = commandContext(args);
   try {
     const outcome = await work(ctx);

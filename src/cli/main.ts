@@ -24,7 +24,12 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
       describe: "path of the daemon's Unix socket",
       global: true,
     })
-    .option("json", { type: "boolean", default: false, describe: "print machine-readable JSON", global: true })
+    .option("json", {
+      type: "boolean",
+      default: false,
+      describe: "print machine-readable JSON",
+      global: true,
+    })
     .option("timeout", {
       type: "string",
       default: DEFAULT_TIMEOUT,
@@ -47,7 +52,9 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
     .alias("v", "version")
     .help()
     .alias("h", "help")
-    .epilogue("Docs: docs/cli.md (this reference), docs/troubleshooting.md. Exit status: 0 ok, 1 failure, 2 usage.")
+    .epilogue(
+      "Docs: docs/cli.md (this reference), docs/troubleshooting.md. Exit status: 0 ok, 1 failure, 2 usage.",
+    )
     .wrap(HELP_WIDTH)
     .fail((message, error) => {
       const failure =

@@ -21,7 +21,13 @@ export function renderJson(out: Output, value: unknown): void {
 
 /** The `--json` error envelope: one line on stdout, so scripts parse it with the same reader as results. */
 export function errorEnvelope(error: AgentlabError): Record<string, unknown> {
-  return { error: error.message, code: error.code, message: error.message, details: error.details, hint: error.hint };
+  return {
+    error: error.message,
+    code: error.code,
+    message: error.message,
+    details: error.details,
+    hint: error.hint,
+  };
 }
 
 export function renderError(out: Output, error: AgentlabError, json: boolean): void {
@@ -56,7 +62,9 @@ export function progressPrinter(out: Output, json: boolean): ((value: ProgressVa
 
 /** A plain table: header row, then rows, columns padded to their widest cell. */
 export function table(headers: string[], rows: string[][]): string {
-  const widths = headers.map((header, i) => Math.max(header.length, ...rows.map((row) => (row[i] ?? "").length)));
+  const widths = headers.map((header, i) =>
+    Math.max(header.length, ...rows.map((row) => (row[i] ?? "").length)),
+  );
   const line = (cells: string[]) =>
     cells
       .map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i] ?? 0)))

@@ -109,7 +109,11 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
   try {
     ({ values } = parseArgs({
       args: argv,
-      options: { config: { type: "string" }, version: { type: "boolean" }, help: { type: "boolean", short: "h" } },
+      options: {
+        config: { type: "string" },
+        version: { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
       strict: true,
     }));
   } catch (error) {

@@ -21,7 +21,10 @@ export function makeHostDir(extraConfig = ""): HostDir {
   cpSync(PROFILES_DIR, profilesDir, { recursive: true });
   mkdirSync(join(root, "data"));
   const configPath = join(root, "config.yaml");
-  writeConfig(configPath, `profiles_dir: profiles\ndata_dir: data\nrun_dir: run\nlog_level: debug\n${extraConfig}`);
+  writeConfig(
+    configPath,
+    `profiles_dir: profiles\ndata_dir: data\nrun_dir: run\nlog_level: debug\n${extraConfig}`,
+  );
   return {
     root,
     configPath,
@@ -90,7 +93,8 @@ export async function startDaemon(host: HostDir, args: string[] = []): Promise<R
     if (exitedEarly !== undefined) {
       throw new Error(`agentlabd exited with ${exitedEarly} before serving:\n${daemon.output().stderr}`);
     }
-    if (daemon.output().stdout.includes("agentlabd ready") && (await canConnect(host.socketPath))) return daemon;
+    if (daemon.output().stdout.includes("agentlabd ready") && (await canConnect(host.socketPath)))
+      return daemon;
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
   await daemon.stop("SIGKILL");
@@ -104,7 +108,10 @@ export interface CliResult {
 }
 
 /** Run the real CLI binary as a child process. */
-export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; command?: string[] } = {}): Promise<CliResult> {
+export function runCli(
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; command?: string[] } = {},
+): Promise<CliResult> {
   const [cmd, ...prefix] = options.command ?? [process.execPath];
   return new Promise((resolve, reject) => {
     const child = spawn(cmd!, [...prefix, AGENTLAB_BIN, ...args], {

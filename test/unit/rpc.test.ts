@@ -57,7 +57,8 @@ async function startServer(): Promise<Harness> {
     throw new Error("kaput");
   });
   server.register(slow, async (params, ctx) => {
-    for (let i = 1; i <= params.steps; i++) ctx.progress({ step: "count", message: `step ${i}`, done: i, total: params.steps });
+    for (let i = 1; i <= params.steps; i++)
+      ctx.progress({ step: "count", message: `step ${i}`, done: i, total: params.steps });
     await new Promise<void>((resolve, reject) => {
       releaseWaiters.push(resolve);
       ctx.signal.addEventListener("abort", () => {
@@ -134,14 +135,17 @@ describe("RPC server over a Unix socket", () => {
     const socket = await rawSocket(h.socketPath);
     const conn = createMessageConnection(new StreamMessageReader(socket), new StreamMessageWriter(socket));
     conn.listen();
-    await assert.rejects(conn.sendRequest("sandbox.teleport", {}), (error: { code: number; message: string; data: Record<string, unknown> }) => {
-      assert.equal(error.code, -32601);
-      assert.match(error.message, /unknown method "sandbox\.teleport"/);
-      assert.equal(error.data.code, "METHOD_NOT_FOUND");
-      assert.equal(typeof error.data.hint, "string");
-      assert.deepEqual(error.data.details, { method: "sandbox.teleport" });
-      return true;
-    });
+    await assert.rejects(
+      conn.sendRequest("sandbox.teleport", {}),
+      (error: { code: number; message: string; data: Record<string, unknown> }) => {
+        assert.equal(error.code, -32601);
+        assert.match(error.message, /unknown method "sandbox\.teleport"/);
+        assert.equal(error.data.code, "METHOD_NOT_FOUND");
+        assert.equal(typeof error.data.hint, "string");
+        assert.deepEqual(error.data.details, { method: "sandbox.teleport" });
+        return true;
+      },
+    );
     conn.dispose();
     socket.destroy();
   });
@@ -169,7 +173,9 @@ describe("RPC server over a Unix socket", () => {
     const abort = new AbortController();
     const seen: ProgressValue[] = [];
     const before = h.cancelledSeen();
-    const pending = call({ ...opts(), signal: abort.signal, onProgress: (v) => seen.push(v) }, slow, { steps: 1 });
+    const pending = call({ ...opts(), signal: abort.signal, onProgress: (v) => seen.push(v) }, slow, {
+      steps: 1,
+    });
     while (seen.length < 1) await new Promise((r) => setImmediate(r));
     abort.abort();
     const error = await errorOf(pending);
@@ -193,7 +199,10 @@ describe("RPC server over a Unix socket", () => {
       await closed;
       // The daemon still serves new clients and the one that was connected all along.
       assert.deepEqual(await call(opts(), echo, { text: "still here" }), { text: "still here" });
-      const conn = createMessageConnection(new StreamMessageReader(bystander), new StreamMessageWriter(bystander));
+      const conn = createMessageConnection(
+        new StreamMessageReader(bystander),
+        new StreamMessageWriter(bystander),
+      );
       conn.listen();
       assert.deepEqual(await conn.sendRequest(echo.type, { text: "me too" }), { text: "me too" });
       conn.dispose();
@@ -226,9 +235,13 @@ describe("RPC server shutdown", () => {
     const h = await startServer();
     try {
       const seen: ProgressValue[] = [];
-      const pending = call({ socketPath: h.socketPath, timeoutMs: 5000, onProgress: (v) => seen.push(v) }, slow, {
-        steps: 1,
-      });
+      const pending = call(
+        { socketPath: h.socketPath, timeoutMs: 5000, onProgress: (v) => seen.push(v) },
+        slow,
+        {
+          steps: 1,
+        },
+      );
       while (seen.length < 1) await new Promise((r) => setImmediate(r));
       const closing = h.server.close(5000);
       await new Promise((r) => setTimeout(r, 50));
@@ -246,9 +259,13 @@ describe("RPC server shutdown", () => {
     const h = await startServer();
     try {
       const seen: ProgressValue[] = [];
-      const pending = call({ socketPath: h.socketPath, timeoutMs: 5000, onProgress: (v) => seen.push(v) }, slow, {
-        steps: 1,
-      });
+      const pending = call(
+        { socketPath: h.socketPath, timeoutMs: 5000, onProgress: (v) => seen.push(v) },
+        slow,
+        {
+          steps: 1,
+        },
+      );
       while (seen.length < 1) await new Promise((r) => setImmediate(r));
       const failure = errorOf(pending);
       const result = await h.server.close(100);

@@ -38,8 +38,13 @@ export const completionCommand: CommandModule<GlobalArgs, GlobalArgs & { shell: 
   describe: "Print a shell completion script (bash or zsh)",
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
-      .positional("shell", { choices: ["bash", "zsh"] as const, describe: "shell to complete for", demandOption: true })
+      .positional("shell", {
+        choices: ["bash", "zsh"] as const,
+        describe: "shell to complete for",
+        demandOption: true,
+      })
       .example("agentlab completion bash > /etc/bash_completion.d/agentlab", "enable completion for bash")
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: a zsh expansion the user types, not a template
       .example('agentlab completion zsh > "${fpath[1]}/_agentlab"', "enable completion for zsh") as Argv<
       GlobalArgs & { shell: string }
     >,

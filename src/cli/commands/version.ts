@@ -16,7 +16,8 @@ export const versionCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         if (!(error instanceof AgentlabError)) throw error;
         daemon = { error: error.message, code: error.code };
       }
-      const daemonLine = "version" in daemon ? `agentlabd ${daemon.version}` : `agentlabd: not reachable (${daemon.error})`;
+      const daemonLine =
+        "version" in daemon ? `agentlabd ${daemon.version}` : `agentlabd: not reachable (${daemon.error})`;
       return {
         data: { cli: { version: VERSION, node_version: process.versions.node }, daemon },
         text: `agentlab ${VERSION} (node ${process.versions.node})\n${daemonLine}\n`,

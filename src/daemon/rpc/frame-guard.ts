@@ -66,7 +66,8 @@ export class FrameGuard extends Transform {
     let length: number | undefined;
     for (const line of block.split("\r\n")) {
       const colon = line.indexOf(":");
-      if (colon <= 0) throw new FrameError(`malformed header line ${JSON.stringify(line.slice(0, 80))}`, "malformed");
+      if (colon <= 0)
+        throw new FrameError(`malformed header line ${JSON.stringify(line.slice(0, 80))}`, "malformed");
       if (line.slice(0, colon).trim().toLowerCase() !== "content-length") continue;
       const value = line.slice(colon + 1).trim();
       if (!/^\d{1,12}$/.test(value)) {
@@ -76,7 +77,10 @@ export class FrameGuard extends Transform {
     }
     if (length === undefined) throw new FrameError("frame without a Content-Length header", "malformed");
     if (length > this.maxFrameBytes) {
-      throw new FrameError(`frame of ${length} bytes exceeds the ${this.maxFrameBytes}-byte limit`, "oversized");
+      throw new FrameError(
+        `frame of ${length} bytes exceeds the ${this.maxFrameBytes}-byte limit`,
+        "oversized",
+      );
     }
     return length;
   }

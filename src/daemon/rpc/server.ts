@@ -2,12 +2,12 @@ import { createServer, type Server, type Socket } from "node:net";
 import {
   type CancellationToken,
   createMessageConnection,
-  type Logger as JsonRpcLogger,
-  type MessageConnection,
-  type Message,
-  type ProgressToken,
   type DataCallback,
   type Disposable,
+  type Logger as JsonRpcLogger,
+  type Message,
+  type MessageConnection,
+  type ProgressToken,
   StreamMessageReader,
   StreamMessageWriter,
 } from "vscode-jsonrpc/node.js";
@@ -101,7 +101,11 @@ class TrackingMessageWriter extends StreamMessageWriter {
  */
 export class RpcServer {
   private readonly handlers = new Map<string, Registered>();
-  private readonly connections = new Set<{ conn: MessageConnection; socket: Socket; writer: TrackingMessageWriter }>();
+  private readonly connections = new Set<{
+    conn: MessageConnection;
+    socket: Socket;
+    writer: TrackingMessageWriter;
+  }>();
   private readonly inFlight = new Set<InFlight>();
   private readonly log: Logger;
   private readonly maxFrameBytes: number;
@@ -165,7 +169,8 @@ export class RpcServer {
       clearTimeout(timer);
     }
     const cancelled = this.inFlight.size;
-    for (const call of this.inFlight) call.abort.abort(new AgentlabError("DAEMON_SHUTTING_DOWN", "daemon is stopping"));
+    for (const call of this.inFlight)
+      call.abort.abort(new AgentlabError("DAEMON_SHUTTING_DOWN", "daemon is stopping"));
     // Give cancelled handlers a moment to answer their clients before the sockets go away.
     if (cancelled > 0) {
       await Promise.race([
@@ -257,7 +262,12 @@ export class RpcServer {
         throw new AgentlabError(
           "INVALID_PARAMS",
           `invalid params for ${method.method}: ${describeIssues(parsed.error)}`,
-          { details: { method: method.method, issues: parsed.error.issues.map((i) => ({ path: i.path.join("."), message: i.message })) } },
+          {
+            details: {
+              method: method.method,
+              issues: parsed.error.issues.map((i) => ({ path: i.path.join("."), message: i.message })),
+            },
+          },
         );
       }
       const progressToken = (parsed.data as { progress_token?: ProgressToken }).progress_token;

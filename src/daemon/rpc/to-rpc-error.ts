@@ -10,8 +10,12 @@ export function toRpcError(error: unknown, method: string, requestId: string): R
   const known =
     error instanceof AgentlabError
       ? error
-      : new AgentlabError("INTERNAL", `internal error in ${method}: ${(error as Error)?.message ?? String(error)}`, {
-          details: { method, request_id: requestId },
-        });
+      : new AgentlabError(
+          "INTERNAL",
+          `internal error in ${method}: ${(error as Error)?.message ?? String(error)}`,
+          {
+            details: { method, request_id: requestId },
+          },
+        );
   return new ResponseError(known.rpcCode, known.message, known.toData());
 }

@@ -1,0 +1,130 @@
+/**
+ * Generates docs/cli.md from the CLI's own --help and docs/rpc.md from the protocol declarations, so
+ * the references cannot drift from the code. `--check` compares instead of writing and fails when a
+ * file is stale (CI runs it).
+ */
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { z } from "zod";
+import { ERROR_CODES, METHODS } from "../src/protocol/index.js";
+
+const root = fileURLToPath(new URL("../../", import.meta.url)).replace(/\/$/, "");
+const cliBin = `${root}/bin/agentlab`;
+
+function help(path: string[]): string {
+  const env = { ...process.env, AGENTLAB_SOCKET: "", COLUMNS: "100" };
+  return execFileSync(process.execPath, [cliBin, ...path, "--help"], { env, encoding: "utf8" });
+}
+
+/** Sub-commands listed under "Commands:" in a help text, as argument paths. */
+function subcommands(text: string, parent: string[]): string[][] {
+  const section = text.split(/\n\n/).find((block) => block.startsWith("Commands:"));
+  if (!section) return [];
+  const found: string[][] = [];
+  for (const line of section.split("\n").slice(1)) {
+    const match = /^ {2}agentlab ((?:[a-z][\w-]* ?)+)/.exec(line);
+    if (!match) continue;
+    const words = match[1]!.trim().split(" ");
+    if (words.length === parent.length + 1) found.push(words);
+  }
+  return found;
+}
+
+function cliDoc(): string {
+  const parts = [
+    "# agentlab CLI reference",
+    "",
+    "Generated from `agentlab --help` by `npm run docs`; do not edit by hand.",
+    "",
+  ];
+  const visit = (path: string[]) => {
+    const text = help(path);
+    parts.push(
+      `## agentlab${path.length > 0 ? ` ${path.join(" ")}` : ""}`,
+      "",
+      "```text",
+      text.trimEnd(),
+      "```",
+      "",
+    );
+    for (const child of subcommands(text, path)) visit(child);
+  };
+  visit([]);
+  return parts.join("\n");
+}
+
+function schemaBlock(schema: z.ZodType): string {
+  const json = z.toJSONSchema(schema, { io: "input", unrepresentable: "any" }) as Record<string, unknown>;
+  delete json.$schema;
+  return ["```json", JSON.stringify(json, null, 2), "```"].join("\n");
+}
+
+function rpcDoc(): string {
+  const parts = [
+    "# agentlabd JSON-RPC reference",
+    "",
+    "Generated from `src/protocol/` by `npm run docs`; do not edit by hand.",
+    "",
+    "Transport: JSON-RPC 2.0 with `Content-Length` framing (vscode-jsonrpc) over the Unix socket",
+    "`socket_path` (default `/run/agentlab/agentlabd.sock`). A frame larger than 1 MiB, or one that is not",
+    "JSON-RPC, closes that connection. Params are objects (by name); unknown params are refused.",
+    "",
+    "Errors carry `{code, message, data: {code, hint, details}}`: `data.code` is the stable string code",
+    "below and `code` its number. Methods that report progress accept `progress_token` and send",
+    "`$/progress` notifications `{token, value: {step, message, done?, total?}}`; `$/cancelRequest`",
+    "cancels a call, which then answers `CANCELLED`.",
+    "",
+    "## Methods",
+    "",
+    ...METHODS.map((m) => `- [\`${m.method}\`](#${m.method.replace(/\./g, "")}): ${m.summary}`),
+    "",
+  ];
+  for (const method of METHODS) {
+    parts.push(
+      `### ${method.method}`,
+      "",
+      method.summary,
+      "",
+      `Progress: ${method.progress ? "yes" : "no"}. Errors: ${method.errors.map((code) => `\`${code}\``).join(", ") || "none"}.`,
+      "",
+      "Params:",
+      "",
+      schemaBlock(method.params),
+      "",
+      "Result:",
+      "",
+      schemaBlock(method.result),
+      "",
+    );
+  }
+  parts.push("## Error codes", "", "| code | number | CLI exit | default hint |", "|---|---|---|---|");
+  for (const [code, spec] of Object.entries(ERROR_CODES)) {
+    parts.push(`| \`${code}\` | ${spec.rpc} | ${spec.exit} | ${spec.hint.replace(/\|/g, "\\|")} |`);
+  }
+  parts.push("");
+  return parts.join("\n");
+}
+
+const check = process.argv.includes("--check");
+let stale = false;
+for (const [file, content] of [
+  ["docs/cli.md", cliDoc()],
+  ["docs/rpc.md", rpcDoc()],
+] as const) {
+  const path = `${root}/${file}`;
+  if (check) {
+    const current = existsSync(path) ? readFileSync(path, "utf8") : "";
+    if (current !== content) {
+      process.stderr.write(
+        `error: ${file} is stale\nhint: regenerate it with npm run docs and commit the result\n`,
+      );
+      stale = true;
+    }
+  } else {
+    mkdirSync(`${root}/docs`, { recursive: true });
+    writeFileSync(path, content);
+    process.stdout.write(`wrote ${file}\n`);
+  }
+}
+if (stale) process.exit(1);
