@@ -18,6 +18,11 @@ if [ -n "$need_apt" ]; then
   fi
 fi
 
+# The installer creates the socket's group; as root, do the same so the socket-group test runs for real.
+if [ "$(id -u)" = 0 ] && ! getent group agentlab >/dev/null 2>&1; then
+  groupadd --system agentlab
+fi
+
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
 fi

@@ -277,3 +277,17 @@ describe("RPC server shutdown", () => {
     }
   });
 });
+
+describe("socket group", () => {
+  test("groupId reads the gid of a named group and nothing else", async () => {
+    const { groupId } = await import("../../src/daemon/rpc/socket.js");
+    const { writeFileSync } = await import("node:fs");
+    const dir = mkdtempSync(join(tmpdir(), "agentlab-group-"));
+    const file = join(dir, "group");
+    writeFileSync(file, "root:x:0:\nagentlabx:x:998:\nagentlab:x:997:alice,bob\nbroken-line\n");
+    assert.equal(groupId("agentlab", file), 997);
+    assert.equal(groupId("agent", file), undefined);
+    assert.equal(groupId("agentlab", join(dir, "missing")), undefined);
+    rmSync(dir, { recursive: true, force: true });
+  });
+});
