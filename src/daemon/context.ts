@@ -1,6 +1,7 @@
 import type { Config } from "../config/config.js";
 import type { Profile } from "../config/profiles.js";
 import type { Logger } from "./log.js";
+import type { ProxmoxBackend } from "./proxmox/types.js";
 import type { Store } from "./store/db.js";
 
 /** Injected time, so leases, TTLs and uptime are testable without sleeping. */
@@ -19,6 +20,7 @@ export interface DaemonContext {
   configPath: string;
   profiles: readonly Profile[];
   store: Store;
+  backend: ProxmoxBackend;
   log: Logger;
   clock: Clock;
   startedAt: Date;

@@ -5,6 +5,7 @@ import { AgentlabError } from "../protocol/errors.js";
 import { VERSION } from "../version.js";
 import { type Clock, type DaemonContext, systemClock } from "./context.js";
 import { createLogger, type Logger } from "./log.js";
+import { createBackend } from "./proxmox/load.js";
 import { registerHandlers } from "./rpc/handlers.js";
 import { RpcServer } from "./rpc/server.js";
 import { openStore, type Store } from "./store/db.js";
@@ -40,6 +41,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       configPath: options.configPath,
       profiles,
       store,
+      backend: createBackend(config, log),
       log,
       clock,
       startedAt: clock.now(),

@@ -14,6 +14,16 @@ export const DaemonStatus = z.object({
   schema_version: z.number().int().describe("database schema version (newest migration applied)"),
   backend: z.object({
     kind: z.enum(["shell", "api"]).describe("configured Proxmox backend"),
+    reachable: z.boolean().describe("whether Proxmox answered this status call"),
+    version: z.string().optional().describe("Proxmox VE version it reported, e.g. 9.0.3"),
+    nodes: z
+      .array(z.object({ node: z.string(), online: z.boolean() }))
+      .optional()
+      .describe("cluster nodes as Proxmox lists them"),
+    error: z
+      .object({ code: z.string(), message: z.string(), hint: z.string() })
+      .optional()
+      .describe("why Proxmox could not be reached"),
   }),
   database: z.object({
     path: z.string(),

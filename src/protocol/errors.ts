@@ -86,6 +86,50 @@ export const ERROR_CODES = {
     hint: "the daemon answered something this CLI does not understand: make sure agentlab and agentlabd are the same version",
   },
   NODE_UNSUPPORTED: { rpc: 1306, exit: 1, hint: "install Node.js 20.19 or newer" },
+  PROXMOX_ERROR: { rpc: 1400, exit: 1, hint: "check the Proxmox task log: pvesh get /nodes/<node>/tasks" },
+  PROXMOX_VM_NOT_FOUND: { rpc: 1401, exit: 1, hint: "the VM no longer exists in Proxmox: check qm list" },
+  PROXMOX_LOCKED: {
+    rpc: 1402,
+    exit: 1,
+    hint: "another Proxmox operation holds the VM; wait for it, or clear a stale lock with qm unlock <vmid>",
+  },
+  PROXMOX_PERMISSION: {
+    rpc: 1403,
+    exit: 1,
+    hint: "grant the role to the user AND to the token (privilege separation), or create the token with --privsep 0",
+  },
+  PROXMOX_AUTH: {
+    rpc: 1404,
+    exit: 1,
+    hint: "check proxmox_api_token (USER@REALM!TOKENID=SECRET): pveum user token list <user>",
+  },
+  PROXMOX_UNREACHABLE: {
+    rpc: 1405,
+    exit: 1,
+    hint: "check proxmox_api_url and that pveproxy runs: systemctl status pveproxy",
+  },
+  PROXMOX_TLS: {
+    rpc: 1406,
+    exit: 1,
+    hint: "set proxmox_tls_ca_path: /etc/pve/pve-root-ca.pem (or proxmox_tls_insecure: true for a lab)",
+  },
+  PROXMOX_TASK_FAILED: { rpc: 1407, exit: 1, hint: "read the task log: pvesh get /nodes/<node>/tasks/<upid>/log" },
+  PROXMOX_TIMEOUT: {
+    rpc: 1408,
+    exit: 1,
+    hint: "Proxmox did not answer in proxmox_command_timeout; check the host load and raise the timeout if needed",
+  },
+  PROXMOX_INVALID: { rpc: 1409, exit: 1, hint: "Proxmox refused a parameter; the details name it" },
+  GUEST_AGENT_NOT_READY: {
+    rpc: 1410,
+    exit: 1,
+    hint: "the guest agent is not answering yet; check that qemu-guest-agent is installed and agent: 1 is set",
+  },
+  STORAGE_UNSUPPORTED: {
+    rpc: 1411,
+    exit: 1,
+    hint: "use a storage of type zfspool, lvmthin or dir (qcow2) for workspaces",
+  },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

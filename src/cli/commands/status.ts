@@ -3,6 +3,15 @@ import { type DaemonStatus, daemonStatus, formatDuration } from "../../protocol/
 import { execute, type GlobalArgs } from "../context.js";
 import { fields, formatBytes } from "../render.js";
 
+function backendLine(backend: DaemonStatus["backend"]): string {
+  if (backend.reachable) {
+    const nodes = (backend.nodes ?? []).map((n) => `${n.node}${n.online ? "" : " (offline)"}`).join(", ");
+    return `${backend.kind}: Proxmox VE ${backend.version ?? "?"}, nodes ${nodes || "none"}`;
+  }
+  const why = backend.error ? `${backend.error.message}\n${" ".repeat(11)}hint: ${backend.error.hint}` : "no answer";
+  return `${backend.kind}: unreachable: ${why}`;
+}
+
 export function statusText(status: DaemonStatus): string {
   const counts = Object.entries(status.sandboxes)
     .sort(([a], [b]) => a.localeCompare(b))
@@ -11,7 +20,7 @@ export function statusText(status: DaemonStatus): string {
     ["daemon", `agentlabd ${status.version} (pid ${status.pid}, node ${status.node_version})`],
     ["uptime", `${formatDuration(Math.round(status.uptime_seconds) * 1000)} (since ${status.started_at})`],
     ["schema", `version ${status.schema_version}`],
-    ["backend", status.backend.kind],
+    ["backend", backendLine(status.backend)],
     ["database", `${status.database.path} (${formatBytes(status.database.size_bytes)})`],
     ["socket", status.socket_path],
     ["config", status.config_path],

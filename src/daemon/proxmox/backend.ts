@@ -1,0 +1,437 @@
+import { AgentlabError } from "../../protocol/errors.js";
+import type { Logger } from "../log.js";
+import { classifyProxmoxError } from "./errors.js";
+import { retryOnLock } from "./retry.js";
+import { abortableSleep, parseUpid, type TaskStatus, TaskTimeoutError, taskSucceeded, waitForTask } from "./tasks.js";
+import { type HttpMethod, type Params, PveRequestError, type PveTransport } from "./transport.js";
+import type {
+  CallOptions,
+  CloneOptions,
+  ClusterVm,
+  GuestInterface,
+  NodeInfo,
+  PowerState,
+  ProxmoxBackend,
+  SnapshotInfo,
+  StorageInfo,
+  VmConfig,
+  VmRef,
+  VmStatus,
+  VolumeInfo,
+} from "./types.js";
+
+export interface PveBackendOptions {
+  transport: PveTransport;
+  log: Logger;
+  /** Bound for one call, including waiting for its task (proxmox_command_timeout). */
+  timeoutMs: number;
+  /** How long lock contention is retried before the lock error is reported. */
+  lockRetryBudgetMs?: number;
+  /** The API token id (USER@REALM!TOKEN), named in permission hints. */
+  tokenId?: string;
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+  now?: () => number;
+  random?: () => number;
+}
+
+type Json = Record<string, unknown>;
+
+const asNumber = (value: unknown): number | undefined => {
+  if (typeof value === "number" && Number.isFinite(value)) return value;
+  if (typeof value === "string" && value.trim() !== "" && Number.isFinite(Number(value))) return Number(value);
+  return undefined;
+};
+const asString = (value: unknown): string | undefined => (typeof value === "string" && value !== "" ? value : undefined);
+const splitTags = (value: unknown): string[] =>
+  typeof value === "string" && value !== "" ? value.split(/[;, ]+/).filter((tag) => tag !== "") : [];
+
+function powerState(status: unknown, qmpstatus: unknown): PowerState {
+  if (status === "running") return qmpstatus === "paused" || qmpstatus === "suspended" ? "paused" : "running";
+  if (status === "stopped") return "stopped";
+  return "unknown";
+}
+
+function vmPath(vm: VmRef): string {
+  return `/nodes/${encodeURIComponent(vm.node)}/qemu/${vm.vmid}`;
+}
+
+function storageOf(volid: string): string {
+  const colon = volid.indexOf(":");
+  if (colon <= 0) throw new AgentlabError("INVALID_PARAMS", `not a Proxmox volume id: "${volid}" (expected STORAGE:NAME)`);
+  return volid.slice(0, colon);
+}
+
+/**
+ * The Proxmox backend, written once over a transport: every method is one API call (plus waiting
+ * for its task), classified errors, lock contention retried with jitter, each call logged at debug
+ * with its duration. `pvesh` and HTTPS carry the same calls, so the shell and API backends behave
+ * the same by construction.
+ */
+export class PveBackend implements ProxmoxBackend {
+  readonly kind: "shell" | "api";
+  private readonly transport: PveTransport;
+  private readonly log: Logger;
+  private readonly timeoutMs: number;
+  private readonly lockRetryBudgetMs: number;
+  private readonly tokenId: string | undefined;
+  private readonly sleep: (ms: number, signal?: AbortSignal) => Promise<void>;
+  private readonly now: () => number;
+  private readonly random: () => number;
+
+  constructor(options: PveBackendOptions) {
+    this.transport = options.transport;
+    this.kind = options.transport.kind;
+    this.log = options.log;
+    this.timeoutMs = options.timeoutMs;
+    this.lockRetryBudgetMs = options.lockRetryBudgetMs ?? 30_000;
+    this.tokenId = options.tokenId;
+    this.sleep = options.sleep ?? abortableSleep;
+    this.now = options.now ?? Date.now;
+    this.random = options.random ?? Math.random;
+  }
+
+  get calls(): { count: number } {
+    return this.transport.calls;
+  }
+
+  /** One logged, classified call; `vmid` names the VM in errors. */
+  private async call<T>(action: string, vmid: number | undefined, work: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    try {
+      const result = await work();
+      this.log.debug({ action, vmid, ms: Math.round(performance.now() - started), backend: this.kind }, "proxmox call");
+      return result;
+    } catch (error) {
+      const classified = classifyProxmoxError(error, {
+        action,
+        ...(vmid !== undefined ? { vmid } : {}),
+        ...(this.tokenId ? { tokenId: this.tokenId } : {}),
+      });
+      this.log.debug(
+        { action, vmid, ms: Math.round(performance.now() - started), backend: this.kind, code: classified.code },
+        `proxmox call failed: ${classified.message}`,
+      );
+      throw classified;
+    }
+  }
+
+  private request(method: HttpMethod, path: string, params?: Params, signal?: AbortSignal): Promise<unknown> {
+    return this.transport.request(method, path, params, signal);
+  }
+
+  /**
+   * A call that starts a worker: send it, wait for the task, and report a failed task by its exit
+   * status. Lock contention (before or inside the task) is retried as a whole.
+   */
+  private async mutate(
+    action: string,
+    vm: { vmid?: number },
+    method: HttpMethod,
+    path: string,
+    params: Params,
+    call: CallOptions = {},
+  ): Promise<void> {
+    await this.call(action, vm.vmid, () =>
+      retryOnLock(
+        async () => {
+          try {
+            const data = await this.request(method, path, params, call.signal);
+            if (typeof data === "string" && data.startsWith("UPID:")) await this.awaitTask(method, path, data, call.signal);
+          } catch (error) {
+            throw classifyProxmoxError(error, {
+              action,
+              ...(vm.vmid !== undefined ? { vmid: vm.vmid } : {}),
+              ...(this.tokenId ? { tokenId: this.tokenId } : {}),
+            });
+          }
+        },
+        {
+          budgetMs: this.lockRetryBudgetMs,
+          baseDelayMs: 250,
+          maxDelayMs: 4000,
+          sleep: this.sleep,
+          now: this.now,
+          random: this.random,
+          ...(call.signal ? { signal: call.signal } : {}),
+          onRetry: (error, attempt, delayMs) =>
+            this.log.info({ action, vmid: vm.vmid, attempt, delay_ms: delayMs }, `retrying after lock: ${(error as Error).message}`),
+        },
+      ),
+    );
+  }
+
+  private async awaitTask(method: HttpMethod, path: string, upidText: string, signal?: AbortSignal): Promise<void> {
+    const upid = parseUpid(upidText);
+    if (!upid) throw new PveRequestError(method, path, `unexpected task id ${JSON.stringify(upidText)}`);
+    const statusPath = `/nodes/${encodeURIComponent(upid.node)}/tasks/${encodeURIComponent(upid.upid)}/status`;
+    let status: TaskStatus;
+    try {
+      status = await waitForTask(
+        async () => {
+          const raw = (await this.request("GET", statusPath, undefined, signal)) as Json;
+          const exitstatus = asString(raw.exitstatus);
+          return { status: raw.status === "stopped" ? "stopped" : "running", ...(exitstatus ? { exitstatus } : {}) };
+        },
+        upid.upid,
+        { sleep: this.sleep, now: this.now, timeoutMs: this.timeoutMs, ...(signal ? { signal } : {}) },
+      );
+    } catch (error) {
+      if (error instanceof TaskTimeoutError) {
+        throw new AgentlabError("PROXMOX_TIMEOUT", `${upid.type} task did not finish in time: ${error.message}`, {
+          details: { upid: upid.upid },
+          cause: error,
+        });
+      }
+      throw error;
+    }
+    if (!taskSucceeded(status)) {
+      const failure = classifyProxmoxError(new PveRequestError(method, path, status.exitstatus ?? "unexpected status"), {
+        action: `${upid.type} task`,
+        ...(this.tokenId ? { tokenId: this.tokenId } : {}),
+      });
+      if (failure.code !== "PROXMOX_ERROR") throw failure;
+      throw new AgentlabError("PROXMOX_TASK_FAILED", `${upid.type} task failed: ${status.exitstatus}`, {
+        hint: `read the task log: pvesh get /nodes/${upid.node}/tasks/${upid.upid}/log`,
+        details: { upid: upid.upid, exitstatus: status.exitstatus },
+      });
+    }
+  }
+
+  version(): Promise<{ version: string; release: string }> {
+    return this.call("read Proxmox version", undefined, async () => {
+      const data = (await this.request("GET", "/version")) as Json;
+      return { version: String(data.version ?? ""), release: String(data.release ?? "") };
+    });
+  }
+
+  listNodes(): Promise<NodeInfo[]> {
+    return this.call("list nodes", undefined, async () => {
+      const data = (await this.request("GET", "/nodes")) as Json[];
+      return data.map((n) => {
+        const info: NodeInfo = { node: String(n.node), online: n.status === "online" };
+        for (const key of ["cpu", "maxcpu", "mem", "maxmem"] as const) {
+          const value = asNumber(n[key]);
+          if (value !== undefined) info[key] = value;
+        }
+        return info;
+      });
+    });
+  }
+
+  listVms(): Promise<ClusterVm[]> {
+    return this.call("list cluster VMs", undefined, async () => {
+      const data = (await this.request("GET", "/cluster/resources", { type: "vm" })) as Json[];
+      return data
+        .filter((r) => r.type === "qemu")
+        .map((r) => {
+          const vm: ClusterVm = {
+            vmid: Number(r.vmid),
+            node: String(r.node),
+            state: powerState(r.status, r.qmpstatus),
+            template: asNumber(r.template) === 1,
+            tags: splitTags(r.tags),
+          };
+          const name = asString(r.name);
+          if (name) vm.name = name;
+          const lock = asString(r.lock);
+          if (lock) vm.lock = lock;
+          return vm;
+        });
+    });
+  }
+
+  isVmidFree(vmid: number): Promise<boolean> {
+    return this.call(`check VMID ${vmid}`, vmid, async () => {
+      try {
+        await this.request("GET", "/cluster/nextid", { vmid });
+        return true;
+      } catch (error) {
+        if (error instanceof PveRequestError && /already exists/.test(`${error.errors?.vmid ?? ""} ${error.reason}`)) {
+          return false;
+        }
+        throw error;
+      }
+    });
+  }
+
+  clone(source: VmRef, newid: number, options: CloneOptions, call?: CallOptions): Promise<void> {
+    const params: Params = { newid, name: options.name, full: options.full ? 1 : 0 };
+    if (options.target) params.target = options.target;
+    if (options.storage) params.storage = options.storage;
+    return this.mutate(`clone ${source.vmid} -> ${newid}`, { vmid: newid }, "POST", `${vmPath(source)}/clone`, params, call);
+  }
+
+  getConfig(vm: VmRef, options: { current?: boolean } = {}): Promise<VmConfig> {
+    return this.call(`read config of VM ${vm.vmid}`, vm.vmid, async () => {
+      const data = (await this.request("GET", `${vmPath(vm)}/config`, options.current ? { current: 1 } : undefined)) as Json;
+      const config: VmConfig = {};
+      for (const [key, value] of Object.entries(data)) {
+        if (key === "digest") continue;
+        if (typeof value === "number" || typeof value === "string") config[key] = value;
+      }
+      return config;
+    });
+  }
+
+  setConfig(vm: VmRef, changes: Record<string, string | number | boolean>, remove: string[] = []): Promise<void> {
+    const params: Params = { ...changes };
+    if (remove.length > 0) params.delete = remove.join(",");
+    if (Object.keys(params).length === 0) return Promise.resolve();
+    return this.mutate(`configure VM ${vm.vmid}`, vm, "PUT", `${vmPath(vm)}/config`, params);
+  }
+
+  resizeDisk(vm: VmRef, disk: string, size: string, call?: CallOptions): Promise<void> {
+    return this.mutate(`resize ${disk} of VM ${vm.vmid} to ${size}`, vm, "PUT", `${vmPath(vm)}/resize`, { disk, size }, call);
+  }
+
+  start(vm: VmRef, call?: CallOptions): Promise<void> {
+    return this.mutate(`start VM ${vm.vmid}`, vm, "POST", `${vmPath(vm)}/status/start`, {}, call);
+  }
+
+  stop(vm: VmRef, call?: CallOptions): Promise<void> {
+    return this.mutate(`stop VM ${vm.vmid}`, vm, "POST", `${vmPath(vm)}/status/stop`, {}, call);
+  }
+
+  shutdown(vm: VmRef, options: { timeoutSeconds?: number; forceStop?: boolean } = {}, call?: CallOptions): Promise<void> {
+    const params: Params = {};
+    if (options.timeoutSeconds !== undefined) params.timeout = options.timeoutSeconds;
+    if (options.forceStop) params.forceStop = 1;
+    return this.mutate(`shut down VM ${vm.vmid}`, vm, "POST", `${vmPath(vm)}/status/shutdown`, params, call);
+  }
+
+  suspend(vm: VmRef, call?: CallOptions): Promise<void> {
+    return this.mutate(`suspend VM ${vm.vmid}`, vm, "POST", `${vmPath(vm)}/status/suspend`, {}, call);
+  }
+
+  resume(vm: VmRef, call?: CallOptions): Promise<void> {
+    return this.mutate(`resume VM ${vm.vmid}`, vm, "POST", `${vmPath(vm)}/status/resume`, {}, call);
+  }
+
+  status(vm: VmRef): Promise<VmStatus> {
+    return this.call(`read status of VM ${vm.vmid}`, vm.vmid, async () => {
+      const data = (await this.request("GET", `${vmPath(vm)}/status/current`)) as Json;
+      const status: VmStatus = {
+        vmid: vm.vmid,
+        node: vm.node,
+        state: powerState(data.status, data.qmpstatus),
+        template: asNumber(data.template) === 1,
+        uptimeSeconds: asNumber(data.uptime) ?? 0,
+        cpu: asNumber(data.cpu) ?? 0,
+        tags: splitTags(data.tags),
+      };
+      const name = asString(data.name);
+      if (name) status.name = name;
+      const lock = asString(data.lock);
+      if (lock) status.lock = lock;
+      return status;
+    });
+  }
+
+  destroy(vm: VmRef, options: { purge?: boolean } = {}, call?: CallOptions): Promise<void> {
+    const params: Params = options.purge ? { purge: 1, "destroy-unreferenced-disks": 1 } : {};
+    return this.mutate(`destroy VM ${vm.vmid}`, vm, "DELETE", vmPath(vm), params, call);
+  }
+
+  snapshotCreate(vm: VmRef, name: string, description?: string, call?: CallOptions): Promise<void> {
+    const params: Params = { snapname: name };
+    if (description) params.description = description;
+    return this.mutate(`snapshot VM ${vm.vmid} as ${name}`, vm, "POST", `${vmPath(vm)}/snapshot`, params, call);
+  }
+
+  snapshotList(vm: VmRef): Promise<SnapshotInfo[]> {
+    return this.call(`list snapshots of VM ${vm.vmid}`, vm.vmid, async () => {
+      const data = (await this.request("GET", `${vmPath(vm)}/snapshot`)) as Json[];
+      return data
+        .filter((s) => s.name !== "current")
+        .map((s) => {
+          const snapshot: SnapshotInfo = { name: String(s.name), vmstate: asNumber(s.vmstate) === 1 };
+          const parent = asString(s.parent);
+          if (parent) snapshot.parent = parent;
+          const description = asString(s.description);
+          if (description) snapshot.description = description;
+          const snaptime = asNumber(s.snaptime);
+          if (snaptime !== undefined) snapshot.snaptime = snaptime;
+          return snapshot;
+        })
+        .sort((a, b) => (a.snaptime ?? 0) - (b.snaptime ?? 0));
+    });
+  }
+
+  snapshotRollback(vm: VmRef, name: string, call?: CallOptions): Promise<void> {
+    const path = `${vmPath(vm)}/snapshot/${encodeURIComponent(name)}/rollback`;
+    return this.mutate(`roll VM ${vm.vmid} back to ${name}`, vm, "POST", path, {}, call);
+  }
+
+  snapshotDelete(vm: VmRef, name: string, call?: CallOptions): Promise<void> {
+    const path = `${vmPath(vm)}/snapshot/${encodeURIComponent(name)}`;
+    return this.mutate(`delete snapshot ${name} of VM ${vm.vmid}`, vm, "DELETE", path, {}, call);
+  }
+
+  guestInterfaces(vm: VmRef): Promise<GuestInterface[]> {
+    return this.call(`ask the guest agent of VM ${vm.vmid} for its addresses`, vm.vmid, async () => {
+      const data = (await this.request("GET", `${vmPath(vm)}/agent/network-get-interfaces`)) as Json;
+      const result = Array.isArray(data.result) ? (data.result as Json[]) : [];
+      return result.map((iface) => {
+        const addresses = Array.isArray(iface["ip-addresses"]) ? (iface["ip-addresses"] as Json[]) : [];
+        const pick = (type: string) =>
+          addresses.filter((a) => a["ip-address-type"] === type).map((a) => String(a["ip-address"]));
+        const out: GuestInterface = { name: String(iface.name), ipv4: pick("ipv4"), ipv6: pick("ipv6") };
+        const mac = asString(iface["hardware-address"]);
+        if (mac) out.mac = mac.toLowerCase();
+        return out;
+      });
+    });
+  }
+
+  listStorages(node: string): Promise<StorageInfo[]> {
+    return this.call(`list storages of node ${node}`, undefined, async () => {
+      const data = (await this.request("GET", `/nodes/${encodeURIComponent(node)}/storage`)) as Json[];
+      return data.map((s) => {
+        const info: StorageInfo = {
+          storage: String(s.storage),
+          type: String(s.type),
+          active: asNumber(s.active) === 1,
+          enabled: asNumber(s.enabled) !== 0,
+          shared: asNumber(s.shared) === 1,
+          content: typeof s.content === "string" ? s.content.split(",").filter(Boolean) : [],
+        };
+        const total = asNumber(s.total);
+        if (total !== undefined) info.totalBytes = total;
+        const used = asNumber(s.used);
+        if (used !== undefined) info.usedBytes = used;
+        const avail = asNumber(s.avail);
+        if (avail !== undefined) info.availBytes = avail;
+        return info;
+      });
+    });
+  }
+
+  volumeAlloc(node: string, storage: string, vmid: number, filename: string, size: string, format?: string): Promise<string> {
+    return this.call(`allocate ${filename} on ${storage}`, vmid, async () => {
+      const params: Params = { vmid, filename, size };
+      if (format) params.format = format;
+      const path = `/nodes/${encodeURIComponent(node)}/storage/${encodeURIComponent(storage)}/content`;
+      const data = await this.request("POST", path, params);
+      if (typeof data !== "string" || !data.includes(":")) {
+        throw new PveRequestError("POST", path, `unexpected answer ${JSON.stringify(data)} (expected a volume id)`);
+      }
+      return data;
+    });
+  }
+
+  volumeInfo(node: string, volid: string): Promise<VolumeInfo> {
+    return this.call(`look up volume ${volid}`, undefined, async () => {
+      const path = `/nodes/${encodeURIComponent(node)}/storage/${encodeURIComponent(storageOf(volid))}/content/${encodeURIComponent(volid)}`;
+      const data = (await this.request("GET", path)) as Json;
+      const info: VolumeInfo = { volid, path: String(data.path ?? ""), sizeBytes: asNumber(data.size) ?? 0 };
+      const format = asString(data.format);
+      if (format) info.format = format;
+      return info;
+    });
+  }
+
+  volumeFree(node: string, volid: string, call?: CallOptions): Promise<void> {
+    const path = `/nodes/${encodeURIComponent(node)}/storage/${encodeURIComponent(storageOf(volid))}/content/${encodeURIComponent(volid)}`;
+    return this.mutate(`free volume ${volid}`, {}, "DELETE", path, {}, call);
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * Proxmox worker tasks: UPID parsing and waiting for a task to end. Waiting backs off from 0.5 s,
+ * doubling to 5 s, so a fast task costs one or two polls and a slow one does not hammer the API.
+ */
+
+export interface Upid {
+  upid: string;
+  node: string;
+  type: string;
+  id: string;
+  user: string;
+  startTime: number;
+}
+
+const UPID_PATTERN = /^UPID:([^:]+):([0-9A-F]{8}):([0-9A-F]{8,9}):([0-9A-F]{8}):([^:]+):([^:]*):([^:]+):$/;
+
+export function parseUpid(text: string): Upid | undefined {
+  const match = UPID_PATTERN.exec(text.trim());
+  if (!match) return undefined;
+  return {
+    upid: text.trim(),
+    node: match[1]!,
+    startTime: Number.parseInt(match[4]!, 16),
+    type: match[5]!,
+    id: match[6]!,
+    user: match[7]!,
+  };
+}
+
+export interface TaskStatus {
+  status: "running" | "stopped";
+  exitstatus?: string;
+}
+
+/** "OK" and "WARNINGS: n" are success; anything else is the error text. */
+export function taskSucceeded(status: TaskStatus): boolean {
+  return status.exitstatus === "OK" || /^WARNINGS: \d+$/.test(status.exitstatus ?? "");
+}
+
+export interface WaitOptions {
+  sleep: (ms: number, signal?: AbortSignal) => Promise<void>;
+  now: () => number;
+  timeoutMs: number;
+  signal?: AbortSignal;
+  initialDelayMs?: number;
+  maxDelayMs?: number;
+}
+
+export class TaskTimeoutError extends Error {
+  constructor(readonly upid: string, readonly waitedMs: number) {
+    super(`task ${upid} still running after ${Math.round(waitedMs / 1000)}s`);
+    this.name = "TaskTimeoutError";
+  }
+}
+
+export async function waitForTask(
+  poll: () => Promise<TaskStatus>,
+  upid: string,
+  options: WaitOptions,
+): Promise<TaskStatus> {
+  const started = options.now();
+  let delay = options.initialDelayMs ?? 500;
+  const maxDelay = options.maxDelayMs ?? 5000;
+  for (;;) {
+    const status = await poll();
+    if (status.status === "stopped") return status;
+    const waited = options.now() - started;
+    if (waited >= options.timeoutMs) throw new TaskTimeoutError(upid, waited);
+    await options.sleep(Math.min(delay, options.timeoutMs - waited), options.signal);
+    delay = Math.min(delay * 2, maxDelay);
+  }
+}
+
+/** A sleep that an AbortSignal interrupts. */
+export function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}

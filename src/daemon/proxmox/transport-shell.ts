@@ -1,0 +1,109 @@
+import { execa } from "execa";
+import { AgentlabError } from "../../protocol/errors.js";
+import { type HttpMethod, type Params, PveRequestError, type PveTransport } from "./transport.js";
+
+const VERBS: Record<HttpMethod, string> = { GET: "get", POST: "create", PUT: "set", DELETE: "delete" };
+
+export interface ShellTransportOptions {
+  /** Per-call bound (proxmox_command_timeout). */
+  timeoutMs: number;
+  /** The pvesh executable; found in PATH by default. */
+  pvesh?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** pvesh arguments for one call: `pvesh create /path --key value ... --output-format json`. */
+export function pveshArgs(method: HttpMethod, path: string, params: Params = {}): string[] {
+  const args = [VERBS[method], path];
+  for (const [key, value] of Object.entries(params)) {
+    if (value === undefined) continue;
+    args.push(`--${key}`, typeof value === "boolean" ? (value ? "1" : "0") : String(value));
+  }
+  args.push("--output-format", "json");
+  return args;
+}
+
+/**
+ * What pvesh printed, as the API's `data`. Worker endpoints print the task log first and the UPID
+ * last; synchronous `set` prints a summary line and no JSON at all (data is then null).
+ */
+export function parsePveshOutput(method: HttpMethod, path: string, stdout: string): unknown {
+  const lines = stdout.split("\n").filter((line) => line.trim() !== "");
+  if (lines.length === 0) return null;
+  const last = lines[lines.length - 1]!;
+  try {
+    return JSON.parse(method === "GET" ? stdout : last);
+  } catch {
+    if (method === "GET") throw new PveRequestError(method, path, `pvesh printed something that is not JSON: ${last.slice(0, 200)}`);
+    return null;
+  }
+}
+
+/**
+ * pvesh's failures: the message is on stderr, with `NNN ` in front when it came from an HTTP-style
+ * status (400 parameter errors list `key: reason` lines after it).
+ */
+export function parsePveshError(method: HttpMethod, path: string, stderr: string, exitCode?: number): PveRequestError {
+  const lines = stderr
+    .split("\n")
+    .map((line) => line.trimEnd())
+    .filter((line) => line !== "" && !/^trying to acquire lock/.test(line));
+  const first = lines[0] ?? `pvesh exited with status ${exitCode ?? "?"}`;
+  const status = /^(\d{3}) (.*)$/.exec(first);
+  if (status && status[1] === "400") {
+    const errors: Record<string, string> = {};
+    for (const line of lines.slice(1)) {
+      if (/^usage:/i.test(line)) break;
+      const field = /^([\w-]+): (.+)$/.exec(line);
+      if (field) errors[field[1]!] = field[2]!;
+    }
+    return new PveRequestError(method, path, status[2]!, 400, errors);
+  }
+  if (status) return new PveRequestError(method, path, status[2]!, Number(status[1]));
+  return new PveRequestError(method, path, lines.join(" "));
+}
+
+/** The shell backend's transport: one `pvesh` process per call, JSON out, never a shell string. */
+export class ShellTransport implements PveTransport {
+  readonly kind = "shell" as const;
+  readonly calls = { count: 0 };
+
+  constructor(private readonly options: ShellTransportOptions) {}
+
+  async request(method: HttpMethod, path: string, params?: Params, signal?: AbortSignal): Promise<unknown> {
+    this.calls.count++;
+    const args = pveshArgs(method, path, params);
+    const result = await execa(this.options.pvesh ?? "pvesh", args, {
+      reject: false,
+      timeout: this.options.timeoutMs,
+      ...(signal ? { cancelSignal: signal } : {}),
+      ...(this.options.env ? { env: this.options.env } : {}),
+      stdin: "ignore",
+      stripFinalNewline: false,
+    });
+    if (result.isCanceled) {
+      throw new AgentlabError("CANCELLED", `${method} ${path}: cancelled`, { cause: signal?.reason });
+    }
+    if (result.timedOut) {
+      throw new AgentlabError("PROXMOX_TIMEOUT", `pvesh ${args[0]} ${path} did not finish within ${this.options.timeoutMs} ms`, {
+        details: { path },
+      });
+    }
+    if (result.failed && result.exitCode === undefined) {
+      const code = (result.cause as NodeJS.ErrnoException | undefined)?.code;
+      throw new AgentlabError(
+        "PROXMOX_UNREACHABLE",
+        code === "ENOENT" ? "pvesh not found: the shell backend must run on a Proxmox VE node" : `cannot run pvesh: ${result.message}`,
+        {
+          hint:
+            code === "ENOENT"
+              ? "run agentlabd on the Proxmox host, or set proxmox_backend: api with proxmox_api_url and proxmox_api_token"
+              : "check that pvesh runs as root on this host",
+          cause: result.cause,
+        },
+      );
+    }
+    if (result.exitCode !== 0) throw parsePveshError(method, path, String(result.stderr), result.exitCode);
+    return parsePveshOutput(method, path, String(result.stdout));
+  }
+}
