@@ -113,7 +113,11 @@ export const ERROR_CODES = {
     exit: 1,
     hint: "set proxmox_tls_ca_path: /etc/pve/pve-root-ca.pem (or proxmox_tls_insecure: true for a lab)",
   },
-  PROXMOX_TASK_FAILED: { rpc: 1407, exit: 1, hint: "read the task log: pvesh get /nodes/<node>/tasks/<upid>/log" },
+  PROXMOX_TASK_FAILED: {
+    rpc: 1407,
+    exit: 1,
+    hint: "read the task log: pvesh get /nodes/<node>/tasks/<upid>/log",
+  },
   PROXMOX_TIMEOUT: {
     rpc: 1408,
     exit: 1,

@@ -42,7 +42,8 @@ describe("agentlabd and agentlab over a real Unix socket", () => {
     assert.equal(result.code, 0, result.stderr);
     assert.match(result.stdout, /^daemon: +agentlabd \d+\.\d+\.\d+ \(pid \d+/m);
     assert.match(result.stdout, /^schema: +version 1$/m);
-    assert.match(result.stdout, /^backend: +shell$/m);
+    // No Proxmox here (and the simulator is not on PATH): status says so and why, and still answers.
+    assert.match(result.stdout, /^backend: +shell: unreachable: pvesh not found/m);
     assert.match(result.stdout, new RegExp(`^database: +${host.dbPath} \\(`, "m"));
     assert.match(result.stdout, /^sandboxes: +none$/m);
 
@@ -54,6 +55,9 @@ describe("agentlabd and agentlab over a real Unix socket", () => {
     assert.ok(status.database.size_bytes > 0);
     assert.deepEqual(status.sandboxes, {});
     assert.equal(status.profiles, 3);
+    assert.equal(status.backend.kind, "shell");
+    assert.equal(status.backend.reachable, false);
+    assert.equal(status.backend.error.code, "PROXMOX_UNREACHABLE");
   });
 
   test("each RPC call is logged with its own request id", async () => {

@@ -1,15 +1,20 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { classifyProxmoxError, errorChain } from "../../src/daemon/proxmox/errors.js";
+import { PveRequestError } from "../../src/daemon/proxmox/transport.js";
 import { parseApiError } from "../../src/daemon/proxmox/transport-api.js";
 import { parsePveshError, parsePveshOutput, pveshArgs } from "../../src/daemon/proxmox/transport-shell.js";
-import { PveRequestError } from "../../src/daemon/proxmox/transport.js";
 
 const ctx = { action: "start VM 101", vmid: 101, tokenId: "sandbox@pve!orch" };
 
 describe("classifying Proxmox failures", () => {
   test("a missing VM is PROXMOX_VM_NOT_FOUND, from either transport", () => {
-    const shell = parsePveshError("GET", "/nodes/pve/qemu/101/status/current", "Configuration file 'nodes/pve/qemu-server/101.conf' does not exist\n", 2);
+    const shell = parsePveshError(
+      "GET",
+      "/nodes/pve/qemu/101/status/current",
+      "Configuration file 'nodes/pve/qemu-server/101.conf' does not exist\n",
+      2,
+    );
     assert.equal(classifyProxmoxError(shell, ctx).code, "PROXMOX_VM_NOT_FOUND");
     const api = parseApiError(
       "GET",
@@ -24,8 +29,14 @@ describe("classifying Proxmox failures", () => {
   });
 
   test("locks and lock-file timeouts are PROXMOX_LOCKED", () => {
-    for (const reason of ["VM is locked (clone)", "can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout"]) {
-      assert.equal(classifyProxmoxError(new PveRequestError("POST", "/x", reason), ctx).code, "PROXMOX_LOCKED");
+    for (const reason of [
+      "VM is locked (clone)",
+      "can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout",
+    ]) {
+      assert.equal(
+        classifyProxmoxError(new PveRequestError("POST", "/x", reason), ctx).code,
+        "PROXMOX_LOCKED",
+      );
     }
   });
 
@@ -46,7 +57,13 @@ describe("classifying Proxmox failures", () => {
   });
 
   test("401 is PROXMOX_AUTH", () => {
-    const error = parseApiError("GET", "/version", new Error("GET https://pve:8006/api2/json/version return Error 401 Authentication failed!: {\"data\":null,\"errors\":\"\"}"));
+    const error = parseApiError(
+      "GET",
+      "/version",
+      new Error(
+        'GET https://pve:8006/api2/json/version return Error 401 Authentication failed!: {"data":null,"errors":""}',
+      ),
+    );
     assert.equal(classifyProxmoxError(error, ctx).code, "PROXMOX_AUTH");
   });
 
@@ -77,7 +94,9 @@ describe("classifying Proxmox failures", () => {
     test(`TLS failure ${code} is explained with its fix and the whole chain`, () => {
       const root = Object.assign(new Error(`tls failure ${code}`), { code });
       const fetchError = Object.assign(new TypeError("fetch failed"), { cause: root });
-      const wrapped = Object.assign(new Error("FaILED to call GET https://pve:8006/api2/json/version"), { cause: fetchError });
+      const wrapped = Object.assign(new Error("FaILED to call GET https://pve:8006/api2/json/version"), {
+        cause: fetchError,
+      });
       const classified = classifyProxmoxError(wrapped, ctx);
       assert.equal(classified.code, "PROXMOX_TLS");
       assert.match(classified.message, new RegExp(code));
@@ -92,7 +111,9 @@ describe("classifying Proxmox failures", () => {
     ["ENOTFOUND", /does not resolve/],
   ] as const) {
     test(`connection failure ${code} is PROXMOX_UNREACHABLE with its fix`, () => {
-      const wrapped = Object.assign(new Error("FaILED to call GET"), { cause: Object.assign(new Error("connect"), { code }) });
+      const wrapped = Object.assign(new Error("FaILED to call GET"), {
+        cause: Object.assign(new Error("connect"), { code }),
+      });
       const classified = classifyProxmoxError(wrapped, ctx);
       assert.equal(classified.code, "PROXMOX_UNREACHABLE");
       assert.match(classified.hint, fix);
@@ -102,18 +123,26 @@ describe("classifying Proxmox failures", () => {
 
 describe("pvesh plumbing", () => {
   test("arguments are an array with --key value pairs and JSON output", () => {
-    assert.deepEqual(pveshArgs("POST", "/nodes/pve/qemu/9000/clone", { newid: 101, full: false, name: "a b", skip: undefined }), [
-      "create",
-      "/nodes/pve/qemu/9000/clone",
-      "--newid",
-      "101",
-      "--full",
-      "0",
-      "--name",
-      "a b",
-      "--output-format",
-      "json",
-    ]);
+    assert.deepEqual(
+      pveshArgs("POST", "/nodes/pve/qemu/9000/clone", {
+        newid: 101,
+        full: false,
+        name: "a b",
+        skip: undefined,
+      }),
+      [
+        "create",
+        "/nodes/pve/qemu/9000/clone",
+        "--newid",
+        "101",
+        "--full",
+        "0",
+        "--name",
+        "a b",
+        "--output-format",
+        "json",
+      ],
+    );
   });
 
   test("a worker endpoint's output is the task log then the UPID", () => {

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { AgentlabError } from "../../src/protocol/errors.js";
 import { retryOnLock } from "../../src/daemon/proxmox/retry.js";
 import { parseUpid, TaskTimeoutError, taskSucceeded, waitForTask } from "../../src/daemon/proxmox/tasks.js";
+import { AgentlabError } from "../../src/protocol/errors.js";
 
 /** A clock that only moves when the code under test sleeps. */
 function fakeTime() {
@@ -38,17 +38,24 @@ describe("UPIDs and tasks", () => {
   test("waiting backs off 0.5 s doubling to 5 s", async () => {
     const time = fakeTime();
     let polls = 0;
-    const status = await waitForTask(async () => (++polls < 8 ? { status: "running" } : { status: "stopped", exitstatus: "OK" }), "U", {
-      ...time,
-      timeoutMs: 60_000,
-    });
+    const status = await waitForTask(
+      async () => (++polls < 8 ? { status: "running" } : { status: "stopped", exitstatus: "OK" }),
+      "U",
+      {
+        ...time,
+        timeoutMs: 60_000,
+      },
+    );
     assert.equal(status.exitstatus, "OK");
     assert.deepEqual(time.sleeps, [500, 1000, 2000, 4000, 5000, 5000, 5000]);
   });
 
   test("waiting gives up at the bound", async () => {
     const time = fakeTime();
-    await assert.rejects(waitForTask(async () => ({ status: "running" }), "U", { ...time, timeoutMs: 3000 }), TaskTimeoutError);
+    await assert.rejects(
+      waitForTask(async () => ({ status: "running" }), "U", { ...time, timeoutMs: 3000 }),
+      TaskTimeoutError,
+    );
     assert.equal(time.now(), 3000);
   });
 });

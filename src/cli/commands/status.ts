@@ -8,7 +8,9 @@ function backendLine(backend: DaemonStatus["backend"]): string {
     const nodes = (backend.nodes ?? []).map((n) => `${n.node}${n.online ? "" : " (offline)"}`).join(", ");
     return `${backend.kind}: Proxmox VE ${backend.version ?? "?"}, nodes ${nodes || "none"}`;
   }
-  const why = backend.error ? `${backend.error.message}\n${" ".repeat(11)}hint: ${backend.error.hint}` : "no answer";
+  const why = backend.error
+    ? `${backend.error.message}\n${" ".repeat(11)}hint: ${backend.error.hint}`
+    : "no answer";
   return `${backend.kind}: unreachable: ${why}`;
 }
 

@@ -2,7 +2,14 @@ import { AgentlabError } from "../../protocol/errors.js";
 import type { Logger } from "../log.js";
 import { classifyProxmoxError } from "./errors.js";
 import { retryOnLock } from "./retry.js";
-import { abortableSleep, parseUpid, type TaskStatus, TaskTimeoutError, taskSucceeded, waitForTask } from "./tasks.js";
+import {
+  abortableSleep,
+  parseUpid,
+  type TaskStatus,
+  TaskTimeoutError,
+  taskSucceeded,
+  waitForTask,
+} from "./tasks.js";
 import { type HttpMethod, type Params, PveRequestError, type PveTransport } from "./transport.js";
 import type {
   CallOptions,
@@ -38,10 +45,12 @@ type Json = Record<string, unknown>;
 
 const asNumber = (value: unknown): number | undefined => {
   if (typeof value === "number" && Number.isFinite(value)) return value;
-  if (typeof value === "string" && value.trim() !== "" && Number.isFinite(Number(value))) return Number(value);
+  if (typeof value === "string" && value.trim() !== "" && Number.isFinite(Number(value)))
+    return Number(value);
   return undefined;
 };
-const asString = (value: unknown): string | undefined => (typeof value === "string" && value !== "" ? value : undefined);
+const asString = (value: unknown): string | undefined =>
+  typeof value === "string" && value !== "" ? value : undefined;
 const splitTags = (value: unknown): string[] =>
   typeof value === "string" && value !== "" ? value.split(/[;, ]+/).filter((tag) => tag !== "") : [];
 
@@ -57,7 +66,8 @@ function vmPath(vm: VmRef): string {
 
 function storageOf(volid: string): string {
   const colon = volid.indexOf(":");
-  if (colon <= 0) throw new AgentlabError("INVALID_PARAMS", `not a Proxmox volume id: "${volid}" (expected STORAGE:NAME)`);
+  if (colon <= 0)
+    throw new AgentlabError("INVALID_PARAMS", `not a Proxmox volume id: "${volid}" (expected STORAGE:NAME)`);
   return volid.slice(0, colon);
 }
 
@@ -99,7 +109,10 @@ export class PveBackend implements ProxmoxBackend {
     const started = performance.now();
     try {
       const result = await work();
-      this.log.debug({ action, vmid, ms: Math.round(performance.now() - started), backend: this.kind }, "proxmox call");
+      this.log.debug(
+        { action, vmid, ms: Math.round(performance.now() - started), backend: this.kind },
+        "proxmox call",
+      );
       return result;
     } catch (error) {
       const classified = classifyProxmoxError(error, {
@@ -108,7 +121,13 @@ export class PveBackend implements ProxmoxBackend {
         ...(this.tokenId ? { tokenId: this.tokenId } : {}),
       });
       this.log.debug(
-        { action, vmid, ms: Math.round(performance.now() - started), backend: this.kind, code: classified.code },
+        {
+          action,
+          vmid,
+          ms: Math.round(performance.now() - started),
+          backend: this.kind,
+          code: classified.code,
+        },
         `proxmox call failed: ${classified.message}`,
       );
       throw classified;
@@ -136,7 +155,8 @@ export class PveBackend implements ProxmoxBackend {
         async () => {
           try {
             const data = await this.request(method, path, params, call.signal);
-            if (typeof data === "string" && data.startsWith("UPID:")) await this.awaitTask(method, path, data, call.signal);
+            if (typeof data === "string" && data.startsWith("UPID:"))
+              await this.awaitTask(method, path, data, call.signal);
           } catch (error) {
             throw classifyProxmoxError(error, {
               action,
@@ -154,13 +174,21 @@ export class PveBackend implements ProxmoxBackend {
           random: this.random,
           ...(call.signal ? { signal: call.signal } : {}),
           onRetry: (error, attempt, delayMs) =>
-            this.log.info({ action, vmid: vm.vmid, attempt, delay_ms: delayMs }, `retrying after lock: ${(error as Error).message}`),
+            this.log.info(
+              { action, vmid: vm.vmid, attempt, delay_ms: delayMs },
+              `retrying after lock: ${(error as Error).message}`,
+            ),
         },
       ),
     );
   }
 
-  private async awaitTask(method: HttpMethod, path: string, upidText: string, signal?: AbortSignal): Promise<void> {
+  private async awaitTask(
+    method: HttpMethod,
+    path: string,
+    upidText: string,
+    signal?: AbortSignal,
+  ): Promise<void> {
     const upid = parseUpid(upidText);
     if (!upid) throw new PveRequestError(method, path, `unexpected task id ${JSON.stringify(upidText)}`);
     const statusPath = `/nodes/${encodeURIComponent(upid.node)}/tasks/${encodeURIComponent(upid.upid)}/status`;
@@ -170,25 +198,35 @@ export class PveBackend implements ProxmoxBackend {
         async () => {
           const raw = (await this.request("GET", statusPath, undefined, signal)) as Json;
           const exitstatus = asString(raw.exitstatus);
-          return { status: raw.status === "stopped" ? "stopped" : "running", ...(exitstatus ? { exitstatus } : {}) };
+          return {
+            status: raw.status === "stopped" ? "stopped" : "running",
+            ...(exitstatus ? { exitstatus } : {}),
+          };
         },
         upid.upid,
         { sleep: this.sleep, now: this.now, timeoutMs: this.timeoutMs, ...(signal ? { signal } : {}) },
       );
     } catch (error) {
       if (error instanceof TaskTimeoutError) {
-        throw new AgentlabError("PROXMOX_TIMEOUT", `${upid.type} task did not finish in time: ${error.message}`, {
-          details: { upid: upid.upid },
-          cause: error,
-        });
+        throw new AgentlabError(
+          "PROXMOX_TIMEOUT",
+          `${upid.type} task did not finish in time: ${error.message}`,
+          {
+            details: { upid: upid.upid },
+            cause: error,
+          },
+        );
       }
       throw error;
     }
     if (!taskSucceeded(status)) {
-      const failure = classifyProxmoxError(new PveRequestError(method, path, status.exitstatus ?? "unexpected status"), {
-        action: `${upid.type} task`,
-        ...(this.tokenId ? { tokenId: this.tokenId } : {}),
-      });
+      const failure = classifyProxmoxError(
+        new PveRequestError(method, path, status.exitstatus ?? "unexpected status"),
+        {
+          action: `${upid.type} task`,
+          ...(this.tokenId ? { tokenId: this.tokenId } : {}),
+        },
+      );
       if (failure.code !== "PROXMOX_ERROR") throw failure;
       throw new AgentlabError("PROXMOX_TASK_FAILED", `${upid.type} task failed: ${status.exitstatus}`, {
         hint: `read the task log: pvesh get /nodes/${upid.node}/tasks/${upid.upid}/log`,
@@ -246,7 +284,10 @@ export class PveBackend implements ProxmoxBackend {
         await this.request("GET", "/cluster/nextid", { vmid });
         return true;
       } catch (error) {
-        if (error instanceof PveRequestError && /already exists/.test(`${error.errors?.vmid ?? ""} ${error.reason}`)) {
+        if (
+          error instanceof PveRequestError &&
+          /already exists/.test(`${error.errors?.vmid ?? ""} ${error.reason}`)
+        ) {
           return false;
         }
         throw error;
@@ -258,12 +299,23 @@ export class PveBackend implements ProxmoxBackend {
     const params: Params = { newid, name: options.name, full: options.full ? 1 : 0 };
     if (options.target) params.target = options.target;
     if (options.storage) params.storage = options.storage;
-    return this.mutate(`clone ${source.vmid} -> ${newid}`, { vmid: newid }, "POST", `${vmPath(source)}/clone`, params, call);
+    return this.mutate(
+      `clone ${source.vmid} -> ${newid}`,
+      { vmid: newid },
+      "POST",
+      `${vmPath(source)}/clone`,
+      params,
+      call,
+    );
   }
 
   getConfig(vm: VmRef, options: { current?: boolean } = {}): Promise<VmConfig> {
     return this.call(`read config of VM ${vm.vmid}`, vm.vmid, async () => {
-      const data = (await this.request("GET", `${vmPath(vm)}/config`, options.current ? { current: 1 } : undefined)) as Json;
+      const data = (await this.request(
+        "GET",
+        `${vmPath(vm)}/config`,
+        options.current ? { current: 1 } : undefined,
+      )) as Json;
       const config: VmConfig = {};
       for (const [key, value] of Object.entries(data)) {
         if (key === "digest") continue;
@@ -273,7 +325,11 @@ export class PveBackend implements ProxmoxBackend {
     });
   }
 
-  setConfig(vm: VmRef, changes: Record<string, string | number | boolean>, remove: string[] = []): Promise<void> {
+  setConfig(
+    vm: VmRef,
+    changes: Record<string, string | number | boolean>,
+    remove: string[] = [],
+  ): Promise<void> {
     const params: Params = { ...changes };
     if (remove.length > 0) params.delete = remove.join(",");
     if (Object.keys(params).length === 0) return Promise.resolve();
@@ -281,7 +337,14 @@ export class PveBackend implements ProxmoxBackend {
   }
 
   resizeDisk(vm: VmRef, disk: string, size: string, call?: CallOptions): Promise<void> {
-    return this.mutate(`resize ${disk} of VM ${vm.vmid} to ${size}`, vm, "PUT", `${vmPath(vm)}/resize`, { disk, size }, call);
+    return this.mutate(
+      `resize ${disk} of VM ${vm.vmid} to ${size}`,
+      vm,
+      "PUT",
+      `${vmPath(vm)}/resize`,
+      { disk, size },
+      call,
+    );
   }
 
   start(vm: VmRef, call?: CallOptions): Promise<void> {
@@ -292,7 +355,11 @@ export class PveBackend implements ProxmoxBackend {
     return this.mutate(`stop VM ${vm.vmid}`, vm, "POST", `${vmPath(vm)}/status/stop`, {}, call);
   }
 
-  shutdown(vm: VmRef, options: { timeoutSeconds?: number; forceStop?: boolean } = {}, call?: CallOptions): Promise<void> {
+  shutdown(
+    vm: VmRef,
+    options: { timeoutSeconds?: number; forceStop?: boolean } = {},
+    call?: CallOptions,
+  ): Promise<void> {
     const params: Params = {};
     if (options.timeoutSeconds !== undefined) params.timeout = options.timeoutSeconds;
     if (options.forceStop) params.forceStop = 1;
@@ -335,7 +402,14 @@ export class PveBackend implements ProxmoxBackend {
   snapshotCreate(vm: VmRef, name: string, description?: string, call?: CallOptions): Promise<void> {
     const params: Params = { snapname: name };
     if (description) params.description = description;
-    return this.mutate(`snapshot VM ${vm.vmid} as ${name}`, vm, "POST", `${vmPath(vm)}/snapshot`, params, call);
+    return this.mutate(
+      `snapshot VM ${vm.vmid} as ${name}`,
+      vm,
+      "POST",
+      `${vmPath(vm)}/snapshot`,
+      params,
+      call,
+    );
   }
 
   snapshotList(vm: VmRef): Promise<SnapshotInfo[]> {
@@ -406,14 +480,25 @@ export class PveBackend implements ProxmoxBackend {
     });
   }
 
-  volumeAlloc(node: string, storage: string, vmid: number, filename: string, size: string, format?: string): Promise<string> {
+  volumeAlloc(
+    node: string,
+    storage: string,
+    vmid: number,
+    filename: string,
+    size: string,
+    format?: string,
+  ): Promise<string> {
     return this.call(`allocate ${filename} on ${storage}`, vmid, async () => {
       const params: Params = { vmid, filename, size };
       if (format) params.format = format;
       const path = `/nodes/${encodeURIComponent(node)}/storage/${encodeURIComponent(storage)}/content`;
       const data = await this.request("POST", path, params);
       if (typeof data !== "string" || !data.includes(":")) {
-        throw new PveRequestError("POST", path, `unexpected answer ${JSON.stringify(data)} (expected a volume id)`);
+        throw new PveRequestError(
+          "POST",
+          path,
+          `unexpected answer ${JSON.stringify(data)} (expected a volume id)`,
+        );
       }
       return data;
     });

@@ -6,7 +6,11 @@ import { PveRequestError } from "./transport.js";
  * react to kinds (missing VM, lock, permission) instead of strings. Each explanation says what to do.
  */
 
-const LOCK_PATTERNS = [/VM is locked \(([^)]+)\)/, /can't lock file '([^']+)' - got timeout/, /got lock request timeout/];
+const LOCK_PATTERNS = [
+  /VM is locked \(([^)]+)\)/,
+  /can't lock file '([^']+)' - got timeout/,
+  /got lock request timeout/,
+];
 
 /** Locks and lock-file timeouts clear by themselves; they are the only failures worth retrying. */
 export function isLockError(error: unknown): boolean {
@@ -86,11 +90,15 @@ export function classifyProxmoxError(error: unknown, ctx: ClassifyContext): Agen
 
   const code = findCode(error);
   if (code && code in TLS_FIXES) {
-    return new AgentlabError("PROXMOX_TLS", `${ctx.action}: TLS verification of the Proxmox API failed (${code})`, {
-      hint: TLS_FIXES[code]!,
-      details: { ...details, tls_code: code },
-      cause,
-    });
+    return new AgentlabError(
+      "PROXMOX_TLS",
+      `${ctx.action}: TLS verification of the Proxmox API failed (${code})`,
+      {
+        hint: TLS_FIXES[code]!,
+        details: { ...details, tls_code: code },
+        cause,
+      },
+    );
   }
   if (code && code in CONNECTION_FIXES) {
     return new AgentlabError("PROXMOX_UNREACHABLE", `${ctx.action}: cannot reach the Proxmox API (${code})`, {
@@ -100,7 +108,10 @@ export function classifyProxmoxError(error: unknown, ctx: ClassifyContext): Agen
     });
   }
   if (!(error instanceof PveRequestError)) {
-    return new AgentlabError("PROXMOX_ERROR", `${ctx.action}: ${chain[0] ?? "unknown error"}`, { details, cause });
+    return new AgentlabError("PROXMOX_ERROR", `${ctx.action}: ${chain[0] ?? "unknown error"}`, {
+      details,
+      cause,
+    });
   }
   const reason = error.reason.trim();
   if (error.status !== undefined) details.status = error.status;
@@ -119,7 +130,10 @@ export function classifyProxmoxError(error: unknown, ctx: ClassifyContext): Agen
       cause,
     });
   }
-  if (/Configuration file '[^']*qemu-server\/\d+\.conf' does not exist/.test(reason) || /^VM \d+ does not exist/.test(reason)) {
+  if (
+    /Configuration file '[^']*qemu-server\/\d+\.conf' does not exist/.test(reason) ||
+    /^VM \d+ does not exist/.test(reason)
+  ) {
     const what = ctx.vmid !== undefined ? `VM ${ctx.vmid} does not exist in Proxmox` : reason;
     return new AgentlabError("PROXMOX_VM_NOT_FOUND", `${ctx.action}: ${what}`, {
       details: { ...details, reason },
@@ -129,18 +143,33 @@ export function classifyProxmoxError(error: unknown, ctx: ClassifyContext): Agen
   if (LOCK_PATTERNS.some((pattern) => pattern.test(reason))) {
     return new AgentlabError("PROXMOX_LOCKED", `${ctx.action}: ${reason}`, { details, cause });
   }
-  if (/QEMU guest agent is not running|No QEMU guest agent configured|qmp command .* failed - got timeout|guest-ping/.test(reason)) {
+  if (
+    /QEMU guest agent is not running|No QEMU guest agent configured|qmp command .* failed - got timeout|guest-ping/.test(
+      reason,
+    )
+  ) {
     return new AgentlabError("GUEST_AGENT_NOT_READY", `${ctx.action}: ${reason}`, { details, cause });
   }
   if (error.status === 400 || error.errors) {
     const fields = Object.entries(error.errors ?? {}).map(([key, text]) => `${key}: ${text}`);
-    return new AgentlabError("PROXMOX_INVALID", `${ctx.action}: ${reason}${fields.length ? ` (${fields.join("; ")})` : ""}`, {
+    return new AgentlabError(
+      "PROXMOX_INVALID",
+      `${ctx.action}: ${reason}${fields.length ? ` (${fields.join("; ")})` : ""}`,
+      {
+        details,
+        cause,
+      },
+    );
+  }
+  if (
+    error.status === 501 ||
+    error.status === 595 ||
+    (error.status !== undefined && error.status >= 502 && error.status <= 504)
+  ) {
+    return new AgentlabError("PROXMOX_UNREACHABLE", `${ctx.action}: ${error.status} ${reason}`, {
       details,
       cause,
     });
-  }
-  if (error.status === 501 || error.status === 595 || (error.status !== undefined && error.status >= 502 && error.status <= 504)) {
-    return new AgentlabError("PROXMOX_UNREACHABLE", `${ctx.action}: ${error.status} ${reason}`, { details, cause });
   }
   return new AgentlabError("PROXMOX_ERROR", `${ctx.action}: ${reason}`, { details, cause });
 }

@@ -16,7 +16,16 @@ export function createBackend(config: Config, log: Logger): ProxmoxBackend {
       ...(config.proxmox_tls_ca_path ? { tlsCaPath: config.proxmox_tls_ca_path } : {}),
       tlsInsecure: config.proxmox_tls_insecure,
     });
-    return new PveBackend({ transport, log: log.child({ backend: "api" }), timeoutMs, tokenId: transport.tokenId });
+    return new PveBackend({
+      transport,
+      log: log.child({ backend: "api" }),
+      timeoutMs,
+      tokenId: transport.tokenId,
+    });
   }
-  return new PveBackend({ transport: new ShellTransport({ timeoutMs }), log: log.child({ backend: "shell" }), timeoutMs });
+  return new PveBackend({
+    transport: new ShellTransport({ timeoutMs }),
+    log: log.child({ backend: "shell" }),
+    timeoutMs,
+  });
 }

@@ -47,7 +47,10 @@ export interface WaitOptions {
 }
 
 export class TaskTimeoutError extends Error {
-  constructor(readonly upid: string, readonly waitedMs: number) {
+  constructor(
+    readonly upid: string,
+    readonly waitedMs: number,
+  ) {
     super(`task ${upid} still running after ${Math.round(waitedMs / 1000)}s`);
     this.name = "TaskTimeoutError";
   }

@@ -20,7 +20,8 @@ export interface ApiTransportOptions {
  */
 export function parseApiError(method: HttpMethod, path: string, error: unknown): unknown {
   const message = error instanceof Error ? error.message : String(error);
-  const match = /(?:return Error|connection failed with) (\d{3}) ([\s\S]*?)(?:: | return: )(\{[\s\S]*\})$/.exec(message);
+  const match =
+    /(?:return Error|connection failed with) (\d{3}) ([\s\S]*?)(?:: | return: )(\{[\s\S]*\})$/.exec(message);
   if (!match) return error;
   let body: { message?: unknown; errors?: unknown } = {};
   try {
@@ -28,7 +29,8 @@ export function parseApiError(method: HttpMethod, path: string, error: unknown):
   } catch {
     // The body is informational; the status and reason are enough.
   }
-  const reason = typeof body.message === "string" && body.message.trim() !== "" ? body.message.trim() : match[2]!;
+  const reason =
+    typeof body.message === "string" && body.message.trim() !== "" ? body.message.trim() : match[2]!;
   const errors =
     body.errors && typeof body.errors === "object" ? (body.errors as Record<string, string>) : undefined;
   return new PveRequestError(method, path, reason, Number(match[1]), errors, undefined, { cause: error });
@@ -75,7 +77,12 @@ export class ApiTransport implements PveTransport {
     });
   }
 
-  async request(method: HttpMethod, path: string, params: Params = {}, signal?: AbortSignal): Promise<unknown> {
+  async request(
+    method: HttpMethod,
+    path: string,
+    params: Params = {},
+    signal?: AbortSignal,
+  ): Promise<unknown> {
     const api = proxmoxApi({
       host: this.host,
       port: this.port,
@@ -85,7 +92,9 @@ export class ApiTransport implements PveTransport {
       queryTimeout: this.options.timeoutMs,
       fetch: ((input: string | URL, init: Record<string, unknown> = {}) => {
         this.calls.count++;
-        const signals = [init.signal as AbortSignal | undefined, signal].filter((s): s is AbortSignal => s !== undefined);
+        const signals = [init.signal as AbortSignal | undefined, signal].filter(
+          (s): s is AbortSignal => s !== undefined,
+        );
         return undiciFetch(input, {
           ...init,
           dispatcher: this.dispatcher,
@@ -104,7 +113,8 @@ export class ApiTransport implements PveTransport {
     try {
       return await verb(clean);
     } catch (error) {
-      if (signal?.aborted) throw new AgentlabError("CANCELLED", `${method} ${path}: cancelled`, { cause: signal.reason });
+      if (signal?.aborted)
+        throw new AgentlabError("CANCELLED", `${method} ${path}: cancelled`, { cause: signal.reason });
       throw parseApiError(method, path, error);
     }
   }

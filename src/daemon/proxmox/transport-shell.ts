@@ -34,7 +34,12 @@ export function parsePveshOutput(method: HttpMethod, path: string, stdout: strin
   try {
     return JSON.parse(method === "GET" ? stdout : last);
   } catch {
-    if (method === "GET") throw new PveRequestError(method, path, `pvesh printed something that is not JSON: ${last.slice(0, 200)}`);
+    if (method === "GET")
+      throw new PveRequestError(
+        method,
+        path,
+        `pvesh printed something that is not JSON: ${last.slice(0, 200)}`,
+      );
     return null;
   }
 }
@@ -43,7 +48,12 @@ export function parsePveshOutput(method: HttpMethod, path: string, stdout: strin
  * pvesh's failures: the message is on stderr, with `NNN ` in front when it came from an HTTP-style
  * status (400 parameter errors list `key: reason` lines after it).
  */
-export function parsePveshError(method: HttpMethod, path: string, stderr: string, exitCode?: number): PveRequestError {
+export function parsePveshError(
+  method: HttpMethod,
+  path: string,
+  stderr: string,
+  exitCode?: number,
+): PveRequestError {
   const lines = stderr
     .split("\n")
     .map((line) => line.trimEnd())
@@ -85,15 +95,21 @@ export class ShellTransport implements PveTransport {
       throw new AgentlabError("CANCELLED", `${method} ${path}: cancelled`, { cause: signal?.reason });
     }
     if (result.timedOut) {
-      throw new AgentlabError("PROXMOX_TIMEOUT", `pvesh ${args[0]} ${path} did not finish within ${this.options.timeoutMs} ms`, {
-        details: { path },
-      });
+      throw new AgentlabError(
+        "PROXMOX_TIMEOUT",
+        `pvesh ${args[0]} ${path} did not finish within ${this.options.timeoutMs} ms`,
+        {
+          details: { path },
+        },
+      );
     }
     if (result.failed && result.exitCode === undefined) {
       const code = (result.cause as NodeJS.ErrnoException | undefined)?.code;
       throw new AgentlabError(
         "PROXMOX_UNREACHABLE",
-        code === "ENOENT" ? "pvesh not found: the shell backend must run on a Proxmox VE node" : `cannot run pvesh: ${result.message}`,
+        code === "ENOENT"
+          ? "pvesh not found: the shell backend must run on a Proxmox VE node"
+          : `cannot run pvesh: ${result.message}`,
         {
           hint:
             code === "ENOENT"

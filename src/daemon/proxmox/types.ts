@@ -110,7 +110,11 @@ export interface ProxmoxBackend {
   start(vm: VmRef, call?: CallOptions): Promise<void>;
   /** Hard stop; a VM that is already stopped is fine. */
   stop(vm: VmRef, call?: CallOptions): Promise<void>;
-  shutdown(vm: VmRef, options?: { timeoutSeconds?: number; forceStop?: boolean }, call?: CallOptions): Promise<void>;
+  shutdown(
+    vm: VmRef,
+    options?: { timeoutSeconds?: number; forceStop?: boolean },
+    call?: CallOptions,
+  ): Promise<void>;
   suspend(vm: VmRef, call?: CallOptions): Promise<void>;
   resume(vm: VmRef, call?: CallOptions): Promise<void>;
   /** Throws PROXMOX_VM_NOT_FOUND when the VM does not exist. */
@@ -124,7 +128,14 @@ export interface ProxmoxBackend {
   guestInterfaces(vm: VmRef): Promise<GuestInterface[]>;
   listStorages(node: string): Promise<StorageInfo[]>;
   /** Allocate a volume; the name must follow Proxmox's vm-<vmid>-* rule. Returns the volid. */
-  volumeAlloc(node: string, storage: string, vmid: number, filename: string, size: string, format?: string): Promise<string>;
+  volumeAlloc(
+    node: string,
+    storage: string,
+    vmid: number,
+    filename: string,
+    size: string,
+    format?: string,
+  ): Promise<string>;
   volumeInfo(node: string, volid: string): Promise<VolumeInfo>;
   volumeFree(node: string, volid: string, call?: CallOptions): Promise<void>;
   /** Calls made so far, by kind: spawns for the shell backend, requests for the API backend. */

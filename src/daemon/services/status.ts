@@ -15,7 +15,9 @@ async function backendStatus(ctx: DaemonContext): Promise<DaemonStatus["backend"
     };
   } catch (error) {
     const known =
-      error instanceof AgentlabError ? error : new AgentlabError("PROXMOX_ERROR", (error as Error)?.message ?? String(error));
+      error instanceof AgentlabError
+        ? error
+        : new AgentlabError("PROXMOX_ERROR", (error as Error)?.message ?? String(error));
     return { kind, reachable: false, error: { code: known.code, message: known.message, hint: known.hint } };
   }
 }
