@@ -301,6 +301,13 @@ describe("daemon start-up and shutdown", () => {
       assert.match(stderr, /cp .*agentlab\.db .*\.backup/);
       assert.match(stderr, /PRAGMA integrity_check;/);
       assert.doesNotMatch(stderr, /\n\s+at /);
+      // The hint's own check command runs as printed and confirms the damage.
+      const check = /check it: (sqlite3 .*"PRAGMA integrity_check;")/.exec(stderr)?.[1];
+      assert.ok(check, stderr);
+      const { spawnSync } = await import("node:child_process");
+      const run = spawnSync("sh", ["-c", check], { encoding: "utf8" });
+      assert.notEqual(run.status, 0);
+      assert.match(`${run.stdout}${run.stderr}`, /not a database|malformed/);
     } finally {
       host.cleanup();
     }
