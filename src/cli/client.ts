@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { statSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import {
   CancellationTokenSource,
@@ -30,6 +31,14 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
+function isSocketFile(path: string): boolean {
+  try {
+    return statSync(path).isSocket();
+  } catch {
+    return false;
+  }
+}
+
 function unreachable(path: string, reason: string, cause: unknown): AgentlabError {
   return new AgentlabError("DAEMON_UNREACHABLE", `invalid socket path ${path}: ${reason}`, {
     hint: [
@@ -49,6 +58,8 @@ export function connectError(path: string, error: NodeJS.ErrnoException): Agentl
     case "ENOENT":
       return unreachable(path, "no such socket file (is agentlabd running?)", error);
     case "ECONNREFUSED":
+      // Linux answers ECONNREFUSED for a regular file too; say which of the two it is.
+      if (!isSocketFile(path)) return unreachable(path, "it is not a socket", error);
       return unreachable(path, "nothing is listening on it (agentlabd stopped or crashed)", error);
     case "ENOTSOCK":
     case "ENOTDIR":

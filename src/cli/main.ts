@@ -1,5 +1,6 @@
 import yargs, { type Argv } from "yargs";
 import { hideBin } from "yargs/helpers";
+import { editDistance } from "../config/suggest.js";
 import { AgentlabError } from "../protocol/index.js";
 import { VERSION } from "../version.js";
 import { completionCommand } from "./commands/completion.js";
@@ -11,6 +12,41 @@ import { processOutput, renderError } from "./render.js";
 
 /** Help is wrapped at a fixed width so docs/cli.md, generated from it, does not depend on the terminal. */
 export const HELP_WIDTH = 100;
+
+/** Global flags whose next argument is their value, not a command word. */
+const VALUE_FLAGS = new Set(["--socket", "--timeout"]);
+
+/** yargs' own complaints, reworded so the error names the problem and the hint the way out. */
+function usageError(message: string, argv: string[]): AgentlabError {
+  const words = argv.filter((arg, i) => !arg.startsWith("-") && !VALUE_FLAGS.has(argv[i - 1] ?? ""));
+  const typed = words[0];
+  const suggestion = /^Did you mean (.+)\?$/.exec(message.trim());
+  if (suggestion) {
+    // yargs names only the word it would use; the typo is the word closest to it, and what comes
+    // before the typo is the command group the user is in.
+    const wanted = suggestion[1]!;
+    let at = 0;
+    words.forEach((word, i) => {
+      if (editDistance(word, wanted) < editDistance(words[at] ?? "", wanted)) at = i;
+    });
+    const group = words.slice(0, at).join(" ");
+    return new AgentlabError("USAGE", `unknown command "${[group, words[at]].filter(Boolean).join(" ")}"`, {
+      hint: `did you mean agentlab ${[group, wanted].filter(Boolean).join(" ")}? (agentlab ${group ? `${group} ` : ""}--help lists the commands)`,
+    });
+  }
+  const unknown = /^Unknown arguments?: (.+)$/.exec(message.trim());
+  if (
+    unknown &&
+    typed !== undefined &&
+    unknown[1]!.split(", ").includes(typed) &&
+    argv.indexOf(typed) === argv.findIndex((a) => !a.startsWith("-"))
+  ) {
+    return new AgentlabError("USAGE", `unknown command "${typed}"`, {
+      hint: "agentlab --help lists the commands",
+    });
+  }
+  return new AgentlabError("USAGE", message, { hint: "run the command with --help to see its usage" });
+}
 
 export function buildCli(argv: string[]): Argv<GlobalArgs> {
   const wantsJson = argv.includes("--json");
@@ -60,9 +96,7 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
       const failure =
         error instanceof AgentlabError
           ? error
-          : new AgentlabError("USAGE", message ?? error?.message ?? "invalid usage", {
-              hint: "run the command with --help to see its usage",
-            });
+          : usageError(message ?? error?.message ?? "invalid usage", argv);
       renderError(processOutput, failure, wantsJson);
       process.exit(failure.exitCode);
     }) as unknown as Argv<GlobalArgs>;

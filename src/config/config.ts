@@ -25,6 +25,12 @@ import { deriveAgentSubnet, isCidr, isLoopbackHost, isWildcardHost, parseHostPor
 import { checkDocument, describeValue, isMapping, type Problem, withoutBlanks } from "./validate.js";
 import { readYamlDocument } from "./yaml.js";
 
+/** The secret half of a token is a UUID; Proxmox compares it case-insensitively, proxmox-api wants lower case. */
+function lowerSecret(token: string): string {
+  const eq = token.lastIndexOf("=");
+  return eq < 0 ? token : `${token.slice(0, eq + 1)}${token.slice(eq + 1).toLowerCase()}`;
+}
+
 export const DEFAULT_CONFIG_PATH = "/etc/agentlab/config.yaml";
 
 /** The config file the daemon reads: AGENTLAB_CONFIG when set, else the packaged location. */
@@ -87,7 +93,9 @@ const listen = () =>
 const httpUrl = () => matching(isHttpUrl, "expected an http:// or https:// URL with a host");
 
 const API_TOKEN_PREFIX = "PVEAPIToken=";
-const API_TOKEN = /^(?:PVEAPIToken=)?[^@\s!=]+@[^@\s!=]+![^@\s!=]+=\S+$/;
+// Proxmox token secrets are UUIDs (pveum prints them once); proxmox-api refuses any other shape.
+const API_TOKEN =
+  /^(?:PVEAPIToken=)?[^@\s!=]+@[^@\s!=]+![^@\s!=]+=[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 
 /** The file as written: what each key accepts. Cross-key rules and derived values live in resolve(). */
 export const ConfigFileSchema = z.strictObject({
@@ -119,7 +127,7 @@ export const ConfigFileSchema = z.strictObject({
   proxmox_api_url: httpUrl().default("https://localhost:8006"),
   proxmox_api_token: matching(
     (value) => API_TOKEN.test(value.trim()),
-    "expected an API token in the form USER@REALM!TOKENID=SECRET",
+    "expected an API token in the form USER@REALM!TOKENID=SECRET, where SECRET is the UUID pveum printed",
   ).optional(),
   proxmox_node: name(/^[A-Za-z0-9][A-Za-z0-9.-]*$/, "expected a Proxmox node name").optional(),
   proxmox_tls_insecure: bool().default(false),
@@ -353,7 +361,9 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     proxmox_backend: file.proxmox_backend,
     proxmox_clone_mode: file.proxmox_clone_mode,
     proxmox_api_url: file.proxmox_api_url.trim(),
-    proxmox_api_token: token.startsWith(API_TOKEN_PREFIX) ? token.slice(API_TOKEN_PREFIX.length) : token,
+    proxmox_api_token: lowerSecret(
+      token.startsWith(API_TOKEN_PREFIX) ? token.slice(API_TOKEN_PREFIX.length) : token,
+    ),
     proxmox_node: file.proxmox_node ?? "",
     proxmox_tls_insecure: file.proxmox_tls_insecure,
     proxmox_tls_ca_path: optionalPath(file.proxmox_tls_ca_path),
@@ -417,7 +427,7 @@ function checkConfigFile(source: string): void {
     if ((error as NodeJS.ErrnoException).code === "ENOENT") {
       throw new AgentlabError("CONFIG_INVALID", `config file ${source} not found`, {
         details: { file: source },
-        hint: "create it (agentlab init writes one), or point AGENTLAB_CONFIG at an existing config file",
+        hint: "create it (every key has a default, so an empty file works): install -m 0600 /dev/null /etc/agentlab/config.yaml; or point AGENTLAB_CONFIG or --config at an existing file",
         cause: error,
       });
     }

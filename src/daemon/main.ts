@@ -1,3 +1,4 @@
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { configPathFromEnv, loadConfig } from "../config/config.js";
 import { loadProfiles } from "../config/profiles.js";
@@ -8,6 +9,7 @@ import { createLogger, type Logger } from "./log.js";
 import { createBackend } from "./proxmox/load.js";
 import { registerHandlers } from "./rpc/handlers.js";
 import { RpcServer } from "./rpc/server.js";
+import { claimSocketPath } from "./rpc/socket.js";
 import { openStore, type Store } from "./store/db.js";
 
 export interface Daemon {
@@ -22,8 +24,9 @@ export interface StartOptions {
 }
 
 /**
- * Start-up in the order that makes failures cheap: config, then profiles (both pure reads), then the
- * database (migrations), then the socket last, so a daemon that cannot serve never looks alive.
+ * Start-up in the order that makes failures cheap: config, then profiles (both pure reads), then a
+ * check that no other daemon serves the socket (before the database, whose lock it would hold), then
+ * the database (migrations), then the socket last, so a daemon that cannot serve never looks alive.
  */
 export async function startDaemon(options: StartOptions): Promise<Daemon> {
   const { config, warnings } = loadConfig(options.configPath);
@@ -33,6 +36,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   for (const warning of profileWarnings) log.warn({ dir: config.profiles_dir }, warning);
 
   const clock = options.clock ?? systemClock;
+  await claimSocketPath(config.socket_path);
   let store: Store | undefined;
   try {
     store = openStore(config.db_path, { now: () => clock.now() });
@@ -132,7 +136,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
   }
   let daemon: Daemon;
   try {
-    daemon = await startDaemon({ configPath: values.config ?? configPathFromEnv() });
+    daemon = await startDaemon({ configPath: resolve(values.config ?? configPathFromEnv()) });
   } catch (error) {
     fail(error);
   }

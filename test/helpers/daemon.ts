@@ -49,10 +49,10 @@ export interface RunningDaemon {
   stop(signal?: NodeJS.Signals): Promise<number | string>;
 }
 
-export function spawnDaemon(host: HostDir, args: string[] = []): RunningDaemon {
+export function spawnDaemon(host: HostDir, args: string[] = [], env: NodeJS.ProcessEnv = {}): RunningDaemon {
   const proc = spawn(process.execPath, [AGENTLABD_BIN, "--config", host.configPath, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, AGENTLAB_CONFIG: "" },
+    env: { ...process.env, AGENTLAB_CONFIG: "", AGENTLAB_LOG_LEVEL: "", ...env },
   });
   let stdout = "";
   let stderr = "";

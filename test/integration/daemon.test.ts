@@ -84,7 +84,13 @@ describe("agentlabd and agentlab over a real Unix socket", () => {
     assert.ok(stat.isSocket());
     assert.equal(stat.mode & 0o777, 0o660);
     const gid = groupId("agentlab");
-    if (gid !== undefined && process.getuid?.() === 0) assert.equal(stat.gid, gid);
+    if (gid !== undefined && process.getuid?.() === 0) {
+      assert.equal(stat.gid, gid);
+      // The run directory the daemon created lets the group in, or the socket's mode would not matter.
+      const dir = statSync(join(host.root, "run"));
+      assert.equal(dir.gid, gid);
+      assert.equal(dir.mode & 0o070, 0o050);
+    }
   });
 
   test("a second daemon on the live socket refuses to start and leaves the first serving", async () => {
@@ -136,6 +142,29 @@ describe("CLI errors", () => {
       assert.match(result.stderr, /--timeout 5m/);
     } finally {
       silent.close();
+      host.cleanup();
+    }
+  });
+
+  test("a mistyped command names the typo and suggests the command, in its group", async () => {
+    const top = await runCli(["stauts"]);
+    assert.equal(top.code, 2);
+    assert.match(top.stderr, /^error: unknown command "stauts"\nhint: did you mean agentlab status\?/);
+    const nested = await runCli(["--socket", "/tmp/x.sock", "profile", "lst"]);
+    assert.equal(nested.code, 2);
+    assert.match(
+      nested.stderr,
+      /^error: unknown command "profile lst"\nhint: did you mean agentlab profile list\?/,
+    );
+  });
+
+  test("a regular file given as the socket is called out as not a socket", async () => {
+    const host = makeHostDir();
+    try {
+      const result = await runCli(["--socket", host.configPath, "status"]);
+      assert.equal(result.code, 1);
+      assert.match(result.stderr, /^error: invalid socket path .*config\.yaml: it is not a socket$/m);
+    } finally {
       host.cleanup();
     }
   });
@@ -245,6 +274,20 @@ describe("daemon start-up and shutdown", () => {
       assert.match(stderr, /"shell"/);
       assert.match(stderr, /^hint: /m);
       assert.equal(existsSync(host.socketPath), false);
+    } finally {
+      host.cleanup();
+    }
+  });
+
+  test("a bad AGENTLAB_LOG_LEVEL is a clear start-up error", async () => {
+    const host = makeHostDir();
+    try {
+      const daemon = spawnDaemon(host, [], { AGENTLAB_LOG_LEVEL: "chatty" });
+      assert.equal(await daemon.exited, 1);
+      assert.match(
+        daemon.output().stderr,
+        /^agentlabd: error: AGENTLAB_LOG_LEVEL: expected one of trace, debug, info, warn, error, got "chatty"$/m,
+      );
     } finally {
       host.cleanup();
     }

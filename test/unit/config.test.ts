@@ -310,6 +310,16 @@ describe("config: Proxmox backend settings", () => {
     assert.ok(!error.message.includes("s3cr3t"), error.message);
   });
 
+  it("the secret must be the token's UUID; upper case is taken as lower case", () => {
+    const { error } = loadError("proxmox_backend: api\nproxmox_api_token: 'root@pam!agentlab=not-a-uuid'\n");
+    assert.equal(error.details["key"], "proxmox_api_token");
+    assert.match(error.message, /SECRET is the UUID pveum printed/);
+    const upper = load(
+      "proxmox_backend: api\nproxmox_api_token: 'root@pam!agentlab=0B6F8A52-8C1E-4C1B-9D2A-3F0E4B5A6C7D'\n",
+    ).config;
+    assert.equal(upper.proxmox_api_token, "root@pam!agentlab=0b6f8a52-8c1e-4c1b-9d2a-3f0e4b5a6c7d");
+  });
+
   it("proxmox_tls_insecure and proxmox_tls_ca_path are mutually exclusive", () => {
     const { error, file } = loadError(
       "proxmox_tls_insecure: true\nproxmox_tls_ca_path: /etc/pve/pve-root-ca.pem\n",

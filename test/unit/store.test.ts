@@ -419,10 +419,11 @@ describe("store: errors an operator sees at start-up", () => {
     assert.ok(Array.isArray(holders));
     const holder = holders.find((h) => h.pid === holderPid);
     assert.ok(holder, `holder pid ${holderPid} missing from ${JSON.stringify(holders)}`);
-    assert.equal(holder.command, "node");
+    // The full command line, so an operator can tell agentlabd from any other node process.
+    assert.ok(holder.command.startsWith(process.execPath), holder.command);
     assert.ok(!holders.some((h) => h.pid === process.pid), "our own pid is not a holder");
     assertInOrder(err.hint, [
-      `pid ${holderPid} (node)`,
+      `pid ${holderPid} (${holder.command})`,
       "ps aux | grep agentlabd",
       `lsof ${dbPath}`,
       "systemctl restart agentlabd",

@@ -56,7 +56,9 @@ export class ApiTransport implements PveTransport {
     const url = new URL(options.url);
     this.schema = url.protocol === "http:" ? "http" : "https";
     this.host = url.hostname;
-    this.port = url.port ? Number(url.port) : 8006;
+    // URL drops a port equal to the scheme's default (https://pve:443 gives ""), so read it from the text.
+    const explicitPort = /^[a-z]+:\/\/(?:\[[^\]]+\]|[^/:]+):(\d+)/i.exec(options.url)?.[1];
+    this.port = explicitPort ? Number(explicitPort) : 8006;
     const { tokenID, tokenSecret } = splitToken(options.token);
     this.tokenId = tokenID;
     this.tokenSecret = tokenSecret;

@@ -38,7 +38,17 @@ function isLive(path: string): Promise<boolean> {
  * serving it, and we refuse rather than steal it; anything that is not a socket is never deleted.
  */
 export async function claimSocketPath(path: string): Promise<void> {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
+  const dir = dirname(path);
+  const created = mkdirSync(dir, { recursive: true, mode: 0o750 });
+  // Group members must be able to enter the directory to reach the socket in it.
+  const gid = groupId(SOCKET_GROUP);
+  if (created !== undefined && gid !== undefined) {
+    try {
+      chownSync(dir, -1, gid);
+    } catch {
+      // Unprivileged daemons keep the directory as their own; only the owner uses it then.
+    }
+  }
   let isSocket: boolean;
   try {
     isSocket = lstatSync(path).isSocket();

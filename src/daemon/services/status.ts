@@ -3,10 +3,28 @@ import { AgentlabError } from "../../protocol/index.js";
 import type { DaemonContext } from "../context.js";
 
 /** Ask Proxmox who it is; a failure is part of the answer, not an error of the status call. */
+/** Longest the status call waits for Proxmox, well inside the CLI's default 30 s. */
+export const BACKEND_PROBE_MS = 10_000;
+
 async function backendStatus(ctx: DaemonContext): Promise<DaemonStatus["backend"]> {
   const kind = ctx.backend.kind;
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new AgentlabError("PROXMOX_TIMEOUT", `Proxmox did not answer within ${BACKEND_PROBE_MS / 1000}s`, {
+            hint: "check that the Proxmox services run (systemctl status pveproxy pvedaemon) and the host load",
+          }),
+        ),
+      BACKEND_PROBE_MS,
+    );
+  });
   try {
-    const [version, nodes] = await Promise.all([ctx.backend.version(), ctx.backend.listNodes()]);
+    const [version, nodes] = await Promise.race([
+      Promise.all([ctx.backend.version(), ctx.backend.listNodes()]),
+      timeout,
+    ]);
     return {
       kind,
       reachable: true,
@@ -19,6 +37,8 @@ async function backendStatus(ctx: DaemonContext): Promise<DaemonStatus["backend"
         ? error
         : new AgentlabError("PROXMOX_ERROR", (error as Error)?.message ?? String(error));
     return { kind, reachable: false, error: { code: known.code, message: known.message, hint: known.hint } };
+  } finally {
+    clearTimeout(timer);
   }
 }
 

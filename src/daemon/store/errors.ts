@@ -94,7 +94,11 @@ export function findDbHolders(dbPath: string): DbHolder[] {
     if (!holds) continue;
     let command = "?";
     try {
-      command = fs.readFileSync(`/proc/${name}/comm`, "utf8").trim() || "?";
+      // The command line tells "node /usr/local/bin/agentlabd" from "node other.js"; comm says "node" for both.
+      const argv = fs.readFileSync(`/proc/${name}/cmdline`, "utf8").split("\0").filter(Boolean).join(" ");
+      command = (argv || fs.readFileSync(`/proc/${name}/comm`, "utf8").trim() || "?")
+        .replace(/\s+/g, " ")
+        .slice(0, 160);
     } catch {
       // The process may have exited between the two reads; its pid is still worth showing.
     }
@@ -138,7 +142,7 @@ export function dbCorruptError(
     `back up the database before anything else: ${backup}`,
     `check it: sqlite3 ${p} "PRAGMA integrity_check;"`,
     `try to repair it: sqlite3 ${p} "VACUUM;"`,
-    `only if the repair fails, start fresh (WARNING: this deletes all data): rm ${p}; systemctl start agentlabd`,
+    `only if the repair fails, start fresh (WARNING: this deletes all data): rm ${p} ${shellQuote(`${dbPath}-wal`)} ${shellQuote(`${dbPath}-shm`)}; systemctl start agentlabd`,
   ];
   const details: Record<string, unknown> = { path: dbPath };
   if (options.check !== undefined) details["quick_check"] = options.check;
