@@ -134,6 +134,8 @@ export const ERROR_CODES = {
     exit: 1,
     hint: "use a storage of type zfspool, lvmthin or dir (qcow2) for workspaces",
   },
+  SANDBOX_NOT_FOUND: { rpc: 1500, exit: 1, hint: "list sandboxes with agentlab sandbox list --all" },
+  INVALID_TRANSITION: { rpc: 1501, exit: 1, hint: "check the sandbox state: agentlab sandbox show <vmid>" },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -78,6 +78,21 @@ export interface SandboxListFilter {
   includeDestroyed?: boolean;
 }
 
+/** Columns a caller may change after insert; vmid, name, profile and created_at never change. */
+export interface SandboxPatch {
+  state?: SandboxState;
+  node?: string | null;
+  ip?: string | null;
+  workspace_id?: string | null;
+  keepalive?: boolean;
+  lease_expires_at?: Date | null;
+  tags?: readonly string[];
+  failure_reason?: string | null;
+  vm_created?: boolean;
+  snippet_path?: string | null;
+  last_used_at?: Date | null;
+}
+
 export interface SandboxRepo {
   /** Row count per state, for states that have at least one row. */
   countByState(): Record<string, number>;
@@ -86,6 +101,13 @@ export interface SandboxRepo {
   get(vmid: number): Sandbox | undefined;
   /** Ordered by vmid. */
   list(filter?: SandboxListFilter): Sandbox[];
+  /**
+   * Change columns of one row, only if it is still in `expectState` when given (compare-and-set).
+   * Returns the updated row, or undefined when the row is missing or its state moved on.
+   */
+  update(vmid: number, patch: SandboxPatch, expectState?: SandboxState): Sandbox | undefined;
+  /** The highest VMID any sandbox ever had (VMIDs are never reused), or undefined. */
+  maxVmid(): number | undefined;
 }
 
 interface SandboxDbRow {
@@ -201,6 +223,21 @@ export function createSandboxRepo(db: Database.Database, now: () => Date): Sandb
   const ipOwnerStmt = db.prepare<[string], { vmid: number }>(
     "SELECT vmid FROM sandboxes WHERE ip = ? AND state <> 'DESTROYED'",
   );
+  const maxStmt = db.prepare<[], { v: number | null }>("SELECT max(vmid) AS v FROM sandboxes");
+  // One prepared statement per set of changed columns, made on first use.
+  const updateStmts = new Map<string, Database.Statement<Record<string, unknown>, SandboxDbRow>>();
+  const updateStmt = (columns: string[], cas: boolean) => {
+    const key = `${columns.join(",")}|${cas}`;
+    let stmt = updateStmts.get(key);
+    if (!stmt) {
+      const sets = [...columns.map((c) => `${c} = @${c}`), "updated_at = @updated_at"].join(", ");
+      stmt = db.prepare<Record<string, unknown>, SandboxDbRow>(
+        `UPDATE sandboxes SET ${sets} WHERE vmid = @vmid${cas ? " AND state = @expect" : ""} RETURNING ${COLUMNS}`,
+      );
+      updateStmts.set(key, stmt);
+    }
+    return stmt;
+  };
 
   return {
     countByState() {
@@ -260,6 +297,55 @@ export function createSandboxRepo(db: Database.Database, now: () => Date): Sandb
       if (inserted === undefined)
         throw new AgentlabError("INTERNAL", `inserting sandbox ${row.vmid} returned no row`);
       return fromRow(inserted);
+    },
+
+    update(vmid, patch, expectState) {
+      const values: Record<string, unknown> = {};
+      for (const [key, value] of Object.entries(patch)) {
+        if (value === undefined) continue;
+        switch (key) {
+          case "keepalive":
+          case "vm_created":
+            values[key] = value ? 1 : 0;
+            break;
+          case "lease_expires_at":
+          case "last_used_at":
+            values[key] = toDbTimeOrNull(value as Date | null);
+            break;
+          case "tags":
+            values[key] = encodeTags(value as string[]);
+            break;
+          case "ip":
+            values[key] = value === "" ? null : value;
+            break;
+          default:
+            values[key] = value;
+        }
+      }
+      const columns = Object.keys(values).sort();
+      const params = { ...values, vmid, updated_at: toDbTime(now()), expect: expectState ?? null };
+      try {
+        const row = updateStmt(columns, expectState !== undefined).get(params);
+        return row === undefined ? undefined : fromRow(row);
+      } catch (err) {
+        const ip = values.ip;
+        if (sqliteCode(err) === "SQLITE_CONSTRAINT_UNIQUE" && typeof ip === "string") {
+          const owner = ipOwnerStmt.get(ip)?.vmid;
+          throw new AgentlabError(
+            "CONFLICT",
+            `guest IP ${ip} is already used by sandbox ${owner ?? "another sandbox"}`,
+            {
+              details: { vmid, ip, conflicting_vmid: owner ?? null },
+              cause: err,
+            },
+          );
+        }
+        throw err;
+      }
+    },
+
+    maxVmid() {
+      return maxStmt.get()?.v ?? undefined;
     },
 
     get(vmid) {
