@@ -20,10 +20,13 @@ import {
 export interface GlobalArgs {
   socket: string;
   json: boolean;
-  timeout: string;
+  /** Unset: 30s for quick calls, 15m for operations that report progress. */
+  timeout?: string | undefined;
 }
 
-export const DEFAULT_TIMEOUT = "30s";
+export const DEFAULT_TIMEOUT_MS = 30_000;
+/** Long operations (clone, start, wait for the guest) are quiet for minutes on a slow host. */
+export const DEFAULT_PROGRESS_TIMEOUT_MS = 15 * 60_000;
 
 export function defaultSocket(env: NodeJS.ProcessEnv = process.env): string {
   const fromEnv = env.AGENTLAB_SOCKET;
@@ -48,6 +51,8 @@ export interface Outcome {
   /** The text for people. */
   text: string;
   exitCode?: number;
+  /** The command wrote its own output (streams such as logs --follow); render nothing more. */
+  printed?: boolean;
 }
 
 export interface CommandContext {
@@ -65,7 +70,12 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
     args,
     out,
     async call(method, params) {
-      const timeoutMs = parseTimeout(args.timeout);
+      const timeoutMs =
+        args.timeout !== undefined
+          ? parseTimeout(args.timeout)
+          : method.progress
+            ? DEFAULT_PROGRESS_TIMEOUT_MS
+            : DEFAULT_TIMEOUT_MS;
       const abort = new AbortController();
       let interrupts = 0;
       const onSigint = () => {
@@ -103,7 +113,9 @@ export async function execute(
   const ctx = commandContext(args);
   try {
     const outcome = await work(ctx);
-    if (args.json) renderJson(ctx.out, outcome.data);
+    if (outcome.printed) {
+      // already written
+    } else if (args.json) renderJson(ctx.out, outcome.data);
     else ctx.out.stdout(outcome.text);
     process.exitCode = outcome.exitCode ?? 0;
   } catch (error) {

@@ -5,9 +5,10 @@ import { AgentlabError } from "../protocol/index.js";
 import { VERSION } from "../version.js";
 import { completionCommand } from "./commands/completion.js";
 import { profileCommand } from "./commands/profile.js";
+import { sandboxCommand, sandboxShortcuts } from "./commands/sandbox.js";
 import { statusCommand } from "./commands/status.js";
 import { versionCommand } from "./commands/version.js";
-import { DEFAULT_TIMEOUT, defaultSocket, type GlobalArgs, parseTimeout } from "./context.js";
+import { defaultSocket, type GlobalArgs, parseTimeout } from "./context.js";
 import { processOutput, renderError } from "./render.js";
 
 /** Help is wrapped at a fixed width so docs/cli.md, generated from it, does not depend on the terminal. */
@@ -68,15 +69,17 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
     })
     .option("timeout", {
       type: "string",
-      default: DEFAULT_TIMEOUT,
+      defaultDescription: "30s; 15m for commands that report progress",
       describe: "how long to wait for the daemon to answer, e.g. 30s, 5m (progress counts as an answer)",
       global: true,
     })
     .check((args) => {
-      parseTimeout(args.timeout);
+      if (args.timeout !== undefined) parseTimeout(args.timeout);
       return true;
     })
     .command(statusCommand)
+    .command(sandboxCommand)
+    .command(sandboxShortcuts)
     .command(profileCommand)
     .command(versionCommand)
     .command(completionCommand)

@@ -136,6 +136,18 @@ export const ERROR_CODES = {
   },
   SANDBOX_NOT_FOUND: { rpc: 1500, exit: 1, hint: "list sandboxes with agentlab sandbox list --all" },
   INVALID_TRANSITION: { rpc: 1501, exit: 1, hint: "check the sandbox state: agentlab sandbox show <vmid>" },
+  INVALID_STATE: { rpc: 1502, exit: 1, hint: "check the sandbox state: agentlab sandbox show <vmid>" },
+  LEASE_NOT_RENEWABLE: {
+    rpc: 1503,
+    exit: 1,
+    hint: "only RUNNING sandboxes renew; a TIMEOUT one is gone: agentlab sandbox destroy --force <vmid>, then agentlab sandbox new --profile <profile> --ttl <ttl>",
+  },
+  PROVISIONING_FAILED: {
+    rpc: 1504,
+    exit: 1,
+    hint: "see the reason with agentlab sandbox show <vmid>; check the template (qm list) and storage (pvesh get /storage)",
+  },
+  DESTROY_FAILED: { rpc: 1505, exit: 1, hint: "use --force: agentlab sandbox destroy --force <vmid>" },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -5,16 +5,40 @@
 import { daemonStatus } from "./daemon.js";
 import type { Method } from "./method.js";
 import { profileList } from "./profile.js";
+import {
+  sandboxCreate,
+  sandboxDestroy,
+  sandboxLeaseRenew,
+  sandboxList,
+  sandboxLogs,
+  sandboxPrune,
+  sandboxShow,
+  sandboxStart,
+  sandboxStop,
+} from "./sandbox.js";
 
 export * from "./daemon.js";
 export * from "./errors.js";
 export * from "./method.js";
 export * from "./profile.js";
 export * from "./progress.js";
+export * from "./sandbox.js";
 export * from "./units.js";
 
 /** Every method the daemon serves, in the order docs/rpc.md lists them. */
-export const METHODS: readonly Method[] = [daemonStatus, profileList];
+export const METHODS: readonly Method[] = [
+  daemonStatus,
+  profileList,
+  sandboxCreate,
+  sandboxList,
+  sandboxShow,
+  sandboxStart,
+  sandboxStop,
+  sandboxDestroy,
+  sandboxPrune,
+  sandboxLeaseRenew,
+  sandboxLogs,
+];
 
 /** Frames larger than this close the connection: no legitimate request comes near it. */
 export const MAX_FRAME_BYTES = 1024 * 1024;
