@@ -30,4 +30,8 @@ npm run -s build
 npx biome check .
 node dist/scripts/gen-docs.js --check
 cd dist/test
+# Only *.test.js files are tests; helpers and the simulator under dist/test are not.
+if [ "$#" -eq 0 ]; then
+  set -- $(find . -name '*.test.js' | sort)
+fi
 exec node --test --test-concurrency=2 "$@"

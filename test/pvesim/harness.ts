@@ -1,0 +1,209 @@
+/**
+ * Starting the simulator from tests: a temp state directory, the environment that puts the fake
+ * `qm`/`pvesh`/`pvesm` first in PATH (shell backend), and an HTTPS endpoint with CA and token (API
+ * backend). Knobs and faults go through the same control file the `pvesim control` CLI writes.
+ */
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { type AuthId, ROOT } from "./access.js";
+import type { Ctx } from "./context.js";
+import { type Control, type Knobs, parseFault, updateControl } from "./control.js";
+import { controlPath } from "./paths.js";
+import type { RouteResult } from "./routes.js";
+import { callApi, withModel } from "./runner.js";
+import type { RawParams } from "./schema.js";
+import { initCluster } from "./seed.js";
+import { startServer } from "./server.js";
+import { writeFileAtomic } from "./store.js";
+import { findTask } from "./tasks.js";
+import type { TaskRec } from "./types.js";
+
+/** Repository root, from dist/test/pvesim/. */
+const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url)).replace(/\/$/, "");
+export const PVESIM_BIN_DIR = join(REPO_ROOT, "test", "pvesim", "bin");
+export const PVESIM_CLI = join(REPO_ROOT, "dist", "test", "pvesim", "cli.js");
+
+export interface SimOptions {
+  nodes?: string[];
+  /** Template VMID (0 = none); default 9000. */
+  template?: number;
+  knobs?: Partial<Knobs>;
+}
+
+export interface Sim {
+  dir: string;
+  /** `root@pam!agentlab=<uuid>` with full rights (privsep 0). */
+  token: string;
+  /** Environment for a child process using the shell backend. */
+  env: NodeJS.ProcessEnv;
+  cleanup(): void;
+}
+
+export function createSim(opts: SimOptions = {}): Sim {
+  const dir = mkdtempSync(join(tmpdir(), "pvesim-"));
+  const token = initCluster(dir, {
+    nodes: opts.nodes ?? ["pve"],
+    template: opts.template ?? 9000,
+    cluster: "agentlab-sim",
+    force: false,
+  });
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PATH: `${PVESIM_BIN_DIR}:${process.env["PATH"] ?? "/usr/bin:/bin"}`,
+    PVESIM_DIR: dir,
+    PVESIM_NODE_BIN: process.execPath,
+  };
+  delete env["PVESIM_NODE"];
+  if (opts.knobs)
+    writeFileAtomic(controlPath(dir), `${JSON.stringify({ ...opts.knobs, faults: [] }, null, 2)}\n`);
+  const sim: Sim = { dir, token, env, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  return sim;
+}
+
+/** Sets knobs and adds faults (`name[=args]`, as `pvesim control --fault`). */
+export async function setControl(
+  dir: string,
+  knobs: Partial<Knobs> = {},
+  faults: string[] = [],
+): Promise<Control> {
+  return updateControl(dir, (c) => {
+    Object.assign(c, knobs);
+    c.faults.push(...faults.map((f) => parseFault(f)));
+  });
+}
+
+export async function clearFaults(dir: string): Promise<void> {
+  await updateControl(dir, (c) => {
+    c.faults = [];
+  });
+}
+
+/** Reads or changes the model directly (settled, under the lock). */
+export function inspect<T>(dir: string, fn: (ctx: Ctx) => T): Promise<T> {
+  return withModel(dir, fn);
+}
+
+/** One API call in-process (no HTTP), as root@pam unless `auth` says otherwise. */
+export function api(
+  sim: Sim,
+  method: string,
+  path: string,
+  params: RawParams = {},
+  auth: AuthId = ROOT,
+): Promise<RouteResult> {
+  return callApi(sim.dir, { method, path, params, auth, localNode: "pve" });
+}
+
+/** Polls until a task has stopped and returns its record. */
+export async function waitTask(sim: Sim, upid: string, timeoutMs = 10_000): Promise<TaskRec> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const task = await withModel(sim.dir, (ctx) => findTask(ctx, upid));
+    if (!task) throw new Error(`no task ${upid}`);
+    if (task.phase === "done") return task;
+    if (Date.now() > deadline) throw new Error(`task ${upid} still running after ${timeoutMs} ms`);
+    const wait = task.endAt !== undefined ? task.endAt - Date.now() : 10;
+    await sleep(Math.max(2, Math.min(100, wait + 1)));
+  }
+}
+
+/** Starts a task through the API and waits for it. */
+export async function apiTask(
+  sim: Sim,
+  method: string,
+  path: string,
+  params: RawParams = {},
+): Promise<TaskRec> {
+  const result = await api(sim, method, path, params);
+  if (typeof result.data !== "string" || !result.data.startsWith("UPID:")) {
+    throw new Error(`${method} ${path} did not start a task: ${JSON.stringify(result.data)}`);
+  }
+  return waitTask(sim, result.data);
+}
+
+export interface ToolResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `qm`/`pvesh`/`pvesm` by name through PATH, the way the shell backend does. */
+export function runTool(
+  sim: Sim,
+  tool: string,
+  args: string[],
+  extraEnv: NodeJS.ProcessEnv = {},
+): Promise<ToolResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(tool, args, { env: { ...sim.env, ...extraEnv }, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+export interface SimApi {
+  url: string;
+  port: number;
+  caPath: string;
+  ca: string;
+  /** Full token (`USER@REALM!ID=SECRET`) for `Authorization: PVEAPIToken=<token>`. */
+  token: string;
+  tokenId: string;
+  tokenSecret: string;
+  stop(): Promise<void>;
+}
+
+function apiFrom(sim: Sim, url: string, port: number, caPath: string, stop: () => Promise<void>): SimApi {
+  const eq = sim.token.indexOf("=");
+  return {
+    url,
+    port,
+    caPath,
+    ca: readFileSync(caPath, "utf8"),
+    token: sim.token,
+    tokenId: sim.token.slice(0, eq),
+    tokenSecret: sim.token.slice(eq + 1),
+    stop,
+  };
+}
+
+/** The HTTPS API inside this process (quickest; the state is still shared through DIR). */
+export async function startApi(sim: Sim): Promise<SimApi> {
+  const running = await startServer(sim.dir);
+  return apiFrom(sim, running.url, running.port, running.caPath, () => running.close());
+}
+
+/** The HTTPS API as its own process (`pvesim serve DIR`), like a real remote endpoint. */
+export function startApiProcess(sim: Sim): Promise<SimApi> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [PVESIM_CLI, "serve", sim.dir], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    let err = "";
+    child.stderr.on("data", (c: Buffer) => (err += c.toString()));
+    child.on("exit", (code) => reject(new Error(`pvesim serve exited with ${code}: ${err}`)));
+    child.stdout.on("data", (c: Buffer) => {
+      out += c.toString();
+      const nl = out.indexOf("\n");
+      if (nl < 0) return;
+      const info = JSON.parse(out.slice(0, nl)) as { url: string; port: number; ca_path: string };
+      child.removeAllListeners("exit");
+      const exited = new Promise<void>((r) => child.once("exit", () => r()));
+      resolve(
+        apiFrom(sim, info.url, info.port, info.ca_path, async () => {
+          child.kill("SIGTERM");
+          await exited;
+        }),
+      );
+    });
+  });
+}

@@ -1,0 +1,20 @@
+/** Where things live inside a simulator directory. */
+import { join } from "node:path";
+
+export const statePath = (dir: string): string => join(dir, "state.json");
+export const stateLockPath = (dir: string): string => join(dir, "state.lock");
+export const controlPath = (dir: string): string => join(dir, "control.json");
+export const tokenPath = (dir: string): string => join(dir, "token");
+export const apiInfoPath = (dir: string): string => join(dir, "api.json");
+export const tlsDir = (dir: string): string => join(dir, "tls");
+export const storageRoot = (dir: string, storage: string): string => join(dir, "storage", storage);
+/** Copies of volume contents taken by snapshots, beside the storage's live volumes. */
+export const snapshotRoot = (dir: string, storage: string): string =>
+  join(dir, "storage", ".snapshots", storage);
+
+/** The simulator directory from the environment, as the fake CLIs find it. */
+export function dirFromEnv(): string {
+  const dir = process.env["PVESIM_DIR"];
+  if (!dir) throw new Error("PVESIM_DIR is not set (it must name a directory made by `pvesim init`)");
+  return dir;
+}

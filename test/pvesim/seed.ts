@@ -1,0 +1,137 @@
+/** `pvesim init`: a fresh cluster with storages, a template per node, and a full-rights API token. */
+import { randomInt } from "node:crypto";
+import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { addToken } from "./access.js";
+import type { Ctx } from "./context.js";
+import { DEFAULT_KNOBS, readControl } from "./control.js";
+import { materialiseDrive } from "./disks.js";
+import { makeTemplate } from "./lifecycle.js";
+import { statePath, storageRoot, tokenPath } from "./paths.js";
+import { writeState } from "./store.js";
+import type { ConfigMap, SimState, StorageRec, VmRec } from "./types.js";
+import { newSmbios, newVmgenid, randomMac } from "./vmconfig.js";
+
+export interface InitOptions {
+  nodes: string[];
+  /** VMID of the first node's template (the next nodes get the following IDs); 0 = no template. */
+  template: number;
+  cluster: string;
+  force: boolean;
+}
+
+export const DEFAULT_TOKEN_ID = "root@pam!agentlab";
+
+const GiB = 1024 ** 3;
+
+function defaultStorages(): StorageRec[] {
+  return [
+    {
+      id: "local",
+      type: "dir",
+      content: ["backup", "images", "iso", "snippets", "vztmpl"],
+      total: 98 * GiB,
+      shared: false,
+      enabled: true,
+      active: true,
+      hostPath: "/var/lib/vz",
+    },
+    {
+      id: "local-lvm",
+      type: "lvmthin",
+      content: ["images", "rootdir"],
+      total: 350 * GiB,
+      shared: false,
+      enabled: true,
+      active: true,
+      hostPath: "/dev/pve",
+    },
+    {
+      id: "local-zfs",
+      type: "zfspool",
+      content: ["images", "rootdir"],
+      total: 450 * GiB,
+      shared: false,
+      enabled: true,
+      active: true,
+      hostPath: "/dev/zvol/rpool/data",
+    },
+  ];
+}
+
+function createTemplate(ctx: Ctx, node: string, vmid: number): void {
+  const config: ConfigMap = {
+    agent: "1",
+    boot: "order=scsi0",
+    cores: "2",
+    cpu: "x86-64-v2-AES",
+    ipconfig0: "ip=dhcp",
+    memory: "2048",
+    meta: `creation-qemu=9.2.0,ctime=${Math.floor(ctx.now / 1000)}`,
+    name: "agentlab-template",
+    net0: `virtio=${randomMac()},bridge=vmbr1`,
+    ostype: "l26",
+    scsihw: "virtio-scsi-pci",
+    serial0: "socket",
+    smbios1: newSmbios(),
+    vga: "serial0",
+    vmgenid: newVmgenid(),
+  };
+  const vm: VmRec = {
+    vmid,
+    node,
+    config,
+    pending: {},
+    pendingDelete: [],
+    snapshots: {},
+    runtime: { status: "stopped", qmpstatus: "stopped" },
+    createdAt: ctx.now,
+  };
+  ctx.state.vms[String(vmid)] = vm;
+  config["scsi0"] = materialiseDrive(ctx, vm, "scsi0", "local-zfs:8,discard=on,iothread=1");
+  config["ide2"] = materialiseDrive(ctx, vm, "ide2", "local-zfs:cloudinit");
+  makeTemplate(ctx, vm);
+}
+
+/** Creates DIR with a new cluster; returns the API token (`USER@REALM!ID=SECRET`). */
+export function initCluster(dir: string, opts: InitOptions): string {
+  if (existsSync(statePath(dir))) {
+    if (!opts.force) throw new Error(`${dir} already holds a simulator (use --force to start over)`);
+    for (const name of ["state.json", "control.json", "token", "api.json", "storage", "guests"]) {
+      rmSync(`${dir}/${name}`, { recursive: true, force: true });
+    }
+  }
+  mkdirSync(dir, { recursive: true });
+  const now = Date.now();
+  const state: SimState = {
+    format: 1,
+    cluster: opts.cluster,
+    nodes: opts.nodes.map((name, i) => ({
+      name,
+      bootMs: now - 3 * 86_400_000 - i * 60_000,
+      online: true,
+      nodeid: i + 1,
+    })),
+    vms: {},
+    storages: defaultStorages(),
+    volumes: {},
+    tasks: [],
+    nextPid: 0x3000 + randomInt(0x10000),
+    users: { "root@pam": { enabled: true, tokens: {} } },
+    acl: [],
+    faultUse: {},
+    createdAt: now,
+  };
+  for (const s of state.storages) {
+    mkdirSync(storageRoot(dir, s.id), { recursive: true });
+    if (s.content.includes("snippets")) mkdirSync(`${storageRoot(dir, s.id)}/snippets`, { recursive: true });
+  }
+  const ctx: Ctx = { dir, state, control: { ...DEFAULT_KNOBS, ...readControl(dir), faults: [] }, now };
+  if (opts.template > 0) {
+    for (const [i, node] of opts.nodes.entries()) createTemplate(ctx, node, opts.template + i);
+  }
+  const secret = addToken(state, DEFAULT_TOKEN_ID, false);
+  writeState(dir, state);
+  const token = `${DEFAULT_TOKEN_ID}=${secret}`;
+  writeFileSync(tokenPath(dir), `${token}\n`, { mode: 0o600 });
+  return token;
+}

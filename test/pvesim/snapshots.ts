@@ -1,0 +1,292 @@
+/** VM snapshots: list, create, rollback, delete, and their tasks, with the parent chain in the config. */
+import { type AuthId, checkPriv } from "./access.js";
+import type { Ctx } from "./context.js";
+import { fail } from "./errors.js";
+import { bootVm, haltVm } from "./power.js";
+import { bool, type Params, str } from "./schema.js";
+import {
+  canSnapshot,
+  deleteVolumeSnapshot,
+  findVolume,
+  getStorage,
+  parseVolname,
+  rollbackBlocker,
+  rollbackVolume,
+  snapshotVolume,
+} from "./storage.js";
+import { createTask, registerTaskKind } from "./tasks.js";
+import type { ConfigMap, TaskRec, VmRec, VolumeRec } from "./types.js";
+import { configDigest, isCloudinitVolume, typedConfig, volumeDrives } from "./vmconfig.js";
+import { checkLock, getVm, isTemplate } from "./vms.js";
+
+export const SNAPNAME_FORMAT = (v: string): string | undefined =>
+  /^[a-zA-Z][a-zA-Z0-9_-]+$/.test(v) && v.length <= 40
+    ? undefined
+    : `invalid format - invalid configuration ID '${v}'`;
+
+const SNAPSHOT_ONLY_KEYS = ["snaptime", "vmstate", "snapstate", "description"];
+
+export function listSnapshots(
+  ctx: Ctx,
+  auth: AuthId,
+  node: string,
+  vmid: number,
+): Array<Record<string, unknown>> {
+  checkPriv(ctx.state, auth, `/vms/${vmid}`, ["VM.Audit"]);
+  const vm = getVm(ctx, node, vmid);
+  const out: Array<Record<string, unknown>> = Object.entries(vm.snapshots)
+    .sort(([, a], [, b]) => Number(a["snaptime"] ?? 0) - Number(b["snaptime"] ?? 0))
+    .map(([name, snap]) => {
+      const entry: Record<string, unknown> = {
+        name,
+        snaptime: Number(snap["snaptime"] ?? 0),
+        vmstate: snap["vmstate"] ? 1 : 0,
+        description: snap["description"] ?? "",
+      };
+      if (snap["parent"]) entry["parent"] = snap["parent"];
+      if (snap["snapstate"]) entry["snapstate"] = snap["snapstate"];
+      return entry;
+    });
+  const current: Record<string, unknown> = {
+    name: "current",
+    description: "You are here!",
+    digest: configDigest(vm),
+    running: vm.runtime.status === "running" ? 1 : 0,
+  };
+  if (vm.config["parent"]) current["parent"] = vm.config["parent"];
+  out.push(current);
+  return out;
+}
+
+export function snapshotConfig(
+  ctx: Ctx,
+  auth: AuthId,
+  node: string,
+  vmid: number,
+  snap: string,
+): Record<string, unknown> {
+  checkPriv(ctx.state, auth, `/vms/${vmid}`, ["VM.Audit"]);
+  const vm = getVm(ctx, node, vmid);
+  const config = vm.snapshots[snap];
+  if (!config) throw fail(`snapshot '${snap}' does not exist`);
+  return typedConfig(config);
+}
+
+export function updateSnapshotConfig(
+  ctx: Ctx,
+  auth: AuthId,
+  node: string,
+  vmid: number,
+  snap: string,
+  p: Params,
+): null {
+  checkPriv(ctx.state, auth, `/vms/${vmid}`, ["VM.Snapshot"]);
+  const vm = getVm(ctx, node, vmid);
+  const config = vm.snapshots[snap];
+  if (!config) throw fail(`snapshot '${snap}' does not exist`);
+  const description = str(p, "description");
+  if (description !== undefined) config["description"] = description;
+  return null;
+}
+
+/** The volumes a snapshot covers (no cdroms, no cloud-init drive). */
+function snapshotVolumes(ctx: Ctx, vm: VmRec, config: ConfigMap): VolumeRec[] {
+  const out: VolumeRec[] = [];
+  for (const { key, drive } of volumeDrives(config)) {
+    if (key.startsWith("unused") || isCloudinitVolume(drive.file)) continue;
+    const rec = findVolume(ctx.state, vm.node, drive.file);
+    if (rec) out.push(rec);
+  }
+  return out;
+}
+
+function snapTask(
+  ctx: Ctx,
+  auth: AuthId,
+  node: string,
+  vmid: number,
+  type: string,
+  kind: string,
+  params: TaskRec["op"]["params"],
+): TaskRec {
+  return createTask(ctx, {
+    node,
+    type,
+    id: String(vmid),
+    auth,
+    op: { kind, vmid, params },
+    locks: [{ vmid, shared: false }],
+  });
+}
+
+export function createSnapshot(ctx: Ctx, auth: AuthId, node: string, vmid: number, p: Params): TaskRec {
+  checkPriv(ctx.state, auth, `/vms/${vmid}`, ["VM.Snapshot"]);
+  getVm(ctx, node, vmid);
+  const snapname = str(p, "snapname")!;
+  if (snapname === "current" || snapname === "pending") {
+    throw fail(`unable to use snapshot name '${snapname}' (reserved name)`);
+  }
+  return snapTask(ctx, auth, node, vmid, "qmsnapshot", "snapshot", {
+    snapname,
+    description: str(p, "description"),
+    vmstate: bool(p, "vmstate") ?? false,
+  });
+}
+
+registerTaskKind("snapshot", {
+  begin(ctx, task) {
+    const vm = getVm(ctx, task.node, task.op.vmid);
+    const name = String(task.op.params["snapname"]);
+    checkLock(ctx, vm);
+    if (isTemplate(vm)) throw fail("you can't take a snapshot if it's a template");
+    if (vm.snapshots[name]) throw fail(`snapshot name '${name}' already used`);
+    const volumes = snapshotVolumes(ctx, vm, vm.config);
+    for (const rec of volumes) {
+      if (!canSnapshot(getStorage(ctx.state, rec.storage), rec))
+        throw fail("snapshot feature is not available");
+    }
+    const snap: ConfigMap = { ...vm.config };
+    delete snap["lock"];
+    snap["snaptime"] = String(Math.floor(ctx.now / 1000));
+    snap["snapstate"] = "prepare";
+    const description = task.op.params["description"];
+    if (description !== undefined) snap["description"] = String(description);
+    else delete snap["description"];
+    if (task.op.params["vmstate"] && vm.runtime.status === "running") {
+      snap["vmstate"] = `local-zfs:vm-${vm.vmid}-state-${name}`;
+    }
+    vm.snapshots[name] = snap;
+    vm.config["lock"] = "snapshot";
+    for (const rec of volumes) {
+      const storage = getStorage(ctx.state, rec.storage);
+      task.log.push(`snapshotting 'drive-${driveKeyOf(vm, rec)}' (${rec.storage}:${rec.volname})`);
+      if (storage.type === "lvmthin") {
+        task.log.push(`  Logical volume "snap_${parseVolname(storage, rec.volname).name}_${name}" created.`);
+      }
+    }
+    return { durationMs: ctx.control.task_ms };
+  },
+  finish(ctx, task) {
+    const vm = getVm(ctx, task.node, task.op.vmid);
+    const name = String(task.op.params["snapname"]);
+    const snap = vm.snapshots[name]!;
+    for (const rec of snapshotVolumes(ctx, vm, snap)) snapshotVolume(ctx, rec, name);
+    delete snap["snapstate"];
+    vm.config["parent"] = name;
+    if (vm.config["lock"] === "snapshot") delete vm.config["lock"];
+  },
+  abort(ctx, task) {
+    const vm = getVm(ctx, task.node, task.op.vmid);
+    const name = String(task.op.params["snapname"]);
+    if (vm.snapshots[name]?.["snapstate"] === "prepare") delete vm.snapshots[name];
+    if (vm.config["lock"] === "snapshot") delete vm.config["lock"];
+  },
+});
+
+function driveKeyOf(vm: VmRec, rec: VolumeRec): string {
+  for (const { key, drive } of volumeDrives(vm.config)) {
+    if (drive.file === `${rec.storage}:${rec.volname}`) return key;
+  }
+  return "unknown";
+}
+
+export function rollbackSnapshot(
+  ctx: Ctx,
+  auth: AuthId,
+  node: string,
+  vmid: number,
+  snap: string,
+  p: Params,
+): TaskRec {
+  checkPriv(ctx.state, auth, `/vms/${vmid}`, ["VM.Snapshot", "VM.Snapshot.Rollback"], true);
+  const start = bool(p, "start") ?? false;
+  if (start) checkPriv(ctx.state, auth, `/vms/${vmid}`, ["VM.PowerMgmt"]);
+  getVm(ctx, node, vmid);
+  return snapTask(ctx, auth, node, vmid, "qmrollback", "rollback", { snapname: snap, start });
+}
+
+registerTaskKind("rollback", {
+  begin(ctx, task) {
+    const vm = getVm(ctx, task.node, task.op.vmid);
+    const name = String(task.op.params["snapname"]);
+    const snap = vm.snapshots[name];
+    if (!snap) throw fail(`snapshot '${name}' does not exist`);
+    checkLock(ctx, vm);
+    for (const rec of snapshotVolumes(ctx, vm, snap)) {
+      const blocker = rollbackBlocker(ctx, rec, name);
+      if (blocker) throw fail(blocker);
+    }
+    vm.config["lock"] = "rollback";
+    if (vm.runtime.status === "running") haltVm(vm);
+    return { durationMs: ctx.control.task_ms };
+  },
+  finish(ctx, task) {
+    const vm = getVm(ctx, task.node, task.op.vmid);
+    const name = String(task.op.params["snapname"]);
+    const snap = vm.snapshots[name]!;
+    for (const rec of snapshotVolumes(ctx, vm, snap)) rollbackVolume(ctx, rec, name);
+    const restored: ConfigMap = { ...snap };
+    for (const key of SNAPSHOT_ONLY_KEYS) delete restored[key];
+    if (vm.config["description"] !== undefined) restored["description"] = vm.config["description"];
+    restored["parent"] = name;
+    vm.config = restored;
+    vm.pending = {};
+    vm.pendingDelete = [];
+    if (task.op.params["start"] || snap["vmstate"]) bootVm(ctx, vm);
+  },
+  abort(ctx, task) {
+    const vm = getVm(ctx, task.node, task.op.vmid);
+    if (vm.config["lock"] === "rollback") delete vm.config["lock"];
+  },
+});
+
+export function deleteSnapshot(
+  ctx: Ctx,
+  auth: AuthId,
+  node: string,
+  vmid: number,
+  snap: string,
+  p: Params,
+): TaskRec {
+  checkPriv(ctx.state, auth, `/vms/${vmid}`, ["VM.Snapshot"]);
+  getVm(ctx, node, vmid);
+  return snapTask(ctx, auth, node, vmid, "qmdelsnapshot", "delsnapshot", {
+    snapname: snap,
+    force: bool(p, "force") ?? false,
+  });
+}
+
+registerTaskKind("delsnapshot", {
+  begin(ctx, task) {
+    const vm = getVm(ctx, task.node, task.op.vmid);
+    const name = String(task.op.params["snapname"]);
+    const snap = vm.snapshots[name];
+    if (!snap) throw fail(`snapshot '${name}' does not exist`);
+    if (!task.op.params["force"]) checkLock(ctx, vm);
+    vm.config["lock"] = "snapshot-delete";
+    snap["snapstate"] = "delete";
+    return { durationMs: ctx.control.task_ms };
+  },
+  finish(ctx, task) {
+    const vm = getVm(ctx, task.node, task.op.vmid);
+    const name = String(task.op.params["snapname"]);
+    const snap = vm.snapshots[name]!;
+    for (const rec of snapshotVolumes(ctx, vm, snap)) deleteVolumeSnapshot(ctx, rec, name);
+    const parent = snap["parent"];
+    const reparent = (config: ConfigMap): void => {
+      if (config["parent"] !== name) return;
+      if (parent) config["parent"] = parent;
+      else delete config["parent"];
+    };
+    for (const other of Object.values(vm.snapshots)) reparent(other);
+    reparent(vm.config);
+    delete vm.snapshots[name];
+    if (vm.config["lock"] === "snapshot-delete") delete vm.config["lock"];
+  },
+  abort(ctx, task) {
+    const vm = getVm(ctx, task.node, task.op.vmid);
+    const snap = vm.snapshots[String(task.op.params["snapname"])];
+    if (snap) delete snap["snapstate"];
+    if (vm.config["lock"] === "snapshot-delete") delete vm.config["lock"];
+  },
+});

@@ -1,0 +1,201 @@
+/** Finding VMs, lock rules, and the status views (status/current, the qemu list, cluster resources). */
+
+import type { Ctx } from "./context.js";
+import { findFault, matchesVmid } from "./control.js";
+import { fail, missingConfig, paramError } from "./errors.js";
+import type { VmRec } from "./types.js";
+import { agentEnabled, bootDiskKey, driveSize, memoryMiB } from "./vmconfig.js";
+
+export function findVm(ctx: Ctx, vmid: number): VmRec | undefined {
+  return ctx.state.vms[String(vmid)];
+}
+
+/** The VM as a node sees it: only VMs on that node exist there. */
+export function getVm(ctx: Ctx, node: string, vmid: number): VmRec {
+  const vm = findVm(ctx, vmid);
+  if (!vm || vm.node !== node) throw missingConfig(node, vmid);
+  return vm;
+}
+
+export function checkNode(ctx: Ctx, node: string): void {
+  if (!ctx.state.nodes.some((n) => n.name === node)) {
+    throw fail(
+      `hostname lookup '${node}' failed - failed to get address info for: ${node}: Name or service not known`,
+    );
+  }
+}
+
+/** The lock a status view shows: the config's, or a time-boxed fault lock standing in for a backup job. */
+export function displayLock(ctx: Ctx, vm: VmRec): string | undefined {
+  if (vm.config["lock"]) return vm.config["lock"];
+  const fault = findFault(
+    ctx.state,
+    ctx.control,
+    "lock",
+    (a) => a["kind"] !== "flock" && a["ms"] !== undefined && matchesVmid(a, vm.vmid),
+    { consume: false, now: ctx.now },
+  );
+  return fault ? (fault.args["lock"] ?? "backup") : undefined;
+}
+
+/** `PVE::AbstractConfig::check_lock`: any `lock:` refuses the operation unless skiplock. */
+export function checkLock(ctx: Ctx, vm: VmRec, skiplock = false): void {
+  if (skiplock) return;
+  if (vm.config["lock"]) throw fail(`VM is locked (${vm.config["lock"]})`);
+  const fault = findFault(
+    ctx.state,
+    ctx.control,
+    "lock",
+    (a) => a["kind"] !== "flock" && matchesVmid(a, vm.vmid),
+    { consume: true, now: ctx.now },
+  );
+  if (fault) throw fail(`VM is locked (${fault.args["lock"] ?? "backup"})`);
+}
+
+export function isTemplate(vm: VmRec): boolean {
+  return vm.config["template"] === "1";
+}
+
+export function vmName(vm: VmRec): string {
+  return vm.config["name"] ?? `VM ${vm.vmid}`;
+}
+
+function cpus(vm: VmRec): number {
+  const vcpus = Number(vm.config["vcpus"] ?? 0);
+  if (vcpus > 0) return vcpus;
+  return Number(vm.config["sockets"] ?? 1) * Number(vm.config["cores"] ?? 1);
+}
+
+interface Stats {
+  cpu: number;
+  cpus: number;
+  mem: number;
+  maxmem: number;
+  maxdisk: number;
+  disk: number;
+  uptime: number;
+  netin: number;
+  netout: number;
+  diskread: number;
+  diskwrite: number;
+}
+
+function stats(ctx: Ctx, vm: VmRec): Stats {
+  const running = vm.runtime.status === "running";
+  const uptime =
+    running && vm.runtime.startedAt ? Math.max(0, Math.floor((ctx.now - vm.runtime.startedAt) / 1000)) : 0;
+  const maxmem = memoryMiB(vm.config) * 1024 * 1024;
+  return {
+    cpu: running && vm.runtime.qmpstatus === "running" ? ctx.control.cpu_load : 0,
+    cpus: cpus(vm),
+    mem: running ? Math.floor(maxmem * 0.3) : 0,
+    maxmem,
+    maxdisk: driveSize(vm.config, bootDiskKey(vm.config)),
+    disk: 0,
+    uptime,
+    netin: running ? 1500 + uptime * 600 : 0,
+    netout: running ? 900 + uptime * 300 : 0,
+    diskread: running ? 40_000_000 + uptime * 1000 : 0,
+    diskwrite: running ? 2_000_000 + uptime * 4000 : 0,
+  };
+}
+
+export function statusCurrent(ctx: Ctx, vm: VmRec): Record<string, unknown> {
+  const s = stats(ctx, vm);
+  const running = vm.runtime.status === "running";
+  const out: Record<string, unknown> = {
+    vmid: vm.vmid,
+    name: vmName(vm),
+    status: vm.runtime.status,
+    qmpstatus: vm.runtime.qmpstatus,
+    ...s,
+    ha: { managed: 0 },
+    "proxmox-support": running ? { "pbs-dirty-bitmap": true, "query-bitmap-info": true } : {},
+  };
+  if (running) {
+    out["pid"] = vm.runtime.pid;
+    out["memhost"] = s.mem;
+    out["running-machine"] = "pc-i440fx-9.2+pve1";
+    out["running-qemu"] = "9.2.0";
+  }
+  if (agentEnabled(vm.config["agent"])) out["agent"] = 1;
+  const lock = displayLock(ctx, vm);
+  if (lock) out["lock"] = lock;
+  if (vm.config["tags"]) out["tags"] = vm.config["tags"];
+  if (isTemplate(vm)) out["template"] = 1;
+  if (vm.config["serial0"]) out["serial"] = 1;
+  return out;
+}
+
+export function qemuListEntry(ctx: Ctx, vm: VmRec, full: boolean): Record<string, unknown> {
+  const s = stats(ctx, vm);
+  const out: Record<string, unknown> = {
+    vmid: vm.vmid,
+    name: vmName(vm),
+    status: vm.runtime.status,
+    maxmem: s.maxmem,
+    maxdisk: s.maxdisk,
+    cpus: s.cpus,
+    uptime: s.uptime,
+    cpu: s.cpu,
+    mem: s.mem,
+    disk: 0,
+    netin: s.netin,
+    netout: s.netout,
+    diskread: s.diskread,
+    diskwrite: s.diskwrite,
+  };
+  if (vm.runtime.status === "running") out["pid"] = vm.runtime.pid;
+  const lock = displayLock(ctx, vm);
+  if (lock) out["lock"] = lock;
+  if (vm.config["tags"]) out["tags"] = vm.config["tags"];
+  if (isTemplate(vm)) out["template"] = 1;
+  if (vm.config["serial0"]) out["serial"] = 1;
+  if (full) out["qmpstatus"] = vm.runtime.qmpstatus;
+  return out;
+}
+
+/** A VM as /cluster/resources shows it; fresh VMs are "unknown" until pvestatd has seen them. */
+export function resourceEntry(ctx: Ctx, vm: VmRec): Record<string, unknown> {
+  const base: Record<string, unknown> = {
+    id: `qemu/${vm.vmid}`,
+    type: "qemu",
+    vmid: vm.vmid,
+    node: vm.node,
+    template: isTemplate(vm) ? 1 : 0,
+  };
+  const lock = displayLock(ctx, vm);
+  if (lock) base["lock"] = lock;
+  if (vm.config["tags"]) base["tags"] = vm.config["tags"];
+  if (ctx.now - vm.createdAt < ctx.control.resources_lag_ms) return { ...base, status: "unknown" };
+  const s = stats(ctx, vm);
+  return {
+    ...base,
+    status: vm.runtime.status,
+    name: vmName(vm),
+    maxcpu: s.cpus,
+    cpu: s.cpu,
+    maxmem: s.maxmem,
+    mem: s.mem,
+    maxdisk: s.maxdisk,
+    disk: 0,
+    netin: s.netin,
+    netout: s.netout,
+    diskread: s.diskread,
+    diskwrite: s.diskwrite,
+    uptime: s.uptime,
+  };
+}
+
+/** `/cluster/nextid`: the lowest free VMID in the configured range; nothing is reserved. */
+export function nextId(ctx: Ctx, wanted?: number): string {
+  if (wanted !== undefined) {
+    if (ctx.state.vms[String(wanted)]) throw paramError({ vmid: `VM ${wanted} already exists` });
+    return String(wanted);
+  }
+  const { nextid_lower: lower, nextid_upper: upper } = ctx.control;
+  for (let id = Math.max(100, lower); id < upper; id++) {
+    if (!ctx.state.vms[String(id)]) return String(id);
+  }
+  throw fail(`unable to get any free VMID in range [${lower}, ${upper}]`);
+}
