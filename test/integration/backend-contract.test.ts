@@ -1,0 +1,292 @@
+import assert from "node:assert/strict";
+import { statSync } from "node:fs";
+import { after, before, describe, test } from "node:test";
+import { pino } from "pino";
+import { PveBackend } from "../../src/daemon/proxmox/backend.js";
+import { ApiTransport } from "../../src/daemon/proxmox/transport-api.js";
+import { ShellTransport } from "../../src/daemon/proxmox/transport-shell.js";
+import type { ProxmoxBackend } from "../../src/daemon/proxmox/types.js";
+import { AgentlabError } from "../../src/protocol/errors.js";
+import { clearFaults, createSim, type Sim, type SimApi, setControl, startApi } from "../pvesim/harness.js";
+
+const log = pino({ level: "silent" });
+
+async function codeOf(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof AgentlabError, `expected AgentlabError, got ${String(error)}`);
+    return error.code;
+  }
+  assert.fail("expected a failure");
+}
+
+interface Harness {
+  sim: Sim;
+  api?: SimApi;
+  backend: ProxmoxBackend;
+}
+
+const makers: Record<"shell" | "api", () => Promise<Harness>> = {
+  shell: async () => {
+    const sim = createSim();
+    const transport = new ShellTransport({ timeoutMs: 30_000, env: sim.env });
+    return { sim, backend: new PveBackend({ transport, log, timeoutMs: 30_000, sleep: fastSleep }) };
+  },
+  api: async () => {
+    const sim = createSim();
+    const api = await startApi(sim);
+    const transport = new ApiTransport({
+      url: `https://127.0.0.1:${api.port}`,
+      token: api.token,
+      timeoutMs: 30_000,
+      tlsCaPath: api.caPath,
+    });
+    return {
+      sim,
+      api,
+      backend: new PveBackend({ transport, log, timeoutMs: 30_000, tokenId: api.tokenId, sleep: fastSleep }),
+    };
+  },
+};
+
+/** Task polling and lock backoff at test speed: the simulator's tasks take tens of milliseconds. */
+function fastSleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, Math.min(ms, 50));
+    signal?.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    });
+  });
+}
+
+for (const kind of ["shell", "api"] as const) {
+  describe(`Proxmox backend contract: ${kind}`, () => {
+    let h: Harness;
+    const node = "pve";
+    const tpl = { vmid: 9000, node };
+    before(async () => {
+      h = await makers[kind]();
+    });
+    after(async () => {
+      await h.api?.stop();
+      h.sim.cleanup();
+    });
+
+    test("reports the version, the nodes and the cluster's VMs", async () => {
+      assert.match((await h.backend.version()).version, /^\d+\.\d+/);
+      assert.deepEqual(
+        (await h.backend.listNodes()).map((n) => [n.node, n.online]),
+        [["pve", true]],
+      );
+      const vms = await h.backend.listVms();
+      const template = vms.find((vm) => vm.vmid === 9000);
+      assert.equal(template?.template, true);
+      assert.equal(template?.node, "pve");
+    });
+
+    test("VMID checks are cluster-wide", async () => {
+      assert.equal(await h.backend.isVmidFree(9000), false);
+      assert.equal(await h.backend.isVmidFree(4242), true);
+    });
+
+    test("linked clone, configure, start, guest address, snapshot, stop, destroy", async () => {
+      const vm = { vmid: 1101, node };
+      await h.backend.clone(tpl, vm.vmid, { name: "contract", full: false });
+      assert.equal((await h.backend.status(vm)).state, "stopped");
+      await h.backend.setConfig(vm, { cores: 2, memory: 1024, tags: "agentlab;contract" });
+      const config = await h.backend.getConfig(vm);
+      assert.equal(config.cores, 2);
+      assert.equal(String(config.memory), "1024");
+      await h.backend.start(vm);
+      assert.equal((await h.backend.status(vm)).state, "running");
+      let ipv4: string[] = [];
+      for (let i = 0; i < 100 && ipv4.length === 0; i++) {
+        try {
+          ipv4 = (await h.backend.guestInterfaces(vm))
+            .filter((iface) => iface.name !== "lo")
+            .flatMap((iface) => iface.ipv4);
+        } catch (error) {
+          assert.equal((error as AgentlabError).code, "GUEST_AGENT_NOT_READY");
+          await new Promise((resolve) => setTimeout(resolve, 25));
+        }
+      }
+      assert.match(ipv4[0] ?? "", /^10\.77\.\d+\.\d+$/);
+      await h.backend.snapshotCreate(vm, "clean", "contract");
+      assert.deepEqual(
+        (await h.backend.snapshotList(vm)).map((s) => s.name),
+        ["clean"],
+      );
+      await h.backend.stop(vm);
+      await h.backend.snapshotRollback(vm, "clean");
+      await h.backend.snapshotDelete(vm, "clean");
+      assert.deepEqual(await h.backend.snapshotList(vm), []);
+      await h.backend.destroy(vm, { purge: true });
+      assert.equal(await codeOf(h.backend.status(vm)), "PROXMOX_VM_NOT_FOUND");
+    });
+
+    test("a missing VM is PROXMOX_VM_NOT_FOUND for reads and writes", async () => {
+      const ghost = { vmid: 4343, node };
+      assert.equal(await codeOf(h.backend.status(ghost)), "PROXMOX_VM_NOT_FOUND");
+      assert.equal(await codeOf(h.backend.getConfig(ghost)), "PROXMOX_VM_NOT_FOUND");
+      assert.equal(await codeOf(h.backend.start(ghost)), "PROXMOX_VM_NOT_FOUND");
+    });
+
+    test("Proxmox's own rules come back as typed errors", async () => {
+      // Templates cannot be started; a running VM cannot be destroyed.
+      assert.equal(await codeOf(h.backend.start(tpl)), "PROXMOX_TASK_FAILED");
+      const vm = { vmid: 1102, node };
+      await h.backend.clone(tpl, vm.vmid, { name: "rules", full: false });
+      await h.backend.start(vm);
+      assert.match(await codeOf(h.backend.start(vm)), /PROXMOX_(TASK_FAILED|ERROR)/);
+      assert.match(await codeOf(h.backend.destroy(vm, { purge: true })), /PROXMOX_(TASK_FAILED|ERROR)/);
+      assert.equal((await h.backend.status(vm)).state, "running", "a refused destroy leaves the VM alone");
+      // A linked clone needs a template source.
+      assert.equal(
+        await codeOf(h.backend.clone(vm, 1103, { name: "no", full: false })),
+        "PROXMOX_TASK_FAILED",
+      );
+      await h.backend.stop(vm);
+      await h.backend.destroy(vm, { purge: true });
+    });
+
+    test("a failed task surfaces its exit status", async () => {
+      await setControl(h.sim.dir, {}, ["fail_clone=storage exploded"]);
+      try {
+        const failure = await h.backend.clone(tpl, 1104, { name: "fails", full: false }).then(
+          () => assert.fail("clone should fail"),
+          (error: AgentlabError) => error,
+        );
+        assert.equal(failure.code, "PROXMOX_TASK_FAILED");
+        assert.match(failure.message, /storage exploded/);
+        assert.match(String(failure.details.upid), /^UPID:pve:/);
+      } finally {
+        await clearFaults(h.sim.dir);
+      }
+    });
+
+    test("lock contention is retried until the lock clears; other errors are not", async () => {
+      const vm = { vmid: 1105, node };
+      await h.backend.clone(tpl, vm.vmid, { name: "locked", full: false });
+      await setControl(h.sim.dir, {}, ["lock=vmid=1105,times=2"]);
+      try {
+        const before = h.backend.calls.count;
+        await h.backend.start(vm);
+        assert.equal((await h.backend.status(vm)).state, "running");
+        assert.ok(h.backend.calls.count - before >= 3, "the start was retried after the lock errors");
+      } finally {
+        await clearFaults(h.sim.dir);
+      }
+      await h.backend.stop(vm);
+      await h.backend.destroy(vm, { purge: true });
+    });
+
+    test("storage: list, allocate a legal volume, find its real file, free it", async () => {
+      const storages = await h.backend.listStorages(node);
+      assert.deepEqual(storages.map((s) => s.type).sort(), ["dir", "lvmthin", "zfspool"]);
+      const volid = await h.backend.volumeAlloc(node, "local-lvm", 1106, "vm-1106-disk-0", "1G");
+      assert.equal(volid, "local-lvm:vm-1106-disk-0");
+      const info = await h.backend.volumeInfo(node, volid);
+      assert.equal(info.sizeBytes, 1024 ** 3);
+      assert.equal(statSync(info.path).size, 1024 ** 3);
+      const illegal = await h.backend.volumeAlloc(node, "local-lvm", 1106, "workspace-1", "1G").then(
+        () => assert.fail("an illegal volume name must be refused"),
+        (error: AgentlabError) => error,
+      );
+      assert.match(illegal.message, /illegal name 'workspace-1' - should be 'vm-1106-\*'/);
+      await h.backend.volumeFree(node, volid);
+      assert.match(await codeOf(h.backend.volumeInfo(node, volid)), /PROXMOX_(ERROR|INVALID)/);
+    });
+  });
+}
+
+describe("API backend failures explained", () => {
+  let sim: Sim;
+  let api: SimApi;
+  before(async () => {
+    sim = createSim();
+    api = await startApi(sim);
+  });
+  after(async () => {
+    await api.stop();
+    sim.cleanup();
+  });
+  const backendWith = (options: Partial<ConstructorParameters<typeof ApiTransport>[0]>) => {
+    const transport = new ApiTransport({
+      url: `https://127.0.0.1:${api.port}`,
+      token: api.token,
+      timeoutMs: 5000,
+      tlsCaPath: api.caPath,
+      ...options,
+    });
+    return new PveBackend({ transport, log, timeoutMs: 5000, tokenId: transport.tokenId, sleep: fastSleep });
+  };
+
+  test("TLS is verified by default: without the CA the self-signed chain is refused, with the fix", async () => {
+    const error = await backendWith({ tlsCaPath: undefined })
+      .version()
+      .then(
+        () => assert.fail("expected TLS failure"),
+        (e: AgentlabError) => e,
+      );
+    assert.equal(error.code, "PROXMOX_TLS");
+    assert.match(error.hint, /proxmox_tls_ca_path/);
+    assert.ok((error.details.chain as string[]).length >= 2, "the whole chain is kept");
+  });
+
+  test("tls insecure skips verification", async () => {
+    const version = await backendWith({ tlsCaPath: undefined, tlsInsecure: true }).version();
+    assert.match(version.version, /^\d/);
+  });
+
+  test("a wrong token is PROXMOX_AUTH", async () => {
+    const error = await backendWith({ token: "root@pam!agentlab=00000000-0000-4000-8000-000000000000" })
+      .version()
+      .then(
+        () => assert.fail("expected auth failure"),
+        (e: AgentlabError) => e,
+      );
+    assert.equal(error.code, "PROXMOX_AUTH");
+  });
+
+  test("a privilege-separated token without its own ACL gets the two pveum commands", async () => {
+    const { execFileSync } = await import("node:child_process");
+    const { PVESIM_CLI } = await import("../pvesim/harness.js");
+    const out = execFileSync(
+      process.execPath,
+      [PVESIM_CLI, "control", sim.dir, "--add-token", "sandbox@pve!orch", "--privsep", "1"],
+      {
+        encoding: "utf8",
+      },
+    );
+    const token = /sandbox@pve!orch=[0-9a-f-]{36}/.exec(out)?.[0];
+    assert.ok(token, out);
+    const backend = backendWith({ token });
+    const error = await backend.clone({ vmid: 9000, node: "pve" }, 1201, { name: "x", full: false }).then(
+      () => assert.fail("expected permission failure"),
+      (e: AgentlabError) => e,
+    );
+    assert.equal(error.code, "PROXMOX_PERMISSION");
+    assert.match(error.message, /Permission check failed/);
+    assert.match(error.hint, /--users sandbox@pve/);
+    assert.match(error.hint, /--tokens 'sandbox@pve!orch'/);
+  });
+
+  test("an API that refuses connections is PROXMOX_UNREACHABLE with the fix", async () => {
+    // A port that was just free: nothing listens there.
+    const { createServer } = await import("node:net");
+    const probe = createServer();
+    await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+    const port = (probe.address() as { port: number }).port;
+    await new Promise<void>((resolve) => probe.close(() => resolve()));
+    const error = await backendWith({ url: `https://127.0.0.1:${port}` })
+      .version()
+      .then(
+        () => assert.fail("expected connection failure"),
+        (e: AgentlabError) => e,
+      );
+    assert.equal(error.code, "PROXMOX_UNREACHABLE");
+    assert.match(error.hint, /pveproxy/);
+  });
+});
