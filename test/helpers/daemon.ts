@@ -12,10 +12,12 @@ export interface HostDir {
   socketPath: string;
   dbPath: string;
   profilesDir: string;
+  /** Environment the daemon runs with (the simulator's PATH and state dir, when there is one). */
+  env: NodeJS.ProcessEnv;
   cleanup(): void;
 }
 
-export function makeHostDir(extraConfig = ""): HostDir {
+export function makeHostDir(extraConfig = "", env: NodeJS.ProcessEnv = {}): HostDir {
   const root = mkdtempSync(join(tmpdir(), "agentlab-it-"));
   const profilesDir = join(root, "profiles");
   cpSync(PROFILES_DIR, profilesDir, { recursive: true });
@@ -31,6 +33,7 @@ export function makeHostDir(extraConfig = ""): HostDir {
     socketPath: join(root, "run", "agentlabd.sock"),
     dbPath: join(root, "data", "agentlab.db"),
     profilesDir,
+    env,
     cleanup: () => rmSync(root, { recursive: true, force: true }),
   };
 }
@@ -52,7 +55,7 @@ export interface RunningDaemon {
 export function spawnDaemon(host: HostDir, args: string[] = [], env: NodeJS.ProcessEnv = {}): RunningDaemon {
   const proc = spawn(process.execPath, [AGENTLABD_BIN, "--config", host.configPath, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, AGENTLAB_CONFIG: "", AGENTLAB_LOG_LEVEL: "", ...env },
+    env: { ...process.env, ...host.env, AGENTLAB_CONFIG: "", AGENTLAB_LOG_LEVEL: "", ...env },
   });
   let stdout = "";
   let stderr = "";

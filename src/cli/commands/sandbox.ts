@@ -36,6 +36,7 @@ function ttlOption(text: string | undefined): number | undefined {
 }
 
 function leaseText(sandbox: Sandbox, now = Date.now()): string {
+  if (sandbox.state === "DESTROYED") return "-";
   if (!sandbox.lease_expires_at) return "none";
   const left = Date.parse(sandbox.lease_expires_at) - now;
   return left <= 0 ? "expired" : `${formatDuration(Math.round(left / 60_000) * 60_000 || 60_000)} left`;
@@ -302,8 +303,10 @@ const leaseCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   handler: () => {},
 };
 
-const logsCommand: CommandModule<GlobalArgs, Args<{ vmid: number; follow: boolean; tail: number }>> = {
-  command: "logs <vmid>",
+const logsCommand = (
+  command: string,
+): CommandModule<GlobalArgs, Args<{ vmid: number; follow: boolean; tail: number }>> => ({
+  command: `${command} <vmid>`,
   describe: "Show a sandbox's events (--follow to keep watching)",
   builder: (yargs) =>
     vmidPositional(yargs)
@@ -328,7 +331,7 @@ const logsCommand: CommandModule<GlobalArgs, Args<{ vmid: number; follow: boolea
       }
       return { data: undefined, text: "", printed: true };
     }),
-};
+});
 
 export const sandboxCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: "sandbox <command>",
@@ -343,12 +346,12 @@ export const sandboxCommand: CommandModule<GlobalArgs, GlobalArgs> = {
       .command(destroyCommand("destroy", ["rm"]))
       .command(pruneCommand)
       .command(leaseCommand)
-      .command(logsCommand)
+      .command(logsCommand("logs"))
       .demandCommand(1, "name a sandbox command"),
   handler: () => {},
 };
 
-/** The short forms: agentlab new|ls|show|start|stop|rm. */
+/** The short forms: agentlab new|ls|show|start|stop|rm|logs. */
 export const sandboxShortcuts: CommandModule<GlobalArgs, never>[] = [
   newCommand("new"),
   listCommand("ls"),
@@ -356,4 +359,5 @@ export const sandboxShortcuts: CommandModule<GlobalArgs, never>[] = [
   powerCommand("start", "start"),
   powerCommand("stop", "stop"),
   destroyCommand("rm"),
+  logsCommand("logs"),
 ] as unknown as CommandModule<GlobalArgs, never>[];

@@ -366,12 +366,15 @@ export class SandboxService {
     if (snippetPath) this.ctx.store.sandboxes.update(vmid, { snippet_path: null });
   }
 
-  /** Stop (when running) and destroy with purge; a VM that is already gone is fine. */
+  /**
+   * Stop and destroy with purge; a VM that is already gone is fine. The stop is sent even when the
+   * VM reads stopped: a start still in flight (cancelled mid-boot) would otherwise finish after the
+   * check and make the destroy fail; Proxmox queues the stop behind it.
+   */
   private async removeVm(vm: VmRef): Promise<void> {
     const { backend } = this.ctx;
     try {
-      const status = await backend.status(vm);
-      if (status.state !== "stopped") await backend.stop(vm);
+      await backend.stop(vm);
       await backend.destroy(vm, { purge: true });
     } catch (error) {
       if (error instanceof AgentlabError && error.code === "PROXMOX_VM_NOT_FOUND") return;
@@ -598,7 +601,13 @@ export class SandboxService {
         throw new AgentlabError(
           "LEASE_NOT_RENEWABLE",
           `sandbox lease not renewable: cannot renew lease in ${row.state} state. Valid states: RUNNING`,
-          { details: { vmid, state: row.state, valid: ["RUNNING"] } },
+          {
+            hint:
+              row.state === "STOPPED" || row.state === "SUSPENDED"
+                ? `bring it back first (agentlab sandbox ${row.state === "STOPPED" ? "start" : "resume"} ${vmid}), then renew`
+                : `a ${row.state} sandbox cannot be renewed: agentlab sandbox destroy --force ${vmid}, then agentlab sandbox new --profile ${row.profile} --ttl <ttl>`,
+            details: { vmid, state: row.state, valid: ["RUNNING"] },
+          },
         );
       }
       const next = this.ctx.store.sandboxes.update(vmid, { lease_expires_at: expires }, "RUNNING");

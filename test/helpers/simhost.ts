@@ -1,0 +1,58 @@
+import { join } from "node:path";
+import { createSim, type Sim, type SimApi, startApiProcess } from "../pvesim/harness.js";
+import { type HostDir, makeHostDir, type RunningDaemon, runCli, startDaemon } from "./daemon.js";
+
+export type BackendKind = "shell" | "api";
+
+/** The simulator, a daemon configured against it through one backend, and a CLI runner. */
+export interface SimHost {
+  sim: Sim;
+  api?: SimApi;
+  host: HostDir;
+  daemon: RunningDaemon;
+  cli(args: string[]): ReturnType<typeof runCli>;
+  /** Run the CLI with --json and parse stdout (success or error envelope). */
+  json<T = Record<string, unknown>>(
+    args: string[],
+  ): Promise<{ code: number | null; body: T; stderr: string }>;
+  stop(): Promise<void>;
+}
+
+export async function startSimHost(kind: BackendKind, extraConfig = ""): Promise<SimHost> {
+  const sim = createSim();
+  let api: SimApi | undefined;
+  let backendConfig = "proxmox_backend: shell\n";
+  if (kind === "api") {
+    api = await startApiProcess(sim);
+    backendConfig = `proxmox_backend: api\nproxmox_api_url: https://127.0.0.1:${api.port}\nproxmox_api_token: "${api.token}"\nproxmox_tls_ca_path: ${api.caPath}\n`;
+  }
+  const host = makeHostDir(
+    `snippets_dir: ${join(sim.dir, "storage", "local", "snippets")}\nsnippet_storage: local\nprovisioning_timeout: 30s\nproxmox_command_timeout: 30s\n${backendConfig}${extraConfig}`,
+    kind === "shell" ? { PATH: sim.env.PATH, PVESIM_DIR: sim.dir, PVESIM_NODE_BIN: process.execPath } : {},
+  );
+  const daemon = await startDaemon(host);
+  const cli = (args: string[]) => runCli(["--socket", host.socketPath, ...args]);
+  return {
+    sim,
+    ...(api ? { api } : {}),
+    host,
+    daemon,
+    cli,
+    async json<T>(args: string[]) {
+      const result = await cli(["--json", ...args]);
+      let body: T;
+      try {
+        body = JSON.parse(result.stdout) as T;
+      } catch {
+        throw new Error(`not JSON (exit ${result.code}): ${result.stdout}\n${result.stderr}`);
+      }
+      return { code: result.code, body, stderr: result.stderr };
+    },
+    async stop() {
+      await daemon.stop();
+      await api?.stop();
+      host.cleanup();
+      sim.cleanup();
+    },
+  };
+}
