@@ -1,9 +1,15 @@
 #!/bin/sh
-# The guided tour: builds agentlab, starts a real agentlabd in a throw-away directory (its own config,
-# profiles, SQLite database and Unix socket), and walks through the commands that exist today.
-# Nothing outside the temp directory is touched; the daemon is stopped at the end.
+# The guided tour: builds agentlab, starts the built-in Proxmox simulator and a real agentlabd against
+# it in a throw-away directory (scripts/dev/simhost), and walks through a sandbox's life with the real
+# CLI. Nothing outside the temp directory is touched; both processes are stopped at the end.
+#
+#   npm run tour                     shell backend (qm/pvesh/pvesm)
+#   npm run tour -- --backend api    REST API backend (HTTPS, API token, TLS verified against the sim's CA)
 set -eu
 cd "$(dirname "$0")/.."
+
+backend=shell
+[ "${1:-}" = "--backend" ] && backend=${2:-shell}
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "tour: installing npm dependencies (first run only)"
@@ -12,57 +18,54 @@ fi
 npm run -s build
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/agentlab-tour-XXXXXX")
-cp -r profiles "$dir/profiles"
-umask 077
-cat >"$dir/config.yaml" <<YAML
-# A tour daemon: every path is relative to this file's directory.
-profiles_dir: profiles
-data_dir: data
-run_dir: run
-log_level: info
-YAML
+scripts/dev/simhost up "$dir" --backend "$backend" >/dev/null
+cleanup() { scripts/dev/simhost down "$dir" >/dev/null 2>&1 || true; }
+trap cleanup EXIT INT TERM
 export AGENTLAB_SOCKET="$dir/run/agentlabd.sock"
 
-node bin/agentlabd --config "$dir/config.yaml" >"$dir/agentlabd.log" 2>&1 &
-daemon=$!
-cleanup() {
-  kill "$daemon" 2>/dev/null || true
-}
-trap cleanup EXIT INT TERM
-
-i=0
-until [ -S "$AGENTLAB_SOCKET" ] && node bin/agentlab status >/dev/null 2>&1; do
-  i=$((i + 1))
-  if [ "$i" -gt 100 ] || ! kill -0 "$daemon" 2>/dev/null; then
-    echo "tour: agentlabd did not start; its output:" >&2
-    cat "$dir/agentlabd.log" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
-
+say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 step() {
   printf '\n\033[1m$ %s\033[0m\n' "$*"
-  # shellcheck disable=SC2068
   "$@" || printf '(exit status %s)\n' "$?"
 }
 agentlab() { node bin/agentlab "$@"; }
 
-echo "agentlabd is running in $dir (socket $AGENTLAB_SOCKET)."
-echo "Everything below is the real CLI talking JSON-RPC to that daemon."
+say "agentlabd is running in $dir against the Proxmox simulator ($backend backend)."
+echo "Everything below is the real CLI talking JSON-RPC to that daemon, which drives the simulator"
+echo "exactly as it would drive a Proxmox VE host."
 step agentlab status
 step agentlab profile list
-step agentlab --json profile list
-step agentlab version
-echo
-echo "Errors explain themselves; here the CLI is pointed at a socket nobody serves:"
+
+say "Create a sandbox: clone the template, configure, boot, wait for the guest, snapshot 'clean'."
+step agentlab sandbox new --profile yolo-ephemeral --ttl 2h
+vmid=$(agentlab --json ls | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).sandboxes[0].vmid))')
+step agentlab new +yolo +workspace --tag demo
+step agentlab sandbox list
+step agentlab sandbox show "$vmid"
+
+say "Leases renew only while RUNNING; a stopped sandbox says why not."
+step agentlab sandbox lease renew "$vmid" --ttl 3h
+step agentlab sandbox stop "$vmid"
+step agentlab sandbox lease renew "$vmid" --ttl 3h
+step agentlab sandbox start "$vmid"
+
+say "Destroy one; then remove a VM behind agentlab's back and let prune clear the stale entry."
+step agentlab sandbox destroy "$vmid"
+other=$((vmid + 1))
+node dist/test/pvesim/cli.js control "$dir/pve" --remove-vm "$other" >/dev/null
+echo "(VM $other removed from the simulator directly, as if someone ran qm destroy $other)"
+step agentlab sandbox show "$other"
+step agentlab sandbox prune
+step agentlab sandbox list --all
+step agentlab logs "$vmid" --tail 8
+
+say "Errors explain themselves, with the fix:"
+step agentlab sandbox new --profile no-such-profile
 step agentlab --socket "$dir/nothing.sock" status
 
-printf '\n\033[1mStopping agentlabd (SIGTERM: drain, close the database, remove the socket)\033[0m\n'
-kill -TERM "$daemon"
-wait "$daemon" || true
+say "Stopping agentlabd (SIGTERM: drain, close the database, remove the socket) and the simulator."
+cleanup
 trap - EXIT INT TERM
-tail -n 2 "$dir/agentlabd.log"
-[ -S "$AGENTLAB_SOCKET" ] && echo "socket still present (unexpected)" || echo "socket removed."
+tail -n 1 "$dir/agentlabd.log"
 echo
-echo "Tour files (config, database, daemon log) are kept in $dir."
+echo "Tour files (config, database, simulator state, daemon log) are kept in $dir."
