@@ -24,7 +24,9 @@ if [ "$(id -u)" = 0 ] && ! getent group agentlab >/dev/null 2>&1; then
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --no-audit --no-fund
+  # npm install, not npm ci: this registry serves only this platform's optional packages (biome's
+  # binaries for other systems 404), so the lock file cannot list them and npm ci would refuse it.
+  npm install --no-audit --no-fund
 fi
 npm run -s build
 npx biome check .

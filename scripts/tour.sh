@@ -13,7 +13,7 @@ backend=shell
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "tour: installing npm dependencies (first run only)"
-  npm ci --no-audit --no-fund >/dev/null
+  npm install --no-audit --no-fund >/dev/null
 fi
 npm run -s build
 
