@@ -15,6 +15,11 @@ export const DaemonStatus = z.object({
   backend: z.object({
     kind: z.enum(["shell", "api"]).describe("configured Proxmox backend"),
     reachable: z.boolean().describe("whether Proxmox answered this status call"),
+    calls: z
+      .number()
+      .int()
+      .nonnegative()
+      .describe("Proxmox calls since the daemon started: pvesh spawns (shell) or HTTP requests (api)"),
     version: z.string().optional().describe("Proxmox VE version it reported, e.g. 9.0.3"),
     nodes: z
       .array(z.object({ node: z.string(), online: z.boolean() }))

@@ -28,6 +28,7 @@ async function backendStatus(ctx: DaemonContext): Promise<DaemonStatus["backend"
     return {
       kind,
       reachable: true,
+      calls: ctx.backend.calls.count,
       version: version.version,
       nodes: nodes.map((n) => ({ node: n.node, online: n.online })),
     };
@@ -36,7 +37,7 @@ async function backendStatus(ctx: DaemonContext): Promise<DaemonStatus["backend"
       error instanceof AgentlabError
         ? error
         : new AgentlabError("PROXMOX_ERROR", (error as Error)?.message ?? String(error));
-    return { kind, reachable: false, error: { code: known.code, message: known.message, hint: known.hint } };
+    return { kind, reachable: false, calls: ctx.backend.calls.count, error: { code: known.code, message: known.message, hint: known.hint } };
   } finally {
     clearTimeout(timer);
   }
