@@ -52,8 +52,13 @@ export interface RunningDaemon {
   stop(signal?: NodeJS.Signals): Promise<number | string>;
 }
 
-export function spawnDaemon(host: HostDir, args: string[] = [], env: NodeJS.ProcessEnv = {}): RunningDaemon {
-  const proc = spawn(process.execPath, [AGENTLABD_BIN, "--config", host.configPath, ...args], {
+export function spawnDaemon(
+  host: HostDir,
+  args: string[] = [],
+  env: NodeJS.ProcessEnv = {},
+  bin: string = AGENTLABD_BIN,
+): RunningDaemon {
+  const proc = spawn(process.execPath, [bin, "--config", host.configPath, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, ...host.env, AGENTLAB_CONFIG: "", AGENTLAB_LOG_LEVEL: "", ...env },
   });
@@ -87,8 +92,8 @@ function canConnect(path: string): Promise<boolean> {
 }
 
 /** Start the daemon and wait until its socket accepts connections (or it exits, which fails). */
-export async function startDaemon(host: HostDir, args: string[] = []): Promise<RunningDaemon> {
-  const daemon = spawnDaemon(host, args);
+export async function startDaemon(host: HostDir, args: string[] = [], bin?: string): Promise<RunningDaemon> {
+  const daemon = spawnDaemon(host, args, {}, bin);
   const deadline = Date.now() + 15_000;
   let exitedEarly: number | string | undefined;
   void daemon.exited.then((code) => (exitedEarly = code));

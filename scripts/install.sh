@@ -1,0 +1,114 @@
+#!/bin/sh
+# Install agentlab on a Proxmox VE host (run as root from a built checkout: npm install && npm run build).
+#
+#   scripts/install.sh [--root DIR]                      install (or upgrade) the code, units and layout
+#   scripts/install.sh [--root DIR] --uninstall [--purge]  remove the code and unit; --purge also removes
+#                                                         /etc/agentlab and /var/lib/agentlab (all data)
+#
+# Layout: code in /opt/agentlab, launchers /usr/local/bin/agentlab{,d}, config /etc/agentlab (0750) with
+# config.yaml (0600, written only if missing) and profiles/ (copied only if missing), data
+# /var/lib/agentlab (0750), unit /etc/systemd/system/agentlabd.service, group agentlab.
+# --root installs under another directory (for packaging and tests); then no group is created and
+# systemd is not touched.
+set -eu
+repo=$(cd "$(dirname "$0")/.." && pwd)
+root=/
+action=install
+purge=0
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --root) root=${2:?--root needs a directory}; shift 2 ;;
+    --root=*) root=${1#--root=}; shift ;;
+    --uninstall) action=uninstall; shift ;;
+    --purge) purge=1; shift ;;
+    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+root=${root%/}
+live=0
+[ -z "$root" ] && live=1
+
+say() { printf 'install: %s\n' "$*"; }
+
+if [ "$live" = 1 ] && [ "$(id -u)" != 0 ]; then
+  echo "install: run as root (or use --root DIR to install into a directory)" >&2
+  exit 1
+fi
+
+if [ "$action" = uninstall ]; then
+  if [ "$live" = 1 ] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now agentlabd.service 2>/dev/null || true
+  fi
+  rm -f "$root/etc/systemd/system/agentlabd.service" "$root/usr/local/bin/agentlab" "$root/usr/local/bin/agentlabd"
+  rm -rf "$root/opt/agentlab"
+  if [ "$purge" = 1 ]; then
+    rm -rf "$root/etc/agentlab" "$root/var/lib/agentlab"
+    say "removed agentlab, its configuration and its data"
+  else
+    say "removed agentlab; kept $root/etc/agentlab and $root/var/lib/agentlab (--purge removes them)"
+  fi
+  [ "$live" = 1 ] && command -v systemctl >/dev/null 2>&1 && systemctl daemon-reload || true
+  exit 0
+fi
+
+if [ ! -f "$repo/dist/src/daemon/main.js" ] || [ ! -d "$repo/node_modules" ]; then
+  echo "install: build first: npm install && npm run build" >&2
+  exit 1
+fi
+
+# Code: the built output, production dependencies, launchers, defaults and docs.
+dest="$root/opt/agentlab"
+rm -rf "$dest.new"
+mkdir -p "$dest.new/dist"
+cp -r "$repo/dist/src" "$dest.new/dist/src"
+cp -r "$repo/bin" "$repo/profiles" "$repo/docs" "$repo/systemd" "$repo/package.json" "$repo/package-lock.json" "$repo/LICENSE" "$dest.new/"
+mkdir -p "$dest.new/scripts"
+cp -r "$repo/scripts/install.sh" "$dest.new/scripts/"
+[ -d "$repo/scripts/net" ] && cp -r "$repo/scripts/net" "$dest.new/scripts/net"
+cp -r "$repo/node_modules" "$dest.new/node_modules"
+(cd "$dest.new" && npm prune --omit=dev --no-audit --no-fund >/dev/null 2>&1) || say "warning: could not prune dev dependencies"
+rm -rf "$dest.old"
+[ -d "$dest" ] && mv "$dest" "$dest.old"
+mv "$dest.new" "$dest"
+rm -rf "$dest.old"
+say "code in $dest"
+
+mkdir -p "$root/usr/local/bin"
+ln -sf /opt/agentlab/bin/agentlab "$root/usr/local/bin/agentlab"
+ln -sf /opt/agentlab/bin/agentlabd "$root/usr/local/bin/agentlabd"
+
+if [ "$live" = 1 ] && ! getent group agentlab >/dev/null 2>&1; then
+  groupadd --system agentlab
+  say "created group agentlab (add users with: usermod -aG agentlab USER)"
+fi
+
+install -d -m 0750 "$root/etc/agentlab" "$root/var/lib/agentlab"
+if [ ! -e "$root/etc/agentlab/config.yaml" ]; then
+  umask 077
+  cat >"$root/etc/agentlab/config.yaml" <<'YAML'
+# agentlab daemon configuration. Every key has a default (docs/configuration.md); set only what differs.
+# proxmox_backend: shell          # or api, with proxmox_api_url, proxmox_api_token, proxmox_tls_ca_path
+# log_level: info
+YAML
+  umask 022
+  say "wrote $root/etc/agentlab/config.yaml (defaults)"
+else
+  say "kept existing $root/etc/agentlab/config.yaml"
+fi
+if [ ! -e "$root/etc/agentlab/profiles" ]; then
+  cp -r "$repo/profiles" "$root/etc/agentlab/profiles"
+  say "installed default profiles in $root/etc/agentlab/profiles"
+else
+  say "kept existing $root/etc/agentlab/profiles"
+fi
+
+mkdir -p "$root/etc/systemd/system"
+install -m 0644 "$repo/systemd/agentlabd.service" "$root/etc/systemd/system/agentlabd.service"
+if [ "$live" = 1 ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl daemon-reload
+  systemctl enable agentlabd.service >/dev/null 2>&1 || true
+  say "enabled agentlabd.service; start it with: systemctl start agentlabd"
+else
+  say "unit in $root/etc/systemd/system/agentlabd.service"
+fi
