@@ -151,9 +151,11 @@ export class RpcServer {
 
   /**
    * Stop accepting connections, give running calls up to `timeoutMs` to finish, then cancel what is
-   * left and close every connection. Resolves with what happened, for the shutdown log line.
+   * left and give the cancelled calls up to `rollbackMs` to undo their work (a cancelled sandbox
+   * create removes the VM it cloned) before closing every connection. Resolves with what happened,
+   * for the shutdown log line.
    */
-  async close(timeoutMs: number): Promise<{ drained: boolean; cancelled: number }> {
+  async close(timeoutMs: number, rollbackMs = 30_000): Promise<{ drained: boolean; cancelled: number }> {
     this.draining = true;
     const serverClosed = this.server
       ? new Promise<void>((resolve) => this.server?.close(() => resolve()))
@@ -171,12 +173,16 @@ export class RpcServer {
     const cancelled = this.inFlight.size;
     for (const call of this.inFlight)
       call.abort.abort(new AgentlabError("DAEMON_SHUTTING_DOWN", "daemon is stopping"));
-    // Give cancelled handlers a moment to answer their clients before the sockets go away.
+    // Cancelled handlers roll back and then answer their clients; wait for that, within a bound.
     if (cancelled > 0) {
+      let timer: NodeJS.Timeout | undefined;
       await Promise.race([
         Promise.all([...this.inFlight].map((call) => call.done)),
-        new Promise((resolve) => setTimeout(resolve, 1000)),
+        new Promise((resolve) => {
+          timer = setTimeout(resolve, rollbackMs);
+        }),
       ]);
+      clearTimeout(timer);
     }
     // A finished handler's answer is written a few event-loop turns after it returns (vscode-jsonrpc
     // queues writes behind setImmediate); let those go out, then end each socket after its last write.
