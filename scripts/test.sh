@@ -6,6 +6,12 @@ cd "$(dirname "$0")/.."
 
 need_apt=""
 command -v sqlite3 >/dev/null 2>&1 || need_apt="$need_apt sqlite3"
+# The network isolation system test uses real nftables in network namespaces (nft and ip live in
+# /usr/sbin, which a non-root PATH may lack).
+{ command -v nft || [ -x /usr/sbin/nft ]; } >/dev/null 2>&1 || need_apt="$need_apt nftables"
+{ command -v ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]; } >/dev/null 2>&1 || need_apt="$need_apt iproute2"
+command -v ping >/dev/null 2>&1 || need_apt="$need_apt iputils-ping"
+command -v systemd-analyze >/dev/null 2>&1 || need_apt="$need_apt systemd"
 if [ -n "$need_apt" ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test: installing system packages:$need_apt"

@@ -1,0 +1,363 @@
+/**
+ * The host firewall for the sandbox bridge, rendered as one nftables ruleset from a few parameters.
+ *
+ * This module is the single source of truth for the rules: scripts/net/apply.sh renders through
+ * render-cli.ts, scripts/net/agent_nat.nft is the rendering of the defaults (a unit test fails when it is
+ * stale), and sandbox-firewall.ts names the sets declared here. Pure functions, no I/O.
+ *
+ * Four things, in three tables:
+ * - `inet agentlab` forward: traffic from the bridge may go to the Internet, never to private, link-local,
+ *   CGNAT/tailnet or ULA destinations; per-sandbox set membership relaxes (allow_private) or tightens
+ *   (egress_blocked, egress_allowlist) that for one sandbox, so one ruleset serves every profile.
+ * - `inet agentlab` input: from the bridge the host answers only the guest listener ports on the bridge
+ *   address, DNS, DHCP and ICMP echo; the Proxmox API (8006), sshd and everything else are dropped.
+ * - `bridge agentlab_l2`: anti-spoofing at layer 2; a port bound by the daemon may only use its own MAC
+ *   and IPv4 address, an unbound port may not claim the bridge address or a bound sandbox's address.
+ * - `ip agentlab_nat`: masquerade the subnet out of the WAN interface.
+ *
+ * Loading the ruleset again replaces every rule (`flush table`) but keeps the members of the sets, so a
+ * reload does not forget which sandbox is bound to which port or allowed what.
+ */
+import { isIPv4, isIPv6 } from "node:net";
+import { parseHostPort } from "../../config/net.js";
+import { AgentlabError } from "../../protocol/errors.js";
+
+export interface NftParams {
+  /** The sandbox bridge, e.g. vmbr1. */
+  bridge: string;
+  /** The sandboxes' IPv4 subnet, e.g. 10.77.0.0/16 (host bits must be zero). */
+  subnet: string;
+  /** The host's address on the bridge, e.g. 10.77.0.1: the gateway, DNS server and guest listeners. */
+  bridgeAddress: string;
+  /** The interface sandbox traffic leaves by, masqueraded, e.g. vmbr0. */
+  wan: string;
+  /** TCP ports of the daemon's guest listeners on the bridge address (bootstrap, artifacts). */
+  guestPorts: readonly number[];
+  /** The Tailscale interface allowed to open connections to sandboxes; "" for none. */
+  tailscaleIf: string;
+  /** Tailnet ranges sandboxes may never reach (v4 and v6). */
+  tailnetV4: string;
+  tailnetV6: string;
+  /**
+   * Also police every frame on the bridge by name (`meta ibrname`), not only the ports in
+   * sandbox_ports. Needs CONFIG_NFT_BRIDGE_META (Proxmox and Debian kernels have it as a module; some
+   * minimal kernels do not, and then the ruleset would not load). apply.sh detects it.
+   */
+  bridgeMeta: boolean;
+}
+
+export const DEFAULT_NFT_PARAMS: Readonly<NftParams> = Object.freeze({
+  bridge: "vmbr1",
+  subnet: "10.77.0.0/16",
+  bridgeAddress: "10.77.0.1",
+  wan: "vmbr0",
+  guestPorts: Object.freeze([8844, 8846]),
+  tailscaleIf: "tailscale0",
+  tailnetV4: "100.64.0.0/10",
+  tailnetV6: "fd7a:115c:a1e0::/48",
+  bridgeMeta: false,
+});
+
+/** Table and set names, shared with the code that maintains set members. */
+export const NFT = Object.freeze({
+  filterTable: { family: "inet", name: "agentlab" },
+  l2Table: { family: "bridge", name: "agentlab_l2" },
+  natTable: { family: "ip", name: "agentlab_nat" },
+  sets: Object.freeze({
+    /** inet: sandbox IPv4 addresses allowed to reach the private ranges. */
+    allowPrivate: "allow_private",
+    /** inet: sandbox addresses with no forwarded traffic at all (the host's services stay reachable). */
+    egressBlocked: "egress_blocked",
+    /** inet: sandbox addresses that may only reach the destinations paired with them in allowlist_dest. */
+    egressAllowlist: "egress_allowlist",
+    /** inet: `sandbox . destination-prefix` pairs for the sandboxes in egress_allowlist. */
+    allowlistDest: "allowlist_dest",
+    /** bridge: sandbox ports (tap names) to police; the daemon adds a VM's before starting it. */
+    sandboxPorts: "sandbox_ports",
+    /** bridge: ports the daemon has bound to one MAC and IPv4 address. */
+    boundPorts: "bound_ports",
+    /** bridge: `port . mac` of each bound port. */
+    portMacs: "port_macs",
+    /** bridge: `port . mac . ipv4` of each bound port. */
+    tapBindings: "tap_bindings",
+    /** bridge: the addresses of bound ports, which no other port may claim. */
+    boundIps: "bound_ips",
+  }),
+});
+
+/** Destinations no sandbox reaches unless it is in allow_private (RFC 1918). */
+export const PRIVATE_V4 = Object.freeze(["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]);
+/** Destinations no sandbox reaches at all, besides the tailnet ranges: link-local (and cloud metadata). */
+export const LINK_LOCAL_V4 = Object.freeze(["169.254.0.0/16"]);
+/** IPv6 destinations no sandbox reaches: unique-local and link-local. */
+export const BLOCKED_V6 = Object.freeze(["fc00::/7", "fe80::/10"]);
+
+/** Parameters that cannot render a valid ruleset; `problems` names each one. */
+export class NftParamsError extends AgentlabError {
+  readonly problems: string[];
+  constructor(problems: string[]) {
+    super("INVALID_PARAMS", `invalid network parameters: ${problems.join("; ")}`, {
+      details: { problems },
+      hint: "fix the named parameter (scripts/net/apply.sh --help lists them)",
+    });
+    this.name = "NftParamsError";
+    this.problems = problems;
+  }
+}
+
+export const IFNAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
+
+export function ipv4ToInt(ip: string): number {
+  return ip.split(".").reduce((acc, part) => acc * 256 + Number(part), 0);
+}
+
+export function intToIpv4(value: number): string {
+  return [24, 16, 8, 0].map((shift) => Math.floor(value / 2 ** shift) % 256).join(".");
+}
+
+/** An IPv4 CIDR split into network and prefix length; undefined when it is not one. */
+export function parseCidr4(text: string): { network: number; bits: number } | undefined {
+  const match = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(text);
+  if (!match || !isIPv4(match[1]!)) return undefined;
+  const bits = Number(match[2]);
+  if (bits > 32) return undefined;
+  return { network: ipv4ToInt(match[1]!), bits };
+}
+
+function hostBitsZero(network: number, bits: number): boolean {
+  return network % 2 ** (32 - bits) === 0;
+}
+
+function isCidr6(text: string): boolean {
+  const match = /^([0-9A-Fa-f:]+)\/(\d{1,3})$/.exec(text);
+  return match !== null && isIPv6(match[1]!) && Number(match[2]) <= 128;
+}
+
+/** Every problem with the parameters (empty when they render a valid ruleset). */
+export function checkNftParams(params: NftParams): string[] {
+  const problems: string[] = [];
+  for (const [key, value] of [
+    ["bridge", params.bridge],
+    ["wan", params.wan],
+  ] as const) {
+    if (!IFNAME.test(value))
+      problems.push(`${key}: "${value}" is not an interface name (1-15 of A-Z a-z 0-9 _ . -)`);
+  }
+  if (params.tailscaleIf !== "" && !IFNAME.test(params.tailscaleIf)) {
+    problems.push(`tailscale-if: "${params.tailscaleIf}" is not an interface name (or "" for none)`);
+  }
+  if (params.bridge === params.wan) problems.push(`wan: must differ from the bridge (${params.bridge})`);
+  const subnet = parseCidr4(params.subnet);
+  if (!subnet) {
+    problems.push(`subnet: "${params.subnet}" is not an IPv4 CIDR such as 10.77.0.0/16`);
+  } else if (!hostBitsZero(subnet.network, subnet.bits)) {
+    problems.push(`subnet: "${params.subnet}" has host bits set (did you mean the network address?)`);
+  } else if (subnet.bits > 30) {
+    problems.push(`subnet: /${subnet.bits} leaves no room for sandboxes`);
+  }
+  if (!isIPv4(params.bridgeAddress)) {
+    problems.push(`bridge-addr: "${params.bridgeAddress}" is not an IPv4 address`);
+  } else if (subnet && hostBitsZero(subnet.network, subnet.bits) && subnet.bits <= 30) {
+    const size = 2 ** (32 - subnet.bits);
+    const addr = ipv4ToInt(params.bridgeAddress);
+    if (Math.floor(addr / size) * size !== subnet.network) {
+      problems.push(`bridge-addr: ${params.bridgeAddress} is outside the subnet ${params.subnet}`);
+    } else if (addr === subnet.network || addr === subnet.network + size - 1) {
+      problems.push(`bridge-addr: ${params.bridgeAddress} is the subnet's network or broadcast address`);
+    }
+  }
+  if (params.guestPorts.length === 0) problems.push("guest-ports: at least one port is needed");
+  for (const port of params.guestPorts) {
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+      problems.push(`guest-ports: ${port} is not a TCP port (1-65535)`);
+    }
+  }
+  if (new Set(params.guestPorts).size !== params.guestPorts.length) {
+    problems.push("guest-ports: a port is listed twice");
+  }
+  const tailnet = parseCidr4(params.tailnetV4);
+  if (!tailnet || !hostBitsZero(tailnet.network, tailnet.bits)) {
+    problems.push(`tailnet-v4: "${params.tailnetV4}" is not an IPv4 network such as 100.64.0.0/10`);
+  }
+  if (!isCidr6(params.tailnetV6)) {
+    problems.push(`tailnet-v6: "${params.tailnetV6}" is not an IPv6 network such as fd7a:115c:a1e0::/48`);
+  }
+  return problems;
+}
+
+function quote(ifname: string): string {
+  return `"${ifname}"`;
+}
+
+function set(items: readonly (string | number)[]): string {
+  return items.length === 1 ? String(items[0]) : `{ ${items.join(", ")} }`;
+}
+
+/** The ruleset text for `nft -f`. Throws NftParamsError when the parameters are invalid. */
+export function renderRuleset(params: NftParams = DEFAULT_NFT_PARAMS): string {
+  const problems = checkNftParams(params);
+  if (problems.length > 0) throw new NftParamsError(problems);
+  const br = quote(params.bridge);
+  const wan = quote(params.wan);
+  const subnet = params.subnet;
+  const gw = params.bridgeAddress;
+  const ports = set([...params.guestPorts].sort((a, b) => a - b));
+  const s = NFT.sets;
+  const inet = `${NFT.filterTable.family} ${NFT.filterTable.name}`;
+  const l2 = `${NFT.l2Table.family} ${NFT.l2Table.name}`;
+  const nat = `${NFT.natTable.family} ${NFT.natTable.name}`;
+
+  const scope = [
+    ...(params.bridgeMeta
+      ? [`\t\tmeta ibrname ${br} jump antispoof comment "every port of the bridge"`]
+      : []),
+    `\t\tiifname @${s.sandboxPorts} jump antispoof`,
+  ];
+  const lines: string[] = [];
+  const out = (...more: string[]) => lines.push(...more);
+
+  out(
+    "#!/usr/sbin/nft -f",
+    "# agentlab: host firewall for the sandbox bridge.",
+    "# GENERATED by src/daemon/network/nft.ts - do not edit. Re-render with scripts/net/apply.sh (see --help).",
+    `# bridge=${params.bridge} subnet=${subnet} bridge-addr=${gw} wan=${params.wan}` +
+      ` guest-ports=${[...params.guestPorts].sort((a, b) => a - b).join(",")}`,
+    `# tailscale-if=${params.tailscaleIf === "" ? "(none)" : params.tailscaleIf}` +
+      ` tailnet-v4=${params.tailnetV4} tailnet-v6=${params.tailnetV6}` +
+      ` bridge-meta=${params.bridgeMeta ? "on" : "off"}`,
+    "#",
+    "# Loading this file again replaces every rule but keeps the members of the sets: the daemon adds a",
+    "# sandbox to them when it becomes READY and removes it when it is destroyed.",
+    "",
+    "# Declare (no-op when present), then flush the rules only: set members survive a reload.",
+    `table ${inet} {`,
+    `\tset ${s.allowPrivate} { type ipv4_addr; comment "sandboxes allowed to reach private ranges"; }`,
+    `\tset ${s.egressBlocked} { type ipv4_addr; comment "sandboxes with no egress beyond the host"; }`,
+    `\tset ${s.egressAllowlist} { type ipv4_addr; comment "sandboxes limited to allowlist_dest"; }`,
+    `\tset ${s.allowlistDest} { type ipv4_addr . ipv4_addr; flags interval; comment "sandbox . allowed destination"; }`,
+    `}`,
+    `table ${l2} {`,
+    `\tset ${s.sandboxPorts} { type ifname; comment "sandbox ports on the bridge, policed below"; }`,
+    `\tset ${s.boundPorts} { type ifname; comment "bridge ports bound to one MAC and address"; }`,
+    `\tset ${s.portMacs} { type ifname . ether_addr; }`,
+    `\tset ${s.tapBindings} { type ifname . ether_addr . ipv4_addr; }`,
+    `\tset ${s.boundIps} { type ipv4_addr; comment "addresses of bound ports: nobody else may use them"; }`,
+    `}`,
+    `table ${nat} {`,
+    `}`,
+    `flush table ${inet}`,
+    `flush table ${l2}`,
+    `flush table ${nat}`,
+    "",
+    `table ${inet} {`,
+    "\t# The host itself, reached from the bridge: only what sandboxes need.",
+    "\tchain input {",
+    "\t\ttype filter hook input priority -100; policy accept;",
+    `\t\tiifname != ${br} accept comment "only traffic arriving from the sandbox bridge is policed here"`,
+    "\t\tct state established,related accept",
+    `\t\tip saddr ${subnet} ip daddr ${gw} tcp dport ${ports} accept comment "guest listeners (bootstrap, artifacts)"`,
+    `\t\tip saddr ${subnet} ip daddr ${gw} meta l4proto { tcp, udp } th dport 53 accept comment "DNS"`,
+    `\t\tudp sport 68 udp dport 67 accept comment "DHCP (clients may still be 0.0.0.0)"`,
+    `\t\tip saddr ${subnet} icmp type echo-request accept`,
+    "\t\tmeta l4proto ipv6-icmp accept",
+    `\t\tcounter drop comment "everything else: Proxmox API 8006, sshd 22, ..."`,
+    "\t}",
+    "",
+    "\t# Routed traffic: sandboxes reach the Internet, nothing private.",
+    "\tchain forward {",
+    "\t\ttype filter hook forward priority -100; policy accept;",
+    "\t\tct state established,related accept",
+    ...(params.tailscaleIf === ""
+      ? []
+      : [
+          `\t\tiifname ${quote(params.tailscaleIf)} oifname ${br} accept comment "the tailnet may reach sandboxes"`,
+        ]),
+    `\t\tiifname ${br} jump from_sandbox`,
+    `\t\toifname ${br} ct state new counter drop comment "nothing else opens connections to sandboxes"`,
+    "\t}",
+    "",
+    "\tchain from_sandbox {",
+    `\t\toifname ${br} accept comment "sandbox to sandbox on the bridge (seen here only with br_netfilter)"`,
+    `\t\tmeta nfproto ipv4 ip saddr != ${subnet} counter drop comment "not from the subnet"`,
+    `\t\tip saddr @${s.egressBlocked} counter drop comment "profile: no egress"`,
+    `\t\tip daddr ${set([params.tailnetV4, ...LINK_LOCAL_V4])} counter drop comment "tailnet/CGNAT, link-local"`,
+    `\t\tip6 daddr ${set([params.tailnetV6, ...BLOCKED_V6])} counter drop comment "tailnet, ULA, link-local"`,
+    `\t\tip saddr @${s.allowPrivate} ip daddr ${set(PRIVATE_V4)} accept comment "profile: private ranges allowed"`,
+    `\t\tip daddr ${set(PRIVATE_V4)} counter drop comment "RFC 1918: LAN, other hosts' management"`,
+    `\t\tip saddr @${s.egressAllowlist} ip saddr . ip daddr @${s.allowlistDest} accept comment "profile: allowlist"`,
+    `\t\tip saddr @${s.egressAllowlist} counter drop comment "profile: allowlist, destination not listed"`,
+    `\t\toifname ${wan} accept comment "the Internet"`,
+    `\t\tcounter drop comment "any other interface"`,
+    "\t}",
+    "}",
+    "",
+    `table ${l2} {`,
+    "\t# Frames from sandbox ports, before they are bridged or delivered to the host.",
+    "\tchain input {",
+    "\t\ttype filter hook input priority -200; policy accept;",
+    ...scope,
+    "\t}",
+    "",
+    "\tchain forward {",
+    "\t\ttype filter hook forward priority -200; policy accept;",
+    ...scope,
+    "\t}",
+    "",
+    "\tchain antispoof {",
+    `\t\tiifname @${s.boundPorts} jump bound_port`,
+    "\t\tjump unbound_port",
+    "\t}",
+    "",
+    "\t# A port the daemon bound: only its own MAC and address, in Ethernet, ARP and IPv4.",
+    "\tchain bound_port {",
+    `\t\tether type arp iifname . ether saddr @${s.portMacs} iifname . arp saddr ether . arp saddr ip @${s.tapBindings} accept`,
+    `\t\tether type arp arp saddr ip 0.0.0.0 iifname . ether saddr @${s.portMacs} iifname . arp saddr ether @${s.portMacs} accept comment "ARP probe"`,
+    `\t\tether type ip iifname . ether saddr . ip saddr @${s.tapBindings} accept`,
+    `\t\tether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 iifname . ether saddr @${s.portMacs} accept comment "DHCP"`,
+    `\t\tcounter drop comment "spoofed, or not ARP/IPv4"`,
+    "\t}",
+    "",
+    "\t# A port not bound (yet): any subnet address, but never the host's or a bound sandbox's.",
+    "\tchain unbound_port {",
+    `\t\tether type arp arp saddr ip 0.0.0.0 accept comment "ARP probe"`,
+    `\t\tether type arp arp saddr ip ${gw} counter drop comment "claims the bridge address"`,
+    `\t\tether type arp arp saddr ip @${s.boundIps} counter drop comment "claims a bound sandbox's address"`,
+    `\t\tether type arp arp saddr ip ${subnet} accept`,
+    `\t\tether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept comment "DHCP"`,
+    `\t\tether type ip ip saddr ${gw} counter drop comment "claims the bridge address"`,
+    `\t\tether type ip ip saddr @${s.boundIps} counter drop comment "claims a bound sandbox's address"`,
+    `\t\tether type ip ip saddr ${subnet} accept`,
+    `\t\tcounter drop comment "outside the subnet, or not ARP/IPv4"`,
+    "\t}",
+    "}",
+    "",
+    `table ${nat} {`,
+    "\tchain postrouting {",
+    "\t\ttype nat hook postrouting priority 100; policy accept;",
+    `\t\toifname ${wan} ip saddr ${subnet} masquerade`,
+    "\t}",
+    "}",
+  );
+  return `${lines.join("\n")}\n`;
+}
+
+/**
+ * Parameters from the daemon's config: the bridge address and ports of the guest listeners, the subnet.
+ * A listener that binds every interface leaves the default bridge address; bad values surface in
+ * checkNftParams (the config loader has validated them already).
+ */
+export function nftParamsFromConfig(
+  config: { bootstrap_listen: string; artifact_listen: string; agent_subnet: string },
+  overrides: Partial<NftParams> = {},
+): NftParams {
+  const bootstrap = parseHostPort(config.bootstrap_listen) ?? { host: "", port: Number.NaN };
+  const artifact = parseHostPort(config.artifact_listen) ?? { host: "", port: Number.NaN };
+  const ports = [...new Set([bootstrap.port, artifact.port])];
+  return {
+    ...DEFAULT_NFT_PARAMS,
+    subnet: config.agent_subnet,
+    ...(isIPv4(bootstrap.host) ? { bridgeAddress: bootstrap.host } : {}),
+    guestPorts: ports,
+    ...overrides,
+  };
+}
