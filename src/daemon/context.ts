@@ -12,6 +12,24 @@ export interface Clock {
 export const systemClock: Clock = { now: () => new Date() };
 
 /**
+ * Injected timers, the other half of injected time: background loops wait through this, so tests fire
+ * their passes by advancing a fake scheduler instead of sleeping.
+ */
+export interface Scheduler {
+  /** Call `fn` once after `ms`; the returned function cancels it if it has not run yet. */
+  schedule(fn: () => void, ms: number): () => void;
+}
+
+export const systemScheduler: Scheduler = {
+  schedule(fn, ms) {
+    const timer = setTimeout(fn, ms);
+    // A pending pass alone must not keep the process alive.
+    timer.unref();
+    return () => clearTimeout(timer);
+  },
+};
+
+/**
  * Everything a service needs, passed explicitly: no module-level singletons, so tests build a context
  * over a temp directory and the real code runs unchanged.
  */

@@ -4,7 +4,7 @@ import { configPathFromEnv, loadConfig } from "../config/config.js";
 import { loadProfiles } from "../config/profiles.js";
 import { AgentlabError } from "../protocol/errors.js";
 import { VERSION } from "../version.js";
-import { type Clock, type DaemonContext, systemClock } from "./context.js";
+import { type Clock, type DaemonContext, type Scheduler, systemClock, systemScheduler } from "./context.js";
 import { createLogger, type Logger } from "./log.js";
 import { createBackend } from "./proxmox/load.js";
 import { registerHandlers } from "./rpc/handlers.js";
@@ -21,6 +21,8 @@ export interface Daemon {
 export interface StartOptions {
   configPath: string;
   clock?: Clock;
+  /** Timers of the background passes (maintenance); tests inject a fake one. */
+  scheduler?: Scheduler;
 }
 
 /**
@@ -52,7 +54,11 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       version: VERSION,
     };
     const server = new RpcServer({ log });
-    registerHandlers(server, ctx);
+    const { maintenance } = registerHandlers(server, ctx, {
+      maintenance: { scheduler: options.scheduler ?? systemScheduler },
+    });
+    // Before the socket opens, so every row it finds before READY was left by the previous process.
+    maintenance.prepare();
     const socket = await server.listen(config.socket_path);
     log.info(
       {
@@ -67,6 +73,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       },
       "agentlabd ready",
     );
+    // Start-up recovery, then the lease reaper and the reconciler, now and every 30 s.
+    maintenance.start();
     const openStoreRef = store;
     let stopping: Promise<void> | undefined;
     return {
@@ -74,9 +82,13 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       stop(reason) {
         stopping ??= (async () => {
           log.info({ reason, active_calls: server.activeCalls }, "agentlabd stopping");
-          const { drained, cancelled } = await server.close(config.shutdown_timeout_ms);
+          // Background passes finish the sandbox at hand (bounded like the calls), then the calls drain.
+          const [maintenanceDone, { drained, cancelled }] = await Promise.all([
+            maintenance.stop(config.shutdown_timeout_ms),
+            server.close(config.shutdown_timeout_ms),
+          ]);
           openStoreRef.close();
-          log.info({ drained, cancelled }, "agentlabd stopped");
+          log.info({ drained, cancelled, maintenance_finished: maintenanceDone }, "agentlabd stopped");
         })();
         return stopping;
       },

@@ -148,6 +148,16 @@ export const ERROR_CODES = {
     hint: "see the reason with agentlab sandbox show <vmid>; check the template (qm list) and storage (pvesh get /storage)",
   },
   DESTROY_FAILED: { rpc: 1505, exit: 1, hint: "use --force: agentlab sandbox destroy --force <vmid>" },
+  SNAPSHOT_NOT_FOUND: {
+    rpc: 1510,
+    exit: 1,
+    hint: "list the sandbox's snapshots: agentlab sandbox snapshot list <vmid>",
+  },
+  CONFIRMATION_REQUIRED: {
+    rpc: 1511,
+    exit: 2,
+    hint: "add --force to go ahead without the question, or run the command in a terminal to answer it",
+  },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -3,6 +3,7 @@
  * nothing in it imports anything else of ours.
  */
 import { daemonStatus } from "./daemon.js";
+import { sandboxInventory, sandboxReconcile } from "./maintenance.js";
 import type { Method } from "./method.js";
 import { profileList } from "./profile.js";
 import {
@@ -11,14 +12,24 @@ import {
   sandboxLeaseRenew,
   sandboxList,
   sandboxLogs,
+  sandboxPause,
   sandboxPrune,
+  sandboxResume,
+  sandboxRevert,
   sandboxShow,
+  sandboxSnapshotList,
+  sandboxSnapshotRestore,
+  sandboxSnapshotSave,
   sandboxStart,
   sandboxStop,
+  sandboxStopAll,
+  sandboxUpdate,
+  sandboxValidate,
 } from "./sandbox.js";
 
 export * from "./daemon.js";
 export * from "./errors.js";
+export * from "./maintenance.js";
 export * from "./method.js";
 export * from "./profile.js";
 export * from "./progress.js";
@@ -36,8 +47,19 @@ export const METHODS: readonly Method[] = [
   sandboxStop,
   sandboxDestroy,
   sandboxPrune,
+  sandboxInventory,
+  sandboxReconcile,
   sandboxLeaseRenew,
   sandboxLogs,
+  sandboxValidate,
+  sandboxStopAll,
+  sandboxPause,
+  sandboxResume,
+  sandboxUpdate,
+  sandboxRevert,
+  sandboxSnapshotSave,
+  sandboxSnapshotList,
+  sandboxSnapshotRestore,
 ];
 
 /** Frames larger than this close the connection: no legitimate request comes near it. */

@@ -18,10 +18,16 @@ export const SANDBOX_STATE_NAMES = [
 export const SandboxStateName = z.enum(SANDBOX_STATE_NAMES);
 
 const vmid = z.number().int().min(100).max(999_999_999).describe("Proxmox VMID of the sandbox");
-const tag = z
+/** A VM tag as Proxmox accepts it; the daemon stores and applies tags lower-cased. */
+export const SandboxTag = z
   .string()
   .regex(/^[a-z0-9_][a-z0-9_+.-]*$/i, "tags use letters, digits and _ + . - (Proxmox's tag rule)")
   .max(64);
+const tag = SandboxTag;
+/** A sandbox name: it becomes the VM's name and the guest's hostname, so it is a DNS label. */
+export const SandboxName = z
+  .string()
+  .regex(/^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,61}[a-zA-Z0-9])?$/, "a DNS label: letters, digits, dots and dashes");
 
 export const Sandbox = z.object({
   vmid: z.number().int(),
@@ -77,13 +83,7 @@ export const sandboxCreate = defineMethod({
   params: z
     .object({
       profile: z.string().min(1).describe("profile name (the CLI resolves +modifiers to one)"),
-      name: z
-        .string()
-        .regex(
-          /^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,61}[a-zA-Z0-9])?$/,
-          "a DNS label: letters, digits, dots and dashes",
-        )
-        .optional(),
+      name: SandboxName.optional(),
       ttl_minutes: z.number().int().positive("ttl_minutes must be positive").optional(),
       keepalive: z.boolean().optional(),
       vmid: vmid.optional(),
@@ -188,4 +188,242 @@ export const sandboxLogs = defineMethod({
   result: z.object({ events: z.array(SandboxEvent), last_id: z.number().int() }),
   progress: false,
   errors: ["SANDBOX_NOT_FOUND"],
+});
+
+export const sandboxPause = defineMethod({
+  method: "sandbox.pause",
+  summary: "Suspend a READY or RUNNING sandbox's VM to RAM (SUSPENDED); its memory and address are kept.",
+  params: z.object({ vmid, progress_token: progressToken }).strict(),
+  result: Sandbox,
+  progress: true,
+  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "PROXMOX_ERROR"],
+});
+
+export const sandboxResume = defineMethod({
+  method: "sandbox.resume",
+  summary: "Resume a SUSPENDED sandbox's VM from RAM (RUNNING).",
+  params: z.object({ vmid, progress_token: progressToken }).strict(),
+  result: Sandbox,
+  progress: true,
+  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "PROXMOX_ERROR"],
+});
+
+/** Fields of sandbox.update that change something; at least one must be given. */
+export const SANDBOX_UPDATE_FIELDS = ["cores", "memory_mb", "tags"] as const;
+
+export const sandboxUpdate = defineMethod({
+  method: "sandbox.update",
+  summary:
+    "Change a sandbox's cores, memory and tags. tags replaces the whole list (empty clears it; the managed agentlab tag stays on the VM). A running VM gets new cores and memory at its next cold start: they are reported as pending.",
+  params: z
+    .object({
+      vmid,
+      cores: z.number().int().min(1).max(8192).optional(),
+      memory_mb: z.number().int().min(16, "memory_mb must be at least 16 (Proxmox's minimum)").optional(),
+      tags: z.array(tag).max(16).optional().describe("the new tag list, lower-cased; [] removes every tag"),
+    })
+    .strict()
+    .refine((p) => SANDBOX_UPDATE_FIELDS.some((field) => p[field] !== undefined), {
+      message: "give at least one of cores, memory_mb, tags",
+    }),
+  result: z.object({
+    sandbox: Sandbox,
+    cores: z.number().int().optional().describe("cores the VM is configured with now, pending included"),
+    memory_mb: z.number().int().optional().describe("memory the VM is configured with now, pending included"),
+    pending: z
+      .array(z.enum(["cores", "memory_mb"]))
+      .describe(
+        "changes Proxmox holds until the VM's next cold start (stop, then start); the running VM keeps its old values until then",
+      ),
+  }),
+  progress: false,
+  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "PROXMOX_ERROR", "PROXMOX_INVALID"],
+});
+
+/** The snapshot `sandbox revert` goes back to, taken right after provisioning. */
+export const CLEAN_SNAPSHOT_NAME = "clean";
+export const SNAPSHOT_NAME_MAX = 40;
+const RESERVED_SNAPSHOT_NAMES = ["current", "pending", CLEAN_SNAPSHOT_NAME];
+
+/**
+ * Why a snapshot name cannot be used, or undefined. Proxmox's rule (pve-configid): a letter, then at
+ * least one letter, digit, `_` or `-`, at most 40 in all. Saving also refuses Proxmox's reserved names
+ * (`current`, `pending`) and `clean`, which belongs to `sandbox revert`.
+ */
+export function snapshotNameProblem(name: string, purpose: "save" | "restore"): string | undefined {
+  if (!/^[a-z][a-z0-9_-]+$/i.test(name) || name.length > SNAPSHOT_NAME_MAX) {
+    return `invalid snapshot name "${name}": 2 to ${SNAPSHOT_NAME_MAX} letters, digits, _ or -, starting with a letter`;
+  }
+  if (purpose === "save" && RESERVED_SNAPSHOT_NAMES.includes(name.toLowerCase())) {
+    return name.toLowerCase() === CLEAN_SNAPSHOT_NAME
+      ? `snapshot name "${name}" is reserved: sandbox revert goes back to the "${CLEAN_SNAPSHOT_NAME}" snapshot`
+      : `snapshot name "${name}" is reserved by Proxmox`;
+  }
+  return undefined;
+}
+
+const snapshotName = (purpose: "save" | "restore") =>
+  z
+    .string()
+    .superRefine((name, ctx) => {
+      const problem = snapshotNameProblem(name, purpose);
+      if (problem) ctx.addIssue({ code: "custom", message: problem });
+    })
+    .describe(
+      purpose === "save"
+        ? "snapshot name: a letter, then letters, digits, _ or - (2-40); not current, pending or clean"
+        : "name of an existing snapshot",
+    );
+
+export const SandboxSnapshot = z.object({
+  name: z.string(),
+  created_at: z.string().optional().describe("RFC 3339, from Proxmox's snaptime"),
+  description: z.string().optional(),
+  parent: z.string().optional(),
+  vmstate: z.boolean().describe("true when the snapshot includes RAM (restoring it resumes the VM)"),
+});
+export type SandboxSnapshot = z.infer<typeof SandboxSnapshot>;
+
+export const sandboxRevert = defineMethod({
+  method: "sandbox.revert",
+  summary:
+    'Roll the sandbox\'s root disk back to the "clean" snapshot taken after provisioning. Stops the VM first; restarts it (and re-discovers its address) when restart is true, by default when it was running. Never touches a workspace disk: a VM with disks besides its root disk is refused.',
+  params: z
+    .object({
+      vmid,
+      force: z.boolean().optional().describe("skip the checks that protect work in progress"),
+      restart: z.boolean().optional().describe("start the VM after the rollback; default: if it was running"),
+      progress_token: progressToken,
+    })
+    .strict(),
+  result: z.object({
+    sandbox: Sandbox,
+    snapshot: z.string(),
+    was_running: z.boolean(),
+    restarted: z.boolean(),
+  }),
+  progress: true,
+  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "SNAPSHOT_NOT_FOUND", "CONFLICT", "PROXMOX_ERROR"],
+});
+
+export const sandboxSnapshotSave = defineMethod({
+  method: "sandbox.snapshot.save",
+  summary:
+    "Take a disk snapshot of a STOPPED sandbox (force: of a running one too, crash-consistent, without RAM).",
+  params: z
+    .object({
+      vmid,
+      name: snapshotName("save"),
+      force: z.boolean().optional(),
+      progress_token: progressToken,
+    })
+    .strict(),
+  result: z.object({ vmid: z.number().int(), name: z.string(), created_at: z.string() }),
+  progress: true,
+  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "CONFLICT", "PROXMOX_ERROR"],
+});
+
+export const sandboxSnapshotList = defineMethod({
+  method: "sandbox.snapshot.list",
+  summary: "The sandbox's snapshots as Proxmox lists them (without its `current` entry), oldest first.",
+  params: z.object({ vmid }).strict(),
+  result: z.object({ vmid: z.number().int(), snapshots: z.array(SandboxSnapshot) }),
+  progress: false,
+  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "PROXMOX_ERROR"],
+});
+
+export const sandboxSnapshotRestore = defineMethod({
+  method: "sandbox.snapshot.restore",
+  summary:
+    "Roll a STOPPED sandbox (force: any sandbox with a VM) back to a snapshot. Afterwards it is STOPPED with no address if the VM is not running, else RUNNING with its address refreshed.",
+  params: z
+    .object({
+      vmid,
+      name: snapshotName("restore"),
+      force: z.boolean().optional(),
+      progress_token: progressToken,
+    })
+    .strict(),
+  result: z.object({ sandbox: Sandbox, snapshot: z.string() }),
+  progress: true,
+  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "SNAPSHOT_NOT_FOUND", "PROXMOX_ERROR"],
+});
+
+export const StopAllEntry = z.object({
+  vmid: z.number().int(),
+  name: z.string(),
+  result: z.enum(["stopped", "skipped", "failed"]),
+  state: SandboxStateName.describe("the sandbox's state afterwards"),
+  reason: z.string().optional().describe("why it was skipped or failed"),
+});
+
+export const sandboxStopAll = defineMethod({
+  method: "sandbox.stop_all",
+  summary:
+    "Stop every READY and RUNNING sandbox. One that changed state meanwhile is skipped; one whose stop fails is reported and the rest still stop.",
+  params: z.object({ progress_token: progressToken }).strict(),
+  result: z.object({
+    total: z.number().int().describe("sandboxes that were READY or RUNNING"),
+    stopped: z.number().int(),
+    skipped: z.number().int(),
+    failed: z.number().int(),
+    results: z.array(StopAllEntry),
+  }),
+  progress: true,
+  errors: [],
+});
+
+export const PlanIssue = z.object({
+  code: z.string().describe("stable: unknown_profile, template_validation_failed, resource_conflict, ..."),
+  field: z.string().optional().describe("the request field at fault"),
+  message: z.string(),
+});
+export type PlanIssue = z.infer<typeof PlanIssue>;
+
+export const SandboxPlan = z.object({
+  profile: z.string(),
+  template_vmid: z.number().int().optional(),
+  template_name: z.string().optional(),
+  node: z.string().optional(),
+  clone: z.enum(["linked", "full"]).optional(),
+  vmid: z.number().int().optional(),
+  vmid_source: z
+    .enum(["requested", "next_free"])
+    .optional()
+    .describe("next_free: the VMID a create would take now; another create may take it first"),
+  name: z.string().optional(),
+  cores: z.number().int().optional(),
+  memory_mb: z.number().int().optional(),
+  root_size_gb: z.number().optional(),
+  network_mode: z.string().optional(),
+  bridge: z.string().optional(),
+  ttl_minutes: z.number().int().optional().describe("absent: the sandbox would never expire"),
+  lease_expires_at: z.string().optional().describe("when the lease would end if created now"),
+  keepalive: z.boolean().optional(),
+  tags: z.array(z.string()),
+});
+export type SandboxPlan = z.infer<typeof SandboxPlan>;
+
+export const sandboxValidate = defineMethod({
+  method: "sandbox.validate",
+  summary:
+    "Check a sandbox.create request without creating anything: the plan (profile, template, node, VMID, resources, lease) and every problem found. ok is false when a create would be refused or fail.",
+  params: z
+    .object({
+      profile: z.string().min(1),
+      name: z.string().optional(),
+      ttl_minutes: z.number().int().optional(),
+      keepalive: z.boolean().optional(),
+      vmid: z.number().int().optional(),
+      tags: z.array(z.string()).optional(),
+    })
+    .strict(),
+  result: z.object({
+    ok: z.boolean(),
+    errors: z.array(PlanIssue),
+    warnings: z.array(PlanIssue),
+    plan: SandboxPlan,
+  }),
+  progress: false,
+  errors: ["PROXMOX_ERROR", "PROXMOX_UNREACHABLE"],
 });

@@ -75,3 +75,35 @@ export function parseTtlMinutes(text: string): number {
   if (!Number.isFinite(minutes) || minutes <= 0) throw new Error("ttl must be positive");
   return minutes;
 }
+
+const MEMORY_UNITS_MIB: Record<string, number> = {
+  k: 1 / 1024,
+  m: 1,
+  g: 1024,
+  t: 1024 * 1024,
+};
+
+const MEMORY_FORMAT = /^(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?)?$/i;
+
+/**
+ * A memory size as given on the command line, in MiB (the unit of Proxmox's `memory`): a bare number
+ * is MiB ("8192"); a unit may follow, with or without "B"/"iB" ("512M", "8G", "8GB", "8GiB", "1.5g").
+ * Units are binary whichever way they are written, as Proxmox counts memory: 8G and 8GB are 8192 MiB.
+ * The result must be a whole, positive number of MiB.
+ */
+export function parseMemoryMb(text: string): number {
+  const input = text.trim();
+  if (/^-\d/.test(input)) throw new Error("memory must be positive");
+  const match = MEMORY_FORMAT.exec(input);
+  if (!match) throw new Error(`expected a memory size such as 8192, 512M, 8G or 8GiB, got "${text}"`);
+  const amount = Number(match[1]);
+  const unit = (match[2] ?? "m").toLowerCase();
+  const mib = amount * MEMORY_UNITS_MIB[unit]!;
+  if (!Number.isFinite(mib) || mib <= 0) throw new Error("memory must be positive");
+  if (!Number.isInteger(mib)) {
+    throw new Error(
+      `memory must be a whole number of MiB: "${text}" is ${Math.round(mib * 1000) / 1000} MiB`,
+    );
+  }
+  return mib;
+}

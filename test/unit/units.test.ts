@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { formatDuration, parseDuration, parseTtlMinutes } from "../../src/protocol/units.js";
+import { formatDuration, parseDuration, parseMemoryMb, parseTtlMinutes } from "../../src/protocol/units.js";
 
 describe("units: parseDuration", () => {
   it("reads Go-style durations into milliseconds", () => {
@@ -73,5 +73,53 @@ describe("units: parseTtlMinutes", () => {
   it("reports a malformed duration as such", () => {
     assert.throws(() => parseTtlMinutes("soon"), /expected a duration/);
     assert.throws(() => parseTtlMinutes("5x"), /expected a duration/);
+  });
+});
+
+describe("units: parseMemoryMb", () => {
+  it("reads MiB, or a size with a binary unit in any of its spellings", () => {
+    const cases: [string, number][] = [
+      ["8192", 8192],
+      [" 512 ", 512],
+      ["512M", 512],
+      ["512MB", 512],
+      ["512MiB", 512],
+      ["512m", 512],
+      ["8G", 8192],
+      ["8GB", 8192],
+      ["8GiB", 8192],
+      ["8g", 8192],
+      ["8 GiB", 8192],
+      ["1.5G", 1536],
+      ["0.5g", 512],
+      ["1T", 1_048_576],
+      ["2048K", 2],
+      ["2048KiB", 2],
+    ];
+    for (const [text, mb] of cases) assert.equal(parseMemoryMb(text), mb, text);
+  });
+
+  it("refuses zero and negative sizes", () => {
+    for (const text of ["0", "0G", "-1", "-8G", "0.0M"]) {
+      assert.throws(() => parseMemoryMb(text), { message: "memory must be positive" }, text);
+    }
+  });
+
+  it("refuses sizes that are not a whole number of MiB", () => {
+    assert.throws(
+      () => parseMemoryMb("1.5M"),
+      /^Error: memory must be a whole number of MiB: "1.5M" is 1.5 MiB$/,
+    );
+    assert.throws(() => parseMemoryMb("100K"), /whole number of MiB/);
+  });
+
+  it("refuses unknown units and malformed input, naming the accepted forms", () => {
+    for (const text of ["", "8X", "8GG", "G", "eight", "8 G B", "8Gi", "1e3", "8,5G", "+8G"]) {
+      assert.throws(
+        () => parseMemoryMb(text),
+        /^Error: expected a memory size such as 8192, 512M, 8G or 8GiB, got "/,
+        text,
+      );
+    }
   });
 });

@@ -6,12 +6,23 @@ import {
   sandboxLeaseRenew,
   sandboxList,
   sandboxLogs,
+  sandboxPause,
   sandboxPrune,
+  sandboxResume,
+  sandboxRevert,
   sandboxShow,
+  sandboxSnapshotList,
+  sandboxSnapshotRestore,
+  sandboxSnapshotSave,
   sandboxStart,
   sandboxStop,
+  sandboxStopAll,
+  sandboxUpdate,
+  sandboxValidate,
 } from "../../protocol/index.js";
+import { sandboxInventory, sandboxReconcile } from "../../protocol/maintenance.js";
 import type { DaemonContext } from "../context.js";
+import { type MaintenanceOptions, MaintenanceService } from "../services/maintenance.js";
 import type { Operation } from "../services/operation.js";
 import { listProfiles } from "../services/profiles.js";
 import { SandboxService } from "../services/sandboxes.js";
@@ -24,8 +35,18 @@ function operation(call: CallContext): Operation {
 }
 
 /** Wire every protocol method to the service that answers it. */
-export function registerHandlers(server: RpcServer, ctx: DaemonContext): { sandboxes: SandboxService } {
+export function registerHandlers(
+  server: RpcServer,
+  ctx: DaemonContext,
+  options: { maintenance?: MaintenanceOptions } = {},
+): { sandboxes: SandboxService; maintenance: MaintenanceService } {
   const sandboxes = new SandboxService(ctx);
+  // Shares the SandboxService, so background passes and RPC calls take the same per-VM locks.
+  const maintenance = new MaintenanceService(ctx, sandboxes, options.maintenance);
+  server.register(sandboxInventory, () => maintenance.inventory());
+  server.register(sandboxReconcile, (params, call) =>
+    maintenance.reconcile(params.apply === true, operation(call)),
+  );
   server.register(daemonStatus, () => statusOf(ctx));
   server.register(profileList, () => listProfiles(ctx));
   server.register(sandboxCreate, (params, call) => sandboxes.create(params, operation(call)));
@@ -39,5 +60,18 @@ export function registerHandlers(server: RpcServer, ctx: DaemonContext): { sandb
   server.register(sandboxStop, (params, call) => sandboxes.stop(params.vmid, operation(call)));
   server.register(sandboxLeaseRenew, (params) => sandboxes.leaseRenew(params.vmid, params.ttl_minutes));
   server.register(sandboxLogs, (params) => sandboxes.logs(params.vmid, params));
-  return { sandboxes };
+  server.register(sandboxValidate, (params) => sandboxes.validate(params));
+  server.register(sandboxStopAll, (_params, call) => sandboxes.stopAll(operation(call)));
+  server.register(sandboxPause, (params, call) => sandboxes.pause(params.vmid, operation(call)));
+  server.register(sandboxResume, (params, call) => sandboxes.resume(params.vmid, operation(call)));
+  server.register(sandboxUpdate, (params) => sandboxes.update(params));
+  server.register(sandboxRevert, (params, call) => sandboxes.revert(params.vmid, params, operation(call)));
+  server.register(sandboxSnapshotSave, (params, call) =>
+    sandboxes.snapshotSave(params.vmid, params.name, params.force === true, operation(call)),
+  );
+  server.register(sandboxSnapshotList, (params) => sandboxes.snapshotList(params.vmid));
+  server.register(sandboxSnapshotRestore, (params, call) =>
+    sandboxes.snapshotRestore(params.vmid, params.name, params.force === true, operation(call)),
+  );
+  return { sandboxes, maintenance };
 }

@@ -37,7 +37,12 @@ async function backendStatus(ctx: DaemonContext): Promise<DaemonStatus["backend"
       error instanceof AgentlabError
         ? error
         : new AgentlabError("PROXMOX_ERROR", (error as Error)?.message ?? String(error));
-    return { kind, reachable: false, calls: ctx.backend.calls.count, error: { code: known.code, message: known.message, hint: known.hint } };
+    return {
+      kind,
+      reachable: false,
+      calls: ctx.backend.calls.count,
+      error: { code: known.code, message: known.message, hint: known.hint },
+    };
   } finally {
     clearTimeout(timer);
   }

@@ -19,6 +19,7 @@ import {
   translateSqliteError,
 } from "./errors.js";
 import { createEventRepo, type EventRepo } from "./events.js";
+import { createJobRepo, type JobRepo } from "./jobs.js";
 import { MIGRATIONS, migrate, pendingMigrations, readAppliedMigrations } from "./migrations.js";
 import { createSandboxRepo, type SandboxRepo } from "./sandboxes.js";
 
@@ -45,6 +46,7 @@ export interface Store {
   readonly now: () => Date;
   readonly sandboxes: SandboxRepo;
   readonly events: EventRepo;
+  readonly jobs: JobRepo;
   /** Run fn in one IMMEDIATE transaction (the write lock is taken up front, so no upgrade deadlock). */
   tx<T>(fn: () => T): T;
   /** Highest applied migration version. */
@@ -58,6 +60,7 @@ export interface Store {
 class SqliteStore implements Store {
   readonly sandboxes: SandboxRepo;
   readonly events: EventRepo;
+  readonly jobs: JobRepo;
   readonly #versionStmt: Database.Statement<[], { version: number }>;
 
   constructor(
@@ -68,6 +71,7 @@ class SqliteStore implements Store {
   ) {
     this.sandboxes = createSandboxRepo(db, now);
     this.events = createEventRepo(db, now);
+    this.jobs = createJobRepo(db, now);
     this.#versionStmt = db.prepare("SELECT coalesce(max(version), 0) AS version FROM schema_migrations");
   }
 
@@ -182,6 +186,14 @@ export function openStore(path: string, opts: StoreOptions = {}): Store {
       }
     }
     const result = migrate(db, { path: dbPath, now, readonly });
+    if (!readonly) {
+      // Operators back the database up with a plain `cp agentlab.db` (troubleshooting guide,
+      // "Backup database"). In WAL mode recent commits live in -wal until a checkpoint, and SQLite's
+      // default waits for 1000 pages, so a small database might never reach its main file. Checkpoint
+      // after every commit instead (cheap at our write rate), and once now for what is already there.
+      db.pragma("wal_autocheckpoint = 1");
+      db.pragma("wal_checkpoint(TRUNCATE)");
+    }
     if (!readonly && result.applied.length === 0) {
       // Reads succeed while another process holds the write lock in WAL mode; take and drop it once
       // so a stale holder is reported now, not as a failure on the daemon's first write.

@@ -108,6 +108,10 @@ export interface SandboxRepo {
   update(vmid: number, patch: SandboxPatch, expectState?: SandboxState): Sandbox | undefined;
   /** The highest VMID any sandbox ever had (VMIDs are never reused), or undefined. */
   maxVmid(): number | undefined;
+  /** Rows not DESTROYED whose lease ran out at or before `now`, by vmid (the lease reaper's work list). */
+  listLeaseExpired(now: Date): Sandbox[];
+  /** Rows in one of `states` that still name a cloud-init snippet file, by vmid. */
+  listWithSnippet(states: readonly SandboxState[]): Sandbox[];
 }
 
 interface SandboxDbRow {
@@ -224,6 +228,17 @@ export function createSandboxRepo(db: Database.Database, now: () => Date): Sandb
     "SELECT vmid FROM sandboxes WHERE ip = ? AND state <> 'DESTROYED'",
   );
   const maxStmt = db.prepare<[], { v: number | null }>("SELECT max(vmid) AS v FROM sandboxes");
+  // Fixed-width timestamps (time.ts) make this string comparison chronological.
+  const expiredStmt = db.prepare<[string], SandboxDbRow>(
+    `SELECT ${COLUMNS} FROM sandboxes
+     WHERE state <> 'DESTROYED' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?
+     ORDER BY vmid`,
+  );
+  const withSnippetStmt = db.prepare<[string], SandboxDbRow>(
+    `SELECT ${COLUMNS} FROM sandboxes
+     WHERE snippet_path IS NOT NULL AND state IN (SELECT value FROM json_each(?))
+     ORDER BY vmid`,
+  );
   // One prepared statement per set of changed columns, made on first use.
   const updateStmts = new Map<string, Database.Statement<Record<string, unknown>, SandboxDbRow>>();
   const updateStmt = (columns: string[], cas: boolean) => {
@@ -346,6 +361,14 @@ export function createSandboxRepo(db: Database.Database, now: () => Date): Sandb
 
     maxVmid() {
       return maxStmt.get()?.v ?? undefined;
+    },
+
+    listLeaseExpired(at) {
+      return expiredStmt.all(toDbTime(at)).map(fromRow);
+    },
+
+    listWithSnippet(states) {
+      return withSnippetStmt.all(JSON.stringify(states)).map(fromRow);
     },
 
     get(vmid) {

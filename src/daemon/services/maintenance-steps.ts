@@ -1,0 +1,105 @@
+/**
+ * Small steps the lease reaper, the reconciler and start-up recovery share.
+ */
+import { AgentlabError } from "../../protocol/errors.js";
+import type { DaemonContext, Scheduler } from "../context.js";
+import { pickGuestIp } from "../network/guest-ip.js";
+import type { ClusterVm, VmRef } from "../proxmox/types.js";
+import type { Job } from "../store/jobs.js";
+import type { Sandbox, SandboxState } from "../store/sandboxes.js";
+
+/** States of a sandbox whose provisioning has not finished. */
+export const PROVISIONING_STATES: readonly SandboxState[] = ["REQUESTED", "PROVISIONING", "BOOTING"];
+
+export function isProvisioning(state: SandboxState): boolean {
+  return PROVISIONING_STATES.includes(state);
+}
+
+/** The reason start-up recovery records on provisionings a daemon crash interrupted. */
+export const INTERRUPTED_REASON = "interrupted by daemon restart";
+
+export function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+export function isVmNotFound(error: unknown): boolean {
+  return error instanceof AgentlabError && error.code === "PROXMOX_VM_NOT_FOUND";
+}
+
+/** Where a sandbox's VM lives: the cluster list knows best, then the row, then the configured node. */
+export function vmRefOf(ctx: DaemonContext, row: Sandbox, vm?: ClusterVm): VmRef {
+  return { vmid: row.vmid, node: vm?.node ?? row.node ?? ctx.config.proxmox_node };
+}
+
+/**
+ * End the QUEUED/RUNNING jobs bound to a sandbox that maintenance took out of service, with one event
+ * each. Call inside the transaction that moves the sandbox, so the two never disagree.
+ */
+export function finalizeJobs(
+  ctx: DaemonContext,
+  vmid: number,
+  status: "FAILED" | "TIMEOUT",
+  reason: string,
+): Job[] {
+  const ended = ctx.store.jobs.finalizeForSandbox(vmid, status, reason);
+  for (const job of ended) {
+    ctx.store.events.append({
+      kind: status === "TIMEOUT" ? "job.timeout" : "job.failed",
+      sandbox_vmid: vmid,
+      job_id: job.id,
+      msg: `job ${job.id} ${status}: ${reason}`,
+      payload: { status, reason },
+    });
+  }
+  return ended;
+}
+
+/** `promise`, or a PROXMOX_TIMEOUT after `ms` on the scheduler (the call itself is left to finish alone). */
+export function withBudget<T>(
+  promise: Promise<T>,
+  ms: number,
+  scheduler: Scheduler,
+  what: string,
+): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const cancel = scheduler.schedule(
+      () => reject(new AgentlabError("PROXMOX_TIMEOUT", `${what} did not answer within ${ms} ms`)),
+      ms,
+    );
+    promise.then(
+      (value) => {
+        cancel();
+        resolve(value);
+      },
+      (error: unknown) => {
+        cancel();
+        reject(error);
+      },
+    );
+  });
+}
+
+/**
+ * Ask the guest agent once for the sandbox's address, within `budgetMs`. Undefined when the agent does
+ * not answer yet or reports no usable address; other failures are thrown.
+ */
+export async function askGuestIpOnce(
+  ctx: DaemonContext,
+  vm: VmRef,
+  budgetMs: number,
+  scheduler: Scheduler,
+): Promise<string | undefined> {
+  try {
+    const interfaces = await withBudget(
+      ctx.backend.guestInterfaces(vm),
+      budgetMs,
+      scheduler,
+      `the guest agent of VM ${vm.vmid}`,
+    );
+    return pickGuestIp(interfaces, ctx.config.agent_subnet);
+  } catch (error) {
+    if (error instanceof AgentlabError && ["GUEST_AGENT_NOT_READY", "PROXMOX_TIMEOUT"].includes(error.code))
+      return undefined;
+    throw error;
+  }
+}

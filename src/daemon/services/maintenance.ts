@@ -1,0 +1,166 @@
+/**
+ * Maintenance: what keeps the database and Proxmox in agreement without anyone asking.
+ * - start-up recovery (recovery.ts): provisionings a crash interrupted are finished or rolled back;
+ * - the lease reaper (reaper.ts): expired sandboxes are destroyed and their jobs finalised;
+ * - the reconciler (reconciler.ts): drift found with one cluster-wide VM list is corrected;
+ * plus the read-only drift report behind `sandbox inventory` and `sandbox reconcile`.
+ *
+ * Background work runs as one periodic pass (recovery on the first pass only, then reaper, then
+ * reconciler), once at start and every 30 s after the previous pass ended, on the injected scheduler.
+ * In the background the reconciler ends a record (DESTROYED, FAILED) only when two passes in a row see
+ * the same drift; `sandbox reconcile --apply` acts at once.
+ */
+import type { Inventory, ReconcileResult } from "../../protocol/maintenance.js";
+import { type DaemonContext, type Scheduler, systemScheduler } from "../context.js";
+import { abortableSleep } from "../proxmox/tasks.js";
+import { describe } from "./maintenance-steps.js";
+import { backgroundOperation, type Operation } from "./operation.js";
+import { type PassSignals, PeriodicTask } from "./periodic.js";
+import { type DetachWorkspaceHook, LeaseReaper } from "./reaper.js";
+import { Reconciler } from "./reconciler.js";
+import { Recovery } from "./recovery.js";
+import type { SandboxService } from "./sandboxes.js";
+
+/** Spec 11: lease reaper and reconciler every 30 s. */
+export const MAINTENANCE_INTERVAL_MS = 30_000;
+/** Spec 13.3: a missing address is asked for with a 2 s bound, so one silent guest cannot stall a pass. */
+export const GUEST_IP_BUDGET_MS = 2_000;
+
+export interface MaintenanceOptions {
+  scheduler?: Scheduler;
+  /** Waits between guest-agent questions during recovery. */
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+  intervalMs?: number;
+  guestIpBudgetMs?: number;
+  /** See DetachWorkspaceHook: set once workspaces exist. */
+  detachWorkspace?: DetachWorkspaceHook;
+}
+
+/** What one background pass did. */
+export interface PassReport {
+  recovered: number;
+  reaped: number[];
+  reconciled: ReconcileResult["changes"];
+  errors: Array<{ step: string; vmid?: number; message: string }>;
+}
+
+export class MaintenanceService {
+  readonly recovery: Recovery;
+  readonly reaper: LeaseReaper;
+  readonly reconciler: Reconciler;
+  private readonly loop: PeriodicTask;
+  private recoveryDone = false;
+  /** The last background pass's report, for tests and status. */
+  lastPass: PassReport | undefined;
+
+  constructor(
+    private readonly ctx: DaemonContext,
+    sandboxes: SandboxService,
+    options: MaintenanceOptions = {},
+  ) {
+    const scheduler = options.scheduler ?? systemScheduler;
+    const guestIpBudgetMs = options.guestIpBudgetMs ?? GUEST_IP_BUDGET_MS;
+    this.recovery = new Recovery(ctx, sandboxes, {
+      scheduler,
+      sleep: options.sleep ?? abortableSleep,
+      guestIpBudgetMs,
+    });
+    this.reaper = new LeaseReaper(ctx, sandboxes, {
+      isInterrupted: (vmid) => this.recovery.interrupted.has(vmid),
+      ...(options.detachWorkspace ? { detachWorkspace: options.detachWorkspace } : {}),
+    });
+    this.reconciler = new Reconciler(ctx, sandboxes, this.recovery, { scheduler, guestIpBudgetMs });
+    this.loop = new PeriodicTask({
+      name: "maintenance",
+      intervalMs: options.intervalMs ?? MAINTENANCE_INTERVAL_MS,
+      scheduler,
+      log: ctx.log,
+      run: (signals) => this.backgroundPass(signals).then(() => undefined),
+    });
+  }
+
+  /** Before the socket opens: note interrupted provisionings and delete leftover snippets (no Proxmox). */
+  prepare(): void {
+    this.recovery.prepare();
+  }
+
+  /** Start the background passes; the first runs now (recovery first). Returns at once. */
+  start(): void {
+    this.loop.start();
+  }
+
+  /** Background passes finished so far. */
+  get completedPasses(): number {
+    return this.loop.completedPasses;
+  }
+
+  /** Resolves when the pass running now (if any) has ended. */
+  idle(): Promise<void> {
+    return this.loop.idle();
+  }
+
+  /** No more passes; wait up to `graceMs` for the running one, then abort it. True when it ended in time. */
+  stop(graceMs: number): Promise<boolean> {
+    return this.loop.stop(graceMs);
+  }
+
+  /**
+   * One pass: recovery (first pass only), the reaper, the reconciler. Each step runs even when the one
+   * before failed (Proxmox down makes them all fail; each says why in the log).
+   */
+  async backgroundPass(signals: PassSignals): Promise<PassReport> {
+    const op: Operation = backgroundOperation(this.ctx.log.child({ task: "maintenance" }), signals.signal);
+    const report: PassReport = { recovered: 0, reaped: [], reconciled: [], errors: [] };
+    if (!this.recoveryDone) {
+      try {
+        const { changes, errors } = await this.recovery.run(op);
+        report.recovered = changes.length;
+        report.errors.push(...errors.map((e) => ({ step: "recovery", ...e })));
+      } catch (error) {
+        report.errors.push({ step: "recovery", message: describe(error) });
+        op.log.warn({ err: error }, "start-up recovery could not run; the reconciler retries it every pass");
+      }
+      this.recoveryDone = true;
+    }
+    if (!signals.stopping.aborted) {
+      try {
+        const { reaped, errors } = await this.reaper.pass(op, signals.stopping);
+        report.reaped = reaped;
+        report.errors.push(...errors.map((e) => ({ step: "reaper", ...e })));
+      } catch (error) {
+        report.errors.push({ step: "reaper", message: describe(error) });
+        op.log.warn({ err: error }, "lease reaper pass failed; the next pass retries");
+      }
+    }
+    if (!signals.stopping.aborted) {
+      try {
+        const result = await this.reconciler.pass(op, {
+          apply: true,
+          stopping: signals.stopping,
+          skipIfIdle: true,
+          confirm: true,
+        });
+        report.reconciled = result.changes;
+        report.errors.push(...result.errors.map((e) => ({ step: "reconciler", ...e })));
+        for (const change of result.changes)
+          op.log.info({ vmid: change.vmid, change }, `reconcile: sandbox ${change.vmid}: ${change.message}`);
+      } catch (error) {
+        report.errors.push({ step: "reconciler", message: describe(error) });
+        op.log.warn({ err: error }, "reconciler pass failed; the next pass retries");
+      }
+    }
+    this.lastPass = report;
+    op.log.debug({ ...report }, "maintenance pass finished");
+    return report;
+  }
+
+  /** `sandbox inventory`. */
+  inventory(): Promise<Inventory> {
+    return this.reconciler.inventory();
+  }
+
+  /** `sandbox reconcile [--apply]`: the report, and with apply one reconciler pass now. */
+  reconcile(apply: boolean, op: Operation): Promise<ReconcileResult> {
+    return this.reconciler.pass(op, { apply });
+  }
+}
