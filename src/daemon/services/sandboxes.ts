@@ -21,6 +21,7 @@ import type { ClusterVm, SnapshotInfo, VmConfig, VmRef } from "../proxmox/types.
 import { canTransition, transitionSandbox } from "../state/sandbox.js";
 import type { EventRecord } from "../store/events.js";
 import type { Sandbox, SandboxState } from "../store/sandboxes.js";
+import { finalizeJobs } from "./maintenance-steps.js";
 import type { Operation } from "./operation.js";
 
 /** Auto-allocated VMIDs start here and grow; they are never reused (DESTROYED rows keep theirs). */
@@ -712,8 +713,17 @@ export class SandboxService {
         }
       }
       removeSnippet(row.snippet_path);
-      const destroyed = transitionSandbox(this.ctx.store, vmid, "DESTROYED", {
-        patch: { snippet_path: null },
+      // A job bound to a destroyed sandbox can never finish; end it in the same transaction
+      // (upstream left such jobs RUNNING forever).
+      const destroyed = this.ctx.store.tx(() => {
+        const moved = transitionSandbox(this.ctx.store, vmid, "DESTROYED", { patch: { snippet_path: null } });
+        finalizeJobs(
+          this.ctx,
+          vmid,
+          row.state === "TIMEOUT" ? "TIMEOUT" : "FAILED",
+          `sandbox ${vmid} was destroyed`,
+        );
+        return moved;
       });
       this.event(vmid, "sandbox.destroy.completed", force ? "destroyed (forced)" : "destroyed");
       return sandboxJson(destroyed);
