@@ -26,8 +26,15 @@ export async function startSimHost(kind: BackendKind, extraConfig = ""): Promise
     api = await startApiProcess(sim);
     backendConfig = `proxmox_backend: api\nproxmox_api_url: https://127.0.0.1:${api.port}\nproxmox_api_token: "${api.token}"\nproxmox_tls_ca_path: ${api.caPath}\n`;
   }
+  // Keys in extraConfig replace the defaults here (YAML refuses a key given twice).
+  const overridden = new Set([...extraConfig.matchAll(/^(\w+):/gm)].map((m) => m[1]));
+  const base =
+    `snippets_dir: ${join(sim.dir, "storage", "local", "snippets")}\nsnippet_storage: local\nprovisioning_timeout: 30s\nproxmox_command_timeout: 30s\n${backendConfig}`
+      .split("\n")
+      .filter((line) => !overridden.has(/^(\w+):/.exec(line)?.[1] ?? ""))
+      .join("\n");
   const host = makeHostDir(
-    `snippets_dir: ${join(sim.dir, "storage", "local", "snippets")}\nsnippet_storage: local\nprovisioning_timeout: 30s\nproxmox_command_timeout: 30s\n${backendConfig}${extraConfig}`,
+    `${base}\n${extraConfig}`,
     kind === "shell" ? { PATH: sim.env.PATH, PVESIM_DIR: sim.dir, PVESIM_NODE_BIN: process.execPath } : {},
   );
   const daemon = await startDaemon(host);

@@ -161,6 +161,26 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       }
     });
 
+    for (const [step, fault] of [
+      ["growing the root disk", "fail_task=type=resize,message=resize exploded"],
+      ["taking the clean snapshot", "fail_task=type=qmsnapshot,message=snapshot exploded"],
+    ] as const) {
+      test(`a failure while ${step} leaves the sandbox FAILED and removes its VM`, async () => {
+        await setControl(h.sim.dir, {}, [fault]);
+        try {
+          const result = await h.json<ErrorBody>(["new", "--profile", "yolo-ephemeral"]);
+          assert.equal(result.body.code, "PROVISIONING_FAILED", JSON.stringify(result.body));
+          const vmid = Number(result.body.details.vmid);
+          const show = await h.json<SandboxBody>(["show", String(vmid)]);
+          assert.equal(show.body.state, "FAILED");
+          assert.ok((show.body.failure_reason ?? "").length > 0);
+          assert.equal(await simVm(h, vmid), undefined, "rolled back");
+        } finally {
+          await clearFaults(h.sim.dir);
+        }
+      });
+    }
+
     test("a failed clone destroys nothing: the VMID's VM was never this sandbox's", async () => {
       await setControl(h.sim.dir, {}, ["fail_clone=no space left"]);
       try {
@@ -260,3 +280,24 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
     });
   });
 }
+
+describe("a guest that never answers", () => {
+  let h: SimHost;
+  before(async () => {
+    h = await startSimHost("shell", "provisioning_timeout: 3s\n");
+    await setControl(h.sim.dir, {}, ["agent_never_ready"]);
+  });
+  after(async () => {
+    await h.stop();
+  });
+
+  test("fails the sandbox after provisioning_timeout, with the reason and the template hint, and removes its VM", async () => {
+    const result = await h.json<ErrorBody>(["new", "--profile", "yolo-ephemeral"]);
+    assert.equal(result.body.code, "PROVISIONING_FAILED");
+    assert.match(result.body.message, /did not report an address within provisioning_timeout \(3s\)/);
+    const vmid = Number(result.body.details.vmid);
+    const show = await h.json<SandboxBody>(["show", String(vmid)]);
+    assert.equal(show.body.state, "FAILED");
+    assert.equal(await simVm(h, vmid), undefined);
+  });
+});
