@@ -4,6 +4,7 @@ import { editDistance } from "../config/suggest.js";
 import { AgentlabError } from "../protocol/index.js";
 import { VERSION } from "../version.js";
 import { completionCommand } from "./commands/completion.js";
+import { initCommand } from "./commands/init.js";
 import { profileCommand } from "./commands/profile.js";
 import { sandboxCommand, sandboxShortcuts } from "./commands/sandbox.js";
 import { statusCommand } from "./commands/status.js";
@@ -78,6 +79,7 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
       return true;
     })
     .command(statusCommand)
+    .command(initCommand)
     .command(sandboxCommand)
     .command(sandboxShortcuts)
     .command(profileCommand)

@@ -67,6 +67,8 @@ export interface Config {
   ssh_public_key_path: string;
   proxmox_backend: "shell" | "api";
   proxmox_clone_mode: "linked" | "full";
+  /** Per-sandbox nftables bindings: auto = when the agentlab ruleset is loaded. */
+  network_isolation: "auto" | "on" | "off";
   proxmox_api_url: string;
   /** USER@REALM!TOKENID=SECRET, without any "PVEAPIToken=" prefix; "" for the shell backend. */
   proxmox_api_token: string;
@@ -124,6 +126,7 @@ export const ConfigFileSchema = z.strictObject({
   ssh_public_key_path: filePath().optional(),
   proxmox_backend: oneOf(["shell", "api"]).default("shell"),
   proxmox_clone_mode: oneOf(["linked", "full"]).default("linked"),
+  network_isolation: oneOf(["auto", "on", "off"]).default("auto"),
   proxmox_api_url: httpUrl().default("https://localhost:8006"),
   proxmox_api_token: matching(
     (value) => API_TOKEN.test(value.trim()),
@@ -360,6 +363,7 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     ssh_public_key_path: sshKeyPath,
     proxmox_backend: file.proxmox_backend,
     proxmox_clone_mode: file.proxmox_clone_mode,
+    network_isolation: file.network_isolation,
     proxmox_api_url: file.proxmox_api_url.trim(),
     proxmox_api_token: lowerSecret(
       token.startsWith(API_TOKEN_PREFIX) ? token.slice(API_TOKEN_PREFIX.length) : token,

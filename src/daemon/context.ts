@@ -2,6 +2,7 @@ import type { Config } from "../config/config.js";
 import type { Profile } from "../config/profiles.js";
 import type { Logger } from "./log.js";
 import type { ProxmoxBackend } from "./proxmox/types.js";
+import type { SandboxNetworking } from "./services/sandbox-network.js";
 import type { Store } from "./store/db.js";
 
 /** Injected time, so leases, TTLs and uptime are testable without sleeping. */
@@ -39,6 +40,8 @@ export interface DaemonContext {
   profiles: readonly Profile[];
   store: Store;
   backend: ProxmoxBackend;
+  /** Per-sandbox nftables bindings (absent in tests that build a bare context). */
+  network?: SandboxNetworking;
   log: Logger;
   clock: Clock;
   startedAt: Date;

@@ -6,10 +6,12 @@ import { AgentlabError } from "../protocol/errors.js";
 import { VERSION } from "../version.js";
 import { type Clock, type DaemonContext, type Scheduler, systemClock, systemScheduler } from "./context.js";
 import { createLogger, type Logger } from "./log.js";
+import { execaRunner, SandboxFirewall } from "./network/sandbox-firewall.js";
 import { createBackend } from "./proxmox/load.js";
 import { registerHandlers } from "./rpc/handlers.js";
 import { RpcServer } from "./rpc/server.js";
 import { claimSocketPath } from "./rpc/socket.js";
+import { SandboxNetworking } from "./services/sandbox-network.js";
 import { openStore, type Store } from "./store/db.js";
 
 export interface Daemon {
@@ -48,11 +50,17 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       profiles,
       store,
       backend: createBackend(config, log),
+      network: new SandboxNetworking(
+        config.network_isolation,
+        new SandboxFirewall({ run: execaRunner(), subnet: config.agent_subnet }),
+        log.child({ component: "network" }),
+      ),
       log,
       clock,
       startedAt: clock.now(),
       version: VERSION,
     };
+    await ctx.network?.init();
     const server = new RpcServer({ log });
     const { maintenance } = registerHandlers(server, ctx, {
       maintenance: { scheduler: options.scheduler ?? systemScheduler },

@@ -29,6 +29,7 @@ export const ERROR_CODES = {
   CANCELLED: { rpc: 1004, exit: 1, hint: "the operation was cancelled before it finished" },
   CONFLICT: { rpc: 1005, exit: 1, hint: "re-read the current state and retry" },
   NOT_FOUND: { rpc: 1006, exit: 1, hint: "list what exists with the matching list command" },
+  ROOT_REQUIRED: { rpc: 1007, exit: 1, hint: "run the command as root, e.g. with sudo" },
 
   CONFIG_INVALID: {
     rpc: 1100,

@@ -3,6 +3,7 @@
  * nothing in it imports anything else of ours.
  */
 import { daemonStatus } from "./daemon.js";
+import { daemonChecks } from "./init.js";
 import { sandboxInventory, sandboxReconcile } from "./maintenance.js";
 import type { Method } from "./method.js";
 import { profileList } from "./profile.js";
@@ -29,6 +30,7 @@ import {
 
 export * from "./daemon.js";
 export * from "./errors.js";
+export * from "./init.js";
 export * from "./maintenance.js";
 export * from "./method.js";
 export * from "./profile.js";
@@ -39,6 +41,7 @@ export * from "./units.js";
 /** Every method the daemon serves, in the order docs/rpc.md lists them. */
 export const METHODS: readonly Method[] = [
   daemonStatus,
+  daemonChecks,
   profileList,
   sandboxCreate,
   sandboxList,

@@ -64,6 +64,7 @@ describe("config: defaults and derived values", () => {
       ssh_public_key_path: "",
       proxmox_backend: "shell",
       proxmox_clone_mode: "linked",
+      network_isolation: "auto",
       proxmox_api_url: "https://localhost:8006",
       proxmox_api_token: "",
       proxmox_node: "",

@@ -1,4 +1,5 @@
 import {
+  daemonChecks,
   daemonStatus,
   profileList,
   sandboxCreate,
@@ -22,6 +23,7 @@ import {
 } from "../../protocol/index.js";
 import { sandboxInventory, sandboxReconcile } from "../../protocol/maintenance.js";
 import type { DaemonContext } from "../context.js";
+import { daemonChecks as checksOf } from "../services/checks.js";
 import { type MaintenanceOptions, MaintenanceService } from "../services/maintenance.js";
 import type { Operation } from "../services/operation.js";
 import { listProfiles } from "../services/profiles.js";
@@ -48,6 +50,7 @@ export function registerHandlers(
     maintenance.reconcile(params.apply === true, operation(call)),
   );
   server.register(daemonStatus, () => statusOf(ctx));
+  server.register(daemonChecks, () => checksOf(ctx));
   server.register(profileList, () => listProfiles(ctx));
   server.register(sandboxCreate, (params, call) => sandboxes.create(params, operation(call)));
   server.register(sandboxList, (params) => sandboxes.list(params));

@@ -478,11 +478,13 @@ export class SandboxService {
 
       transitionSandbox(this.ctx.store, row.vmid, "BOOTING");
       this.step(op, row.vmid, "start", "starting the VM");
+      await this.ctx.network?.beforeStart(row.vmid);
       await backend.start(vm, { signal: op.signal });
 
       this.step(op, row.vmid, "wait-guest", "waiting for the guest to report its address");
       const ip = await this.waitForIp(vm, deadline, op);
       transitionSandbox(this.ctx.store, row.vmid, "READY", { patch: { ip } });
+      await this.ctx.network?.bind(row.vmid, netMac(cloned.net0), ip, profile.network.mode);
       this.event(row.vmid, "sandbox.slo.ready", `ready at ${ip}`, {
         duration_ms: this.now().getTime() - row.created_at.getTime(),
         ip,
@@ -713,6 +715,7 @@ export class SandboxService {
         }
       }
       removeSnippet(row.snippet_path);
+      await this.ctx.network?.release(vmid, row.ip);
       // A job bound to a destroyed sandbox can never finish; end it in the same transaction
       // (upstream left such jobs RUNNING forever).
       const destroyed = this.ctx.store.tx(() => {
@@ -784,10 +787,15 @@ export class SandboxService {
     transitionSandbox(this.ctx.store, vmid, "BOOTING");
     try {
       this.step(op, vmid, "start", `starting VM ${vmid}`);
+      await this.ctx.network?.beforeStart(vmid);
       await this.ctx.backend.start(vm, { signal: op.signal });
       this.step(op, vmid, "wait-guest", "waiting for the guest to report its address");
       const ip = await this.waitForIp(vm, this.now().getTime() + this.ctx.config.provisioning_timeout_ms, op);
-      transitionSandbox(this.ctx.store, vmid, "READY", { patch: { ip } });
+      const ready = transitionSandbox(this.ctx.store, vmid, "READY", { patch: { ip } });
+      if (this.ctx.network?.active) {
+        const mode = this.ctx.profiles.find((p) => p.name === ready.profile)?.network.mode ?? "nat";
+        await this.ctx.network.bind(vmid, netMac((await this.ctx.backend.getConfig(vm)).net0), ip, mode);
+      }
       return transitionSandbox(this.ctx.store, vmid, "RUNNING");
     } catch (error) {
       transitionSandbox(this.ctx.store, vmid, "FAILED", { reason: `${what} failed: ${describe(error)}` });

@@ -1,0 +1,234 @@
+import { spawn } from "node:child_process";
+import { type Stats, statSync } from "node:fs";
+import path from "node:path";
+import type { Argv, CommandModule } from "yargs";
+import { configPathFromEnv, loadConfig, parseConfig } from "../../config/config.js";
+import { groupId, SOCKET_GROUP } from "../../daemon/rpc/socket.js";
+import { hostSettings } from "../../daemon/services/checks.js";
+import { AgentlabError, type DaemonChecks, daemonChecks, type InitCheck } from "../../protocol/index.js";
+import { type CommandContext, execute, type GlobalArgs } from "../context.js";
+import {
+  type HostEnv,
+  type HostSettings,
+  hostChecks,
+  hostEnvFromProcess,
+  nftArgs,
+  setupArgs,
+} from "../init/host-checks.js";
+import { asAgentlabError } from "../render.js";
+
+interface InitArgs extends GlobalArgs {
+  apply: boolean;
+  force: boolean;
+}
+
+export interface AppliedStep {
+  step: "setup_vmbr1" | "apply_nftables";
+  command: string;
+  exit_code: number;
+}
+
+export interface InitReport {
+  checks: InitCheck[];
+  ok: boolean;
+  applied?: AppliedStep[];
+}
+
+/** The checks --apply can fix by running scripts/net; everything else only gets its fix printed. */
+const SETUP_CHECKS = new Set(["ip_forward"]);
+
+/** Settings for the host checks when the daemon cannot say: its config file, else the defaults. */
+function settingsWithoutDaemon(): HostSettings {
+  try {
+    return hostSettings(loadConfig(configPathFromEnv()).config);
+  } catch {
+    return hostSettings(parseConfig("", path.resolve("config.yaml")).config);
+  }
+}
+
+/** Socket exists, mode 0660, group agentlab, and the daemon answered (the call's failure otherwise). */
+export function socketCheck(
+  socketPath: string,
+  failure: AgentlabError | undefined,
+  stat: (file: string) => Stats = statSync,
+  agentlabGid: number | undefined = groupId(SOCKET_GROUP),
+): InitCheck {
+  if (failure?.code === "DAEMON_UNREACHABLE") {
+    return { name: "socket", status: "fail", detail: failure.message, fix: "systemctl start agentlabd" };
+  }
+  if (failure?.code === "SOCKET_PERMISSION") {
+    return { name: "socket", status: "fail", detail: failure.message, fix: failure.hint };
+  }
+  let info: Stats;
+  try {
+    info = stat(socketPath);
+  } catch (error) {
+    return {
+      name: "socket",
+      status: "fail",
+      detail: `cannot stat ${socketPath}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`,
+      fix: "systemctl restart agentlabd",
+    };
+  }
+  const mode = info.mode & 0o777;
+  const problems: string[] = [];
+  let fix: string | undefined;
+  if (mode !== 0o660) {
+    problems.push(`mode ${mode.toString(8).padStart(4, "0")}, expected 0660`);
+    fix = "systemctl restart agentlabd";
+  }
+  if (agentlabGid === undefined) {
+    problems.push(`group ${SOCKET_GROUP} does not exist`);
+    fix = `groupadd --system ${SOCKET_GROUP} && systemctl restart agentlabd`;
+  } else if (info.gid !== agentlabGid) {
+    problems.push(`group ${info.gid}, expected ${SOCKET_GROUP}`);
+    fix = "systemctl restart agentlabd";
+  }
+  if (problems.length > 0) {
+    return {
+      name: "socket",
+      status: "warn",
+      detail: `${socketPath}: ${problems.join("; ")}`,
+      ...(fix ? { fix } : {}),
+    };
+  }
+  return {
+    name: "socket",
+    status: "ok",
+    detail: `${socketPath}: 0660, group ${SOCKET_GROUP}, daemon answers`,
+  };
+}
+
+/** Every check: the host's (here), the socket's, then the daemon's when it answers. */
+export async function runChecks(
+  ctx: CommandContext,
+  host: HostEnv,
+): Promise<{ checks: InitCheck[]; settings: HostSettings }> {
+  let daemon: DaemonChecks | undefined;
+  let failure: AgentlabError | undefined;
+  try {
+    daemon = await ctx.call(daemonChecks, {});
+  } catch (error) {
+    failure = asAgentlabError(error);
+  }
+  const settings = daemon?.host ?? settingsWithoutDaemon();
+  const checks = await hostChecks(host, settings);
+  const socketFailure =
+    failure && (failure.code === "DAEMON_UNREACHABLE" || failure.code === "SOCKET_PERMISSION");
+  checks.push(socketCheck(ctx.args.socket, socketFailure ? failure : undefined));
+  if (failure && !socketFailure) {
+    checks.push({ name: "daemon", status: "fail", detail: failure.message, fix: failure.hint });
+  }
+  if (daemon) checks.push(...daemon.checks);
+  return { checks, settings };
+}
+
+export function checksText(checks: readonly InitCheck[]): string {
+  const width = Math.max(...checks.map((c) => c.name.length));
+  const lines: string[] = [];
+  for (const check of checks) {
+    lines.push(`${check.status.padEnd(4)}  ${check.name.padEnd(width)}  ${check.detail}`);
+    if (check.status !== "ok" && check.fix) lines.push(`      fix: ${check.fix}`);
+  }
+  const count = (status: InitCheck["status"]) => checks.filter((c) => c.status === status).length;
+  lines.push(`${count("ok")} ok, ${count("warn")} warn, ${count("fail")} fail`);
+  return `${lines.join("\n")}\n`;
+}
+
+/** --apply needs root, except against a temp root (AGENTLAB_ROOT), as the scripts themselves allow. */
+export function requireRoot(host: HostEnv, uid: number | undefined = process.getuid?.()): void {
+  if (uid === 0 || host.root !== "/") return;
+  throw new AgentlabError("ROOT_REQUIRED", "agentlab init --apply must run as root", {
+    hint: "run it with sudo: sudo agentlab init --apply (without --apply it only checks)",
+  });
+}
+
+function runScript(script: string, args: string[], json: boolean): Promise<number> {
+  return new Promise((resolve) => {
+    // Under --json the scripts' narration goes to stderr, so stdout stays one JSON document.
+    const child = spawn("sh", [script, ...args], { stdio: ["ignore", json ? 2 : 1, 2] });
+    child.on("error", () => resolve(127));
+    child.on("close", (code) => resolve(code ?? 1));
+  });
+}
+
+/** Run the network scripts for the failing bridge/ip_forward/nftables checks. */
+export async function applyFixes(
+  checks: readonly InitCheck[],
+  settings: HostSettings,
+  host: HostEnv,
+  force: boolean,
+  json: boolean,
+  run: (script: string, args: string[], json: boolean) => Promise<number> = runScript,
+): Promise<AppliedStep[]> {
+  const failing = (name: string) => checks.some((c) => c.name === name && c.status !== "ok");
+  const steps: AppliedStep[] = [];
+  const forceArg = force ? ["--force"] : [];
+  if (failing(`bridge_${settings.bridge}`) || [...SETUP_CHECKS].some(failing)) {
+    const script = path.join(host.scriptsDir, "setup_vmbr1.sh");
+    const args = ["--apply", ...forceArg, ...setupArgs(settings)];
+    steps.push({
+      step: "setup_vmbr1",
+      command: [script, ...args].join(" "),
+      exit_code: await run(script, args, json),
+    });
+  }
+  if (failing("nftables")) {
+    const script = path.join(host.scriptsDir, "apply.sh");
+    const args = ["--apply", ...forceArg, ...nftArgs(settings)];
+    steps.push({
+      step: "apply_nftables",
+      command: [script, ...args].join(" "),
+      exit_code: await run(script, args, json),
+    });
+  }
+  return steps;
+}
+
+export const initCommand: CommandModule<GlobalArgs, InitArgs> = {
+  command: "init",
+  describe:
+    "Check that this host is ready for sandboxes (bridge, nftables, ip_forward, disk, socket, profiles, templates, snippets, backend, database) and print the fix for each problem",
+  builder: (yargs: Argv<GlobalArgs>) =>
+    yargs
+      .option("apply", {
+        type: "boolean",
+        default: false,
+        describe:
+          "as root: run scripts/net/setup_vmbr1.sh and apply.sh for failing bridge/ip_forward/nftables checks, then check again (Proxmox storage and templates are never changed)",
+      })
+      .option("force", {
+        type: "boolean",
+        default: false,
+        describe: "with --apply: let the scripts overwrite managed network files that differ",
+      })
+      .check((args) => {
+        if (args.force && !args.apply) {
+          throw new AgentlabError("USAGE", "--force only makes sense with --apply", {
+            hint: "sudo agentlab init --apply --force",
+          });
+        }
+        return true;
+      }) as unknown as Argv<InitArgs>,
+  handler: (argv) =>
+    execute(argv, async (ctx) => {
+      const host = hostEnvFromProcess();
+      if (argv.apply) requireRoot(host);
+      const first = await runChecks(ctx, host);
+      let checks = first.checks;
+      let applied: AppliedStep[] | undefined;
+      let prefix = "";
+      if (argv.apply) {
+        applied = await applyFixes(checks, first.settings, host, argv.force, argv.json);
+        if (applied.length === 0)
+          prefix = "nothing to apply: the bridge, ip_forward and nftables checks pass\n";
+        else {
+          prefix = `${applied.map((s) => `applied  ${s.step}  ${s.command}  (exit ${s.exit_code})`).join("\n")}\n`;
+          checks = (await runChecks(ctx, host)).checks;
+        }
+      }
+      const ok = checks.every((c) => c.status !== "fail");
+      const report: InitReport = { checks, ok, ...(applied ? { applied } : {}) };
+      return { data: report, text: prefix + checksText(checks), exitCode: ok ? 0 : 1 };
+    }),
+};

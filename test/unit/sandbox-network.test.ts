@@ -1,0 +1,88 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { pino } from "pino";
+import { type CommandRunner, SandboxFirewall } from "../../src/daemon/network/sandbox-firewall.js";
+import { SandboxNetworking } from "../../src/daemon/services/sandbox-network.js";
+import type { AgentlabError } from "../../src/protocol/errors.js";
+
+const log = pino({ level: "silent" });
+const EMPTY = JSON.stringify({ nftables: [] });
+
+/** An nft stand-in: records every call; `loaded` says whether the agentlab tables exist. */
+function fakeNft(options: { loaded: boolean; applyFails?: boolean }) {
+  const calls: Array<{ args: string[]; input?: string }> = [];
+  const run: CommandRunner = async (_file, args, runOptions) => {
+    calls.push({ args: [...args], ...(runOptions?.input !== undefined ? { input: runOptions.input } : {}) });
+    if (args[1] === "list") {
+      return options.loaded
+        ? { exitCode: 0, stdout: EMPTY, stderr: "" }
+        : {
+            exitCode: 1,
+            stdout: "",
+            stderr: "Error: No such file or directory; did you mean table 'filter'?",
+          };
+    }
+    return options.applyFails
+      ? { exitCode: 1, stdout: "", stderr: "Error: Could not process rule" }
+      : { exitCode: 0, stdout: "", stderr: "" };
+  };
+  return { calls, firewall: new SandboxFirewall({ run, subnet: "10.77.0.0/16" }) };
+}
+
+describe("per-sandbox network isolation in the lifecycle", () => {
+  test("auto without the ruleset loaded: disabled, and the lifecycle makes no nft change", async () => {
+    const nft = fakeNft({ loaded: false });
+    const net = new SandboxNetworking("auto", nft.firewall, log);
+    assert.equal((await net.init()).enabled, false);
+    await net.beforeStart(1000);
+    await net.bind(1000, "bc:24:11:00:00:01", "10.77.4.2", "nat");
+    await net.release(1000, "10.77.4.2");
+    assert.ok(
+      nft.calls.every((c) => c.args[1] === "list"),
+      "only the start-up probe ran",
+    );
+  });
+
+  test("auto with the ruleset: register before boot, bind at READY, release on destroy", async () => {
+    const nft = fakeNft({ loaded: true });
+    const net = new SandboxNetworking("auto", nft.firewall, log);
+    assert.equal((await net.init()).enabled, true);
+    await net.beforeStart(1000);
+    await net.bind(1000, "BC:24:11:00:00:01", "10.77.4.2", "nat");
+    await net.release(1000, "10.77.4.2");
+    const scripts = nft.calls.filter((c) => c.input !== undefined).map((c) => c.input ?? "");
+    assert.equal(scripts.length, 3);
+    assert.match(scripts[0] ?? "", /fwpr1000p0/);
+    assert.match(scripts[1] ?? "", /10\.77\.4\.2/);
+    assert.match(scripts[1] ?? "", /bc:24:11:00:00:01/);
+    assert.match(scripts[2] ?? "", /delete element/);
+  });
+
+  test("auto: a failing nft change is logged, not the sandbox's failure", async () => {
+    const net = new SandboxNetworking("auto", fakeNft({ loaded: true, applyFails: true }).firewall, log);
+    await net.init();
+    await net.beforeStart(1000);
+  });
+
+  test("on: the daemon refuses to start without the ruleset, and a failing bind fails the sandbox", async () => {
+    await assert.rejects(
+      new SandboxNetworking("on", fakeNft({ loaded: false }).firewall, log).init(),
+      (e: AgentlabError) => {
+        assert.equal(e.code, "CONFIG_INVALID");
+        assert.match(e.hint, /scripts\/net\/apply\.sh --apply/);
+        return true;
+      },
+    );
+    const net = new SandboxNetworking("on", fakeNft({ loaded: true, applyFails: true }).firewall, log);
+    await net.init();
+    await assert.rejects(net.beforeStart(1000), /nftables register port failed/);
+  });
+
+  test("off: never touches nftables", async () => {
+    const nft = fakeNft({ loaded: true });
+    const net = new SandboxNetworking("off", nft.firewall, log);
+    assert.equal((await net.init()).enabled, false);
+    await net.beforeStart(1000);
+    assert.equal(nft.calls.length, 0);
+  });
+});
