@@ -49,15 +49,23 @@ step agentlab sandbox stop "$vmid"
 step agentlab sandbox lease renew "$vmid" --ttl 3h
 step agentlab sandbox start "$vmid"
 
-say "Destroy one; then remove a VM behind agentlab's back and let prune clear the stale entry."
+say "Pause and resume keep the sandbox's memory; revert takes its root disk back to 'clean'."
+step agentlab sandbox pause "$vmid"
+step agentlab sandbox resume "$vmid"
+step agentlab sandbox revert --force "$vmid"
+
+say "Destroy one; then remove a VM behind agentlab's back: inventory reports the drift, prune clears it."
 step agentlab sandbox destroy "$vmid"
 other=$((vmid + 1))
 node dist/test/pvesim/cli.js control "$dir/pve" --remove-vm "$other" >/dev/null
 echo "(VM $other removed from the simulator directly, as if someone ran qm destroy $other)"
-step agentlab sandbox show "$other"
+step agentlab sandbox inventory
 step agentlab sandbox prune
 step agentlab sandbox list --all
 step agentlab logs "$vmid" --tail 8
+
+say "agentlab init checks the host; this simulated host has no vmbr1 or nftables yet, so it says how to fix that:"
+step agentlab init
 
 say "Errors explain themselves, with the fix:"
 step agentlab sandbox new --profile no-such-profile
