@@ -111,14 +111,8 @@ export interface ValidateResult {
   plan: SandboxPlan;
 }
 
-export interface CreateParams {
-  profile: string;
-  name?: string | undefined;
-  ttl_minutes?: number | undefined;
-  keepalive?: boolean | undefined;
-  vmid?: number | undefined;
-  tags?: string[] | undefined;
-}
+/** sandbox.create takes the same request as sandbox.validate. */
+export type CreateParams = ValidateParams;
 
 /** The wire form of a row: optional fields left out rather than null, times as RFC 3339. */
 export function sandboxJson(row: Sandbox): SandboxJson {

@@ -5,22 +5,14 @@
 
 import type Database from "better-sqlite3";
 import { AgentlabError } from "../../protocol/errors.js";
+import { SANDBOX_STATE_NAMES } from "../../protocol/sandbox.js";
 import { fromDbTime, fromDbTimeOrNull, toDbTime, toDbTimeOrNull } from "./time.js";
 
-/** Spec 4.1. Migration 1 spells the same list out in its CHECK constraint. */
-export const SANDBOX_STATES = [
-  "REQUESTED",
-  "PROVISIONING",
-  "BOOTING",
-  "READY",
-  "RUNNING",
-  "SUSPENDED",
-  "COMPLETED",
-  "FAILED",
-  "TIMEOUT",
-  "STOPPED",
-  "DESTROYED",
-] as const;
+/**
+ * Spec 4.1, as the protocol names them (one list for the wire and the database). Migration 1 spells
+ * the same list out in its CHECK constraint.
+ */
+export const SANDBOX_STATES = SANDBOX_STATE_NAMES;
 
 export type SandboxState = (typeof SANDBOX_STATES)[number];
 
@@ -133,24 +125,8 @@ interface SandboxDbRow {
   last_used_at: string | null;
 }
 
-interface SandboxInsertParams {
-  vmid: number;
-  name: string;
-  profile: string;
-  state: string;
-  node: string | null;
-  ip: string | null;
-  workspace_id: string | null;
-  keepalive: number;
-  lease_expires_at: string | null;
-  tags: string;
-  failure_reason: string | null;
-  vm_created: number;
-  snippet_path: string | null;
-  created_at: string;
-  updated_at: string;
-  last_used_at: string | null;
-}
+/** An insert binds every column, in the row's own encoding. */
+type SandboxInsertParams = SandboxDbRow;
 
 interface SandboxListParams {
   state: string | null;
