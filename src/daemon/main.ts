@@ -62,7 +62,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     };
     await ctx.network?.init();
     const server = new RpcServer({ log });
-    const { maintenance } = registerHandlers(server, ctx, {
+    const { maintenance, sandboxes } = registerHandlers(server, ctx, {
       maintenance: { scheduler: options.scheduler ?? systemScheduler },
     });
     // Before the socket opens, so every row it finds before READY was left by the previous process.
@@ -83,6 +83,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     );
     // Start-up recovery, then the lease reaper and the reconciler, now and every 30 s.
     maintenance.start();
+    // Not awaited: Proxmox may be slow or down at start; the sets are rebuilt as soon as it answers.
+    void sandboxes.resyncNetwork().catch((error) => log.warn({ err: error }, "network resync failed"));
     const openStoreRef = store;
     let stopping: Promise<void> | undefined;
     return {

@@ -86,3 +86,18 @@ describe("per-sandbox network isolation in the lifecycle", () => {
     assert.equal(nft.calls.length, 0);
   });
 });
+
+test("resync makes the sets exactly the live sandboxes: bound ones with MAC and address, others registered", async () => {
+  const nft = fakeNft({ loaded: true });
+  const net = new SandboxNetworking("auto", nft.firewall, log);
+  await net.init();
+  await net.resync([
+    { vmid: 1000, ip: "10.77.4.2", mac: "bc:24:11:00:00:01", mode: "nat" },
+    { vmid: 1001, ip: null, mac: undefined, mode: "nat" },
+  ]);
+  const script = nft.calls.find((c) => c.input !== undefined)?.input ?? "";
+  assert.match(script, /flush set/);
+  assert.match(script, /fwpr1000p0/);
+  assert.match(script, /10\.77\.4\.2/);
+  assert.match(script, /fwpr1001p0/);
+});

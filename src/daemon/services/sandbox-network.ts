@@ -81,6 +81,26 @@ export class SandboxNetworking {
     );
   }
 
+  /**
+   * At daemon start: make the sets exactly what the database says, so a reloaded ruleset or a daemon
+   * that was down while sandboxes changed does not leave stale or missing bindings. `live` lists the
+   * sandboxes that should be bound, with the MAC read from their VM config.
+   */
+  resync(
+    live: ReadonlyArray<{ vmid: number; ip: string | null; mac: string | undefined; mode: NetworkMode }>,
+  ): Promise<void> {
+    return this.guard(0, "resync", () =>
+      this.firewall!.sync(
+        live.map((s) => {
+          const port = this.portOf(s.vmid);
+          return s.ip && s.mac
+            ? { port, binding: { port, mac: s.mac, ip: s.ip }, policy: egressPolicyForMode(s.mode) }
+            : { port };
+        }),
+      ),
+    );
+  }
+
   /** On destroy: every trace of the port and the address. */
   release(vmid: number, ip: string | null): Promise<void> {
     return this.guard(vmid, "release", () =>

@@ -588,6 +588,31 @@ export class SandboxService {
     return this.vmLocks.run(String(vmid), work);
   }
 
+  /**
+   * Rebuild the nftables sandbox sets from the database (daemon start). One config read per live
+   * sandbox for its MAC; a sandbox whose VM cannot be read is registered without a binding.
+   */
+  async resyncNetwork(): Promise<void> {
+    const network = this.ctx.network;
+    if (!network?.active) return;
+    const live = this.ctx.store.sandboxes
+      .list()
+      .filter((row) => row.vm_created && ["BOOTING", "READY", "RUNNING", "SUSPENDED"].includes(row.state));
+    const entries = await Promise.all(
+      live.map(async (row) => {
+        let mac: string | undefined;
+        try {
+          mac = netMac((await this.ctx.backend.getConfig(this.vmRef(row))).net0);
+        } catch (error) {
+          this.ctx.log.warn({ vmid: row.vmid, err: error }, "network resync: cannot read the VM's MAC");
+        }
+        const mode = this.ctx.profiles.find((p) => p.name === row.profile)?.network.mode ?? "nat";
+        return { vmid: row.vmid, ip: row.ip, mac, mode };
+      }),
+    );
+    await network.resync(entries);
+  }
+
   /** Ask the guest agent for the address until it answers or the deadline passes. */
   private async waitForIp(vm: VmRef, deadline: number, op: Operation): Promise<string> {
     let delay = 250;
