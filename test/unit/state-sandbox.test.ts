@@ -72,6 +72,16 @@ describe("sandbox state machine", () => {
     assert.equal(failed.ip, "10.77.0.9");
   });
 
+  test("booting again clears a stale failure reason; the event history keeps it", () => {
+    const vmid = sandboxIn("RUNNING");
+    transitionSandbox(store, vmid, "FAILED", { reason: "guest crashed" });
+    transitionSandbox(store, vmid, "STOPPED");
+    assert.equal(store.sandboxes.get(vmid)?.failure_reason, "guest crashed", "still shown while not running");
+    const booting = transitionSandbox(store, vmid, "BOOTING");
+    assert.equal(booting.failure_reason, null);
+    assert.ok(store.events.listForSandbox(vmid).some((e) => e.msg?.includes("guest crashed")));
+  });
+
   test("an unknown sandbox is SANDBOX_NOT_FOUND", () => {
     assert.throws(
       () => transitionSandbox(store, 99999, "READY"),

@@ -63,6 +63,10 @@ export function transitionSandbox(
     const patch: SandboxPatch = { ...options.patch, state: to };
     if ((to === "FAILED" || to === "TIMEOUT") && options.reason !== undefined)
       patch.failure_reason = options.reason;
+    // A sandbox that boots again is no longer failed; the old reason stays in its events only.
+    if ((to === "BOOTING" || to === "READY" || to === "RUNNING") && current.failure_reason !== null) {
+      patch.failure_reason = null;
+    }
     const updated = store.sandboxes.update(vmid, patch, current.state);
     if (!updated) throw invalidTransition(vmid, current.state, to);
     store.events.append({
