@@ -20,9 +20,9 @@ export class KeyedMutex {
     }
   }
 
-  /** Keys with an operation running or queued (for status and tests). */
-  get busyKeys(): string[] {
-    return [...this.tails.keys()];
+  /** Whether an operation on `key` is running or queued. */
+  isBusy(key: string): boolean {
+    return this.tails.has(key);
   }
 }
 

@@ -110,7 +110,6 @@ export class RpcServer {
   private readonly log: Logger;
   private readonly maxFrameBytes: number;
   private server: Server | undefined;
-  private socketPath: string | undefined;
   private draining = false;
   private nextConnection = 0;
   private nextRequest = 0;
@@ -145,7 +144,6 @@ export class RpcServer {
     });
     server.on("error", (error) => this.log.error({ err: error }, "socket server error"));
     this.server = server;
-    this.socketPath = path;
     return restrictSocket(path);
   }
 
@@ -305,8 +303,9 @@ export class RpcServer {
     }
   }
 
-  get path(): string | undefined {
-    return this.socketPath;
+  /** Methods with a handler, so a test can hold them against the protocol's list. */
+  get registeredMethods(): string[] {
+    return [...this.handlers.keys()];
   }
 }
 

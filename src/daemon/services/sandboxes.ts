@@ -571,7 +571,7 @@ export class SandboxService {
 
   /** Whether an operation holds or waits for this sandbox; maintenance passes leave such sandboxes alone. */
   isBusy(vmid: number): boolean {
-    return this.vmLocks.busyKeys.includes(String(vmid));
+    return this.vmLocks.isBusy(String(vmid));
   }
 
   /**
