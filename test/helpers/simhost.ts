@@ -1,5 +1,5 @@
 import { join } from "node:path";
-import { createSim, type Sim, type SimApi, startApiProcess } from "../pvesim/harness.js";
+import { createSim, type Sim, type SimApi, type SimOptions, startApiProcess } from "../pvesim/harness.js";
 import { type HostDir, makeHostDir, type RunningDaemon, runCli, startDaemon } from "./daemon.js";
 
 export type BackendKind = "shell" | "api";
@@ -18,8 +18,12 @@ export interface SimHost {
   stop(): Promise<void>;
 }
 
-export async function startSimHost(kind: BackendKind, extraConfig = ""): Promise<SimHost> {
-  const sim = createSim();
+export async function startSimHost(
+  kind: BackendKind,
+  extraConfig = "",
+  simOptions: SimOptions = {},
+): Promise<SimHost> {
+  const sim = createSim(simOptions);
   let api: SimApi | undefined;
   let backendConfig = "proxmox_backend: shell\n";
   if (kind === "api") {

@@ -7,6 +7,7 @@ import { pathToFileURL } from "node:url";
 import { addAcl, addToken } from "./access.js";
 import { processIo } from "./cli-common.js";
 import { type Control, parseFault, parseKnob, readControl, updateControl } from "./control.js";
+import { lvchangeMain, lvsMain, rebootNodes, zfsMain } from "./host-cli.js";
 import { removeVmBehindBack } from "./lifecycle.js";
 import { dirFromEnv } from "./paths.js";
 import { pveshMain } from "./pvesh.js";
@@ -18,11 +19,12 @@ import { startServer } from "./server.js";
 
 const USAGE = `usage:
   pvesim init DIR [--nodes pve,pve2] [--template 9000|0] [--cluster NAME] [--force]
+                  [--storages local,local-lvm,local-zfs[,ID:TYPE[:ARG]]...]
   pvesim serve DIR [--port N] [--host 127.0.0.1]
   pvesim control DIR [--set key=value]... [--fault name[=args]]... [--clear-faults] [--clear-fault name]
                      [--remove-vm VMID]... [--add-token USER@REALM!ID [--privsep 0|1]]
-                     [--acl PATH:ROLE:SUBJECT]... [--show]
-  pvesim qm|pvesh|pvesm ARGS...      (state directory from PVESIM_DIR)`;
+                     [--acl PATH:ROLE:SUBJECT]... [--host-reboot all|NODE] [--show]
+  pvesim qm|pvesh|pvesm|zfs|lvs|lvchange ARGS...      (state directory from PVESIM_DIR)`;
 
 class CliError extends Error {}
 
@@ -73,7 +75,7 @@ function needDir(positional: string[]): string {
 
 async function init(argv: string[]): Promise<number> {
   const { positional, opts } = takeOptions(argv, new Set(["force"]));
-  checkKnown(opts, ["nodes", "template", "cluster", "force"]);
+  checkKnown(opts, ["nodes", "template", "cluster", "force", "storages"]);
   const dir = needDir(positional);
   const nodes = (one(opts, "nodes") ?? "pve").split(",").filter(Boolean);
   if (nodes.some((n) => !/^[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?$/.test(n)))
@@ -87,6 +89,7 @@ async function init(argv: string[]): Promise<number> {
     template,
     cluster: one(opts, "cluster") ?? "agentlab-sim",
     force: opts.has("force"),
+    ...(opts.has("storages") ? { storages: (one(opts, "storages") ?? "").split(",").filter(Boolean) } : {}),
   });
   process.stdout.write(`${JSON.stringify({ dir, nodes, template, token })}\n`);
   return 0;
@@ -119,6 +122,7 @@ async function control(argv: string[]): Promise<number> {
     "add-token",
     "privsep",
     "acl",
+    "host-reboot",
     "show",
   ]);
   const dir = needDir(positional);
@@ -155,6 +159,8 @@ async function control(argv: string[]): Promise<number> {
       }
     });
   }
+  const reboot = one(opts, "host-reboot");
+  if (reboot !== undefined) await rebootNodes(dir, reboot === "all" ? undefined : reboot);
   if (opts.has("show")) printed["control"] = result ?? readControl(dir);
   if (Object.keys(printed).length > 0) process.stdout.write(`${JSON.stringify(printed)}\n`);
   return 0;
@@ -176,6 +182,12 @@ export async function main(argv: string[]): Promise<number> {
         return await pveshMain(dirFromEnv(), rest, processIo);
       case "pvesm":
         return await pvesmMain(dirFromEnv(), rest, processIo);
+      case "zfs":
+        return await zfsMain(dirFromEnv(), rest, processIo);
+      case "lvs":
+        return await lvsMain(dirFromEnv(), rest, processIo);
+      case "lvchange":
+        return await lvchangeMain(dirFromEnv(), rest, processIo);
       default:
         process.stderr.write(`${USAGE}\n`);
         return 2;

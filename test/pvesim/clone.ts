@@ -2,6 +2,7 @@
 import { randomUUID } from "node:crypto";
 import { type AuthId, checkPriv } from "./access.js";
 import type { Ctx } from "./context.js";
+import { isLvm } from "./devices.js";
 import { fail, PveError } from "./errors.js";
 import { bool, type Params, str } from "./schema.js";
 import {
@@ -11,11 +12,14 @@ import {
   freeVolume,
   getStorage,
   parseVolname,
+  setActive,
   volidOf,
   volumeFile,
+  volumeHasFeature,
+  volumeSnapshotFile,
 } from "./storage.js";
 import { createTask, registerTaskKind, requireFlock } from "./tasks.js";
-import type { ConfigMap, TaskRec, VmRec } from "./types.js";
+import type { ConfigMap, TaskRec, VmRec, VolumeRec } from "./types.js";
 import {
   DRIVE_KEY,
   formatSize,
@@ -118,20 +122,53 @@ export function cloneVm(ctx: Ctx, auth: AuthId, node: string, vmid: number, p: P
   });
 }
 
+/** The feature check of clone_vm, in its words: `Full|Linked clone feature is not supported for ...`. */
+function requireFeature(
+  ctx: Ctx,
+  key: string,
+  volid: string,
+  rec: VolumeRec,
+  full: boolean,
+  snapname?: string,
+): void {
+  const storage = getStorage(ctx.state, rec.storage);
+  if (volumeHasFeature(storage, rec, full ? "copy" : "clone", snapname)) return;
+  const what = `clone feature is not supported for${snapname !== undefined ? " a snapshot of" : ""} '${volid}' (${key})`;
+  throw fail(`${full ? "Full" : "Linked"} ${what}`);
+}
+
 function cloneDisks(ctx: Ctx, task: TaskRec, src: VmRec, newConfig: ConfigMap, created: string[]): void {
   const { params } = task.op;
   const newid = Number(params["newid"]);
   const full = Boolean(params["full"]);
   const node = String(params["target"]);
-  const sourceConfig = params["snapname"] ? src.snapshots[String(params["snapname"])]! : src.config;
-  for (const { key, drive } of volumeDrives(sourceConfig)) {
-    if (!DRIVE_KEY.test(key)) continue;
+  const snapname = params["snapname"] !== undefined ? String(params["snapname"]) : undefined;
+  const sourceConfig = snapname !== undefined ? src.snapshots[snapname]! : src.config;
+  const drives = volumeDrives(sourceConfig).filter(({ key }) => DRIVE_KEY.test(key));
+  const sources = drives.map(({ key, drive }) => {
     const srcRec = findVolume(ctx.state, src.node, drive.file);
     if (!srcRec) throw fail(`volume '${drive.file}' does not exist`);
+    return { key, drive, srcRec, cloudinit: isCloudinitVolume(drive.file) };
+  });
+  // Every drive is checked before anything is copied, in key order as clone_vm does.
+  for (const { key, drive, srcRec, cloudinit } of [...sources].sort((a, b) => (a.key < b.key ? -1 : 1))) {
+    requireFeature(ctx, key, drive.file, srcRec, full || cloudinit, snapname);
+  }
+  // PVE activates the source volumes of a stopped VM for the copy; only base and snapshot LVs are
+  // deactivated again afterwards, so the source's own LVs stay active.
+  if (src.runtime.status !== "running" && snapname === undefined) {
+    for (const { srcRec } of sources) {
+      if (!parseVolname(getStorage(ctx.state, srcRec.storage), srcRec.volname).isBase)
+        setActive(ctx, srcRec, true);
+    }
+  }
+  for (const { key, drive, srcRec, cloudinit } of sources) {
     const srcStorage = getStorage(ctx.state, srcRec.storage);
-    const srcInfo = parseVolname(srcStorage, srcRec.volname);
-    const srcFile = volumeFile(ctx.dir, srcStorage, srcRec.volname);
-    const cloudinit = isCloudinitVolume(drive.file);
+    // A clone from a snapshot reads the bytes the volume had then (the cloud-init drive is never snapshotted).
+    const fromSnapshot = snapname !== undefined && srcRec.snapshots.includes(snapname);
+    const srcFile = fromSnapshot
+      ? volumeSnapshotFile(ctx, srcRec, snapname)
+      : volumeFile(ctx.dir, srcStorage, srcRec.volname);
     let newDrive = parseDrive(sourceConfig[key]!);
     if (cloudinit || full) {
       const storage = getStorage(
@@ -162,10 +199,9 @@ function cloneDisks(ctx: Ctx, task: TaskRec, src: VmRec, newConfig: ConfigMap, c
       }
       newDrive = { ...newDrive, file: volidOf(rec) };
     } else {
-      const usable = srcInfo.isBase || (srcStorage.type === "lvmthin" && params["snapname"] !== undefined);
-      if (!usable) throw fail(`Linked clone feature is not supported for '${drive.file}' (${key})`);
       const name = freeDiskName(ctx.state, node, srcStorage, newid, srcRec.format);
       task.log.push(`create linked clone of drive ${key} (${drive.file})`);
+      const base = parseVolname(srcStorage, srcRec.volname).isBase;
       const rec = allocVolume(ctx, {
         node,
         storage: srcStorage.id,
@@ -173,11 +209,15 @@ function cloneDisks(ctx: Ctx, task: TaskRec, src: VmRec, newConfig: ConfigMap, c
         name,
         size: srcRec.size,
         format: srcRec.format,
-        base: srcRec.volname,
+        // Only clones of base volumes carry the base in their volid; LVM-thin snapshot clones have plain names.
+        ...(base ? { base: srcRec.volname } : {}),
         copyFrom: srcFile,
       });
+      if (!base && snapname !== undefined) {
+        rec.origin = `snap_${parseVolname(srcStorage, srcRec.volname).name}_${snapname}`;
+      }
       created.push(volidOf(rec));
-      if (srcStorage.type === "lvmthin") task.log.push(`  Logical volume "${name}" created.`);
+      if (isLvm(srcStorage)) task.log.push(`  Logical volume "${name}" created.`);
       newDrive = { ...newDrive, file: volidOf(rec) };
     }
     if (!cloudinit) setDriveProp(newDrive, "size", formatSize(srcRec.size));
@@ -222,7 +262,7 @@ registerTaskKind("clone", {
       cloneDisks(ctx, task, src, config, created);
     } catch (err) {
       for (const volid of created) freeVolume(ctx, node, volid);
-      if (err instanceof PveError && /^Linked clone feature/.test(err.message)) throw err;
+      if (err instanceof PveError && /^(Linked|Full) clone feature/.test(err.message)) throw err;
       throw fail(`clone failed: ${(err as Error).message}`);
     }
     config["lock"] = "clone";
@@ -255,7 +295,7 @@ registerTaskKind("clone", {
       }
     }
     if (vm && vm.config["lock"] === "clone") delete ctx.state.vms[String(newid)];
-    if (task.failAtEnd && !/^(clone failed|Linked clone)/.test(task.failAtEnd)) {
+    if (task.failAtEnd && !/^(clone failed|(Linked|Full) clone feature)/.test(task.failAtEnd)) {
       task.failAtEnd = `clone failed: ${task.failAtEnd}`;
     }
   },

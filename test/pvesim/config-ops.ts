@@ -51,6 +51,10 @@ export function getConfig(
   checkPriv(ctx.state, auth, `/vms/${vmid}`, ["VM.Audit"]);
   const vm = getVm(ctx, node, vmid);
   const snapname = str(p, "snapshot");
+  if (snapname && bool(p, "current")) {
+    const reason = "cannot use 'snapshot' parameter with 'current'";
+    throw paramError({ snapshot: reason, current: reason });
+  }
   let config: Record<string, string>;
   if (snapname) {
     const snap = vm.snapshots[snapname];
@@ -158,7 +162,8 @@ function prepareUpdate(ctx: Ctx, auth: AuthId, node: string, vmid: number, p: Pa
   };
 }
 
-function normaliseValue(key: string, value: string, current: Record<string, string>): string {
+/** A value as the config API stores it: tags normalised, `current=` dropped from memory, NICs with a MAC. */
+export function normaliseValue(key: string, value: string, current: Record<string, string>): string {
   if (key === "tags") {
     const r = normaliseTags(value);
     return "tags" in r ? r.tags : value;
@@ -186,6 +191,18 @@ function applyUpdate(ctx: Ctx, req: UpdateRequest): UpdateResult {
   const warnings: string[] = [];
   const running = vm.runtime.status === "running";
   const merged = mergedConfig(vm);
+
+  // check_protection: with `protection: 1` no disk may leave the config (checked before anything changes).
+  if (vm.config["protection"] === "1") {
+    for (const key of req.del) {
+      const value = merged[key];
+      if (value === undefined) continue;
+      if (UNUSED_KEY.test(key)) {
+        throw fail(`can't remove unused disk '${parseDrive(value).file}' - protection mode enabled`);
+      }
+      if (DRIVE_KEY.test(key)) throw fail(`can't remove drive '${key}' - protection mode enabled`);
+    }
+  }
 
   for (const key of req.del) {
     if (merged[key] === undefined) {

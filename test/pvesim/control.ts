@@ -33,6 +33,10 @@ export interface Knobs {
   resources_lag_ms: number;
   /** `cpu` reported for running VMs (fraction of one core). */
   cpu_load: number;
+  /** 1: a booted guest whose cloud-init names the daemon reports readiness to it; 0: it never does. */
+  phone_home: number;
+  /** How long after the agent-ready time the guest's readiness report goes out. */
+  phone_home_delay_ms: number;
   /** Command run (detached, via sh -c) as the "guest" when a VM starts; empty = none. */
   guest_hook: string;
   /** Version the simulator claims to be; below 9.1.5 401 reasons carry details. */
@@ -56,6 +60,8 @@ export const DEFAULT_KNOBS: Knobs = {
   api_latency_ms: 0,
   resources_lag_ms: 0,
   cpu_load: 0.02,
+  phone_home: 1,
+  phone_home_delay_ms: 0,
   guest_hook: "",
   pve_version: "9.1.7",
   nextid_lower: 100,

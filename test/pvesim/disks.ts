@@ -1,13 +1,22 @@
 /** VM disks on top of volumes: allocation from `storage:size`, unused slots, ownership, freeing. */
 import type { Ctx } from "./context.js";
 import { fail } from "./errors.js";
-import { allocVolume, findVolume, freeVolume, getStorage, parseVolname, splitVolid } from "./storage.js";
+import {
+  allocVolume,
+  findVolume,
+  freeVolume,
+  getStorage,
+  parseVolname,
+  setActive,
+  splitVolid,
+} from "./storage.js";
 import type { VmRec, VolumeRec } from "./types.js";
 import {
   type Drive,
   formatSize,
   isCdrom,
   isCloudinitVolume,
+  mergedConfig,
   parseDrive,
   printDrive,
   propsGet,
@@ -140,4 +149,12 @@ export function referencedVolumes(ctx: Ctx, vm: VmRec): VolumeRec[] {
     }
   }
   return [...seen.values()];
+}
+
+/** Activates the LVs of a VM's disks, as PVE does before it starts QEMU (`lvchange -ay -K`). */
+export function activateVolumes(ctx: Ctx, vm: VmRec): void {
+  for (const { drive } of volumeDrives(mergedConfig(vm))) {
+    const rec = findVolume(ctx.state, vm.node, drive.file);
+    if (rec) setActive(ctx, rec, true);
+  }
 }

@@ -21,6 +21,24 @@ export class PveError extends Error {
   }
 }
 
+/**
+ * A storage command (zfs, lvcreate, ...) that failed inside PVE. PVE's `run_command` dies with
+ * `<tool> error: <last stderr line>`; the earlier stderr lines were already printed into the task
+ * log, so they travel here as `output`.
+ */
+export class CommandError extends PveError {
+  /** Everything the tool wrote to stderr, in order. */
+  readonly stderr: string[];
+  /** The lines before the last: what PVE's run_command already printed into the task log. */
+  readonly output: string[];
+  constructor(tool: string, stderr: string[]) {
+    super(500, `${tool} error: ${stderr[stderr.length - 1] ?? ""}`);
+    this.name = "CommandError";
+    this.stderr = stderr;
+    this.output = stderr.slice(0, -1);
+  }
+}
+
 /** 400 with per-parameter reasons, as JSONSchema validation reports it. */
 export function paramError(errors: Record<string, string>): PveError {
   return new PveError(400, "Parameter verification failed.", { errors });

@@ -1,12 +1,15 @@
 /**
- * The guest side: what the QEMU guest agent answers, and the optional hook process that plays the
- * guest OS (started when a VM starts, signalled when it pauses, killed when it stops).
+ * The guest side: what the QEMU guest agent answers, and the "guest OS" process started when a VM boots
+ * (signalled when it pauses, killed when it stops): the optional hook command, and the cloud-init
+ * phone-home that a snippet with /etc/agentlab/bootstrap.json asks for.
  */
 import { spawn } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { load } from "js-yaml";
 import type { Ctx } from "./context.js";
-import { findFault, matchesVmid } from "./control.js";
+import { type Control, findFault, matchesVmid } from "./control.js";
 import { DelayedError, fail } from "./errors.js";
 import { findStorage, splitVolid, volumeFile } from "./storage.js";
 import type { VmRec } from "./types.js";
@@ -120,10 +123,100 @@ export function userDataPath(ctx: Ctx, vm: VmRec): string | undefined {
   }
 }
 
-/** Starts the guest hook in its own process group; its output goes to DIR/guests/<vmid>.log. */
+/** Where a booted guest's cloud-init finds the daemon and its token (see src/daemon/guest/cloud-init.ts). */
+const BOOTSTRAP_JSON = "/etc/agentlab/bootstrap.json";
+
+/** The phone-home knobs (see control.ts), as the guest process reads them. */
+export type PhoneHomeKnobs = Pick<Control, "phone_home" | "phone_home_delay_ms">;
+
+export function phoneHomeKnobs(control: Control): PhoneHomeKnobs {
+  return { phone_home: control.phone_home, phone_home_delay_ms: control.phone_home_delay_ms };
+}
+
+/** What the guest process needs to send the ready report, passed to it as JSON in its environment. */
+export interface PhoneHomePlan {
+  url: string;
+  body: string;
+  token: string;
+  /** Epoch ms: when the guest has booted far enough to run cloud-init's runcmd. */
+  at: number;
+  /** Written when the report starts: runcmd runs once per instance, not on every boot. */
+  doneFile: string;
+}
+
+/** The bootstrap.json a snippet writes into the guest, if it has one with a token and a controller URL. */
+export function snippetBootstrap(
+  userData: string,
+): { token: string; controller: string; vmid: number | undefined } | undefined {
+  let doc: unknown;
+  try {
+    doc = load(userData);
+  } catch {
+    return undefined;
+  }
+  const files = (doc as { write_files?: unknown } | null)?.write_files;
+  if (!Array.isArray(files)) return undefined;
+  const file = files.find((f) => (f as { path?: unknown } | null)?.path === BOOTSTRAP_JSON) as
+    | { content?: unknown }
+    | undefined;
+  if (typeof file?.content !== "string") return undefined;
+  try {
+    const json = JSON.parse(file.content) as { token?: unknown; controller?: unknown; vmid?: unknown };
+    if (typeof json.token !== "string" || typeof json.controller !== "string") return undefined;
+    return {
+      token: json.token,
+      controller: json.controller,
+      vmid: typeof json.vmid === "number" ? json.vmid : undefined,
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The phone-home this boot makes, or undefined: knob off, no snippet, no bootstrap.json in it, or this
+ * instance already ran its runcmd (same token reported before).
+ */
+export function phoneHomePlan(ctx: Ctx, vm: VmRec): PhoneHomePlan | undefined {
+  const knobs = phoneHomeKnobs(ctx.control);
+  if (knobs.phone_home === 0) return undefined;
+  const path = userDataPath(ctx, vm);
+  if (!path) return undefined;
+  let bootstrap: ReturnType<typeof snippetBootstrap>;
+  try {
+    bootstrap = snippetBootstrap(readFileSync(path, "utf8"));
+  } catch {
+    return undefined;
+  }
+  if (!bootstrap) return undefined;
+  const doneFile = join(ctx.dir, "guests", `${vm.vmid}.ready-reported`);
+  try {
+    if (readFileSync(doneFile, "utf8") === bootstrap.token) return undefined;
+  } catch {
+    // never reported
+  }
+  const booted = vm.runtime.agentReadyAt ?? ctx.now + ctx.control.agent_ready_ms;
+  return {
+    url: `${bootstrap.controller.replace(/\/+$/, "")}/v1/guest/ready`,
+    // A real guest's report comes from its bridge address and may leave `ip` out; this one comes from
+    // the test host's loopback, so it names the address the guest agent reports.
+    body: JSON.stringify({ vmid: bootstrap.vmid ?? vm.vmid, token: bootstrap.token, ip: guestIp(vm.vmid) }),
+    token: bootstrap.token,
+    at: booted + knobs.phone_home_delay_ms,
+    doneFile,
+  };
+}
+
+/**
+ * Starts the guest process in its own process group; its output goes to DIR/guests/<vmid>.log. Without a
+ * phone-home it is the hook command itself (`sh -c`); with one it is a node process that runs the hook
+ * as its child and sends the report at boot time, like the snippet's runcmd would, so a paused VM does
+ * not report and a stopped one never will.
+ */
 export function startGuestHook(ctx: Ctx, vm: VmRec): void {
   const command = ctx.control.guest_hook;
-  if (!command) return;
+  const phoneHome = phoneHomePlan(ctx, vm);
+  if (!command && !phoneHome) return;
   const marker = `${vm.vmid}-${ctx.now}-${Math.random().toString(36).slice(2)}`;
   const logDir = join(ctx.dir, "guests");
   mkdirSync(logDir, { recursive: true });
@@ -139,13 +232,80 @@ export function startGuestHook(ctx: Ctx, vm: VmRec): void {
   const userData = userDataPath(ctx, vm);
   if (userData) env["PVESIM_USER_DATA"] = userData;
   else delete env["PVESIM_USER_DATA"];
+  delete env["PVESIM_PHONE_HOME"];
+  delete env["PVESIM_GUEST_HOOK"];
   try {
-    const child = spawn("sh", ["-c", command], { detached: true, stdio: ["ignore", log, log], env });
+    const [file, args] = phoneHome
+      ? [
+          process.execPath,
+          [
+            "--input-type=module",
+            "-e",
+            `import { runGuest } from ${JSON.stringify(import.meta.url)}; await runGuest();`,
+          ],
+        ]
+      : ["sh", ["-c", command]];
+    if (phoneHome) {
+      env["PVESIM_PHONE_HOME"] = JSON.stringify(phoneHome);
+      if (command) env["PVESIM_GUEST_HOOK"] = command;
+    }
+    const child = spawn(file, args, { detached: true, stdio: ["ignore", log, log], env });
     child.on("error", () => {});
     child.unref();
     if (child.pid) vm.runtime.hook = { pid: child.pid, marker };
   } finally {
     closeSync(log);
+  }
+}
+
+/**
+ * The body of the node guest process: start the hook (same process group, so it is signalled with us),
+ * send the ready report at boot time, then stay until the hook ends, because the simulator recognises
+ * the group by this process.
+ */
+export async function runGuest(env: NodeJS.ProcessEnv = process.env): Promise<void> {
+  const hook = env["PVESIM_GUEST_HOOK"];
+  const plan = JSON.parse(env["PVESIM_PHONE_HOME"] ?? "null") as PhoneHomePlan | null;
+  const hookEnv = { ...env };
+  delete hookEnv["PVESIM_PHONE_HOME"];
+  delete hookEnv["PVESIM_GUEST_HOOK"];
+  const hookDone = hook
+    ? new Promise<void>((resolve) => {
+        const child = spawn("sh", ["-c", hook], { stdio: "inherit", env: hookEnv });
+        child.on("error", () => resolve());
+        child.on("exit", () => resolve());
+      })
+    : Promise.resolve();
+  if (plan) await reportReady(plan);
+  await hookDone;
+}
+
+/** Mirrors the snippet's report-ready script: 10 attempts, 1 s doubling to 30 s, stop at a refusal. */
+async function reportReady(plan: PhoneHomePlan): Promise<void> {
+  await sleep(Math.max(0, plan.at - Date.now()));
+  writeFileSync(plan.doneFile, plan.token);
+  let delay = 1_000;
+  for (let attempt = 1; attempt <= 10; attempt++) {
+    let status = 0;
+    let detail = "";
+    try {
+      const res = await fetch(plan.url, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: plan.body,
+        signal: AbortSignal.timeout(15_000),
+      });
+      status = res.status;
+      detail = (await res.text()).trim();
+    } catch (error) {
+      detail = (error as Error).cause ? String((error as Error).cause) : String(error);
+    }
+    process.stdout.write(
+      `phone-home: POST ${plan.url} attempt ${attempt}: ${status || "no answer"} ${detail}\n`,
+    );
+    if ((status >= 200 && status < 300) || [400, 403, 404, 405].includes(status)) return;
+    await sleep(delay);
+    delay = Math.min(delay * 2, 30_000);
   }
 }
 

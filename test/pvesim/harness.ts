@@ -12,6 +12,7 @@ import { fileURLToPath } from "node:url";
 import { type AuthId, ROOT } from "./access.js";
 import type { Ctx } from "./context.js";
 import { type Control, type Knobs, parseFault, updateControl } from "./control.js";
+import { rebootNodes } from "./host-cli.js";
 import { controlPath } from "./paths.js";
 import type { RouteResult } from "./routes.js";
 import { callApi, withModel } from "./runner.js";
@@ -32,6 +33,8 @@ export interface SimOptions {
   /** Template VMID (0 = none); default 9000. */
   template?: number;
   knobs?: Partial<Knobs>;
+  /** Storage specs as for `pvesim init --storages`, e.g. `[...DEFAULT_STORAGES, "thick:lvm:vmdata"]`. */
+  storages?: string[];
 }
 
 export interface Sim {
@@ -45,12 +48,19 @@ export interface Sim {
 
 export function createSim(opts: SimOptions = {}): Sim {
   const dir = mkdtempSync(join(tmpdir(), "pvesim-"));
-  const token = initCluster(dir, {
-    nodes: opts.nodes ?? ["pve"],
-    template: opts.template ?? 9000,
-    cluster: "agentlab-sim",
-    force: false,
-  });
+  let token: string;
+  try {
+    token = initCluster(dir, {
+      nodes: opts.nodes ?? ["pve"],
+      template: opts.template ?? 9000,
+      cluster: "agentlab-sim",
+      force: false,
+      ...(opts.storages ? { storages: opts.storages } : {}),
+    });
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     PATH: `${PVESIM_BIN_DIR}:${process.env["PATH"] ?? "/usr/bin:/bin"}`,
@@ -74,6 +84,11 @@ export async function setControl(
     Object.assign(c, knobs);
     c.faults.push(...faults.map((f) => parseFault(f)));
   });
+}
+
+/** A host reboot (`pvesim control --host-reboot`): VMs stop, LVs go inactive; one node or all. */
+export function hostReboot(dir: string, node?: string): Promise<void> {
+  return rebootNodes(dir, node);
 }
 
 export async function clearFaults(dir: string): Promise<void> {

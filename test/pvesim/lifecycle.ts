@@ -1,11 +1,20 @@
 /** Destroying VMs, turning them into templates, and removing them "behind the daemon's back". */
 import { type AuthId, checkPriv } from "./access.js";
 import type { Ctx } from "./context.js";
+import { isLvm } from "./devices.js";
 import { referencedVolumes, tryFree } from "./disks.js";
-import { fail } from "./errors.js";
+import { CommandError, fail, PveError } from "./errors.js";
 import { signalGuestHook } from "./guest.js";
 import { bool, type Params } from "./schema.js";
-import { convertToBase, findVolume, getStorage, linkedClonesOf, parseVolname, volidOf } from "./storage.js";
+import {
+  convertToBase,
+  findVolume,
+  freeVolume,
+  getStorage,
+  linkedClonesOf,
+  parseVolname,
+  volidOf,
+} from "./storage.js";
 import { createTask, registerTaskKind } from "./tasks.js";
 import type { TaskRec, VmRec } from "./types.js";
 import { DRIVE_KEY, isCloudinitVolume, parseDrive, printDrive, volumeDrives } from "./vmconfig.js";
@@ -67,17 +76,26 @@ registerTaskKind("destroy", {
   },
   finish(ctx, task) {
     const vm = getVm(ctx, task.node, task.op.vmid);
-    const warnings: string[] = [];
+    let warnings = 0;
     for (const volid of ownedVolumes(ctx, vm, Boolean(task.op.params["unreferenced"]))) {
       const rec = findVolume(ctx.state, vm.node, volid);
-      const storage = rec ? getStorage(ctx.state, rec.storage) : undefined;
-      tryFree(ctx, vm, volid, warnings);
-      if (rec && storage?.type === "lvmthin") {
+      if (!rec) continue;
+      const storage = getStorage(ctx.state, rec.storage);
+      try {
+        freeVolume(ctx, vm.node, volid);
+      } catch (err) {
+        if (!(err instanceof PveError)) throw err;
+        // destroy_vm only warns: the volume stays, the config goes anyway (`eval { vdisk_free }; warn`).
+        if (err instanceof CommandError) task.log.push(...err.output);
+        task.log.push(`WARN: Could not remove disk '${volid}', check manually: ${err.message}`);
+        warnings++;
+        continue;
+      }
+      if (isLvm(storage)) {
         task.log.push(`  Logical volume "${parseVolname(storage, rec.volname).name}" successfully removed.`);
       }
     }
-    for (const w of warnings) task.log.push(`WARN: ${w}`);
-    task.scratch["warnings"] = warnings.length;
+    task.scratch["warnings"] = warnings;
     signalGuestHook(vm, "SIGTERM");
     delete ctx.state.vms[String(vm.vmid)];
   },

@@ -12,6 +12,12 @@ export const storageRoot = (dir: string, storage: string): string => join(dir, "
 export const snapshotRoot = (dir: string, storage: string): string =>
   join(dir, "storage", ".snapshots", storage);
 
+/**
+ * Where the host's block device nodes would be (`/dev/<vg>/<lv>`, `/dev/zvol/<pool>/<name>`): symlinks
+ * to the volume files, so host tools get a path shaped like the real one that opens the same bytes.
+ */
+export const devRoot = (dir: string): string => join(dir, "dev");
+
 /** The simulator directory from the environment, as the fake CLIs find it. */
 export function dirFromEnv(): string {
   const dir = process.env["PVESIM_DIR"];

@@ -3,6 +3,7 @@ import { existsSync } from "node:fs";
 import { type AuthId, checkPriv } from "./access.js";
 import type { Ctx } from "./context.js";
 import { findFault, matchesVmid } from "./control.js";
+import { activateVolumes } from "./disks.js";
 import { fail } from "./errors.js";
 import { signalGuestHook, startGuestHook } from "./guest.js";
 import { bool, num, type Params } from "./schema.js";
@@ -21,6 +22,7 @@ import { checkLock, getVm, isTemplate } from "./vms.js";
 
 /** A fresh QEMU process: pending changes apply, the agent comes up after the boot time. */
 export function bootVm(ctx: Ctx, vm: VmRec): void {
+  activateVolumes(ctx, vm);
   vm.config = mergedConfig(vm);
   vm.pending = {};
   vm.pendingDelete = [];

@@ -13,7 +13,7 @@ import { PveError } from "./errors.js";
 import { pad } from "./format.js";
 import { withModel } from "./runner.js";
 import type { ParamSpec, RawParams } from "./schema.js";
-import { getStorage, parseVolname, splitVolid, volumeFile } from "./storage.js";
+import { getStorage, splitVolid, volumePath } from "./storage.js";
 
 interface Command {
   usage: string;
@@ -112,9 +112,8 @@ const COMMANDS: Record<string, Command> = {
     async run(dir, _node, p, io) {
       const path = await withModel(dir, (ctx) => {
         const { storage, volname } = splitVolid(String(p["volume"]));
-        const s = getStorage(ctx.state, storage);
-        parseVolname(s, volname);
-        return volumeFile(ctx.dir, s, volname);
+        // Like the real one: the device path whether or not the device exists now (no activation).
+        return volumePath(ctx.dir, getStorage(ctx.state, storage), volname);
       });
       io.out(`${path}\n`);
       return 0;

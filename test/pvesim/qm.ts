@@ -204,6 +204,7 @@ const COMMANDS: Record<string, Command> = {
       return 0;
     },
   },
+  create: taskCommand("qm create <vmid> [OPTIONS]", ["vmid"], "POST", "/nodes/{node}/qemu"),
   clone: taskCommand("qm clone <vmid> <newid> [OPTIONS]", ["vmid", "newid"], "POST", `${VM}/clone`),
   start: taskCommand("qm start <vmid> [OPTIONS]", ["vmid"], "POST", `${VM}/status/start`),
   stop: taskCommand("qm stop <vmid> [OPTIONS]", ["vmid"], "POST", `${VM}/status/stop`),

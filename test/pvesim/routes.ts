@@ -17,6 +17,7 @@ import {
 import { getConfig, getPending, postConfig, putConfig, resizeDisk, unlinkDisks } from "./config-ops.js";
 import { optionSpec } from "./config-schema.js";
 import type { Ctx } from "./context.js";
+import { createVm } from "./create.js";
 import { networkInterfaces, requireAgent } from "./guest.js";
 import { destroyVm, templateVm } from "./lifecycle.js";
 import { rebootVm, resetVm, resumeVm, shutdownVm, startVm, stopVm, suspendVm } from "./power.js";
@@ -35,7 +36,9 @@ import {
   deleteContent,
   getStorageStatus,
   listContent,
+  listStorageConfig,
   listStorages,
+  readStorageConfig,
   volumeAttributes,
 } from "./storage-api.js";
 import { listTasks, stopTaskApi, taskLog, taskStatus } from "./task-api.js";
@@ -151,17 +154,14 @@ export const ROUTES: Route[] = [
   {
     method: "GET",
     path: "/storage",
-    params: { type: OPT_STR },
-    handler: (c) =>
-      data(
-        c.ctx.state.storages.map((s) => ({
-          storage: s.id,
-          type: s.type,
-          content: [...s.content].sort().join(","),
-          shared: s.shared ? 1 : 0,
-          digest: "0".repeat(40),
-        })),
-      ),
+    params: { type: { type: "string", optional: true, enum: ["dir", "lvm", "lvmthin", "zfspool"] } },
+    handler: (c) => data(listStorageConfig(c.ctx, c.auth, c.params)),
+  },
+  {
+    method: "GET",
+    path: "/storage/{storage}",
+    params: { storage: STORAGE_ID },
+    handler: (c) => data(readStorageConfig(c.ctx, c.auth, storage(c))),
   },
   { method: "GET", path: "/nodes", params: {}, handler: (c) => data(listNodes(c.ctx, c.auth)) },
   {
@@ -187,6 +187,19 @@ export const ROUTES: Route[] = [
     path: "/nodes/{node}/qemu",
     params: { node: NODE, full: BOOL_OPT },
     handler: (c) => data(listQemu(c.ctx, c.auth, node(c), c.params)),
+  },
+  {
+    method: "POST",
+    path: "/nodes/{node}/qemu",
+    params: {
+      node: NODE,
+      vmid: VMID,
+      pool: OPT_STR,
+      start: BOOL_OPT,
+      storage: { ...STORAGE_ID, optional: true },
+    },
+    additional: optionSpec,
+    handler: (c) => task(createVm(c.ctx, c.auth, node(c), c.params)),
   },
   {
     method: "GET",

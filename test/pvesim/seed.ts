@@ -17,45 +17,129 @@ export interface InitOptions {
   template: number;
   cluster: string;
   force: boolean;
+  /** Storage specs (see `parseStorageSpecs`); default `local`, `local-lvm`, `local-zfs`. */
+  storages?: string[];
 }
 
 export const DEFAULT_TOKEN_ID = "root@pam!agentlab";
 
 const GiB = 1024 ** 3;
 
-function defaultStorages(): StorageRec[] {
-  return [
-    {
-      id: "local",
-      type: "dir",
-      content: ["backup", "images", "iso", "snippets", "vztmpl"],
-      total: 98 * GiB,
-      shared: false,
-      enabled: true,
-      active: true,
-      hostPath: "/var/lib/vz",
-    },
-    {
-      id: "local-lvm",
-      type: "lvmthin",
-      content: ["images", "rootdir"],
-      total: 350 * GiB,
-      shared: false,
-      enabled: true,
-      active: true,
-      hostPath: "/dev/pve",
-    },
-    {
-      id: "local-zfs",
-      type: "zfspool",
-      content: ["images", "rootdir"],
-      total: 450 * GiB,
-      shared: false,
-      enabled: true,
-      active: true,
-      hostPath: "/dev/zvol/rpool/data",
-    },
-  ];
+export const DEFAULT_STORAGES = ["local", "local-lvm", "local-zfs"];
+
+const STANDARD: Record<string, StorageRec> = {
+  local: {
+    id: "local",
+    type: "dir",
+    content: ["backup", "images", "iso", "snippets", "vztmpl"],
+    total: 98 * GiB,
+    shared: false,
+    enabled: true,
+    active: true,
+    hostPath: "/var/lib/vz",
+  },
+  "local-lvm": {
+    id: "local-lvm",
+    type: "lvmthin",
+    content: ["images", "rootdir"],
+    total: 350 * GiB,
+    shared: false,
+    enabled: true,
+    active: true,
+    hostPath: "/dev/pve",
+    vgname: "pve",
+    thinpool: "data",
+  },
+  "local-zfs": {
+    id: "local-zfs",
+    type: "zfspool",
+    content: ["images", "rootdir"],
+    total: 450 * GiB,
+    shared: false,
+    enabled: true,
+    active: true,
+    hostPath: "/dev/zvol/rpool/data",
+    pool: "rpool/data",
+  },
+};
+
+const SPEC_USAGE =
+  "a storage is local, local-lvm, local-zfs, ID:dir, ID:lvm[:VG], ID:lvmthin[:VG/THINPOOL] or ID:zfspool[:POOL]";
+
+/**
+ * Storage specs for `init --storages`: the three PVE defaults by name, or `ID:TYPE[:ARG]` for others,
+ * e.g. `thick:lvm:vmdata` (thick LVM on VG vmdata: no snapshots, no linked clones).
+ */
+export function parseStorageSpecs(specs: string[]): StorageRec[] {
+  const out: StorageRec[] = [];
+  for (const spec of specs) {
+    const standard = STANDARD[spec];
+    if (standard) {
+      out.push(structuredClone(standard));
+      continue;
+    }
+    const [id, type, arg, ...extra] = spec.split(":");
+    if (!id || !type || extra.length > 0 || !/^[a-z][a-z0-9\-_.]*[a-z0-9]$/i.test(id))
+      throw new Error(`bad storage '${spec}': ${SPEC_USAGE}`);
+    const base = { id, shared: false, enabled: true, active: true };
+    if (type === "dir") {
+      if (arg !== undefined) throw new Error(`bad storage '${spec}': dir takes no argument`);
+      out.push({ ...base, type, content: ["images"], total: 98 * GiB, hostPath: `/mnt/pve/${id}` });
+    } else if (type === "lvm") {
+      const vg = arg ?? id;
+      if (!/^[a-zA-Z0-9_.+-]+$/.test(vg))
+        throw new Error(`bad storage '${spec}': invalid volume group '${vg}'`);
+      out.push({
+        ...base,
+        type,
+        content: ["images", "rootdir"],
+        total: 200 * GiB,
+        hostPath: `/dev/${vg}`,
+        vgname: vg,
+      });
+    } else if (type === "lvmthin") {
+      const [vg, thinpool, ...more] = (arg ?? `pve/${id}`).split("/");
+      if (!vg || !thinpool || more.length > 0)
+        throw new Error(`bad storage '${spec}': lvmthin wants VG/THINPOOL, got '${arg}'`);
+      out.push({
+        ...base,
+        type,
+        content: ["images", "rootdir"],
+        total: 350 * GiB,
+        hostPath: `/dev/${vg}`,
+        vgname: vg,
+        thinpool,
+      });
+    } else if (type === "zfspool") {
+      const pool = arg ?? `rpool/${id}`;
+      if (!/^[a-zA-Z0-9][a-zA-Z0-9_.:-]*(\/[a-zA-Z0-9_.:-]+)*$/.test(pool))
+        throw new Error(`bad storage '${spec}': invalid pool '${pool}'`);
+      out.push({
+        ...base,
+        type,
+        content: ["images", "rootdir"],
+        total: 450 * GiB,
+        hostPath: `/dev/zvol/${pool}`,
+        pool,
+      });
+    } else {
+      throw new Error(`bad storage '${spec}': unknown type '${type}' (${SPEC_USAGE})`);
+    }
+  }
+  const seen = new Set<string>();
+  for (const s of out) {
+    // Two storages sharing an ID, a volume group or a pool would share volume names and devices.
+    for (const key of [
+      `id ${s.id}`,
+      s.vgname ? `volume group ${s.vgname}` : "",
+      s.pool ? `pool ${s.pool}` : "",
+    ]) {
+      if (key === "") continue;
+      if (seen.has(key)) throw new Error(`two storages use the same ${key}`);
+      seen.add(key);
+    }
+  }
+  return out;
 }
 
 function createTemplate(ctx: Ctx, node: string, vmid: number): void {
@@ -94,9 +178,15 @@ function createTemplate(ctx: Ctx, node: string, vmid: number): void {
 
 /** Creates DIR with a new cluster; returns the API token (`USER@REALM!ID=SECRET`). */
 export function initCluster(dir: string, opts: InitOptions): string {
+  // Bad specs are refused before anything of an existing simulator is removed.
+  const storages = parseStorageSpecs(opts.storages ?? DEFAULT_STORAGES);
+  if (opts.template > 0 && !storages.some((s) => s.id === "local-zfs"))
+    throw new Error(
+      "the template's disks live on local-zfs: keep local-zfs in --storages or use --template 0",
+    );
   if (existsSync(statePath(dir))) {
     if (!opts.force) throw new Error(`${dir} already holds a simulator (use --force to start over)`);
-    for (const name of ["state.json", "control.json", "token", "api.json", "storage", "guests"]) {
+    for (const name of ["state.json", "control.json", "token", "api.json", "storage", "guests", "dev"]) {
       rmSync(`${dir}/${name}`, { recursive: true, force: true });
     }
   }
@@ -112,7 +202,7 @@ export function initCluster(dir: string, opts: InitOptions): string {
       nodeid: i + 1,
     })),
     vms: {},
-    storages: defaultStorages(),
+    storages,
     volumes: {},
     tasks: [],
     nextPid: 0x3000 + randomInt(0x10000),

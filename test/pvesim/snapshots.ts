@@ -1,7 +1,7 @@
 /** VM snapshots: list, create, rollback, delete, and their tasks, with the parent chain in the config. */
 import { type AuthId, checkPriv } from "./access.js";
 import type { Ctx } from "./context.js";
-import { fail } from "./errors.js";
+import { CommandError, fail, PveError } from "./errors.js";
 import { bootVm, haltVm } from "./power.js";
 import { bool, type Params, str } from "./schema.js";
 import {
@@ -262,7 +262,9 @@ registerTaskKind("delsnapshot", {
     const name = String(task.op.params["snapname"]);
     const snap = vm.snapshots[name];
     if (!snap) throw fail(`snapshot '${name}' does not exist`);
-    if (!task.op.params["force"]) checkLock(ctx, vm);
+    // `--force` gets past the lock a failed delete left behind, not past other locks.
+    if (!(task.op.params["force"] && vm.config["lock"] === "snapshot-delete")) checkLock(ctx, vm);
+    if (isTemplate(vm)) throw fail("you can't delete a snapshot if vm is a template");
     vm.config["lock"] = "snapshot-delete";
     snap["snapstate"] = "delete";
     return { durationMs: ctx.control.task_ms };
@@ -271,7 +273,24 @@ registerTaskKind("delsnapshot", {
     const vm = getVm(ctx, task.node, task.op.vmid);
     const name = String(task.op.params["snapname"]);
     const snap = vm.snapshots[name]!;
-    for (const rec of snapshotVolumes(ctx, vm, snap)) deleteVolumeSnapshot(ctx, rec, name);
+    for (const rec of snapshotVolumes(ctx, vm, snap)) {
+      if (!rec.snapshots.includes(name)) continue;
+      try {
+        deleteVolumeSnapshot(ctx, rec, name);
+      } catch (err) {
+        if (!(err instanceof PveError)) throw err;
+        if (err instanceof CommandError) task.log.push(...err.output);
+        if (!task.op.params["force"]) {
+          // The worker dies here: the config keeps `lock: snapshot-delete` and `snapstate: delete`
+          // (`qm delsnapshot --force` or `qm unlock` is the way out), as after a real failed delete.
+          task.scratch["keepLock"] = true;
+          throw err;
+        }
+        // With force the storage error is only a warning, and the snapshot leaves the config anyway.
+        task.log.push(`WARN: ${err.message}`);
+        task.scratch["warnings"] = Number(task.scratch["warnings"] ?? 0) + 1;
+      }
+    }
     const parent = snap["parent"];
     const reparent = (config: ConfigMap): void => {
       if (config["parent"] !== name) return;
@@ -284,6 +303,7 @@ registerTaskKind("delsnapshot", {
     if (vm.config["lock"] === "snapshot-delete") delete vm.config["lock"];
   },
   abort(ctx, task) {
+    if (task.scratch["keepLock"]) return;
     const vm = getVm(ctx, task.node, task.op.vmid);
     const snap = vm.snapshots[String(task.op.params["snapname"])];
     if (snap) delete snap["snapstate"];

@@ -2,7 +2,9 @@
 import { statSync } from "node:fs";
 import { type AuthId, checkPriv, hasPriv } from "./access.js";
 import type { Ctx } from "./context.js";
+import { DEFAULT_THINPOOL, isLvm, vgName, zfsPool } from "./devices.js";
 import { PveError } from "./errors.js";
+import { storageRoot } from "./paths.js";
 import { num, type Params, str } from "./schema.js";
 import {
   allocVolume,
@@ -16,6 +18,8 @@ import {
   validateSizeParam,
   volidOf,
   volumeFile,
+  volumePath,
+  zfsOrigin,
 } from "./storage.js";
 import { createTask, registerTaskKind } from "./tasks.js";
 import type { StorageRec, TaskRec, VolumeRec } from "./types.js";
@@ -75,7 +79,9 @@ function contentEntry(ctx: Ctx, s: StorageRec, v: VolumeRec): Record<string, unk
       entry["used"] = 0;
     }
   }
-  if (v.base) entry["parent"] = `${v.base}@__base__`;
+  // ZFS reports the origin snapshot of clones (linked clones of templates and `zfs clone`s alike).
+  const parent = s.type === "zfspool" ? zfsOrigin(ctx.state, v) : v.base ? `${v.base}@__base__` : undefined;
+  if (parent) entry["parent"] = parent;
   return entry;
 }
 
@@ -144,18 +150,18 @@ export function volumeAttributes(
   const { volname } = splitVolid(volid);
   const info = parseVolname(s, volname);
   const rec = findVolume(ctx.state, node, volid);
-  const path = volumeFile(ctx.dir, s, volname);
+  const file = volumeFile(ctx.dir, s, volname);
   if (!rec && info.content === "images") throw new PveError(500, `volume '${volid}' does not exist`);
   let size = rec?.size ?? 0;
   let used = 0;
   try {
-    const st = statSync(path);
+    const st = statSync(file);
     if (!rec) size = st.size;
     used = st.blocks * 512;
   } catch {
     if (!rec) throw new PveError(500, `volume '${volid}' does not exist`);
   }
-  return { path, size, used, format: rec?.format ?? "raw" };
+  return { path: volumePath(ctx.dir, s, volname), size, used, format: rec?.format ?? "raw" };
 }
 
 export function deleteContent(
@@ -191,3 +197,43 @@ registerTaskKind("imgdel", {
   },
   abort() {},
 });
+
+/** The storage.cfg section of a storage, as `GET /storage` lists and `GET /storage/{storage}` reads it. */
+export function storageConfigEntry(ctx: Ctx, s: StorageRec): Record<string, unknown> {
+  const entry: Record<string, unknown> = {
+    storage: s.id,
+    type: s.type,
+    content: [...s.content].sort().join(","),
+    digest: "0".repeat(40),
+  };
+  if (s.type === "dir") {
+    // The directory the simulator really keeps this storage's files in (images/<vmid>/..., snippets/).
+    entry["path"] = storageRoot(ctx.dir, s.id);
+    entry["shared"] = s.shared ? 1 : 0;
+  }
+  if (s.type === "zfspool") {
+    entry["pool"] = zfsPool(s);
+    entry["sparse"] = 1;
+  }
+  if (isLvm(s)) entry["vgname"] = vgName(s);
+  if (s.type === "lvmthin") entry["thinpool"] = s.thinpool ?? DEFAULT_THINPOOL;
+  if (s.type === "lvm") entry["shared"] = s.shared ? 1 : 0;
+  if (!s.enabled) entry["disable"] = 1;
+  return entry;
+}
+
+/** `GET /storage`: every storage the caller may audit; `type=` filters. */
+export function listStorageConfig(ctx: Ctx, auth: AuthId, p: Params): Array<Record<string, unknown>> {
+  const type = str(p, "type");
+  return ctx.state.storages
+    .filter((s) => (!type || s.type === type) && canSee(ctx, auth, s.id))
+    .map((s) => storageConfigEntry(ctx, s));
+}
+
+/** `GET /storage/{storage}`: reading a storage's configuration needs Datastore.Allocate on it. */
+export function readStorageConfig(ctx: Ctx, auth: AuthId, storage: string): Record<string, unknown> {
+  checkPriv(ctx.state, auth, `/storage/${storage}`, ["Datastore.Allocate"]);
+  const s = findStorage(ctx.state, storage);
+  if (!s) throw new PveError(500, `storage '${storage}' does not exist`);
+  return storageConfigEntry(ctx, s);
+}

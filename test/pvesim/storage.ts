@@ -16,7 +16,8 @@ import {
 } from "node:fs";
 import { dirname, join } from "node:path";
 import type { Ctx } from "./context.js";
-import { fail, type PveError, paramError } from "./errors.js";
+import { devicePath, deviceShown, isLvm, removeDevice, syncDevice, vgName, zfsPool } from "./devices.js";
+import { CommandError, fail, type PveError, paramError } from "./errors.js";
 import { snapshotRoot, storageRoot } from "./paths.js";
 import type { SimState, StorageRec, VolumeRec } from "./types.js";
 
@@ -102,7 +103,7 @@ export function parseVolname(storage: StorageRec, volname: string): VolName {
   return { vmid: Number(m[3]), name: m[1]!, format: "raw", content: "images", isBase: m[2] === "base" };
 }
 
-/** Where the simulator keeps the bytes of a volume (what `pvesm path` prints). */
+/** Where the simulator keeps the bytes of a volume. */
 export function volumeFile(dir: string, storage: StorageRec, volname: string): string {
   const root = storageRoot(dir, storage.id);
   const v = parseVolname(storage, volname);
@@ -112,6 +113,31 @@ export function volumeFile(dir: string, storage: StorageRec, volname: string): s
     return join(root, "images", String(v.vmid), v.name);
   }
   return join(root, v.name);
+}
+
+/**
+ * The path `pvesm path` and the content API print: the device node for LVM and ZFS volumes (which
+ * exists only while the device would, see devices.ts), the file itself on dir storages.
+ */
+export function volumePath(dir: string, storage: StorageRec, volname: string): string {
+  const v = parseVolname(storage, volname);
+  if (v.content !== "images") return volumeFile(dir, storage, volname);
+  return devicePath(dir, storage, v.name) ?? volumeFile(dir, storage, volname);
+}
+
+/** Re-creates or removes the device link of a volume after its state changed. */
+export function refreshDevice(ctx: Ctx, rec: VolumeRec): void {
+  const storage = getStorage(ctx.state, rec.storage);
+  const name = parseVolname(storage, rec.volname).name;
+  syncDevice(ctx.dir, storage, name, volumeFile(ctx.dir, storage, rec.volname), deviceShown(storage, rec));
+}
+
+/** LV activation (`lvchange -ay/-an`, VM start, host reboot); zvols are always there. */
+export function setActive(ctx: Ctx, rec: VolumeRec, active: boolean): void {
+  const storage = getStorage(ctx.state, rec.storage);
+  if (!isLvm(storage)) return;
+  rec.active = active;
+  refreshDevice(ctx, rec);
 }
 
 const volKey = (node: string, storage: string, volname: string): string => `${node}/${storage}:${volname}`;
@@ -177,9 +203,10 @@ function alreadyExists(dir: string, storage: StorageRec, volname: string): PveEr
   const name = parseVolname(storage, volname).name;
   if (storage.type === "dir") return fail(`disk image '${volumeFile(dir, storage, volname)}' already exists`);
   if (storage.type === "zfspool")
-    return fail(`zfs error: cannot create 'rpool/data/${name}': dataset already exists`);
+    return fail(`zfs error: cannot create '${zfsPool(storage)}/${name}': dataset already exists`);
+  const vg = vgName(storage);
   return fail(
-    `lvcreate 'pve/${name}' error:   Logical Volume "${name}" already exists in volume group "pve"`,
+    `lvcreate '${vg}/${name}' error:   Logical Volume "${name}" already exists in volume group "${vg}"`,
   );
 }
 
@@ -247,9 +274,55 @@ export function allocVolume(ctx: Ctx, req: AllocRequest): VolumeRec {
     ctime: Math.floor(ctx.now / 1000),
     ...(req.base ? { base: req.base } : {}),
     snapshots: [],
+    // New LVs are created active (`lvcreate -aly`); zvols have no such state.
+    ...(isLvm(storage) ? { active: true } : {}),
   };
   state.volumes[volKey(req.node, storage.id, volname)] = rec;
+  refreshDevice(ctx, rec);
   return rec;
+}
+
+/**
+ * The ZFS origin of a volume as `<name>@<snap>`: set by `zfs clone`, or `<base>@__base__` for the
+ * linked clones PVE makes of template volumes.
+ */
+export function zfsOrigin(state: SimState, rec: VolumeRec): string | undefined {
+  const storage = findStorage(state, rec.storage);
+  if (storage?.type !== "zfspool") return undefined;
+  if (rec.origin) return rec.origin;
+  return rec.base ? `${parseVolname(storage, rec.base).name}@__base__` : undefined;
+}
+
+/** The volumes cloned from a snapshot of `rec` (from any of its snapshots when `snap` is omitted). */
+export function zfsDependents(state: SimState, rec: VolumeRec, snap?: string): VolumeRec[] {
+  const storage = findStorage(state, rec.storage);
+  if (storage?.type !== "zfspool") return [];
+  const name = parseVolname(storage, rec.volname).name;
+  return Object.values(state.volumes).filter((v) => {
+    if (v.node !== rec.node || v.storage !== rec.storage) return false;
+    const origin = zfsOrigin(state, v);
+    if (origin === undefined) return false;
+    return snap === undefined ? origin.startsWith(`${name}@`) : origin === `${name}@${snap}`;
+  });
+}
+
+/**
+ * What `zfs destroy` prints when clones depend on the target, and how PVE's run_command reports it:
+ * the error is the last stderr line (a dataset name), the lines before it went to the task log.
+ */
+export function dependentClonesError(
+  storage: StorageRec,
+  target: string,
+  dependents: VolumeRec[],
+): CommandError {
+  const pool = zfsPool(storage);
+  const kind = target.includes("@") ? "snapshot" : "volume";
+  const lines = [
+    `cannot destroy '${pool}/${target}': ${kind} has dependent clones`,
+    "use '-R' to destroy the following datasets:",
+    ...dependents.map((d) => `${pool}/${parseVolname(storage, d.volname).name}`),
+  ];
+  return new CommandError("zfs", lines);
 }
 
 export function linkedClonesOf(state: SimState, base: VolumeRec): VolumeRec[] {
@@ -267,14 +340,20 @@ export function freeVolume(ctx: Ctx, node: string, volid: string): void {
   const rec = state.volumes[volKey(node, sid, volname)];
   if (!rec) {
     if (storage.type === "zfspool")
-      throw fail(`zfs error: cannot open 'rpool/data/${v.name}': dataset does not exist`);
-    if (storage.type === "lvmthin")
-      throw fail(`lvremove 'pve/${v.name}' error:   Failed to find logical volume "pve/${v.name}"`);
+      throw fail(`zfs error: cannot open '${zfsPool(storage)}/${v.name}': dataset does not exist`);
+    if (isLvm(storage)) {
+      const vg = vgName(storage);
+      throw fail(`lvremove '${vg}/${v.name}' error:   Failed to find logical volume "${vg}/${v.name}"`);
+    }
     throw fail(`volume '${volid}' does not exist`);
   }
   if (v.isBase && linkedClonesOf(state, rec).length > 0) {
     throw fail(`base volume '${volid}' is still in use by linked cloned`);
   }
+  // `zfs destroy -r` takes the volume's snapshots along, but not clones made from them.
+  const dependents = zfsDependents(state, rec);
+  if (dependents.length > 0) throw dependentClonesError(storage, v.name, dependents);
+  removeDevice(dir, storage, v.name);
   rmSync(volumeFile(dir, storage, volname), { force: true });
   for (const snap of rec.snapshots) rmSync(snapshotFile(dir, storage, rec, snap), { force: true });
   delete state.volumes[volKey(node, sid, volname)];
@@ -290,9 +369,16 @@ export function convertToBase(ctx: Ctx, rec: VolumeRec): VolumeRec {
   const from = volumeFile(ctx.dir, storage, rec.volname);
   const to = volumeFile(ctx.dir, storage, newVolname);
   if (existsSync(from)) renameSync(from, to);
+  removeDevice(ctx.dir, storage, v.name);
   delete ctx.state.volumes[volKey(rec.node, rec.storage, rec.volname)];
   const updated: VolumeRec = { ...rec, volname: newVolname };
+  // LVM-thin base volumes are made inactive, read-only and activation-skipped (`lvchange -an -pr -ky`).
+  if (isLvm(storage)) {
+    updated.active = false;
+    updated.activationSkip = true;
+  }
   ctx.state.volumes[volKey(rec.node, rec.storage, newVolname)] = updated;
+  refreshDevice(ctx, updated);
   return updated;
 }
 
@@ -307,10 +393,59 @@ function snapshotFile(dir: string, storage: StorageRec, rec: VolumeRec, snap: st
   return join(snapshotRoot(dir, storage.id), `${rec.volname.replaceAll("/", "__")}@${snap}`);
 }
 
-/** Whether the storage can snapshot this volume (zfs, lvmthin; qcow2 only on dir). */
+/** The file holding the bytes of a volume as they were at a storage snapshot. */
+export function volumeSnapshotFile(ctx: Ctx, rec: VolumeRec, snap: string): string {
+  return snapshotFile(ctx.dir, getStorage(ctx.state, rec.storage), rec, snap);
+}
+
+export type VolumeFeature = "snapshot" | "clone" | "copy" | "template";
+
+/**
+ * Each plugin's `volume_has_feature` table. The key is `snap` when a snapshot is named, else `base`
+ * or `current`: so `copy` with a snapshot (a full clone from a snapshot) works on lvmthin and qcow2
+ * on dir, not on zfspool; `clone` (linked) needs a base volume, or a snapshot on lvmthin.
+ */
+export function volumeHasFeature(
+  storage: StorageRec,
+  rec: VolumeRec,
+  feature: VolumeFeature,
+  snapname?: string,
+): boolean {
+  const info = parseVolname(storage, rec.volname);
+  const key = snapname !== undefined ? "snap" : info.isBase ? "base" : "current";
+  const fmt = rec.format;
+  const table: Record<StorageRec["type"], Record<VolumeFeature, Partial<Record<string, boolean>>>> = {
+    zfspool: {
+      snapshot: { current: true, snap: true },
+      clone: { base: true },
+      template: { current: true },
+      copy: { base: true, current: true },
+    },
+    lvmthin: {
+      snapshot: { current: true },
+      clone: { base: true, snap: true },
+      template: { current: true },
+      copy: { base: true, current: true, snap: true },
+    },
+    lvm: {
+      snapshot: {},
+      clone: {},
+      template: {},
+      copy: { base: true, current: true },
+    },
+    dir: {
+      snapshot: { current: fmt === "qcow2", snap: fmt === "qcow2" },
+      clone: { base: true },
+      template: { current: true },
+      copy: { base: true, current: true, snap: fmt === "qcow2" },
+    },
+  };
+  return table[storage.type][feature][key] === true;
+}
+
+/** Whether the storage can snapshot this volume (zfs, lvmthin; qcow2 only on dir; never thick LVM). */
 export function canSnapshot(storage: StorageRec, rec: VolumeRec): boolean {
-  if (storage.type === "dir") return rec.format === "qcow2";
-  return true;
+  return volumeHasFeature(storage, rec, "snapshot");
 }
 
 export function snapshotVolume(ctx: Ctx, rec: VolumeRec, snap: string): void {
@@ -341,10 +476,21 @@ export function rollbackVolume(ctx: Ctx, rec: VolumeRec, snap: string): void {
     copySparse(copy, file);
     rec.size = statSync(file).size;
   }
+  // LVM-thin rolls back by `lvremove` + `lvcreate -kn -s`: the new LV is active, without skip flag.
+  if (isLvm(storage)) {
+    rec.active = true;
+    rec.activationSkip = false;
+  }
+  refreshDevice(ctx, rec);
 }
 
+/** Removes a storage snapshot; on ZFS it fails while clones were made from it (`zfs destroy` says so). */
 export function deleteVolumeSnapshot(ctx: Ctx, rec: VolumeRec, snap: string): void {
   const storage = getStorage(ctx.state, rec.storage);
+  const dependents = zfsDependents(ctx.state, rec, snap);
+  if (dependents.length > 0) {
+    throw dependentClonesError(storage, `${parseVolname(storage, rec.volname).name}@${snap}`, dependents);
+  }
   rmSync(snapshotFile(ctx.dir, storage, rec, snap), { force: true });
   rec.snapshots = rec.snapshots.filter((s) => s !== snap);
 }

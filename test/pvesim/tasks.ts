@@ -29,6 +29,11 @@ export interface TaskKind {
   finish(ctx: Ctx, task: TaskRec): void;
   /** Undo what `begin` did when the task fails at its end. */
   abort(ctx: Ctx, task: TaskRec): void;
+  /**
+   * Clean up after a task that failed before it began (flock timeout, stopped while waiting): for
+   * operations that changed the cluster before their worker started, like create's `lock: create`.
+   */
+  discard?(ctx: Ctx, task: TaskRec): void;
 }
 
 const kinds = new Map<string, TaskKind>();
@@ -40,6 +45,8 @@ export function registerTaskKind(kind: string, impl: TaskKind): void {
 const KEEP_DONE_TASKS = 1000;
 
 const DEFAULT_FAILURES: Record<string, (task: TaskRec) => string> = {
+  qmcreate: (t) =>
+    `unable to create VM ${t.op.vmid} - zfs error: cannot create 'rpool/data/vm-${t.op.vmid}-disk-0': out of space`,
   qmclone: (t) =>
     `clone failed: zfs error: cannot create 'rpool/data/vm-${t.op.params["newid"]}-disk-0': out of space`,
   qmstart: () => "start failed: QEMU exited with code 1",
@@ -161,6 +168,8 @@ function end(ctx: Ctx, task: TaskRec, at: number): void {
     }
   } else if (task.scratch["began"]) {
     kind?.abort(sub, task);
+  } else {
+    kind?.discard?.(sub, task);
   }
   if (task.failAtEnd !== undefined) {
     const message = flatten(task.failAtEnd);

@@ -44,7 +44,8 @@ export interface VmRec {
   createdAt: number;
 }
 
-export type StorageType = "dir" | "zfspool" | "lvmthin";
+/** `lvm` is thick LVM: raw volumes without snapshots or linked clones (what STORAGE_UNSUPPORTED is for). */
+export type StorageType = "dir" | "zfspool" | "lvmthin" | "lvm";
 
 export interface StorageRec {
   id: string;
@@ -57,6 +58,12 @@ export interface StorageRec {
   active: boolean;
   /** What the real host path would be, shown by nothing but kept for README/debug output. */
   hostPath: string;
+  /** zfspool: the dataset volumes live under (`rpool/data`), as `GET /storage/{id}` reports it. */
+  pool?: string;
+  /** lvmthin and lvm: the volume group. */
+  vgname?: string;
+  /** lvmthin: the thin pool LV inside the volume group. */
+  thinpool?: string;
 }
 
 export interface VolumeRec {
@@ -74,6 +81,15 @@ export interface VolumeRec {
   base?: string;
   /** Storage-level snapshots of this volume, oldest first. */
   snapshots: string[];
+  /**
+   * zfspool: the snapshot a `zfs clone` was made from, as `<volume name>@<snap>` (what the content
+   * listing reports as `parent`). While it is set, that snapshot and its volume cannot be destroyed.
+   */
+  origin?: string;
+  /** lvm/lvmthin: whether the LV is active (its /dev link exists). Absent means active. */
+  active?: boolean;
+  /** lvm/lvmthin: the activation-skip flag (`lvchange -ay` without `-K` leaves such an LV alone). */
+  activationSkip?: boolean;
 }
 
 export interface TaskLock {

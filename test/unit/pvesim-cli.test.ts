@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { statSync, writeFileSync } from "node:fs";
+import { realpathSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -213,8 +213,10 @@ describe("pvesim: pvesh and pvesm through the real executables", () => {
     const ok = await runTool(sim, "pvesm", ["alloc", "local-zfs", "101", "vm-101-disk-7", "2G"]);
     assert.equal(ok.code, 0, ok.stderr);
     assert.equal(ok.stdout, "successfully created 'local-zfs:vm-101-disk-7'\n");
+    // Like the real one, the zvol device path; it is a link to the volume's real sparse file.
     const path = await runTool(sim, "pvesm", ["path", "local-zfs:vm-101-disk-7"]);
-    assert.equal(path.stdout, `${join(sim.dir, "storage", "local-zfs", "vm-101-disk-7")}\n`);
+    assert.equal(path.stdout, `${join(sim.dir, "dev", "zvol", "rpool", "data", "vm-101-disk-7")}\n`);
+    assert.equal(realpathSync(path.stdout.trim()), join(sim.dir, "storage", "local-zfs", "vm-101-disk-7"));
     const st = statSync(path.stdout.trim());
     assert.equal(st.size, 2 * 1024 ** 3);
     assert.ok(st.blocks * 512 < 1024 * 1024, "sparse");
