@@ -7,7 +7,15 @@ import { ApiTransport } from "../../src/daemon/proxmox/transport-api.js";
 import { ShellTransport } from "../../src/daemon/proxmox/transport-shell.js";
 import type { ProxmoxBackend } from "../../src/daemon/proxmox/types.js";
 import { AgentlabError } from "../../src/protocol/errors.js";
-import { clearFaults, createSim, type Sim, type SimApi, setControl, startApi } from "../pvesim/harness.js";
+import {
+  clearFaults,
+  createSim,
+  runTool,
+  type Sim,
+  type SimApi,
+  setControl,
+  startApi,
+} from "../pvesim/harness.js";
 
 const log = pino({ level: "silent" });
 
@@ -178,6 +186,139 @@ for (const kind of ["shell", "api"] as const) {
       } finally {
         await clearFaults(h.sim.dir);
       }
+      await h.backend.stop(vm);
+      await h.backend.destroy(vm, { purge: true });
+    });
+
+    test("createVm makes a protected holder with a new disk; a taken VMID is refused", async () => {
+      const holder = { vmid: 1301, node };
+      await h.backend.createVm(node, holder.vmid, {
+        name: "ws-contract",
+        scsihw: "virtio-scsi-pci",
+        scsi0: "local-lvm:1",
+        onboot: 0,
+        protection: true,
+        tags: "agentlab-ws",
+        description: "agentlab workspace holder - do not destroy",
+      });
+      const config = await h.backend.getConfig(holder);
+      assert.equal(config.scsi0, "local-lvm:vm-1301-disk-0,size=1G");
+      assert.equal(config.protection, 1);
+      assert.equal(config.tags, "agentlab-ws");
+      const taken = await h.backend.createVm(node, holder.vmid, { scsi0: "local-lvm:1" }).then(
+        () => assert.fail("a taken VMID must be refused"),
+        (error: AgentlabError) => error,
+      );
+      assert.equal(taken.code, "PROXMOX_ERROR");
+      assert.match(taken.message, /unable to create VM 1301 - VM 1301 already exists on node 'pve'/);
+      const removeDisk = await h.backend.setConfig(holder, {}, ["scsi0"]).then(
+        () => assert.fail("a protected VM keeps its disk"),
+        (error: AgentlabError) => error,
+      );
+      assert.match(removeDisk.message, /can't remove drive 'scsi0' - protection mode enabled/);
+      await h.backend.setConfigAsync(holder, { description: "changed through POST" });
+      assert.equal((await h.backend.getConfig(holder)).description, "changed through POST");
+    });
+
+    test("storageConfig and storageContent give what the host tools need", async () => {
+      const thin = await h.backend.storageConfig("local-lvm");
+      assert.deepEqual([thin.type, thin.vgname, thin.thinpool], ["lvmthin", "pve", "data"]);
+      const zfs = await h.backend.storageConfig("local-zfs");
+      assert.deepEqual([zfs.type, zfs.pool], ["zfspool", "rpool/data"]);
+      const dir = await h.backend.storageConfig("local");
+      assert.equal(dir.path, `${h.sim.dir}/storage/local`);
+      assert.ok(dir.content.includes("images"));
+      assert.equal(await codeOf(h.backend.storageConfig("nope")), "PROXMOX_ERROR");
+      const content = await h.backend.storageContent(node, "local-lvm", { vmid: 1301 });
+      assert.deepEqual(
+        content.map((c) => [c.volid, c.vmid, c.format, c.sizeBytes]),
+        [["local-lvm:vm-1301-disk-0", 1301, "raw", 1024 ** 3]],
+      );
+    });
+
+    test("snapshot config, clone from a snapshot, and the zfs copy-on-write fork's parent", async () => {
+      const holder = { vmid: 1301, node };
+      await h.backend.snapshotCreate(holder, "s1");
+      const snap = await h.backend.getConfig(holder, { snapshot: "s1" });
+      assert.equal(snap.scsi0, "local-lvm:vm-1301-disk-0,size=1G");
+      await h.backend.clone(holder, 1302, { name: "ws-fork", full: false, snapname: "s1" });
+      assert.equal(
+        (await h.backend.getConfig({ vmid: 1302, node })).scsi0,
+        "local-lvm:vm-1302-disk-0,size=1G",
+      );
+
+      const zfsHolder = { vmid: 1303, node };
+      await h.backend.createVm(node, zfsHolder.vmid, { name: "ws-zfs", scsi0: "local-zfs:1", protection: 1 });
+      await h.backend.snapshotCreate(zfsHolder, "s1");
+      const refused = await h.backend
+        .clone(zfsHolder, 1304, { name: "ws-no", full: true, snapname: "s1" })
+        .then(
+          () => assert.fail("zfs has no full copy of a snapshot"),
+          (error: AgentlabError) => error,
+        );
+      assert.equal(refused.code, "PROXMOX_TASK_FAILED");
+      assert.match(
+        refused.message,
+        /Full clone feature is not supported for a snapshot of 'local-zfs:vm-1303-disk-0' \(scsi0\)/,
+      );
+      // The host-tool path: a holder without a disk, `zfs clone` on the node, then the disk attached.
+      await h.backend.createVm(node, 1304, { name: "ws-zfs-fork", onboot: 0, tags: "agentlab-ws" });
+      const cloned = await runTool(h.sim, "zfs", [
+        "clone",
+        "rpool/data/vm-1303-disk-0@s1",
+        "rpool/data/vm-1304-disk-0",
+      ]);
+      assert.equal(cloned.code, 0, cloned.stderr);
+      await h.backend.setConfig({ vmid: 1304, node }, { scsi0: "local-zfs:vm-1304-disk-0", protection: 1 });
+      const fork = await h.backend.storageContent(node, "local-zfs", { vmid: 1304 });
+      assert.deepEqual(
+        fork.map((c) => [c.volid, c.parent]),
+        [["local-zfs:vm-1304-disk-0", "vm-1303-disk-0@s1"]],
+      );
+      // Destroying the source holder only warns (the task ends WARNINGS: 1): its volume stays.
+      await h.backend.setConfig(zfsHolder, {}, ["protection"]);
+      await h.backend.destroy(zfsHolder, { purge: true });
+      assert.equal(await codeOf(h.backend.status(zfsHolder)), "PROXMOX_VM_NOT_FOUND");
+      const left = await h.backend.storageContent(node, "local-zfs", { vmid: 1303 });
+      assert.deepEqual(
+        left.map((c) => c.volid),
+        ["local-zfs:vm-1303-disk-0"],
+      );
+    });
+
+    test("pending changes of a running VM and the node's task list", async () => {
+      const vm = { vmid: 1305, node };
+      await h.backend.clone(tpl, vm.vmid, { name: "pending", full: false });
+      await h.backend.start(vm);
+      await h.backend.setConfigAsync(vm, { cores: 4 }, ["agent"]);
+      const pending = await h.backend.getPending(vm);
+      const byKey = Object.fromEntries(pending.map((p) => [p.key, p]));
+      assert.equal(byKey.cores?.value, 2);
+      assert.equal(byKey.cores?.pending, 4);
+      assert.equal(byKey.agent?.delete, 1);
+      assert.equal((await h.backend.getConfig(vm, { current: true })).cores, 2);
+
+      await setControl(h.sim.dir, { task_ms: 600 });
+      try {
+        const snapshot = h.backend.snapshotCreate(vm, "busy");
+        let active: Awaited<ReturnType<typeof h.backend.listTasks>> = [];
+        for (let i = 0; i < 100 && active.length === 0; i++) {
+          active = await h.backend.listTasks(node, { vmid: vm.vmid, source: "active" });
+          if (active.length === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+        assert.deepEqual(
+          active.map((t) => [t.type, t.id, t.running, t.status]),
+          [["qmsnapshot", "1305", true, undefined]],
+        );
+        await snapshot;
+      } finally {
+        await setControl(h.sim.dir, { task_ms: 50 });
+      }
+      const done = await h.backend.listTasks(node, { vmid: vm.vmid, typefilter: "qmsnapshot" });
+      assert.equal(done[0]?.status, "OK");
+      assert.equal(done[0]?.running, false);
+      assert.match(done[0]?.upid ?? "", /^UPID:pve:.*:qmsnapshot:1305:/);
+      assert.equal(typeof done[0]?.endtime, "number");
       await h.backend.stop(vm);
       await h.backend.destroy(vm, { purge: true });
     });

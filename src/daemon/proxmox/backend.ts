@@ -15,12 +15,18 @@ import type {
   CallOptions,
   CloneOptions,
   ClusterVm,
+  CreateVmParams,
   GuestInterface,
+  ListTasksOptions,
   NodeInfo,
+  PendingEntry,
   PowerState,
   ProxmoxBackend,
   SnapshotInfo,
+  StorageConfig,
+  StorageContentEntry,
   StorageInfo,
+  TaskInfo,
   VmConfig,
   VmRef,
   VmStatus,
@@ -62,6 +68,27 @@ function powerState(status: unknown, qmpstatus: unknown): PowerState {
 
 function vmPath(vm: VmRef): string {
   return `/nodes/${encodeURIComponent(vm.node)}/qemu/${vm.vmid}`;
+}
+
+function storagePath(node: string, storage: string): string {
+  return `/nodes/${encodeURIComponent(node)}/storage/${encodeURIComponent(storage)}`;
+}
+
+/** A config map as Proxmox returns it: numbers and strings, without the digest. */
+function configOf(data: Json): VmConfig {
+  const config: VmConfig = {};
+  for (const [key, value] of Object.entries(data)) {
+    if (key === "digest") continue;
+    if (typeof value === "number" || typeof value === "string") config[key] = value;
+  }
+  return config;
+}
+
+/** The parameters of a config change (`delete=` joins the removed keys). */
+function configParams(changes: Record<string, string | number | boolean>, remove: string[]): Params {
+  const params: Params = { ...changes };
+  if (remove.length > 0) params.delete = remove.join(",");
+  return params;
 }
 
 function storageOf(volid: string): string {
@@ -196,7 +223,14 @@ export class PveBackend implements ProxmoxBackend {
     try {
       status = await waitForTask(
         async () => {
-          const raw = (await this.request("GET", statusPath, undefined, signal)) as Json;
+          const raw = (await this.request("GET", statusPath, undefined, signal)) as Json | null;
+          if (raw === null || typeof raw !== "object") {
+            throw new PveRequestError(
+              "GET",
+              statusPath,
+              `task status answer is not an object: ${JSON.stringify(raw)}`,
+            );
+          }
           const exitstatus = asString(raw.exitstatus);
           return {
             status: raw.status === "stopped" ? "stopped" : "running",
@@ -299,8 +333,12 @@ export class PveBackend implements ProxmoxBackend {
     const params: Params = { newid, name: options.name, full: options.full ? 1 : 0 };
     if (options.target) params.target = options.target;
     if (options.storage) params.storage = options.storage;
+    if (options.snapname) params.snapname = options.snapname;
+    if (options.format) params.format = options.format;
+    if (options.description) params.description = options.description;
+    const from = options.snapname ? ` (snapshot ${options.snapname})` : "";
     return this.mutate(
-      `clone ${source.vmid} -> ${newid}`,
+      `clone ${source.vmid}${from} -> ${newid}`,
       { vmid: newid },
       "POST",
       `${vmPath(source)}/clone`,
@@ -309,19 +347,45 @@ export class PveBackend implements ProxmoxBackend {
     );
   }
 
-  getConfig(vm: VmRef, options: { current?: boolean } = {}): Promise<VmConfig> {
-    return this.call(`read config of VM ${vm.vmid}`, vm.vmid, async () => {
+  createVm(node: string, vmid: number, params: CreateVmParams, call?: CallOptions): Promise<void> {
+    return this.mutate(
+      `create VM ${vmid}`,
+      { vmid },
+      "POST",
+      `/nodes/${encodeURIComponent(node)}/qemu`,
+      { ...params, vmid },
+      call,
+    );
+  }
+
+  getConfig(vm: VmRef, options: { current?: boolean; snapshot?: string } = {}): Promise<VmConfig> {
+    const what = options.snapshot ? `snapshot ${options.snapshot} of VM ${vm.vmid}` : `VM ${vm.vmid}`;
+    return this.call(`read config of ${what}`, vm.vmid, async () => {
+      const params: Params = {};
+      if (options.current) params.current = 1;
+      if (options.snapshot) params.snapshot = options.snapshot;
       const data = (await this.request(
         "GET",
         `${vmPath(vm)}/config`,
-        options.current ? { current: 1 } : undefined,
+        Object.keys(params).length > 0 ? params : undefined,
       )) as Json;
-      const config: VmConfig = {};
-      for (const [key, value] of Object.entries(data)) {
-        if (key === "digest") continue;
-        if (typeof value === "number" || typeof value === "string") config[key] = value;
-      }
-      return config;
+      return configOf(data);
+    });
+  }
+
+  getPending(vm: VmRef): Promise<PendingEntry[]> {
+    return this.call(`read pending changes of VM ${vm.vmid}`, vm.vmid, async () => {
+      const data = (await this.request("GET", `${vmPath(vm)}/pending`)) as Json[];
+      return data.map((row) => {
+        const entry: PendingEntry = { key: String(row.key) };
+        for (const field of ["value", "pending"] as const) {
+          const value = row[field];
+          if (typeof value === "string" || typeof value === "number") entry[field] = value;
+        }
+        const del = asNumber(row.delete);
+        if (del) entry.delete = del;
+        return entry;
+      });
     });
   }
 
@@ -330,10 +394,20 @@ export class PveBackend implements ProxmoxBackend {
     changes: Record<string, string | number | boolean>,
     remove: string[] = [],
   ): Promise<void> {
-    const params: Params = { ...changes };
-    if (remove.length > 0) params.delete = remove.join(",");
+    const params = configParams(changes, remove);
     if (Object.keys(params).length === 0) return Promise.resolve();
     return this.mutate(`configure VM ${vm.vmid}`, vm, "PUT", `${vmPath(vm)}/config`, params);
+  }
+
+  setConfigAsync(
+    vm: VmRef,
+    changes: Record<string, string | number | boolean>,
+    remove: string[] = [],
+    call?: CallOptions,
+  ): Promise<void> {
+    const params = configParams(changes, remove);
+    if (Object.keys(params).length === 0) return Promise.resolve();
+    return this.mutate(`configure VM ${vm.vmid}`, vm, "POST", `${vmPath(vm)}/config`, params, call);
   }
 
   resizeDisk(vm: VmRef, disk: string, size: string, call?: CallOptions): Promise<void> {
@@ -476,6 +550,93 @@ export class PveBackend implements ProxmoxBackend {
         const avail = asNumber(s.avail);
         if (avail !== undefined) info.availBytes = avail;
         return info;
+      });
+    });
+  }
+
+  storageConfig(storage: string): Promise<StorageConfig> {
+    return this.call(`read the configuration of storage ${storage}`, undefined, async () => {
+      const data = (await this.request("GET", `/storage/${encodeURIComponent(storage)}`)) as Json;
+      const config: StorageConfig = {
+        storage: String(data.storage ?? storage),
+        type: String(data.type ?? ""),
+        content: typeof data.content === "string" ? data.content.split(",").filter(Boolean) : [],
+        shared: asNumber(data.shared) === 1,
+        disabled: asNumber(data.disable) === 1,
+      };
+      for (const key of ["pool", "vgname", "thinpool", "path"] as const) {
+        const value = asString(data[key]);
+        if (value) config[key] = value;
+      }
+      if (data["snapshot-as-volume-chain"] !== undefined)
+        config.snapshotAsVolumeChain = asNumber(data["snapshot-as-volume-chain"]) === 1;
+      return config;
+    });
+  }
+
+  storageContent(
+    node: string,
+    storage: string,
+    options: { vmid?: number; content?: string } = {},
+  ): Promise<StorageContentEntry[]> {
+    return this.call(`list the content of storage ${storage} on node ${node}`, undefined, async () => {
+      const params: Params = {};
+      if (options.vmid !== undefined) params.vmid = options.vmid;
+      if (options.content) params.content = options.content;
+      const data = (await this.request(
+        "GET",
+        `${storagePath(node, storage)}/content`,
+        Object.keys(params).length > 0 ? params : undefined,
+      )) as Json[];
+      return data.map((row) => {
+        const entry: StorageContentEntry = {
+          volid: String(row.volid),
+          format: String(row.format ?? ""),
+          content: String(row.content ?? ""),
+          sizeBytes: asNumber(row.size) ?? 0,
+        };
+        const vmid = asNumber(row.vmid);
+        if (vmid !== undefined) entry.vmid = vmid;
+        const used = asNumber(row.used);
+        if (used !== undefined) entry.usedBytes = used;
+        const ctime = asNumber(row.ctime);
+        if (ctime !== undefined) entry.ctime = ctime;
+        const parent = asString(row.parent);
+        if (parent) entry.parent = parent;
+        return entry;
+      });
+    });
+  }
+
+  listTasks(node: string, options: ListTasksOptions = {}): Promise<TaskInfo[]> {
+    return this.call(`list tasks of node ${node}`, undefined, async () => {
+      const params: Params = {};
+      if (options.vmid !== undefined) params.vmid = options.vmid;
+      if (options.typefilter) params.typefilter = options.typefilter;
+      if (options.source) params.source = options.source;
+      if (options.limit !== undefined) params.limit = options.limit;
+      const data = (await this.request(
+        "GET",
+        `/nodes/${encodeURIComponent(node)}/tasks`,
+        Object.keys(params).length > 0 ? params : undefined,
+      )) as Json[];
+      return data.map((row) => {
+        // Token tasks split the user into user and tokenid.
+        const tokenid = asString(row.tokenid);
+        const task: TaskInfo = {
+          upid: String(row.upid),
+          node: String(row.node ?? node),
+          type: String(row.type ?? ""),
+          id: String(row.id ?? ""),
+          user: `${String(row.user ?? "")}${tokenid ? `!${tokenid}` : ""}`,
+          starttime: asNumber(row.starttime) ?? 0,
+          running: row.endtime === undefined && row.status === undefined,
+        };
+        const endtime = asNumber(row.endtime);
+        if (endtime !== undefined) task.endtime = endtime;
+        const status = asString(row.status);
+        if (status) task.status = status;
+        return task;
       });
     });
   }

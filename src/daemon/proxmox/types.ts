@@ -85,10 +85,93 @@ export type VmConfig = Record<string, string | number>;
 
 export interface CloneOptions {
   name: string;
-  /** Linked clones need a template source; full copies every disk. */
+  /** Linked clones need a template source (or a snapshot on lvmthin); full copies every disk. */
   full: boolean;
   target?: string;
   storage?: string;
+  /**
+   * Clone the source as it was at this snapshot: linked on lvmthin; full on lvmthin and dir qcow2.
+   * zfspool refuses it (`Full clone feature is not supported for a snapshot of '<volid>' (scsi0)`).
+   */
+  snapname?: string;
+  /** Target format of a full clone on file storages (`qcow2` on dir). */
+  format?: "raw" | "qcow2" | "vmdk";
+  description?: string;
+}
+
+/** VM options for `createVm`, as the API takes them (`scsi0: "local-zfs:80"` allocates a new disk). */
+export type CreateVmParams = Record<string, string | number | boolean>;
+
+/** One row of `GET .../pending`: the current value, the pending one, or a pending delete (2 = forced). */
+export interface PendingEntry {
+  key: string;
+  value?: string | number;
+  pending?: string | number;
+  delete?: number;
+}
+
+export interface ListTasksOptions {
+  vmid?: number;
+  /** Task type, e.g. `qmsnapshot`. */
+  typefilter?: string;
+  /** `active` = running now; `archive` (Proxmox's default) = finished; `all`. */
+  source?: "archive" | "active" | "all";
+  /** Proxmox's default is 50. */
+  limit?: number;
+}
+
+export interface TaskInfo {
+  upid: string;
+  node: string;
+  type: string;
+  /** Usually the VMID (a clone's is its source). */
+  id: string;
+  /** `user@realm`, or `user@realm!token` for API tokens. */
+  user: string;
+  /** Unix seconds. */
+  starttime: number;
+  /** Unix seconds; absent while the task runs. */
+  endtime?: number;
+  /** The exit status (`OK`, `WARNINGS: n`, or the error); absent while the task runs. */
+  status?: string;
+  running: boolean;
+}
+
+/** A storage's configuration (storage.cfg), as `GET /storage/{storage}` gives it. */
+export interface StorageConfig {
+  storage: string;
+  type: string;
+  content: string[];
+  shared: boolean;
+  disabled: boolean;
+  /** zfspool: the dataset volumes live under, e.g. `rpool/data`. */
+  pool?: string;
+  /** lvm, lvmthin: the volume group. */
+  vgname?: string;
+  /** lvmthin: the thin pool LV. */
+  thinpool?: string;
+  /** dir (and other file storages): the directory. */
+  path?: string;
+  /** PVE 9 `snapshot-as-volume-chain` (dir, lvm): snapshots are qcow2 volume chains. */
+  snapshotAsVolumeChain?: boolean;
+}
+
+/** One volume of a storage's content listing. */
+export interface StorageContentEntry {
+  volid: string;
+  /** Owner VMID (absent for non-image content). */
+  vmid?: number;
+  format: string;
+  content: string;
+  sizeBytes: number;
+  usedBytes?: number;
+  /** Unix seconds. */
+  ctime?: number;
+  /**
+   * What the volume was cloned from: `<base>@__base__` for linked clones of templates,
+   * `vm-H-disk-0@<snap>` for a ZFS clone of a snapshot.
+   */
+  parent?: string;
 }
 
 export interface CallOptions {
@@ -104,8 +187,23 @@ export interface ProxmoxBackend {
   /** Whether a VMID is free cluster-wide (Proxmox's nextid check). */
   isVmidFree(vmid: number): Promise<boolean>;
   clone(source: VmRef, newid: number, options: CloneOptions, call?: CallOptions): Promise<void>;
-  getConfig(vm: VmRef, options?: { current?: boolean }): Promise<VmConfig>;
+  /**
+   * `POST /nodes/{node}/qemu` (`qmcreate`), waiting for the task. A taken VMID fails at once with
+   * `unable to create VM N - VM N already exists on node 'x'` (PROXMOX_ERROR); a failed task has freed
+   * its volumes and removed the config.
+   */
+  createVm(node: string, vmid: number, params: CreateVmParams, call?: CallOptions): Promise<void>;
+  /** The config (pending changes merged), or with `current` what runs, or a snapshot's config. */
+  getConfig(vm: VmRef, options?: { current?: boolean; snapshot?: string }): Promise<VmConfig>;
+  getPending(vm: VmRef): Promise<PendingEntry[]>;
   setConfig(vm: VmRef, changes: Record<string, string | number | boolean>, remove?: string[]): Promise<void>;
+  /** The same change as `setConfig` through `POST .../config` (task `qmconfig`, the verb for hotplug). */
+  setConfigAsync(
+    vm: VmRef,
+    changes: Record<string, string | number | boolean>,
+    remove?: string[],
+    call?: CallOptions,
+  ): Promise<void>;
   resizeDisk(vm: VmRef, disk: string, size: string, call?: CallOptions): Promise<void>;
   start(vm: VmRef, call?: CallOptions): Promise<void>;
   /** Hard stop; a VM that is already stopped is fine. */
@@ -127,6 +225,16 @@ export interface ProxmoxBackend {
   /** Throws GUEST_AGENT_NOT_READY while the agent is not answering yet. */
   guestInterfaces(vm: VmRef): Promise<GuestInterface[]>;
   listStorages(node: string): Promise<StorageInfo[]>;
+  /** `GET /storage/{storage}` (needs Datastore.Allocate on /storage/{storage}). */
+  storageConfig(storage: string): Promise<StorageConfig>;
+  /** `GET /nodes/{node}/storage/{storage}/content`, optionally one owner's volumes or one content type. */
+  storageContent(
+    node: string,
+    storage: string,
+    options?: { vmid?: number; content?: string },
+  ): Promise<StorageContentEntry[]>;
+  /** `GET /nodes/{node}/tasks`, newest first. */
+  listTasks(node: string, options?: ListTasksOptions): Promise<TaskInfo[]>;
   /** Allocate a volume; the name must follow Proxmox's vm-<vmid>-* rule. Returns the volid. */
   volumeAlloc(
     node: string,
