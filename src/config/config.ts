@@ -19,6 +19,7 @@ import {
   numberBetween,
   oneOf,
   positiveInt,
+  positiveNumber,
   text,
 } from "./fields.js";
 import { deriveAgentSubnet, isCidr, isLoopbackHost, isWildcardHost, parseHostPort } from "./net.js";
@@ -85,8 +86,18 @@ export interface Config {
   idle_stop_cpu_threshold: number;
   artifact_max_bytes: number;
   artifact_token_ttl_minutes: number;
+  /** Guest listener requests per second per source address (token bucket refill). */
+  bootstrap_rate_limit_qps: number;
+  /** Guest listener requests a source address may make at once after a quiet spell. */
+  bootstrap_rate_limit_burst: number;
   /** How long the daemon lets in-flight calls finish after SIGTERM. */
   shutdown_timeout_ms: number;
+  /** Storage for new workspaces when `workspace create` names none. */
+  workspace_storage: string;
+  /** TTL of attachment leases (sandbox:<vmid>, session:<id>); the daemon renews them while the owner lives. */
+  workspace_lease_ttl_ms: number;
+  /** e2fsck, zfs, lvchange, qemu-nbd on the workspace's node: auto = when the daemon runs on that node. */
+  host_tools: "auto" | "on" | "off";
 }
 
 const filePath = () => text("expected a path");
@@ -144,7 +155,15 @@ export const ConfigFileSchema = z.strictObject({
   idle_stop_cpu_threshold: numberBetween(0, 1).default(0.05),
   artifact_max_bytes: positiveInt().default(268_435_456),
   artifact_token_ttl_minutes: positiveInt().default(1440),
+  bootstrap_rate_limit_qps: positiveNumber().default(1),
+  bootstrap_rate_limit_burst: positiveInt().default(3),
   shutdown_timeout: duration().optional(),
+  workspace_storage: name(
+    /^[A-Za-z0-9._-]{1,64}$/,
+    "expected a Proxmox storage name: at most 64 characters from A-Z a-z 0-9 . _ -",
+  ).default("local-zfs"),
+  workspace_lease_ttl: duration().optional(),
+  host_tools: oneOf(["auto", "on", "off"]).default("auto"),
 });
 
 type ConfigFile = z.output<typeof ConfigFileSchema>;
@@ -159,8 +178,6 @@ const UPSTREAM_ONLY_KEYS = new Set([
   "control_auth_token",
   "control_allow_cidrs",
   "authorized_keys_path",
-  "bootstrap_rate_limit_qps",
-  "bootstrap_rate_limit_burst",
   "artifact_rate_limit_qps",
   "artifact_rate_limit_burst",
   "secrets_dir",
@@ -339,6 +356,14 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
   }
 
   const provisioningTimeoutMs = file.provisioning_timeout ?? 10 * MINUTE_MS;
+  // A lease that expires as it is taken would let a second operation in while the first still runs.
+  const workspaceLeaseTtlMs = file.workspace_lease_ttl ?? 30 * MINUTE_MS;
+  if (workspaceLeaseTtlMs <= 0) {
+    problems.add(
+      "workspace_lease_ttl",
+      "workspace_lease_ttl: must be greater than 0: a workspace lease needs time to be renewed",
+    );
+  }
   const sshKeyPath = optionalPath(file.ssh_public_key_path);
 
   return {
@@ -383,7 +408,12 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     idle_stop_cpu_threshold: file.idle_stop_cpu_threshold,
     artifact_max_bytes: file.artifact_max_bytes,
     artifact_token_ttl_minutes: file.artifact_token_ttl_minutes,
+    bootstrap_rate_limit_qps: file.bootstrap_rate_limit_qps,
+    bootstrap_rate_limit_burst: file.bootstrap_rate_limit_burst,
     shutdown_timeout_ms: file.shutdown_timeout ?? 10_000,
+    workspace_storage: file.workspace_storage,
+    workspace_lease_ttl_ms: workspaceLeaseTtlMs,
+    host_tools: file.host_tools,
   };
 }
 

@@ -159,6 +159,35 @@ export const ERROR_CODES = {
     exit: 2,
     hint: "add --force to go ahead without the question, or run the command in a terminal to answer it",
   },
+
+  WORKSPACE_NOT_FOUND: { rpc: 1600, exit: 1, hint: "list workspaces with agentlab workspace list" },
+  WORKSPACE_ATTACHED: {
+    rpc: 1601,
+    exit: 1,
+    hint: "detach it first: agentlab workspace detach <workspace>, or stop the session using it: agentlab session stop <session>",
+  },
+  // Upstream answered a held lease with HTTP 409; here it is a code of its own, never a generic failure.
+  WORKSPACE_LEASE_HELD: {
+    rpc: 1602,
+    exit: 1,
+    hint: "wait for the holder to finish, or if that holder is gone: agentlab workspace lease clear <workspace>",
+  },
+  WORKSPACE_BUSY: {
+    rpc: 1603,
+    exit: 1,
+    hint: "another operation on this workspace is in progress: wait for it (agentlab workspace show <workspace>), then retry",
+  },
+  SNAPSHOT_NOT_LATEST: {
+    rpc: 1604,
+    exit: 1,
+    hint: "nothing was changed. To keep the newer snapshots, fork instead: agentlab workspace fork <workspace> --name <new> --from-snapshot <snapshot>",
+  },
+  HOST_TOOLS_UNAVAILABLE: {
+    rpc: 1605,
+    exit: 1,
+    hint: "run agentlabd on the workspace's node with host_tools auto or on, or use a maintenance sandbox",
+  },
+  SESSION_NOT_FOUND: { rpc: 1700, exit: 1, hint: "list sessions with agentlab session list" },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { groupId } from "../../src/daemon/rpc/socket.js";
+import { LATEST_SCHEMA_VERSION } from "../../src/daemon/store/migrations.js";
 import {
   type HostDir,
   makeHostDir,
@@ -41,7 +42,7 @@ describe("agentlabd and agentlab over a real Unix socket", () => {
     const result = await runCli(["--socket", host.socketPath, "status"]);
     assert.equal(result.code, 0, result.stderr);
     assert.match(result.stdout, /^daemon: +agentlabd \d+\.\d+\.\d+ \(pid \d+/m);
-    assert.match(result.stdout, /^schema: +version 1$/m);
+    assert.match(result.stdout, new RegExp(`^schema: +version ${LATEST_SCHEMA_VERSION}$`, "m"));
     // No Proxmox here (and the simulator is not on PATH): status says so and why, and still answers.
     assert.match(result.stdout, /^backend: +shell: unreachable: pvesh not found/m);
     assert.match(result.stdout, new RegExp(`^database: +${host.dbPath} \\(`, "m"));
@@ -50,7 +51,7 @@ describe("agentlabd and agentlab over a real Unix socket", () => {
     const json = await runCli(["status", "--json"], { env: { AGENTLAB_SOCKET: host.socketPath } });
     assert.equal(json.code, 0, json.stderr);
     const status = JSON.parse(json.stdout);
-    assert.equal(status.schema_version, 1);
+    assert.equal(status.schema_version, LATEST_SCHEMA_VERSION);
     assert.equal(status.database.path, host.dbPath);
     assert.ok(status.database.size_bytes > 0);
     assert.deepEqual(status.sandboxes, {});
@@ -325,7 +326,9 @@ describe("daemon start-up and shutdown", () => {
       assert.equal(await daemon.exited, 1);
       assert.match(
         daemon.output().stderr,
-        /database schema version 999 is newer than this agentlabd supports \(1\)/,
+        new RegExp(
+          `database schema version 999 is newer than this agentlabd supports \\(${LATEST_SCHEMA_VERSION}\\)`,
+        ),
       );
       assert.deepEqual(readFileSync(host.dbPath), before);
     } finally {

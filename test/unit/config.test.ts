@@ -79,7 +79,12 @@ describe("config: defaults and derived values", () => {
       idle_stop_cpu_threshold: 0.05,
       artifact_max_bytes: 268_435_456,
       artifact_token_ttl_minutes: 1440,
+      bootstrap_rate_limit_qps: 1,
+      bootstrap_rate_limit_burst: 3,
       shutdown_timeout_ms: 10_000,
+      workspace_storage: "local-zfs",
+      workspace_lease_ttl_ms: 1_800_000,
+      host_tools: "auto",
     } satisfies Config);
   });
 
@@ -167,6 +172,17 @@ describe("config: defaults and derived values", () => {
     );
   });
 
+  it("reads the workspace settings", () => {
+    const { config, warnings } = load(
+      "workspace_storage: local-lvm\nworkspace_lease_ttl: 5s\nhost_tools: off\n",
+    );
+    assert.deepEqual(warnings, []);
+    assert.equal(config.workspace_storage, "local-lvm");
+    assert.equal(config.workspace_lease_ttl_ms, 5_000);
+    assert.equal(config.host_tools, "off");
+    assert.equal(load("host_tools: on\n").config.host_tools, "on");
+  });
+
   it("accepts the YAML 1.1 boolean words upstream configs may use", () => {
     assert.equal(load("idle_stop_enabled: no\n").config.idle_stop_enabled, false);
     assert.equal(load("proxmox_tls_insecure: yes\n").config.proxmox_tls_insecure, true);
@@ -218,6 +234,13 @@ describe("config: validation of single keys", () => {
     ["shutdown_timeout: [1]", "shutdown_timeout", /expected a duration.*got a list/],
     ["data_dir: {a: 1}", "data_dir", /expected a path, got a mapping/],
     ['ssh_public_key: "ssh-ed25519 A\\nssh-ed25519 B"', "ssh_public_key", /one line/],
+    ["workspace_storage: 'local zfs'", "workspace_storage", /expected a Proxmox storage name/],
+    [
+      "workspace_lease_ttl: 30",
+      "workspace_lease_ttl",
+      /expected a duration such as 30s, 5m or 1h30m, got 30/,
+    ],
+    ["host_tools: maybe", "host_tools", /expected "auto", "on" or "off", got "maybe"/],
   ];
   for (const [yaml, key, expected] of cases) {
     it(`${key}: ${yaml.slice(0, 50)}`, () => {
@@ -244,6 +267,15 @@ describe("config: validation of single keys", () => {
     assert.equal(error.details["key"], "idle_stop_interval");
     assert.match(error.message, /idle_stop_interval: must be greater than 0 when idle_stop_enabled is true/);
     assert.equal(load("idle_stop_enabled: false\nidle_stop_interval: 0s\n").config.idle_stop_interval_ms, 0);
+  });
+
+  it("workspace_lease_ttl must be > 0", () => {
+    const { error, file } = loadError("workspace_lease_ttl: 0s\n");
+    assert.equal(error.details["key"], "workspace_lease_ttl");
+    assert.equal(
+      error.message,
+      `${file}: workspace_lease_ttl: must be greater than 0: a workspace lease needs time to be renewed`,
+    );
   });
 
   it("a wildcard bootstrap_listen needs agent_subnet and controller_url", () => {

@@ -38,3 +38,26 @@ test("a plain Error becomes INTERNAL naming the method and the request id", () =
   assert.match(rebuilt.message, /sandbox\.create: x is undefined/);
   assert.equal(rebuilt.details.request_id, "r42");
 });
+
+test("workspace and session codes fail with exit 1, and their default hints name what to run", () => {
+  const expected: Record<string, [number, RegExp]> = {
+    WORKSPACE_NOT_FOUND: [1600, /agentlab workspace list/],
+    WORKSPACE_ATTACHED: [1601, /agentlab workspace detach .*agentlab session stop/],
+    WORKSPACE_LEASE_HELD: [1602, /agentlab workspace lease clear/],
+    WORKSPACE_BUSY: [1603, /agentlab workspace show/],
+    SNAPSHOT_NOT_LATEST: [1604, /^nothing was changed\. .*agentlab workspace fork .*--from-snapshot/],
+    HOST_TOOLS_UNAVAILABLE: [1605, /host_tools/],
+    SESSION_NOT_FOUND: [1700, /agentlab session list/],
+  };
+  for (const [code, [rpc, hint]] of Object.entries(expected)) {
+    const spec = ERROR_CODES[code as ErrorCode];
+    assert.ok(spec, `${code} exists`);
+    assert.equal(spec.rpc, rpc, code);
+    assert.equal(spec.exit, 1, code);
+    assert.match(spec.hint, hint, code);
+  }
+  // The design reuses these instead of adding workspace twins.
+  for (const code of ["STORAGE_UNSUPPORTED", "SNAPSHOT_NOT_FOUND", "CONFLICT", "CONFIRMATION_REQUIRED"]) {
+    assert.ok(Object.hasOwn(ERROR_CODES, code), code);
+  }
+});

@@ -344,7 +344,11 @@ describe("store: schema constraints of migration 1", () => {
         sqliteCodeOf(() => ws.run("w5", "one", "local-zfs:vm-0-disk-5", null, T, T)),
         "SQLITE_CONSTRAINT_UNIQUE",
       );
-      store.db.prepare("INSERT INTO workspace_snapshots VALUES ('w2', 'clean', 'clean', ?)").run(T);
+      store.db
+        .prepare(
+          "INSERT INTO workspace_snapshots (workspace_id, name, backend_ref, created_at) VALUES ('w2', 'clean', 'clean', ?)",
+        )
+        .run(T);
       store.sandboxes.insert(sandbox(1001, "RUNNING", { workspace_id: "w2" }));
       store.db.prepare("DELETE FROM workspaces WHERE id = 'w2'").run();
       assert.equal(store.db.prepare("SELECT count(*) FROM workspace_snapshots").pluck().get(), 0);

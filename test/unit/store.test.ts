@@ -65,6 +65,8 @@ const EXPECTED_TABLES = [
   "sandboxes",
   "schema_migrations",
   "sessions",
+  "vmid_allocator",
+  "workspace_ops",
   "workspace_snapshots",
   "workspaces",
 ];
@@ -326,6 +328,109 @@ describe("store: schema version checks", () => {
       assert.equal(db.prepare("SELECT count(*) FROM c WHERE p = 99").pluck().get(), 0);
     } finally {
       db.close();
+    }
+  });
+});
+
+describe("store: migration 2 (add_workspace_holders)", () => {
+  const T = "2026-01-01T00:00:00.000000000Z";
+
+  /** A database exactly as the first release left it, with one row in each table workspaces touch. */
+  function version1Database(dbPath: string): void {
+    const db = new Database(dbPath);
+    try {
+      db.pragma("foreign_keys = ON");
+      migrate(db, { path: dbPath, migrations: MIGRATIONS.slice(0, 1), now: () => new Date(T) });
+      db.prepare(
+        `INSERT INTO workspaces (id, name, storage, volid, size_gb, attached_vmid, last_attached_vmid,
+           lease_owner, lease_nonce, lease_expires_at, created_at, updated_at, meta_json)
+         VALUES ('workspace-00000000000000aa', 'old', 'local-zfs', 'local-zfs:vm-0-disk-0', 10, 1001, 1001,
+           'sandbox:1001', '0123456789abcdef0123456789abcdef', ?, ?, ?, '{"k":1}')`,
+      ).run(T, T, T);
+      db.prepare(
+        `INSERT INTO sandboxes (vmid, name, profile, state, workspace_id, created_at, updated_at)
+         VALUES (1001, 'sb', 'p', 'RUNNING', 'workspace-00000000000000aa', ?, ?)`,
+      ).run(T, T);
+      db.prepare(
+        "INSERT INTO workspace_snapshots (workspace_id, name, backend_ref, created_at) VALUES ('workspace-00000000000000aa', 's1', 's1', ?)",
+      ).run(T);
+      db.prepare(
+        `INSERT INTO sessions (id, name, workspace_id, current_vmid, profile, branch, created_at, updated_at)
+         VALUES ('session_00000000000000aa', 'sess', 'workspace-00000000000000aa', 1001, 'p', 'main', ?, ?)`,
+      ).run(T, T);
+      assert.equal(db.prepare("SELECT max(version) FROM schema_migrations").pluck().get(), 1);
+    } finally {
+      db.close();
+    }
+  }
+
+  it("upgrades a version 1 database to 2, keeping every row; a holder-less workspace becomes broken", () => {
+    const dbPath = tempDbPath();
+    version1Database(dbPath);
+    const store = openStore(dbPath, { now: () => new Date("2026-03-01T00:00:00Z") });
+    try {
+      assert.equal(store.schemaVersion(), 2);
+      assert.deepEqual(
+        store.db.prepare("SELECT version, name FROM schema_migrations ORDER BY version").all(),
+        [
+          { version: 1, name: "init_core_tables" },
+          { version: 2, name: "add_workspace_holders" },
+        ],
+      );
+      const ws = store.workspaces.require("old");
+      assert.equal(ws.id, "workspace-00000000000000aa");
+      assert.equal(ws.volid, "local-zfs:vm-0-disk-0");
+      assert.equal(ws.attached_vmid, 1001);
+      assert.equal(ws.lease_owner, "sandbox:1001");
+      assert.equal(ws.lease_expires_at?.toISOString(), "2026-01-01T00:00:00.000Z");
+      assert.deepEqual(ws.meta, { k: 1 });
+      assert.equal(ws.holder_vmid, null);
+      assert.equal(ws.node, null);
+      assert.equal(ws.state, "broken");
+      assert.match(ws.broken_reason ?? "", /no holder VM/);
+      assert.equal(store.sandboxes.get(1001)?.workspace_id, ws.id);
+      const snap = store.workspaceSnapshots.get(ws.id, "s1");
+      assert.equal(snap?.state, "ready", "existing snapshot rows take the column default");
+      assert.equal(snap?.kind, "user");
+      assert.equal(store.sessions.require("sess").current_vmid, 1001);
+      assert.deepEqual(store.workspaceOps.list(), []);
+      assert.equal(store.vmidAllocator.highestUsed(), 1001);
+    } finally {
+      store.close();
+    }
+  });
+
+  it("the new columns keep their constraints", () => {
+    const store = openStore(tempDbPath());
+    try {
+      const insert = (state: string, copyMode: string | null) =>
+        store.db
+          .prepare(
+            `INSERT INTO workspaces (id, name, storage, volid, size_gb, holder_vmid, state, copy_mode, created_at, updated_at)
+             VALUES (?, ?, 'local-zfs', 'v', 1, NULL, ?, ?, ?, ?)`,
+          )
+          .run(`workspace-${state}`, `n-${state}-${copyMode}`, state, copyMode, T, T);
+      assert.throws(() => insert("sleeping", null), /CHECK constraint failed/);
+      assert.throws(() => insert("ready", "shallow"), /CHECK constraint failed/);
+      insert("ready", "cow");
+      assert.throws(
+        () =>
+          store.db
+            .prepare(
+              `INSERT INTO workspace_ops (workspace_id, kind, step, params_json, created_at, updated_at)
+               VALUES ('workspace-ready', 'create', 's', '{}', '2026-01-01T00:00:00Z', ?)`,
+            )
+            .run(T),
+        /CHECK constraint failed/,
+        "a trimmed timestamp is refused",
+      );
+      assert.throws(
+        () => store.db.prepare("INSERT INTO vmid_allocator (id, last_vmid) VALUES (2, 5)").run(),
+        /CHECK constraint failed/,
+        "the allocator has one row",
+      );
+    } finally {
+      store.close();
     }
   });
 });

@@ -20,8 +20,14 @@ import {
 } from "./errors.js";
 import { createEventRepo, type EventRepo } from "./events.js";
 import { createJobRepo, type JobRepo } from "./jobs.js";
+import { createWorkspaceLeaseRepo, type WorkspaceLeaseRepo } from "./leases.js";
 import { MIGRATIONS, migrate, pendingMigrations, readAppliedMigrations } from "./migrations.js";
 import { createSandboxRepo, type SandboxRepo } from "./sandboxes.js";
+import { createSessionRepo, type SessionRepo } from "./sessions.js";
+import { createVmidAllocatorRepo, type VmidAllocatorRepo } from "./vmid-allocator.js";
+import { createWorkspaceOpRepo, type WorkspaceOpRepo } from "./workspace-ops.js";
+import { createWorkspaceSnapshotRepo, type WorkspaceSnapshotRepo } from "./workspace-snapshots.js";
+import { createWorkspaceRepo, type WorkspaceRepo } from "./workspaces.js";
 
 export type { DbHolder, StorageFailure } from "./errors.js";
 export { classifySqliteError, findDbHolders, translateSqliteError } from "./errors.js";
@@ -47,6 +53,13 @@ export interface Store {
   readonly sandboxes: SandboxRepo;
   readonly events: EventRepo;
   readonly jobs: JobRepo;
+  readonly workspaces: WorkspaceRepo;
+  readonly workspaceLeases: WorkspaceLeaseRepo;
+  readonly workspaceSnapshots: WorkspaceSnapshotRepo;
+  readonly workspaceOps: WorkspaceOpRepo;
+  readonly sessions: SessionRepo;
+  /** The VMID high-water mark shared by sandboxes and workspace holders. */
+  readonly vmidAllocator: VmidAllocatorRepo;
   /** Run fn in one IMMEDIATE transaction (the write lock is taken up front, so no upgrade deadlock). */
   tx<T>(fn: () => T): T;
   /** Highest applied migration version. */
@@ -61,6 +74,12 @@ class SqliteStore implements Store {
   readonly sandboxes: SandboxRepo;
   readonly events: EventRepo;
   readonly jobs: JobRepo;
+  readonly workspaces: WorkspaceRepo;
+  readonly workspaceLeases: WorkspaceLeaseRepo;
+  readonly workspaceSnapshots: WorkspaceSnapshotRepo;
+  readonly workspaceOps: WorkspaceOpRepo;
+  readonly sessions: SessionRepo;
+  readonly vmidAllocator: VmidAllocatorRepo;
   readonly #versionStmt: Database.Statement<[], { version: number }>;
 
   constructor(
@@ -72,6 +91,12 @@ class SqliteStore implements Store {
     this.sandboxes = createSandboxRepo(db, now);
     this.events = createEventRepo(db, now);
     this.jobs = createJobRepo(db, now);
+    this.vmidAllocator = createVmidAllocatorRepo(db);
+    this.workspaces = createWorkspaceRepo(db, now, this.vmidAllocator);
+    this.workspaceLeases = createWorkspaceLeaseRepo(db, now);
+    this.workspaceSnapshots = createWorkspaceSnapshotRepo(db, now);
+    this.workspaceOps = createWorkspaceOpRepo(db, now);
+    this.sessions = createSessionRepo(db, now);
     this.#versionStmt = db.prepare("SELECT coalesce(max(version), 0) AS version FROM schema_migrations");
   }
 

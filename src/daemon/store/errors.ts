@@ -29,6 +29,11 @@ const OS_REASONS: Record<string, string> = {
   ENAMETOOLONG: "path too long",
 };
 
+/** The SQLite extended result code of a better-sqlite3 error (SQLITE_CONSTRAINT_UNIQUE, ...), if any. */
+export function sqliteCode(err: unknown): string | undefined {
+  return errorCode(err);
+}
+
 function errorCode(err: unknown): string | undefined {
   if (typeof err !== "object" || err === null) return undefined;
   const code = (err as { code?: unknown }).code;

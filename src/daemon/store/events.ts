@@ -40,6 +40,8 @@ export interface EventRepo {
   append(event: NewEvent): EventRecord;
   /** A sandbox's events, oldest first. */
   listForSandbox(vmid: number, options?: EventListOptions): EventRecord[];
+  /** A workspace's events (workspace_id set on append), oldest first. */
+  listForWorkspace(workspaceId: string, options?: EventListOptions): EventRecord[];
 }
 
 interface EventDbRow {
@@ -112,6 +114,15 @@ export function createEventRepo(db: Database.Database, now: () => Date): EventRe
      ) ORDER BY id`,
   );
 
+  const forWorkspaceStmt = db.prepare<[string, number], EventDbRow>(
+    `SELECT ${COLUMNS} FROM events WHERE workspace_id = ? AND id > ? ORDER BY id`,
+  );
+  const tailForWorkspaceStmt = db.prepare<[string, number, number], EventDbRow>(
+    `SELECT ${COLUMNS} FROM (
+       SELECT ${COLUMNS} FROM events WHERE workspace_id = ? AND id > ? ORDER BY id DESC LIMIT ?
+     ) ORDER BY id`,
+  );
+
   return {
     append(event) {
       if (event.kind === "") throw new AgentlabError("INVALID_PARAMS", "event kind must not be empty");
@@ -139,6 +150,17 @@ export function createEventRepo(db: Database.Database, now: () => Date): EventRe
         options.tail === undefined
           ? forSandboxStmt.all(vmid, after)
           : tailForSandboxStmt.all(vmid, after, options.tail);
+      return rows.map(fromRow);
+    },
+
+    listForWorkspace(workspaceId, options = {}) {
+      checkCount("tail", options.tail);
+      checkCount("afterId", options.afterId);
+      const after = options.afterId ?? 0;
+      const rows =
+        options.tail === undefined
+          ? forWorkspaceStmt.all(workspaceId, after)
+          : tailForWorkspaceStmt.all(workspaceId, after, options.tail);
       return rows.map(fromRow);
     },
   };

@@ -178,12 +178,71 @@ CREATE INDEX artifact_tokens_vmid ON artifact_tokens(vmid) WHERE vmid IS NOT NUL
 CREATE INDEX artifact_tokens_expires_at ON artifact_tokens(expires_at);
 `;
 
+/**
+ * Workspaces as disks owned by a stopped holder VM (docs/workspaces-design.md §3, §11.1): the holder's
+ * VMID and node, the storage type and format, a lifecycle state, fork lineage; snapshot state and kind;
+ * one intent row per workspace for crash recovery (§10); and the allocator's high-water mark, because
+ * workspace rows are deleted on destroy while their holder VMIDs must never be handed out again (§3.3).
+ */
+const ADD_WORKSPACE_HOLDERS = `
+ALTER TABLE workspaces ADD COLUMN node TEXT;
+ALTER TABLE workspaces ADD COLUMN holder_vmid INTEGER;
+ALTER TABLE workspaces ADD COLUMN storage_type TEXT;
+ALTER TABLE workspaces ADD COLUMN format TEXT;
+ALTER TABLE workspaces ADD COLUMN state TEXT NOT NULL DEFAULT 'ready'
+  CHECK (state IN ('creating', 'ready', 'destroying', 'broken'));
+ALTER TABLE workspaces ADD COLUMN broken_reason TEXT;
+-- A plain id, not a foreign key: a fork's history survives its source.
+ALTER TABLE workspaces ADD COLUMN forked_from TEXT;
+ALTER TABLE workspaces ADD COLUMN fork_origin_snapshot TEXT;
+ALTER TABLE workspaces ADD COLUMN copy_mode TEXT CHECK (copy_mode IN ('cow', 'full'));
+CREATE UNIQUE INDEX workspaces_holder_vmid ON workspaces(holder_vmid) WHERE holder_vmid IS NOT NULL;
+
+ALTER TABLE workspace_snapshots ADD COLUMN state TEXT NOT NULL DEFAULT 'ready'
+  CHECK (state IN ('creating', 'ready', 'deleting'));
+-- backend_ref is the Proxmox snapname on the holder.
+ALTER TABLE workspace_snapshots ADD COLUMN kind TEXT NOT NULL DEFAULT 'user'
+  CHECK (kind IN ('user', 'fork-base'));
+
+CREATE TABLE workspace_ops (
+  id           INTEGER PRIMARY KEY AUTOINCREMENT,
+  workspace_id TEXT NOT NULL REFERENCES workspaces(id) ON DELETE CASCADE,
+  session_id   TEXT,
+  kind         TEXT NOT NULL CHECK (kind IN ('create', 'attach', 'detach', 'snapshot', 'restore', 'fork',
+                 'fsck', 'destroy', 'rebind', 'session_create', 'session_resume', 'session_stop')),
+  step         TEXT NOT NULL,
+  -- vmid(s), snapname, upid, nbd device, pid and start time, activated flags: what recovery needs.
+  params_json  TEXT NOT NULL,
+  lease_owner  TEXT,
+  lease_nonce  TEXT,
+  created_at   TEXT NOT NULL CHECK (created_at ${TS}),
+  updated_at   TEXT NOT NULL CHECK (updated_at ${TS})
+);
+-- One operation per workspace at a time: the second begin fails on this index.
+CREATE UNIQUE INDEX workspace_ops_one ON workspace_ops(workspace_id);
+
+CREATE TABLE vmid_allocator (id INTEGER PRIMARY KEY CHECK (id = 1), last_vmid INTEGER NOT NULL);
+`;
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
     name: "init_core_tables",
     up(db) {
       db.exec(INIT_CORE_TABLES);
+    },
+  },
+  {
+    version: 2,
+    name: "add_workspace_holders",
+    up(db) {
+      db.exec(ADD_WORKSPACE_HOLDERS);
+      // No code created workspaces before this version; a row that exists anyway has no holder VM to
+      // own its disk, so it must not look usable (design §11.1).
+      db.exec(
+        "UPDATE workspaces SET state = 'broken', broken_reason = 'no holder VM (created before schema version 2)' " +
+          "WHERE holder_vmid IS NULL",
+      );
     },
   },
 ];
