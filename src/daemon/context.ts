@@ -1,5 +1,6 @@
 import type { Config } from "../config/config.js";
 import type { Profile } from "../config/profiles.js";
+import type { GuestReadiness } from "./guest/ready-waiters.js";
 import type { Logger } from "./log.js";
 import type { ProxmoxBackend } from "./proxmox/types.js";
 import type { SandboxNetworking } from "./services/sandbox-network.js";
@@ -42,6 +43,11 @@ export interface DaemonContext {
   backend: ProxmoxBackend;
   /** Per-sandbox nftables bindings (absent in tests that build a bare context). */
   network?: SandboxNetworking;
+  /**
+   * Phone-home readiness: bootstrap tokens for the cloud-init snippet, waits for the guest's report, and
+   * the guest listener's state (absent in tests that build a bare context: then only the guest agent).
+   */
+  guestReady?: GuestReadiness;
   log: Logger;
   clock: Clock;
   startedAt: Date;

@@ -34,6 +34,15 @@ export const DaemonStatus = z.object({
     path: z.string(),
     size_bytes: z.number().int().nonnegative().describe("database file plus its write-ahead log"),
   }),
+  guest_listener: z
+    .object({
+      address: z.string().describe("bootstrap_listen"),
+      listening: z.boolean(),
+      url: z.string().optional().describe("where guests report readiness"),
+      error: z.string().optional().describe("why it is not listening"),
+      hint: z.string().optional(),
+    })
+    .describe("the guest listener; when not listening, guests are found through the guest agent only"),
   socket_path: z.string(),
   config_path: z.string(),
   profiles: z.number().int().nonnegative().describe("number of profiles loaded"),

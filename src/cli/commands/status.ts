@@ -14,6 +14,12 @@ function backendLine(backend: DaemonStatus["backend"]): string {
   return `${backend.kind}: unreachable: ${why}`;
 }
 
+function guestLine(listener: DaemonStatus["guest_listener"]): string {
+  if (listener.listening) return `phone-home on ${listener.url ?? listener.address}`;
+  const hint = listener.hint ? `\n${" ".repeat(11)}hint: ${listener.hint}` : "";
+  return `phone-home off: ${listener.error ?? "not listening"} (guest agent only)${hint}`;
+}
+
 export function statusText(status: DaemonStatus): string {
   const counts = Object.entries(status.sandboxes)
     .sort(([a], [b]) => a.localeCompare(b))
@@ -23,6 +29,7 @@ export function statusText(status: DaemonStatus): string {
     ["uptime", `${formatDuration(Math.round(status.uptime_seconds) * 1000)} (since ${status.started_at})`],
     ["schema", `version ${status.schema_version}`],
     ["backend", backendLine(status.backend)],
+    ["guests", guestLine(status.guest_listener)],
     ["database", `${status.database.path} (${formatBytes(status.database.size_bytes)})`],
     ["socket", status.socket_path],
     ["config", status.config_path],

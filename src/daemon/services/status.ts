@@ -59,6 +59,11 @@ export async function daemonStatus(ctx: DaemonContext): Promise<DaemonStatus> {
     schema_version: ctx.store.schemaVersion(),
     backend: await backendStatus(ctx),
     database: { path: ctx.store.path, size_bytes: ctx.store.sizeBytes() },
+    guest_listener: ctx.guestReady?.listener() ?? {
+      address: ctx.config.bootstrap_listen,
+      listening: false,
+      error: "not started",
+    },
     socket_path: ctx.config.socket_path,
     config_path: ctx.configPath,
     profiles: ctx.profiles.length,

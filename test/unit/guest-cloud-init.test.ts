@@ -1,0 +1,158 @@
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import fs from "node:fs";
+import http from "node:http";
+import os from "node:os";
+import path from "node:path";
+import { after, describe, it } from "node:test";
+import { promisify } from "node:util";
+import { load } from "js-yaml";
+import { pino } from "pino";
+import {
+  BOOTSTRAP_JSON_PATH,
+  REPORT_READY_PATH,
+  REPORT_READY_SCRIPT,
+  renderUserData,
+} from "../../src/daemon/guest/cloud-init.js";
+import { GuestListener } from "../../src/daemon/guest/listener.js";
+import { GuestReadiness } from "../../src/daemon/guest/ready-waiters.js";
+import { BootstrapTokens } from "../../src/daemon/guest/tokens.js";
+import { createBootstrapTokenRepo } from "../../src/daemon/store/bootstrap-tokens.js";
+import { openStore } from "../../src/daemon/store/db.js";
+import { snippetBootstrap } from "../pvesim/guest.js";
+
+const run = promisify(execFile);
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "agentlab-cloudinit-"));
+const cleanups: Array<() => Promise<void> | void> = [() => fs.rmSync(dir, { recursive: true, force: true })];
+after(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup();
+});
+
+interface UserData {
+  hostname: string;
+  users: unknown[];
+  packages: string[];
+  runcmd: string[][];
+  write_files?: Array<{ path: string; content: string; owner: string; permissions: string; defer?: boolean }>;
+}
+
+const TOKEN = "0123456789abcdef0123456789abcdef";
+
+describe("cloud-init user-data", () => {
+  it("without a bootstrap token keeps the plain snippet: agent user, guest agent, nothing written", () => {
+    const text = renderUserData({ vmid: 101, hostname: "sandbox-101", sshPublicKey: "ssh-ed25519 AAAA me" });
+    assert.ok(text.startsWith("#cloud-config\n# agentlab sandbox 101\n"));
+    const doc = load(text) as UserData;
+    assert.equal(doc.hostname, "sandbox-101");
+    assert.deepEqual(doc.packages, ["qemu-guest-agent"]);
+    assert.deepEqual(doc.runcmd, [["systemctl", "enable", "--now", "qemu-guest-agent"]]);
+    assert.equal(doc.write_files, undefined);
+  });
+
+  it("with a token writes bootstrap.json for agent (0600) and reports readiness from runcmd", () => {
+    const text = renderUserData({
+      vmid: 101,
+      hostname: "sandbox-101",
+      bootstrap: { token: TOKEN, controllerUrl: "http://10.77.0.1:8844/" },
+    });
+    const doc = load(text) as UserData;
+    const bootstrap = doc.write_files?.find((f) => f.path === BOOTSTRAP_JSON_PATH);
+    assert.ok(bootstrap);
+    assert.equal(bootstrap.owner, "agent:agent");
+    assert.equal(bootstrap.permissions, "0600");
+    assert.equal(bootstrap.defer, true);
+    assert.deepEqual(JSON.parse(bootstrap.content), {
+      token: TOKEN,
+      controller: "http://10.77.0.1:8844/",
+      vmid: 101,
+    });
+    const script = doc.write_files?.find((f) => f.path === REPORT_READY_PATH);
+    assert.equal(script?.content, REPORT_READY_SCRIPT);
+    assert.equal(script?.permissions, "0755");
+    // The guest agent is still enabled first; the report goes last, in the background.
+    assert.deepEqual(doc.runcmd[0], ["systemctl", "enable", "--now", "qemu-guest-agent"]);
+    assert.deepEqual(doc.runcmd[1], [
+      "sh",
+      "-c",
+      `nohup ${REPORT_READY_PATH} "$1" "$2" >/dev/null 2>&1 &`,
+      "agentlab-report-ready",
+      "http://10.77.0.1:8844/v1/guest/ready",
+      `{"vmid":101,"token":"${TOKEN}"}`,
+    ]);
+    // What the simulator's guest reads back out of the snippet.
+    assert.deepEqual(snippetBootstrap(text), {
+      token: TOKEN,
+      controller: "http://10.77.0.1:8844/",
+      vmid: 101,
+    });
+  });
+});
+
+describe("the guest's report-ready script (real sh and curl)", () => {
+  const scriptPath = path.join(dir, "report-ready");
+  fs.writeFileSync(scriptPath, REPORT_READY_SCRIPT, { mode: 0o755 });
+
+  /** Run it the way runcmd does, with the URL and body from the rendered snippet. */
+  async function reportReady(controllerUrl: string, token: string): Promise<number> {
+    const doc = load(
+      renderUserData({ vmid: 101, hostname: "h", bootstrap: { token, controllerUrl } }),
+    ) as UserData;
+    const [, , , , url, body] = doc.runcmd[1]!;
+    const started = Date.now();
+    await run("sh", [scriptPath, url!, body!], { timeout: 20_000 });
+    return Date.now() - started;
+  }
+
+  it("reaches a real guest listener: the token is used and the waiter gets the guest's address", async () => {
+    const now = () => new Date();
+    const store = openStore(path.join(dir, "agentlab.db"), { now });
+    const readiness = new GuestReadiness({
+      tokens: new BootstrapTokens(createBootstrapTokenRepo(store), { now }),
+      clock: { now },
+      controllerUrl: "http://127.0.0.1:0",
+      listenAddress: "127.0.0.1:0",
+      log: pino({ level: "silent" }),
+    });
+    const listener = new GuestListener({
+      listen: "127.0.0.1:0",
+      agentSubnet: "127.0.0.0/8",
+      readiness,
+      log: pino({ level: "silent" }),
+    });
+    await listener.start();
+    cleanups.push(async () => {
+      await listener.close();
+      store.close();
+    });
+    const issued = readiness.issue(101);
+    const waiting = readiness.wait(101, AbortSignal.timeout(10_000));
+    await reportReady(issued.controllerUrl, issued.token);
+    assert.deepEqual(await waiting.then((r) => [r.ip, r.via]), ["127.0.0.1", "phone-home"]);
+
+    // A refusal (here: the token is used up) ends the script at once instead of retrying for minutes.
+    const took = await reportReady(issued.controllerUrl, issued.token);
+    assert.ok(took < 900, `took ${took} ms`);
+  });
+
+  it("retries with backoff while the daemon is busy or rate-limits, then stops at the first success", async () => {
+    const answers = [503, 429, 200, 200];
+    const seen: Array<{ at: number; body: string; type: string | undefined }> = [];
+    const server = http.createServer((req, res) => {
+      let body = "";
+      req.on("data", (c) => (body += c));
+      req.on("end", () => {
+        seen.push({ at: Date.now(), body, type: req.headers["content-type"] });
+        res.writeHead(answers[seen.length - 1] ?? 500).end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    cleanups.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    const port = (server.address() as { port: number }).port;
+    await reportReady(`http://127.0.0.1:${port}`, TOKEN);
+    assert.equal(seen.length, 3);
+    assert.deepEqual(JSON.parse(seen[0]!.body), { vmid: 101, token: TOKEN });
+    assert.equal(seen[0]!.type, "application/json");
+    const gaps = [seen[1]!.at - seen[0]!.at, seen[2]!.at - seen[1]!.at];
+    assert.ok(gaps[0]! >= 900 && gaps[1]! >= 1900, `gaps ${gaps.join(", ")} ms: expected 1 s then 2 s`);
+  });
+});
