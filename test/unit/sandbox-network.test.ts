@@ -1,8 +1,11 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { pino } from "pino";
+import type { DaemonContext } from "../../src/daemon/context.js";
 import { type CommandRunner, SandboxFirewall } from "../../src/daemon/network/sandbox-firewall.js";
+import { bindDiscoveredAddress } from "../../src/daemon/services/sandbox/network-binding.js";
 import { SandboxNetworking } from "../../src/daemon/services/sandbox-network.js";
+import type { Sandbox } from "../../src/daemon/store/sandboxes.js";
 import type { AgentlabError } from "../../src/protocol/errors.js";
 
 const log = pino({ level: "silent" });
@@ -100,4 +103,56 @@ test("resync makes the sets exactly the live sandboxes: bound ones with MAC and 
   assert.match(script, /fwpr1000p0/);
   assert.match(script, /10\.77\.4\.2/);
   assert.match(script, /fwpr1001p0/);
+});
+
+describe("an address the reconciler finds after provisioning", () => {
+  test("is bound into the anti-spoofing sets with the VM's MAC and the profile's egress mode", async () => {
+    const nft = fakeNft({ loaded: true });
+    const net = new SandboxNetworking("auto", nft.firewall, log);
+    await net.init();
+    await net.beforeStart(1012);
+    const ctx = {
+      network: net,
+      config: { proxmox_node: "pve" },
+      profiles: [{ name: "open", network: { mode: "allowlist" } }],
+      backend: {
+        getConfig: async (vm: { vmid: number; node: string }) => {
+          assert.deepEqual(vm, { vmid: 1012, node: "pve" });
+          return { net0: "virtio=BC:24:11:AA:BB:CC,bridge=vmbr1,firewall=1" };
+        },
+      },
+      log,
+    } as unknown as DaemonContext;
+    await bindDiscoveredAddress(
+      ctx,
+      { vmid: 1012, node: null, profile: "open" } as unknown as Sandbox,
+      "10.77.4.14",
+    );
+    const bound = nft.calls.filter((c) => c.input !== undefined).at(-1)?.input ?? "";
+    assert.match(bound, /10\.77\.4\.14/);
+    assert.match(bound, /bc:24:11:aa:bb:cc/);
+  });
+
+  test("a VM whose config cannot be read is logged, not thrown: the next start resyncs", async () => {
+    const nft = fakeNft({ loaded: true });
+    const net = new SandboxNetworking("auto", nft.firewall, log);
+    await net.init();
+    const ctx = {
+      network: net,
+      config: { proxmox_node: "pve" },
+      profiles: [],
+      backend: {
+        getConfig: async () => {
+          throw new Error("VM 1012 does not exist");
+        },
+      },
+      log,
+    } as unknown as DaemonContext;
+    await bindDiscoveredAddress(
+      ctx,
+      { vmid: 1012, node: "pve", profile: "gone" } as unknown as Sandbox,
+      "10.77.4.14",
+    );
+    assert.ok(nft.calls.every((c) => c.input === undefined || !c.input.includes("10.77.4.14")));
+  });
 });

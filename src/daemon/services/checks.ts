@@ -10,6 +10,7 @@ import type { DaemonContext } from "../context.js";
 import { DEFAULT_NFT_PARAMS, nftParamsFromConfig } from "../network/nft.js";
 import type { ClusterVm, VmConfig } from "../proxmox/types.js";
 import { quickCheck } from "../store/health.js";
+import { agentEnabled } from "./sandbox/vm-config.js";
 
 /** Longest any single Proxmox call of the checks may take, well inside the CLI's default 30 s. */
 export const CHECK_CALL_MS = 10_000;
@@ -34,16 +35,6 @@ function asError(error: unknown): AgentlabError {
   return error instanceof AgentlabError
     ? error
     : new AgentlabError("PROXMOX_ERROR", (error as Error)?.message ?? String(error));
-}
-
-/** Whether a config's `agent` property turns the guest agent on (`1`, `enabled=1`, `1,fstrim_...`). */
-export function agentOn(value: string | number | undefined): boolean {
-  if (value === undefined) return false;
-  for (const part of String(value).split(",")) {
-    const flag = /^(?:enabled=)?([01])$/.exec(part.trim());
-    if (flag) return flag[1] === "1";
-  }
-  return false;
 }
 
 const DRIVE_KEY = /^(?:ide|sata|scsi|virtio)\d+$/;
@@ -96,7 +87,7 @@ async function templateFindings(
     `the config of VM ${vmid}`,
     ctx.backend.getConfig({ vmid, node: vm.node }),
   );
-  if (!agentOn(config.agent)) {
+  if (!agentEnabled(config.agent)) {
     found.push({
       problem: `VM ${vmid} has no guest agent enabled (agent: 1)`,
       fix: `qm set ${vmid} --agent 1`,

@@ -9,7 +9,8 @@ import { formatDuration } from "../../protocol/units.js";
 import type { ClusterVm } from "../proxmox/types.js";
 import type { Sandbox, SandboxState } from "../store/sandboxes.js";
 import { isProvisioning } from "./maintenance-steps.js";
-import { MANAGED_TAG } from "./sandboxes.js";
+import { MANAGED_TAG } from "./sandbox/vm-config.js";
+import { HOLDER_TAG } from "./workspaces/core.js";
 
 /** What a reconciler pass does about one finding. */
 export type Plan =
@@ -46,6 +47,16 @@ export interface AssessInput {
   now: Date;
   /** How long a provisioning may sit with no operation in flight before it is rolled back. */
   orphanGraceMs: number;
+  /**
+   * VMIDs of workspace holder VMs (design §5.5): never a sandbox, never unmanaged, never to be
+   * destroyed. VMs tagged agentlab-ws are left alone too, whether or not a row names them.
+   */
+  holders?: ReadonlySet<number>;
+}
+
+/** A workspace holder: it owns a workspace's disk, so no advice here may ever touch it. */
+function isHolder(vm: ClusterVm, holders: ReadonlySet<number> | undefined): boolean {
+  return vm.tags.includes(HOLDER_TAG) || holders?.has(vm.vmid) === true;
 }
 
 /** States in which the sandbox's VM must exist (once its clone succeeded). */
@@ -81,7 +92,8 @@ export function assessDrift(input: AssessInput): AssessResult {
     if (assessment) assessments.push(assessment);
   }
   for (const vm of input.vms) {
-    if (vm.template || live.has(vm.vmid) || !vm.tags.includes(MANAGED_TAG)) continue;
+    if (vm.template || live.has(vm.vmid) || !vm.tags.includes(MANAGED_TAG) || isHolder(vm, input.holders))
+      continue;
     assessments.push({
       vm,
       finding: {

@@ -7,6 +7,9 @@
  *
  * Background work runs as one periodic pass (recovery on the first pass only, then reaper, then
  * reconciler), once at start and every 30 s after the previous pass ended, on the injected scheduler.
+ * Workspaces (design §10.1) slot in as: sandbox recovery → workspace operations (retried every pass
+ * until settled) → the lease keeper (its own timer, started once they had their first try) → reaper →
+ * reconciler → stale workspace snapshot records.
  * In the background the reconciler ends a record (DESTROYED, FAILED) only when two passes in a row see
  * the same drift; `sandbox reconcile --apply` acts at once.
  */
@@ -20,6 +23,8 @@ import { type DetachWorkspaceHook, LeaseReaper } from "./reaper.js";
 import { Reconciler } from "./reconciler.js";
 import { Recovery } from "./recovery.js";
 import type { SandboxService } from "./sandboxes.js";
+import { LeaseKeeper } from "./workspaces/lease-keeper.js";
+import type { WorkspaceRecovery } from "./workspaces/recovery.js";
 
 /** Spec 11: lease reaper and reconciler every 30 s. */
 export const MAINTENANCE_INTERVAL_MS = 30_000;
@@ -39,6 +44,8 @@ export interface MaintenanceOptions {
 /** What one background pass did. */
 export interface PassReport {
   recovered: number;
+  /** Workspace operations settled in this pass. */
+  workspacesRecovered: number;
   reaped: number[];
   reconciled: ReconcileResult["changes"];
   errors: Array<{ step: string; vmid?: number; message: string }>;
@@ -48,6 +55,9 @@ export class MaintenanceService {
   readonly recovery: Recovery;
   readonly reaper: LeaseReaper;
   readonly reconciler: Reconciler;
+  /** Renews the workspace leases of live owners, releases those of gone ones (design §9.3). */
+  readonly keeper: LeaseKeeper;
+  private workspaceRecovery: WorkspaceRecovery | undefined;
   private readonly loop: PeriodicTask;
   private recoveryDone = false;
   /** The last background pass's report, for tests and status. */
@@ -70,6 +80,7 @@ export class MaintenanceService {
       ...(options.detachWorkspace ? { detachWorkspace: options.detachWorkspace } : {}),
     });
     this.reconciler = new Reconciler(ctx, sandboxes, this.recovery, { scheduler, guestIpBudgetMs });
+    this.keeper = new LeaseKeeper(ctx, { scheduler });
     this.loop = new PeriodicTask({
       name: "maintenance",
       intervalMs: options.intervalMs ?? MAINTENANCE_INTERVAL_MS,
@@ -79,9 +90,21 @@ export class MaintenanceService {
     });
   }
 
-  /** Before the socket opens: note interrupted provisionings and delete leftover snippets (no Proxmox). */
+  /** The workspace service's recovery, so background passes settle interrupted workspace operations. */
+  useWorkspaces(recovery: WorkspaceRecovery): void {
+    this.workspaceRecovery = recovery;
+  }
+
+  /**
+   * Before the socket opens (no Proxmox): note interrupted provisionings and delete leftover snippets;
+   * adopt interrupted workspace operations (their workspaces answer WORKSPACE_BUSY until settled); and
+   * run the lease keeper once, so leases of live owners that expired while the daemon was down are
+   * extended again before any client can ask for them.
+   */
   prepare(): void {
     this.recovery.prepare();
+    this.workspaceRecovery?.prepare();
+    this.keeper.pass();
   }
 
   /** Start the background passes; the first runs now (recovery first). Returns at once. */
@@ -100,8 +123,9 @@ export class MaintenanceService {
   }
 
   /** No more passes; wait up to `graceMs` for the running one, then abort it. True when it ended in time. */
-  stop(graceMs: number): Promise<boolean> {
-    return this.loop.stop(graceMs);
+  async stop(graceMs: number): Promise<boolean> {
+    const [loop] = await Promise.all([this.loop.stop(graceMs), this.keeper.stop(graceMs)]);
+    return loop;
   }
 
   /**
@@ -110,7 +134,13 @@ export class MaintenanceService {
    */
   async backgroundPass(signals: PassSignals): Promise<PassReport> {
     const op: Operation = backgroundOperation(this.ctx.log.child({ task: "maintenance" }), signals.signal);
-    const report: PassReport = { recovered: 0, reaped: [], reconciled: [], errors: [] };
+    const report: PassReport = {
+      recovered: 0,
+      workspacesRecovered: 0,
+      reaped: [],
+      reconciled: [],
+      errors: [],
+    };
     if (!this.recoveryDone) {
       try {
         const { changes, errors } = await this.recovery.run(op);
@@ -122,6 +152,24 @@ export class MaintenanceService {
       }
       this.recoveryDone = true;
     }
+    // After sandbox recovery: an attach or detach depends on how its sandbox was settled.
+    if (this.workspaceRecovery && this.workspaceRecovery.pendingCount > 0 && !signals.stopping.aborted) {
+      try {
+        const { recovered, errors } = await this.workspaceRecovery.run(op);
+        report.workspacesRecovered = recovered.length;
+        report.errors.push(
+          ...errors.map((e) => ({
+            step: "workspace recovery",
+            message: `${e.kind} on ${e.workspace_id}: ${e.message}`,
+          })),
+        );
+      } catch (error) {
+        report.errors.push({ step: "workspace recovery", message: describe(error) });
+        op.log.warn({ err: error }, "workspace recovery could not run; the next pass retries it");
+      }
+    }
+    // Once interrupted operations had their first try, so their leases are settled or adopted.
+    if (this.workspaceRecovery && !signals.stopping.aborted) this.keeper.start();
     if (!signals.stopping.aborted) {
       try {
         const { reaped, errors } = await this.reaper.pass(op, signals.stopping);
@@ -147,6 +195,17 @@ export class MaintenanceService {
       } catch (error) {
         report.errors.push({ step: "reconciler", message: describe(error) });
         op.log.warn({ err: error }, "reconciler pass failed; the next pass retries");
+      }
+    }
+    if (this.workspaceRecovery && !signals.stopping.aborted) {
+      try {
+        await this.workspaceRecovery.dropOrphanSnapshotRecords(op);
+      } catch (error) {
+        report.errors.push({ step: "workspace snapshot records", message: describe(error) });
+        op.log.warn(
+          { err: error },
+          "could not compare workspace snapshot records with Proxmox; the next pass retries",
+        );
       }
     }
     this.lastPass = report;

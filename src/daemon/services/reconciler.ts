@@ -22,6 +22,8 @@ import {
 } from "./maintenance-steps.js";
 import type { Operation } from "./operation.js";
 import { type Recovery, sameVersion } from "./recovery.js";
+import { bindDiscoveredAddress } from "./sandbox/network-binding.js";
+import { releaseSandboxWorkspace } from "./sandbox/workspace.js";
 import type { SandboxService } from "./sandboxes.js";
 
 export interface ReconcilerOptions {
@@ -69,6 +71,7 @@ export class Reconciler {
       interrupted: this.recovery.interrupted,
       now,
       orphanGraceMs: ctx.config.orphan_grace_period_ms,
+      holders: new Set(ctx.store.workspaces.holderVmids()),
     });
     return {
       rows,
@@ -211,6 +214,8 @@ export class Reconciler {
                 `${row.state} -> DESTROYED: its VM no longer exists in Proxmox`,
               );
               finalizeJobs(ctx, vmid, "FAILED", JOB_VM_MISSING_REASON);
+              // The VM never owned its workspace's volume: the workspace is intact, only detached now.
+              releaseSandboxWorkspace(ctx, vmid);
             });
             return {
               vmid,
@@ -241,6 +246,7 @@ export class Reconciler {
             const patch = ip ? { ip } : {};
             if (row.state === "PROVISIONING") transitionSandbox(ctx.store, vmid, "BOOTING");
             transitionSandbox(ctx.store, vmid, "READY", { patch });
+            if (ip) await bindDiscoveredAddress(ctx, row, ip);
             const why = plan.kind === "adopt" ? "its VM was started outside agentlab" : "its VM runs";
             this.event(vmid, "sandbox.reconcile", `${row.state} -> READY: ${why}${ip ? ` (at ${ip})` : ""}`);
             return {
@@ -256,6 +262,7 @@ export class Reconciler {
             const ip = await askIp();
             if (!ip) return undefined;
             if (!ctx.store.sandboxes.update(vmid, { ip }, row.state)) return undefined;
+            await bindDiscoveredAddress(ctx, row, ip);
             this.event(vmid, "sandbox.reconcile", `address found: ${ip}`, { ip });
             return { vmid, action: "ip", ip, message: `address found: ${ip}` };
           }

@@ -18,7 +18,9 @@ import {
   vmRefOf,
 } from "./maintenance-steps.js";
 import type { Operation } from "./operation.js";
-import { CLEAN_SNAPSHOT, type SandboxService } from "./sandboxes.js";
+import { CLEAN_SNAPSHOT } from "./sandbox/revert.js";
+import { foreignVolumes, releaseSandboxWorkspace } from "./sandbox/workspace.js";
+import type { SandboxService } from "./sandboxes.js";
 
 export interface RecoveryOptions {
   scheduler: Scheduler;
@@ -239,6 +241,8 @@ export class Recovery {
       await this.sandboxes.removeVm(ref);
       this.event(vmid, "sandbox.rollback.completed", "removed the VM created for this sandbox");
     }
+    // The VM is gone (or never was): a workspace attached for this provisioning is detached, intact.
+    releaseSandboxWorkspace(this.ctx, vmid);
     removeSnippet(row.snippet_path);
     if (row.snippet_path) this.ctx.store.sandboxes.update(vmid, { snippet_path: null });
     if (!failed && !(row.vm_created && vm)) return undefined;
@@ -260,7 +264,15 @@ export class Recovery {
     if (row.state === "PROVISIONING") transitionSandbox(ctx.store, row.vmid, "BOOTING");
     transitionSandbox(ctx.store, row.vmid, "READY", { patch: { ip } });
     const snapshots = await ctx.backend.snapshotList(ref);
-    if (!snapshots.some((s) => s.name === CLEAN_SNAPSHOT)) {
+    const foreign = foreignVolumes(ctx, await ctx.backend.getConfig(ref), row.vmid);
+    if (!snapshots.some((s) => s.name === CLEAN_SNAPSHOT) && foreign.length > 0) {
+      // A snapshot now would cover the workspace (invariant I4): revert is unavailable for this one.
+      this.event(
+        row.vmid,
+        "sandbox.recovery",
+        `no "${CLEAN_SNAPSHOT}" snapshot taken: ${foreign.map((f) => f.key).join(", ")} belongs to another VM`,
+      );
+    } else if (!snapshots.some((s) => s.name === CLEAN_SNAPSHOT)) {
       op.step("snapshot", `taking the "${CLEAN_SNAPSHOT}" snapshot of sandbox ${row.vmid}`);
       await ctx.backend.snapshotCreate(
         ref,

@@ -1,0 +1,135 @@
+/**
+ * Taking sandboxes out of the world: removing a VM, `sandbox destroy` and `sandbox prune`.
+ */
+import { AgentlabError } from "../../../protocol/errors.js";
+import type { Sandbox as SandboxJson } from "../../../protocol/sandbox.js";
+import type { DaemonContext } from "../../context.js";
+import { removeSnippet } from "../../guest/cloud-init.js";
+import type { VmRef } from "../../proxmox/types.js";
+import { transitionSandbox } from "../../state/sandbox.js";
+import type { SandboxState } from "../../store/sandboxes.js";
+import { describe, finalizeJobs, isProvisioning, isVmNotFound, vmRefOf } from "../maintenance-steps.js";
+import type { Operation } from "../operation.js";
+import { type SandboxScope, withSandbox } from "./guards.js";
+import { recordEvent, reportStep } from "./journal.js";
+import { sandboxJson } from "./json.js";
+import { releaseSandboxWorkspace, unplugWorkspaces } from "./workspace.js";
+
+/**
+ * Stop and destroy with purge; a VM that is already gone is fine. The stop is sent even when the
+ * VM reads stopped: a start still in flight (cancelled mid-boot) would otherwise finish after the
+ * check and make the destroy fail; Proxmox queues the stop behind it. Between the two, a workspace
+ * reference is dropped (best effort: the sandbox never owns the workspace volume, so the destroy
+ * cannot free it either way). Provisioning rollback, destroy --force and maintenance use it (the
+ * caller holds the sandbox's lock).
+ */
+export async function removeVm(ctx: DaemonContext, vm: VmRef): Promise<void> {
+  const { backend } = ctx;
+  try {
+    await backend.stop(vm);
+    await unplugWorkspaces(ctx, vm);
+    await backend.destroy(vm, { purge: true });
+  } catch (error) {
+    if (isVmNotFound(error)) return;
+    throw error;
+  }
+}
+
+/**
+ * Destroy: stop, destroy with purge, DESTROYED. A normal destroy refuses sandboxes still being
+ * provisioned and TIMEOUT ones, and fails on any Proxmox error; --force takes any state and treats a
+ * VM that is already gone as destroyed. A VM that still exists is never forgotten.
+ */
+export function destroySandbox(
+  { ctx, locks }: SandboxScope,
+  vmid: number,
+  force: boolean,
+  op: Operation,
+): Promise<SandboxJson> {
+  return withSandbox(ctx, locks, vmid, async (row) => {
+    if (row.state === "DESTROYED") return sandboxJson(row);
+    const refused: SandboxState[] = ["REQUESTED", "PROVISIONING", "BOOTING", "TIMEOUT"];
+    if (!force && refused.includes(row.state)) {
+      throw new AgentlabError(
+        "DESTROY_FAILED",
+        `failed to destroy sandbox: sandbox ${vmid} is in ${row.state} state`,
+        {
+          hint: `use --force: agentlab sandbox destroy --force ${vmid}`,
+          details: { vmid, state: row.state },
+        },
+      );
+    }
+    if (row.vm_created) {
+      const vm = vmRefOf(ctx, row);
+      reportStep(op, vmid, "destroy", `destroying VM ${vmid}`);
+      try {
+        if (force) await removeVm(ctx, vm);
+        else {
+          const status = await ctx.backend.status(vm);
+          if (status.state !== "stopped") await ctx.backend.stop(vm, { signal: op.signal });
+          await unplugWorkspaces(ctx, vm);
+          await ctx.backend.destroy(vm, { purge: true }, { signal: op.signal });
+        }
+      } catch (error) {
+        recordEvent(ctx, vmid, "sandbox.destroy.failed", describe(error));
+        throw new AgentlabError("DESTROY_FAILED", `failed to destroy sandbox: ${describe(error)}`, {
+          hint: isVmNotFound(error)
+            ? `the VM is already gone; clear the entry with agentlab sandbox destroy --force ${vmid} (or agentlab sandbox prune)`
+            : `use --force: agentlab sandbox destroy --force ${vmid}; if that fails too, qm destroy ${vmid} on the Proxmox host`,
+          details: {
+            vmid,
+            state: row.state,
+            ...(error instanceof AgentlabError ? { cause_code: error.code } : {}),
+          },
+          cause: error,
+        });
+      }
+    }
+    removeSnippet(row.snippet_path);
+    await ctx.network?.release(vmid, row.ip);
+    // A job bound to a destroyed sandbox can never finish; end it in the same transaction
+    // (upstream left such jobs RUNNING forever). The workspace, its lease and the session let go of the
+    // sandbox in it too: the VM and every reference it held are gone.
+    const destroyed = ctx.store.tx(() => {
+      const moved = transitionSandbox(ctx.store, vmid, "DESTROYED", { patch: { snippet_path: null } });
+      finalizeJobs(
+        ctx,
+        vmid,
+        row.state === "TIMEOUT" ? "TIMEOUT" : "FAILED",
+        `sandbox ${vmid} was destroyed`,
+      );
+      releaseSandboxWorkspace(ctx, vmid);
+      // Read again: the release cleared the row's workspace_id after the move.
+      return ctx.store.sandboxes.get(vmid) ?? moved;
+    });
+    recordEvent(ctx, vmid, "sandbox.destroy.completed", force ? "destroyed (forced)" : "destroyed");
+    return sandboxJson(destroyed);
+  });
+}
+
+/**
+ * Remove orphaned entries in one pass over one cluster-wide VM list: TIMEOUT sandboxes, and live
+ * rows whose VM no longer exists in Proxmox. Each goes through a forced destroy, under its own lock.
+ */
+export async function pruneSandboxes(
+  { ctx, locks }: SandboxScope,
+  op: Operation,
+): Promise<{ count: number; vmids: number[] }> {
+  const present = new Set((await ctx.backend.listVms()).map((vm) => vm.vmid));
+  const candidates = ctx.store.sandboxes
+    .list()
+    .filter(
+      (row) =>
+        row.state === "TIMEOUT" || (row.vm_created && !present.has(row.vmid) && !isProvisioning(row.state)),
+    );
+  const vmids: number[] = [];
+  for (const row of candidates) {
+    try {
+      await destroySandbox({ ctx, locks }, row.vmid, true, op);
+      vmids.push(row.vmid);
+    } catch (error) {
+      op.log.warn({ vmid: row.vmid, err: error }, `prune could not remove sandbox ${row.vmid}`);
+    }
+  }
+  return { count: vmids.length, vmids };
+}

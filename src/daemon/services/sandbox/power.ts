@@ -1,0 +1,198 @@
+/**
+ * A sandbox's power state after provisioning: start (booting), stop, stop --all, pause and resume.
+ * Each operation holds the sandbox's lock; bootSandbox and powerOff are the steps revert and stop
+ * --all reuse, and expect the caller to hold it.
+ */
+import { AgentlabError } from "../../../protocol/errors.js";
+import type { Sandbox as SandboxJson } from "../../../protocol/sandbox.js";
+import type { DaemonContext } from "../../context.js";
+import type { VmRef } from "../../proxmox/types.js";
+import { transitionSandbox } from "../../state/sandbox.js";
+import type { Sandbox, SandboxState } from "../../store/sandboxes.js";
+import { describe, vmRefOf } from "../maintenance-steps.js";
+import type { Operation } from "../operation.js";
+import { requireState, requireVm, type SandboxScope, withSandbox } from "./guards.js";
+import { waitForIp } from "./guest-address.js";
+import { recorded, reportStep } from "./journal.js";
+import { sandboxJson } from "./json.js";
+import { networkModeOf } from "./network-binding.js";
+import { netMac } from "./vm-config.js";
+
+/** Sandboxes stopped at the same time by stop --all. */
+const STOP_ALL_CONCURRENCY = 4;
+
+export interface StopAllResult {
+  total: number;
+  stopped: number;
+  skipped: number;
+  failed: number;
+  results: Array<{
+    vmid: number;
+    name: string;
+    result: "stopped" | "skipped" | "failed";
+    state: SandboxState;
+    reason?: string;
+  }>;
+}
+
+/**
+ * STOPPED -> BOOTING, start the VM, wait for the guest's address, READY -> RUNNING. A failure leaves
+ * the sandbox FAILED with `<what> failed: <reason>`. The caller holds the VMID's lock.
+ */
+export async function bootSandbox(
+  ctx: DaemonContext,
+  vmid: number,
+  vm: VmRef,
+  op: Operation,
+  what: string,
+): Promise<Sandbox> {
+  transitionSandbox(ctx.store, vmid, "BOOTING");
+  try {
+    reportStep(op, vmid, "start", `starting VM ${vmid}`);
+    await ctx.network?.beforeStart(vmid);
+    await ctx.backend.start(vm, { signal: op.signal });
+    reportStep(op, vmid, "wait-guest", "waiting for the guest to report its address");
+    const ip = await waitForIp(ctx, vm, ctx.clock.now().getTime() + ctx.config.provisioning_timeout_ms, op);
+    const ready = transitionSandbox(ctx.store, vmid, "READY", { patch: { ip } });
+    if (ctx.network?.active) {
+      const mode = networkModeOf(ctx, ready.profile);
+      await ctx.network.bind(vmid, netMac((await ctx.backend.getConfig(vm)).net0), ip, mode);
+    }
+    return transitionSandbox(ctx.store, vmid, "RUNNING");
+  } catch (error) {
+    transitionSandbox(ctx.store, vmid, "FAILED", { reason: `${what} failed: ${describe(error)}` });
+    throw error;
+  }
+}
+
+/** Hard-stop the VM and mark the sandbox STOPPED, with events. The caller holds the VMID's lock. */
+async function powerOff(ctx: DaemonContext, row: Sandbox, op: Operation, progress = ""): Promise<Sandbox> {
+  reportStep(op, row.vmid, "stop", `stopping VM ${row.vmid}${progress}`);
+  await recorded(ctx, row.vmid, "sandbox.stop", "stopped", () =>
+    ctx.backend.stop(vmRefOf(ctx, row), { signal: op.signal }),
+  );
+  return transitionSandbox(ctx.store, row.vmid, "STOPPED");
+}
+
+export function startSandbox(
+  { ctx, locks }: SandboxScope,
+  vmid: number,
+  op: Operation,
+): Promise<SandboxJson> {
+  return withSandbox(ctx, locks, vmid, async (row) => {
+    if (row.state === "RUNNING" || row.state === "READY") return sandboxJson(row);
+    if (row.state !== "STOPPED") {
+      throw new AgentlabError(
+        "INVALID_STATE",
+        `cannot start sandbox in ${row.state} state. Valid states: STOPPED`,
+        {
+          details: { vmid, state: row.state, valid: ["STOPPED"] },
+        },
+      );
+    }
+    return sandboxJson(await bootSandbox(ctx, vmid, vmRefOf(ctx, row), op, "start"));
+  });
+}
+
+export function stopSandbox({ ctx, locks }: SandboxScope, vmid: number, op: Operation): Promise<SandboxJson> {
+  return withSandbox(ctx, locks, vmid, async (row) => {
+    if (row.state === "STOPPED") return sandboxJson(row);
+    requireState(row, "stop", ["READY", "RUNNING", "SUSPENDED"]);
+    return sandboxJson(await powerOff(ctx, row, op));
+  });
+}
+
+/** Run `work` for each item with at most `limit` running at once; results keep the items' order. */
+async function mapLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  work: (item: T, index: number) => Promise<R>,
+): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const index = next++;
+      results[index] = await work(items[index]!, index);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
+/**
+ * Stop every READY and RUNNING sandbox, a few at a time. Each stop takes its VMID's lock and looks
+ * again: a sandbox that left READY/RUNNING meanwhile is skipped, a failed stop is reported and the
+ * others go on.
+ */
+export async function stopAllSandboxes({ ctx, locks }: SandboxScope, op: Operation): Promise<StopAllResult> {
+  const candidates = ctx.store.sandboxes
+    .list()
+    .filter((row) => row.state === "READY" || row.state === "RUNNING");
+  const total = candidates.length;
+  ctx.store.events.append({
+    kind: "sandbox.stop_all",
+    msg: `stopping ${total} sandbox${total === 1 ? "" : "es"}`,
+    payload: { total, vmids: candidates.map((row) => row.vmid) },
+  });
+  const results = await mapLimit(candidates, STOP_ALL_CONCURRENCY, (candidate, index) =>
+    locks.run(String(candidate.vmid), async (): Promise<StopAllResult["results"][number]> => {
+      const row = ctx.store.sandboxes.get(candidate.vmid) ?? candidate;
+      const entry = { vmid: row.vmid, name: row.name };
+      if (row.state !== "READY" && row.state !== "RUNNING") {
+        return { ...entry, result: "skipped", state: row.state, reason: `it is ${row.state} now` };
+      }
+      try {
+        const stopped = await powerOff(ctx, row, op, ` (${index + 1}/${total})`);
+        return { ...entry, result: "stopped", state: stopped.state };
+      } catch (error) {
+        const state = ctx.store.sandboxes.get(row.vmid)?.state ?? row.state;
+        return { ...entry, result: "failed", state, reason: describe(error) };
+      }
+    }),
+  );
+  const count = (result: string) => results.filter((r) => r.result === result).length;
+  const summary = { total, stopped: count("stopped"), skipped: count("skipped"), failed: count("failed") };
+  ctx.store.events.append({
+    kind: "sandbox.stop_all.result",
+    msg: `stopped ${summary.stopped} of ${total} (${summary.skipped} skipped, ${summary.failed} failed)`,
+    payload: { ...summary, results },
+  });
+  return { ...summary, results };
+}
+
+/** Suspend to RAM: READY or RUNNING -> SUSPENDED. Memory, processes and the address are kept. */
+export function pauseSandbox(
+  { ctx, locks }: SandboxScope,
+  vmid: number,
+  op: Operation,
+): Promise<SandboxJson> {
+  return withSandbox(ctx, locks, vmid, async (row) => {
+    const hint = `it is paused already; resume it with agentlab sandbox resume ${vmid}`;
+    requireState(row, "pause", ["READY", "RUNNING"], row.state === "SUSPENDED" ? { hint } : {});
+    requireVm(row, "pause");
+    reportStep(op, vmid, "suspend", `suspending VM ${vmid} to RAM`);
+    await recorded(ctx, vmid, "sandbox.pause", "suspended to RAM", () =>
+      ctx.backend.suspend(vmRefOf(ctx, row), { signal: op.signal }),
+    );
+    return sandboxJson(transitionSandbox(ctx.store, vmid, "SUSPENDED"));
+  });
+}
+
+/** Resume from RAM: SUSPENDED -> RUNNING, where the guest carries on with the same address. */
+export function resumeSandbox(
+  { ctx, locks }: SandboxScope,
+  vmid: number,
+  op: Operation,
+): Promise<SandboxJson> {
+  return withSandbox(ctx, locks, vmid, async (row) => {
+    const hint = `a stopped sandbox is started, not resumed: agentlab sandbox start ${vmid}`;
+    requireState(row, "resume", ["SUSPENDED"], row.state === "STOPPED" ? { hint } : {});
+    requireVm(row, "resume");
+    reportStep(op, vmid, "resume", `resuming VM ${vmid}`);
+    await recorded(ctx, vmid, "sandbox.resume", "resumed", () =>
+      ctx.backend.resume(vmRefOf(ctx, row), { signal: op.signal }),
+    );
+    return sandboxJson(transitionSandbox(ctx.store, vmid, "RUNNING"));
+  });
+}

@@ -1,0 +1,72 @@
+/**
+ * Read-only views of sandboxes: `sandbox list`, `sandbox show` and `sandbox logs`. They take no
+ * lock: they change nothing, and a view taken mid-operation shows the state recorded so far.
+ */
+import type { SandboxDetail, SandboxEvent, Sandbox as SandboxJson } from "../../../protocol/sandbox.js";
+import type { DaemonContext } from "../../context.js";
+import type { SandboxState } from "../../store/sandboxes.js";
+import { describe, isVmNotFound, vmRefOf } from "../maintenance-steps.js";
+import { getSandbox } from "./guards.js";
+import { eventJson, sandboxJson } from "./json.js";
+
+export function listSandboxes(
+  ctx: DaemonContext,
+  filter: {
+    state?: SandboxState | undefined;
+    profile?: string | undefined;
+    all?: boolean | undefined;
+  },
+): { sandboxes: SandboxJson[] } {
+  const rows = ctx.store.sandboxes.list({
+    ...(filter.state ? { state: filter.state } : {}),
+    ...(filter.profile ? { profile: filter.profile } : {}),
+    includeDestroyed: filter.all === true,
+  });
+  return { sandboxes: rows.map(sandboxJson) };
+}
+
+/** A sandbox with its recent events and, while it has a VM, what Proxmox says of that VM. */
+export async function showSandbox(ctx: DaemonContext, vmid: number, eventCount = 20): Promise<SandboxDetail> {
+  const row = getSandbox(ctx, vmid);
+  const detail: SandboxDetail = {
+    ...sandboxJson(row),
+    proxmox: { found: false },
+    events: ctx.store.events.listForSandbox(vmid, { tail: eventCount }).map(eventJson),
+  };
+  if (row.lease_expires_at) {
+    detail.lease_remaining_seconds = Math.max(
+      0,
+      Math.round((row.lease_expires_at.getTime() - ctx.clock.now().getTime()) / 1000),
+    );
+  }
+  if (row.vm_created && row.state !== "DESTROYED") {
+    try {
+      const vm = vmRefOf(ctx, row);
+      const [status, vmConfig] = await Promise.all([ctx.backend.status(vm), ctx.backend.getConfig(vm)]);
+      detail.proxmox = { found: true, status: status.state };
+      if (status.lock) detail.proxmox.lock = status.lock;
+      if (typeof vmConfig.cores === "number") detail.proxmox.cores = vmConfig.cores;
+      const memory = Number(vmConfig.memory);
+      if (Number.isFinite(memory)) detail.proxmox.memory_mb = memory;
+    } catch (error) {
+      detail.proxmox = isVmNotFound(error)
+        ? { found: false, error: `VM ${vmid} no longer exists in Proxmox` }
+        : { found: false, error: describe(error) };
+    }
+  }
+  return detail;
+}
+
+/** A sandbox's events: the last `tail`, or (for following) all after `after_id`. */
+export function sandboxLogs(
+  ctx: DaemonContext,
+  vmid: number,
+  options: { tail?: number | undefined; after_id?: number | undefined },
+): { events: SandboxEvent[]; last_id: number } {
+  getSandbox(ctx, vmid);
+  const events = ctx.store.events.listForSandbox(
+    vmid,
+    options.after_id !== undefined ? { afterId: options.after_id } : { tail: options.tail ?? 50 },
+  );
+  return { events: events.map(eventJson), last_id: events.at(-1)?.id ?? options.after_id ?? 0 };
+}

@@ -1,0 +1,151 @@
+/**
+ * `sandbox revert`: back to the `clean` snapshot provisioning takes, root disk only (spec 5.4).
+ */
+import { AgentlabError } from "../../../protocol/errors.js";
+import { CLEAN_SNAPSHOT_NAME, type Sandbox as SandboxJson } from "../../../protocol/sandbox.js";
+import { transitionSandbox } from "../../state/sandbox.js";
+import type { SandboxState } from "../../store/sandboxes.js";
+import { describe, vmRefOf } from "../maintenance-steps.js";
+import type { Operation } from "../operation.js";
+import { getSandbox, requireState, requireVm, type SandboxScope, withSandbox } from "./guards.js";
+import { recordEvent, reportStep } from "./journal.js";
+import { sandboxJson } from "./json.js";
+import { bootSandbox } from "./power.js";
+import { isSnapshotMissing, reapplySettings, requireRollbackable } from "./snapshot-rollback.js";
+import { nonRootDisks } from "./vm-config.js";
+
+/** Name of the snapshot `sandbox revert` goes back to. */
+export const CLEAN_SNAPSHOT = CLEAN_SNAPSHOT_NAME;
+
+/** States `sandbox revert` names as valid (upstream's wording); SUSPENDED is accepted too and stopped first. */
+const REVERT_STATES: readonly SandboxState[] = [
+  "READY",
+  "RUNNING",
+  "STOPPED",
+  "COMPLETED",
+  "FAILED",
+  "TIMEOUT",
+];
+
+export interface RevertResult {
+  sandbox: SandboxJson;
+  snapshot: string;
+  was_running: boolean;
+  restarted: boolean;
+}
+
+/** `cause` set: the rollback itself said so, after the VM had been stopped. */
+function cleanSnapshotMissing(vmid: number, cause?: unknown): AgentlabError {
+  return new AgentlabError(
+    "SNAPSHOT_NOT_FOUND",
+    `snapshot "${CLEAN_SNAPSHOT}" not found; reprovision the sandbox or create it via Proxmox (qm snapshot ${vmid} ${CLEAN_SNAPSHOT})`,
+    {
+      hint: `${cause === undefined ? "nothing was changed" : "the VM was stopped, its disk was not rolled back"}; to reprovision: agentlab sandbox destroy ${vmid}, then agentlab sandbox new`,
+      details: { vmid, snapshot: CLEAN_SNAPSHOT },
+      ...(cause !== undefined ? { cause } : {}),
+    },
+  );
+}
+
+/**
+ * Roll the root disk back to the `clean` snapshot (spec 5.4), fixing upstream's order: the snapshot's
+ * existence is checked before anything is stopped, so a missing `clean` leaves the sandbox as it was.
+ *
+ * Only the root disk may be rolled back. A Proxmox rollback covers every disk in the snapshot, and
+ * `clean` is taken at provisioning, before anything else is attached, so today it holds the root
+ * disk alone. A VM that has any other disk now (a future /work workspace) is refused: the workspace
+ * code must detach it first and attach it again after, and must never retake `clean` while one is
+ * attached; revert does not touch /work.
+ *
+ * Upstream also refuses without force while the sandbox's job is QUEUED/RUNNING; there are no jobs
+ * yet, so force is only recorded.
+ */
+export function revertSandbox(
+  { ctx, locks }: SandboxScope,
+  vmid: number,
+  options: { force?: boolean | undefined; restart?: boolean | undefined },
+  op: Operation,
+): Promise<RevertResult> {
+  return withSandbox(ctx, locks, vmid, async (row) => {
+    requireState(row, "revert", REVERT_STATES, {
+      accepted: [...REVERT_STATES, "SUSPENDED"],
+      ...(row.state === "DESTROYED"
+        ? { hint: `its VM is gone; create a new sandbox: agentlab sandbox new --profile ${row.profile}` }
+        : { hint: `wait until provisioning ends (agentlab sandbox show ${vmid}), then revert` }),
+    });
+    requireVm(row, "revert");
+    const vm = vmRefOf(ctx, row);
+    const { backend } = ctx;
+
+    reportStep(op, vmid, "check", `checking the "${CLEAN_SNAPSHOT}" snapshot and the disks of VM ${vmid}`);
+    const [snapshots, config, status] = await Promise.all([
+      backend.snapshotList(vm),
+      backend.getConfig(vm),
+      backend.status(vm),
+    ]);
+    if (!snapshots.some((snapshot) => snapshot.name === CLEAN_SNAPSHOT)) throw cleanSnapshotMissing(vmid);
+    await requireRollbackable(ctx, vm, config, snapshots, CLEAN_SNAPSHOT);
+    const extra = nonRootDisks(config);
+    if (extra.length > 0) {
+      throw new AgentlabError(
+        "CONFLICT",
+        `sandbox ${vmid} has disks besides its root disk (${extra.join(", ")}); revert rolls back the root disk only`,
+        {
+          hint: `detach them first (qm set ${vmid} --delete ${extra.join(",")}, or workspace detach), then revert`,
+          details: { vmid, disks: extra },
+        },
+      );
+    }
+
+    const wasRunning =
+      row.state === "READY" ||
+      row.state === "RUNNING" ||
+      row.state === "SUSPENDED" ||
+      status.state === "running" ||
+      status.state === "paused";
+    const restart = options.restart ?? wasRunning;
+    const force = options.force === true;
+    const payload = { snapshot: CLEAN_SNAPSHOT, was_running: wasRunning, force, restart };
+    recordEvent(ctx, vmid, "sandbox.revert.started", `reverting to "${CLEAN_SNAPSHOT}"`, payload);
+    const started = ctx.clock.now().getTime();
+    const failed = (error: unknown, what = "") => {
+      recordEvent(ctx, vmid, "sandbox.revert.failed", `${what}${describe(error)}`, {
+        ...payload,
+        error: `${what}${describe(error)}`,
+        duration_ms: ctx.clock.now().getTime() - started,
+      });
+    };
+    try {
+      if (status.state !== "stopped") {
+        reportStep(op, vmid, "stop", `stopping VM ${vmid}`);
+        await backend.stop(vm, { signal: op.signal });
+      }
+      transitionSandbox(ctx.store, vmid, "STOPPED", { patch: { ip: null, failure_reason: null } });
+      reportStep(op, vmid, "rollback", `rolling the root disk back to "${CLEAN_SNAPSHOT}"`);
+      await backend.snapshotRollback(vm, CLEAN_SNAPSHOT, { signal: op.signal });
+      await reapplySettings(ctx, vm, config, row.tags);
+    } catch (error) {
+      failed(error);
+      throw isSnapshotMissing(error) ? cleanSnapshotMissing(vmid, error) : error;
+    }
+    let sandbox = getSandbox(ctx, vmid);
+    if (restart) {
+      try {
+        sandbox = await bootSandbox(ctx, vmid, vm, op, "start after revert");
+      } catch (error) {
+        failed(error, "rolled back, but the restart failed: ");
+        throw error;
+      }
+    }
+    recordEvent(ctx, vmid, "sandbox.revert.completed", `reverted to "${CLEAN_SNAPSHOT}"`, {
+      ...payload,
+      duration_ms: ctx.clock.now().getTime() - started,
+    });
+    return {
+      sandbox: sandboxJson(sandbox),
+      snapshot: CLEAN_SNAPSHOT,
+      was_running: wasRunning,
+      restarted: restart,
+    };
+  });
+}

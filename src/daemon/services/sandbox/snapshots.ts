@@ -1,0 +1,196 @@
+/**
+ * Named snapshots a user takes and goes back to (`sandbox snapshot save|list|restore`, spec 5.5).
+ * Revert to `clean` is its own command (revert.ts).
+ */
+import { AgentlabError } from "../../../protocol/errors.js";
+import type { Sandbox as SandboxJson, SandboxSnapshot } from "../../../protocol/sandbox.js";
+import type { DaemonContext } from "../../context.js";
+import { canTransition, transitionSandbox } from "../../state/sandbox.js";
+import type { Sandbox } from "../../store/sandboxes.js";
+import { describe, vmRefOf } from "../maintenance-steps.js";
+import type { Operation } from "../operation.js";
+import {
+  getSandbox,
+  requireState,
+  requireVm,
+  type SandboxScope,
+  SETTLED_STATES,
+  withSandbox,
+} from "./guards.js";
+import { waitForIp } from "./guest-address.js";
+import { recordEvent, reportStep } from "./journal.js";
+import { sandboxJson, snapshotJson } from "./json.js";
+import { isSnapshotMissing, reapplySettings, requireRollbackable } from "./snapshot-rollback.js";
+import { nonRootDisks } from "./vm-config.js";
+import { foreignVolumes, workspaceSnapshotRefusal } from "./workspace.js";
+
+/** How long a snapshot restore that leaves the VM running waits for the guest to report its address. */
+const RESTORE_IP_BUDGET_MS = 2000;
+
+function snapshotMissing(vmid: number, name: string, cause?: unknown): AgentlabError {
+  return new AgentlabError("SNAPSHOT_NOT_FOUND", `snapshot "${name}" not found`, {
+    hint: `list the sandbox's snapshots: agentlab sandbox snapshot list ${vmid}`,
+    details: { vmid, snapshot: name },
+    ...(cause !== undefined ? { cause } : {}),
+  });
+}
+
+/** The hint for a sandbox outside the settled states: gone for good, or not provisioned yet. */
+function unsettledHint(row: Sandbox): string {
+  return row.state === "DESTROYED"
+    ? "its VM is gone, and its snapshots with it"
+    : `wait until provisioning ends (agentlab sandbox show ${row.vmid})`;
+}
+
+/**
+ * The guards of snapshot save and restore (spec 5.5): never while provisioning or DESTROYED; never,
+ * not even with force, while the sandbox's config (or, for a restore, the snapshot's config) references
+ * a volume another VM owns, such as a workspace (design §5.5, invariant I4): the snapshot or rollback
+ * would cover that disk too. Without force only a STOPPED sandbox whose VM is really stopped and has no
+ * disk besides its root disk.
+ */
+async function snapshotGuard(
+  ctx: DaemonContext,
+  row: Sandbox,
+  verb: "snapshot" | "restore",
+  force: boolean,
+  snapshot?: string,
+): Promise<void> {
+  requireState(row, verb, ["STOPPED"], { accepted: SETTLED_STATES, hint: unsettledHint(row) });
+  requireVm(row, verb);
+  const vm = vmRefOf(ctx, row);
+  const config = await ctx.backend.getConfig(vm);
+  const attached = ctx.store.workspaces.byAttachedVmid(row.vmid);
+  const foreign = foreignVolumes(ctx, config, row.vmid);
+  if (attached && !foreign.some((f) => f.volid === attached.volid)) {
+    // The database says attached even if the config was changed behind its back: refuse as well.
+    foreign.unshift({
+      key: "scsi1",
+      volid: attached.volid,
+      owner: attached.holder_vmid ?? 0,
+      workspace: attached,
+    });
+  }
+  if (foreign.length > 0) throw workspaceSnapshotRefusal(ctx, row.vmid, foreign, "config");
+  // A snapshot that does not exist is reported by the restore itself, in its own words.
+  if (snapshot !== undefined && (await ctx.backend.snapshotList(vm)).some((s) => s.name === snapshot)) {
+    const inSnapshot = foreignVolumes(ctx, await ctx.backend.getConfig(vm, { snapshot }), row.vmid);
+    if (inSnapshot.length > 0) throw workspaceSnapshotRefusal(ctx, row.vmid, inSnapshot, { snapshot });
+  }
+  if (force) return;
+  const mustStop = () =>
+    new AgentlabError("INVALID_STATE", "sandbox must be stopped for snapshots", {
+      hint: `stop it first (agentlab sandbox stop ${row.vmid}), or use --force`,
+      details: { vmid: row.vmid, state: row.state },
+    });
+  if (row.state !== "STOPPED") throw mustStop();
+  const status = await ctx.backend.status(vm);
+  if (status.state !== "stopped") throw mustStop();
+  const extra = nonRootDisks(config);
+  if (extra.length > 0) {
+    throw new AgentlabError(
+      "CONFLICT",
+      `sandbox ${row.vmid} has disks besides its root disk (${extra.join(", ")}); a snapshot would cover them too`,
+      {
+        hint: "detach them first, or use --force to include them",
+        details: { vmid: row.vmid, disks: extra },
+      },
+    );
+  }
+}
+
+export function saveSnapshot(
+  { ctx, locks }: SandboxScope,
+  vmid: number,
+  name: string,
+  force: boolean,
+  op: Operation,
+): Promise<{ vmid: number; name: string; created_at: string }> {
+  return withSandbox(ctx, locks, vmid, async (row) => {
+    await snapshotGuard(ctx, row, "snapshot", force);
+    const vm = vmRefOf(ctx, row);
+    const existing = await ctx.backend.snapshotList(vm);
+    if (existing.some((snapshot) => snapshot.name === name)) {
+      throw new AgentlabError("CONFLICT", `snapshot "${name}" already exists`, {
+        hint: `choose another name; agentlab sandbox snapshot list ${vmid} shows the taken ones`,
+        details: { vmid, name },
+      });
+    }
+    reportStep(op, vmid, "snapshot", `taking snapshot "${name}" of VM ${vmid}`);
+    try {
+      await ctx.backend.snapshotCreate(vm, name, undefined, { signal: op.signal });
+    } catch (error) {
+      recordEvent(ctx, vmid, "sandbox.snapshot.failed", describe(error), { name, error: describe(error) });
+      throw error;
+    }
+    recordEvent(ctx, vmid, "sandbox.snapshot.created", `snapshot "${name}" taken`, { name, force });
+    return { vmid, name, created_at: ctx.clock.now().toISOString() };
+  });
+}
+
+/** The VM's snapshots, without Proxmox's `current` pseudo-entry. Takes no lock: it only reads. */
+export async function listSnapshots(
+  ctx: DaemonContext,
+  vmid: number,
+): Promise<{ vmid: number; snapshots: SandboxSnapshot[] }> {
+  const row = getSandbox(ctx, vmid);
+  requireState(row, "list snapshots of", SETTLED_STATES, { hint: unsettledHint(row) });
+  requireVm(row, "list snapshots of");
+  const snapshots = await ctx.backend.snapshotList(vmRefOf(ctx, row));
+  return { vmid, snapshots: snapshots.filter((s) => s.name !== "current").map(snapshotJson) };
+}
+
+/**
+ * Roll back to a named snapshot. The VM is then as the snapshot left it: a disk-only snapshot leaves
+ * it stopped (STOPPED, address cleared), one with RAM resumes it (RUNNING, address asked again).
+ */
+export function restoreSnapshot(
+  { ctx, locks }: SandboxScope,
+  vmid: number,
+  name: string,
+  force: boolean,
+  op: Operation,
+): Promise<{ sandbox: SandboxJson; snapshot: string }> {
+  return withSandbox(ctx, locks, vmid, async (row) => {
+    await snapshotGuard(ctx, row, "restore", force, name);
+    const vm = vmRefOf(ctx, row);
+    const { backend } = ctx;
+    const snapshots = await backend.snapshotList(vm);
+    if (!snapshots.some((snapshot) => snapshot.name === name)) throw snapshotMissing(vmid, name);
+    await requireRollbackable(ctx, vm, await backend.getConfig(vm), snapshots, name);
+    reportStep(op, vmid, "rollback", `rolling VM ${vmid} back to snapshot "${name}"`);
+    try {
+      await backend.snapshotRollback(vm, name, { signal: op.signal });
+      await reapplySettings(ctx, vm, undefined, row.tags);
+    } catch (error) {
+      recordEvent(ctx, vmid, "sandbox.snapshot.restore_failed", describe(error), {
+        name,
+        error: describe(error),
+      });
+      throw isSnapshotMissing(error) ? snapshotMissing(vmid, name, error) : error;
+    }
+    const status = await backend.status(vm);
+    let sandbox: Sandbox;
+    if (status.state === "running" || status.state === "paused") {
+      if (!canTransition(getSandbox(ctx, vmid).state, "RUNNING"))
+        transitionSandbox(ctx.store, vmid, "STOPPED");
+      let ip: string | null = null;
+      try {
+        ip = await waitForIp(ctx, vm, ctx.clock.now().getTime() + RESTORE_IP_BUDGET_MS, op);
+      } catch (error) {
+        op.log.info({ vmid, err: error }, "no guest address yet after the restore");
+      }
+      sandbox = transitionSandbox(ctx.store, vmid, "RUNNING", { patch: { ip, failure_reason: null } });
+    } else {
+      sandbox = transitionSandbox(ctx.store, vmid, "STOPPED", {
+        patch: { ip: null, failure_reason: null },
+      });
+    }
+    recordEvent(ctx, vmid, "sandbox.snapshot.restored", `restored snapshot "${name}"`, {
+      name,
+      force,
+      running: sandbox.state === "RUNNING",
+    });
+    return { sandbox: sandboxJson(sandbox), snapshot: name };
+  });
+}
