@@ -7,8 +7,10 @@ import { completionCommand } from "./commands/completion.js";
 import { initCommand } from "./commands/init.js";
 import { profileCommand } from "./commands/profile.js";
 import { sandboxCommand, sandboxShortcuts } from "./commands/sandbox.js";
+import { sessionCommand } from "./commands/session.js";
 import { statusCommand } from "./commands/status.js";
 import { versionCommand } from "./commands/version.js";
+import { workspaceCommand } from "./commands/workspace.js";
 import { defaultSocket, type GlobalArgs, parseTimeout } from "./context.js";
 import { processOutput, renderError } from "./render.js";
 
@@ -82,6 +84,8 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
     .command(initCommand)
     .command(sandboxCommand)
     .command(sandboxShortcuts)
+    .command(workspaceCommand)
+    .command(sessionCommand)
     .command(profileCommand)
     .command(versionCommand)
     .command(completionCommand)

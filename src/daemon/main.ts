@@ -5,6 +5,9 @@ import { loadProfiles } from "../config/profiles.js";
 import { AgentlabError } from "../protocol/errors.js";
 import { VERSION } from "../version.js";
 import { type Clock, type DaemonContext, type Scheduler, systemClock, systemScheduler } from "./context.js";
+import { GuestListener } from "./guest/listener.js";
+import { GuestReadiness } from "./guest/ready-waiters.js";
+import { BootstrapTokens } from "./guest/tokens.js";
 import { createLogger, type Logger } from "./log.js";
 import { execaRunner, SandboxFirewall } from "./network/sandbox-firewall.js";
 import { createBackend } from "./proxmox/load.js";
@@ -12,6 +15,7 @@ import { registerHandlers } from "./rpc/handlers.js";
 import { RpcServer } from "./rpc/server.js";
 import { claimSocketPath } from "./rpc/socket.js";
 import { SandboxNetworking } from "./services/sandbox-network.js";
+import { createBootstrapTokenRepo } from "./store/bootstrap-tokens.js";
 import { openStore, type Store } from "./store/db.js";
 
 export interface Daemon {
@@ -42,8 +46,17 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   const clock = options.clock ?? systemClock;
   await claimSocketPath(config.socket_path);
   let store: Store | undefined;
+  let guestListener: GuestListener | undefined;
   try {
     store = openStore(config.db_path, { now: () => clock.now() });
+    const guestLog = log.child({ component: "guest" });
+    const guestReady = new GuestReadiness({
+      tokens: new BootstrapTokens(createBootstrapTokenRepo(store), clock),
+      clock,
+      controllerUrl: config.controller_url,
+      listenAddress: config.bootstrap_listen,
+      log: guestLog,
+    });
     const ctx: DaemonContext = {
       config,
       configPath: options.configPath,
@@ -55,6 +68,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         new SandboxFirewall({ run: execaRunner(), subnet: config.agent_subnet }),
         log.child({ component: "network" }),
       ),
+      guestReady,
       log,
       clock,
       startedAt: clock.now(),
@@ -62,12 +76,24 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     };
     await ctx.network?.init();
     const server = new RpcServer({ log });
-    const { maintenance, sandboxes } = registerHandlers(server, ctx, {
+    const { maintenance, sandboxes, workspaces } = registerHandlers(server, ctx, {
       maintenance: { scheduler: options.scheduler ?? systemScheduler },
     });
-    // Before the socket opens, so every row it finds before READY was left by the previous process.
+    maintenance.useWorkspaces(workspaces.recovery);
+    // Before the socket opens, so every row it finds before READY was left by the previous process,
+    // and every workspace lease of a live owner is extended again before a client can ask for it.
     maintenance.prepare();
     const socket = await server.listen(config.socket_path);
+    // After the socket, as upstream binds. A bind failure is logged with its fix and does not stop the
+    // daemon: readiness then comes from the guest agent alone.
+    guestListener = new GuestListener({
+      listen: config.bootstrap_listen,
+      agentSubnet: config.agent_subnet,
+      rateLimit: { qps: config.bootstrap_rate_limit_qps, burst: config.bootstrap_rate_limit_burst },
+      readiness: guestReady,
+      log: guestLog,
+    });
+    const guest = await guestListener.start();
     log.info(
       {
         version: VERSION,
@@ -78,6 +104,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         schema_version: store.schemaVersion(),
         profiles: profiles.map((p) => p.name),
         backend: config.proxmox_backend,
+        guest_listener: guest.listening ? guest.url : null,
       },
       "agentlabd ready",
     );
@@ -86,6 +113,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     // Not awaited: Proxmox may be slow or down at start; the sets are rebuilt as soon as it answers.
     void sandboxes.resyncNetwork().catch((error) => log.warn({ err: error }, "network resync failed"));
     const openStoreRef = store;
+    const openGuestListener = guestListener;
     let stopping: Promise<void> | undefined;
     return {
       ctx,
@@ -97,6 +125,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
             maintenance.stop(config.shutdown_timeout_ms),
             server.close(config.shutdown_timeout_ms),
           ]);
+          // Only after the drain: a provisioning call still finishing may be waiting for its guest's report.
+          await openGuestListener.close();
           openStoreRef.close();
           log.info({ drained, cancelled, maintenance_finished: maintenanceDone }, "agentlabd stopped");
         })();
@@ -104,6 +134,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       },
     };
   } catch (error) {
+    await guestListener?.close();
     store?.close();
     throw error;
   }

@@ -27,6 +27,31 @@ import {
   sandboxUpdate,
   sandboxValidate,
 } from "./sandbox.js";
+import {
+  sessionBranch,
+  sessionCreate,
+  sessionFork,
+  sessionList,
+  sessionResume,
+  sessionShow,
+  sessionStop,
+} from "./session.js";
+import {
+  workspaceAttach,
+  workspaceCheck,
+  workspaceCreate,
+  workspaceDestroy,
+  workspaceDetach,
+  workspaceFork,
+  workspaceFsck,
+  workspaceLeaseClear,
+  workspaceList,
+  workspaceRebind,
+  workspaceShow,
+  workspaceSnapshotCreate,
+  workspaceSnapshotList,
+  workspaceSnapshotRestore,
+} from "./workspace.js";
 
 export * from "./daemon.js";
 export * from "./errors.js";
@@ -36,7 +61,9 @@ export * from "./method.js";
 export * from "./profile.js";
 export * from "./progress.js";
 export * from "./sandbox.js";
+export * from "./session.js";
 export * from "./units.js";
+export * from "./workspace.js";
 
 /** Every method the daemon serves, in the order docs/rpc.md lists them. */
 export const METHODS: readonly Method[] = [
@@ -63,6 +90,27 @@ export const METHODS: readonly Method[] = [
   sandboxSnapshotSave,
   sandboxSnapshotList,
   sandboxSnapshotRestore,
+  workspaceCreate,
+  workspaceList,
+  workspaceShow,
+  workspaceAttach,
+  workspaceDetach,
+  workspaceCheck,
+  workspaceFsck,
+  workspaceSnapshotCreate,
+  workspaceSnapshotList,
+  workspaceSnapshotRestore,
+  workspaceFork,
+  workspaceLeaseClear,
+  workspaceRebind,
+  workspaceDestroy,
+  sessionCreate,
+  sessionList,
+  sessionShow,
+  sessionStop,
+  sessionResume,
+  sessionFork,
+  sessionBranch,
 ];
 
 /** Frames larger than this close the connection: no legitimate request comes near it. */

@@ -88,6 +88,13 @@ export const sandboxCreate = defineMethod({
       keepalive: z.boolean().optional(),
       vmid: vmid.optional(),
       tags: z.array(tag).max(16).optional(),
+      workspace: z
+        .string()
+        .min(1)
+        .optional()
+        .describe(
+          "workspace name or id to attach as scsi1 before the first boot (after the clean snapshot, so revert never covers it)",
+        ),
       progress_token: progressToken,
     })
     .strict(),
@@ -101,6 +108,10 @@ export const sandboxCreate = defineMethod({
     "PROXMOX_TASK_FAILED",
     "PROVISIONING_FAILED",
     "CANCELLED",
+    "WORKSPACE_NOT_FOUND",
+    "WORKSPACE_ATTACHED",
+    "WORKSPACE_LEASE_HELD",
+    "WORKSPACE_BUSY",
   ],
 });
 
@@ -320,7 +331,7 @@ export const sandboxSnapshotSave = defineMethod({
     .strict(),
   result: z.object({ vmid: z.number().int(), name: z.string(), created_at: z.string() }),
   progress: true,
-  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "CONFLICT", "PROXMOX_ERROR"],
+  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "CONFLICT", "WORKSPACE_ATTACHED", "PROXMOX_ERROR"],
 });
 
 export const sandboxSnapshotList = defineMethod({
@@ -346,7 +357,7 @@ export const sandboxSnapshotRestore = defineMethod({
     .strict(),
   result: z.object({ sandbox: Sandbox, snapshot: z.string() }),
   progress: true,
-  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "SNAPSHOT_NOT_FOUND", "PROXMOX_ERROR"],
+  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "SNAPSHOT_NOT_FOUND", "WORKSPACE_ATTACHED", "PROXMOX_ERROR"],
 });
 
 export const StopAllEntry = z.object({
@@ -416,6 +427,7 @@ export const sandboxValidate = defineMethod({
       keepalive: z.boolean().optional(),
       vmid: z.number().int().optional(),
       tags: z.array(z.string()).optional(),
+      workspace: z.string().min(1).optional().describe("workspace name or id sandbox new would attach"),
     })
     .strict(),
   result: z.object({

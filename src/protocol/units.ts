@@ -107,3 +107,20 @@ export function parseMemoryMb(text: string): number {
   }
   return mib;
 }
+
+const SIZE_FORMAT = /^(\d+(?:\.\d+)?)\s*(?:([gt])(?:i?b)?)?$/i;
+
+/**
+ * A disk size in whole GiB, as Proxmox allocates disks: a bare number is GiB ("80"); G or T may follow,
+ * with or without "B"/"iB" ("80G", "80GB", "1T"). Units are binary (1T = 1024G), as in Proxmox.
+ */
+export function parseSizeGb(text: string): number {
+  const input = text.trim();
+  if (/^-\d/.test(input)) throw new Error("size must be positive");
+  const match = SIZE_FORMAT.exec(input);
+  if (!match) throw new Error(`expected a disk size such as 80G, 80 or 1T, got "${text}"`);
+  const gib = Number(match[1]) * ((match[2] ?? "g").toLowerCase() === "t" ? 1024 : 1);
+  if (!Number.isFinite(gib) || gib <= 0) throw new Error("size must be positive");
+  if (!Number.isInteger(gib)) throw new Error(`size must be a whole number of GiB: "${text}" is ${gib} GiB`);
+  return gib;
+}

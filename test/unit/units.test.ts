@@ -1,6 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { formatDuration, parseDuration, parseMemoryMb, parseTtlMinutes } from "../../src/protocol/units.js";
+import {
+  formatDuration,
+  parseDuration,
+  parseMemoryMb,
+  parseSizeGb,
+  parseTtlMinutes,
+} from "../../src/protocol/units.js";
 
 describe("units: parseDuration", () => {
   it("reads Go-style durations into milliseconds", () => {
@@ -118,6 +124,37 @@ describe("units: parseMemoryMb", () => {
       assert.throws(
         () => parseMemoryMb(text),
         /^Error: expected a memory size such as 8192, 512M, 8G or 8GiB, got "/,
+        text,
+      );
+    }
+  });
+});
+
+describe("units: parseSizeGb", () => {
+  it("reads GiB, or G/T in any spelling, as Proxmox sizes disks", () => {
+    const cases: [string, number][] = [
+      ["80", 80],
+      ["80G", 80],
+      ["80GB", 80],
+      ["80GiB", 80],
+      [" 80 g ", 80],
+      ["1T", 1024],
+      ["1.5T", 1536],
+    ];
+    for (const [text, gb] of cases) assert.equal(parseSizeGb(text), gb, text);
+  });
+
+  it("refuses zero, negative, fractional and unknown sizes with the accepted forms", () => {
+    for (const text of ["0", "0G", "-8G"])
+      assert.throws(() => parseSizeGb(text), { message: "size must be positive" });
+    assert.throws(
+      () => parseSizeGb("1.5G"),
+      /^Error: size must be a whole number of GiB: "1.5G" is 1.5 GiB$/,
+    );
+    for (const text of ["", "80M", "eighty", "80X", "G"]) {
+      assert.throws(
+        () => parseSizeGb(text),
+        /^Error: expected a disk size such as 80G, 80 or 1T, got "/,
         text,
       );
     }

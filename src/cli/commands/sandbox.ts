@@ -35,21 +35,11 @@ import {
 } from "../../protocol/index.js";
 import { confirm } from "../confirm.js";
 import { type CommandContext, execute, type GlobalArgs } from "../context.js";
+import { ttlOption } from "../options.js";
 import { fields, table } from "../render.js";
 import { inventoryCommand, reconcileCommand } from "./sandbox-maintenance.js";
 
 type Args<T> = GlobalArgs & T;
-
-function ttlOption(text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  try {
-    return parseTtlMinutes(text);
-  } catch (error) {
-    throw new AgentlabError("USAGE", `--ttl: ${(error as Error).message}`, {
-      hint: "give minutes (90) or a duration (90m, 2h)",
-    });
-  }
-}
 
 function leaseText(sandbox: Sandbox, now = Date.now()): string {
   if (sandbox.state === "DESTROYED") return "-";
@@ -79,6 +69,7 @@ function sandboxFields(s: Sandbox): Array<[string, string]> {
     ["keepalive", s.keepalive ? "yes" : "no"],
     ["tags", s.tags.length > 0 ? s.tags.join(", ") : "-"],
   ];
+  if (s.workspace_id) pairs.push(["workspace", `${s.workspace_id} (scsi1, mounted at /work)`]);
   if (s.failure_reason) pairs.push(["reason", s.failure_reason]);
   pairs.push(["created", s.created_at]);
   return pairs;
@@ -133,6 +124,7 @@ interface NewArgs {
   keepalive?: boolean;
   vmid?: number;
   tag?: string[];
+  workspace?: string;
 }
 
 /** The flags of sandbox new, shared with sandbox validate. */
@@ -154,9 +146,11 @@ function createOptions(yargs: Argv<GlobalArgs>) {
       describe: "keep the sandbox when its job ends (default from the profile)",
     })
     .option("vmid", { type: "number", describe: "use this VMID instead of the next free one" })
-    .option("tag", { type: "string", array: true, describe: "tag the VM (repeatable)" }) as unknown as Argv<
-    Args<NewArgs>
-  >;
+    .option("tag", { type: "string", array: true, describe: "tag the VM (repeatable)" })
+    .option("workspace", {
+      type: "string",
+      describe: "attach this detached workspace (name or id) as /work before the first boot",
+    }) as unknown as Argv<Args<NewArgs>>;
 }
 
 /**
@@ -184,6 +178,7 @@ async function createParams(
     ...(argv.keepalive !== undefined ? { keepalive: argv.keepalive } : {}),
     ...(argv.vmid !== undefined ? { vmid: argv.vmid } : {}),
     ...(argv.tag !== undefined ? { tags: argv.tag.map(String) } : {}),
+    ...(argv.workspace !== undefined ? { workspace: argv.workspace } : {}),
   };
 }
 
@@ -196,7 +191,11 @@ const newCommand = (command: string): CommandModule<GlobalArgs, Args<NewArgs>> =
         "agentlab sandbox new --profile yolo-ephemeral --ttl 2h",
         "a sandbox that expires in two hours",
       )
-      .example("agentlab new +yolo +ephemeral", "the same profile, named by its words"),
+      .example("agentlab new +yolo +ephemeral", "the same profile, named by its words")
+      .example(
+        "agentlab sandbox new --profile yolo-workspace --workspace ws1",
+        "a sandbox with the detached workspace ws1 mounted at /work",
+      ),
   handler: (argv) =>
     execute(argv, async (ctx) => {
       const sandbox = await ctx.call(sandboxCreate, await createParams(ctx, argv, ttlOption));

@@ -25,26 +25,31 @@ import { sandboxInventory, sandboxReconcile } from "../../protocol/maintenance.j
 import type { DaemonContext } from "../context.js";
 import { daemonChecks as checksOf } from "../services/checks.js";
 import { type MaintenanceOptions, MaintenanceService } from "../services/maintenance.js";
-import type { Operation } from "../services/operation.js";
 import { listProfiles } from "../services/profiles.js";
+import { VmidAllocator } from "../services/sandbox/vmid-allocator.js";
 import { SandboxService } from "../services/sandboxes.js";
+import { SessionService } from "../services/sessions/service.js";
 import { daemonStatus as statusOf } from "../services/status.js";
-import type { CallContext, RpcServer } from "./server.js";
-
-/** A service operation driven by an RPC call: its cancellation, its progress, its request log. */
-function operation(call: CallContext): Operation {
-  return { signal: call.signal, log: call.log, step: (step, message) => call.progress({ step, message }) };
-}
+import { WorkspaceService } from "../services/workspaces/service.js";
+import { operation } from "./operation.js";
+import type { RpcServer } from "./server.js";
+import { registerSessionHandlers } from "./session-handlers.js";
+import { registerWorkspaceHandlers } from "./workspace-handlers.js";
 
 /** Wire every protocol method to the service that answers it. */
 export function registerHandlers(
   server: RpcServer,
   ctx: DaemonContext,
   options: { maintenance?: MaintenanceOptions } = {},
-): { sandboxes: SandboxService; maintenance: MaintenanceService } {
-  const sandboxes = new SandboxService(ctx);
+): { sandboxes: SandboxService; maintenance: MaintenanceService; workspaces: WorkspaceService } {
+  // One VMID allocator per daemon: every service that creates VMs reserves through it, under one lock.
+  const vmids = new VmidAllocator(ctx);
+  const sandboxes = new SandboxService(ctx, vmids);
   // Shares the SandboxService, so background passes and RPC calls take the same per-VM locks.
-  const maintenance = new MaintenanceService(ctx, sandboxes, options.maintenance);
+  const maintenance = new MaintenanceService(ctx, sandboxes, {
+    ...options.maintenance,
+    detachWorkspace: (row, vm) => sandboxes.releaseWorkspaceBeforeReap(row, vm),
+  });
   server.register(sandboxInventory, () => maintenance.inventory());
   server.register(sandboxReconcile, (params, call) =>
     maintenance.reconcile(params.apply === true, operation(call)),
@@ -76,5 +81,9 @@ export function registerHandlers(
   server.register(sandboxSnapshotRestore, (params, call) =>
     sandboxes.snapshotRestore(params.vmid, params.name, params.force === true, operation(call)),
   );
-  return { sandboxes, maintenance };
+  const workspaces = new WorkspaceService(ctx, sandboxes, vmids);
+  sandboxes.useWorkspaces(workspaces);
+  registerWorkspaceHandlers(server, workspaces);
+  registerSessionHandlers(server, new SessionService(ctx, sandboxes, workspaces));
+  return { sandboxes, maintenance, workspaces };
 }

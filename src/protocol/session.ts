@@ -1,0 +1,152 @@
+import { z } from "zod";
+import { defineMethod } from "./method.js";
+import { progressToken } from "./progress.js";
+import { Sandbox } from "./sandbox.js";
+import { Workspace, WorkspaceName } from "./workspace.js";
+
+/**
+ * Sessions: a named, resumable piece of work = a workspace + a profile (+ a branch label). A session
+ * is running while it has a live sandbox with its workspace attached, stopped otherwise.
+ */
+
+export const SessionName = z
+  .string()
+  .regex(
+    /^[a-z0-9][a-z0-9._-]{0,62}$/,
+    "session names use lower-case letters, digits, . _ and -, at most 63",
+  );
+
+const sessionRef = z.string().min(1).describe("session name or id");
+
+export const Session = z.object({
+  id: z.string(),
+  name: z.string(),
+  state: z.enum(["running", "stopped"]).describe("running while its sandbox exists and is not DESTROYED"),
+  workspace_id: z.string(),
+  workspace_name: z.string().optional(),
+  profile: z.string(),
+  branch: z.string().optional(),
+  current_vmid: z.number().int().optional(),
+  created_at: z.string(),
+  updated_at: z.string(),
+});
+export type Session = z.infer<typeof Session>;
+
+const sizeGb = z.number().int().positive("workspace size must be a positive whole number of GiB").max(65536);
+
+export const sessionCreate = defineMethod({
+  method: "session.create",
+  summary:
+    "Create a session and start its sandbox with the workspace attached. Give workspace (an existing, detached one) or workspace_create (the name of a new one).",
+  params: z
+    .object({
+      name: SessionName,
+      profile: z.string().min(1),
+      workspace: z.string().min(1).optional().describe("existing workspace name or id"),
+      workspace_create: WorkspaceName.optional().describe("name of a workspace to create for the session"),
+      workspace_size_gb: sizeGb.optional(),
+      workspace_storage: z.string().min(1).optional(),
+      branch: z.string().min(1).max(200).optional(),
+      ttl_minutes: z.number().int().positive("ttl_minutes must be positive").optional(),
+      progress_token: progressToken,
+    })
+    .strict()
+    .refine((p) => (p.workspace === undefined) !== (p.workspace_create === undefined), {
+      message: "give exactly one of workspace (existing) or workspace_create (new)",
+    }),
+  result: z.object({ session: Session, workspace: Workspace, sandbox: Sandbox }),
+  progress: true,
+  errors: [
+    "CONFLICT",
+    "PROFILE_NOT_FOUND",
+    "WORKSPACE_NOT_FOUND",
+    "WORKSPACE_ATTACHED",
+    "WORKSPACE_LEASE_HELD",
+    "PROVISIONING_FAILED",
+  ],
+});
+
+export const sessionList = defineMethod({
+  method: "session.list",
+  summary: "Every session with its state, workspace, profile, branch and current sandbox.",
+  params: z.object({}).strict(),
+  result: z.object({ sessions: z.array(Session) }),
+  progress: false,
+  errors: [],
+});
+
+export const sessionShow = defineMethod({
+  method: "session.show",
+  summary: "One session with its workspace and current sandbox.",
+  params: z.object({ session: sessionRef }).strict(),
+  result: z.object({ session: Session, workspace: Workspace.optional(), sandbox: Sandbox.optional() }),
+  progress: false,
+  errors: ["SESSION_NOT_FOUND"],
+});
+
+export const sessionStop = defineMethod({
+  method: "session.stop",
+  summary: "Destroy the session's sandbox. The workspace and the session stay; resume starts a new sandbox.",
+  params: z.object({ session: sessionRef, progress_token: progressToken }).strict(),
+  result: z.object({ session: Session, destroyed_vmid: z.number().int().optional() }),
+  progress: true,
+  errors: ["SESSION_NOT_FOUND", "DESTROY_FAILED"],
+});
+
+export const sessionResume = defineMethod({
+  method: "session.resume",
+  summary: "Start a new sandbox for a stopped session with its workspace attached before the first boot.",
+  params: z
+    .object({
+      session: sessionRef,
+      ttl_minutes: z.number().int().positive("ttl_minutes must be positive").optional(),
+      progress_token: progressToken,
+    })
+    .strict(),
+  result: z.object({ session: Session, workspace: Workspace, sandbox: Sandbox }),
+  progress: true,
+  errors: [
+    "SESSION_NOT_FOUND",
+    "CONFLICT",
+    "WORKSPACE_ATTACHED",
+    "WORKSPACE_LEASE_HELD",
+    "PROVISIONING_FAILED",
+  ],
+});
+
+export const sessionFork = defineMethod({
+  method: "session.fork",
+  summary:
+    "New session on a fork of a stopped session's workspace (the data is copied, copy-on-write where the storage allows), started with its own sandbox.",
+  params: z
+    .object({
+      session: sessionRef,
+      name: SessionName,
+      profile: z.string().min(1).optional().describe("default: the source session's profile"),
+      branch: z.string().min(1).max(200).optional(),
+      progress_token: progressToken,
+    })
+    .strict(),
+  result: z.object({ session: Session, workspace: Workspace, sandbox: Sandbox }),
+  progress: true,
+  errors: ["SESSION_NOT_FOUND", "CONFLICT", "WORKSPACE_ATTACHED", "PROVISIONING_FAILED"],
+});
+
+export const sessionBranch = defineMethod({
+  method: "session.branch",
+  summary:
+    "The session for a branch, named branch-<slug>: resumed if it exists and is stopped, otherwise created with a new 80 GiB workspace of the same name on the default storage.",
+  params: z
+    .object({ branch: z.string().min(1).max(200), profile: z.string().min(1), progress_token: progressToken })
+    .strict(),
+  result: z.object({
+    session: Session,
+    workspace: Workspace,
+    sandbox: Sandbox.optional(),
+    action: z
+      .enum(["created", "resumed", "running"])
+      .describe("running: it was already running; nothing changed"),
+  }),
+  progress: true,
+  errors: ["CONFLICT", "PROFILE_NOT_FOUND", "PROVISIONING_FAILED"],
+});

@@ -1,0 +1,129 @@
+/**
+ * Helpers for the workspace tests that go through the real CLI and daemon: the simulator's view of a
+ * VM, and the real file behind a workspace volume, so a test can write bytes "as the guest would" and
+ * prove they survive.
+ */
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { closeSync, openSync, readSync, statSync, writeSync } from "node:fs";
+import type { SimHost } from "../helpers/simhost.js";
+import { inspect, runTool } from "../pvesim/harness.js";
+
+export interface WorkspaceBody {
+  id: string;
+  name: string;
+  state: string;
+  storage: string;
+  size_gb: number;
+  volid: string;
+  holder_vmid: number;
+  attached_vmid?: number;
+  last_attached_vmid?: number;
+  lease_owner?: string;
+  copy_mode?: string;
+}
+
+export interface SandboxBody {
+  vmid: number;
+  state: string;
+  ip?: string;
+  workspace_id?: string;
+  failure_reason?: string;
+}
+
+export interface ErrorBody {
+  error: string;
+  code: string;
+  message: string;
+  details: Record<string, unknown>;
+  hint: string;
+}
+
+/** The simulator's view of a VM: its config and each snapshot's config; undefined when it is gone. */
+export function simVm(
+  h: SimHost,
+  vmid: number,
+): Promise<
+  | { status: string; config: Record<string, string>; snapshots: Record<string, Record<string, string>> }
+  | undefined
+> {
+  return inspect(h.sim.dir, (ctx) => {
+    const vm = ctx.state.vms[String(vmid)];
+    if (!vm) return undefined;
+    return {
+      status: vm.runtime.status,
+      config: Object.fromEntries(Object.entries(vm.config).map(([k, v]) => [k, String(v)])),
+      snapshots: Object.fromEntries(
+        Object.entries(vm.snapshots).map(([name, config]) => [
+          name,
+          Object.fromEntries(Object.entries(config).map(([k, v]) => [k, String(v)])),
+        ]),
+      ),
+    };
+  });
+}
+
+/** The volid a drive value names (`local-lvm:vm-1000-disk-0,backup=0,...`). */
+export function volidOf(drive: string | undefined): string | undefined {
+  return drive?.split(",")[0];
+}
+
+/** The real file behind a volume, from the simulator's `pvesm path`. */
+export async function volumeFile(h: SimHost, volid: string): Promise<string> {
+  const result = await runTool(h.sim, "pvesm", ["path", volid]);
+  assert.equal(result.code, 0, result.stderr);
+  return result.stdout.trim();
+}
+
+/** Where test data goes in a workspace volume: past the first MiB, as a file's blocks would be. */
+export const DATA_AT = 1024 * 1024;
+export const DATA_SIZE = 1024 * 1024;
+
+/** Write `data` (default: 1 MiB of random bytes) into the volume at DATA_AT, as a guest writing /work would. */
+export function writeData(path: string, data: Buffer = randomBytes(DATA_SIZE)): Buffer {
+  const fd = openSync(path, "r+");
+  try {
+    writeSync(fd, data, 0, data.length, DATA_AT);
+  } finally {
+    closeSync(fd);
+  }
+  return data;
+}
+
+/** The bytes at DATA_AT. */
+export function readData(path: string, size = DATA_SIZE): Buffer {
+  const fd = openSync(path, "r");
+  try {
+    const out = Buffer.alloc(size);
+    readSync(fd, out, 0, size, DATA_AT);
+    return out;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * sha256 of the whole volume file plus its size: the fingerprint that must not change when a sandbox
+ * using the workspace is destroyed. Volumes in these tests are 1 GiB sparse files, quick to read.
+ */
+export function fingerprint(path: string): string {
+  const hash = createHash("sha256");
+  const fd = openSync(path, "r");
+  try {
+    const chunk = Buffer.alloc(8 * 1024 * 1024);
+    for (;;) {
+      const n = readSync(fd, chunk, 0, chunk.length, null);
+      if (n === 0) break;
+      hash.update(chunk.subarray(0, n));
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return `${statSync(path).size}:${hash.digest("hex")}`;
+}
+
+export async function workspaceShow(h: SimHost, name: string): Promise<WorkspaceBody> {
+  const shown = await h.json<WorkspaceBody>(["workspace", "show", name]);
+  assert.equal(shown.code, 0, shown.stderr);
+  return shown.body;
+}
