@@ -64,6 +64,23 @@ step agentlab sandbox prune
 step agentlab sandbox list --all
 step agentlab logs "$vmid" --tail 8
 
+say "Workspaces are persistent /work disks, owned by a protected holder VM: no sandbox destroy deletes them."
+step agentlab workspace create --name proj --size 4G
+step agentlab sandbox new --profile yolo-ephemeral --workspace proj
+step agentlab workspace list
+say "Snapshots, forks and fsck need the workspace detached; the refusal says what to run:"
+step agentlab workspace snapshot create proj before-change
+step agentlab workspace detach proj
+step agentlab workspace snapshot create proj before-change
+step agentlab workspace fsck proj
+step agentlab workspace fork proj --name proj-try --from-snapshot before-change
+say "Sessions: named work on a workspace. stop destroys the sandbox and keeps the workspace; resume makes a new one."
+step agentlab session create --name try --profile yolo-ephemeral --workspace proj-try
+step agentlab session stop try
+step agentlab workspace snapshot list proj-try
+step agentlab session resume try
+step agentlab session list
+
 say "agentlab init checks the host; this simulated host has no vmbr1 or nftables yet, so it says how to fix that:"
 step agentlab init
 
