@@ -280,6 +280,33 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       assert.equal(noop.stdout, "workspace ws-zfspool is not attached\n");
     });
 
+    test("detach --hot unplugs from the running sandbox without stopping it, once Proxmox confirms", async () => {
+      const started = await h.cli(["sandbox", "start", String(sandbox.vmid)]);
+      assert.equal(started.code, 0, started.stderr);
+      const attached = await h.json<{ live: boolean }>([
+        "workspace",
+        "attach",
+        "ws-zfspool",
+        String(sandbox.vmid),
+      ]);
+      assert.equal(attached.code, 0, attached.stderr);
+      assert.equal(attached.body.live, true, "the running VM got the disk hot-plugged");
+      const hot = await h.json<{ sandbox_stopped: boolean; message: string }>([
+        "workspace",
+        "detach",
+        "ws-zfspool",
+        "--hot",
+      ]);
+      assert.equal(hot.code, 0, hot.stderr);
+      assert.equal(hot.body.sandbox_stopped, false);
+      assert.equal(hot.body.message, `workspace ws-zfspool detached from sandbox ${sandbox.vmid}`);
+      const vm = await simVm(h, sandbox.vmid);
+      assert.equal(vm?.status, "running");
+      assert.equal(vm?.config.scsi1, undefined);
+      const shown = await h.json<SandboxBody>(["sandbox", "show", String(sandbox.vmid)]);
+      assert.equal(shown.body.state, "RUNNING");
+    });
+
     test("a held lease refuses attach with the holder and its expiry; lease clear frees it", async () => {
       holdBySession(h, "ws-lvmthin", "session_0123456789abcdef");
       const held = await h.json<ErrorBody>(["workspace", "attach", "ws-lvmthin", String(sandbox.vmid)]);

@@ -1,0 +1,85 @@
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
+import { clearFaults, setControl } from "../pvesim/harness.js";
+
+/**
+ * `sandbox new` through the real daemon and CLI, with the guest listener up: the simulated guest phones
+ * home when it has booted, and that alone makes the sandbox READY (the guest agent never answers); with
+ * phone-home off, the guest agent still does. The event says which path found the address.
+ */
+
+interface SandboxBody {
+  vmid: number;
+  state: string;
+  ip?: string;
+}
+interface EventLine {
+  kind: string;
+  payload?: { via?: string; ip?: string };
+}
+
+async function readyEvent(h: SimHost, vmid: number): Promise<EventLine | undefined> {
+  const logs = await h.cli(["--json", "logs", String(vmid), "--tail", "100"]);
+  assert.equal(logs.code, 0, logs.stderr);
+  return logs.stdout
+    .trim()
+    .split("\n")
+    .map((line) => JSON.parse(line) as EventLine)
+    .find((event) => event.kind === "sandbox.slo.ready");
+}
+
+for (const kind of ["shell", "api"] as BackendKind[]) {
+  describe(`readiness by phone-home in sandbox new (${kind} backend)`, () => {
+    let h: SimHost;
+
+    before(async () => {
+      // The simulator's guests report from this host: loopback must count as the agent subnet.
+      h = await startSimHost(kind, "bootstrap_listen: 127.0.0.1:0\nagent_subnet: 0.0.0.0/1\n");
+      await setControl(h.sim.dir, {
+        clone_ms: 30,
+        start_ms: 20,
+        stop_ms: 20,
+        agent_ready_ms: 100,
+        task_ms: 20,
+      });
+    });
+    after(async () => {
+      await h.stop();
+    });
+
+    test("status shows the guest listener serving", async () => {
+      const status = await h.cli(["status"]);
+      assert.equal(status.code, 0, status.stderr);
+      assert.match(status.stdout, /^guests: +phone-home on http:\/\/127\.0\.0\.1:\d+$/m);
+    });
+
+    test("a guest whose agent never answers is READY by its own report, at its own address", async () => {
+      await setControl(h.sim.dir, {}, ["agent_never_ready"]);
+      try {
+        const created = await h.json<SandboxBody>(["new", "--profile", "yolo-ephemeral"]);
+        assert.equal(created.code, 0, created.stderr);
+        assert.equal(created.body.state, "RUNNING");
+        assert.match(created.body.ip ?? "", /^10\.77\.\d+\.\d+$/);
+        const ready = await readyEvent(h, created.body.vmid);
+        assert.equal(ready?.payload?.via, "phone-home");
+        assert.equal(ready?.payload?.ip, created.body.ip);
+      } finally {
+        await clearFaults(h.sim.dir);
+      }
+    });
+
+    test("with the guest silent, the guest agent finds the address", async () => {
+      await setControl(h.sim.dir, { phone_home: 0 });
+      try {
+        const created = await h.json<SandboxBody>(["new", "--profile", "yolo-ephemeral"]);
+        assert.equal(created.code, 0, created.stderr);
+        assert.equal(created.body.state, "RUNNING");
+        const ready = await readyEvent(h, created.body.vmid);
+        assert.equal(ready?.payload?.via, "guest-agent");
+      } finally {
+        await setControl(h.sim.dir, { phone_home: 1 });
+      }
+    });
+  });
+}
