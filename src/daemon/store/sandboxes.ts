@@ -6,6 +6,7 @@
 import type Database from "better-sqlite3";
 import { AgentlabError } from "../../protocol/errors.js";
 import { SANDBOX_STATE_NAMES } from "../../protocol/sandbox.js";
+import { patchStatements } from "./patch.js";
 import { fromDbTime, fromDbTimeOrNull, toDbTime, toDbTimeOrNull } from "./time.js";
 
 /**
@@ -215,20 +216,12 @@ export function createSandboxRepo(db: Database.Database, now: () => Date): Sandb
      WHERE snippet_path IS NOT NULL AND state IN (SELECT value FROM json_each(?))
      ORDER BY vmid`,
   );
-  // One prepared statement per set of changed columns, made on first use.
-  const updateStmts = new Map<string, Database.Statement<Record<string, unknown>, SandboxDbRow>>();
-  const updateStmt = (columns: string[], cas: boolean) => {
-    const key = `${columns.join(",")}|${cas}`;
-    let stmt = updateStmts.get(key);
-    if (!stmt) {
-      const sets = [...columns.map((c) => `${c} = @${c}`), "updated_at = @updated_at"].join(", ");
-      stmt = db.prepare<Record<string, unknown>, SandboxDbRow>(
-        `UPDATE sandboxes SET ${sets} WHERE vmid = @vmid${cas ? " AND state = @expect" : ""} RETURNING ${COLUMNS}`,
-      );
-      updateStmts.set(key, stmt);
-    }
-    return stmt;
-  };
+  const updateStmt = patchStatements<SandboxDbRow>(db, {
+    table: "sandboxes",
+    key: "vmid",
+    returning: COLUMNS,
+    casClause: "state = @expect",
+  });
 
   return {
     countByState() {

@@ -8,6 +8,7 @@ import { randomBytes } from "node:crypto";
 import type Database from "better-sqlite3";
 import { AgentlabError } from "../../protocol/errors.js";
 import { sqliteCode } from "./errors.js";
+import { patchStatements } from "./patch.js";
 import { fromDbTime, toDbTime } from "./time.js";
 import { workspaceNotFound } from "./workspaces.js";
 
@@ -132,20 +133,12 @@ export function createSessionRepo(db: Database.Database, now: () => Date): Sessi
   const clearStmt = db.prepare<{ vmid: number; now: string }, SessionDbRow>(
     `UPDATE sessions SET current_vmid = NULL, updated_at = @now WHERE current_vmid = @vmid RETURNING ${COLUMNS}`,
   );
-  // One statement per patch shape; the CAS arm uses IS so that "expect null" works.
-  const updateStmts = new Map<string, Database.Statement<Record<string, unknown>, SessionDbRow>>();
-  const updateStmt = (columns: string[], cas: boolean) => {
-    const key = `${columns.join(",")}|${cas}`;
-    let stmt = updateStmts.get(key);
-    if (!stmt) {
-      const sets = [...columns.map((c) => `${c} = @${c}`), "updated_at = @updated_at"].join(", ");
-      stmt = db.prepare<Record<string, unknown>, SessionDbRow>(
-        `UPDATE sessions SET ${sets} WHERE id = @id${cas ? " AND current_vmid IS @expect" : ""} RETURNING ${COLUMNS}`,
-      );
-      updateStmts.set(key, stmt);
-    }
-    return stmt;
-  };
+  const updateStmt = patchStatements<SessionDbRow>(db, {
+    table: "sessions",
+    key: "id",
+    returning: COLUMNS,
+    casClause: "current_vmid IS @expect",
+  });
 
   const get = (id: string) => {
     const row = getStmt.get(id);

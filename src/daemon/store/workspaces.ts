@@ -10,6 +10,7 @@ import type Database from "better-sqlite3";
 import { AgentlabError } from "../../protocol/errors.js";
 import { WORKSPACE_ID_RE } from "../../protocol/workspace.js";
 import { sqliteCode } from "./errors.js";
+import { patchStatements } from "./patch.js";
 import { fromDbTime, fromDbTimeOrNull, toDbTime } from "./time.js";
 import type { VmidAllocatorRepo } from "./vmid-allocator.js";
 
@@ -311,19 +312,12 @@ export function createWorkspaceRepo(
   const forksStmt = db.prepare<[string], WorkspaceDbRow>(
     `SELECT ${COLUMNS} FROM workspaces WHERE forked_from = ? ORDER BY name`,
   );
-  const updateStmts = new Map<string, Database.Statement<Record<string, unknown>, WorkspaceDbRow>>();
-  const updateStmt = (columns: string[], cas: boolean) => {
-    const key = `${columns.join(",")}|${cas}`;
-    let stmt = updateStmts.get(key);
-    if (!stmt) {
-      const sets = [...columns.map((c) => `${c} = @${c}`), "updated_at = @updated_at"].join(", ");
-      stmt = db.prepare<Record<string, unknown>, WorkspaceDbRow>(
-        `UPDATE workspaces SET ${sets} WHERE id = @id${cas ? " AND state = @expect" : ""} RETURNING ${COLUMNS}`,
-      );
-      updateStmts.set(key, stmt);
-    }
-    return stmt;
-  };
+  const updateStmt = patchStatements<WorkspaceDbRow>(db, {
+    table: "workspaces",
+    key: "id",
+    returning: COLUMNS,
+    casClause: "state = @expect",
+  });
 
   const get = (id: string) => {
     const row = getStmt.get(id);
