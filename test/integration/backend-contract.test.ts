@@ -10,6 +10,7 @@ import { AgentlabError } from "../../src/protocol/errors.js";
 import {
   clearFaults,
   createSim,
+  inspect,
   runTool,
   type Sim,
   type SimApi,
@@ -128,7 +129,16 @@ for (const kind of ["shell", "api"] as const) {
       );
       await h.backend.stop(vm);
       await h.backend.snapshotRollback(vm, "clean");
+      await h.backend.snapshotCreate(vm, "half");
+      // force=1 reaches Proxmox (recovery removes half-made workspace snapshots this way).
+      await h.backend.snapshotDelete(vm, "half", undefined, { force: true });
       await h.backend.snapshotDelete(vm, "clean");
+      const deletes = await inspect(h.sim.dir, (ctx) =>
+        ctx.state.tasks
+          .filter((t) => t.type === "qmdelsnapshot" && t.id === String(vm.vmid))
+          .map((t) => `${String(t.op.params["snapname"])}:${String(t.op.params["force"])}`),
+      );
+      assert.deepEqual(deletes, ["half:true", "clean:false"]);
       assert.deepEqual(await h.backend.snapshotList(vm), []);
       await h.backend.destroy(vm, { purge: true });
       assert.equal(await codeOf(h.backend.status(vm)), "PROXMOX_VM_NOT_FOUND");

@@ -669,8 +669,8 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
         await crashed((store) => {
           store.workspaceOps.begin({
             workspace_id: ws.id,
-            kind: "session_stop",
-            step: "destroy-sandbox",
+            kind: "session_resume",
+            step: "provision",
             params: {},
           });
         });
@@ -685,7 +685,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
         assert.equal(JSON.parse(last.json).outcome, "closed");
         assert.match(
           last.msg,
-          /^session_stop interrupted by a daemon restart: closed: nothing was finished or undone automatically \(step destroy-sandbox\); check agentlab workspace check c1$/,
+          /^session_resume interrupted by a daemon restart: closed: nothing was finished or undone automatically \(step provision\); check agentlab workspace check c1$/,
         );
       });
     });

@@ -510,9 +510,15 @@ export class PveBackend implements ProxmoxBackend {
     return this.mutate(`roll VM ${vm.vmid} back to ${name}`, vm, "POST", path, {}, call);
   }
 
-  snapshotDelete(vm: VmRef, name: string, call?: CallOptions): Promise<void> {
+  snapshotDelete(
+    vm: VmRef,
+    name: string,
+    call?: CallOptions,
+    options: { force?: boolean } = {},
+  ): Promise<void> {
     const path = `${vmPath(vm)}/snapshot/${encodeURIComponent(name)}`;
-    return this.mutate(`delete snapshot ${name} of VM ${vm.vmid}`, vm, "DELETE", path, {}, call);
+    const params: Params = options.force ? { force: 1 } : {};
+    return this.mutate(`delete snapshot ${name} of VM ${vm.vmid}`, vm, "DELETE", path, params, call);
   }
 
   guestInterfaces(vm: VmRef): Promise<GuestInterface[]> {

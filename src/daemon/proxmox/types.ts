@@ -221,7 +221,11 @@ export interface ProxmoxBackend {
   snapshotCreate(vm: VmRef, name: string, description?: string, call?: CallOptions): Promise<void>;
   snapshotList(vm: VmRef): Promise<SnapshotInfo[]>;
   snapshotRollback(vm: VmRef, name: string, call?: CallOptions): Promise<void>;
-  snapshotDelete(vm: VmRef, name: string, call?: CallOptions): Promise<void>;
+  /**
+   * `DELETE …/snapshot/<name>`; with `force` (`?force=1`, `qm delsnapshot --force 1`) Proxmox removes the
+   * snapshot from the config even when deleting its storage part fails (that failure is only a warning).
+   */
+  snapshotDelete(vm: VmRef, name: string, call?: CallOptions, options?: { force?: boolean }): Promise<void>;
   /** Throws GUEST_AGENT_NOT_READY while the agent is not answering yet. */
   guestInterfaces(vm: VmRef): Promise<GuestInterface[]>;
   listStorages(node: string): Promise<StorageInfo[]>;

@@ -54,6 +54,11 @@ export interface WorkspacePlan {
   onReserved?: (vmid: number) => void;
   /** Runs after the `clean` snapshot, before the attach (rebind: detach from the old sandbox). */
   beforeAttach?: (vmid: number, op: Operation) => Promise<void>;
+  /**
+   * Runs right after the attach committed, with no await in between (rebind: record its own intent
+   * row, which the attach's own row kept out until now).
+   */
+  afterAttach?: (vmid: number) => void;
   /** Undoes beforeAttach after a failure, once the new sandbox has let go of the workspace. */
   undoBeforeAttach?: (op: Operation) => Promise<void>;
 }
@@ -263,6 +268,7 @@ export async function createSandbox(
       leaseOwner: plan.leaseOwner ?? sandboxLeaseOwner(row.vmid),
       ...(plan.sessionId ? { sessionId: plan.sessionId } : {}),
     });
+    plan.afterAttach?.(row.vmid);
     return await locks.run(key, async () => {
       const now = ctx.store.sandboxes.get(row.vmid);
       if (now?.state !== "PROVISIONING") {

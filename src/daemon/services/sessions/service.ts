@@ -13,7 +13,7 @@ import { currentSandbox, type SessionDeps, sessionJson } from "./common.js";
 import { type CreateSessionParams, createSession, type SessionStarted } from "./create.js";
 import { type ForkSessionParams, forkSession } from "./fork.js";
 import { resumeSession } from "./resume.js";
-import { type SessionStopped, stopSession } from "./stop.js";
+import { recoverSessionStop, type SessionStopped, stopSession } from "./stop.js";
 
 /**
  * Sessions as the RPC handlers see them (docs/workspaces-design.md §12): a named workspace + profile
@@ -25,6 +25,10 @@ export class SessionService {
 
   constructor(ctx: DaemonContext, sandboxes: SandboxService, workspaces: WorkspaceService) {
     this.deps = { ctx, sandboxes, workspaces, locks: new KeyedMutex() };
+    // A stop a restart interrupted is finished by start-up recovery (after sandbox recovery).
+    workspaces.recovery.register("session_stop", (op, operation) =>
+      recoverSessionStop(this.deps, op, operation),
+    );
   }
 
   create(params: CreateSessionParams, op: Operation): Promise<SessionStarted> {

@@ -9,6 +9,7 @@
 import type { Sandbox as SandboxJson } from "../../../protocol/sandbox.js";
 import type { Workspace as WorkspaceJson } from "../../../protocol/workspace.js";
 import { sessionLeaseOwner } from "../../store/leases.js";
+import type { WorkspaceOp } from "../../store/workspace-ops.js";
 import { describe } from "../maintenance-steps.js";
 import type { Operation } from "../operation.js";
 import type { CreateParams, WorkspacePlan } from "../sandbox/provision.js";
@@ -51,6 +52,18 @@ export async function rebindWorkspace(
     old !== undefined ? store.sessions.byWorkspace(ws.id).find((s) => s.current_vmid === old) : undefined;
   const leaseOwner = session ? sessionLeaseOwner(session.id) : undefined;
   const attachOptions = session ? { leaseOwner: sessionLeaseOwner(session.id), sessionId: session.id } : {};
+  // The session follows the workspace: it points at the new sandbox from just before the detach, so
+  // whatever happens to S2 after that (its rollback, a crash) lets go of the session with it.
+  const follow = (from: number | null, to: number | null) => {
+    if (session) store.sessions.update(session.id, { current_vmid: to }, { expectCurrentVmid: from });
+  };
+  // Intent (design §10.2 rebind rows) from the attach to S2 until the end: the detach and the attach
+  // record their own rows, and the table holds one per workspace, so this one starts where theirs end.
+  let intent: WorkspaceOp | undefined;
+  const endIntent = () => {
+    if (intent) store.workspaceOps.finish(intent.id);
+    intent = undefined;
+  };
   const plan: WorkspacePlan =
     old === undefined
       ? { ref: ws.id }
@@ -60,25 +73,47 @@ export async function rebindWorkspace(
           // The old sandbox holds the lease until it lets go of the workspace.
           reserveLease: false,
           attachedTo: old,
-          beforeAttach: async (_vmid, stepOp) => {
+          beforeAttach: async (vmid, stepOp) => {
             core.step(stepOp, ws, "detach", `detaching workspace ${ws.name} from sandbox ${old}`);
-            await service.detach(ws.id, false, stepOp);
+            follow(old, vmid);
+            try {
+              await service.detach(ws.id, false, stepOp);
+            } catch (error) {
+              follow(vmid, old);
+              throw error;
+            }
+          },
+          afterAttach: (vmid) => {
+            intent = store.workspaceOps.begin({
+              workspace_id: ws.id,
+              kind: "rebind",
+              step: "attached",
+              params: { old, new: vmid, keep_old: params.keep_old === true },
+              ...(session ? { session_id: session.id } : {}),
+            });
           },
           undoBeforeAttach: async (stepOp) => {
+            endIntent();
+            // The new sandbox's rollback cleared the session's current sandbox.
+            follow(null, old);
             core.step(stepOp, ws, "reattach", `putting workspace ${ws.name} back on sandbox ${old}`);
             await service.attach(ws.id, old, stepOp, attachOptions);
           },
         };
-  const sandbox = await sandboxes.create(
-    {
-      profile: params.profile,
-      ...(params.ttl_minutes !== undefined ? { ttl_minutes: params.ttl_minutes } : {}),
-    },
-    op,
-    plan,
-  );
-  if (session)
-    store.sessions.update(session.id, { current_vmid: sandbox.vmid }, { expectCurrentVmid: old ?? null });
+  let sandbox: SandboxJson;
+  try {
+    sandbox = await sandboxes.create(
+      {
+        profile: params.profile,
+        ...(params.ttl_minutes !== undefined ? { ttl_minutes: params.ttl_minutes } : {}),
+      },
+      op,
+      plan,
+    );
+  } catch (error) {
+    endIntent();
+    throw error;
+  }
   core.event(
     ws,
     "workspace.rebound",
@@ -105,6 +140,7 @@ export async function rebindWorkspace(
       );
     }
   }
+  endIntent();
   return {
     workspace: workspaceJson(core.reload(ws.id)),
     sandbox,

@@ -17,7 +17,7 @@ import { AgentlabError } from "../../../protocol/errors.js";
 import { undoActivations } from "../../host/device.js";
 import { abortableSleep } from "../../proxmox/tasks.js";
 import type { VmConfig, VmRef, VmStatus } from "../../proxmox/types.js";
-import { sandboxLeaseOwner } from "../../store/leases.js";
+import { leaseHeldError, sandboxLeaseOwner, sessionLeaseOwner } from "../../store/leases.js";
 import type { WorkspaceOp, WorkspaceOpKind } from "../../store/workspace-ops.js";
 import type { Workspace } from "../../store/workspaces.js";
 import { describe, isVmNotFound } from "../maintenance-steps.js";
@@ -44,7 +44,12 @@ export interface RecoveryResult {
   keep?: boolean;
 }
 
-/** How one op kind is recovered; sessions and rebind register theirs (see register()). */
+/** What recovery needs from the sandbox service: attach/detach's port, and destroy (rebind's old sandbox). */
+export interface RecoverySandboxes extends SandboxPort {
+  destroy(vmid: number, force: boolean, op: Operation): Promise<unknown>;
+}
+
+/** How one op kind is recovered; sessions register theirs (see register()). */
 export type RecoveryHandler = (op: WorkspaceOp, operation: Operation) => Promise<RecoveryResult>;
 
 export interface WorkspaceRecoveryOptions {
@@ -91,7 +96,7 @@ export class WorkspaceRecovery {
 
   constructor(
     private readonly core: WorkspaceCore,
-    private readonly sandboxes: SandboxPort,
+    private readonly sandboxes: RecoverySandboxes,
     options: WorkspaceRecoveryOptions = {},
   ) {
     this.sleep = options.sleep ?? abortableSleep;
@@ -254,6 +259,8 @@ export class WorkspaceRecovery {
         return this.recoverFsck(op, operation);
       case "destroy":
         return this.recoverDestroy(op, operation);
+      case "rebind":
+        return this.recoverRebind(op, operation);
       default:
         return this.abandon(op);
     }
@@ -290,7 +297,7 @@ export class WorkspaceRecovery {
    * Proxmox kept working after the daemon died (design §10.1): wait for the tasks still running on
    * `vm` before reading what they did. Bounded; past the bound the row waits for the next pass.
    */
-  private async waitForTasks(vm: VmRef, operation: Operation): Promise<void> {
+  async waitForTasks(vm: VmRef, operation: Operation): Promise<void> {
     const deadline = Date.now() + this.taskWaitMs;
     let delay = 200;
     for (;;) {
@@ -370,8 +377,11 @@ export class WorkspaceRecovery {
     );
   }
 
-  /** No built-in recovery for this kind (session and rebind rows, when nobody registered one). */
-  private async abandon(op: WorkspaceOp): Promise<RecoveryResult> {
+  /**
+   * No built-in recovery for this kind (session rows nobody registered a handler for), or a row that
+   * names nothing to finish: close it and say what to look at.
+   */
+  async abandon(op: WorkspaceOp): Promise<RecoveryResult> {
     const ws = this.store.workspaces.get(op.workspace_id);
     this.settle(op);
     const session = op.session_id ? this.store.sessions.get(op.session_id) : undefined;
@@ -597,6 +607,118 @@ export class WorkspaceRecovery {
     };
   }
 
+  // --- rebind (design §5.7, §10.2) ----------------------------------------------------------------
+
+  /**
+   * A rebind's row exists from the attach to the new sandbox S2 until the end (the attach's and the
+   * detach's own rows cover those steps). Sandbox recovery ran first, so S2 is settled: RUNNING with the
+   * workspace → continue (destroy the old sandbox S1 unless keep_old); rolled back, the workspace
+   * detached → put it back on S1, which the detach left stopped, as rebind's own undo does.
+   */
+  private async recoverRebind(op: WorkspaceOp, operation: Operation): Promise<RecoveryResult> {
+    const ws = this.store.workspaces.get(op.workspace_id);
+    if (!ws) return { outcome: "closed", message: "the workspace record is gone" };
+    const { old, new: next } = op.params;
+    if (typeof old !== "number" || typeof next !== "number") return this.abandon(op);
+    const session = op.session_id ? this.store.sessions.get(op.session_id) : undefined;
+    const s2 = this.store.sandboxes.get(next);
+    if (ws.attached_vmid === next) {
+      if (!s2 || !["READY", "RUNNING"].includes(s2.state)) {
+        throw new AgentlabError(
+          "CONFLICT",
+          `sandbox ${next} of the interrupted rebind is ${s2?.state ?? "gone"} with the workspace attached`,
+          { hint: "sandbox recovery settles it first; the next maintenance pass retries" },
+        );
+      }
+      let left = "";
+      if (op.params.keep_old !== true && this.store.sandboxes.get(old)?.state !== "DESTROYED") {
+        operation.step(
+          "destroy-old",
+          `destroying the old sandbox ${old} to finish the rebind (after a restart)`,
+        );
+        try {
+          await this.sandboxes.destroy(old, true, operation);
+        } catch (error) {
+          left = `; the old sandbox ${old} could not be destroyed: ${describe(error)}`;
+        }
+      }
+      this.settle(op, () => {
+        if (session) this.store.sessions.update(session.id, { current_vmid: next });
+        this.core.event(
+          ws,
+          "workspace.rebound",
+          `moved to sandbox ${next} from ${old} (finished after a restart)`,
+          {
+            vmid: next,
+            old_vmid: old,
+          },
+        );
+      });
+      return { outcome: "committed", message: `sandbox ${next} runs with the workspace${left}` };
+    }
+    const s1 = this.store.sandboxes.get(old);
+    if (ws.attached_vmid !== null || !s1 || s1.state === "DESTROYED" || !s1.vm_created) {
+      this.settle(op);
+      return {
+        outcome: "closed",
+        message:
+          ws.attached_vmid !== null
+            ? `the workspace is attached to sandbox ${ws.attached_vmid}; nothing to finish`
+            : `sandbox ${next} did not come up and the old sandbox ${old} is gone; the workspace is left detached`,
+      };
+    }
+    const vm: VmRef = { vmid: old, node: s1.node ?? ws.node ?? this.core.ctx.config.proxmox_node };
+    return this.sandboxes.withVmLock(old, async () => {
+      await this.waitForTasks(vm, operation);
+      const view = await this.readVm(vm);
+      const free = view !== undefined && view.config[WORKSPACE_SLOT] === undefined;
+      if (!view || !free || view.status.state !== "stopped" || !(await this.holderStopped(ws, op))) {
+        this.settle(op);
+        return {
+          outcome: "rolled_back",
+          message: `sandbox ${next} did not come up; the workspace is left detached (sandbox ${old} ${!view ? "is gone" : !free ? `has ${WORKSPACE_SLOT} taken` : "or the holder is not stopped"}): agentlab workspace attach ${ws.name} <vmid>`,
+        };
+      }
+      operation.step("reattach", `putting workspace ${ws.name} back on sandbox ${old} (after a restart)`);
+      await this.backend.setConfig(vm, { [WORKSPACE_SLOT]: workspaceDrive(ws.volid) });
+      if (!referencingKeys(await this.backend.getConfig(vm), ws.volid).includes(WORKSPACE_SLOT)) {
+        throw new AgentlabError(
+          "PROXMOX_ERROR",
+          `sandbox ${old}'s config does not show the workspace after the change`,
+          {
+            details: { vmid: old, volid: ws.volid },
+          },
+        );
+      }
+      this.settle(op, () => {
+        // The new sandbox's rollback released the lease and the session's current sandbox.
+        if (session)
+          this.store.sessions.update(session.id, { current_vmid: old }, { expectCurrentVmid: null });
+        const owner = session ? sessionLeaseOwner(session.id) : sandboxLeaseOwner(old);
+        const got = this.store.workspaceLeases.acquire(
+          ws.id,
+          owner,
+          this.core.ctx.config.workspace_lease_ttl_ms,
+          this.core.now(),
+        );
+        if (!got.ok) throw leaseHeldError(ws, got, this.core.describeOwner(got.lease_owner));
+        this.store.workspaces.attach(ws.id, old);
+        this.core.event(
+          ws,
+          "workspace.attached",
+          `back on sandbox ${old}: the rebind to ${next} was interrupted and ${next} did not come up`,
+          {
+            vmid: old,
+          },
+        );
+      });
+      return {
+        outcome: "rolled_back",
+        message: `sandbox ${next} did not come up; the workspace is back on sandbox ${old} (stopped: agentlab sandbox start ${old})`,
+      };
+    });
+  }
+
   // --- snapshot (design §6.1) --------------------------------------------------------------------
 
   private async recoverSnapshot(op: WorkspaceOp, operation: Operation): Promise<RecoveryResult> {
@@ -674,7 +796,9 @@ export class WorkspaceRecovery {
       );
     }
     try {
-      await this.backend.snapshotDelete(holder, name, { signal: operation.signal });
+      // Forced (design §10.2): a half-made snapshot may lack its storage part, which a plain delete
+      // would fail on; force drops the config entry anyway, and it never touches the volume's data.
+      await this.backend.snapshotDelete(holder, name, { signal: operation.signal }, { force: true });
     } catch (error) {
       return this.broken(
         ws,
