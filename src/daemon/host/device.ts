@@ -4,7 +4,7 @@
  * done here. The activations are returned as data too, so a service can record them in its op row and
  * crash recovery can undo them later with undoActivations.
  *
- * qcow2 files on dir storage need a qemu-nbd export. That is not implemented: such volumes get the
+ * qcow2 files on dir storage need a qemu-nbd export. agentlabd does not set one up: such volumes get the
  * troubleshooting guide's "unsupported volume path" error with the manual steps. A qemu-nbd path would
  * be one more case here, returning the /dev/nbdN device and an `nbd` activation to undo.
  */
