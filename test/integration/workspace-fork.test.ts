@@ -5,6 +5,7 @@ import { after, before, describe, test } from "node:test";
 import { type SimHost, startSimHost } from "../helpers/simhost.js";
 import { inspect, runTool, setControl } from "../pvesim/harness.js";
 import { findVolume, getStorage, volumeFile } from "../pvesim/storage.js";
+import { createWorkspace } from "./workspace-volume.js";
 
 /**
  * `workspace fork` through the real CLI and daemon on the simulator: per storage type, the fork holds
@@ -81,21 +82,6 @@ async function simVm(h: SimHost, vmid: number) {
     const vm = ctx.state.vms[String(vmid)];
     return vm ? { config: { ...vm.config }, snapshots: Object.keys(vm.snapshots).sort() } : undefined;
   });
-}
-
-async function createWorkspace(h: SimHost, name: string, storage: string): Promise<WorkspaceBody> {
-  const created = await h.json<WorkspaceBody>([
-    "workspace",
-    "create",
-    "--name",
-    name,
-    "--size",
-    "1G",
-    "--storage",
-    storage,
-  ]);
-  assert.equal(created.code, 0, `${created.stderr}${JSON.stringify(created.body)}`);
-  return created.body;
 }
 
 async function fork(h: SimHost, source: string, name: string, fromSnapshot?: string): Promise<WorkspaceBody> {

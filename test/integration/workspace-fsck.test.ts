@@ -2,11 +2,11 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { closeSync, existsSync, openSync, writeSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
-import Database from "better-sqlite3";
 import { runCli } from "../helpers/daemon.js";
 import { type SimHost, startSimHost } from "../helpers/simhost.js";
 import { hostReboot, inspect, setControl } from "../pvesim/harness.js";
 import { findVolume, getStorage, volumeFile } from "../pvesim/storage.js";
+import { createWorkspace, workspaceEvents } from "./workspace-volume.js";
 
 /**
  * `workspace fsck` through the real CLI and daemon on the simulator, with real e2fsck on the real ext4
@@ -60,32 +60,6 @@ async function corrupt(h: SimHost, ws: WorkspaceBody): Promise<void> {
 
 async function lvActive(h: SimHost, volid: string): Promise<boolean | undefined> {
   return inspect(h.sim.dir, (ctx) => findVolume(ctx.state, "pve", volid)?.active);
-}
-
-function workspaceEvents(h: SimHost, id: string): string[] {
-  const db = new Database(h.host.dbPath, { readonly: true });
-  try {
-    return (
-      db.prepare("SELECT kind FROM events WHERE workspace_id = ? ORDER BY id").all(id) as { kind: string }[]
-    ).map((r) => r.kind);
-  } finally {
-    db.close();
-  }
-}
-
-async function createWorkspace(h: SimHost, name: string, storage: string): Promise<WorkspaceBody> {
-  const created = await h.json<WorkspaceBody>([
-    "workspace",
-    "create",
-    "--name",
-    name,
-    "--size",
-    "1G",
-    "--storage",
-    storage,
-  ]);
-  assert.equal(created.code, 0, `${created.stderr}${JSON.stringify(created.body)}`);
-  return created.body;
 }
 
 describe("workspace fsck with host tools (shell backend)", () => {

@@ -5,6 +5,7 @@ import Database from "better-sqlite3";
 import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { inspect, runTool, setControl } from "../pvesim/harness.js";
 import { findVolume, getStorage, volumeFile } from "../pvesim/storage.js";
+import { createWorkspace, workspaceEvents } from "./workspace-volume.js";
 
 /**
  * Workspace snapshot create/list/restore through the real CLI and daemon on the simulator, both
@@ -79,32 +80,6 @@ async function holderState(h: SimHost, vmid: number): Promise<{ lock?: string; s
       snapshots: Object.keys(vm.snapshots).sort(),
     };
   });
-}
-
-function workspaceEvents(h: SimHost, id: string): string[] {
-  const db = new Database(h.host.dbPath, { readonly: true });
-  try {
-    return (
-      db.prepare("SELECT kind FROM events WHERE workspace_id = ? ORDER BY id").all(id) as { kind: string }[]
-    ).map((r) => r.kind);
-  } finally {
-    db.close();
-  }
-}
-
-async function createWorkspace(h: SimHost, name: string, storage: string): Promise<WorkspaceBody> {
-  const created = await h.json<WorkspaceBody>([
-    "workspace",
-    "create",
-    "--name",
-    name,
-    "--size",
-    "1G",
-    "--storage",
-    storage,
-  ]);
-  assert.equal(created.code, 0, `${created.stderr}${JSON.stringify(created.body)}`);
-  return created.body;
 }
 
 async function snapshot(h: SimHost, ws: string, name: string): Promise<SnapshotBody> {

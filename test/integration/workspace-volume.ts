@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { closeSync, openSync, readSync, statSync, writeSync } from "node:fs";
+import Database from "better-sqlite3";
 import type { SimHost } from "../helpers/simhost.js";
 import { inspect, runTool } from "../pvesim/harness.js";
 
@@ -20,7 +21,7 @@ export interface WorkspaceBody {
   attached_vmid?: number;
   last_attached_vmid?: number;
   lease_owner?: string;
-  copy_mode?: string;
+  copy_mode?: "cow" | "full";
 }
 
 export interface SandboxBody {
@@ -126,4 +127,36 @@ export async function workspaceShow(h: SimHost, name: string): Promise<Workspace
   const shown = await h.json<WorkspaceBody>(["workspace", "show", name]);
   assert.equal(shown.code, 0, shown.stderr);
   return shown.body;
+}
+
+/** The kinds of a workspace's events, oldest first, read from the daemon's database. */
+export function workspaceEvents(h: SimHost, id: string): string[] {
+  const db = new Database(h.host.dbPath, { readonly: true });
+  try {
+    return (
+      db.prepare("SELECT kind FROM events WHERE workspace_id = ? ORDER BY id").all(id) as { kind: string }[]
+    ).map((r) => r.kind);
+  } finally {
+    db.close();
+  }
+}
+
+/** `workspace create` of a 1 GiB workspace on `storage`, which must succeed. */
+export async function createWorkspace<T = WorkspaceBody>(
+  h: SimHost,
+  name: string,
+  storage: string,
+): Promise<T> {
+  const created = await h.json<T>([
+    "workspace",
+    "create",
+    "--name",
+    name,
+    "--size",
+    "1G",
+    "--storage",
+    storage,
+  ]);
+  assert.equal(created.code, 0, `${created.stderr}${JSON.stringify(created.body)}`);
+  return created.body;
 }
