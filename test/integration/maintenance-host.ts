@@ -112,6 +112,36 @@ export class MaintenanceHost {
   }
 
   /**
+   * Run the CLI with `args`, kill -9 the daemon once `ready` says the step is under way, check that the
+   * CLI reports the lost daemon, put the knobs back (`restore`) and restart: the first maintenance pass
+   * recovers. Returns what the CLI printed on stderr before the kill.
+   */
+  async killDuringCli(
+    args: string[],
+    knobs: Record<string, number>,
+    ready: (stderr: string) => Promise<boolean> | boolean,
+    restore: Record<string, number> = DEFAULT_KNOBS,
+  ): Promise<string> {
+    await setControl(this.h.sim.dir, knobs);
+    const child = spawn(process.execPath, [AGENTLAB_BIN, "--socket", this.h.host.socketPath, ...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stderr = "";
+    child.stderr.on("data", (chunk) => (stderr += chunk));
+    const closed = new Promise<number | null>((resolve) => child.on("close", resolve));
+    await until(`the step to kill in (${args.join(" ")})`, async () =>
+      (await ready(stderr)) ? true : undefined,
+    );
+    const seen = stderr;
+    this.daemon.proc.kill("SIGKILL");
+    assert.equal(await this.daemon.exited, "SIGKILL");
+    assert.equal(await closed, 1, `the CLI reports the lost daemon (${stderr})`);
+    await setControl(this.h.sim.dir, restore);
+    await this.restart();
+    return seen;
+  }
+
+  /**
    * Run `sandbox new`, kill -9 the daemon once `ready` says the step is under way, restart it, and
    * return the VMID the interrupted sandbox got.
    */
@@ -119,26 +149,16 @@ export class MaintenanceHost {
     knobs: Record<string, number>,
     ready: (stderr: string, vmid: number | undefined) => Promise<boolean>,
   ): Promise<number> {
-    await setControl(this.h.sim.dir, knobs);
-    const child = spawn(
-      process.execPath,
-      [AGENTLAB_BIN, "--socket", this.h.host.socketPath, "new", "--profile", "yolo-ephemeral"],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
-    let stderr = "";
-    child.stderr.on("data", (chunk) => (stderr += chunk));
-    const closed = new Promise<number | null>((resolve) => child.on("close", resolve));
-    const vmid = await until("the step to kill in", async () => {
+    const reservedIn = (stderr: string) => {
       const reserved = /reserved VMID (\d+)/.exec(stderr)?.[1];
-      const id = reserved ? Number(reserved) : undefined;
-      return (await ready(stderr, id)) ? id : undefined;
-    });
-    this.daemon.proc.kill("SIGKILL");
-    assert.equal(await this.daemon.exited, "SIGKILL");
-    assert.equal(await closed, 1, "the CLI reports the lost daemon");
-    await setControl(this.h.sim.dir, DEFAULT_KNOBS);
-    await this.restart();
-    return vmid!;
+      return reserved ? Number(reserved) : undefined;
+    };
+    const stderr = await this.killDuringCli(
+      ["new", "--profile", "yolo-ephemeral"],
+      knobs,
+      async (text) => reservedIn(text) !== undefined && (await ready(text, reservedIn(text))),
+    );
+    return reservedIn(stderr)!;
   }
 
   /** Wait until the sandbox has left REQUESTED/PROVISIONING/BOOTING and return it. */

@@ -9,15 +9,13 @@
  * test/integration/workspace-crash.test.ts does. Real daemon and CLI, both backends.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { closeSync, openSync, readSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import type { WorkspaceFinding } from "../../src/protocol/workspace.js";
-import { AGENTLAB_BIN } from "../helpers/paths.js";
 import type { BackendKind } from "../helpers/simhost.js";
 import { inspect, setControl } from "../pvesim/harness.js";
-import { MaintenanceHost, STUCK_STATES, until } from "./maintenance-host.js";
+import { MaintenanceHost, STUCK_STATES } from "./maintenance-host.js";
 import { volumeFile, writeData } from "./workspace-volume.js";
 
 const PROFILE = "yolo-workspace";
@@ -219,30 +217,13 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       assert.equal(ws().attached_vmid, null);
     }
 
-    /**
-     * Run the CLI with `args`, kill -9 the daemon once `ready` says the step is under way, check that the
-     * CLI reports the lost daemon, put the knobs back and restart (the first maintenance pass recovers).
-     */
+    /** kill -9 the daemon in the middle of `args` (see MaintenanceHost.killDuringCli) and restart it. */
     async function killDuring(
       args: string[],
       knobs: Record<string, number>,
       ready: (stderr: string) => Promise<boolean> | boolean,
     ): Promise<void> {
-      await setControl(m.h.sim.dir, knobs);
-      const child = spawn(process.execPath, [AGENTLAB_BIN, "--socket", m.h.host.socketPath, ...args], {
-        stdio: ["ignore", "pipe", "pipe"],
-      });
-      let stderr = "";
-      child.stderr.on("data", (chunk) => (stderr += chunk));
-      const closed = new Promise<number | null>((resolve) => child.on("close", resolve));
-      await until(`the step to kill in (${args.join(" ")})`, async () =>
-        (await ready(stderr)) ? true : undefined,
-      );
-      m.daemon.proc.kill("SIGKILL");
-      assert.equal(await m.daemon.exited, "SIGKILL");
-      assert.equal(await closed, 1, `the CLI reports the lost daemon (${stderr})`);
-      await setControl(m.h.sim.dir, DEFAULT_KNOBS);
-      await m.restart();
+      await m.killDuringCli(args, knobs, ready, DEFAULT_KNOBS);
     }
 
     /** The outcome start-up recovery reported for the last interrupted rebind. */

@@ -120,30 +120,13 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       return ws;
     }
 
-    /**
-     * Run the CLI with `args`, kill -9 the daemon once `ready` says the step is under way, check that the
-     * CLI reports the lost daemon, put the knobs back and restart (the first maintenance pass recovers).
-     */
+    /** kill -9 the daemon in the middle of `args` (see MaintenanceHost.killDuringCli) and restart it. */
     async function killDuring(
       args: string[],
       knobs: Record<string, number>,
       ready: (stderr: string) => Promise<boolean> | boolean,
     ): Promise<void> {
-      await setControl(m.h.sim.dir, knobs);
-      const child = spawn(process.execPath, [AGENTLAB_BIN, "--socket", m.h.host.socketPath, ...args], {
-        stdio: ["ignore", "pipe", "pipe"],
-      });
-      let stderr = "";
-      child.stderr.on("data", (chunk) => (stderr += chunk));
-      const closed = new Promise<number | null>((resolve) => child.on("close", resolve));
-      await until(`the step to kill in (${args.join(" ")})`, async () =>
-        (await ready(stderr)) ? true : undefined,
-      );
-      m.daemon.proc.kill("SIGKILL");
-      assert.equal(await m.daemon.exited, "SIGKILL");
-      assert.equal(await closed, 1, "the CLI reports the lost daemon");
-      await setControl(m.h.sim.dir, DEFAULT_KNOBS);
-      await m.restart();
+      await m.killDuringCli(args, knobs, ready, DEFAULT_KNOBS);
     }
 
     async function newSandbox(): Promise<number> {

@@ -10,7 +10,7 @@ import { sandboxLeaseOwner, sessionLeaseOwner } from "../../store/leases.js";
 import type { Workspace } from "../../store/workspaces.js";
 import { describe, isVmNotFound } from "../maintenance-steps.js";
 import type { Operation } from "../operation.js";
-import { referencingKeys } from "../workspaces/core.js";
+import { isVolumeKey, referencingKeys } from "../workspaces/core.js";
 
 /** What provisioning needs from the workspace service (bound once both services exist). */
 export interface SandboxWorkspaces {
@@ -35,8 +35,6 @@ export interface ForeignVolume {
   workspace?: Workspace;
 }
 
-const DRIVE_KEY = /^(scsi|virtio|sata|ide|efidisk|tpmstate|unused)\d+$/;
-
 /**
  * The VMID that owns a volume, read from its name the way Proxmox does: `vm-<N>-…` or `base-<N>-…` as
  * the last path element (`local:1005/vm-1005-disk-0.qcow2`, `local-zfs:base-9000-disk-0/vm-1012-disk-0`).
@@ -55,7 +53,7 @@ export function foreignVolumes(ctx: DaemonContext, config: VmConfig, vmid: numbe
   const found: ForeignVolume[] = [];
   let workspaces: Workspace[] | undefined;
   for (const key of Object.keys(config).sort()) {
-    if (!DRIVE_KEY.test(key)) continue;
+    if (!isVolumeKey(key)) continue;
     const value = String(config[key]);
     if (/(^|,)media=cdrom(,|$)/.test(value)) continue;
     const volid = value.split(",")[0]?.trim() ?? "";

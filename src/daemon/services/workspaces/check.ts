@@ -11,13 +11,20 @@ import type { WorkspaceOp } from "../../store/workspace-ops.js";
 import type { WorkspaceSnapshotRecord } from "../../store/workspace-snapshots.js";
 import type { Workspace } from "../../store/workspaces.js";
 import { describe, isVmNotFound } from "../maintenance-steps.js";
-import { driveVolid, HOLDER_TAG, WORKSPACE_SLOT, type WorkspaceCore, workspaceJson } from "./core.js";
+import {
+  DISK_KEY,
+  driveVolid,
+  HOLDER_TAG,
+  isVolumeKey,
+  UNUSED_KEY,
+  WORKSPACE_SLOT,
+  type WorkspaceCore,
+  workspaceJson,
+} from "./core.js";
 import { type LeaseLiveness, leaseLiveness } from "./lease-keeper.js";
 import { volumeName } from "./volume.js";
 
 /** Config keys through which a VM uses a disk (unusedN only lists it). */
-const DRIVE_KEY = /^(scsi|virtio|sata|ide|efidisk|tpmstate)\d+$/;
-const UNUSED_KEY = /^unused\d+$/;
 /** How many VM configs the reference scan reads at once (the shell backend spawns one pvesh each). */
 const SCAN_CONCURRENCY = 8;
 
@@ -177,7 +184,7 @@ export function workspaceFindings(facts: CheckFacts): WorkspaceFinding[] {
   }
 
   // References from VMs other than the holder.
-  const drives = facts.references.filter((r) => DRIVE_KEY.test(r.key));
+  const drives = facts.references.filter((r) => DISK_KEY.test(r.key));
   const byVm = new Map<number, VolumeReference[]>();
   for (const ref of drives) byVm.set(ref.vmid, [...(byVm.get(ref.vmid) ?? []), ref]);
   const attachedVmid = ws.attached_vmid;
@@ -492,7 +499,7 @@ export async function gatherCheckFacts(
   for (const { vm, config: vmConfig } of configs) {
     if (!vmConfig) continue;
     for (const key of Object.keys(vmConfig).sort()) {
-      if (!DRIVE_KEY.test(key) && !UNUSED_KEY.test(key)) continue;
+      if (!isVolumeKey(key)) continue;
       if (driveVolid(vmConfig[key]) !== ws.volid) continue;
       facts.references.push({ vmid: vm.vmid, ...(vm.name ? { name: vm.name } : {}), state: vm.state, key });
     }

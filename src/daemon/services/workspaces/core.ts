@@ -51,13 +51,20 @@ export function driveVolid(value: string | number | undefined): string | undefin
   return first ? first : undefined;
 }
 
-/** Config keys that can reference a volume: drives and unusedN. */
-const DRIVE_KEY = /^(scsi|virtio|sata|ide|efidisk|tpmstate|unused)\d+$/;
+/** Config keys of disks a VM uses. */
+export const DISK_KEY = /^(scsi|virtio|sata|ide|efidisk|tpmstate)\d+$/;
+/** Config keys of volumes a VM keeps without using them. */
+export const UNUSED_KEY = /^unused\d+$/;
+
+/** Whether a config key can reference a volume: a disk or an unusedN entry. */
+export function isVolumeKey(key: string): boolean {
+  return DISK_KEY.test(key) || UNUSED_KEY.test(key);
+}
 
 /** Every key of `config` whose drive value references `volid`. */
 export function referencingKeys(config: Record<string, string | number>, volid: string): string[] {
   return Object.keys(config)
-    .filter((key) => DRIVE_KEY.test(key) && driveVolid(config[key]) === volid)
+    .filter((key) => isVolumeKey(key) && driveVolid(config[key]) === volid)
     .sort();
 }
 
