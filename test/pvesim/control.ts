@@ -37,6 +37,11 @@ export interface Knobs {
   phone_home: number;
   /** How long after the agent-ready time the guest's readiness report goes out. */
   phone_home_delay_ms: number;
+  /**
+   * 1: a booted guest whose snippet writes agentlab's job runner runs it (once per instance, after the
+   * readiness report); 0: the guest writes the snippet's files but never starts the runner.
+   */
+  runner: number;
   /** Command run (detached, via sh -c) as the "guest" when a VM starts; empty = none. */
   guest_hook: string;
   /** Version the simulator claims to be; below 9.1.5 401 reasons carry details. */
@@ -62,6 +67,7 @@ export const DEFAULT_KNOBS: Knobs = {
   cpu_load: 0.02,
   phone_home: 1,
   phone_home_delay_ms: 0,
+  runner: 1,
   guest_hook: "",
   pve_version: "9.1.7",
   nextid_lower: 100,

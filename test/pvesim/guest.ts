@@ -1,16 +1,26 @@
 /**
  * The guest side: what the QEMU guest agent answers, and the "guest OS" process started when a VM boots
- * (signalled when it pauses, killed when it stops): the optional hook command, and the cloud-init
- * phone-home that a snippet with /etc/agentlab/bootstrap.json asks for.
+ * (signalled when it pauses, killed when it stops): the optional hook command, the cloud-init
+ * phone-home that a snippet with /etc/agentlab/bootstrap.json asks for, and agentlab's job runner
+ * (guest-runner.ts).
  */
 import { spawn } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { load } from "js-yaml";
 import type { Ctx } from "./context.js";
 import { type Control, findFault, matchesVmid } from "./control.js";
 import { DelayedError, fail } from "./errors.js";
+import {
+  BOOTSTRAP_JSON,
+  readRunnerPlan,
+  runAgentRunner,
+  runnerPlan,
+  snippetWriteFiles,
+  type WriteFile,
+  writeFileText,
+  writeRunnerPlan,
+} from "./guest-runner.js";
 import { findStorage, splitVolid, volumeFile } from "./storage.js";
 import type { VmRec } from "./types.js";
 import { agentEnabled, NET_KEY, nicMac, parseProps, propsGet } from "./vmconfig.js";
@@ -123,9 +133,6 @@ export function userDataPath(ctx: Ctx, vm: VmRec): string | undefined {
   }
 }
 
-/** Where a booted guest's cloud-init finds the daemon and its token (see src/daemon/guest/cloud-init.ts). */
-const BOOTSTRAP_JSON = "/etc/agentlab/bootstrap.json";
-
 /** The phone-home knobs (see control.ts), as the guest process reads them. */
 export type PhoneHomeKnobs = Pick<Control, "phone_home" | "phone_home_delay_ms">;
 
@@ -144,24 +151,18 @@ export interface PhoneHomePlan {
   doneFile: string;
 }
 
-/** The bootstrap.json a snippet writes into the guest, if it has one with a token and a controller URL. */
+/**
+ * The bootstrap.json a snippet writes into the guest, if it has one with a token and a controller URL.
+ * Takes the snippet's text or its already parsed write_files.
+ */
 export function snippetBootstrap(
-  userData: string,
+  userData: string | WriteFile[] | undefined,
 ): { token: string; controller: string; vmid: number | undefined } | undefined {
-  let doc: unknown;
+  const files = typeof userData === "string" ? snippetWriteFiles(userData) : userData;
+  const file = files?.find((f) => f.path === BOOTSTRAP_JSON);
+  if (!file) return undefined;
   try {
-    doc = load(userData);
-  } catch {
-    return undefined;
-  }
-  const files = (doc as { write_files?: unknown } | null)?.write_files;
-  if (!Array.isArray(files)) return undefined;
-  const file = files.find((f) => (f as { path?: unknown } | null)?.path === BOOTSTRAP_JSON) as
-    | { content?: unknown }
-    | undefined;
-  if (typeof file?.content !== "string") return undefined;
-  try {
-    const json = JSON.parse(file.content) as { token?: unknown; controller?: unknown; vmid?: unknown };
+    const json = JSON.parse(writeFileText(file)) as { token?: unknown; controller?: unknown; vmid?: unknown };
     if (typeof json.token !== "string" || typeof json.controller !== "string") return undefined;
     return {
       token: json.token,
@@ -173,21 +174,23 @@ export function snippetBootstrap(
   }
 }
 
+/** When this boot's guest is up far enough for cloud-init: the agent-ready time. */
+function bootedAt(ctx: Ctx, vm: VmRec): number {
+  return vm.runtime.agentReadyAt ?? ctx.now + ctx.control.agent_ready_ms;
+}
+
 /**
- * The phone-home this boot makes, or undefined: knob off, no snippet, no bootstrap.json in it, or this
- * instance already ran its runcmd (same token reported before).
+ * The phone-home this boot makes, or undefined: knob off, no bootstrap.json in the snippet's
+ * write_files, or this instance already ran its runcmd (same token reported before).
  */
-export function phoneHomePlan(ctx: Ctx, vm: VmRec): PhoneHomePlan | undefined {
+export function phoneHomePlan(
+  ctx: Ctx,
+  vm: VmRec,
+  files: WriteFile[] | undefined,
+): PhoneHomePlan | undefined {
   const knobs = phoneHomeKnobs(ctx.control);
   if (knobs.phone_home === 0) return undefined;
-  const path = userDataPath(ctx, vm);
-  if (!path) return undefined;
-  let bootstrap: ReturnType<typeof snippetBootstrap>;
-  try {
-    bootstrap = snippetBootstrap(readFileSync(path, "utf8"));
-  } catch {
-    return undefined;
-  }
+  const bootstrap = snippetBootstrap(files);
   if (!bootstrap) return undefined;
   const doneFile = join(ctx.dir, "guests", `${vm.vmid}.ready-reported`);
   try {
@@ -195,28 +198,43 @@ export function phoneHomePlan(ctx: Ctx, vm: VmRec): PhoneHomePlan | undefined {
   } catch {
     // never reported
   }
-  const booted = vm.runtime.agentReadyAt ?? ctx.now + ctx.control.agent_ready_ms;
   return {
     url: `${bootstrap.controller.replace(/\/+$/, "")}/v1/guest/ready`,
     // A real guest's report comes from its bridge address and may leave `ip` out; this one comes from
     // the test host's loopback, so it names the address the guest agent reports.
     body: JSON.stringify({ vmid: bootstrap.vmid ?? vm.vmid, token: bootstrap.token, ip: guestIp(vm.vmid) }),
     token: bootstrap.token,
-    at: booted + knobs.phone_home_delay_ms,
+    at: bootedAt(ctx, vm) + knobs.phone_home_delay_ms,
     doneFile,
   };
 }
 
+/** The snippet's text and its write_files, read once per boot (as PVE generates the drive at start). */
+function readSnippet(ctx: Ctx, vm: VmRec): { path?: string; text?: string; files?: WriteFile[] } {
+  const path = userDataPath(ctx, vm);
+  if (!path) return {};
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch {
+    return { path };
+  }
+  const files = snippetWriteFiles(text);
+  return files ? { path, text, files } : { path, text };
+}
+
 /**
- * Starts the guest process in its own process group; its output goes to DIR/guests/<vmid>.log. Without a
- * phone-home it is the hook command itself (`sh -c`); with one it is a node process that runs the hook
- * as its child and sends the report at boot time, like the snippet's runcmd would, so a paused VM does
- * not report and a stopped one never will.
+ * Starts the guest process in its own process group; its output goes to DIR/guests/<vmid>.log. Without
+ * phone-home or job runner it is the hook command itself (`sh -c`); with either it is a node process
+ * that runs the hook as its child and does at boot time what the snippet's cloud-init would, so a
+ * paused VM does nothing and a stopped one never will.
  */
 export function startGuestHook(ctx: Ctx, vm: VmRec): void {
   const command = ctx.control.guest_hook;
-  const phoneHome = phoneHomePlan(ctx, vm);
-  if (!command && !phoneHome) return;
+  const snippet = readSnippet(ctx, vm);
+  const phoneHome = phoneHomePlan(ctx, vm, snippet.files);
+  const runner = runnerPlan(ctx, vm, snippet.files, snippet.text, bootedAt(ctx, vm));
+  if (!command && !phoneHome && !runner) return;
   const marker = `${vm.vmid}-${ctx.now}-${Math.random().toString(36).slice(2)}`;
   const logDir = join(ctx.dir, "guests");
   mkdirSync(logDir, { recursive: true });
@@ -229,13 +247,12 @@ export function startGuestHook(ctx: Ctx, vm: VmRec): void {
     PVESIM_IP: guestIp(vm.vmid),
     PVESIM_GUEST_MARKER: marker,
   };
-  const userData = userDataPath(ctx, vm);
-  if (userData) env["PVESIM_USER_DATA"] = userData;
+  if (snippet.path) env["PVESIM_USER_DATA"] = snippet.path;
   else delete env["PVESIM_USER_DATA"];
-  delete env["PVESIM_PHONE_HOME"];
-  delete env["PVESIM_GUEST_HOOK"];
+  for (const name of GUEST_PLAN_VARS) delete env[name];
   try {
-    const [file, args] = phoneHome
+    const guest = phoneHome || runner;
+    const [file, args] = guest
       ? [
           process.execPath,
           [
@@ -245,10 +262,9 @@ export function startGuestHook(ctx: Ctx, vm: VmRec): void {
           ],
         ]
       : ["sh", ["-c", command]];
-    if (phoneHome) {
-      env["PVESIM_PHONE_HOME"] = JSON.stringify(phoneHome);
-      if (command) env["PVESIM_GUEST_HOOK"] = command;
-    }
+    if (phoneHome) env["PVESIM_PHONE_HOME"] = JSON.stringify(phoneHome);
+    if (runner) env["PVESIM_RUNNER_PLAN"] = writeRunnerPlan(ctx.dir, runner);
+    if (guest && command) env["PVESIM_GUEST_HOOK"] = command;
     const child = spawn(file, args, { detached: true, stdio: ["ignore", log, log], env });
     child.on("error", () => {});
     child.unref();
@@ -258,30 +274,52 @@ export function startGuestHook(ctx: Ctx, vm: VmRec): void {
   }
 }
 
+/** How the simulator hands its plans to the node guest process; the guest's children do not see them. */
+const GUEST_PLAN_VARS = ["PVESIM_PHONE_HOME", "PVESIM_RUNNER_PLAN", "PVESIM_GUEST_HOOK"];
+
 /**
  * The body of the node guest process: start the hook (same process group, so it is signalled with us),
- * send the ready report at boot time, then stay until the hook ends, because the simulator recognises
- * the group by this process.
+ * send the ready report at boot time, run the job runner after the report's first answer, then stay
+ * until the hook and the runner end, because the simulator recognises the group by this process.
  */
 export async function runGuest(env: NodeJS.ProcessEnv = process.env): Promise<void> {
   const hook = env["PVESIM_GUEST_HOOK"];
   const plan = JSON.parse(env["PVESIM_PHONE_HOME"] ?? "null") as PhoneHomePlan | null;
-  const hookEnv = { ...env };
-  delete hookEnv["PVESIM_PHONE_HOME"];
-  delete hookEnv["PVESIM_GUEST_HOOK"];
+  const runnerPath = env["PVESIM_RUNNER_PLAN"];
+  let runner: ReturnType<typeof readRunnerPlan> | undefined;
+  try {
+    runner = runnerPath ? readRunnerPlan(runnerPath) : undefined;
+  } catch (error) {
+    process.stdout.write(`agent-runner: cannot read ${runnerPath}: ${(error as Error).message}\n`);
+  }
+  const childEnv = { ...env };
+  for (const name of GUEST_PLAN_VARS) delete childEnv[name];
   const hookDone = hook
     ? new Promise<void>((resolve) => {
-        const child = spawn("sh", ["-c", hook], { stdio: "inherit", env: hookEnv });
+        const child = spawn("sh", ["-c", hook], { stdio: "inherit", env: childEnv });
         child.on("error", () => resolve());
         child.on("exit", () => resolve());
       })
     : Promise.resolve();
-  if (plan) await reportReady(plan);
-  await hookDone;
+  // runcmd starts the report in the background and the runner next: the runner does not wait for retries.
+  let answered: () => void = () => {};
+  const firstAnswer = new Promise<void>((resolve) => {
+    answered = resolve;
+  });
+  if (!plan) answered();
+  const reported = plan ? reportReady(plan, answered).finally(answered) : Promise.resolve();
+  const ran = runner ? runAgentRunner(runner, childEnv, firstAnswer) : Promise.resolve();
+  const outcomes = await Promise.allSettled([hookDone, reported, ran]);
+  for (const outcome of outcomes) {
+    if (outcome.status === "rejected") process.stdout.write(`guest: ${String(outcome.reason)}\n`);
+  }
 }
 
-/** Mirrors the snippet's report-ready script: 10 attempts, 1 s doubling to 30 s, stop at a refusal. */
-async function reportReady(plan: PhoneHomePlan): Promise<void> {
+/**
+ * Mirrors the snippet's report-ready script: 10 attempts, 1 s doubling to 30 s, stop at a refusal.
+ * `answered` is called once the first attempt has its outcome.
+ */
+async function reportReady(plan: PhoneHomePlan, answered: () => void): Promise<void> {
   await sleep(Math.max(0, plan.at - Date.now()));
   writeFileSync(plan.doneFile, plan.token);
   let delay = 1_000;
@@ -303,6 +341,7 @@ async function reportReady(plan: PhoneHomePlan): Promise<void> {
     process.stdout.write(
       `phone-home: POST ${plan.url} attempt ${attempt}: ${status || "no answer"} ${detail}\n`,
     );
+    answered();
     if ((status >= 200 && status < 300) || [400, 403, 404, 405].includes(status)) return;
     await sleep(delay);
     delay = Math.min(delay * 2, 30_000);
