@@ -66,6 +66,8 @@ cp -r "$repo/bin" "$repo/profiles" "$repo/docs" "$repo/systemd" "$repo/package.j
 mkdir -p "$dest.new/scripts"
 cp -r "$repo/scripts/install.sh" "$dest.new/scripts/"
 [ -d "$repo/scripts/net" ] && cp -r "$repo/scripts/net" "$dest.new/scripts/net"
+# The guest runner: the daemon puts it into every job sandbox's cloud-init snippet.
+cp -r "$repo/scripts/guest" "$dest.new/scripts/guest"
 cp -r "$repo/node_modules" "$dest.new/node_modules"
 (cd "$dest.new" && npm prune --omit=dev --no-audit --no-fund >/dev/null 2>&1) || say "warning: could not prune dev dependencies"
 rm -rf "$dest.old"
@@ -84,11 +86,14 @@ if [ "$live" = 1 ] && ! getent group agentlab >/dev/null 2>&1; then
 fi
 
 install -d -m 0750 "$root/etc/agentlab" "$root/var/lib/agentlab"
+# The SSH key pair whose public half sandboxes get (ssh_public_key_path: /etc/agentlab/keys/<name>.pub).
+install -d -m 0700 "$root/etc/agentlab/keys"
 if [ ! -e "$root/etc/agentlab/config.yaml" ]; then
   umask 077
   cat >"$root/etc/agentlab/config.yaml" <<'YAML'
 # agentlab daemon configuration. Every key has a default (docs/configuration.md); set only what differs.
 # proxmox_backend: shell          # or api, with proxmox_api_url, proxmox_api_token, proxmox_tls_ca_path
+# ssh_public_key_path: /etc/agentlab/keys/agentlab_ed25519.pub   # ssh-keygen -t ed25519 -f /etc/agentlab/keys/agentlab_ed25519
 # log_level: info
 YAML
   umask 022

@@ -17,6 +17,11 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt="$need_apt systemd"
 { command -v blkid || [ -x /usr/sbin/blkid ] || [ -x /sbin/blkid ]; } >/dev/null 2>&1 || need_apt="$need_apt util-linux"
 { command -v losetup || [ -x /usr/sbin/losetup ] || [ -x /sbin/losetup ]; } >/dev/null 2>&1 || need_apt="$need_apt mount"
 command -v curl >/dev/null 2>&1 || need_apt="$need_apt curl"
+# The guest runner (scripts/guest/agent-runner.sh) runs for real in the simulator's guests.
+command -v jq >/dev/null 2>&1 || need_apt="$need_apt jq"
+command -v git >/dev/null 2>&1 || need_apt="$need_apt git"
+# init --smoke-test's second repo server kind (git's dumb HTTP over python3 -m http.server).
+command -v python3 >/dev/null 2>&1 || need_apt="$need_apt python3"
 if [ -n "$need_apt" ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test: installing system packages:$need_apt"

@@ -19,7 +19,11 @@ npm run -s build
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/agentlab-tour-XXXXXX")
 scripts/dev/simhost up "$dir" --backend "$backend" >/dev/null
-cleanup() { scripts/dev/simhost down "$dir" >/dev/null 2>&1 || true; }
+gitd=""
+cleanup() {
+  [ -n "$gitd" ] && kill "$gitd" 2>/dev/null
+  scripts/dev/simhost down "$dir" >/dev/null 2>&1 || true
+}
 trap cleanup EXIT INT TERM
 export AGENTLAB_SOCKET="$dir/run/agentlabd.sock"
 
@@ -80,6 +84,41 @@ step agentlab session stop try
 step agentlab workspace snapshot list proj-try
 step agentlab session resume try
 step agentlab session list
+
+say "Jobs: a repository and a task, run unattended by the guest runner in a sandbox of its own."
+# The simulator's guests run the real runner (scripts/guest/agent-runner.sh), which needs git, jq, curl.
+missing=""
+for tool in git jq curl; do command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"; done
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "tour: installing$missing for the guest runner"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null 2>&1 && missing=""
+fi
+if [ -n "$missing" ]; then
+  echo "(skipped: the guest runner needs$missing on this machine: apt-get install$missing)"
+else
+  repo="$dir/demo-repo"
+  mkdir -p "$repo/.agentlab" "$dir/serve"
+  printf '#!/bin/sh\necho "the agent got its task: $(cat)"\necho "working in $(pwd) on $(git rev-parse --short HEAD)"\n' \
+    >"$repo/.agentlab/run.sh"
+  chmod +x "$repo/.agentlab/run.sh"
+  git -C "$repo" init -q && git -C "$repo" symbolic-ref HEAD refs/heads/main && git -C "$repo" add .agentlab
+  git -C "$repo" -c user.name=tour -c user.email=tour@agentlab.invalid -c commit.gpgsign=false commit -q -m demo
+  git clone -q --bare "$repo" "$dir/serve/demo.git"
+  port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+  git daemon --reuseaddr --export-all --base-path="$dir/serve" --listen=127.0.0.1 --port="$port" "$dir/serve" \
+    2>"$dir/git-daemon.log" &
+  gitd=$!
+  tries=0
+  until git ls-remote "git://127.0.0.1:$port/demo.git" >/dev/null 2>&1 || [ "$tries" -ge 50 ]; do
+    sleep 0.1
+    tries=$((tries + 1))
+  done
+  echo "A local git daemon serves a tiny repository whose .agentlab/run.sh is the agent."
+  step agentlab job run --repo "git://127.0.0.1:$port/demo.git" --task "say hello" --profile yolo-ephemeral --wait
+  step agentlab job list
+  kill "$gitd" 2>/dev/null
+  gitd=""
+fi
 
 say "agentlab init checks the host; this simulated host has no vmbr1 or nftables yet, so it says how to fix that:"
 step agentlab init

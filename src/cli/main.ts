@@ -5,6 +5,7 @@ import { AgentlabError } from "../protocol/index.js";
 import { VERSION } from "../version.js";
 import { completionCommand } from "./commands/completion.js";
 import { initCommand } from "./commands/init.js";
+import { jobCommand } from "./commands/job.js";
 import { profileCommand } from "./commands/profile.js";
 import { sandboxCommand, sandboxShortcuts } from "./commands/sandbox.js";
 import { sessionCommand } from "./commands/session.js";
@@ -77,6 +78,19 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
       global: true,
     })
     .check((args) => {
+      // yargs turns a repeated string option into an array; for these one value is all that makes sense.
+      for (const name of ["socket", "timeout"] as const) {
+        const value: unknown = args[name];
+        if (Array.isArray(value)) {
+          throw new AgentlabError(
+            "USAGE",
+            `--${name} was given ${value.length} times (${value.join(", ")})`,
+            {
+              hint: `give --${name} once`,
+            },
+          );
+        }
+      }
       if (args.timeout !== undefined) parseTimeout(args.timeout);
       return true;
     })
@@ -86,6 +100,7 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
     .command(sandboxShortcuts)
     .command(workspaceCommand)
     .command(sessionCommand)
+    .command(jobCommand)
     .command(profileCommand)
     .command(versionCommand)
     .command(completionCommand)

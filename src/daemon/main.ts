@@ -76,13 +76,14 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     };
     await ctx.network?.init();
     const server = new RpcServer({ log });
-    const { maintenance, sandboxes, workspaces } = registerHandlers(server, ctx, {
+    const { maintenance, sandboxes, workspaces, jobs } = registerHandlers(server, ctx, {
       maintenance: { scheduler: options.scheduler ?? systemScheduler },
     });
     maintenance.useWorkspaces(workspaces.recovery);
     // Before the socket opens, so every row it finds before READY was left by the previous process,
     // and every workspace lease of a live owner is extended again before a client can ask for it.
     maintenance.prepare();
+    jobs.recover();
     const socket = await server.listen(config.socket_path);
     // After the socket, as upstream binds. A bind failure is logged with its fix and does not stop the
     // daemon: readiness then comes from the guest agent alone.
@@ -91,6 +92,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       agentSubnet: config.agent_subnet,
       rateLimit: { qps: config.bootstrap_rate_limit_qps, burst: config.bootstrap_rate_limit_burst },
       readiness: guestReady,
+      jobs: jobs.guestEndpoints(),
       log: guestLog,
     });
     const guest = await guestListener.start();
@@ -121,14 +123,18 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         stopping ??= (async () => {
           log.info({ reason, active_calls: server.activeCalls }, "agentlabd stopping");
           // Background passes finish the sandbox at hand (bounded like the calls), then the calls drain.
-          const [maintenanceDone, { drained, cancelled }] = await Promise.all([
+          const [maintenanceDone, { drained, cancelled }, jobsDone] = await Promise.all([
             maintenance.stop(config.shutdown_timeout_ms),
             server.close(config.shutdown_timeout_ms),
+            jobs.stop(config.shutdown_timeout_ms),
           ]);
           // Only after the drain: a provisioning call still finishing may be waiting for its guest's report.
           await openGuestListener.close();
           openStoreRef.close();
-          log.info({ drained, cancelled, maintenance_finished: maintenanceDone }, "agentlabd stopped");
+          log.info(
+            { drained, cancelled, maintenance_finished: maintenanceDone, jobs_finished: jobsDone },
+            "agentlabd stopped",
+          );
         })();
         return stopping;
       },

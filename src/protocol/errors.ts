@@ -188,6 +188,7 @@ export const ERROR_CODES = {
     hint: "run agentlabd on the workspace's node with host_tools auto or on, or use a maintenance sandbox",
   },
   SESSION_NOT_FOUND: { rpc: 1700, exit: 1, hint: "list sessions with agentlab session list" },
+  JOB_NOT_FOUND: { rpc: 1800, exit: 1, hint: "list jobs with agentlab job list" },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

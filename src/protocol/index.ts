@@ -4,6 +4,7 @@
  */
 import { daemonStatus } from "./daemon.js";
 import { daemonChecks } from "./init.js";
+import { jobList, jobRun, jobShow } from "./job.js";
 import { sandboxInventory, sandboxReconcile } from "./maintenance.js";
 import type { Method } from "./method.js";
 import { profileList } from "./profile.js";
@@ -56,6 +57,7 @@ import {
 export * from "./daemon.js";
 export * from "./errors.js";
 export * from "./init.js";
+export * from "./job.js";
 export * from "./maintenance.js";
 export * from "./method.js";
 export * from "./profile.js";
@@ -111,6 +113,9 @@ export const METHODS: readonly Method[] = [
   sessionResume,
   sessionFork,
   sessionBranch,
+  jobRun,
+  jobShow,
+  jobList,
 ];
 
 /** Frames larger than this close the connection: no legitimate request comes near it. */

@@ -80,7 +80,8 @@ export function spawnDaemon(
   };
 }
 
-function canConnect(path: string): Promise<boolean> {
+/** Whether a Unix socket accepts a connection now. */
+export function canConnect(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = connect(path);
     socket.once("connect", () => {

@@ -159,6 +159,15 @@ describe("CLI errors", () => {
     );
   });
 
+  test("--socket given twice is a usage error, not a crash", async () => {
+    const result = await runCli(["--socket", "/tmp/a.sock", "--socket", "/tmp/b.sock", "status"]);
+    assert.equal(result.code, 2);
+    assert.match(
+      result.stderr,
+      /^error: --socket was given 2 times \(\/tmp\/a\.sock, \/tmp\/b\.sock\)\nhint: give --socket once/,
+    );
+  });
+
   test("a regular file given as the socket is called out as not a socket", async () => {
     const host = makeHostDir();
     try {

@@ -27,6 +27,11 @@ describe("scripts/install.sh into a temporary root", () => {
     assert.ok(!existsSync(join(root, "opt/agentlab/node_modules/typescript")), "dev dependencies are pruned");
     assert.equal(statSync(join(root, "etc/agentlab/config.yaml")).mode & 0o777, 0o600);
     assert.equal(statSync(join(root, "etc/agentlab")).mode & 0o777, 0o750);
+    assert.equal(statSync(join(root, "etc/agentlab/keys")).mode & 0o777, 0o700);
+    assert.ok(
+      existsSync(join(root, "opt/agentlab/scripts/guest/agent-runner.sh")),
+      "the guest runner is installed",
+    );
     assert.equal(statSync(join(root, "var/lib/agentlab")).mode & 0o777, 0o750);
     assert.ok(existsSync(join(root, "etc/agentlab/profiles/yolo-ephemeral.yaml")));
     assert.ok(existsSync(join(root, "etc/systemd/system/agentlabd.service")));

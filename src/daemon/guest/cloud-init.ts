@@ -9,12 +9,21 @@ export interface UserDataInput {
   sshPublicKey?: string;
   /** The phone-home: the guest reports to `<controllerUrl>/v1/guest/ready` with this token once booted. */
   bootstrap?: { token: string; controllerUrl: string };
+  /**
+   * A job sandbox: the runner (scripts/guest/agent-runner.sh) is installed and started, and fetches its
+   * job from the controller with this second, single-use token (docs/jobs.md). Needs `bootstrap`.
+   */
+  job?: { token: string; runnerScript: string };
 }
 
 /** Where the guest finds its token and the daemon's address (spec §7.1: owner agent, mode 0600). */
 export const BOOTSTRAP_JSON_PATH = "/etc/agentlab/bootstrap.json";
 /** The guest-side script that sends the ready report. */
 export const REPORT_READY_PATH = "/usr/local/lib/agentlab/report-ready";
+/** Where a job sandbox's runner is installed. */
+export const AGENT_RUNNER_PATH = "/usr/local/lib/agentlab/agent-runner";
+/** What the runner needs besides a shell and coreutils. */
+const RUNNER_PACKAGES = ["git", "curl", "jq"];
 
 /**
  * POSIX sh, run as `report-ready URL BODY`: POST the body until the daemon answers, 1 s doubling to 30 s
@@ -68,12 +77,17 @@ export function renderUserData(input: UserDataInput): string {
     packages: ["qemu-guest-agent"],
     runcmd: [["systemctl", "enable", "--now", "qemu-guest-agent"]],
   };
+  if (input.job && !input.bootstrap) {
+    throw new Error("a job sandbox needs the bootstrap controller URL: render it with bootstrap too");
+  }
   if (input.bootstrap) {
     const { token, controllerUrl } = input.bootstrap;
+    const bootstrapJson: Record<string, unknown> = { token, controller: controllerUrl, vmid: input.vmid };
+    if (input.job) bootstrapJson.job_token = input.job.token;
     config.write_files = [
       {
         path: BOOTSTRAP_JSON_PATH,
-        content: `${JSON.stringify({ token, controller: controllerUrl, vmid: input.vmid })}\n`,
+        content: `${JSON.stringify(bootstrapJson)}\n`,
         owner: "agent:agent",
         permissions: "0600",
         // write_files runs before the users module; deferred, it runs after `agent` exists.
@@ -90,6 +104,29 @@ export function renderUserData(input: UserDataInput): string {
       "agentlab-report-ready",
       readyReportUrl(controllerUrl),
       JSON.stringify({ vmid: input.vmid, token }),
+    ]);
+  }
+  if (input.job) {
+    (config.packages as string[]).push(...RUNNER_PACKAGES);
+    (config.write_files as unknown[]).push({
+      path: AGENT_RUNNER_PATH,
+      content: input.job.runnerScript,
+      owner: "root:root",
+      permissions: "0755",
+    });
+    // A transient unit as the agent user: it outlives cloud-init, its output is in the journal
+    // (journalctl -u agentlab-runner), and runcmd runs after packages are installed.
+    (config.runcmd as unknown[]).push([
+      "systemd-run",
+      "--unit=agentlab-runner",
+      "--uid=agent",
+      "--gid=agent",
+      "--setenv=HOME=/home/agent",
+      "--property=WorkingDirectory=/home/agent",
+      // /run/agentlab for the runner's secrets and log: /run is root's, the runner is not.
+      "--property=RuntimeDirectory=agentlab",
+      "--property=RuntimeDirectoryMode=0700",
+      AGENT_RUNNER_PATH,
     ]);
   }
   return `#cloud-config\n# agentlab sandbox ${input.vmid}\n${dump(config, { lineWidth: -1 })}`;

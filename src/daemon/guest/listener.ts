@@ -1,6 +1,7 @@
 /**
  * The guest listener (bootstrap_listen, default 10.77.0.1:8844 on the sandbox bridge): the HTTP endpoint
- * guests reach. Today it serves the ready report (`POST /v1/guest/ready`) and `/healthz`.
+ * guests reach: the ready report (`POST /v1/guest/ready`), the job runner's fetch and reports
+ * (`POST /v1/bootstrap/fetch`, `POST /v1/runner/report`, when jobs are wired in) and `/healthz`.
  *
  * Everything here faces the guests, which run untrusted agents: checks go cheapest first (method, source
  * subnet, rate limit) before the body is read, bodies are capped, and no input can throw out of a
@@ -15,6 +16,10 @@ import { DEFAULT_GUEST_RATE_LIMIT, type RateLimit, RateLimiter } from "./rate-li
 import type { GuestListenerState, GuestReadiness } from "./ready-waiters.js";
 
 export const READY_PATH = "/v1/guest/ready";
+export const JOB_FETCH_PATH = "/v1/bootstrap/fetch";
+export const RUNNER_REPORT_PATH = "/v1/runner/report";
+/** Runner reports carry a per-job bearer token; a runner sends a handful in its first seconds. */
+export const RUNNER_REPORT_RATE_LIMIT: RateLimit = { qps: 5, burst: 10 };
 export const MAX_BODY_BYTES = 1024 * 1024;
 /** Upstream's ReadHeaderTimeout and IdleTimeout. */
 export const HEADERS_TIMEOUT_MS = 5_000;
@@ -41,6 +46,24 @@ export interface GuestListenerOptions {
   rateLimit?: RateLimit;
   /** Time for the rate limiter, in epoch ms; tests step it. */
   now?: () => number;
+  /** The job runner's endpoints; without it they answer 404 like any unknown path. */
+  jobs?: GuestJobEndpoints;
+}
+
+/** An answer to a guest: HTTP status and JSON body. */
+export interface GuestAnswer {
+  status: number;
+  body: Record<string, unknown>;
+}
+
+/**
+ * What the job runner talks to (docs/jobs.md): the fetch of its job with the job token, and its status
+ * reports with the per-job report token. They get the body as text, already capped and past the subnet
+ * and rate-limit checks, and must not throw for bad input.
+ */
+export interface GuestJobEndpoints {
+  fetch(body: string): Promise<GuestAnswer> | GuestAnswer;
+  report(body: string, bearer: string | undefined): Promise<GuestAnswer> | GuestAnswer;
 }
 
 /** A ready report as the guest sends it. */
@@ -115,6 +138,7 @@ export class GuestListener {
   readonly #options: GuestListenerOptions;
   readonly #inSubnet: (address: string) => boolean;
   readonly #limiter: RateLimiter;
+  readonly #reportLimiter: RateLimiter;
   #server: Server | undefined;
   #state: GuestListenerState;
 
@@ -122,6 +146,7 @@ export class GuestListener {
     this.#options = options;
     this.#inSubnet = subnetMatcher(options.agentSubnet);
     this.#limiter = new RateLimiter(options.rateLimit ?? DEFAULT_GUEST_RATE_LIMIT, options.now);
+    this.#reportLimiter = new RateLimiter(RUNNER_REPORT_RATE_LIMIT, options.now);
     this.#state = { address: options.listen, listening: false, error: "not started" };
   }
 
@@ -214,7 +239,23 @@ export class GuestListener {
         return;
       }
       if (path === READY_PATH) {
-        void this.#ready(req, res).catch((error) => this.#internal(res, error));
+        void this.#post(req, res, this.#limiter, (body, source) => this.#ready(body, source)).catch((error) =>
+          this.#internal(res, error),
+        );
+        return;
+      }
+      const jobs = this.#options.jobs;
+      if (jobs && path === JOB_FETCH_PATH) {
+        void this.#post(req, res, this.#limiter, (body) => jobs.fetch(body)).catch((error) =>
+          this.#internal(res, error),
+        );
+        return;
+      }
+      if (jobs && path === RUNNER_REPORT_PATH) {
+        const bearer = bearerToken(req.headers.authorization);
+        void this.#post(req, res, this.#reportLimiter, (body) => jobs.report(body, bearer)).catch((error) =>
+          this.#internal(res, error),
+        );
         return;
       }
       send(res, 404, { error: `no such endpoint: ${req.method} ${path}` });
@@ -223,7 +264,16 @@ export class GuestListener {
     }
   }
 
-  async #ready(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  /**
+   * The checks every guest POST goes through, cheapest first (method, source subnet, rate limit, body
+   * size), then `answer` with the body text.
+   */
+  async #post(
+    req: IncomingMessage,
+    res: ServerResponse,
+    limiter: RateLimiter,
+    answer: (body: string, source: string) => Promise<GuestAnswer> | GuestAnswer,
+  ): Promise<void> {
     if (req.method !== "POST") {
       send(res, 405, { error: "method not allowed; use POST" }, { Allow: "POST" });
       return;
@@ -233,7 +283,7 @@ export class GuestListener {
       send(res, 403, { error: REFUSED.subnet });
       return;
     }
-    if (!this.#limiter.allow(source)) {
+    if (!limiter.allow(source)) {
       send(res, 429, { error: REFUSED.rateLimit }, { "Retry-After": "1" });
       return;
     }
@@ -242,33 +292,40 @@ export class GuestListener {
       body = await readBody(req);
     } catch (error) {
       // The client went away mid-body: nobody is left to answer.
-      this.#options.log.debug({ source, err: error }, "guest ready report: request body not received");
+      this.#options.log.debug({ source, err: error }, "guest request: body not received");
       return;
     }
     if (body === undefined) {
       sendAndDrain(req, res, 400, { error: `request body too large (limit ${MAX_BODY_BYTES} bytes)` });
       return;
     }
+    const { status, body: reply } = await answer(body, source);
+    send(res, status, reply);
+  }
+
+  #ready(body: string, source: string): GuestAnswer {
     const parsed = parseReadyReport(body);
-    if ("error" in parsed) {
-      send(res, 400, { error: parsed.error });
-      return;
-    }
+    if ("error" in parsed) return { status: 400, body: { error: parsed.error } };
     const { vmid, token, ip: reported } = parsed.report;
     // The guest's own word for its address counts only inside the agent subnet; else the socket's.
     const ip = reported !== undefined && this.#inSubnet(reported) ? reported : source;
     if (!this.#options.readiness.report(vmid, token, ip)) {
       this.#options.log.info({ vmid, source }, `guest ready report refused: ${REFUSED.token}`);
-      send(res, 403, { error: REFUSED.token });
-      return;
+      return { status: 403, body: { error: REFUSED.token } };
     }
-    send(res, 200, { vmid, ip });
+    return { status: 200, body: { vmid, ip } };
   }
 
   #internal(res: ServerResponse, error: unknown): void {
     this.#options.log.error({ err: error }, "guest listener: request failed");
     send(res, 500, { error: "internal error; see the agentlabd log" });
   }
+}
+
+/** The token of an `Authorization: Bearer <token>` header, if there is one. */
+export function bearerToken(header: string | undefined): string | undefined {
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(header ?? "");
+  return match?.[1];
 }
 
 /** The body as text, or undefined when it is longer than MAX_BODY_BYTES (then it is left unread). */

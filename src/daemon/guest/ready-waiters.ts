@@ -126,6 +126,24 @@ export class GuestReadiness {
     return { token: issued.token, controllerUrl: this.controllerUrl(), expiresAt: issued.expiresAt };
   }
 
+  /**
+   * The runner's single-use token for fetching the job of `vmid` (bootstrap.json's job_token). Separate
+   * from the ready token, so the phone-home cannot use it up.
+   */
+  issueJobToken(vmid: number): string {
+    return this.#tokens.issue(vmid, "job").token;
+  }
+
+  /** Use the job token up; false when it is not a valid, unused, unexpired job token for `vmid`. */
+  consumeJobToken(vmid: number, token: string): boolean {
+    return this.#tokens.consume(vmid, token, "job");
+  }
+
+  /** Forget an unused job token (the sandbox failed or was destroyed before its runner asked). */
+  revokeJobToken(vmid: number): void {
+    this.#tokens.revoke(vmid, "job");
+  }
+
   /** Whether a token was issued for `vmid` and is still waited on. */
   isWaiting(vmid: number): boolean {
     return this.#entries.has(vmid);

@@ -4,7 +4,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import type { Clock } from "../context.js";
-import type { BootstrapTokenRepo } from "../store/bootstrap-tokens.js";
+import type { BootstrapTokenPurpose, BootstrapTokenRepo } from "../store/bootstrap-tokens.js";
 
 export const BOOTSTRAP_TOKEN_TTL_MS = 10 * 60_000;
 
@@ -31,14 +31,14 @@ export class BootstrapTokens {
    * A fresh token for `vmid`. Tokens of an earlier provisioning of the same VMID that were never used are
    * dropped (only the newest guest may report), and so is every expired token, so the table stays small.
    */
-  issue(vmid: number): IssuedToken {
+  issue(vmid: number, purpose: BootstrapTokenPurpose = "ready"): IssuedToken {
     const now = this.clock.now();
     const token = randomBytes(16).toString("hex");
     const tokenHash = hashBootstrapToken(token);
     const expiresAt = new Date(now.getTime() + this.ttlMs);
     this.repo.deleteExpired(now);
-    this.repo.deleteUnconsumed(vmid);
-    this.repo.insert({ token_hash: tokenHash, vmid, expires_at: expiresAt, created_at: now });
+    this.repo.deleteUnconsumed(vmid, purpose);
+    this.repo.insert({ token_hash: tokenHash, vmid, purpose, expires_at: expiresAt, created_at: now });
     return { token, tokenHash, expiresAt };
   }
 
@@ -46,13 +46,13 @@ export class BootstrapTokens {
    * Use the token up if it was issued for `vmid`, is unused and unexpired. False in every other case,
    * without saying which: a guest that guesses learns nothing from the answer.
    */
-  consume(vmid: number, token: string): boolean {
+  consume(vmid: number, token: string, purpose: BootstrapTokenPurpose = "ready"): boolean {
     if (!TOKEN.test(token)) return false;
-    return this.repo.consume(hashBootstrapToken(token), vmid, this.clock.now());
+    return this.repo.consume(hashBootstrapToken(token), vmid, this.clock.now(), purpose);
   }
 
-  /** Forget the unused tokens of `vmid`: its provisioning ended, so a late report must be refused. */
-  revoke(vmid: number): void {
-    this.repo.deleteUnconsumed(vmid);
+  /** Forget the unused `purpose` tokens of `vmid`: that wait ended, so a late request must be refused. */
+  revoke(vmid: number, purpose: BootstrapTokenPurpose = "ready"): void {
+    this.repo.deleteUnconsumed(vmid, purpose);
   }
 }

@@ -24,6 +24,7 @@ import {
 import { sandboxInventory, sandboxReconcile } from "../../protocol/maintenance.js";
 import type { DaemonContext } from "../context.js";
 import { daemonChecks as checksOf } from "../services/checks.js";
+import { JobService } from "../services/jobs/service.js";
 import { type MaintenanceOptions, MaintenanceService } from "../services/maintenance.js";
 import { listProfiles } from "../services/profiles.js";
 import { VmidAllocator } from "../services/sandbox/vmid-allocator.js";
@@ -31,6 +32,7 @@ import { SandboxService } from "../services/sandboxes.js";
 import { SessionService } from "../services/sessions/service.js";
 import { daemonStatus as statusOf } from "../services/status.js";
 import { WorkspaceService } from "../services/workspaces/service.js";
+import { registerJobHandlers } from "./job-handlers.js";
 import { operation } from "./operation.js";
 import type { RpcServer } from "./server.js";
 import { registerSessionHandlers } from "./session-handlers.js";
@@ -41,7 +43,12 @@ export function registerHandlers(
   server: RpcServer,
   ctx: DaemonContext,
   options: { maintenance?: MaintenanceOptions } = {},
-): { sandboxes: SandboxService; maintenance: MaintenanceService; workspaces: WorkspaceService } {
+): {
+  sandboxes: SandboxService;
+  maintenance: MaintenanceService;
+  workspaces: WorkspaceService;
+  jobs: JobService;
+} {
   // One VMID allocator per daemon: every service that creates VMs reserves through it, under one lock.
   const vmids = new VmidAllocator(ctx);
   const sandboxes = new SandboxService(ctx, vmids);
@@ -85,5 +92,7 @@ export function registerHandlers(
   sandboxes.useWorkspaces(workspaces);
   registerWorkspaceHandlers(server, workspaces);
   registerSessionHandlers(server, new SessionService(ctx, sandboxes, workspaces));
-  return { sandboxes, maintenance, workspaces };
+  const jobs = new JobService(ctx, sandboxes);
+  registerJobHandlers(server, jobs);
+  return { sandboxes, maintenance, workspaces, jobs };
 }

@@ -12,9 +12,13 @@ import type { Store } from "./db.js";
 import { translateSqliteError } from "./errors.js";
 import { fromDbTime, fromDbTimeOrNull, toDbTime } from "./time.js";
 
+/** What a token lets the guest do: send the ready report, or fetch its job (migration 3). */
+export type BootstrapTokenPurpose = "ready" | "job";
+
 export interface BootstrapToken {
   token_hash: string;
   vmid: number;
+  purpose: BootstrapTokenPurpose;
   expires_at: Date;
   consumed_at: Date | null;
   created_at: Date;
@@ -22,15 +26,23 @@ export interface BootstrapToken {
 
 export interface BootstrapTokenRepo {
   /** Store a new token's hash. The schema refuses anything but 64 lower-case hex digits. */
-  insert(token: { token_hash: string; vmid: number; expires_at: Date; created_at?: Date }): BootstrapToken;
+  insert(token: {
+    token_hash: string;
+    vmid: number;
+    expires_at: Date;
+    created_at?: Date;
+    /** Default "ready". */
+    purpose?: BootstrapTokenPurpose;
+  }): BootstrapToken;
   get(tokenHash: string): BootstrapToken | undefined;
   /**
    * Mark the token used, in one statement that also checks it belongs to `vmid`, is unused and has not
-   * expired at `at`: of two concurrent reports with one token exactly one gets true.
+   * expired at `at` and was issued for `purpose`: of two concurrent reports with one token exactly one
+   * gets true.
    */
-  consume(tokenHash: string, vmid: number, at: Date): boolean;
-  /** Remove the tokens of `vmid` nobody used (a newer provisioning replaces them). Returns how many. */
-  deleteUnconsumed(vmid: number): number;
+  consume(tokenHash: string, vmid: number, at: Date, purpose: BootstrapTokenPurpose): boolean;
+  /** Remove the `purpose` tokens of `vmid` nobody used (a newer provisioning replaces them). Returns how many. */
+  deleteUnconsumed(vmid: number, purpose: BootstrapTokenPurpose): number;
   /** Remove every token that expired before `at`, used or not. Returns how many. */
   deleteExpired(at: Date): number;
 }
@@ -38,17 +50,19 @@ export interface BootstrapTokenRepo {
 interface TokenDbRow {
   token_hash: string;
   vmid: number;
+  purpose: string;
   expires_at: string;
   consumed_at: string | null;
   created_at: string;
 }
 
-const COLUMNS = "token_hash, vmid, expires_at, consumed_at, created_at";
+const COLUMNS = "token_hash, vmid, purpose, expires_at, consumed_at, created_at";
 
 function fromRow(row: TokenDbRow): BootstrapToken {
   return {
     token_hash: row.token_hash,
     vmid: row.vmid,
+    purpose: row.purpose === "job" ? "job" : "ready",
     expires_at: fromDbTime(row.expires_at),
     consumed_at: fromDbTimeOrNull(row.consumed_at),
     created_at: fromDbTime(row.created_at),
@@ -58,18 +72,19 @@ function fromRow(row: TokenDbRow): BootstrapToken {
 export function createBootstrapTokenRepo(store: Store): BootstrapTokenRepo {
   const db: Database.Database = store.db;
   const insertStmt = db.prepare<Record<string, unknown>, TokenDbRow>(
-    `INSERT INTO bootstrap_tokens (${COLUMNS}) VALUES (@token_hash, @vmid, @expires_at, NULL, @created_at) ` +
+    `INSERT INTO bootstrap_tokens (${COLUMNS}) VALUES (@token_hash, @vmid, @purpose, @expires_at, NULL, @created_at) ` +
       `RETURNING ${COLUMNS}`,
   );
   const getStmt = db.prepare<[string], TokenDbRow>(
     `SELECT ${COLUMNS} FROM bootstrap_tokens WHERE token_hash = ?`,
   );
-  const consumeStmt = db.prepare<{ token_hash: string; vmid: number; at: string }>(
+  const consumeStmt = db.prepare<{ token_hash: string; vmid: number; at: string; purpose: string }>(
     `UPDATE bootstrap_tokens SET consumed_at = @at
-     WHERE token_hash = @token_hash AND vmid = @vmid AND consumed_at IS NULL AND expires_at > @at`,
+     WHERE token_hash = @token_hash AND vmid = @vmid AND purpose = @purpose AND consumed_at IS NULL
+       AND expires_at > @at`,
   );
-  const deleteUnconsumedStmt = db.prepare<[number]>(
-    "DELETE FROM bootstrap_tokens WHERE vmid = ? AND consumed_at IS NULL",
+  const deleteUnconsumedStmt = db.prepare<[number, string]>(
+    "DELETE FROM bootstrap_tokens WHERE vmid = ? AND purpose = ? AND consumed_at IS NULL",
   );
   const deleteExpiredStmt = db.prepare<[string]>("DELETE FROM bootstrap_tokens WHERE expires_at <= ?");
 
@@ -88,6 +103,7 @@ export function createBootstrapTokenRepo(store: Store): BootstrapTokenRepo {
         insertStmt.get({
           token_hash: token.token_hash,
           vmid: token.vmid,
+          purpose: token.purpose ?? "ready",
           expires_at: toDbTime(token.expires_at),
           created_at: toDbTime(token.created_at ?? store.now()),
         }),
@@ -102,12 +118,14 @@ export function createBootstrapTokenRepo(store: Store): BootstrapTokenRepo {
       return row === undefined ? undefined : fromRow(row);
     },
 
-    consume(tokenHash, vmid, at) {
-      return run(() => consumeStmt.run({ token_hash: tokenHash, vmid, at: toDbTime(at) })).changes === 1;
+    consume(tokenHash, vmid, at, purpose) {
+      return (
+        run(() => consumeStmt.run({ token_hash: tokenHash, vmid, at: toDbTime(at), purpose })).changes === 1
+      );
     },
 
-    deleteUnconsumed(vmid) {
-      return run(() => deleteUnconsumedStmt.run(vmid)).changes;
+    deleteUnconsumed(vmid, purpose) {
+      return run(() => deleteUnconsumedStmt.run(vmid, purpose)).changes;
     },
 
     deleteExpired(at) {

@@ -42,6 +42,8 @@ export interface EventRepo {
   listForSandbox(vmid: number, options?: EventListOptions): EventRecord[];
   /** A workspace's events (workspace_id set on append), oldest first. */
   listForWorkspace(workspaceId: string, options?: EventListOptions): EventRecord[];
+  /** A job's events (job_id set on append), oldest first. */
+  listForJob(jobId: string, options?: EventListOptions): EventRecord[];
 }
 
 interface EventDbRow {
@@ -105,23 +107,27 @@ export function createEventRepo(db: Database.Database, now: () => Date): EventRe
     "INSERT INTO events (ts, kind, sandbox_vmid, job_id, workspace_id, msg, json) " +
       `VALUES (@ts, @kind, @sandbox_vmid, @job_id, @workspace_id, @msg, @json) RETURNING ${COLUMNS}`,
   );
-  const forSandboxStmt = db.prepare<[number, number], EventDbRow>(
-    `SELECT ${COLUMNS} FROM events WHERE sandbox_vmid = ? AND id > ? ORDER BY id`,
-  );
-  const tailForSandboxStmt = db.prepare<[number, number, number], EventDbRow>(
-    `SELECT ${COLUMNS} FROM (
-       SELECT ${COLUMNS} FROM events WHERE sandbox_vmid = ? AND id > ? ORDER BY id DESC LIMIT ?
-     ) ORDER BY id`,
-  );
-
-  const forWorkspaceStmt = db.prepare<[string, number], EventDbRow>(
-    `SELECT ${COLUMNS} FROM events WHERE workspace_id = ? AND id > ? ORDER BY id`,
-  );
-  const tailForWorkspaceStmt = db.prepare<[string, number, number], EventDbRow>(
-    `SELECT ${COLUMNS} FROM (
-       SELECT ${COLUMNS} FROM events WHERE workspace_id = ? AND id > ? ORDER BY id DESC LIMIT ?
-     ) ORDER BY id`,
-  );
+  // Every listing is "the events with this key, oldest first", all of them or only the last `tail`.
+  const keyedList = <K extends number | string>(column: "sandbox_vmid" | "workspace_id" | "job_id") => {
+    const all = db.prepare<[K, number], EventDbRow>(
+      `SELECT ${COLUMNS} FROM events WHERE ${column} = ? AND id > ? ORDER BY id`,
+    );
+    const tail = db.prepare<[K, number, number], EventDbRow>(
+      `SELECT ${COLUMNS} FROM (
+         SELECT ${COLUMNS} FROM events WHERE ${column} = ? AND id > ? ORDER BY id DESC LIMIT ?
+       ) ORDER BY id`,
+    );
+    return (key: K, options: EventListOptions): EventRecord[] => {
+      checkCount("tail", options.tail);
+      checkCount("afterId", options.afterId);
+      const after = options.afterId ?? 0;
+      const rows = options.tail === undefined ? all.all(key, after) : tail.all(key, after, options.tail);
+      return rows.map(fromRow);
+    };
+  };
+  const forSandbox = keyedList<number>("sandbox_vmid");
+  const forWorkspace = keyedList<string>("workspace_id");
+  const forJob = keyedList<string>("job_id");
 
   return {
     append(event) {
@@ -143,25 +149,15 @@ export function createEventRepo(db: Database.Database, now: () => Date): EventRe
     },
 
     listForSandbox(vmid, options = {}) {
-      checkCount("tail", options.tail);
-      checkCount("afterId", options.afterId);
-      const after = options.afterId ?? 0;
-      const rows =
-        options.tail === undefined
-          ? forSandboxStmt.all(vmid, after)
-          : tailForSandboxStmt.all(vmid, after, options.tail);
-      return rows.map(fromRow);
+      return forSandbox(vmid, options);
     },
 
     listForWorkspace(workspaceId, options = {}) {
-      checkCount("tail", options.tail);
-      checkCount("afterId", options.afterId);
-      const after = options.afterId ?? 0;
-      const rows =
-        options.tail === undefined
-          ? forWorkspaceStmt.all(workspaceId, after)
-          : tailForWorkspaceStmt.all(workspaceId, after, options.tail);
-      return rows.map(fromRow);
+      return forWorkspace(workspaceId, options);
+    },
+
+    listForJob(jobId, options = {}) {
+      return forJob(jobId, options);
     },
   };
 }

@@ -224,6 +224,17 @@ CREATE UNIQUE INDEX workspace_ops_one ON workspace_ops(workspace_id);
 CREATE TABLE vmid_allocator (id INTEGER PRIMARY KEY CHECK (id = 1), last_vmid INTEGER NOT NULL);
 `;
 
+/**
+ * A job sandbox's guest holds two bootstrap tokens: the ready report's and the runner's job fetch (each
+ * single use, so one must not consume the other). The fetch hands the runner a per-job report token, of
+ * which only the hash is kept: upstream accepted runner reports from any source address in the subnet.
+ */
+const ADD_JOB_RUNNER_TOKENS = `
+ALTER TABLE bootstrap_tokens ADD COLUMN purpose TEXT NOT NULL DEFAULT 'ready' CHECK (purpose IN ('ready', 'job'));
+ALTER TABLE jobs ADD COLUMN report_token_hash TEXT
+  CHECK (report_token_hash IS NULL OR (length(report_token_hash) = 64 AND report_token_hash NOT GLOB '*[^0-9a-f]*'));
+`;
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
@@ -243,6 +254,13 @@ export const MIGRATIONS: readonly Migration[] = [
         "UPDATE workspaces SET state = 'broken', broken_reason = 'no holder VM (created before schema version 2)' " +
           "WHERE holder_vmid IS NULL",
       );
+    },
+  },
+  {
+    version: 3,
+    name: "add_job_runner_tokens",
+    up(db) {
+      db.exec(ADD_JOB_RUNNER_TOKENS);
     },
   },
 ];

@@ -86,6 +86,8 @@ export function destroySandbox(
       }
     }
     removeSnippet(row.snippet_path);
+    // A runner that never asked for its job must not get it from a VM that is gone.
+    ctx.guestReady?.revokeJobToken(vmid);
     await ctx.network?.release(vmid, row.ip);
     // A job bound to a destroyed sandbox can never finish; end it in the same transaction
     // (upstream left such jobs RUNNING forever). The workspace, its lease and the session let go of the

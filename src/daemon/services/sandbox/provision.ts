@@ -15,6 +15,7 @@ import type { Sandbox as SandboxJson } from "../../../protocol/sandbox.js";
 import type { DaemonContext } from "../../context.js";
 import { removeSnippet, renderUserData, writeSnippet } from "../../guest/cloud-init.js";
 import { firstGuestAddress } from "../../guest/ready-waiters.js";
+import { runnerScript } from "../../guest/runner-script.js";
 import type { ClusterVm, VmConfig, VmRef } from "../../proxmox/types.js";
 import { transitionSandbox } from "../../state/sandbox.js";
 import { leaseHeldError, sandboxLeaseOwner } from "../../store/leases.js";
@@ -34,7 +35,11 @@ import type { VmidAllocator } from "./vmid-allocator.js";
 import { releaseSandboxWorkspace, type SandboxWorkspaces } from "./workspace.js";
 
 /** sandbox.create takes the request of sandbox.validate, plus the workspace to attach before the first boot. */
-export type CreateParams = ValidateParams & { workspace?: string | undefined };
+export type CreateParams = ValidateParams & {
+  workspace?: string | undefined;
+  /** Internal (job run; not an RPC field): the job bound to the sandbox when its VMID is reserved. */
+  jobId?: string | undefined;
+};
 
 /** How a sandbox gets its workspace while it is provisioned. */
 export interface WorkspacePlan {
@@ -63,7 +68,7 @@ export interface WorkspacePlan {
   undoBeforeAttach?: (op: Operation) => Promise<void>;
 }
 
-function resolveProfile(ctx: DaemonContext, name: string): Profile {
+export function resolveProfile(ctx: DaemonContext, name: string): Profile {
   const profile = ctx.profiles.find((p) => p.name === name);
   if (!profile) {
     const names = ctx.profiles.map((p) => p.name).sort();
@@ -224,6 +229,7 @@ export async function createSandbox(
         if (!got.ok) throw leaseHeldError(workspace, got, workspaces?.describeOwner(got.lease_owner));
       }
       plan?.onReserved?.(vmid);
+      if (params.jobId !== undefined) ctx.store.jobs.bindSandbox(params.jobId, vmid);
       recordEvent(ctx, vmid, "sandbox.requested", `requested with profile ${profile.name}`, {
         profile: profile.name,
         ...(workspace ? { workspace: workspace.name, workspace_id: workspace.id } : {}),
@@ -343,6 +349,7 @@ async function prepare(run: Run, cleanNow: boolean): Promise<void> {
 
   // A token for the guest's phone-home, when a guest can reach the listener at all.
   const phoneHome = ctx.guestReady?.phoneHomeAvailable ? ctx.guestReady.issue(row.vmid) : undefined;
+  const job = jobRunner(ctx, row.vmid, phoneHome !== undefined);
   const snippet = writeSnippet(
     config.snippets_dir,
     row.vmid,
@@ -351,6 +358,7 @@ async function prepare(run: Run, cleanNow: boolean): Promise<void> {
       hostname: row.name,
       ...(config.ssh_public_key ? { sshPublicKey: config.ssh_public_key } : {}),
       ...(phoneHome ? { bootstrap: phoneHome } : {}),
+      ...(job ? { job } : {}),
     }),
   );
   run.snippetPath = snippet.path;
@@ -391,6 +399,29 @@ async function takeClean(run: Run, what: string): Promise<void> {
   const { ctx, row, op, vm } = run;
   reportStep(op, row.vmid, "snapshot", `taking the "${CLEAN_SNAPSHOT}" snapshot for revert`);
   await ctx.backend.snapshotCreate(vm, CLEAN_SNAPSHOT, `agentlab: ${what}`, { signal: op.signal });
+}
+
+/**
+ * The runner and its job token when a QUEUED job is bound to this sandbox (job run), else undefined. A
+ * job's runner reaches the daemon through the guest listener only, so without it the job cannot start.
+ */
+function jobRunner(
+  ctx: DaemonContext,
+  vmid: number,
+  listening: boolean,
+): { token: string; runnerScript: string } | undefined {
+  const job = ctx.store.jobs.latestForSandbox(vmid);
+  if (job?.status !== "QUEUED") return undefined;
+  if (!listening || !ctx.guestReady) {
+    throw new AgentlabError(
+      "PROVISIONING_FAILED",
+      `job ${job.id} cannot start: the guest listener is not listening, so its runner could not fetch the job`,
+      {
+        hint: "agentlab status shows why; fix bootstrap_listen (usually: create vmbr1) and restart agentlabd",
+      },
+    );
+  }
+  return { token: ctx.guestReady.issueJobToken(vmid), runnerScript: runnerScript() };
 }
 
 /**
@@ -435,6 +466,7 @@ async function failed(run: Run, error: unknown, leaseOwner?: string): Promise<Ag
     `provisioning failed: ${reason}`,
   );
   ctx.guestReady?.cancel(row.vmid);
+  ctx.guestReady?.revokeJobToken(row.vmid);
   await rollback(run, reason, leaseOwner);
   if (cancelled) {
     return new AgentlabError(

@@ -1,0 +1,261 @@
+import type { Argv, CommandModule } from "yargs";
+import {
+  AgentlabError,
+  JOB_STATUSES,
+  type Job,
+  type JobDetail,
+  jobList,
+  jobRun,
+  jobShow,
+  type SandboxEvent,
+} from "../../protocol/index.js";
+import { type CommandContext, execute, type GlobalArgs, parseTimeout } from "../context.js";
+import { followJob } from "../job-follow.js";
+import { ttlOption } from "../options.js";
+import { fields, table } from "../render.js";
+
+type Args<T> = GlobalArgs & T;
+
+/** How long --wait follows a job by default: the longest a job's own time limit usually is. */
+const DEFAULT_WAIT = "2h";
+
+function jobTable(jobs: Job[]): string {
+  if (jobs.length === 0) {
+    return "no jobs (run one with agentlab job run --repo <url> --task <text> --profile <profile>)\n";
+  }
+  return table(
+    ["ID", "STATUS", "PROFILE", "SANDBOX", "REPO", "CREATED"],
+    jobs.map((j) => [
+      j.id,
+      j.status,
+      j.profile,
+      j.sandbox_vmid !== undefined ? String(j.sandbox_vmid) : "-",
+      `${j.repo_url}@${j.ref}`,
+      j.created_at,
+    ]),
+  );
+}
+
+/** The runner's result fields worth a line each; the rest stays in --json. */
+function resultPairs(job: Job): Array<[string, string]> {
+  const pairs: Array<[string, string]> = [];
+  const report = job.result;
+  if (!report) return pairs;
+  pairs.push([
+    "last report",
+    `${report.status}${report.message ? `: ${report.message}` : ""} (${report.reported_at})`,
+  ]);
+  const result = report.result as Record<string, unknown> | undefined;
+  if (result && typeof result === "object") {
+    if (result.exit_code !== undefined && result.exit_code !== null)
+      pairs.push(["exit code", String(result.exit_code)]);
+    if (typeof result.commit === "string") pairs.push(["commit", result.commit]);
+    if (typeof result.duration_seconds === "number") pairs.push(["duration", `${result.duration_seconds} s`]);
+  }
+  return pairs;
+}
+
+function jobText(job: Job | JobDetail): string {
+  const pairs: Array<[string, string]> = [
+    ["job", job.id],
+    ["status", job.status],
+    ["repo", `${job.repo_url} (ref ${job.ref})`],
+    ["profile", job.profile],
+    ["sandbox", job.sandbox_vmid !== undefined ? String(job.sandbox_vmid) : "not yet reserved"],
+    ["keepalive", job.keepalive ? "yes (the sandbox stays when the job ends)" : "no"],
+  ];
+  if (job.ttl_minutes !== undefined) pairs.push(["time limit", `${job.ttl_minutes} min`]);
+  if (job.failure_reason) pairs.push(["reason", job.failure_reason]);
+  pairs.push(...resultPairs(job));
+  let text = fields(pairs);
+  const tail = (job.result?.result as { output_tail?: unknown } | undefined)?.output_tail;
+  if (typeof tail === "string" && tail !== "")
+    text += `\noutput (last lines):\n${tail.replace(/\n?$/, "\n")}`;
+  if ("events" in job && job.events && job.events.length > 0) {
+    text += `\nevents:\n${job.events.map(eventLine).join("")}`;
+  }
+  return text;
+}
+
+function eventLine(e: SandboxEvent): string {
+  return `  ${e.ts}  ${e.kind}${e.msg ? `  ${e.msg}` : ""}\n`;
+}
+
+/** Follow a job for --wait: events go to stderr as progress (not under --json); exit 0 only for COMPLETED. */
+async function waitFor(ctx: CommandContext, id: string, wait: string | undefined) {
+  const timeoutMs = parseTimeout(wait ?? DEFAULT_WAIT);
+  const job = await followJob(ctx, id, {
+    timeoutMs,
+    onEvent: (e) => {
+      if (!ctx.args.json) ctx.out.stderr(eventLine(e));
+    },
+  });
+  return { data: job, text: jobText({ ...job, events: [] }), exitCode: job.status === "COMPLETED" ? 0 : 1 };
+}
+
+interface RunArgs {
+  repo: string;
+  task: string;
+  profile: string;
+  ref?: string;
+  mode?: string;
+  ttl?: string;
+  keepalive?: boolean;
+  wait?: boolean;
+  "wait-timeout"?: string;
+}
+
+const runCommand: CommandModule<GlobalArgs, Args<RunArgs>> = {
+  command: "run",
+  describe: "Run an agent on a repository in a new sandbox",
+  builder: (yargs) =>
+    yargs
+      .option("repo", {
+        type: "string",
+        demandOption: true,
+        describe: "git URL the sandbox clones (https://, git://, ssh:// or user@host:path)",
+      })
+      .option("task", { type: "string", demandOption: true, describe: "what the agent should do" })
+      .option("profile", { type: "string", demandOption: true, describe: "profile of the job's sandbox" })
+      .option("ref", { type: "string", describe: "branch, tag or commit to check out (default main)" })
+      .option("mode", {
+        type: "string",
+        describe: "agent permission mode passed to the runner (default dangerous)",
+      })
+      .option("ttl", {
+        type: "string",
+        describe:
+          "time limit of the job and lease of its sandbox: minutes (90) or 90m, 2h (default: the profile's)",
+      })
+      .option("keepalive", {
+        type: "boolean",
+        describe: "keep the sandbox when the job ends (default: the profile's); destroy it yourself later",
+      })
+      .option("wait", {
+        type: "boolean",
+        default: false,
+        describe: "follow the job until it ends, printing its events; exit 0 only if it COMPLETED",
+      })
+      .option("wait-timeout", {
+        type: "string",
+        describe: `with --wait: stop following after this long (default ${DEFAULT_WAIT})`,
+      })
+      .example(
+        "agentlab job run --repo https://github.com/acme/app.git --task 'fix the failing test' --profile yolo-ephemeral --wait",
+        "run a job and follow it to the end",
+      )
+      .epilogue(
+        "The sandbox's runner clones the repository and runs, in order of preference: the command in " +
+          "AGENTLAB_AGENT_COMMAND (/etc/agentlab/agent-runner.env in the template), the repository's " +
+          "executable .agentlab/run.sh, or agentlab-agent. The task is on its standard input and in " +
+          "AGENTLAB_TASK. See docs/jobs.md.",
+      ) as Argv<Args<RunArgs>>,
+  handler: (argv) =>
+    execute(argv, async (ctx) => {
+      if (argv["wait-timeout"] !== undefined && !argv.wait) {
+        throw new AgentlabError("USAGE", "--wait-timeout goes with --wait", { hint: "add --wait" });
+      }
+      const ttl = ttlOption(argv.ttl);
+      const job = await ctx.call(jobRun, {
+        repo_url: argv.repo,
+        task: argv.task,
+        profile: argv.profile,
+        ...(argv.ref !== undefined ? { ref: argv.ref } : {}),
+        ...(argv.mode !== undefined ? { mode: argv.mode } : {}),
+        ...(ttl !== undefined ? { ttl_minutes: ttl } : {}),
+        ...(argv.keepalive !== undefined ? { keepalive: argv.keepalive } : {}),
+      });
+      if (!argv.wait) {
+        return {
+          data: job,
+          text: `job ${job.id} queued; follow it with agentlab job show ${job.id} --wait\n`,
+        };
+      }
+      if (!argv.json) ctx.out.stderr(`job ${job.id} queued\n`);
+      return waitFor(ctx, job.id, argv["wait-timeout"]);
+    }),
+};
+
+interface ShowArgs {
+  id: string;
+  events?: number;
+  wait?: boolean;
+  "wait-timeout"?: string;
+}
+
+const showCommand: CommandModule<GlobalArgs, Args<ShowArgs>> = {
+  command: "show <id>",
+  describe: "Show a job: status, sandbox, the runner's last report and recent events",
+  builder: (yargs) =>
+    (
+      yargs.positional("id", { type: "string", demandOption: true, describe: "job id (job_...)" }) as Argv<
+        Args<{ id: string }>
+      >
+    )
+      .option("events", { type: "number", describe: "how many recent events (default 50, 0 none)" })
+      .option("wait", {
+        type: "boolean",
+        default: false,
+        describe: "follow the job until it ends; exit 0 only if it COMPLETED",
+      })
+      .option("wait-timeout", {
+        type: "string",
+        describe: `with --wait: stop following after this long (default ${DEFAULT_WAIT})`,
+      }) as Argv<Args<ShowArgs>>,
+  handler: (argv) =>
+    execute(argv, async (ctx) => {
+      if (argv.wait) return waitFor(ctx, argv.id, argv["wait-timeout"]);
+      if (
+        argv.events !== undefined &&
+        (!Number.isInteger(argv.events) || argv.events < 0 || argv.events > 1000)
+      ) {
+        throw new AgentlabError(
+          "USAGE",
+          `--events must be a whole number from 0 to 1000, got ${argv.events}`,
+        );
+      }
+      const job = await ctx.call(jobShow, {
+        id: argv.id,
+        ...(argv.events !== undefined ? { events_tail: argv.events } : {}),
+      });
+      return { data: job, text: jobText(job) };
+    }),
+};
+
+const listCommand: CommandModule<GlobalArgs, Args<{ status?: string; limit?: number }>> = {
+  command: "list",
+  aliases: ["ls"],
+  describe: "List jobs, newest first",
+  builder: (yargs) =>
+    yargs
+      .option("status", { type: "string", choices: JOB_STATUSES, describe: "only jobs in this status" })
+      .option("limit", { type: "number", describe: "at most this many (default 100)" }) as Argv<
+      Args<{ status?: string; limit?: number }>
+    >,
+  handler: (argv) =>
+    execute(argv, async (ctx) => {
+      if (
+        argv.limit !== undefined &&
+        (!Number.isInteger(argv.limit) || argv.limit < 1 || argv.limit > 10000)
+      ) {
+        throw new AgentlabError("USAGE", `--limit must be a whole number from 1 to 10000, got ${argv.limit}`);
+      }
+      const result = await ctx.call(jobList, {
+        ...(argv.status !== undefined ? { status: argv.status as Job["status"] } : {}),
+        ...(argv.limit !== undefined ? { limit: argv.limit } : {}),
+      });
+      return { data: result, text: jobTable(result.jobs) };
+    }),
+};
+
+export const jobCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+  command: "job <command>",
+  describe: "Unattended agent runs: a repository and a task in a sandbox of their own",
+  builder: (yargs) =>
+    yargs
+      .command(runCommand)
+      .command(showCommand)
+      .command(listCommand)
+      .demandCommand(1, "name a job command"),
+  handler: () => {},
+};

@@ -1,0 +1,29 @@
+/** A job row as the protocol shows it: nulls left out, the runner's last report parsed. */
+import type { Job as JobJson } from "../../../protocol/job.js";
+import type { Job } from "../../store/jobs.js";
+
+export function jobJson(job: Job): JobJson {
+  const out: JobJson = {
+    id: job.id,
+    repo_url: job.repo_url,
+    ref: job.ref,
+    profile: job.profile,
+    keepalive: job.keepalive,
+    status: job.status,
+    created_at: job.created_at.toISOString(),
+    updated_at: job.updated_at.toISOString(),
+  };
+  if (job.task !== null) out.task = job.task;
+  if (job.mode !== null) out.mode = job.mode;
+  if (job.ttl_minutes !== null) out.ttl_minutes = job.ttl_minutes;
+  if (job.sandbox_vmid !== null) out.sandbox_vmid = job.sandbox_vmid;
+  if (job.failure_reason !== null) out.failure_reason = job.failure_reason;
+  if (job.result_json !== null) {
+    try {
+      out.result = JSON.parse(job.result_json) as JobJson["result"];
+    } catch {
+      // Written by this daemon only; a row that does not parse is shown without it rather than failing.
+    }
+  }
+  return out;
+}

@@ -1,0 +1,254 @@
+/**
+ * Jobs (docs/jobs.md): `job run` records the job QUEUED and returns; in the background a sandbox is
+ * provisioned for it (its cloud-init starts the guest runner with a job token), the job becomes RUNNING
+ * once the sandbox runs or the runner says so, and the runner's final report ends it. The sandbox then
+ * follows (COMPLETED, FAILED or TIMEOUT) and is destroyed unless the job keeps it alive.
+ *
+ * A daemon restart loses nothing that matters: provisioning in flight is rolled back by start-up
+ * recovery (which fails the job with the reason), a job that never got a sandbox is failed here, a
+ * RUNNING job keeps running in its guest and reports with its token as before, and a job that ended
+ * while its sandbox was not yet cleaned up has that finished.
+ */
+import { randomBytes } from "node:crypto";
+import type { z } from "zod";
+import { AgentlabError } from "../../../protocol/errors.js";
+import type { JobDetail, Job as JobJson, jobList, jobRun } from "../../../protocol/job.js";
+import type { DaemonContext } from "../../context.js";
+import type { GuestJobEndpoints } from "../../guest/listener.js";
+import { transitionSandbox } from "../../state/sandbox.js";
+import type { Job, JobStatus } from "../../store/jobs.js";
+import { describe } from "../maintenance-steps.js";
+import { backgroundOperation, type Operation } from "../operation.js";
+import { resolveProfile } from "../sandbox/provision.js";
+import type { SandboxService } from "../sandboxes.js";
+import { jobJson } from "./json.js";
+import { RunnerApi } from "./runner-api.js";
+
+type RunParams = z.output<typeof jobRun.params>;
+type ListParams = z.output<typeof jobList.params>;
+
+const DEFAULT_EVENTS_TAIL = 50;
+const TERMINAL: readonly JobStatus[] = ["COMPLETED", "FAILED", "TIMEOUT"];
+
+export class JobService {
+  readonly #inFlight = new Set<Promise<void>>();
+  readonly #stop = new AbortController();
+  readonly #runner: RunnerApi;
+
+  constructor(
+    private readonly ctx: DaemonContext,
+    private readonly sandboxes: SandboxService,
+  ) {
+    this.#runner = new RunnerApi(ctx, {
+      started: (job) => this.#event(job, "job.running", "the runner reported the job running"),
+      ended: (job) => {
+        this.#event(job, `job.${job.status.toLowerCase()}`, `the runner reported ${job.status}`);
+        this.#track(this.#finishSandbox(job));
+      },
+    });
+  }
+
+  /** The runner's endpoints on the guest listener. */
+  guestEndpoints(): GuestJobEndpoints {
+    return {
+      fetch: (body) => this.#runner.fetch(body),
+      report: (body, bearer) => this.#runner.report(body, bearer),
+    };
+  }
+
+  /** Queue a job and start provisioning its sandbox in the background. */
+  run(params: RunParams): JobJson {
+    const { ctx } = this;
+    const profile = resolveProfile(ctx, params.profile);
+    const listener = ctx.guestReady?.listener();
+    if (!ctx.guestReady?.phoneHomeAvailable) {
+      throw new AgentlabError(
+        "PROVISIONING_FAILED",
+        `jobs need the guest listener, which is not listening${listener?.error ? ` (${listener.error})` : ""}: the runner in the sandbox fetches its job from it`,
+        {
+          hint:
+            listener?.hint ??
+            "agentlab status shows the guest listener; fix bootstrap_listen (usually: create vmbr1 with sudo agentlab init --apply) and restart agentlabd",
+        },
+      );
+    }
+    const ttl = params.ttl_minutes ?? profile.behavior.ttl_minutes_default;
+    const job = this.#insertQueued({
+      repo_url: params.repo_url,
+      ref: params.ref ?? "main",
+      profile: profile.name,
+      status: "QUEUED",
+      task: params.task,
+      mode: params.mode ?? "dangerous",
+      ttl_minutes: ttl !== undefined && ttl > 0 ? ttl : null,
+      keepalive: params.keepalive ?? profile.behavior.keepalive_default,
+    });
+    this.#event(job, "job.queued", `queued: ${job.repo_url}@${job.ref} with profile ${job.profile}`);
+    this.#track(this.#provision(job));
+    return jobJson(job);
+  }
+
+  show(id: string, eventsTail: number = DEFAULT_EVENTS_TAIL): JobDetail {
+    const job = this.#get(id);
+    const detail: JobDetail = jobJson(job);
+    if (eventsTail > 0) {
+      detail.events = this.ctx.store.events.listForJob(job.id, { tail: eventsTail }).map((e) => ({
+        id: e.id,
+        ts: e.ts.toISOString(),
+        kind: e.kind,
+        ...(e.msg !== null ? { msg: e.msg } : {}),
+        ...(e.payload !== undefined && e.payload !== null ? { payload: e.payload } : {}),
+      }));
+    }
+    return detail;
+  }
+
+  list(params: ListParams): { jobs: JobJson[] } {
+    const rows = this.ctx.store.jobs.list({
+      ...(params.status !== undefined ? { status: params.status } : {}),
+      limit: params.limit ?? 100,
+    });
+    return { jobs: rows.map(jobJson) };
+  }
+
+  /**
+   * Start-up, before clients connect and after sandbox recovery: fail the jobs whose provisioning died
+   * with the previous process before a sandbox was reserved, and mark RUNNING the ones whose sandbox got
+   * to run. Then (in the background) finish the sandboxes of jobs that ended while the daemon was away
+   * from them.
+   */
+  recover(): void {
+    const { ctx } = this;
+    for (const job of ctx.store.jobs.listByStatus("QUEUED")) {
+      const sandbox = job.sandbox_vmid === null ? undefined : ctx.store.sandboxes.get(job.sandbox_vmid);
+      if (sandbox === undefined) {
+        const ended = ctx.store.jobs.end(
+          job.id,
+          "FAILED",
+          "agentlabd restarted before a sandbox was reserved for the job; run it again",
+        );
+        if (ended) this.#event(ended, "job.failed", ended.failure_reason ?? "failed");
+      } else if (sandbox.state === "RUNNING") {
+        const running = ctx.store.jobs.markRunning(job.id);
+        if (running) this.#event(running, "job.running", `sandbox ${sandbox.vmid} is running`);
+      }
+    }
+    const live = [
+      ...ctx.store.sandboxes.list({ state: "READY" }),
+      ...ctx.store.sandboxes.list({ state: "RUNNING" }),
+    ];
+    for (const sandbox of live) {
+      const job = ctx.store.jobs.latestForSandbox(sandbox.vmid);
+      if (job && TERMINAL.includes(job.status)) this.#track(this.#finishSandbox(job));
+    }
+  }
+
+  /** Daemon shutdown: provisioning in flight is cancelled (and rolled back), then awaited. */
+  async stop(timeoutMs: number): Promise<boolean> {
+    this.#stop.abort(new Error("agentlabd is stopping"));
+    const all = Promise.allSettled([...this.#inFlight]).then(() => true);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), timeoutMs);
+    });
+    try {
+      return await Promise.race([all, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  #get(id: string): Job {
+    const job = this.ctx.store.jobs.get(id);
+    if (!job) {
+      throw new AgentlabError("JOB_NOT_FOUND", "job not found", { details: { job_id: id } });
+    }
+    return job;
+  }
+
+  /** Insert with a fresh `job_<16 hex>` id; a clash (astronomically unlikely) draws again. */
+  #insertQueued(fields: Omit<Parameters<DaemonContext["store"]["jobs"]["insert"]>[0], "id">): Job {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return this.ctx.store.jobs.insert({ ...fields, id: `job_${randomBytes(8).toString("hex")}` });
+      } catch (error) {
+        if (attempt >= 5 || !(error instanceof AgentlabError) || error.code !== "CONFLICT") throw error;
+      }
+    }
+  }
+
+  #event(job: Job, kind: string, msg: string, payload?: Record<string, unknown>): void {
+    this.ctx.store.events.append({
+      kind,
+      job_id: job.id,
+      sandbox_vmid: job.sandbox_vmid,
+      msg,
+      ...(payload ? { payload } : {}),
+    });
+  }
+
+  #track(work: Promise<void>): void {
+    const tracked = work.catch((error) => this.ctx.log.error({ err: error }, "job background work failed"));
+    this.#inFlight.add(tracked);
+    void tracked.finally(() => this.#inFlight.delete(tracked));
+  }
+
+  #operation(job: Job): Operation {
+    return backgroundOperation(this.ctx.log.child({ job_id: job.id }), this.#stop.signal);
+  }
+
+  /** Provision the job's sandbox; the job is RUNNING once it runs, FAILED with the reason if it cannot. */
+  async #provision(job: Job): Promise<void> {
+    const { ctx } = this;
+    try {
+      const sandbox = await this.sandboxes.create(
+        {
+          profile: job.profile,
+          name: `job-${job.id.slice(4, 12)}`,
+          keepalive: job.keepalive,
+          ...(job.ttl_minutes !== null ? { ttl_minutes: job.ttl_minutes } : {}),
+          jobId: job.id,
+        },
+        this.#operation(job),
+      );
+      const running = ctx.store.jobs.markRunning(job.id);
+      if (running) this.#event(running, "job.running", `sandbox ${sandbox.vmid} is running`);
+    } catch (error) {
+      const reason = `could not provision the job's sandbox: ${describe(error)}`;
+      const ended = ctx.store.jobs.end(job.id, "FAILED", reason);
+      if (ended) this.#event(ended, "job.failed", reason);
+      ctx.log.warn({ job_id: job.id, err: error }, reason);
+    }
+  }
+
+  /**
+   * After the runner's final report: the sandbox takes the job's end state (once provisioning let go of
+   * it: same lock), and unless keepalive is set it is destroyed.
+   */
+  async #finishSandbox(job: Job): Promise<void> {
+    const { ctx } = this;
+    const vmid = job.sandbox_vmid;
+    if (vmid === null) return;
+    const to = job.status as "COMPLETED" | "FAILED" | "TIMEOUT";
+    await this.sandboxes.withVmLock(vmid, async () => {
+      const row = ctx.store.sandboxes.get(vmid);
+      if (!row || (row.state !== "READY" && row.state !== "RUNNING")) return;
+      if (row.state === "READY") transitionSandbox(ctx.store, vmid, "RUNNING");
+      transitionSandbox(
+        ctx.store,
+        vmid,
+        to,
+        to === "COMPLETED" ? {} : { reason: `job ${job.id} ended ${to}` },
+      );
+    });
+    if (job.keepalive) return;
+    try {
+      await this.sandboxes.destroy(vmid, false, this.#operation(job));
+    } catch (error) {
+      ctx.log.warn(
+        { job_id: job.id, vmid, err: error },
+        `could not destroy the sandbox of finished job ${job.id}; the lease reaper will: ${describe(error)}`,
+      );
+    }
+  }
+}
