@@ -6,7 +6,7 @@ import { configPathFromEnv, loadConfig, parseConfig } from "../../config/config.
 import { groupId, SOCKET_GROUP } from "../../daemon/rpc/socket.js";
 import { hostSettings } from "../../daemon/services/checks.js";
 import { AgentlabError, type DaemonChecks, daemonChecks, type InitCheck } from "../../protocol/index.js";
-import { type CommandContext, execute, type GlobalArgs } from "../context.js";
+import { type CommandContext, execute, type GlobalArgs, parseTimeout } from "../context.js";
 import {
   type HostEnv,
   type HostSettings,
@@ -15,11 +15,24 @@ import {
   nftArgs,
   setupArgs,
 } from "../init/host-checks.js";
+import { runSmokeTest, type SmokeReport } from "../init/smoke.js";
+import {
+  checkExecTemplate,
+  parseSmokeTimeout,
+  SMOKE_ONLY_FLAGS,
+  type SmokeOptions,
+} from "../init/smoke-plan.js";
 import { asAgentlabError } from "../render.js";
 
 interface InitArgs extends GlobalArgs {
   apply: boolean;
   force: boolean;
+  "smoke-test": boolean;
+  "smoke-profile"?: string;
+  "smoke-exec"?: string;
+  "smoke-net-arg"?: string | string[];
+  "smoke-timeout"?: string;
+  "smoke-repo"?: string;
 }
 
 export interface AppliedStep {
@@ -32,6 +45,26 @@ export interface InitReport {
   checks: InitCheck[];
   ok: boolean;
   applied?: AppliedStep[];
+  /** With --smoke-test: each step of the end-to-end run. */
+  smoke?: SmokeReport;
+}
+
+/** The --smoke-* flags as SmokeOptions; a bad value is a usage error before anything is created. */
+export function smokeOptions(argv: Omit<InitArgs, keyof GlobalArgs>): SmokeOptions {
+  const netArgs = argv["smoke-net-arg"] === undefined ? [] : [argv["smoke-net-arg"]].flat().map(String);
+  if (netArgs.some((arg) => arg === "")) {
+    throw new AgentlabError("USAGE", "--smoke-net-arg: an empty argument", {
+      hint: "give each smoke_test.sh argument with =, e.g. --smoke-net-arg=--no-dns --smoke-net-arg=--egress --smoke-net-arg=203.0.113.2:443",
+    });
+  }
+  if (argv["smoke-exec"] !== undefined) checkExecTemplate(argv["smoke-exec"]);
+  return {
+    profile: argv["smoke-profile"],
+    exec: argv["smoke-exec"],
+    netArgs,
+    timeoutSeconds: parseSmokeTimeout(argv["smoke-timeout"]),
+    repo: argv["smoke-repo"],
+  };
 }
 
 /** The checks --apply can fix by running scripts/net; everything else only gets its fix printed. */
@@ -202,12 +235,49 @@ export const initCommand: CommandModule<GlobalArgs, InitArgs> = {
         default: false,
         describe: "with --apply: let the scripts overwrite managed network files that differ",
       })
+      .option("smoke-test", {
+        type: "boolean",
+        default: false,
+        describe:
+          "after the checks: create a sandbox through a tiny job served from a temporary local repository, run scripts/net/smoke_test.sh inside it, destroy it; prints each step (root, when the nftables ruleset is loaded: a temporary rule lets the sandbox reach the repo server)",
+      })
+      .option("smoke-profile", {
+        type: "string",
+        describe:
+          "with --smoke-test: the profile of the job's sandbox (required when the daemon has several)",
+      })
+      .option("smoke-exec", {
+        type: "string",
+        describe:
+          'with --smoke-test: command prefix that runs the network probes inside the sandbox, {ip} and {vmid} replaced (default: ssh agent@<ip>), e.g. "ip netns exec sb{vmid}"',
+      })
+      .option("smoke-net-arg", {
+        type: "string",
+        describe:
+          "with --smoke-test: one more argument for scripts/net/smoke_test.sh, passed verbatim (repeatable; write it with =, e.g. --smoke-net-arg=--no-dns)",
+      })
+      .option("smoke-timeout", {
+        type: "string",
+        describe: "with --smoke-test: seconds the job may take to finish (default 600)",
+      })
+      .option("smoke-repo", {
+        type: "string",
+        describe:
+          "with --smoke-test: serve this local git repository (its checked-out branch) instead of a generated one; its job must complete on its HEAD",
+      })
       .check((args) => {
         if (args.force && !args.apply) {
           throw new AgentlabError("USAGE", "--force only makes sense with --apply", {
             hint: "sudo agentlab init --apply --force",
           });
         }
+        const stray = SMOKE_ONLY_FLAGS.find((flag) => args[flag] !== undefined);
+        if (stray && !args["smoke-test"]) {
+          throw new AgentlabError("USAGE", `--${stray} only makes sense with --smoke-test`, {
+            hint: `agentlab init --smoke-test --${stray} ...`,
+          });
+        }
+        if (args["smoke-test"]) smokeOptions(args as unknown as InitArgs);
         return true;
       }) as unknown as Argv<InitArgs>,
   handler: (argv) =>
@@ -227,8 +297,24 @@ export const initCommand: CommandModule<GlobalArgs, InitArgs> = {
           checks = (await runChecks(ctx, host)).checks;
         }
       }
-      const ok = checks.every((c) => c.status !== "fail");
-      const report: InitReport = { checks, ok, ...(applied ? { applied } : {}) };
-      return { data: report, text: prefix + checksText(checks), exitCode: ok ? 0 : 1 };
+      const checksOk = checks.every((c) => c.status !== "fail");
+      if (!argv["smoke-test"]) {
+        const report: InitReport = { checks, ok: checksOk, ...(applied ? { applied } : {}) };
+        return { data: report, text: prefix + checksText(checks), exitCode: checksOk ? 0 : 1 };
+      }
+      // The checks first, shown before the smoke test starts printing its steps.
+      if (!argv.json) ctx.out.stdout(prefix + checksText(checks));
+      const smoke = await runSmokeTest({
+        socket: argv.socket,
+        rpcTimeoutMs: argv.timeout === undefined ? undefined : parseTimeout(argv.timeout),
+        json: argv.json,
+        out: ctx.out,
+        host,
+        settings: first.settings,
+        options: smokeOptions(argv),
+      });
+      const ok = checksOk && smoke.ok;
+      const report: InitReport = { checks, ok, ...(applied ? { applied } : {}), smoke };
+      return { data: report, text: "", printed: !argv.json, exitCode: smoke.interrupted ? 130 : ok ? 0 : 1 };
     }),
 };
