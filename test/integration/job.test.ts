@@ -4,12 +4,14 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { call } from "../../src/cli/client.js";
 import {
   createSmokeRepo,
   type RepoServer,
   type SmokeRepo,
   startRepoServer,
 } from "../../src/cli/init/repo-server.js";
+import { type AgentlabError, sandboxRevert } from "../../src/protocol/index.js";
 import { startDaemon } from "../helpers/daemon.js";
 import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { clearFaults, setControl } from "../pvesim/harness.js";
@@ -56,7 +58,7 @@ echo "about to fail"
 exit 3
 `;
 const RUN_SLOW = `#!/bin/sh
-sleep 4
+sleep 6
 echo "slow job finished"
 `;
 
@@ -243,6 +245,17 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
         const job = await show(run.body.id);
         return job.result?.message === "agent starting" ? true : undefined;
       });
+      // Rolling the disk back under a working agent needs force. The CLI only sends force=false after
+      // a confirmation on a terminal, so ask the daemon directly.
+      const vmid = (await show(run.body.id)).sandbox_vmid!;
+      await assert.rejects(
+        call({ socketPath: h.host.socketPath, timeoutMs: 30_000 }, sandboxRevert, { vmid }),
+        (error: AgentlabError) => {
+          assert.equal(error.code, "CONFLICT");
+          assert.match(error.message, /^sandbox has running job job_[0-9a-f]{16}; use --force to revert$/);
+          return true;
+        },
+      );
       await h.daemon.stop("SIGKILL");
       h.daemon = await startDaemon(h.host);
       const ended = await until("the slow job to end after the restart", async () => {
@@ -251,7 +264,6 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       });
       assert.equal(ended.status, "COMPLETED", JSON.stringify(ended));
       assert.match(ended.result?.result?.output_tail ?? "", /slow job finished/);
-      const vmid = ended.sandbox_vmid!;
       await until("its sandbox to be destroyed", async () =>
         (await sandbox(vmid)).state === "DESTROYED" ? true : undefined,
       );

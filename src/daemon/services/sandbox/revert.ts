@@ -57,8 +57,8 @@ function cleanSnapshotMissing(vmid: number, cause?: unknown): AgentlabError {
  * code must detach it first and attach it again after, and must never retake `clean` while one is
  * attached; revert does not touch /work.
  *
- * Upstream also refuses without force while the sandbox's job is QUEUED/RUNNING; there are no jobs
- * yet, so force is only recorded.
+ * Without force it refuses while the sandbox's job is QUEUED or RUNNING (spec 5.4): rolling the disk
+ * back under a working agent loses its work and the runner's state.
  */
 export function revertSandbox(
   { ctx, locks }: SandboxScope,
@@ -74,6 +74,13 @@ export function revertSandbox(
         : { hint: `wait until provisioning ends (agentlab sandbox show ${vmid}), then revert` }),
     });
     requireVm(row, "revert");
+    const job = ctx.store.jobs.latestForSandbox(vmid);
+    if (options.force !== true && job && (job.status === "QUEUED" || job.status === "RUNNING")) {
+      throw new AgentlabError("CONFLICT", `sandbox has running job ${job.id}; use --force to revert`, {
+        hint: `wait for it (agentlab job show ${job.id} --wait), or revert anyway: agentlab sandbox revert --force ${vmid}`,
+        details: { vmid, job_id: job.id, job_status: job.status },
+      });
+    }
     const vm = vmRefOf(ctx, row);
     const { backend } = ctx;
 
