@@ -9,7 +9,7 @@ import { openStore } from "../../src/daemon/store/db.js";
 import type { Job } from "../../src/daemon/store/jobs.js";
 import { MIGRATIONS, migrate } from "../../src/daemon/store/migrations.js";
 import { toDbTime } from "../../src/daemon/store/time.js";
-import { AgentlabError } from "../../src/protocol/errors.js";
+import { catchAgentlab } from "../helpers/errors.js";
 import { insertJob, JOB_ID, type JobRig, jobRig, START } from "../helpers/job-rig.js";
 
 let rig: JobRig;
@@ -27,16 +27,6 @@ function queue(n: number, prefix = "job_"): void {
     insertJob(rig.store, null, { id: `${prefix}${i}` });
     rig.clock.t += 1000;
   }
-}
-
-function catchAgentlab(fn: () => unknown): AgentlabError {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof AgentlabError, `expected an AgentlabError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail("expected an error");
 }
 
 describe("job store: listing", () => {

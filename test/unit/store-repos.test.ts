@@ -5,7 +5,7 @@ import path from "node:path";
 import { after, describe, it } from "node:test";
 import { openStore, type Store } from "../../src/daemon/store/db.js";
 import { SANDBOX_STATES, type SandboxState } from "../../src/daemon/store/sandboxes.js";
-import { AgentlabError } from "../../src/protocol/errors.js";
+import { catchAgentlab } from "../helpers/errors.js";
 
 const tempDirs: string[] = [];
 after(() => {
@@ -27,16 +27,6 @@ function freshStore(start = "2026-02-14T13:00:00.000Z"): Store {
   // Started after opening so that the migration's applied_at does not shift the times tests expect.
   t = Date.parse(start);
   return store;
-}
-
-function catchAgentlab(fn: () => unknown): AgentlabError {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof AgentlabError, `expected an AgentlabError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail("expected an error");
 }
 
 function sqliteCodeOf(fn: () => unknown): string | undefined {

@@ -16,6 +16,7 @@ import {
   validateMigrations,
 } from "../../src/daemon/store/migrations.js";
 import { AgentlabError } from "../../src/protocol/errors.js";
+import { catchAgentlab } from "../helpers/errors.js";
 
 const tempDirs: string[] = [];
 after(() => {
@@ -30,16 +31,6 @@ function tempDir(): string {
 
 function tempDbPath(): string {
   return path.join(tempDir(), "agentlab.db");
-}
-
-function catchAgentlab(fn: () => unknown): AgentlabError {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof AgentlabError, `expected an AgentlabError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail("expected an error");
 }
 
 function sha256(file: string): string {

@@ -15,7 +15,7 @@ import {
   tempLeaseOwner,
 } from "../../src/daemon/store/leases.js";
 import type { Workspace } from "../../src/daemon/store/workspaces.js";
-import { AgentlabError } from "../../src/protocol/errors.js";
+import { catchAgentlab } from "../helpers/errors.js";
 
 const tempDirs: string[] = [];
 after(() => {
@@ -47,16 +47,6 @@ const at = (offsetMs: number) => new Date(T0 + offsetMs);
 function granted(result: ReturnType<Store["workspaceLeases"]["acquire"]>): LeaseGranted {
   assert.ok(result.ok, `expected the lease, got ${JSON.stringify(result)}`);
   return result;
-}
-
-function catchAgentlab(fn: () => unknown): AgentlabError {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof AgentlabError, `expected an AgentlabError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail("expected an error");
 }
 
 describe("workspace lease: acquire", () => {

@@ -6,8 +6,8 @@ import { after, describe, it } from "node:test";
 import { openStore, type Store } from "../../src/daemon/store/db.js";
 import { newSessionId, SESSION_ID_RE } from "../../src/daemon/store/sessions.js";
 import { type NewWorkspace, newWorkspaceId } from "../../src/daemon/store/workspaces.js";
-import { AgentlabError } from "../../src/protocol/errors.js";
 import { WORKSPACE_ID_RE } from "../../src/protocol/workspace.js";
+import { catchAgentlab } from "../helpers/errors.js";
 
 const tempDirs: string[] = [];
 after(() => {
@@ -22,16 +22,6 @@ function freshStore(): { store: Store; clock: { t: number }; file: string } {
   const file = path.join(dir, "agentlab.db");
   const store = openStore(file, { now: () => new Date(clock.t) });
   return { store, clock, file };
-}
-
-function catchAgentlab(fn: () => unknown): AgentlabError {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof AgentlabError, `expected an AgentlabError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail("expected an error");
 }
 
 const workspace = (name: string, holder: number, extra: Partial<NewWorkspace> = {}): NewWorkspace => ({
