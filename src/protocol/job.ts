@@ -31,6 +31,7 @@ export const Job = z.object({
   keepalive: z.boolean(),
   status: z.enum(JOB_STATUSES),
   sandbox_vmid: z.number().int().optional(),
+  workspace_id: z.string().optional(),
   result: JobResult.optional(),
   failure_reason: z
     .string()
@@ -88,11 +89,25 @@ export const jobRun = defineMethod({
         .boolean()
         .optional()
         .describe("keep the sandbox when the job ends (default: the profile's)"),
+      workspace: z
+        .string()
+        .min(1)
+        .optional()
+        .describe(
+          "existing, detached workspace (name or id) attached as /work before the first boot; detached again when the sandbox is destroyed",
+        ),
     })
     .strict(),
   result: Job,
   progress: false,
-  errors: ["PROFILE_NOT_FOUND", "PROVISIONING_FAILED"],
+  errors: [
+    "PROFILE_NOT_FOUND",
+    "PROVISIONING_FAILED",
+    "WORKSPACE_NOT_FOUND",
+    "WORKSPACE_ATTACHED",
+    "WORKSPACE_LEASE_HELD",
+    "WORKSPACE_BUSY",
+  ],
 });
 
 export const jobShow = defineMethod({

@@ -221,6 +221,55 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       assert.equal(missing.body.message, "job not found");
     });
 
+    test("--workspace attaches a detached workspace for the job and lets go of it afterwards", async () => {
+      const created = await h.json<{ id: string }>([
+        "workspace",
+        "create",
+        "--name",
+        "jobws",
+        "--size",
+        "1G",
+      ]);
+      assert.equal(created.code, 0, created.stderr);
+      const run = await h.json<JobBody & { workspace_id?: string }>(
+        jobRun(repos.ok!.url, "with a workspace", "--workspace", "jobws", "--wait"),
+      );
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal(run.body.status, "COMPLETED");
+      assert.equal(run.body.workspace_id, created.body.id);
+      const vmid = run.body.sandbox_vmid!;
+      await until("the sandbox to be destroyed", async () =>
+        (await sandbox(vmid)).state === "DESTROYED" ? true : undefined,
+      );
+      const ws = await h.json<{ attached_vmid?: number; lease_owner?: string }>([
+        "workspace",
+        "show",
+        "jobws",
+      ]);
+      assert.equal(ws.code, 0, ws.stderr);
+      assert.equal(ws.body.attached_vmid, undefined, "detached when the job's sandbox went");
+      assert.equal(ws.body.lease_owner, undefined, "its lease released");
+      // A workspace in use is refused at once, and no job is queued for it.
+      const box = await h.json<SandboxBody>([
+        "sandbox",
+        "new",
+        "--profile",
+        "yolo-ephemeral",
+        "--workspace",
+        "jobws",
+      ]);
+      assert.equal(box.code, 0, box.stderr);
+      const jobsBefore = (await h.json<{ jobs: JobBody[] }>(["job", "list"])).body.jobs.length;
+      const refused = await h.json<ErrorBody>(jobRun(repos.ok!.url, "x", "--workspace", "jobws"));
+      assert.equal(refused.code, 1);
+      assert.equal(refused.body.code, "WORKSPACE_ATTACHED");
+      assert.equal(refused.body.message, "workspace already attached");
+      assert.equal((await h.json<{ jobs: JobBody[] }>(["job", "list"])).body.jobs.length, jobsBefore);
+      const missing = await h.json<ErrorBody>(jobRun(repos.ok!.url, "x", "--workspace", "nope"));
+      assert.equal(missing.body.code, "WORKSPACE_NOT_FOUND");
+      assert.equal((await h.json<SandboxBody>(["sandbox", "destroy", String(box.body.vmid)])).code, 0);
+    });
+
     test("provisioning that fails ends the job FAILED with the reason", async () => {
       await setControl(h.sim.dir, {}, ["fail_clone=no space left on the storage"]);
       try {

@@ -62,6 +62,7 @@ function jobText(job: Job | JobDetail): string {
     ["repo", `${job.repo_url} (ref ${job.ref})`],
     ["profile", job.profile],
     ["sandbox", job.sandbox_vmid !== undefined ? String(job.sandbox_vmid) : "not yet reserved"],
+    ...(job.workspace_id !== undefined ? ([["workspace", job.workspace_id]] as Array<[string, string]>) : []),
     ["keepalive", job.keepalive ? "yes (the sandbox stays when the job ends)" : "no"],
   ];
   if (job.ttl_minutes !== undefined) pairs.push(["time limit", `${job.ttl_minutes} min`]);
@@ -101,6 +102,7 @@ interface RunArgs {
   mode?: string;
   ttl?: string;
   keepalive?: boolean;
+  workspace?: string;
   wait?: boolean;
   "wait-timeout"?: string;
 }
@@ -130,6 +132,11 @@ const runCommand: CommandModule<GlobalArgs, Args<RunArgs>> = {
       .option("keepalive", {
         type: "boolean",
         describe: "keep the sandbox when the job ends (default: the profile's); destroy it yourself later",
+      })
+      .option("workspace", {
+        type: "string",
+        describe:
+          "existing, detached workspace attached as /work before the first boot (the repository is cloned into /work/repo, or /work/repo-<job id> when that is taken)",
       })
       .option("wait", {
         type: "boolean",
@@ -164,6 +171,7 @@ const runCommand: CommandModule<GlobalArgs, Args<RunArgs>> = {
         ...(argv.mode !== undefined ? { mode: argv.mode } : {}),
         ...(ttl !== undefined ? { ttl_minutes: ttl } : {}),
         ...(argv.keepalive !== undefined ? { keepalive: argv.keepalive } : {}),
+        ...(argv.workspace !== undefined ? { workspace: argv.workspace } : {}),
       });
       if (!argv.wait) {
         return {

@@ -9,6 +9,7 @@ import type { DaemonContext } from "../context.js";
 import { KeyedMutex } from "../locks.js";
 import type { VmRef } from "../proxmox/types.js";
 import type { Sandbox, SandboxState } from "../store/sandboxes.js";
+import type { Workspace } from "../store/workspaces.js";
 import type { Operation } from "./operation.js";
 import { destroySandbox, pruneSandboxes, removeVm } from "./sandbox/destroy.js";
 import { getSandbox, type SandboxScope } from "./sandbox/guards.js";
@@ -208,6 +209,14 @@ export class SandboxService {
     op: Operation,
   ): Promise<{ sandbox: SandboxJson; snapshot: string }> {
     return restoreSnapshot(this.scope, vmid, name, force, op);
+  }
+
+  /**
+   * The refusal `sandbox new --workspace` would meet before cloning (the node is not compared: no
+   * template was looked up yet), for callers that queue work first (job run). WORKSPACE_NOT_FOUND throws.
+   */
+  workspaceRefusal(ref: string, profile: string): { workspace: Workspace; error?: AgentlabError } {
+    return workspaceRefusal(this.ctx, this.workspaces, { ref }, undefined, profile);
   }
 
   /** sandbox.validate, plus the workspace checks sandbox new --workspace would make before cloning. */

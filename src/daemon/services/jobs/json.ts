@@ -17,6 +17,7 @@ export function jobJson(job: Job): JobJson {
   if (job.mode !== null) out.mode = job.mode;
   if (job.ttl_minutes !== null) out.ttl_minutes = job.ttl_minutes;
   if (job.sandbox_vmid !== null) out.sandbox_vmid = job.sandbox_vmid;
+  if (job.workspace_id !== null) out.workspace_id = job.workspace_id;
   if (job.failure_reason !== null) out.failure_reason = job.failure_reason;
   if (job.result_json !== null) {
     try {

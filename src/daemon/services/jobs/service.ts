@@ -72,6 +72,14 @@ export class JobService {
         },
       );
     }
+    // Refusals that can be known now come back to the caller, not as a FAILED job later. Two jobs
+    // racing for one workspace both pass here; the second fails at its reservation (lease held).
+    let workspaceId: string | null = null;
+    if (params.workspace !== undefined) {
+      const checked = this.sandboxes.workspaceRefusal(params.workspace, profile.name);
+      if (checked.error) throw checked.error;
+      workspaceId = checked.workspace.id;
+    }
     const ttl = params.ttl_minutes ?? profile.behavior.ttl_minutes_default;
     const job = this.#insertQueued({
       repo_url: params.repo_url,
@@ -82,6 +90,7 @@ export class JobService {
       mode: params.mode ?? "dangerous",
       ttl_minutes: ttl !== undefined && ttl > 0 ? ttl : null,
       keepalive: params.keepalive ?? profile.behavior.keepalive_default,
+      workspace_id: workspaceId,
     });
     this.#event(job, "job.queued", `queued: ${job.repo_url}@${job.ref} with profile ${job.profile}`);
     this.#track(this.#provision(job));
@@ -207,6 +216,8 @@ export class JobService {
           name: `job-${job.id.slice(4, 12)}`,
           keepalive: job.keepalive,
           ...(job.ttl_minutes !== null ? { ttl_minutes: job.ttl_minutes } : {}),
+          // Attached before the first boot; its lease is the sandbox's, released when it is destroyed.
+          ...(job.workspace_id !== null ? { workspace: job.workspace_id } : {}),
           jobId: job.id,
         },
         this.#operation(job),
