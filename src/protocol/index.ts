@@ -3,6 +3,7 @@
  * nothing in it imports anything else of ours.
  */
 import { daemonStatus } from "./daemon.js";
+import { jobDoctor, sandboxDoctor, sessionDoctor } from "./doctor.js";
 import { daemonChecks } from "./init.js";
 import { jobList, jobRun, jobShow } from "./job.js";
 import { sandboxInventory, sandboxReconcile } from "./maintenance.js";
@@ -55,6 +56,7 @@ import {
 } from "./workspace.js";
 
 export * from "./daemon.js";
+export * from "./doctor.js";
 export * from "./errors.js";
 export * from "./init.js";
 export * from "./job.js";
@@ -116,6 +118,9 @@ export const METHODS: readonly Method[] = [
   jobRun,
   jobShow,
   jobList,
+  sandboxDoctor,
+  jobDoctor,
+  sessionDoctor,
 ];
 
 /** Frames larger than this close the connection: no legitimate request comes near it. */

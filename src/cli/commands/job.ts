@@ -10,6 +10,7 @@ import {
   type SandboxEvent,
 } from "../../protocol/index.js";
 import { type CommandContext, execute, type GlobalArgs, parseTimeout } from "../context.js";
+import { doctorCommand } from "../doctor.js";
 import { followJob } from "../job-follow.js";
 import { ttlOption } from "../options.js";
 import { fields, table } from "../render.js";
@@ -264,6 +265,7 @@ export const jobCommand: CommandModule<GlobalArgs, GlobalArgs> = {
       .command(runCommand)
       .command(showCommand)
       .command(listCommand)
+      .command(doctorCommand("job"))
       .demandCommand(1, "name a job command"),
   handler: () => {},
 };

@@ -35,6 +35,7 @@ import {
 } from "../../protocol/index.js";
 import { confirm } from "../confirm.js";
 import { type CommandContext, execute, type GlobalArgs } from "../context.js";
+import { doctorCommand } from "../doctor.js";
 import { ttlOption } from "../options.js";
 import { fields, table } from "../render.js";
 import { inventoryCommand, reconcileCommand } from "./sandbox-maintenance.js";
@@ -779,6 +780,7 @@ export const sandboxCommand: CommandModule<GlobalArgs, GlobalArgs> = {
       .command(reconcileCommand)
       .command(leaseCommand)
       .command(logsCommand("logs"))
+      .command(doctorCommand("sandbox"))
       .demandCommand(1, "name a sandbox command"),
   handler: () => {},
 };

@@ -13,6 +13,7 @@ import {
   type Workspace,
 } from "../../protocol/index.js";
 import { execute, type GlobalArgs } from "../context.js";
+import { doctorCommand } from "../doctor.js";
 import { sizeOption, ttlOption } from "../options.js";
 import { fields, table } from "../render.js";
 
@@ -247,6 +248,7 @@ export const sessionCommand: CommandModule<GlobalArgs, GlobalArgs> = {
       .command(resumeCommand)
       .command(forkCommand)
       .command(branchCommand)
+      .command(doctorCommand("session"))
       .demandCommand(1, "name a session command"),
   handler: () => {},
 };

@@ -24,6 +24,7 @@ import {
 import { sandboxInventory, sandboxReconcile } from "../../protocol/maintenance.js";
 import type { DaemonContext } from "../context.js";
 import { daemonChecks as checksOf } from "../services/checks.js";
+import { DoctorService } from "../services/doctor.js";
 import { JobService } from "../services/jobs/service.js";
 import { type MaintenanceOptions, MaintenanceService } from "../services/maintenance.js";
 import { listProfiles } from "../services/profiles.js";
@@ -32,6 +33,7 @@ import { SandboxService } from "../services/sandboxes.js";
 import { SessionService } from "../services/sessions/service.js";
 import { daemonStatus as statusOf } from "../services/status.js";
 import { WorkspaceService } from "../services/workspaces/service.js";
+import { registerDoctorHandlers } from "./doctor-handlers.js";
 import { registerJobHandlers } from "./job-handlers.js";
 import { operation } from "./operation.js";
 import type { RpcServer } from "./server.js";
@@ -91,7 +93,9 @@ export function registerHandlers(
   const workspaces = new WorkspaceService(ctx, sandboxes, vmids);
   sandboxes.useWorkspaces(workspaces);
   registerWorkspaceHandlers(server, workspaces);
-  registerSessionHandlers(server, new SessionService(ctx, sandboxes, workspaces));
+  const sessions = new SessionService(ctx, sandboxes, workspaces);
+  registerSessionHandlers(server, sessions);
+  registerDoctorHandlers(server, new DoctorService(ctx, sessions));
   const jobs = new JobService(ctx, sandboxes);
   registerJobHandlers(server, jobs);
   return { sandboxes, maintenance, workspaces, jobs };

@@ -1,0 +1,258 @@
+/**
+ * Doctor bundles (upstream §6): everything worth attaching to a bug report about one sandbox, job or
+ * session, read from the store and the live backend. Read-only: it takes no lock and changes nothing.
+ * A related piece that cannot be read is recorded in meta.json's errors, so a half-broken system still
+ * yields a bundle: that is when one is needed most.
+ */
+import type { DoctorBundle, DoctorFile, DoctorKind } from "../../protocol/doctor.js";
+import { AgentlabError } from "../../protocol/errors.js";
+import type { DaemonContext } from "../context.js";
+import type { Job } from "../store/jobs.js";
+import type { Sandbox } from "../store/sandboxes.js";
+import type { Session } from "../store/sessions.js";
+import { jobJson } from "./jobs/json.js";
+import { describe, vmRefOf } from "./maintenance-steps.js";
+import { getSandbox } from "./sandbox/guards.js";
+import { eventJson, sandboxJson } from "./sandbox/json.js";
+import type { SessionService } from "./sessions/service.js";
+import { workspaceJson } from "./workspaces/core.js";
+
+/** How many of the most recent events each events/*.json holds. */
+export const DOCTOR_EVENTS_TAIL = 200;
+
+export const REDACTED = "[REDACTED]";
+
+/**
+ * Keys whose values are secrets wherever they appear (spec §6), plus the Proxmox config keys that carry
+ * credentials (cloud-init password and SSH keys). Matched case-insensitively.
+ */
+const SECRET_KEYS = [
+  "token",
+  "access_token",
+  "refresh_token",
+  "bootstrap_token",
+  "artifact_token",
+  "report_token",
+  "report_token_hash",
+  "token_hash",
+  "openai_api_key",
+  "anthropic_api_key",
+  "claude_api_key",
+  "github_token",
+  "gitlab_token",
+  "bitbucket_token",
+  "gitea_token",
+  "git_token",
+  "ssh_private_key",
+  "private_key",
+  "password",
+  "cipassword",
+  "sshkeys",
+];
+const SECRET_KEY_SET = new Set(SECRET_KEYS);
+/**
+ * The same keys inside free text (a failure reason quoting a command line, a VM description):
+ * `"key": "value"`, `key="value"`, `key='value'`, `key=value`, `key: value`.
+ */
+const SECRET_IN_TEXT = new RegExp(
+  `(["']?)\\b(${SECRET_KEYS.join("|")})\\1(\\s*[:=]\\s*)("[^"]*"|'[^']*'|[^\\s,;"']+)`,
+  "gi",
+);
+
+function redactText(text: string): string {
+  return text.replace(SECRET_IN_TEXT, (_m, q: string, key: string, sep: string, value: string) => {
+    const quote = value.startsWith('"') || value.startsWith("'") ? value[0] : "";
+    return `${q}${key}${q}${sep}${quote}${REDACTED}${quote}`;
+  });
+}
+
+/** A deep copy with secret-keyed values and secrets inside strings replaced by [REDACTED]. */
+export function redact(value: unknown): unknown {
+  if (typeof value === "string") return redactText(value);
+  if (Array.isArray(value)) return value.map(redact);
+  if (value !== null && typeof value === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [key, inner] of Object.entries(value)) {
+      out[key] = SECRET_KEY_SET.has(key.toLowerCase()) ? REDACTED : redact(inner);
+    }
+    return out;
+  }
+  return value;
+}
+
+interface SectionError {
+  section: string;
+  error: string;
+}
+
+/** The bundle under construction: files by path, related ids, and the sections that failed. */
+class Bundle {
+  readonly files = new Map<string, unknown>();
+  readonly related: { sandbox_vmid?: number; job_id?: string; session_id?: string; workspace_id?: string } =
+    {};
+  readonly errors: SectionError[] = [];
+
+  constructor(
+    readonly kind: DoctorKind,
+    readonly id: string,
+  ) {}
+
+  /** Run one section; its failure is recorded instead of failing the bundle. */
+  section<T>(name: string, fn: () => T): T | undefined {
+    try {
+      return fn();
+    } catch (error) {
+      this.errors.push({ section: name, error: describe(error) });
+      return undefined;
+    }
+  }
+
+  result(): DoctorBundle {
+    const meta: Record<string, unknown> = { version: 1, kind: this.kind, id: this.id, related: this.related };
+    if (this.errors.length > 0) meta.errors = this.errors;
+    this.files.set("meta.json", meta);
+    const files: DoctorFile[] = [...this.files.entries()]
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([path, data]) => ({ path, content: `${JSON.stringify(redact(data), null, 2)}\n` }));
+    return { kind: this.kind, id: this.id, files };
+  }
+}
+
+function sortedKeys(config: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(
+    Object.keys(config)
+      .sort()
+      .map((k) => [k, config[k]]),
+  );
+}
+
+export class DoctorService {
+  constructor(
+    private readonly ctx: DaemonContext,
+    private readonly sessions: SessionService,
+  ) {}
+
+  async sandbox(vmid: number): Promise<DoctorBundle> {
+    const row = getSandbox(this.ctx, vmid);
+    const bundle = new Bundle("sandbox", String(vmid));
+    this.#addSandbox(bundle, row);
+    const job = bundle.section("job", () => this.ctx.store.jobs.latestForSandbox(vmid));
+    if (job) this.#addJob(bundle, job);
+    const sessionId = job?.session_id ?? this.ctx.store.sessions.byCurrentVmid(vmid)?.id;
+    if (sessionId) this.#addSession(bundle, sessionId);
+    this.#addWorkspace(bundle, row.workspace_id ?? job?.workspace_id ?? null);
+    await this.#addProxmox(bundle, row);
+    return bundle.result();
+  }
+
+  async job(id: string): Promise<DoctorBundle> {
+    const job = this.ctx.store.jobs.get(id);
+    if (!job) throw new AgentlabError("JOB_NOT_FOUND", "job not found", { details: { job_id: id } });
+    const bundle = new Bundle("job", job.id);
+    this.#addJob(bundle, job);
+    let row: Sandbox | undefined;
+    if (job.sandbox_vmid !== null) {
+      const vmid = job.sandbox_vmid;
+      row = bundle.section(
+        "sandbox",
+        () => this.ctx.store.sandboxes.get(vmid) ?? throwMissing("sandbox", vmid),
+      );
+      if (row) this.#addSandbox(bundle, row);
+    }
+    let session: Session | undefined;
+    if (job.session_id) session = this.#addSession(bundle, job.session_id);
+    this.#addWorkspace(bundle, job.workspace_id ?? row?.workspace_id ?? session?.workspace_id ?? null);
+    if (row) await this.#addProxmox(bundle, row);
+    else if (job.sandbox_vmid === null) noProxmox(bundle, "sandbox_vmid is not set");
+    else noProxmox(bundle, `sandbox ${job.sandbox_vmid} not found`, job.sandbox_vmid);
+    return bundle.result();
+  }
+
+  async session(ref: string): Promise<DoctorBundle> {
+    const session = this.ctx.store.sessions.require(ref);
+    const bundle = new Bundle("session", session.id);
+    // session.show decides which sandbox is current (one that is not DESTROYED).
+    this.#addSession(bundle, session.id);
+    this.#addWorkspace(bundle, session.workspace_id);
+    const vmid = bundle.section("sandbox", () => this.sessions.show(session.id).sandbox?.vmid);
+    const row = vmid !== undefined ? this.ctx.store.sandboxes.get(vmid) : undefined;
+    if (row) {
+      this.#addSandbox(bundle, row);
+      const job = bundle.section("job", () => this.ctx.store.jobs.latestForSandbox(row.vmid));
+      if (job) this.#addJob(bundle, job);
+      await this.#addProxmox(bundle, row);
+    } else {
+      noProxmox(bundle, "session has no current sandbox");
+    }
+    return bundle.result();
+  }
+
+  #addSandbox(bundle: Bundle, row: Sandbox): void {
+    bundle.related.sandbox_vmid = row.vmid;
+    bundle.files.set("records/sandbox.json", sandboxJson(row));
+    bundle.section("events.sandbox", () => {
+      const events = this.ctx.store.events
+        .listForSandbox(row.vmid, { tail: DOCTOR_EVENTS_TAIL })
+        .map(eventJson);
+      bundle.files.set("events/sandbox.json", { events, last_id: events.at(-1)?.id ?? 0 });
+    });
+  }
+
+  #addJob(bundle: Bundle, job: Job): void {
+    bundle.related.job_id = job.id;
+    bundle.files.set("records/job.json", jobJson(job));
+    bundle.section("events.job", () => {
+      const events = this.ctx.store.events.listForJob(job.id, { tail: DOCTOR_EVENTS_TAIL }).map(eventJson);
+      bundle.files.set("events/job.json", { events, last_id: events.at(-1)?.id ?? 0 });
+    });
+  }
+
+  #addSession(bundle: Bundle, id: string): Session | undefined {
+    return bundle.section("session", () => {
+      const row = this.ctx.store.sessions.get(id) ?? throwMissing("session", id);
+      bundle.related.session_id = row.id;
+      bundle.files.set("records/session.json", this.sessions.show(row.id).session);
+      return row;
+    });
+  }
+
+  #addWorkspace(bundle: Bundle, id: string | null): void {
+    if (id === null) return;
+    bundle.related.workspace_id = id;
+    bundle.section("workspace", () => {
+      const row = this.ctx.store.workspaces.get(id) ?? throwMissing("workspace", id);
+      bundle.files.set("records/workspace.json", workspaceJson(row));
+    });
+  }
+
+  /** Live status and config, each on its own: a VM that is gone still shows its recorded side. */
+  async #addProxmox(bundle: Bundle, row: Sandbox): Promise<void> {
+    const vm = vmRefOf(this.ctx, row);
+    const [status, config] = await Promise.allSettled([
+      this.ctx.backend.status(vm),
+      this.ctx.backend.getConfig(vm),
+    ]);
+    bundle.files.set("proxmox.json", {
+      vmid: row.vmid,
+      ...(status.status === "fulfilled"
+        ? { status: status.value }
+        : { status_error: describe(status.reason) }),
+      ...(config.status === "fulfilled"
+        ? { config: sortedKeys(config.value) }
+        : { config_error: describe(config.reason) }),
+    });
+  }
+}
+
+/** A related id whose record is gone: the section's error in meta.json. */
+function throwMissing(what: string, id: string | number): never {
+  throw new AgentlabError("NOT_FOUND", `${what} ${id} not found`);
+}
+
+function noProxmox(bundle: Bundle, reason: string, vmid?: number): void {
+  bundle.files.set("proxmox.json", {
+    ...(vmid !== undefined ? { vmid } : {}),
+    status_error: reason,
+    config_error: reason,
+  });
+}
