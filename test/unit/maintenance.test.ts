@@ -12,7 +12,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { pino } from "pino";
 import { loadConfig } from "../../src/config/config.js";
 import { loadProfiles } from "../../src/config/profiles.js";
-import type { Clock, DaemonContext, Scheduler } from "../../src/daemon/context.js";
+import type { DaemonContext } from "../../src/daemon/context.js";
 import { PveBackend } from "../../src/daemon/proxmox/backend.js";
 import { ShellTransport } from "../../src/daemon/proxmox/transport-shell.js";
 import { MaintenanceService } from "../../src/daemon/services/maintenance.js";
@@ -22,6 +22,7 @@ import { SandboxService } from "../../src/daemon/services/sandboxes.js";
 import { openStore, type Store } from "../../src/daemon/store/db.js";
 import type { NewSandbox, SandboxState } from "../../src/daemon/store/sandboxes.js";
 import { writeConfig } from "../helpers/daemon.js";
+import { FakeClock, FakeScheduler } from "../helpers/fake-time.js";
 import { PROFILES_DIR } from "../helpers/paths.js";
 import { api, apiTask, clearFaults, createSim, inspect, type Sim, setControl } from "../pvesim/harness.js";
 
@@ -35,42 +36,6 @@ const FAST = {
   task_ms: 10,
   fail_ms: 5,
 };
-
-class FakeClock implements Clock {
-  constructor(public ms: number) {}
-  now(): Date {
-    return new Date(this.ms);
-  }
-}
-
-/** Timers on the fake clock: nothing fires until a test advances time. */
-class FakeScheduler implements Scheduler {
-  private readonly timers = new Map<number, { at: number; fn: () => void }>();
-  private nextId = 1;
-  constructor(private readonly clock: FakeClock) {}
-  schedule(fn: () => void, ms: number): () => void {
-    const id = this.nextId++;
-    this.timers.set(id, { at: this.clock.ms + ms, fn });
-    return () => this.timers.delete(id);
-  }
-  get pending(): number[] {
-    return [...this.timers.values()].map((t) => t.at - this.clock.ms).sort((a, b) => a - b);
-  }
-  /** Move time forward by `ms`, firing the timers that fall due, in time order. */
-  advance(ms: number): void {
-    const end = this.clock.ms + ms;
-    for (;;) {
-      const due = [...this.timers.entries()]
-        .filter(([, t]) => t.at <= end)
-        .sort((a, b) => a[1].at - b[1].at)[0];
-      if (!due) break;
-      this.timers.delete(due[0]);
-      this.clock.ms = Math.max(this.clock.ms, due[1].at);
-      due[1].fn();
-    }
-    this.clock.ms = end;
-  }
-}
 
 function fastSleep(ms: number, signal?: AbortSignal): Promise<void> {
   return sleep(Math.min(ms, 20), undefined, signal ? { signal } : {});

@@ -11,11 +11,12 @@ import path from "node:path";
 import { after, describe, test } from "node:test";
 import { pino } from "pino";
 import type { Config } from "../../src/config/config.js";
-import type { Clock, DaemonContext, Scheduler } from "../../src/daemon/context.js";
+import type { DaemonContext } from "../../src/daemon/context.js";
 import { LeaseKeeper, leaseLiveness } from "../../src/daemon/services/workspaces/lease-keeper.js";
 import { openStore, type Store } from "../../src/daemon/store/db.js";
 import { TEMP_LEASE_TTL_MS, tempLeaseOwner } from "../../src/daemon/store/leases.js";
 import type { Workspace } from "../../src/daemon/store/workspaces.js";
+import { FakeClock, FakeScheduler } from "../helpers/fake-time.js";
 
 const T0 = Date.parse("2026-03-01T10:00:00.000Z");
 const TTL = 5_000;
@@ -23,43 +24,6 @@ const tempDirs: string[] = [];
 after(() => {
   for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
 });
-
-class FakeClock implements Clock {
-  constructor(public ms: number) {}
-  now(): Date {
-    return new Date(this.ms);
-  }
-}
-
-/** Timers on the fake clock: nothing fires until a test advances time. */
-class FakeScheduler implements Scheduler {
-  private readonly timers = new Map<number, { at: number; fn: () => void }>();
-  private nextId = 1;
-  constructor(private readonly clock: FakeClock) {}
-  schedule(fn: () => void, ms: number): () => void {
-    const id = this.nextId++;
-    this.timers.set(id, { at: this.clock.ms + ms, fn });
-    return () => this.timers.delete(id);
-  }
-  get pending(): number[] {
-    return [...this.timers.values()].map((t) => t.at - this.clock.ms);
-  }
-  /** Move time forward, firing due timers in order and letting each pass (a promise) settle. */
-  async advance(ms: number): Promise<void> {
-    const end = this.clock.ms + ms;
-    for (;;) {
-      const due = [...this.timers.entries()]
-        .filter(([, t]) => t.at <= end)
-        .sort((a, b) => a[1].at - b[1].at)[0];
-      if (!due) break;
-      this.timers.delete(due[0]);
-      this.clock.ms = Math.max(this.clock.ms, due[1].at);
-      due[1].fn();
-      await new Promise((resolve) => setImmediate(resolve));
-    }
-    this.clock.ms = end;
-  }
-}
 
 interface Harness {
   clock: FakeClock;
@@ -137,7 +101,7 @@ describe("lease keeper", () => {
     await h.keeper.idle();
     assert.deepEqual(h.scheduler.pending, [2_500]);
     for (let t = 0; t < 20_000; t += 500) {
-      await h.scheduler.advance(500);
+      await h.scheduler.advanceSettling(500);
       const { owner, expires } = h.lease();
       assert.equal(owner, "sandbox:1012");
       assert.ok(expires !== null && expires > h.clock.ms, `valid at +${h.clock.ms - T0} ms`);
@@ -151,7 +115,7 @@ describe("lease keeper", () => {
   test("without the keeper the same lease runs out (the control case)", async () => {
     const h = harness();
     attachSandbox(h, 1012);
-    await h.scheduler.advance(20_000);
+    await h.scheduler.advanceSettling(20_000);
     assert.ok(h.lease().expires! < h.clock.ms);
   });
 
