@@ -87,6 +87,21 @@ export class MaintenanceHost {
     );
   }
 
+  /** VMs other than the holder whose config references `volid`, with the keys. */
+  referencing(volid: string, holder: number): Promise<Array<{ vmid: number; keys: string[] }>> {
+    return inspect(this.h.sim.dir, (ctx) =>
+      Object.values(ctx.state.vms)
+        .filter((vm) => vm.vmid !== holder)
+        .map((vm) => ({
+          vmid: vm.vmid,
+          keys: Object.keys(vm.config).filter(
+            (k) => /^(scsi|virtio|sata|ide|unused)\d+$/.test(k) && vm.config[k]!.split(",")[0] === volid,
+          ),
+        }))
+        .filter((r) => r.keys.length > 0),
+    );
+  }
+
   db<T>(fn: (db: Database.Database) => T): T {
     const handle = new Database(this.h.host.dbPath);
     try {

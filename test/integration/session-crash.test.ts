@@ -94,21 +94,6 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       }>;
     }
 
-    /** VMs other than the holder whose config references `volid`, with the keys. */
-    function referencing(volid: string, holder: number): Promise<Array<{ vmid: number; keys: string[] }>> {
-      return inspect(m.h.sim.dir, (ctx) =>
-        Object.values(ctx.state.vms)
-          .filter((vm) => vm.vmid !== holder)
-          .map((vm) => ({
-            vmid: vm.vmid,
-            keys: Object.keys(vm.config).filter(
-              (k) => /^(scsi|virtio|sata|ide|unused)\d+$/.test(k) && vm.config[k]!.split(",")[0] === volid,
-            ),
-          }))
-          .filter((r) => r.keys.length > 0),
-      );
-    }
-
     /**
      * The design's invariant after every row of §10.2, plus the session's: what a user relies on after
      * a crash. Returns the session's state.
@@ -126,7 +111,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
           ]),
         ),
       );
-      const refs = await referencing(w.volid, w.holder_vmid);
+      const refs = await m.referencing(w.volid, w.holder_vmid);
       if (w.attached_vmid === null) {
         assert.deepEqual(refs, [], "detached, and no config references the volume");
         assert.equal(w.lease_owner, null, "a detached workspace has no lease");
@@ -355,7 +340,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       assert.deepEqual(opsLeft(), [], "no workspace_ops row is left");
       assert.equal(firstBytes(file), bytes, "the workspace's bytes are intact");
       const w = ws();
-      const refs = await referencing(w.volid, w.holder_vmid);
+      const refs = await m.referencing(w.volid, w.holder_vmid);
       assert.ok(w.attached_vmid !== null, "the workspace is on a sandbox again");
       assert.deepEqual(refs, [{ vmid: w.attached_vmid, keys: ["scsi1"] }]);
       assert.equal(w.lease_owner, `sandbox:${w.attached_vmid}`);

@@ -70,21 +70,6 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       ).map((e) => JSON.parse(e.json) as { op_kind: string; outcome: string });
     }
 
-    /** VMs (other than the holder) whose config references `volid`, with the keys. */
-    function referencing(volid: string, holder: number): Promise<Array<{ vmid: number; keys: string[] }>> {
-      return inspect(m.h.sim.dir, (ctx) =>
-        Object.values(ctx.state.vms)
-          .filter((vm) => vm.vmid !== holder)
-          .map((vm) => ({
-            vmid: vm.vmid,
-            keys: Object.keys(vm.config).filter(
-              (k) => /^(scsi|virtio|sata|ide|unused)\d+$/.test(k) && vm.config[k]!.split(",")[0] === volid,
-            ),
-          }))
-          .filter((r) => r.keys.length > 0),
-      );
-    }
-
     /** What every row of design §10.2 must end in. */
     async function assertConsistent(name: string): Promise<WsRow> {
       assert.equal(opsLeft(), 0, "no workspace_ops row is left");
@@ -95,7 +80,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       assert.equal(holder["scsi0"]?.split(",")[0], ws.volid, "the holder owns the recorded volume");
       assert.equal(holder["protection"], "1");
       assert.equal(holder["lock"], undefined, "no lock left on the holder");
-      const refs = await referencing(ws.volid, ws.holder_vmid);
+      const refs = await m.referencing(ws.volid, ws.holder_vmid);
       assert.deepEqual(
         refs,
         ws.attached_vmid === null ? [] : [{ vmid: ws.attached_vmid, keys: ["scsi1"] }],

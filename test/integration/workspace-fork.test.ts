@@ -4,8 +4,8 @@ import { closeSync, openSync, readSync, writeSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { type SimHost, startSimHost } from "../helpers/simhost.js";
 import { inspect, runTool, setControl } from "../pvesim/harness.js";
-import { findVolume, getStorage, volumeFile } from "../pvesim/storage.js";
-import { createWorkspace } from "./workspace-volume.js";
+import { findVolume } from "../pvesim/storage.js";
+import { createWorkspace, volumeBackingFile } from "./workspace-volume.js";
 
 /**
  * `workspace fork` through the real CLI and daemon on the simulator: per storage type, the fork holds
@@ -41,16 +41,8 @@ const MiB = 1024 * 1024;
 /** Where the test's data lives on the 1 GiB volumes: 1 MiB of random bytes. */
 const DATA_AT = 16 * MiB;
 
-async function fileOf(h: SimHost, volid: string): Promise<string> {
-  return inspect(h.sim.dir, (ctx) => {
-    const rec = findVolume(ctx.state, "pve", volid);
-    if (!rec) throw new Error(`no volume ${volid} in the simulator`);
-    return volumeFile(ctx.dir, getStorage(ctx.state, rec.storage), rec.volname);
-  });
-}
-
 async function writeData(h: SimHost, ws: WorkspaceBody, data: Buffer): Promise<void> {
-  const fd = openSync(await fileOf(h, ws.volid), "r+");
+  const fd = openSync(await volumeBackingFile(h, ws.volid), "r+");
   try {
     writeSync(fd, data, 0, data.length, DATA_AT);
   } finally {
@@ -60,7 +52,7 @@ async function writeData(h: SimHost, ws: WorkspaceBody, data: Buffer): Promise<v
 
 /** sha256 of the volume's first 8 MiB (where the filesystem's metadata is) and of the test data. */
 async function digest(h: SimHost, ws: WorkspaceBody): Promise<string> {
-  const fd = openSync(await fileOf(h, ws.volid), "r");
+  const fd = openSync(await volumeBackingFile(h, ws.volid), "r");
   try {
     const hash = createHash("sha256");
     for (const [at, length] of [

@@ -5,8 +5,8 @@ import { after, before, describe, test } from "node:test";
 import { runCli } from "../helpers/daemon.js";
 import { type SimHost, startSimHost } from "../helpers/simhost.js";
 import { hostReboot, inspect, setControl } from "../pvesim/harness.js";
-import { findVolume, getStorage, volumeFile } from "../pvesim/storage.js";
-import { createWorkspace, workspaceEvents } from "./workspace-volume.js";
+import { findVolume } from "../pvesim/storage.js";
+import { createWorkspace, volumeBackingFile, workspaceEvents } from "./workspace-volume.js";
 
 /**
  * `workspace fsck` through the real CLI and daemon on the simulator, with real e2fsck on the real ext4
@@ -43,17 +43,9 @@ interface ErrorBody {
 
 const MiB = 1024 * 1024;
 
-async function fileOf(h: SimHost, volid: string): Promise<string> {
-  return inspect(h.sim.dir, (ctx) => {
-    const rec = findVolume(ctx.state, "pve", volid);
-    if (!rec) throw new Error(`no volume ${volid} in the simulator`);
-    return volumeFile(ctx.dir, getStorage(ctx.state, rec.storage), rec.volname);
-  });
-}
-
 /** An inode whose link count is wrong: e2fsck -n exits 4, -y fixes it (design §8.3, checked locally). */
 async function corrupt(h: SimHost, ws: WorkspaceBody): Promise<void> {
-  const file = await fileOf(h, ws.volid);
+  const file = await volumeBackingFile(h, ws.volid);
   execFileSync("debugfs", ["-w", "-R", "mkdir work", file], { stdio: "pipe" });
   execFileSync("debugfs", ["-w", "-R", "set_inode_field /work links_count 7", file], { stdio: "pipe" });
 }
@@ -134,7 +126,7 @@ describe("workspace fsck with host tools (shell backend)", () => {
 
   test("a volume without a filesystem reads failed", async () => {
     const ws = await createWorkspace(h, "fsck-blank", "local-lvm");
-    const fd = openSync(await fileOf(h, ws.volid), "r+");
+    const fd = openSync(await volumeBackingFile(h, ws.volid), "r+");
     writeSync(fd, Buffer.alloc(8 * MiB), 0, 8 * MiB, 0);
     closeSync(fd);
     const result = await h.cli(["workspace", "fsck", ws.name]);

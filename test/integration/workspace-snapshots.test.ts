@@ -4,8 +4,7 @@ import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { inspect, runTool, setControl } from "../pvesim/harness.js";
-import { findVolume, getStorage, volumeFile } from "../pvesim/storage.js";
-import { createWorkspace, workspaceEvents } from "./workspace-volume.js";
+import { createWorkspace, volumeBackingFile, workspaceEvents } from "./workspace-volume.js";
 
 /**
  * Workspace snapshot create/list/restore through the real CLI and daemon on the simulator, both
@@ -40,17 +39,8 @@ interface ErrorBody {
 
 const MARK_AT = 3 * 1024 * 1024;
 
-/** The real file behind a workspace's volume. */
-async function volumeFileOf(h: SimHost, volid: string): Promise<string> {
-  return inspect(h.sim.dir, (ctx) => {
-    const rec = findVolume(ctx.state, "pve", volid);
-    if (!rec) throw new Error(`no volume ${volid} in the simulator`);
-    return volumeFile(ctx.dir, getStorage(ctx.state, rec.storage), rec.volname);
-  });
-}
-
 async function writeMark(h: SimHost, ws: WorkspaceBody, text: string): Promise<void> {
-  const fd = openSync(await volumeFileOf(h, ws.volid), "r+");
+  const fd = openSync(await volumeBackingFile(h, ws.volid), "r+");
   try {
     const bytes = Buffer.alloc(64);
     bytes.write(text);
@@ -61,7 +51,7 @@ async function writeMark(h: SimHost, ws: WorkspaceBody, text: string): Promise<v
 }
 
 async function readMark(h: SimHost, ws: WorkspaceBody): Promise<string> {
-  const fd = openSync(await volumeFileOf(h, ws.volid), "r");
+  const fd = openSync(await volumeBackingFile(h, ws.volid), "r");
   try {
     const bytes = Buffer.alloc(64);
     readSync(fd, bytes, 0, bytes.length, MARK_AT);

@@ -9,6 +9,7 @@ import { closeSync, openSync, readSync, statSync, writeSync } from "node:fs";
 import Database from "better-sqlite3";
 import type { SimHost } from "../helpers/simhost.js";
 import { inspect, runTool } from "../pvesim/harness.js";
+import { findVolume, getStorage, volumeFile as storageFile } from "../pvesim/storage.js";
 
 export interface WorkspaceBody {
   id: string;
@@ -74,6 +75,18 @@ export async function volumeFile(h: SimHost, volid: string): Promise<string> {
   const result = await runTool(h.sim, "pvesm", ["path", volid]);
   assert.equal(result.code, 0, result.stderr);
   return result.stdout.trim();
+}
+
+/**
+ * The file that stores a volume's bytes in the simulator, whether or not its device is active (an
+ * inactive thin LV has no /dev link, so `pvesm path` would name a path that does not exist).
+ */
+export async function volumeBackingFile(h: SimHost, volid: string): Promise<string> {
+  return inspect(h.sim.dir, (ctx) => {
+    const rec = findVolume(ctx.state, "pve", volid);
+    if (!rec) throw new Error(`no volume ${volid} in the simulator`);
+    return storageFile(ctx.dir, getStorage(ctx.state, rec.storage), rec.volname);
+  });
 }
 
 /** Where test data goes in a workspace volume: past the first MiB, as a file's blocks would be. */

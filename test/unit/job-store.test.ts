@@ -98,6 +98,14 @@ describe("job store: changes", () => {
     }
   });
 
+  it("bindSandbox to a sandbox that does not exist is NOT_FOUND and changes nothing", () => {
+    insertJob(rig.store, null);
+    const err = catchAgentlab(() => rig.store.jobs.bindSandbox(JOB_ID, 999));
+    assert.equal(err.code, "NOT_FOUND");
+    assert.equal(err.message, "sandbox 999 does not exist");
+    assert.equal(rig.store.jobs.get(JOB_ID)?.sandbox_vmid, null);
+  });
+
   it("keeps only a SHA-256 hex as report_token_hash", () => {
     insertJob(rig.store, null);
     for (const bad of ["a-token", "AB".repeat(32), "ab".repeat(31)]) {

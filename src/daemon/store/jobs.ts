@@ -277,7 +277,15 @@ export function createJobRepo(db: Database.Database, now: () => Date): JobRepo {
     },
 
     bindSandbox(id, vmid) {
-      return one(bindStmt.get({ id, value: vmid, updated_at: stamp() }), id);
+      try {
+        return one(bindStmt.get({ id, value: vmid, updated_at: stamp() }), id);
+      } catch (err) {
+        if (sqliteCode(err) !== "SQLITE_CONSTRAINT_FOREIGNKEY") throw err;
+        throw new AgentlabError("NOT_FOUND", `sandbox ${vmid} does not exist`, {
+          details: { job_id: id, sandbox_vmid: vmid },
+          cause: err,
+        });
+      }
     },
 
     setReportTokenHash(id, hash) {
