@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { defineMethod } from "./method.js";
+import { DNS_NAME_RE, DNS_NAME_RULE } from "./names.js";
 import { progressToken } from "./progress.js";
 
 export const SANDBOX_STATE_NAMES = [
@@ -24,10 +25,8 @@ export const SandboxTag = z
   .regex(/^[a-z0-9_][a-z0-9_+.-]*$/i, "tags use letters, digits and _ + . - (Proxmox's tag rule)")
   .max(64);
 const tag = SandboxTag;
-/** A sandbox name: it becomes the VM's name and the guest's hostname, so it is a DNS label. */
-export const SandboxName = z
-  .string()
-  .regex(/^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,61}[a-zA-Z0-9])?$/, "a DNS label: letters, digits, dots and dashes");
+/** A sandbox name: it becomes the VM's name (Proxmox's dns-name) and the guest's hostname (at most 63). */
+export const SandboxName = z.string().max(63, "at most 63 characters").regex(DNS_NAME_RE, DNS_NAME_RULE);
 
 export const Sandbox = z.object({
   vmid: z.number().int(),

@@ -10,15 +10,18 @@ import { Sandbox } from "./sandbox.js";
 
 const vmid = z.number().int().min(100).max(999_999_999).describe("Proxmox VMID of the sandbox");
 
-/** Names become the holder VM's name `ws-<name>`, a DNS label; ids look like workspace-<16 hex>. */
-export const WORKSPACE_NAME_RE = /^[a-z0-9][a-z0-9-]{0,59}$/;
+/**
+ * Names become the holder VM's name `ws-<name>`, which must be a DNS label for Proxmox (no trailing
+ * dash: pve-common JSONSchema.pm `pve_verify_dns_name`); ids look like workspace-<16 hex>.
+ */
+export const WORKSPACE_NAME_RE = /^[a-z0-9](?:[a-z0-9-]{0,58}[a-z0-9])?$/;
 export const WORKSPACE_ID_RE = /^workspace-[0-9a-f]{16}$/;
 
 export const WorkspaceName = z
   .string()
   .regex(
     WORKSPACE_NAME_RE,
-    "workspace names use lower-case letters, digits and -, start with a letter or digit, at most 60",
+    "workspace names use lower-case letters, digits and -, start and end with a letter or digit, at most 60",
   )
   .refine(
     (name) => !WORKSPACE_ID_RE.test(name),

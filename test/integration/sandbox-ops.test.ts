@@ -683,6 +683,48 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       );
     });
 
+    test("names Proxmox refuses as VM names are refused before anything is created", async () => {
+      const vmsBefore = await inspect(h.sim.dir, (ctx) => Object.keys(ctx.state.vms).sort());
+      const listBefore = await h.json<SandboxBody[]>(["sandbox", "list"]);
+      // Each passes the old rule (dots and dashes anywhere inside) but fails pve_verify_dns_name.
+      for (const name of ["a..b", "a.-b", "a-.b", ".ab"]) {
+        const checked = await h.json<ValidateBody>([
+          "sandbox",
+          "validate",
+          "--profile",
+          "yolo-ephemeral",
+          "--name",
+          name,
+        ]);
+        assert.equal(checked.code, 1, name);
+        assert.deepEqual(
+          checked.body.errors.map((e) => [
+            e.field,
+            e.message.startsWith(`invalid name "${name}": a DNS name`),
+          ]),
+          [["name", true]],
+          name,
+        );
+        const made = await h.json<ErrorBody>([
+          "sandbox",
+          "new",
+          "--profile",
+          "yolo-ephemeral",
+          "--name",
+          name,
+        ]);
+        assert.notEqual(made.code, 0, name);
+        assert.match(made.body.message, /a DNS name: labels of letters, digits and dashes/, name);
+      }
+      for (const name of ["x-", "ab-"]) {
+        const ws = await h.json<ErrorBody>(["workspace", "create", "--name", name, "--size", "1G"]);
+        assert.notEqual(ws.code, 0, name);
+        assert.match(ws.body.message, /start and end with a letter or digit/, name);
+      }
+      assert.deepEqual(await inspect(h.sim.dir, (ctx) => Object.keys(ctx.state.vms).sort()), vmsBefore);
+      assert.deepEqual((await h.json<SandboxBody[]>(["sandbox", "list"])).body, listBefore.body);
+    });
+
     test("validate lists every problem and exits 1 without an error envelope", async () => {
       const unknown = await h.json<ValidateBody>(["sandbox", "validate", "--profile", "yolo-ephemeal"]);
       assert.equal(unknown.code, 1);
@@ -719,7 +761,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
           [
             "invalid_field_value",
             "name",
-            'invalid name "not_a_label": a DNS label: letters, digits, dots and dashes',
+            'invalid name "not_a_label": a DNS name: labels of letters, digits and dashes, each starting and ending with a letter or digit, joined by single dots',
           ],
           ["invalid_tag", "tags", 'invalid tag "no spaces": tags use letters, digits and _ + . -'],
           ["invalid_field_value", "ttl_minutes", "ttl_minutes must be positive"],

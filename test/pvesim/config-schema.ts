@@ -11,7 +11,8 @@ import {
   UNUSED_KEY,
 } from "./vmconfig.js";
 
-const DNS_NAME =
+/** pve-common JSONSchema.pm `pve_verify_dns_name`. */
+export const DNS_NAME =
   /^(?=.{1,253}$)[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*$/;
 
 function propsFormat(

@@ -32,6 +32,18 @@ export function vmRefOf(ctx: DaemonContext, row: Sandbox, vm?: ClusterVm): VmRef
 }
 
 /**
+ * The VM's node as the cluster knows it now, looked up by VMID cluster-wide. A recorded node goes
+ * stale when someone migrates the VM; asked on the old node, Proxmox answers "Configuration file
+ * 'nodes/<old>/qemu-server/<vmid>.conf' does not exist", which must never be read as "the VM is gone"
+ * while it lives on another node. A VM the cluster list does not show (a token without VM.Audit on it
+ * sees nothing) keeps the recorded node.
+ */
+export async function locateVm(ctx: DaemonContext, vm: VmRef): Promise<VmRef> {
+  const listed = (await ctx.backend.listVms()).find((entry) => entry.vmid === vm.vmid);
+  return listed && listed.node !== vm.node ? { vmid: vm.vmid, node: listed.node } : vm;
+}
+
+/**
  * End the QUEUED/RUNNING jobs bound to a sandbox that maintenance took out of service, with one event
  * each. Call inside the transaction that moves the sandbox, so the two never disagree.
  */

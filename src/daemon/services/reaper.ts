@@ -11,7 +11,7 @@ import { removeSnippet } from "../guest/cloud-init.js";
 import type { VmRef } from "../proxmox/types.js";
 import { transitionSandbox } from "../state/sandbox.js";
 import type { Sandbox, SandboxState } from "../store/sandboxes.js";
-import { describe, finalizeJobs, isVmNotFound, vmRefOf } from "./maintenance-steps.js";
+import { describe, finalizeJobs, isVmNotFound, locateVm, vmRefOf } from "./maintenance-steps.js";
 import type { Operation } from "./operation.js";
 import type { SandboxService } from "./sandboxes.js";
 
@@ -93,7 +93,7 @@ export class LeaseReaper {
         });
         op.log.info({ vmid, state: row.state }, `sandbox ${vmid}: ${reason}; destroying it`);
         if (row.vm_created) {
-          const vm = vmRefOf(ctx, row);
+          const vm = await locateVm(ctx, vmRefOf(ctx, row));
           try {
             await ctx.backend.stop(vm, { signal: op.signal });
           } catch (error) {

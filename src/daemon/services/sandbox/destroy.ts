@@ -8,7 +8,14 @@ import { removeSnippet } from "../../guest/cloud-init.js";
 import type { VmRef } from "../../proxmox/types.js";
 import { transitionSandbox } from "../../state/sandbox.js";
 import type { SandboxState } from "../../store/sandboxes.js";
-import { describe, finalizeJobs, isProvisioning, isVmNotFound, vmRefOf } from "../maintenance-steps.js";
+import {
+  describe,
+  finalizeJobs,
+  isProvisioning,
+  isVmNotFound,
+  locateVm,
+  vmRefOf,
+} from "../maintenance-steps.js";
 import type { Operation } from "../operation.js";
 import { type SandboxScope, withSandbox } from "./guards.js";
 import { recordEvent, reportStep } from "./journal.js";
@@ -21,10 +28,12 @@ import { releaseSandboxWorkspace, unplugWorkspaces } from "./workspace.js";
  * check and make the destroy fail; Proxmox queues the stop behind it. Between the two, a workspace
  * reference is dropped (best effort: the sandbox never owns the workspace volume, so the destroy
  * cannot free it either way). Provisioning rollback, destroy --force and maintenance use it (the
- * caller holds the sandbox's lock).
+ * caller holds the sandbox's lock). The VM is looked up cluster-wide first, so a recorded node that a
+ * migration made stale does not turn a living VM into "already gone".
  */
-export async function removeVm(ctx: DaemonContext, vm: VmRef): Promise<void> {
+export async function removeVm(ctx: DaemonContext, recorded: VmRef): Promise<void> {
   const { backend } = ctx;
+  const vm = await locateVm(ctx, recorded);
   try {
     await backend.stop(vm);
     await unplugWorkspaces(ctx, vm);
@@ -60,11 +69,11 @@ export function destroySandbox(
       );
     }
     if (row.vm_created) {
-      const vm = vmRefOf(ctx, row);
       reportStep(op, vmid, "destroy", `destroying VM ${vmid}`);
       try {
-        if (force) await removeVm(ctx, vm);
+        if (force) await removeVm(ctx, vmRefOf(ctx, row));
         else {
+          const vm = await locateVm(ctx, vmRefOf(ctx, row));
           const status = await ctx.backend.status(vm);
           if (status.state !== "stopped") await ctx.backend.stop(vm, { signal: op.signal });
           await unplugWorkspaces(ctx, vm);

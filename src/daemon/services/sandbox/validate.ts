@@ -56,12 +56,13 @@ export async function validateSandbox(
     );
   }
 
-  if (params.name !== undefined && !SandboxName.safeParse(params.name).success) {
+  const nameCheck = params.name === undefined ? undefined : SandboxName.safeParse(params.name);
+  if (nameCheck?.error) {
     errors.push(
       issue(
         "invalid_field_value",
         "name",
-        `invalid name "${params.name}": a DNS label: letters, digits, dots and dashes`,
+        `invalid name "${params.name}": ${nameCheck.error.issues[0]?.message}`,
       ),
     );
   }
