@@ -294,8 +294,9 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
         const job = await show(run.body.id);
         return job.result?.message === "agent starting" ? true : undefined;
       });
-      // Rolling the disk back under a working agent needs force. The CLI only sends force=false after
-      // a confirmation on a terminal, so ask the daemon directly.
+      // Rolling the disk back under a working agent needs force, whatever state the sandbox has
+      // reached. The CLI only sends force=false after a confirmation on a terminal, so ask the daemon
+      // directly.
       const vmid = (await show(run.body.id)).sandbox_vmid!;
       await assert.rejects(
         call({ socketPath: h.host.socketPath, timeoutMs: 30_000 }, sandboxRevert, { vmid }),
@@ -304,6 +305,11 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
           assert.match(error.message, /^sandbox has running job job_[0-9a-f]{16}; use --force to revert$/);
           return true;
         },
+      );
+      // The runner can report before the daemon has moved the sandbox to RUNNING; a kill -9 before that
+      // would (rightly) fail an interrupted provisioning. This test is about a job that is running.
+      await until("the job's sandbox to be RUNNING", async () =>
+        (await sandbox(vmid)).state === "RUNNING" ? true : undefined,
       );
       await h.daemon.stop("SIGKILL");
       h.daemon = await startDaemon(h.host);

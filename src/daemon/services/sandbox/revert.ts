@@ -58,7 +58,9 @@ function cleanSnapshotMissing(vmid: number, cause?: unknown): AgentlabError {
  * attached; revert does not touch /work.
  *
  * Without force it refuses while the sandbox's job is QUEUED or RUNNING (spec 5.4): rolling the disk
- * back under a working agent loses its work and the runner's state.
+ * back under a working agent loses its work and the runner's state. That check comes first, so the
+ * answer does not depend on whether the sandbox has reached RUNNING yet (a runner may already be
+ * working while the daemon still records the sandbox BOOTING or READY).
  */
 export function revertSandbox(
   { ctx, locks }: SandboxScope,
@@ -67,13 +69,6 @@ export function revertSandbox(
   op: Operation,
 ): Promise<RevertResult> {
   return withSandbox(ctx, locks, vmid, async (row) => {
-    requireState(row, "revert", REVERT_STATES, {
-      accepted: [...REVERT_STATES, "SUSPENDED"],
-      ...(row.state === "DESTROYED"
-        ? { hint: `its VM is gone; create a new sandbox: agentlab sandbox new --profile ${row.profile}` }
-        : { hint: `wait until provisioning ends (agentlab sandbox show ${vmid}), then revert` }),
-    });
-    requireVm(row, "revert");
     const job = ctx.store.jobs.latestForSandbox(vmid);
     if (options.force !== true && job && (job.status === "QUEUED" || job.status === "RUNNING")) {
       throw new AgentlabError("CONFLICT", `sandbox has running job ${job.id}; use --force to revert`, {
@@ -81,6 +76,13 @@ export function revertSandbox(
         details: { vmid, job_id: job.id, job_status: job.status },
       });
     }
+    requireState(row, "revert", REVERT_STATES, {
+      accepted: [...REVERT_STATES, "SUSPENDED"],
+      ...(row.state === "DESTROYED"
+        ? { hint: `its VM is gone; create a new sandbox: agentlab sandbox new --profile ${row.profile}` }
+        : { hint: `wait until provisioning ends (agentlab sandbox show ${vmid}), then revert` }),
+    });
+    requireVm(row, "revert");
     const vm = vmRefOf(ctx, row);
     const { backend } = ctx;
 
