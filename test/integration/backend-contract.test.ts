@@ -3,6 +3,7 @@ import { statSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { pino } from "pino";
 import { PveBackend } from "../../src/daemon/proxmox/backend.js";
+import { apiPath } from "../../src/daemon/proxmox/transport.js";
 import { ApiTransport } from "../../src/daemon/proxmox/transport-api.js";
 import { ShellTransport } from "../../src/daemon/proxmox/transport-shell.js";
 import type { ProxmoxBackend } from "../../src/daemon/proxmox/types.js";
@@ -349,7 +350,28 @@ for (const kind of ["shell", "api"] as const) {
       await h.backend.volumeFree(node, volid);
       assert.match(await codeOf(h.backend.volumeInfo(node, volid)), /PROXMOX_(ERROR|INVALID)/);
     });
+
+    test("volids with ':' and '/' reach Proxmox whole: look up and free a dir-storage volume", async () => {
+      // pvesh must get them raw (it never unescapes), HTTPS escaped; a `%3A` on pvesh is refused.
+      const volid = await h.backend.volumeAlloc(node, "local", 1107, "vm-1107-disk-0.qcow2", "1G", "qcow2");
+      assert.equal(volid, "local:1107/vm-1107-disk-0.qcow2");
+      const info = await h.backend.volumeInfo(node, volid);
+      assert.equal(info.format, "qcow2");
+      assert.equal(info.sizeBytes, 1024 ** 3);
+      await h.backend.volumeFree(node, volid);
+      assert.match(await codeOf(h.backend.volumeInfo(node, volid)), /PROXMOX_(ERROR|INVALID)/);
+    });
   });
+}
+
+/** A port that was just free: nothing listens there. */
+async function freePort(): Promise<number> {
+  const { createServer } = await import("node:net");
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+  const port = (probe.address() as { port: number }).port;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
 }
 
 describe("API backend failures explained", () => {
@@ -425,12 +447,7 @@ describe("API backend failures explained", () => {
   });
 
   test("an API that refuses connections is PROXMOX_UNREACHABLE with the fix", async () => {
-    // A port that was just free: nothing listens there.
-    const { createServer } = await import("node:net");
-    const probe = createServer();
-    await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
-    const port = (probe.address() as { port: number }).port;
-    await new Promise<void>((resolve) => probe.close(() => resolve()));
+    const port = await freePort();
     const error = await backendWith({ url: `https://127.0.0.1:${port}` })
       .version()
       .then(
@@ -439,5 +456,26 @@ describe("API backend failures explained", () => {
       );
     assert.equal(error.code, "PROXMOX_UNREACHABLE");
     assert.match(error.hint, /pveproxy/);
+  });
+
+  test("proxmox-api's blind re-send after a network failure is kept for reads, refused for changes", async () => {
+    // proxmox-api sends any request a second time after a network error or its own timeout
+    // (ProxmoxEngine doRequest); a clone or destroy that may have reached Proxmox must not run twice.
+    const port = await freePort();
+    const transport = new ApiTransport({
+      url: `https://127.0.0.1:${port}`,
+      token: api.token,
+      timeoutMs: 5000,
+    });
+    try {
+      await assert.rejects(transport.request("GET", apiPath`/version`));
+      assert.equal(transport.calls.count, 2, "a GET is tried twice");
+      await assert.rejects(
+        transport.request("POST", apiPath`/nodes/${"pve"}/qemu/${9000}/clone`, { newid: 1200 }),
+      );
+      assert.equal(transport.calls.count, 3, "a POST is sent once");
+    } finally {
+      await transport.close();
+    }
   });
 });

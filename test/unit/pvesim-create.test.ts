@@ -280,9 +280,8 @@ describe("pvesim: clones from snapshots and full copies", () => {
   async function pathOf(vmid: number): Promise<string> {
     const c = await config(sim, vmid);
     const volid = String(c["scsi0"]).split(",")[0]!;
-    const info = (
-      await api(sim, "GET", `/nodes/pve/storage/${volid.split(":")[0]}/content/${encodeURIComponent(volid)}`)
-    ).data as Record<string, unknown>;
+    const info = (await api(sim, "GET", `/nodes/pve/storage/${volid.split(":")[0]}/content/${volid}`))
+      .data as Record<string, unknown>;
     return String(info["path"]);
   }
 
