@@ -309,21 +309,26 @@ for (const kind of ["shell", "api"] as const) {
       assert.equal(byKey.agent?.delete, 1);
       assert.equal((await h.backend.getConfig(vm, { current: true })).cores, 2);
 
-      await setControl(h.sim.dir, { task_ms: 600 });
+      // Finished tasks stay in the active list until archived, with their status (Tasks.pm:228-236);
+      // a running one has status "RUNNING" there (Tasks.pm:233).
+      await setControl(h.sim.dir, { task_ms: 6000, task_archive_ms: 3_600_000 });
       try {
         const snapshot = h.backend.snapshotCreate(vm, "busy");
         let active: Awaited<ReturnType<typeof h.backend.listTasks>> = [];
-        for (let i = 0; i < 100 && active.length === 0; i++) {
+        const deadline = Date.now() + 60_000;
+        while (!active.some((t) => t.type === "qmsnapshot") && Date.now() < deadline) {
           active = await h.backend.listTasks(node, { vmid: vm.vmid, source: "active" });
-          if (active.length === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+          await new Promise((resolve) => setTimeout(resolve, 25));
         }
         assert.deepEqual(
-          active.map((t) => [t.type, t.id, t.running, t.status]),
+          active.filter((t) => t.running).map((t) => [t.type, t.id, t.running, t.status]),
           [["qmsnapshot", "1305", true, undefined]],
         );
+        const start = active.find((t) => t.type === "qmstart");
+        assert.deepEqual([start?.running, start?.status, typeof start?.endtime], [false, "OK", "number"]);
         await snapshot;
       } finally {
-        await setControl(h.sim.dir, { task_ms: 50 });
+        await setControl(h.sim.dir, { task_ms: 50, task_archive_ms: 0 });
       }
       const done = await h.backend.listTasks(node, { vmid: vm.vmid, typefilter: "qmsnapshot" });
       assert.equal(done[0]?.status, "OK");
@@ -332,6 +337,39 @@ for (const kind of ["shell", "api"] as const) {
       assert.equal(typeof done[0]?.endtime, "number");
       await h.backend.stop(vm);
       await h.backend.destroy(vm, { purge: true });
+    });
+
+    test("the cluster list is pvestatd's lagging view; status() is live", async () => {
+      const vm = { vmid: 1308, node };
+      const listed = async () => (await h.backend.listVms()).find((v) => v.vmid === vm.vmid);
+      // API2Tools.pm:84-116: until pvestatd reports a VM it is "unknown", without name or template.
+      await setControl(h.sim.dir, { resources_lag_ms: 3_600_000 });
+      try {
+        await h.backend.clone(tpl, vm.vmid, { name: "lagging", full: false });
+        const fresh = await listed();
+        assert.deepEqual([fresh?.state, fresh?.name, fresh?.template], ["unknown", undefined, false]);
+        assert.equal((await h.backend.status(vm)).state, "stopped");
+        await setControl(h.sim.dir, { resources_lag_ms: 0 });
+        const reported = await listed();
+        assert.deepEqual([reported?.state, reported?.name], ["stopped", "lagging"]);
+
+        await setControl(h.sim.dir, { resources_lag_ms: 3_600_000 });
+        await h.backend.start(vm);
+        assert.equal((await h.backend.status(vm)).state, "running");
+        assert.equal((await listed())?.state, "stopped", "the list still shows pvestatd's last report");
+        await setControl(h.sim.dir, { resources_lag_ms: 0 });
+        assert.equal((await listed())?.state, "running");
+
+        // pvestatd.pm:341: `status` is qmpstatus || status, so a suspended VM is "paused" there.
+        await h.backend.suspend(vm);
+        assert.equal((await listed())?.state, "paused");
+        assert.equal((await h.backend.status(vm)).state, "paused");
+        await h.backend.resume(vm);
+        await h.backend.stop(vm);
+        await h.backend.destroy(vm, { purge: true });
+      } finally {
+        await setControl(h.sim.dir, { resources_lag_ms: 0 });
+      }
     });
 
     test("storage: list, allocate a legal volume, find its real file, free it", async () => {

@@ -67,9 +67,16 @@ const asString = (value: unknown): string | undefined =>
 const splitTags = (value: unknown): string[] =>
   typeof value === "string" && value !== "" ? value.split(/[;, ]+/).filter((tag) => tag !== "") : [];
 
-function powerState(status: unknown, qmpstatus: unknown): PowerState {
-  if (status === "running") return qmpstatus === "paused" || qmpstatus === "suspended" ? "paused" : "running";
-  if (status === "stopped") return "stopped";
+/**
+ * A power state from Proxmox's run-state text: `qmpstatus || status` as pvestatd reports it
+ * (pvestatd.pm:341), which is what /cluster/resources carries in `status`. QEMU's other states
+ * (prelaunch, inmigrate, io-error, ...) and pvestatd's "unknown" (API2Tools.pm:84-116: not reported
+ * yet) are "unknown": never taken for stopped or gone.
+ */
+function powerState(runState: unknown): PowerState {
+  if (runState === "running") return "running";
+  if (runState === "stopped") return "stopped";
+  if (runState === "paused" || runState === "suspended") return "paused";
   return "unknown";
 }
 
@@ -311,7 +318,9 @@ export class PveBackend implements ProxmoxBackend {
           const vm: ClusterVm = {
             vmid: Number(r.vmid),
             node: String(r.node),
-            state: powerState(r.status, r.qmpstatus),
+            // There is no qmpstatus here: `status` already is pvestatd's qmpstatus || status.
+            state: powerState(r.status),
+            // Missing until pvestatd has reported the VM: read the config where it matters.
             template: asNumber(r.template) === 1,
             tags: splitTags(r.tags),
           };
@@ -473,7 +482,8 @@ export class PveBackend implements ProxmoxBackend {
       const status: VmStatus = {
         vmid: vm.vmid,
         node: vm.node,
-        state: powerState(data.status, data.qmpstatus),
+        // status/current has both: status (process) and qmpstatus (QEMU's run state, with full=1).
+        state: data.status === "stopped" ? "stopped" : powerState(data.qmpstatus ?? data.status),
         template: asNumber(data.template) === 1,
         uptimeSeconds: asNumber(data.uptime) ?? 0,
         cpu: asNumber(data.cpu) ?? 0,
@@ -655,12 +665,14 @@ export class PveBackend implements ProxmoxBackend {
           id: String(row.id ?? ""),
           user: `${String(row.user ?? "")}${tokenid ? `!${tokenid}` : ""}`,
           starttime: asNumber(row.starttime) ?? 0,
-          running: row.endtime === undefined && row.status === undefined,
+          // Tasks.pm:233: the active list marks running tasks `status: "RUNNING"`; finished ones
+          // not yet archived are listed too, with their exit status and endtime.
+          running: row.status === "RUNNING" || (row.status === undefined && row.endtime === undefined),
         };
         const endtime = asNumber(row.endtime);
         if (endtime !== undefined) task.endtime = endtime;
         const status = asString(row.status);
-        if (status) task.status = status;
+        if (status && status !== "RUNNING") task.status = status;
         return task;
       });
     });
