@@ -3,6 +3,7 @@ import { statSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { pino } from "pino";
 import { PveBackend } from "../../src/daemon/proxmox/backend.js";
+import { apiPath } from "../../src/daemon/proxmox/transport.js";
 import { ApiTransport } from "../../src/daemon/proxmox/transport-api.js";
 import { ShellTransport } from "../../src/daemon/proxmox/transport-shell.js";
 import type { ProxmoxBackend } from "../../src/daemon/proxmox/types.js";
@@ -308,21 +309,26 @@ for (const kind of ["shell", "api"] as const) {
       assert.equal(byKey.agent?.delete, 1);
       assert.equal((await h.backend.getConfig(vm, { current: true })).cores, 2);
 
-      await setControl(h.sim.dir, { task_ms: 600 });
+      // Finished tasks stay in the active list until archived, with their status (Tasks.pm:228-236);
+      // a running one has status "RUNNING" there (Tasks.pm:233).
+      await setControl(h.sim.dir, { task_ms: 6000, task_archive_ms: 3_600_000 });
       try {
         const snapshot = h.backend.snapshotCreate(vm, "busy");
         let active: Awaited<ReturnType<typeof h.backend.listTasks>> = [];
-        for (let i = 0; i < 100 && active.length === 0; i++) {
+        const deadline = Date.now() + 60_000;
+        while (!active.some((t) => t.type === "qmsnapshot") && Date.now() < deadline) {
           active = await h.backend.listTasks(node, { vmid: vm.vmid, source: "active" });
-          if (active.length === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+          await new Promise((resolve) => setTimeout(resolve, 25));
         }
         assert.deepEqual(
-          active.map((t) => [t.type, t.id, t.running, t.status]),
+          active.filter((t) => t.running).map((t) => [t.type, t.id, t.running, t.status]),
           [["qmsnapshot", "1305", true, undefined]],
         );
+        const start = active.find((t) => t.type === "qmstart");
+        assert.deepEqual([start?.running, start?.status, typeof start?.endtime], [false, "OK", "number"]);
         await snapshot;
       } finally {
-        await setControl(h.sim.dir, { task_ms: 50 });
+        await setControl(h.sim.dir, { task_ms: 50, task_archive_ms: 0 });
       }
       const done = await h.backend.listTasks(node, { vmid: vm.vmid, typefilter: "qmsnapshot" });
       assert.equal(done[0]?.status, "OK");
@@ -331,6 +337,39 @@ for (const kind of ["shell", "api"] as const) {
       assert.equal(typeof done[0]?.endtime, "number");
       await h.backend.stop(vm);
       await h.backend.destroy(vm, { purge: true });
+    });
+
+    test("the cluster list is pvestatd's lagging view; status() is live", async () => {
+      const vm = { vmid: 1308, node };
+      const listed = async () => (await h.backend.listVms()).find((v) => v.vmid === vm.vmid);
+      // API2Tools.pm:84-116: until pvestatd reports a VM it is "unknown", without name or template.
+      await setControl(h.sim.dir, { resources_lag_ms: 3_600_000 });
+      try {
+        await h.backend.clone(tpl, vm.vmid, { name: "lagging", full: false });
+        const fresh = await listed();
+        assert.deepEqual([fresh?.state, fresh?.name, fresh?.template], ["unknown", undefined, false]);
+        assert.equal((await h.backend.status(vm)).state, "stopped");
+        await setControl(h.sim.dir, { resources_lag_ms: 0 });
+        const reported = await listed();
+        assert.deepEqual([reported?.state, reported?.name], ["stopped", "lagging"]);
+
+        await setControl(h.sim.dir, { resources_lag_ms: 3_600_000 });
+        await h.backend.start(vm);
+        assert.equal((await h.backend.status(vm)).state, "running");
+        assert.equal((await listed())?.state, "stopped", "the list still shows pvestatd's last report");
+        await setControl(h.sim.dir, { resources_lag_ms: 0 });
+        assert.equal((await listed())?.state, "running");
+
+        // pvestatd.pm:341: `status` is qmpstatus || status, so a suspended VM is "paused" there.
+        await h.backend.suspend(vm);
+        assert.equal((await listed())?.state, "paused");
+        assert.equal((await h.backend.status(vm)).state, "paused");
+        await h.backend.resume(vm);
+        await h.backend.stop(vm);
+        await h.backend.destroy(vm, { purge: true });
+      } finally {
+        await setControl(h.sim.dir, { resources_lag_ms: 0 });
+      }
     });
 
     test("storage: list, allocate a legal volume, find its real file, free it", async () => {
@@ -349,7 +388,28 @@ for (const kind of ["shell", "api"] as const) {
       await h.backend.volumeFree(node, volid);
       assert.match(await codeOf(h.backend.volumeInfo(node, volid)), /PROXMOX_(ERROR|INVALID)/);
     });
+
+    test("volids with ':' and '/' reach Proxmox whole: look up and free a dir-storage volume", async () => {
+      // pvesh must get them raw (it never unescapes), HTTPS escaped; a `%3A` on pvesh is refused.
+      const volid = await h.backend.volumeAlloc(node, "local", 1107, "vm-1107-disk-0.qcow2", "1G", "qcow2");
+      assert.equal(volid, "local:1107/vm-1107-disk-0.qcow2");
+      const info = await h.backend.volumeInfo(node, volid);
+      assert.equal(info.format, "qcow2");
+      assert.equal(info.sizeBytes, 1024 ** 3);
+      await h.backend.volumeFree(node, volid);
+      assert.match(await codeOf(h.backend.volumeInfo(node, volid)), /PROXMOX_(ERROR|INVALID)/);
+    });
   });
+}
+
+/** A port that was just free: nothing listens there. */
+async function freePort(): Promise<number> {
+  const { createServer } = await import("node:net");
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+  const port = (probe.address() as { port: number }).port;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
 }
 
 describe("API backend failures explained", () => {
@@ -425,12 +485,7 @@ describe("API backend failures explained", () => {
   });
 
   test("an API that refuses connections is PROXMOX_UNREACHABLE with the fix", async () => {
-    // A port that was just free: nothing listens there.
-    const { createServer } = await import("node:net");
-    const probe = createServer();
-    await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
-    const port = (probe.address() as { port: number }).port;
-    await new Promise<void>((resolve) => probe.close(() => resolve()));
+    const port = await freePort();
     const error = await backendWith({ url: `https://127.0.0.1:${port}` })
       .version()
       .then(
@@ -439,5 +494,26 @@ describe("API backend failures explained", () => {
       );
     assert.equal(error.code, "PROXMOX_UNREACHABLE");
     assert.match(error.hint, /pveproxy/);
+  });
+
+  test("proxmox-api's blind re-send after a network failure is kept for reads, refused for changes", async () => {
+    // proxmox-api sends any request a second time after a network error or its own timeout
+    // (ProxmoxEngine doRequest); a clone or destroy that may have reached Proxmox must not run twice.
+    const port = await freePort();
+    const transport = new ApiTransport({
+      url: `https://127.0.0.1:${port}`,
+      token: api.token,
+      timeoutMs: 5000,
+    });
+    try {
+      await assert.rejects(transport.request("GET", apiPath`/version`));
+      assert.equal(transport.calls.count, 2, "a GET is tried twice");
+      await assert.rejects(
+        transport.request("POST", apiPath`/nodes/${"pve"}/qemu/${9000}/clone`, { newid: 1200 }),
+      );
+      assert.equal(transport.calls.count, 3, "a POST is sent once");
+    } finally {
+      await transport.close();
+    }
   });
 });

@@ -6,8 +6,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import type { BackendKind } from "../helpers/simhost.js";
-import { inspect } from "../pvesim/harness.js";
-import { MaintenanceHost, until } from "./maintenance-host.js";
+import { inspect, setControl } from "../pvesim/harness.js";
+import { DEFAULT_KNOBS, MaintenanceHost, until } from "./maintenance-host.js";
 
 for (const kind of ["shell", "api"] as BackendKind[]) {
   describe(`kill -9 during sandbox new, then restart (${kind} backend)`, () => {
@@ -65,6 +65,26 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       assert.deepEqual(vm?.snapshots, ["clean"]);
       const logs = await m.h.cli(["--json", "logs", String(vmid)]);
       assert.match(logs.stdout, /provisioning finished after a daemon restart/);
+      await m.assertNothingStuckOrOrphaned();
+    });
+
+    test("the same before pvestatd has reported the VM: an unknown state is asked, not taken for stopped", async () => {
+      // /cluster/resources lists the new VM as "unknown", without name (API2Tools.pm:84-116).
+      const lag = { resources_lag_ms: 3_600_000 };
+      try {
+        const stderr = await m.killDuringCli(
+          ["new", "--profile", "yolo-ephemeral"],
+          { agent_ready_ms: 2000, ...lag },
+          (text) => text.includes("waiting for the guest"),
+          { ...DEFAULT_KNOBS, ...lag },
+        );
+        const vmid = Number(/reserved VMID (\d+)/.exec(stderr)?.[1]);
+        const body = await m.settled(vmid);
+        assert.equal(body.state, "RUNNING", body.failure_reason);
+        assert.deepEqual((await m.simVms())[vmid]?.snapshots, ["clean"]);
+      } finally {
+        await setControl(m.h.sim.dir, { resources_lag_ms: 0 });
+      }
       await m.assertNothingStuckOrOrphaned();
     });
   });

@@ -20,7 +20,7 @@ export interface SandboxBody {
 }
 
 export const STUCK_STATES = ["REQUESTED", "PROVISIONING", "BOOTING"];
-const DEFAULT_KNOBS = { clone_ms: 200, start_ms: 100, agent_ready_ms: 300 };
+export const DEFAULT_KNOBS = { clone_ms: 200, start_ms: 100, agent_ready_ms: 300 };
 
 export async function until<T>(
   what: string,

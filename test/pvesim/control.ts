@@ -29,8 +29,13 @@ export interface Knobs {
   auth_fail_delay_ms: number;
   /** Added to every HTTPS request. */
   api_latency_ms: number;
-  /** For how long after creation a VM shows `status: "unknown"` in /cluster/resources (real: up to ~10 s). */
+  /**
+   * pvestatd's lag in /cluster/resources: a new VM shows `status: "unknown"` without name/template,
+   * and a start/stop/suspend shows up, this long after it happened (real: up to ~10 s).
+   */
   resources_lag_ms: number;
+  /** For how long a finished task is still listed by `GET /nodes/{n}/tasks?source=active`, with its status. */
+  task_archive_ms: number;
   /** `cpu` reported for running VMs (fraction of one core). */
   cpu_load: number;
   /** 1: a booted guest whose cloud-init names the daemon reports readiness to it; 0: it never does. */
@@ -64,6 +69,7 @@ export const DEFAULT_KNOBS: Knobs = {
   auth_fail_delay_ms: 0,
   api_latency_ms: 0,
   resources_lag_ms: 0,
+  task_archive_ms: 0,
   cpu_load: 0.02,
   phone_home: 1,
   phone_home_delay_ms: 0,

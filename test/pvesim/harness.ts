@@ -102,7 +102,7 @@ export function inspect<T>(dir: string, fn: (ctx: Ctx) => T): Promise<T> {
   return withModel(dir, fn);
 }
 
-/** One API call in-process (no HTTP), as root@pam unless `auth` says otherwise. */
+/** One API call in-process (no HTTP), as root@pam unless `auth` says otherwise; `path` is raw, as routed after the HTTP face unescaped it. */
 export function api(
   sim: Sim,
   method: string,

@@ -75,7 +75,7 @@ const COMMANDS: Record<string, Command> = {
       if (p["format"] !== undefined) params["format"] = p["format"];
       const result = await rootCall(dir, {
         method: "POST",
-        path: `/nodes/${node}/storage/${encodeURIComponent(String(p["storage"]))}/content`,
+        path: `/nodes/${node}/storage/${String(p["storage"])}/content`,
         params,
         localNode: node,
       });
@@ -92,7 +92,7 @@ const COMMANDS: Record<string, Command> = {
       const { storage } = p["storage"] !== undefined ? { storage: String(p["storage"]) } : splitVolid(volume);
       const result = await rootCall(dir, {
         method: "DELETE",
-        path: `/nodes/${node}/storage/${storage}/content/${encodeURIComponent(volume)}`,
+        path: `/nodes/${node}/storage/${storage}/content/${volume}`,
         params: {},
         localNode: node,
       });

@@ -617,26 +617,34 @@ function segments(path: string): string[] {
   return path.split("/").filter((s) => s !== "");
 }
 
-/** The route for a method and path (PVE answers 501 alike for unknown paths and unknown methods). */
+/**
+ * Routes whose last parameter takes the rest of the path, '/' included: the storage content
+ * subclass is mounted with `fragmentDelimiter => ''` because volids may contain '/'
+ * (pve-storage src/PVE/API2/Storage/Status.pm:33-38, applied in pve-common RESTHandler.pm:413-424).
+ */
+const WHOLE_REST = new Set(["/nodes/{node}/storage/{storage}/content/{volume}"]);
+
+/**
+ * The route for a method and a raw path (PVE answers 501 alike for unknown paths and unknown
+ * methods). Segments are taken as they are, never unescaped: that is what RESTHandler does
+ * (`find_handler` splits on '/', RESTHandler.pm:437), and pvesh hands it its argv path unchanged
+ * (pvesh.pm:403-414). Only the HTTPS face unescapes, before it gets here (server.ts, as
+ * pve-http-server AnyEvent.pm:1452 does).
+ */
 export function matchRoute(method: string, path: string): Match | undefined {
   const parts = segments(path);
   for (const route of ROUTES) {
     if (route.method !== method) continue;
     const pattern = segments(route.path);
-    if (pattern.length !== parts.length) continue;
+    const rest = WHOLE_REST.has(route.path);
+    if (rest ? parts.length < pattern.length : pattern.length !== parts.length) continue;
     const pathParams: Record<string, string> = {};
     let ok = true;
     for (let i = 0; i < pattern.length; i++) {
       const want = pattern[i]!;
-      const have = parts[i]!;
+      const have = rest && i === pattern.length - 1 ? parts.slice(i).join("/") : parts[i]!;
       if (want.startsWith("{")) {
-        let decoded: string;
-        try {
-          decoded = decodeURIComponent(have);
-        } catch {
-          decoded = have;
-        }
-        pathParams[want.slice(1, -1)] = decoded;
+        pathParams[want.slice(1, -1)] = have;
       } else if (want !== have) {
         ok = false;
         break;

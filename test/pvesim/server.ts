@@ -142,7 +142,8 @@ async function handle(
     res.end();
     return;
   }
-  const path = url.pathname.slice(API_PREFIX.length) || "/";
+  // pve-http-server unescapes the whole path before routing (AnyEvent.pm:1452); pvesh never does.
+  const path = uriUnescape(url.pathname.slice(API_PREFIX.length)) || "/";
   try {
     const injected = !control.faults.some((f) => f.name === "http500")
       ? undefined
@@ -185,6 +186,25 @@ async function handle(
     }
     sendError(res, new PveError(500, err instanceof Error ? err.message : String(err)));
   }
+}
+
+/**
+ * URI::Escape's uri_unescape: each `%XX` becomes that byte, anything else (a stray '%') stays; the
+ * bytes are then read as UTF-8.
+ */
+export function uriUnescape(text: string): string {
+  const src = Buffer.from(text, "utf8");
+  const out: number[] = [];
+  for (let i = 0; i < src.length; i++) {
+    const hex = src[i] === 0x25 ? src.subarray(i + 1, i + 3).toString("latin1") : "";
+    if (/^[0-9a-fA-F]{2}$/.test(hex)) {
+      out.push(Number.parseInt(hex, 16));
+      i += 2;
+    } else {
+      out.push(src[i]!);
+    }
+  }
+  return Buffer.from(out).toString("utf8");
 }
 
 function apiDownMode(dir: string): "close" | "hang" | undefined {

@@ -65,6 +65,15 @@ export function stopTaskApi(ctx: Ctx, auth: AuthId, node: string, upid: string):
   return null;
 }
 
+/**
+ * Whether a task is still in the node's active list: running, or finished but not yet archived into
+ * the index (Tasks.pm:228-236 lists those with their status); task_archive_ms is that window.
+ */
+function unarchived(ctx: Ctx, t: TaskRec): boolean {
+  if (t.phase !== "done") return true;
+  return ctx.now - (t.endAt ?? t.createdAt) < ctx.control.task_archive_ms;
+}
+
 export function listTasks(ctx: Ctx, auth: AuthId, node: string, p: Params): { data: unknown; total: number } {
   checkNode(ctx, node);
   const me = authIdString(auth);
@@ -78,7 +87,7 @@ export function listTasks(ctx: Ctx, auth: AuthId, node: string, p: Params): { da
   const until = num(p, "until");
   const rows = ctx.state.tasks
     .filter((t) => t.node === node && (audit || t.user === me))
-    .filter((t) => (source === "all" ? true : source === "active" ? t.phase !== "done" : t.phase === "done"))
+    .filter((t) => (source === "all" ? true : source === "active" ? unarchived(ctx, t) : t.phase === "done"))
     .filter((t) => vmid === undefined || t.id === String(vmid))
     .filter((t) => !typefilter || t.type === typefilter)
     .filter((t) => !userfilter || t.user.includes(userfilter))
@@ -102,6 +111,9 @@ export function listTasks(ctx: Ctx, auth: AuthId, node: string, p: Params): { da
     if (t.phase === "done") {
       row["endtime"] = Math.floor((t.endAt ?? t.createdAt) / 1000);
       row["status"] = t.exitstatus;
+    } else if (source !== "archive") {
+      // Tasks.pm:233: an entry of the active list without a status is still running.
+      row["status"] = "RUNNING";
     }
     return row;
   });

@@ -42,6 +42,23 @@ export interface VmRec {
   snapshots: Record<string, ConfigMap>;
   runtime: VmRuntime;
   createdAt: number;
+  /** What pvestatd has put into the RRD for this VM, which is all /cluster/resources shows (vms.ts). */
+  statd?: StatdView;
+}
+
+/** One pvestatd report: `status` is `qmpstatus || status` (pvestatd.pm:341), plus name and template. */
+export interface StatdReport {
+  status: string;
+  name: string;
+  template: boolean;
+}
+
+export interface StatdView {
+  /** The last report, absent until pvestatd has reported the VM at all. */
+  shown?: StatdReport;
+  /** The state as last observed, and since when it has held. */
+  seen: StatdReport;
+  since: number;
 }
 
 /** `lvm` is thick LVM: raw volumes without snapshots or linked clones (what STORAGE_UNSUPPORTED is for). */

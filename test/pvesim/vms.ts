@@ -3,7 +3,7 @@
 import type { Ctx } from "./context.js";
 import { findFault, matchesVmid } from "./control.js";
 import { fail, missingConfig, paramError } from "./errors.js";
-import type { VmRec } from "./types.js";
+import type { StatdReport, StatdView, VmRec } from "./types.js";
 import { agentEnabled, bootDiskKey, driveSize, memoryMiB } from "./vmconfig.js";
 
 export function findVm(ctx: Ctx, vmid: number): VmRec | undefined {
@@ -155,24 +155,61 @@ export function qemuListEntry(ctx: Ctx, vm: VmRec, full: boolean): Record<string
   return out;
 }
 
-/** A VM as /cluster/resources shows it; fresh VMs are "unknown" until pvestatd has seen them. */
+/** The state pvestatd would report now: `qmpstatus || status` (pvestatd.pm:341), name, template. */
+function currentReport(vm: VmRec): StatdReport {
+  return {
+    status: vm.runtime.status === "running" ? vm.runtime.qmpstatus : "stopped",
+    name: vmName(vm),
+    template: isTemplate(vm),
+  };
+}
+
+const sameReport = (a: StatdReport, b: StatdReport) =>
+  a.status === b.status && a.name === b.name && a.template === b.template;
+
+/**
+ * Brings a VM's pvestatd view up to date: a state is reported once it has held for
+ * resources_lag_ms (real pvestatd reports every 10 s). The lag counts from when the simulator first
+ * saw the state, so it is never shorter than Proxmox's.
+ */
+function observeStatd(ctx: Ctx, vm: VmRec): StatdView {
+  const lag = ctx.control.resources_lag_ms;
+  const view: StatdView = vm.statd ?? { seen: currentReport(vm), since: vm.createdAt };
+  if (ctx.now - view.since >= lag) view.shown = view.seen;
+  const current = currentReport(vm);
+  if (!sameReport(current, view.seen)) {
+    view.seen = current;
+    view.since = ctx.now;
+    if (lag <= 0) view.shown = current;
+  }
+  vm.statd = view;
+  return view;
+}
+
+/**
+ * A VM as /cluster/resources shows it: `status`, `name`, `template` and the numbers come only from
+ * pvestatd's RRD entry (API2Tools.pm:84-116), so a VM it has not reported yet is `status: "unknown"`
+ * without them, and a start, stop or suspend shows up only with pvestatd's next report. `lock` and
+ * `tags` come from the config and are always current.
+ */
 export function resourceEntry(ctx: Ctx, vm: VmRec): Record<string, unknown> {
   const base: Record<string, unknown> = {
     id: `qemu/${vm.vmid}`,
     type: "qemu",
     vmid: vm.vmid,
     node: vm.node,
-    template: isTemplate(vm) ? 1 : 0,
   };
   const lock = displayLock(ctx, vm);
   if (lock) base["lock"] = lock;
   if (vm.config["tags"]) base["tags"] = vm.config["tags"];
-  if (ctx.now - vm.createdAt < ctx.control.resources_lag_ms) return { ...base, status: "unknown" };
+  const reported = observeStatd(ctx, vm).shown;
+  if (!reported) return { ...base, status: "unknown" };
   const s = stats(ctx, vm);
   return {
     ...base,
-    status: vm.runtime.status,
-    name: vmName(vm),
+    status: reported.status,
+    name: reported.name,
+    template: reported.template ? 1 : 0,
     maxcpu: s.cpus,
     cpu: s.cpu,
     maxmem: s.maxmem,
@@ -183,7 +220,7 @@ export function resourceEntry(ctx: Ctx, vm: VmRec): Record<string, unknown> {
     netout: s.netout,
     diskread: s.diskread,
     diskwrite: s.diskwrite,
-    uptime: s.uptime,
+    uptime: reported.status === "stopped" ? 0 : s.uptime,
   };
 }
 

@@ -280,9 +280,8 @@ describe("pvesim: clones from snapshots and full copies", () => {
   async function pathOf(vmid: number): Promise<string> {
     const c = await config(sim, vmid);
     const volid = String(c["scsi0"]).split(",")[0]!;
-    const info = (
-      await api(sim, "GET", `/nodes/pve/storage/${volid.split(":")[0]}/content/${encodeURIComponent(volid)}`)
-    ).data as Record<string, unknown>;
+    const info = (await api(sim, "GET", `/nodes/pve/storage/${volid.split(":")[0]}/content/${volid}`))
+      .data as Record<string, unknown>;
     return String(info["path"]);
   }
 
@@ -388,13 +387,24 @@ describe("pvesim: clones from snapshots and full copies", () => {
       .data as Array<Record<string, unknown>>;
     await setControl(sim.dir, { task_ms: FAST.task_ms });
     assert.deepEqual(
-      active.map((t) => [t["upid"], t["type"], t["status"]]),
-      [[started, "qmsnapshot", undefined]],
+      active.map((t) => [t["upid"], t["type"], t["status"], t["endtime"]]),
+      // Tasks.pm:233: a running task in the active list has status "RUNNING".
+      [[started, "qmsnapshot", "RUNNING", undefined]],
     );
     await waitTask(sim, started);
     const after = (await api(sim, "GET", "/nodes/pve/tasks", { vmid: "710", source: "active" }))
       .data as unknown[];
     assert.deepEqual(after, []);
+    // Finished but not yet archived: still listed, with its status (Tasks.pm:228-236).
+    await setControl(sim.dir, { task_archive_ms: 3_600_000 });
+    try {
+      const lingering = (await api(sim, "GET", "/nodes/pve/tasks", { vmid: "710", source: "active" }))
+        .data as Array<Record<string, unknown>>;
+      const done = lingering.find((t) => t["upid"] === started);
+      assert.deepEqual([done?.["status"], typeof done?.["endtime"]], ["OK", "number"]);
+    } finally {
+      await setControl(sim.dir, { task_archive_ms: 0 });
+    }
   });
 });
 

@@ -80,8 +80,10 @@ describe("pvesim: UPIDs and the task lifecycle", () => {
     const starttime = decodeUpid(upid)!.starttime;
     assert.ok(starttime >= before && starttime <= before + 2);
 
-    const running = (await api(sim, "GET", `/nodes/pve/tasks/${encodeURIComponent(upid)}/status`))
-      .data as Record<string, unknown>;
+    const running = (await api(sim, "GET", `/nodes/pve/tasks/${upid}/status`)).data as Record<
+      string,
+      unknown
+    >;
     assert.equal(running["status"], "running");
     assert.equal(running["exitstatus"], undefined);
     assert.equal(running["type"], "qmclone");

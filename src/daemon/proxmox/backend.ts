@@ -10,7 +10,14 @@ import {
   taskSucceeded,
   waitForTask,
 } from "./tasks.js";
-import { type HttpMethod, type Params, PveRequestError, type PveTransport } from "./transport.js";
+import {
+  type ApiPath,
+  apiPath,
+  type HttpMethod,
+  type Params,
+  PveRequestError,
+  type PveTransport,
+} from "./transport.js";
 import type {
   CallOptions,
   CloneOptions,
@@ -60,18 +67,25 @@ const asString = (value: unknown): string | undefined =>
 const splitTags = (value: unknown): string[] =>
   typeof value === "string" && value !== "" ? value.split(/[;, ]+/).filter((tag) => tag !== "") : [];
 
-function powerState(status: unknown, qmpstatus: unknown): PowerState {
-  if (status === "running") return qmpstatus === "paused" || qmpstatus === "suspended" ? "paused" : "running";
-  if (status === "stopped") return "stopped";
+/**
+ * A power state from Proxmox's run-state text: `qmpstatus || status` as pvestatd reports it
+ * (pvestatd.pm:341), which is what /cluster/resources carries in `status`. QEMU's other states
+ * (prelaunch, inmigrate, io-error, ...) and pvestatd's "unknown" (API2Tools.pm:84-116: not reported
+ * yet) are "unknown": never taken for stopped or gone.
+ */
+function powerState(runState: unknown): PowerState {
+  if (runState === "running") return "running";
+  if (runState === "stopped") return "stopped";
+  if (runState === "paused" || runState === "suspended") return "paused";
   return "unknown";
 }
 
-function vmPath(vm: VmRef): string {
-  return `/nodes/${encodeURIComponent(vm.node)}/qemu/${vm.vmid}`;
+function vmPath(vm: VmRef): ApiPath {
+  return apiPath`/nodes/${vm.node}/qemu/${vm.vmid}`;
 }
 
-function storagePath(node: string, storage: string): string {
-  return `/nodes/${encodeURIComponent(node)}/storage/${encodeURIComponent(storage)}`;
+function storagePath(node: string, storage: string): ApiPath {
+  return apiPath`/nodes/${node}/storage/${storage}`;
 }
 
 /** A config map as Proxmox returns it: numbers and strings, without the digest. */
@@ -161,7 +175,12 @@ export class PveBackend implements ProxmoxBackend {
     }
   }
 
-  private request(method: HttpMethod, path: string, params?: Params, signal?: AbortSignal): Promise<unknown> {
+  private request(
+    method: HttpMethod,
+    path: ApiPath,
+    params?: Params,
+    signal?: AbortSignal,
+  ): Promise<unknown> {
     return this.transport.request(method, path, params, signal);
   }
 
@@ -173,7 +192,7 @@ export class PveBackend implements ProxmoxBackend {
     action: string,
     vm: { vmid?: number },
     method: HttpMethod,
-    path: string,
+    path: ApiPath,
     params: Params,
     call: CallOptions = {},
   ): Promise<void> {
@@ -212,13 +231,13 @@ export class PveBackend implements ProxmoxBackend {
 
   private async awaitTask(
     method: HttpMethod,
-    path: string,
+    path: ApiPath,
     upidText: string,
     signal?: AbortSignal,
   ): Promise<void> {
     const upid = parseUpid(upidText);
     if (!upid) throw new PveRequestError(method, path, `unexpected task id ${JSON.stringify(upidText)}`);
-    const statusPath = `/nodes/${encodeURIComponent(upid.node)}/tasks/${encodeURIComponent(upid.upid)}/status`;
+    const statusPath = apiPath`/nodes/${upid.node}/tasks/${upid.upid}/status`;
     let status: TaskStatus;
     try {
       status = await waitForTask(
@@ -271,14 +290,14 @@ export class PveBackend implements ProxmoxBackend {
 
   version(): Promise<{ version: string; release: string }> {
     return this.call("read Proxmox version", undefined, async () => {
-      const data = (await this.request("GET", "/version")) as Json;
+      const data = (await this.request("GET", apiPath`/version`)) as Json;
       return { version: String(data.version ?? ""), release: String(data.release ?? "") };
     });
   }
 
   listNodes(): Promise<NodeInfo[]> {
     return this.call("list nodes", undefined, async () => {
-      const data = (await this.request("GET", "/nodes")) as Json[];
+      const data = (await this.request("GET", apiPath`/nodes`)) as Json[];
       return data.map((n) => {
         const info: NodeInfo = { node: String(n.node), online: n.status === "online" };
         for (const key of ["cpu", "maxcpu", "mem", "maxmem"] as const) {
@@ -292,14 +311,16 @@ export class PveBackend implements ProxmoxBackend {
 
   listVms(): Promise<ClusterVm[]> {
     return this.call("list cluster VMs", undefined, async () => {
-      const data = (await this.request("GET", "/cluster/resources", { type: "vm" })) as Json[];
+      const data = (await this.request("GET", apiPath`/cluster/resources`, { type: "vm" })) as Json[];
       return data
         .filter((r) => r.type === "qemu")
         .map((r) => {
           const vm: ClusterVm = {
             vmid: Number(r.vmid),
             node: String(r.node),
-            state: powerState(r.status, r.qmpstatus),
+            // There is no qmpstatus here: `status` already is pvestatd's qmpstatus || status.
+            state: powerState(r.status),
+            // Missing until pvestatd has reported the VM: read the config where it matters.
             template: asNumber(r.template) === 1,
             tags: splitTags(r.tags),
           };
@@ -315,7 +336,7 @@ export class PveBackend implements ProxmoxBackend {
   isVmidFree(vmid: number): Promise<boolean> {
     return this.call(`check VMID ${vmid}`, vmid, async () => {
       try {
-        await this.request("GET", "/cluster/nextid", { vmid });
+        await this.request("GET", apiPath`/cluster/nextid`, { vmid });
         return true;
       } catch (error) {
         if (
@@ -341,7 +362,7 @@ export class PveBackend implements ProxmoxBackend {
       `clone ${source.vmid}${from} -> ${newid}`,
       { vmid: newid },
       "POST",
-      `${vmPath(source)}/clone`,
+      apiPath`${vmPath(source)}/clone`,
       params,
       call,
     );
@@ -352,7 +373,7 @@ export class PveBackend implements ProxmoxBackend {
       `create VM ${vmid}`,
       { vmid },
       "POST",
-      `/nodes/${encodeURIComponent(node)}/qemu`,
+      apiPath`/nodes/${node}/qemu`,
       { ...params, vmid },
       call,
     );
@@ -366,7 +387,7 @@ export class PveBackend implements ProxmoxBackend {
       if (options.snapshot) params.snapshot = options.snapshot;
       const data = (await this.request(
         "GET",
-        `${vmPath(vm)}/config`,
+        apiPath`${vmPath(vm)}/config`,
         Object.keys(params).length > 0 ? params : undefined,
       )) as Json;
       return configOf(data);
@@ -375,7 +396,7 @@ export class PveBackend implements ProxmoxBackend {
 
   getPending(vm: VmRef): Promise<PendingEntry[]> {
     return this.call(`read pending changes of VM ${vm.vmid}`, vm.vmid, async () => {
-      const data = (await this.request("GET", `${vmPath(vm)}/pending`)) as Json[];
+      const data = (await this.request("GET", apiPath`${vmPath(vm)}/pending`)) as Json[];
       return data.map((row) => {
         const entry: PendingEntry = { key: String(row.key) };
         for (const field of ["value", "pending"] as const) {
@@ -396,7 +417,7 @@ export class PveBackend implements ProxmoxBackend {
   ): Promise<void> {
     const params = configParams(changes, remove);
     if (Object.keys(params).length === 0) return Promise.resolve();
-    return this.mutate(`configure VM ${vm.vmid}`, vm, "PUT", `${vmPath(vm)}/config`, params);
+    return this.mutate(`configure VM ${vm.vmid}`, vm, "PUT", apiPath`${vmPath(vm)}/config`, params);
   }
 
   setConfigAsync(
@@ -407,7 +428,7 @@ export class PveBackend implements ProxmoxBackend {
   ): Promise<void> {
     const params = configParams(changes, remove);
     if (Object.keys(params).length === 0) return Promise.resolve();
-    return this.mutate(`configure VM ${vm.vmid}`, vm, "POST", `${vmPath(vm)}/config`, params, call);
+    return this.mutate(`configure VM ${vm.vmid}`, vm, "POST", apiPath`${vmPath(vm)}/config`, params, call);
   }
 
   resizeDisk(vm: VmRef, disk: string, size: string, call?: CallOptions): Promise<void> {
@@ -415,18 +436,18 @@ export class PveBackend implements ProxmoxBackend {
       `resize ${disk} of VM ${vm.vmid} to ${size}`,
       vm,
       "PUT",
-      `${vmPath(vm)}/resize`,
+      apiPath`${vmPath(vm)}/resize`,
       { disk, size },
       call,
     );
   }
 
   start(vm: VmRef, call?: CallOptions): Promise<void> {
-    return this.mutate(`start VM ${vm.vmid}`, vm, "POST", `${vmPath(vm)}/status/start`, {}, call);
+    return this.mutate(`start VM ${vm.vmid}`, vm, "POST", apiPath`${vmPath(vm)}/status/start`, {}, call);
   }
 
   stop(vm: VmRef, call?: CallOptions): Promise<void> {
-    return this.mutate(`stop VM ${vm.vmid}`, vm, "POST", `${vmPath(vm)}/status/stop`, {}, call);
+    return this.mutate(`stop VM ${vm.vmid}`, vm, "POST", apiPath`${vmPath(vm)}/status/stop`, {}, call);
   }
 
   shutdown(
@@ -437,24 +458,32 @@ export class PveBackend implements ProxmoxBackend {
     const params: Params = {};
     if (options.timeoutSeconds !== undefined) params.timeout = options.timeoutSeconds;
     if (options.forceStop) params.forceStop = 1;
-    return this.mutate(`shut down VM ${vm.vmid}`, vm, "POST", `${vmPath(vm)}/status/shutdown`, params, call);
+    return this.mutate(
+      `shut down VM ${vm.vmid}`,
+      vm,
+      "POST",
+      apiPath`${vmPath(vm)}/status/shutdown`,
+      params,
+      call,
+    );
   }
 
   suspend(vm: VmRef, call?: CallOptions): Promise<void> {
-    return this.mutate(`suspend VM ${vm.vmid}`, vm, "POST", `${vmPath(vm)}/status/suspend`, {}, call);
+    return this.mutate(`suspend VM ${vm.vmid}`, vm, "POST", apiPath`${vmPath(vm)}/status/suspend`, {}, call);
   }
 
   resume(vm: VmRef, call?: CallOptions): Promise<void> {
-    return this.mutate(`resume VM ${vm.vmid}`, vm, "POST", `${vmPath(vm)}/status/resume`, {}, call);
+    return this.mutate(`resume VM ${vm.vmid}`, vm, "POST", apiPath`${vmPath(vm)}/status/resume`, {}, call);
   }
 
   status(vm: VmRef): Promise<VmStatus> {
     return this.call(`read status of VM ${vm.vmid}`, vm.vmid, async () => {
-      const data = (await this.request("GET", `${vmPath(vm)}/status/current`)) as Json;
+      const data = (await this.request("GET", apiPath`${vmPath(vm)}/status/current`)) as Json;
       const status: VmStatus = {
         vmid: vm.vmid,
         node: vm.node,
-        state: powerState(data.status, data.qmpstatus),
+        // status/current has both: status (process) and qmpstatus (QEMU's run state, with full=1).
+        state: data.status === "stopped" ? "stopped" : powerState(data.qmpstatus ?? data.status),
         template: asNumber(data.template) === 1,
         uptimeSeconds: asNumber(data.uptime) ?? 0,
         cpu: asNumber(data.cpu) ?? 0,
@@ -480,7 +509,7 @@ export class PveBackend implements ProxmoxBackend {
       `snapshot VM ${vm.vmid} as ${name}`,
       vm,
       "POST",
-      `${vmPath(vm)}/snapshot`,
+      apiPath`${vmPath(vm)}/snapshot`,
       params,
       call,
     );
@@ -488,7 +517,7 @@ export class PveBackend implements ProxmoxBackend {
 
   snapshotList(vm: VmRef): Promise<SnapshotInfo[]> {
     return this.call(`list snapshots of VM ${vm.vmid}`, vm.vmid, async () => {
-      const data = (await this.request("GET", `${vmPath(vm)}/snapshot`)) as Json[];
+      const data = (await this.request("GET", apiPath`${vmPath(vm)}/snapshot`)) as Json[];
       return data
         .filter((s) => s.name !== "current")
         .map((s) => {
@@ -506,7 +535,7 @@ export class PveBackend implements ProxmoxBackend {
   }
 
   snapshotRollback(vm: VmRef, name: string, call?: CallOptions): Promise<void> {
-    const path = `${vmPath(vm)}/snapshot/${encodeURIComponent(name)}/rollback`;
+    const path = apiPath`${vmPath(vm)}/snapshot/${name}/rollback`;
     return this.mutate(`roll VM ${vm.vmid} back to ${name}`, vm, "POST", path, {}, call);
   }
 
@@ -516,14 +545,14 @@ export class PveBackend implements ProxmoxBackend {
     call?: CallOptions,
     options: { force?: boolean } = {},
   ): Promise<void> {
-    const path = `${vmPath(vm)}/snapshot/${encodeURIComponent(name)}`;
+    const path = apiPath`${vmPath(vm)}/snapshot/${name}`;
     const params: Params = options.force ? { force: 1 } : {};
     return this.mutate(`delete snapshot ${name} of VM ${vm.vmid}`, vm, "DELETE", path, params, call);
   }
 
   guestInterfaces(vm: VmRef): Promise<GuestInterface[]> {
     return this.call(`ask the guest agent of VM ${vm.vmid} for its addresses`, vm.vmid, async () => {
-      const data = (await this.request("GET", `${vmPath(vm)}/agent/network-get-interfaces`)) as Json;
+      const data = (await this.request("GET", apiPath`${vmPath(vm)}/agent/network-get-interfaces`)) as Json;
       const result = Array.isArray(data.result) ? (data.result as Json[]) : [];
       return result.map((iface) => {
         const addresses = Array.isArray(iface["ip-addresses"]) ? (iface["ip-addresses"] as Json[]) : [];
@@ -539,7 +568,7 @@ export class PveBackend implements ProxmoxBackend {
 
   listStorages(node: string): Promise<StorageInfo[]> {
     return this.call(`list storages of node ${node}`, undefined, async () => {
-      const data = (await this.request("GET", `/nodes/${encodeURIComponent(node)}/storage`)) as Json[];
+      const data = (await this.request("GET", apiPath`/nodes/${node}/storage`)) as Json[];
       return data.map((s) => {
         const info: StorageInfo = {
           storage: String(s.storage),
@@ -562,7 +591,7 @@ export class PveBackend implements ProxmoxBackend {
 
   storageConfig(storage: string): Promise<StorageConfig> {
     return this.call(`read the configuration of storage ${storage}`, undefined, async () => {
-      const data = (await this.request("GET", `/storage/${encodeURIComponent(storage)}`)) as Json;
+      const data = (await this.request("GET", apiPath`/storage/${storage}`)) as Json;
       const config: StorageConfig = {
         storage: String(data.storage ?? storage),
         type: String(data.type ?? ""),
@@ -591,7 +620,7 @@ export class PveBackend implements ProxmoxBackend {
       if (options.content) params.content = options.content;
       const data = (await this.request(
         "GET",
-        `${storagePath(node, storage)}/content`,
+        apiPath`${storagePath(node, storage)}/content`,
         Object.keys(params).length > 0 ? params : undefined,
       )) as Json[];
       return data.map((row) => {
@@ -623,7 +652,7 @@ export class PveBackend implements ProxmoxBackend {
       if (options.limit !== undefined) params.limit = options.limit;
       const data = (await this.request(
         "GET",
-        `/nodes/${encodeURIComponent(node)}/tasks`,
+        apiPath`/nodes/${node}/tasks`,
         Object.keys(params).length > 0 ? params : undefined,
       )) as Json[];
       return data.map((row) => {
@@ -636,12 +665,14 @@ export class PveBackend implements ProxmoxBackend {
           id: String(row.id ?? ""),
           user: `${String(row.user ?? "")}${tokenid ? `!${tokenid}` : ""}`,
           starttime: asNumber(row.starttime) ?? 0,
-          running: row.endtime === undefined && row.status === undefined,
+          // Tasks.pm:233: the active list marks running tasks `status: "RUNNING"`; finished ones
+          // not yet archived are listed too, with their exit status and endtime.
+          running: row.status === "RUNNING" || (row.status === undefined && row.endtime === undefined),
         };
         const endtime = asNumber(row.endtime);
         if (endtime !== undefined) task.endtime = endtime;
         const status = asString(row.status);
-        if (status) task.status = status;
+        if (status && status !== "RUNNING") task.status = status;
         return task;
       });
     });
@@ -658,7 +689,7 @@ export class PveBackend implements ProxmoxBackend {
     return this.call(`allocate ${filename} on ${storage}`, vmid, async () => {
       const params: Params = { vmid, filename, size };
       if (format) params.format = format;
-      const path = `/nodes/${encodeURIComponent(node)}/storage/${encodeURIComponent(storage)}/content`;
+      const path = apiPath`/nodes/${node}/storage/${storage}/content`;
       const data = await this.request("POST", path, params);
       if (typeof data !== "string" || !data.includes(":")) {
         throw new PveRequestError(
@@ -673,7 +704,7 @@ export class PveBackend implements ProxmoxBackend {
 
   volumeInfo(node: string, volid: string): Promise<VolumeInfo> {
     return this.call(`look up volume ${volid}`, undefined, async () => {
-      const path = `/nodes/${encodeURIComponent(node)}/storage/${encodeURIComponent(storageOf(volid))}/content/${encodeURIComponent(volid)}`;
+      const path = apiPath`/nodes/${node}/storage/${storageOf(volid)}/content/${volid}`;
       const data = (await this.request("GET", path)) as Json;
       const info: VolumeInfo = { volid, path: String(data.path ?? ""), sizeBytes: asNumber(data.size) ?? 0 };
       const format = asString(data.format);
@@ -683,7 +714,7 @@ export class PveBackend implements ProxmoxBackend {
   }
 
   volumeFree(node: string, volid: string, call?: CallOptions): Promise<void> {
-    const path = `/nodes/${encodeURIComponent(node)}/storage/${encodeURIComponent(storageOf(volid))}/content/${encodeURIComponent(volid)}`;
+    const path = apiPath`/nodes/${node}/storage/${storageOf(volid)}/content/${volid}`;
     return this.mutate(`free volume ${volid}`, {}, "DELETE", path, {}, call);
   }
 }

@@ -1,8 +1,15 @@
+import { AsyncLocalStorage } from "node:async_hooks";
 import { readFileSync } from "node:fs";
-import { proxmoxApi } from "proxmox-api";
+import { type Proxmox, proxmoxApi } from "proxmox-api";
 import { Agent, fetch as undiciFetch } from "undici";
 import { AgentlabError } from "../../protocol/errors.js";
-import { type HttpMethod, type Params, PveRequestError, type PveTransport } from "./transport.js";
+import {
+  type ApiPath,
+  type HttpMethod,
+  type Params,
+  PveRequestError,
+  type PveTransport,
+} from "./transport.js";
 
 export interface ApiTransportOptions {
   /** https://host:8006 */
@@ -41,27 +48,35 @@ function splitToken(token: string): { tokenID: string; tokenSecret: string } {
   return { tokenID: token.slice(0, eq), tokenSecret: token.slice(eq + 1) };
 }
 
+/** What the one shared client needs to know about the request it is sending right now. */
+interface InFlight {
+  method: HttpMethod;
+  signal: AbortSignal | undefined;
+  /** The first network failure; proxmox-api re-sends once after it (ProxmoxEngine.ts doRequest). */
+  failure?: unknown;
+}
+
 /** The API backend's transport: HTTPS with an API token, TLS verified unless configured otherwise. */
 export class ApiTransport implements PveTransport {
   readonly kind = "api" as const;
   readonly calls = { count: 0 };
   private readonly dispatcher: Agent;
-  private readonly host: string;
-  private readonly port: number;
-  private readonly schema: "https" | "http";
   readonly tokenId: string;
-  private readonly tokenSecret: string;
+  /**
+   * One proxmox-api client for the daemon's lifetime, as its authors intend: it holds the
+   * credentials and the fetch that owns our keep-alive connection pool. The per-request bits (the
+   * caller's abort signal) travel through `inFlight` instead of a fresh client per call.
+   */
+  private readonly api: Proxmox.Api;
+  private readonly inFlight = new AsyncLocalStorage<InFlight>();
 
-  constructor(private readonly options: ApiTransportOptions) {
+  constructor(options: ApiTransportOptions) {
     const url = new URL(options.url);
-    this.schema = url.protocol === "http:" ? "http" : "https";
-    this.host = url.hostname;
+    const schema = url.protocol === "http:" ? "http" : "https";
     // URL drops a port equal to the scheme's default (https://pve:443 gives ""), so read it from the text.
     const explicitPort = /^[a-z]+:\/\/(?:\[[^\]]+\]|[^/:]+):(\d+)/i.exec(options.url)?.[1];
-    this.port = explicitPort ? Number(explicitPort) : 8006;
     const { tokenID, tokenSecret } = splitToken(options.token);
     this.tokenId = tokenID;
-    this.tokenSecret = tokenSecret;
     let ca: string | undefined;
     if (options.tlsCaPath) {
       try {
@@ -77,47 +92,62 @@ export class ApiTransport implements PveTransport {
       connect: { ...(ca ? { ca } : {}), rejectUnauthorized: !options.tlsInsecure },
       connectTimeout: Math.min(options.timeoutMs, 10_000),
     });
+    this.api = proxmoxApi({
+      host: url.hostname,
+      port: explicitPort ? Number(explicitPort) : 8006,
+      schema,
+      tokenID,
+      tokenSecret,
+      queryTimeout: options.timeoutMs,
+      fetch: ((input: string | URL, init: Record<string, unknown> = {}) => this.send(input, init)) as never,
+    });
+  }
+
+  /** The fetch behind the shared client: our dispatcher, the caller's signal, no blind re-sends. */
+  private async send(input: string | URL, init: Record<string, unknown>): Promise<unknown> {
+    const flight = this.inFlight.getStore();
+    // proxmox-api re-sends a request once after any network error or its own timeout, POST
+    // included. A POST/PUT/DELETE that may already have reached Proxmox (a clone, a destroy) must
+    // not run twice, so only GETs get that second try; the others report the first failure.
+    if (flight?.failure !== undefined && flight.method !== "GET") throw flight.failure;
+    this.calls.count++;
+    const signals = [init.signal as AbortSignal | undefined, flight?.signal].filter(
+      (s): s is AbortSignal => s !== undefined,
+    );
+    try {
+      return await undiciFetch(input, {
+        ...init,
+        dispatcher: this.dispatcher,
+        ...(signals.length > 0 ? { signal: AbortSignal.any(signals) } : {}),
+      } as Parameters<typeof undiciFetch>[1]);
+    } catch (error) {
+      if (flight && flight.failure === undefined) flight.failure = error;
+      throw error;
+    }
   }
 
   async request(
     method: HttpMethod,
-    path: string,
+    path: ApiPath,
     params: Params = {},
     signal?: AbortSignal,
   ): Promise<unknown> {
-    const api = proxmoxApi({
-      host: this.host,
-      port: this.port,
-      schema: this.schema,
-      tokenID: this.tokenId,
-      tokenSecret: this.tokenSecret,
-      queryTimeout: this.options.timeoutMs,
-      fetch: ((input: string | URL, init: Record<string, unknown> = {}) => {
-        this.calls.count++;
-        const signals = [init.signal as AbortSignal | undefined, signal].filter(
-          (s): s is AbortSignal => s !== undefined,
-        );
-        return undiciFetch(input, {
-          ...init,
-          dispatcher: this.dispatcher,
-          ...(signals.length > 0 ? { signal: AbortSignal.any(signals) } : {}),
-        } as Parameters<typeof undiciFetch>[1]);
-      }) as unknown as typeof globalThis.fetch,
-    });
-    // proxmox-api builds the path from property accesses; $() adds one escaped segment.
-    let node = api as unknown as Record<string, unknown> & { $(segment: string): unknown };
-    for (const segment of path.split("/").filter(Boolean)) {
-      node = node.$(decodeURIComponent(segment)) as typeof node;
-    }
+    // The backend is written once for pvesh and HTTPS, so it names paths as raw segments, not
+    // through proxmox-api's typed property chain (which pvesh cannot take). This walk is the narrow
+    // escape hatch: `$()` escapes only '/' (proxmox-api proxy.ts), and a raw '%', '?' or '#' in a
+    // volid would change the URL, so every segment is percent-encoded here; pve-http-server
+    // unescapes the whole path before routing (AnyEvent.pm:1452).
+    let node = this.api as unknown as { $(segment: string): typeof node } & Record<string, unknown>;
+    for (const segment of path.segments) node = node.$(encodeURIComponent(segment));
     const verb = node[`$${method.toLowerCase()}`] as (p: Params) => Promise<unknown>;
     const clean: Params = {};
     for (const [key, value] of Object.entries(params)) if (value !== undefined) clean[key] = value;
     try {
-      return await verb(clean);
+      return await this.inFlight.run({ method, signal }, () => verb(clean));
     } catch (error) {
       if (signal?.aborted)
         throw new AgentlabError("CANCELLED", `${method} ${path}: cancelled`, { cause: signal.reason });
-      throw parseApiError(method, path, error);
+      throw parseApiError(method, String(path), error);
     }
   }
 

@@ -1,6 +1,12 @@
 import { execa } from "execa";
 import { AgentlabError } from "../../protocol/errors.js";
-import { type HttpMethod, type Params, PveRequestError, type PveTransport } from "./transport.js";
+import {
+  type ApiPath,
+  type HttpMethod,
+  type Params,
+  PveRequestError,
+  type PveTransport,
+} from "./transport.js";
 
 const VERBS: Record<HttpMethod, string> = { GET: "get", POST: "create", PUT: "set", DELETE: "delete" };
 
@@ -12,9 +18,13 @@ export interface ShellTransportOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** pvesh arguments for one call: `pvesh create /path --key value ... --output-format json`. */
-export function pveshArgs(method: HttpMethod, path: string, params: Params = {}): string[] {
-  const args = [VERBS[method], path];
+/**
+ * pvesh arguments for one call: `pvesh create /path --key value ... --output-format json`. The path
+ * goes in raw: pvesh hands argv to the handler lookup without unescaping anything (pvesh.pm:398-443),
+ * so a percent-encoded UPID or volid would reach the handler as `UPID%3A...`.
+ */
+export function pveshArgs(method: HttpMethod, path: ApiPath | string, params: Params = {}): string[] {
+  const args = [VERBS[method], String(path)];
   for (const [key, value] of Object.entries(params)) {
     if (value === undefined) continue;
     args.push(`--${key}`, typeof value === "boolean" ? (value ? "1" : "0") : String(value));
@@ -80,9 +90,10 @@ export class ShellTransport implements PveTransport {
 
   constructor(private readonly options: ShellTransportOptions) {}
 
-  async request(method: HttpMethod, path: string, params?: Params, signal?: AbortSignal): Promise<unknown> {
+  async request(method: HttpMethod, path: ApiPath, params?: Params, signal?: AbortSignal): Promise<unknown> {
     this.calls.count++;
     const args = pveshArgs(method, path, params);
+    const raw = String(path);
     const result = await execa(this.options.pvesh ?? "pvesh", args, {
       reject: false,
       timeout: this.options.timeoutMs,
@@ -92,14 +103,14 @@ export class ShellTransport implements PveTransport {
       stripFinalNewline: false,
     });
     if (result.isCanceled) {
-      throw new AgentlabError("CANCELLED", `${method} ${path}: cancelled`, { cause: signal?.reason });
+      throw new AgentlabError("CANCELLED", `${method} ${raw}: cancelled`, { cause: signal?.reason });
     }
     if (result.timedOut) {
       throw new AgentlabError(
         "PROXMOX_TIMEOUT",
         `pvesh ${args[0]} ${path} did not finish within ${this.options.timeoutMs} ms`,
         {
-          details: { path },
+          details: { path: raw },
         },
       );
     }
@@ -119,7 +130,7 @@ export class ShellTransport implements PveTransport {
         },
       );
     }
-    if (result.exitCode !== 0) throw parsePveshError(method, path, String(result.stderr), result.exitCode);
-    return parsePveshOutput(method, path, String(result.stdout));
+    if (result.exitCode !== 0) throw parsePveshError(method, raw, String(result.stderr), result.exitCode);
+    return parsePveshOutput(method, raw, String(result.stdout));
   }
 }

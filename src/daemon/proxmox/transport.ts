@@ -8,13 +8,66 @@ export type HttpMethod = "GET" | "POST" | "PUT" | "DELETE";
 
 export type Params = Record<string, string | number | boolean | undefined>;
 
+/**
+ * A Proxmox API path as its raw segments: the path pvesh is given and the path pve-http-server sees
+ * after `uri_unescape` (AnyEvent.pm:1452). Nobody above the transport encodes anything: pvesh never
+ * unescapes (pvesh.pm:398-443, RESTHandler.pm:401,437 split on '/' and keep each segment as is), so
+ * `UPID%3A...` would reach the handler verbatim, while HTTPS needs every segment escaped. Each
+ * transport therefore renders the segments for its own face.
+ */
+export class ApiPath {
+  constructor(readonly segments: readonly string[]) {}
+
+  /** The path as pvesh takes it and as messages show it: raw segments joined by '/'. */
+  toString(): string {
+    return `/${this.segments.join("/")}`;
+  }
+}
+
+/**
+ * Builds an ApiPath: `apiPath\`/nodes/${node}/tasks/${upid}/status\``. Each interpolated value stays
+ * one segment even when it contains '/' (a dir-storage volid such as `local:100/vm-100-disk-0.qcow2`,
+ * which Proxmox's `{volume}` handler takes whole through its empty fragmentDelimiter,
+ * RESTHandler.pm:413-424); an interpolated ApiPath is spliced in as its segments.
+ */
+export function apiPath(strings: TemplateStringsArray, ...values: Array<string | number | ApiPath>): ApiPath {
+  const segments: string[] = [];
+  // `open` is the segment being built: text and values not separated by a literal '/'.
+  let open: string | undefined;
+  const addText = (text: string) => {
+    const parts = text.split("/");
+    parts.forEach((part, i) => {
+      if (i > 0) {
+        if (open !== undefined && open !== "") segments.push(open);
+        open = undefined;
+      }
+      if (part !== "") open = (open ?? "") + part;
+    });
+  };
+  strings.forEach((text, i) => {
+    addText(text);
+    if (i >= values.length) return;
+    const value = values[i]!;
+    if (value instanceof ApiPath) {
+      if (open !== undefined) throw new Error(`apiPath: a path cannot continue the segment "${open}"`);
+      segments.push(...value.segments);
+    } else {
+      const raw = String(value);
+      if (raw === "") throw new Error("apiPath: an empty path segment");
+      open = (open ?? "") + raw;
+    }
+  });
+  if (open !== undefined && open !== "") segments.push(open);
+  return new ApiPath(segments);
+}
+
 export interface PveTransport {
   readonly kind: "shell" | "api";
   /**
    * Perform one call and return the `data` value. For worker endpoints that is the UPID string; the
    * shell transport returns it only after the worker ran (pvesh runs workers in the foreground).
    */
-  request(method: HttpMethod, path: string, params?: Params, signal?: AbortSignal): Promise<unknown>;
+  request(method: HttpMethod, path: ApiPath, params?: Params, signal?: AbortSignal): Promise<unknown>;
   /** Spawns (shell) or HTTP requests (api) made so far. */
   readonly calls: { count: number };
 }
@@ -25,9 +78,12 @@ export interface PveTransport {
  * what the classifier reads; `errors` holds per-parameter texts of a 400.
  */
 export class PveRequestError extends Error {
+  /** The raw path (segments joined by '/'), as pvesh takes it. */
+  readonly path: string;
+
   constructor(
     readonly method: HttpMethod,
-    readonly path: string,
+    path: string | ApiPath,
     readonly reason: string,
     readonly status?: number,
     readonly errors?: Record<string, string>,
@@ -36,5 +92,6 @@ export class PveRequestError extends Error {
   ) {
     super(`${method} ${path}: ${status !== undefined ? `${status} ` : ""}${reason}`, options);
     this.name = "PveRequestError";
+    this.path = String(path);
   }
 }

@@ -29,8 +29,15 @@ export interface ClusterVm {
   vmid: number;
   node: string;
   name?: string;
-  /** Proxmox's RRD-based status: a fresh clone may read "unknown" for ~10 s. */
+  /**
+   * pvestatd's last report (RRD), not the live state: "unknown" until it has reported the VM, and a
+   * start or stop shows up only with its next report (up to ~10 s). Ask `status()` for the truth.
+   */
   state: PowerState;
+  /**
+   * Also from pvestatd: false while the VM is unreported. Never decide anything from it that must be
+   * right (linked vs full clone): read `template` in the VM's config.
+   */
   template: boolean;
   lock?: string;
   tags: string[];
@@ -114,7 +121,10 @@ export interface ListTasksOptions {
   vmid?: number;
   /** Task type, e.g. `qmsnapshot`. */
   typefilter?: string;
-  /** `active` = running now; `archive` (Proxmox's default) = finished; `all`. */
+  /**
+   * `active` = running now, plus finished tasks not yet archived (filter on `running`); `archive`
+   * (Proxmox's default) = finished; `all`.
+   */
   source?: "archive" | "active" | "all";
   /** Proxmox's default is 50. */
   limit?: number;

@@ -10,7 +10,7 @@ import type { DaemonContext } from "../context.js";
 import { DEFAULT_NFT_PARAMS, nftParamsFromConfig } from "../network/nft.js";
 import type { ClusterVm, VmConfig } from "../proxmox/types.js";
 import { quickCheck } from "../store/health.js";
-import { agentEnabled } from "./sandbox/vm-config.js";
+import { agentEnabled, isTemplateConfig } from "./sandbox/vm-config.js";
 
 /** Longest any single Proxmox call of the checks may take, well inside the CLI's default 30 s. */
 export const CHECK_CALL_MS = 10_000;
@@ -80,13 +80,14 @@ async function templateFindings(
     ];
   }
   const found: TemplateFinding[] = [];
-  if (!vm.template) {
-    found.push({ problem: `VM ${vmid} is not a template`, fix: `qm template ${vmid}` });
-  }
   const config = await withTimeout(
     `the config of VM ${vmid}`,
     ctx.backend.getConfig({ vmid, node: vm.node }),
   );
+  // From the config: the cluster list has no `template` until pvestatd has reported the VM.
+  if (!isTemplateConfig(config)) {
+    found.push({ problem: `VM ${vmid} is not a template`, fix: `qm template ${vmid}` });
+  }
   if (!agentEnabled(config.agent)) {
     found.push({
       problem: `VM ${vmid} has no guest agent enabled (agent: 1)`,

@@ -15,10 +15,12 @@ import {
   finalizeJobs,
   INTERRUPTED_REASON,
   isProvisioning,
+  isVmNotFound,
   vmRefOf,
 } from "./maintenance-steps.js";
 import type { Operation } from "./operation.js";
 import { CLEAN_SNAPSHOT } from "./sandbox/revert.js";
+import { isTemplateConfig } from "./sandbox/vm-config.js";
 import { foreignVolumes, releaseSandboxWorkspace } from "./sandbox/workspace.js";
 import type { SandboxService } from "./sandboxes.js";
 
@@ -173,8 +175,7 @@ export class Recovery {
               !row.vm_created &&
               row.state === "PROVISIONING" &&
               vm &&
-              !vm.template &&
-              vm.name === row.name
+              (await this.clonedFor(row, vm, ref))
             ) {
               row = this.ctx.store.sandboxes.update(vmid, { vm_created: true }) ?? row;
               this.event(
@@ -183,7 +184,7 @@ export class Recovery {
                 `VM ${vmid} was cloned for this sandbox while the daemon was down`,
               );
             }
-            if (options.finish && row.vm_created && vm?.state === "running") {
+            if (options.finish && row.vm_created && vm && (await this.runsNow(vm, ref))) {
               try {
                 const ip = await this.finish(row, ref, op);
                 if (ip) {
@@ -214,6 +215,30 @@ export class Recovery {
       });
     if (outcome?.settled) this.interrupted.delete(vmid);
     return outcome?.change;
+  }
+
+  /**
+   * Whether the VM is the clone made for this row. The cluster list has `name` and `template` only
+   * once pvestatd has reported the VM (API2Tools.pm:84-116); before that, the config has both.
+   */
+  private async clonedFor(row: Sandbox, vm: ClusterVm, ref: VmRef): Promise<boolean> {
+    if (vm.name !== undefined) return !vm.template && vm.name === row.name;
+    const config = await this.ctx.backend.getConfig(ref);
+    return !isTemplateConfig(config) && config.name === row.name;
+  }
+
+  /**
+   * Whether the VM runs. The cluster list is pvestatd's last report: "unknown", or still "stopped",
+   * for up to ~10 s after a start, so anything but "running" there is asked of the VM itself.
+   */
+  private async runsNow(vm: ClusterVm, ref: VmRef): Promise<boolean> {
+    if (vm.state === "running") return true;
+    try {
+      return (await this.ctx.backend.status(ref)).state === "running";
+    } catch (error) {
+      if (isVmNotFound(error)) return false;
+      throw error;
+    }
   }
 
   /** FAILED (if still before RUNNING), the VM removed if this row created it, the snippet deleted. */

@@ -30,7 +30,7 @@ import { recordEvent, reportStep } from "./journal.js";
 import { sandboxJson } from "./json.js";
 import { CLEAN_SNAPSHOT } from "./revert.js";
 import type { ValidateParams } from "./validate.js";
-import { diskSizeGb, netMac, rootDisk, sandboxTags, vmTags } from "./vm-config.js";
+import { diskSizeGb, isTemplateConfig, netMac, rootDisk, sandboxTags, vmTags } from "./vm-config.js";
 import type { VmidAllocator } from "./vmid-allocator.js";
 import { releaseSandboxWorkspace, type SandboxWorkspaces } from "./workspace.js";
 
@@ -335,7 +335,12 @@ async function prepare(run: Run, cleanNow: boolean): Promise<void> {
   const { backend, config } = ctx;
   transitionSandbox(ctx.store, row.vmid, "PROVISIONING");
   op.signal.throwIfAborted();
-  const full = config.proxmox_clone_mode === "full" || !template.template;
+  // Linked or full from the template's config: /cluster/resources leaves `template` out until
+  // pvestatd has reported the VM (API2Tools.pm:84-116), which would silently make a full clone.
+  const full =
+    config.proxmox_clone_mode === "full" ||
+    !isTemplateConfig(await backend.getConfig({ vmid: template.vmid, node: template.node }));
+  op.signal.throwIfAborted();
   reportStep(op, row.vmid, "clone", `cloning template ${template.vmid} (${full ? "full" : "linked"} clone)`);
   await backend.clone(
     { vmid: template.vmid, node: template.node },

@@ -6,7 +6,7 @@ import { closest } from "../../../config/suggest.js";
 import { type PlanIssue, SandboxName, type SandboxPlan, SandboxTag } from "../../../protocol/sandbox.js";
 import type { DaemonContext } from "../../context.js";
 import { describe } from "../maintenance-steps.js";
-import { agentEnabled, diskSizeGb, rootDisk, sandboxTags } from "./vm-config.js";
+import { agentEnabled, diskSizeGb, isTemplateConfig, rootDisk, sandboxTags } from "./vm-config.js";
 import { type VmidAllocator, vmidConflictMessage } from "./vmid-allocator.js";
 
 export interface ValidateParams {
@@ -116,9 +116,13 @@ export async function validateSandbox(
     } else {
       plan.node = template.node;
       if (template.name) plan.template_name = template.name;
-      const full = ctx.config.proxmox_clone_mode === "full" || !template.template;
+      // Whether it is a template comes from its config: the cluster list leaves `template` out
+      // until pvestatd has reported the VM (API2Tools.pm:84-116).
+      const config = await ctx.backend.getConfig({ vmid: template.vmid, node: template.node });
+      const isTemplate = isTemplateConfig(config);
+      const full = ctx.config.proxmox_clone_mode === "full" || !isTemplate;
       plan.clone = full ? "full" : "linked";
-      if (!template.template && ctx.config.proxmox_clone_mode === "linked") {
+      if (!isTemplate && ctx.config.proxmox_clone_mode === "linked") {
         warnings.push(
           issue(
             "template_not_template",
@@ -127,7 +131,6 @@ export async function validateSandbox(
           ),
         );
       }
-      const config = await ctx.backend.getConfig({ vmid: template.vmid, node: template.node });
       if (config.agent === undefined) {
         errors.push(
           issue(

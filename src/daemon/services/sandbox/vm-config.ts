@@ -43,6 +43,11 @@ export function nonRootDisks(config: VmConfig): string[] {
     .sort();
 }
 
+/** Whether a VM config is a template's (`template: 1`), the only reliable source for it. */
+export function isTemplateConfig(config: VmConfig): boolean {
+  return Number(config.template) === 1;
+}
+
 /** Whether a config's `agent` property turns the guest agent on (`1`, `enabled=1`, `1,fstrim_...`). */
 export function agentEnabled(value: string | number | undefined): boolean {
   if (value === undefined) return false;

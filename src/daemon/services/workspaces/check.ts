@@ -468,7 +468,8 @@ export async function gatherCheckFacts(
     try {
       const [holderConfig, status] = await Promise.all([backend.getConfig(holder), backend.status(holder)]);
       const activeTasks = status.lock
-        ? (await backend.listTasks(node, { vmid: holder.vmid, source: "active" })).length
+        ? (await backend.listTasks(node, { vmid: holder.vmid, source: "active" })).filter((t) => t.running)
+            .length
         : 0;
       facts.holder = { found: true, config: holderConfig, status, activeTasks };
       facts.holderSnapshots = await backend.snapshotList(holder);

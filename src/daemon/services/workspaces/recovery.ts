@@ -301,7 +301,10 @@ export class WorkspaceRecovery {
     const deadline = Date.now() + this.taskWaitMs;
     let delay = 200;
     for (;;) {
-      const active = await this.backend.listTasks(vm.node, { vmid: vm.vmid, source: "active" });
+      // The active list also holds finished tasks not yet archived (Tasks.pm:228-236).
+      const active = (await this.backend.listTasks(vm.node, { vmid: vm.vmid, source: "active" })).filter(
+        (t) => t.running,
+      );
       if (active.length === 0) return;
       if (Date.now() >= deadline) {
         throw new AgentlabError(
