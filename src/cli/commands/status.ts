@@ -14,6 +14,11 @@ function backendLine(backend: DaemonStatus["backend"]): string {
   return `${backend.kind}: unreachable: ${why}`;
 }
 
+function privilegesLine(check: DaemonStatus["privileges"]): string {
+  const fix = check.status !== "ok" && check.fix ? `\n${" ".repeat(11)}fix: ${check.fix}` : "";
+  return `${check.status}: ${check.detail}${fix}`;
+}
+
 function guestLine(listener: DaemonStatus["guest_listener"]): string {
   if (listener.listening) return `phone-home on ${listener.url ?? listener.address}`;
   const hint = listener.hint ? `\n${" ".repeat(11)}hint: ${listener.hint}` : "";
@@ -29,6 +34,7 @@ export function statusText(status: DaemonStatus): string {
     ["uptime", `${formatDuration(Math.round(status.uptime_seconds) * 1000)} (since ${status.started_at})`],
     ["schema", `version ${status.schema_version}`],
     ["backend", backendLine(status.backend)],
+    ["privileges", privilegesLine(status.privileges)],
     ["guests", guestLine(status.guest_listener)],
     ["database", `${status.database.path} (${formatBytes(status.database.size_bytes)})`],
     ["socket", status.socket_path],
