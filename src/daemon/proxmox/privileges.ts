@@ -2,34 +2,42 @@
  * The Proxmox privileges the api backend's token needs, in one place: docs/runbook.md's
  * `pveum role add AgentLab` line is checked against AGENTLAB_ROLE_PRIVS by a test, and
  * `agentlab init`/`status` compare the token's effective privileges against requiredPrivileges().
- * Names are pve-access-control's (src/PVE/AccessControl.pm:1057-1168).
+ * Names are pve-access-control's (src/PVE/AccessControl.pm:1057-1168); Qemu.pm is qemu-server's
+ * src/PVE/API2/Qemu.pm.
  */
 
 /** The role every ACL line of the runbook grants. */
 export const AGENTLAB_ROLE = "AgentLab";
 
-/** What each privilege is for, with the Proxmox source that demands it. */
+/** What each privilege is for (shown to the user), and in comments the Proxmox source that demands it. */
 const ROLE_PRIVS: Record<string, string> = {
-  "VM.Allocate": "clone, create and destroy sandboxes and workspace holders (Qemu.pm:4337-4345)",
-  "VM.Clone": "clone the template (Qemu.pm:4337)",
+  // Qemu.pm:4337-4345 (clone: VM.Allocate on /vms/<newid>); create and destroy the same.
+  "VM.Allocate": "clone, create and destroy sandboxes and workspace holders",
+  // Qemu.pm:4341 (VM.Clone on /vms/<template>).
+  "VM.Clone": "clone the template",
   "VM.Audit": "read VM configs, status, snapshots and the cluster VM list",
-  "VM.Config.Disk": "resize disks, attach and detach workspace volumes (Qemu.pm:1018-1030, 6025)",
+  // Qemu.pm:1023 (check_vm_modify_config_perm), 5946 (resize_vm).
+  "VM.Config.Disk": "resize disks, attach and detach workspace volumes",
   "VM.Config.CPU": "set cores",
   "VM.Config.Memory": "set memory",
   "VM.Config.Network": "set net0",
   "VM.Config.Options": "set tags, onboot, protection, description",
   "VM.Config.HWType": "set scsihw",
-  "VM.Config.Cloudinit": "set cicustom and ipconfig0 (Qemu.pm:1026-1029)",
+  // Qemu.pm:1026-1029: VM.Config.Cloudinit or VM.Config.Network.
+  "VM.Config.Cloudinit": "set cicustom and ipconfig0",
   "VM.PowerMgmt": "start, shut down and stop VMs",
   "VM.Snapshot": "take and delete snapshots",
   "VM.Snapshot.Rollback": "revert a sandbox to its clean snapshot",
-  "Datastore.AllocateSpace":
-    "allocate disks on the storages of clones, holders and resizes (Qemu.pm:314, 6025)",
-  "Datastore.Audit": "list storages and read another VM's volume: workspaces (Storage.pm:630-646)",
-  "Datastore.Allocate":
-    "read a storage's config, GET /storage/{id}, for lvmthin and ZFS workspaces (Config.pm:180)",
-  "SDN.Use": "use the sandbox bridge, /sdn/zones/localnetwork/<bridge>, PVE 8+ (GuestHelpers.pm:397-421)",
-  "Sys.Audit": "see tasks the token did not start, /nodes/<node> (Tasks.pm:184-190)",
+  // Qemu.pm:314 (clone, every disk's storage, linked clones too), 189 (new disks), 6025 (resize).
+  "Datastore.AllocateSpace": "allocate disks on the storages of clones, holders and resizes",
+  // pve-storage Storage.pm:619-656 (check_volume_access), API2/Storage/Status.pm (storage list filter).
+  "Datastore.Audit": "list storages and use a workspace volume another VM owns",
+  // pve-storage API2/Storage/Config.pm:180.
+  "Datastore.Allocate": "read the storage's config (GET /storage/{id}) for lvmthin and ZFS workspaces",
+  // pve-guest-common GuestHelpers.pm:397-421 (check_bridge_access), since PVE 8.0.
+  "SDN.Use": "put net0 on the bridge",
+  // pve-manager API2/Tasks.pm:184-190.
+  "Sys.Audit": "see tasks the token did not start",
 };
 
 /** Read-only guest agent calls: VM.GuestAgent.Audit since PVE 9 (Agent.pm:65-67), VM.Monitor before. */
