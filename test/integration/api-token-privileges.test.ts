@@ -202,3 +202,30 @@ describe("api backend with the AgentLab role minus SDN.Use", () => {
     );
   });
 });
+
+describe("PVE 8 with the runbook's PVE 8 role (VM.Monitor for the agent)", () => {
+  let h: SimHost;
+  before(async () => {
+    h = await startSimHost(
+      "api",
+      "host_tools: off\n",
+      { knobs: { ...TIMINGS, pve_version: "8.4.1" } },
+      runbookToken(runbookRoleLines()[1]!),
+    );
+  });
+  after(async () => {
+    await h.stop();
+  });
+
+  test("init finds nothing missing; sandbox new reaches the agent and destroy removes the VM", async () => {
+    const init = await h.json<{ checks: Check[] }>(["init"]);
+    const check = init.body.checks.find((c) => c.name === "privileges");
+    assert.equal(check?.status, "ok", JSON.stringify(check));
+    const created = await h.json<SandboxBody>(["sandbox", "new", "--profile", "yolo-ephemeral"]);
+    assert.equal(created.code, 0, `${created.stderr}${JSON.stringify(created.body)}`);
+    assert.equal(created.body.state, "RUNNING");
+    const destroyed = await h.json(["sandbox", "destroy", String(created.body.vmid)]);
+    assert.equal(destroyed.code, 0, destroyed.stderr);
+    assert.equal(await simVm(h, created.body.vmid), undefined);
+  });
+});

@@ -61,7 +61,7 @@ export function roleAddCommand(pveMajor: number): string {
 
 export function privilegePurpose(priv: string): string {
   if (priv === "VM.GuestAgent.Audit" || priv === "VM.Monitor")
-    return "ask the guest agent for the sandbox's address (Agent.pm)";
+    return "ask the guest agent for the sandbox's address";
   return ROLE_PRIVS[priv] ?? "";
 }
 
