@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { InitCheck } from "./init.js";
 import { defineMethod } from "./method.js";
 
 export const SandboxCounts = z
@@ -30,6 +31,9 @@ export const DaemonStatus = z.object({
       .optional()
       .describe("why Proxmox could not be reached"),
   }),
+  privileges: InitCheck.describe(
+    "the api backend token's effective privileges against what agentlabd uses (not applicable on the shell backend)",
+  ),
   database: z.object({
     path: z.string(),
     size_bytes: z.number().int().nonnegative().describe("database file plus its write-ahead log"),

@@ -97,7 +97,7 @@ export const ERROR_CODES = {
   PROXMOX_PERMISSION: {
     rpc: 1403,
     exit: 1,
-    hint: "grant the role to the user AND to the token (privilege separation), or create the token with --privsep 0",
+    hint: "grant the AgentLab role (docs/runbook.md, API backend install) on the path named to the user AND to the token (privilege separation); agentlab init lists what is missing",
   },
   PROXMOX_AUTH: {
     rpc: 1404,

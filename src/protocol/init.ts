@@ -13,7 +13,9 @@ export const InitCheck = z.object({
 export type InitCheck = z.infer<typeof InitCheck>;
 
 export const DaemonChecks = z.object({
-  checks: z.array(InitCheck).describe("profiles, templates, snippets, backend, database, in that order"),
+  checks: z
+    .array(InitCheck)
+    .describe("profiles, templates, snippets, backend, privileges, database, in that order"),
   host: z
     .object({
       bridge: z.string().describe("sandbox bridge name"),
@@ -32,7 +34,7 @@ export type DaemonChecks = z.infer<typeof DaemonChecks>;
 export const daemonChecks = defineMethod({
   method: "daemon.checks",
   summary:
-    "The Proxmox- and config-side checks of agentlab init: profiles, templates, snippets, backend, database.",
+    "The Proxmox- and config-side checks of agentlab init: profiles, templates, snippets, backend, API token privileges, database.",
   params: z.object({}).strict(),
   result: DaemonChecks,
   progress: false,

@@ -22,11 +22,14 @@ export async function startSimHost(
   kind: BackendKind,
   extraConfig = "",
   simOptions: SimOptions = {},
+  /** Makes the API token the daemon uses instead of root's (api only), e.g. a privilege-separated one. */
+  apiToken?: (sim: Sim) => Promise<string>,
 ): Promise<SimHost> {
   const sim = createSim(simOptions);
   let api: SimApi | undefined;
   let backendConfig = "proxmox_backend: shell\n";
   if (kind === "api") {
+    if (apiToken) sim.token = await apiToken(sim);
     api = await startApiProcess(sim);
     backendConfig = `proxmox_backend: api\nproxmox_api_url: https://127.0.0.1:${api.port}\nproxmox_api_token: "${api.token}"\nproxmox_tls_ca_path: ${api.caPath}\n`;
   }
@@ -37,9 +40,11 @@ export async function startSimHost(
       .split("\n")
       .filter((line) => !overridden.has(/^(\w+):/.exec(line)?.[1] ?? ""))
       .join("\n");
+  // The simulator's pvesh (shell) and its zfs/lvs/lvchange (host_tools: on, either backend) on PATH.
+  const simTools = kind === "shell" || /^host_tools: on$/m.test(extraConfig);
   const host = makeHostDir(
     `${base}\n${extraConfig}`,
-    kind === "shell" ? { PATH: sim.env.PATH, PVESIM_DIR: sim.dir, PVESIM_NODE_BIN: process.execPath } : {},
+    simTools ? { PATH: sim.env.PATH, PVESIM_DIR: sim.dir, PVESIM_NODE_BIN: process.execPath } : {},
   );
   const daemon = await startDaemon(host);
   const cli = (args: string[]) => runCli(["--socket", host.socketPath, ...args]);

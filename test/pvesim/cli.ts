@@ -4,7 +4,7 @@
  */
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { addAcl, addToken } from "./access.js";
+import { addAcl, addRole, addToken } from "./access.js";
 import { processIo } from "./cli-common.js";
 import { type Control, parseFault, parseKnob, readControl, updateControl } from "./control.js";
 import { lvchangeMain, lvsMain, rebootNodes, zfsMain } from "./host-cli.js";
@@ -23,7 +23,8 @@ const USAGE = `usage:
   pvesim serve DIR [--port N] [--host 127.0.0.1]
   pvesim control DIR [--set key=value]... [--fault name[=args]]... [--clear-faults] [--clear-fault name]
                      [--remove-vm VMID]... [--add-token USER@REALM!ID [--privsep 0|1]]
-                     [--acl PATH:ROLE:SUBJECT]... [--host-reboot all|NODE] [--show]
+                     [--add-role NAME:PRIV[,PRIV...]]... [--acl PATH:ROLE:SUBJECT[:0]]...
+                     [--host-reboot all|NODE] [--show]
   pvesim qm|pvesh|pvesm|zfs|lvs|lvchange ARGS...      (state directory from PVESIM_DIR)`;
 
 class CliError extends Error {}
@@ -121,6 +122,7 @@ async function control(argv: string[]): Promise<number> {
     "remove-vm",
     "add-token",
     "privsep",
+    "add-role",
     "acl",
     "host-reboot",
     "show",
@@ -142,9 +144,20 @@ async function control(argv: string[]): Promise<number> {
   const removals = (opts.get("remove-vm") ?? []).map(Number);
   const tokenId = one(opts, "add-token");
   const acls = opts.get("acl") ?? [];
+  const roles = opts.get("add-role") ?? [];
   const printed: Record<string, unknown> = {};
-  if (removals.length || tokenId || acls.length) {
+  if (removals.length || tokenId || acls.length || roles.length) {
     await withModel(dir, (ctx) => {
+      // Like `pveum role add NAME -privs "A,B"`; roles come first so the ACLs below can name them.
+      for (const role of roles) {
+        const colon = role.indexOf(":");
+        if (colon <= 0) throw new CliError(`--add-role wants NAME:PRIV[,PRIV...], got '${role}'`);
+        const privs = role
+          .slice(colon + 1)
+          .split(/[,;\s]+/)
+          .filter(Boolean);
+        addRole(ctx.state, role.slice(0, colon), privs, ctx.control.pve_version);
+      }
       for (const vmid of removals) {
         if (!removeVmBehindBack(ctx, vmid)) throw new CliError(`VM ${vmid} does not exist`);
       }

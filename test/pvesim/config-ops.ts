@@ -1,5 +1,5 @@
 /** Reading and changing VM configuration: GET/PUT/POST config, pending, unlink, resize. */
-import { type AuthId, checkPriv } from "./access.js";
+import { type AuthId, checkPriv, parseAuthId } from "./access.js";
 import { optionPrivilege, optionSpec } from "./config-schema.js";
 import type { Ctx } from "./context.js";
 import { addUnused, detachDrive, materialiseDrive, ownsVolume } from "./disks.js";
@@ -29,6 +29,7 @@ import {
   UNUSED_KEY,
 } from "./vmconfig.js";
 import { checkLock, getVm } from "./vms.js";
+import { checkVolumeAccess } from "./volume-access.js";
 
 export const CONFIG_CONTROL_PARAMS = new Set([
   "node",
@@ -139,8 +140,20 @@ function prepareUpdate(ctx: Ctx, auth: AuthId, node: string, vmid: number, p: Pa
       if (bridge) checkPriv(ctx.state, auth, `/sdn/zones/localnetwork/${bridge}`, ["SDN.Use"]);
     }
     if (DRIVE_KEY.test(key)) {
+      // qemu-server API2/Qemu.pm:163-200 ($check_storage_access): a new disk needs space on its
+      // storage, a reference to an existing volume passes check_volume_access.
       const m = /^([a-z][a-z0-9\-_.]*[a-z0-9]):(\d+(?:\.\d+)?|cloudinit)(,|$)/i.exec(value);
       if (m) checkPriv(ctx.state, auth, `/storage/${m[1]}`, ["Datastore.AllocateSpace"]);
+      else {
+        let file: string | undefined;
+        try {
+          file = parseDrive(value).file;
+        } catch {
+          file = undefined; // a malformed drive is refused by the schema check that follows
+        }
+        if (file && !["none", "cdrom", "cloudinit"].includes(file) && !/:cloudinit$/.test(file))
+          checkVolumeAccess(ctx, auth, file, vmid);
+      }
     }
   }
   const args = [
@@ -319,6 +332,10 @@ registerTaskKind("resize", {
     if (value === undefined) throw fail(`disk '${disk}' does not exist`);
     const drive = parseDrive(value);
     if (isCdrom(drive)) throw fail("you can't resize a cdrom");
+    // Checked inside the worker, after the config is loaded (qemu-server API2/Qemu.pm:6023-6025).
+    const storage = /^([^:/]+):/.exec(drive.file)?.[1];
+    const who = parseAuthId(task.user);
+    if (storage && who) checkPriv(ctx.state, who, `/storage/${storage}`, ["Datastore.AllocateSpace"]);
     const rec = findVolume(ctx.state, vm.node, drive.file);
     if (!rec) throw fail(`volume '${drive.file}' does not exist`);
     const m = /^(\+)?(.+)$/.exec(String(task.op.params["size"]))!;

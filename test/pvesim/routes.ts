@@ -3,7 +3,8 @@
  * server under /api2/json and `pvesh` — so the two can never disagree.
  */
 import type { AuthId } from "./access.js";
-import { checkPriv } from "./access.js";
+import { checkPriv, pveVersionAtLeast } from "./access.js";
+import { accessPermissions, USERID_OR_TOKEN } from "./access-api.js";
 import { cloneVm } from "./clone.js";
 import {
   clusterResources,
@@ -103,14 +104,16 @@ const CONFIG_UPDATE_PARAMS: Record<string, ParamSpec> = {
   force: BOOL_OPT,
 };
 
+/**
+ * PVE 9 guards the read-only agent commands with VM.GuestAgent.Audit or .Unrestricted
+ * (qemu-server API2/Qemu/Agent.pm:65-67, 183-184; commit b92a40ce); before that every agent command
+ * needed VM.Monitor (the same file at b92a40ce^, :147).
+ */
 function agentCall(c: RouteCall, result: () => unknown): RouteResult {
-  checkPriv(
-    c.ctx.state,
-    c.auth,
-    `/vms/${vmid(c)}`,
-    ["VM.GuestAgent.Audit", "VM.GuestAgent.Unrestricted"],
-    true,
-  );
+  const privs = pveVersionAtLeast(c.ctx.control.pve_version, [9, 0, 0])
+    ? ["VM.GuestAgent.Audit", "VM.GuestAgent.Unrestricted"]
+    : ["VM.Monitor"];
+  checkPriv(c.ctx.state, c.auth, `/vms/${vmid(c)}`, privs, true);
   const vm = getVm(c.ctx, node(c), vmid(c));
   requireAgent(c.ctx, vm);
   return data({ result: result() });
@@ -124,6 +127,12 @@ export const ROUTES: Route[] = [
     handler: () => index("subdir", ["version", "cluster", "nodes", "storage", "access", "pools"]),
   },
   { method: "GET", path: "/version", params: {}, handler: (c) => data(version(c.ctx)) },
+  {
+    method: "GET",
+    path: "/access/permissions",
+    params: { userid: USERID_OR_TOKEN, path: OPT_STR },
+    handler: (c) => data(accessPermissions(c.ctx, c.auth, c.params)),
+  },
   {
     method: "GET",
     path: "/cluster",

@@ -24,6 +24,7 @@ import {
 import { createTask, registerTaskKind } from "./tasks.js";
 import type { StorageRec, TaskRec, VolumeRec } from "./types.js";
 import { checkNode } from "./vms.js";
+import { checkVolumeAccess } from "./volume-access.js";
 
 function storageOr400(ctx: Ctx, id: string): StorageRec {
   const s = findStorage(ctx.state, id);
@@ -145,8 +146,9 @@ export function volumeAttributes(
 ): Record<string, unknown> {
   checkNode(ctx, node);
   const s = storageOr400(ctx, storage);
-  checkPriv(ctx.state, auth, `/storage/${storage}`, ["Datastore.Audit", "Datastore.AllocateSpace"], true);
   const volid = resolveVolid(storage, volume);
+  // "You need read access for the volume" (pve-storage API2/Storage/Content.pm:308-310, 369).
+  checkVolumeAccess(ctx, auth, volid);
   const { volname } = splitVolid(volid);
   const info = parseVolname(s, volname);
   const rec = findVolume(ctx.state, node, volid);

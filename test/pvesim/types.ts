@@ -178,6 +178,8 @@ export interface SimState {
   nextPid: number;
   users: Record<string, UserRec>;
   acl: AclEntry[];
+  /** Roles made with `pveum role add` (pvesim control --add-role); absent in older state files. */
+  roles?: Record<string, string[]>;
   /** How often each counted fault (by its id) has fired. */
   faultUse: Record<string, number>;
   createdAt: number;

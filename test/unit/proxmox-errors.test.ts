@@ -40,7 +40,7 @@ describe("classifying Proxmox failures", () => {
     }
   });
 
-  test("403 explains privilege separation with both pveum commands", () => {
+  test("403 names the missing privilege and path and grants the AgentLab role to user and token", () => {
     const error = parseApiError(
       "POST",
       "/nodes/pve/qemu/9000/clone",
@@ -52,8 +52,29 @@ describe("classifying Proxmox failures", () => {
     assert.equal(classified.code, "PROXMOX_PERMISSION");
     assert.match(classified.message, /Permission check failed \(\/vms\/101, VM\.Allocate\)/);
     assert.match(classified.hint, /INTERSECTION/);
-    assert.match(classified.hint, /pveum acl modify \/ --users sandbox@pve --roles PVEVMAdmin/);
-    assert.match(classified.hint, /pveum acl modify \/ --tokens 'sandbox@pve!orch' --roles PVEVMAdmin/);
+    assert.match(classified.hint, /lacks VM\.Allocate on \/vms\/101/);
+    assert.match(classified.hint, /pveum acl modify \/vms --users sandbox@pve --roles AgentLab/);
+    assert.match(classified.hint, /pveum acl modify \/vms --tokens 'sandbox@pve!orch' --roles AgentLab/);
+    assert.match(classified.hint, /pveum role add AgentLab -privs "[^"]*VM\.Allocate[^"]*"/);
+    assert.doesNotMatch(classified.hint, /PVEVMAdmin/);
+  });
+
+  test("403 on a storage names Datastore.AllocateSpace there, not a VM role", () => {
+    const error = parseApiError(
+      "POST",
+      "/nodes/pve/qemu/9000/clone",
+      new Error(
+        `POST https://pve:8006/api2/json/nodes/pve/qemu/9000/clone connection failed with 403 Permission check failed (/storage/local-zfs, Datastore.AllocateSpace) return: {"data":null,"message":"Permission check failed (/storage/local-zfs, Datastore.AllocateSpace)\\n"}`,
+      ),
+    );
+    const classified = classifyProxmoxError(error, ctx);
+    assert.equal(classified.code, "PROXMOX_PERMISSION");
+    assert.match(classified.hint, /lacks Datastore\.AllocateSpace on \/storage\/local-zfs/);
+    assert.match(
+      classified.hint,
+      /pveum acl modify \/storage\/local-zfs --tokens 'sandbox@pve!orch' --roles AgentLab/,
+    );
+    assert.match(classified.hint, /pveum role add AgentLab -privs "[^"]*Datastore\.AllocateSpace[^"]*"/);
   });
 
   test("401 is PROXMOX_AUTH", () => {

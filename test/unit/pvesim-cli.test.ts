@@ -4,7 +4,7 @@ import { realpathSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { createSim, PVESIM_CLI, runTool, type Sim, setControl } from "../pvesim/harness.js";
+import { createSim, inspect, PVESIM_CLI, runTool, type Sim, setControl } from "../pvesim/harness.js";
 
 const FAST = {
   clone_ms: 60,
@@ -285,6 +285,38 @@ describe("pvesim: pvesh and pvesm through the real executables", () => {
     assert.equal(clone.stderr, "clone failed: injected\n");
     await setControl(sim.dir, { clone_ms: 10 });
     assert.equal((await runTool(sim, "qm", ["clone", "9000", "105"])).code, 0);
+  });
+
+  it("`pvesim control --add-role` makes a role the ACLs of the same call can name, as pveum would", async () => {
+    const made = await pvesim([
+      "control",
+      sim.dir,
+      "--add-role",
+      "Ops:VM.Audit,Datastore.Audit",
+      "--add-token",
+      "ops@pve!cli",
+      "--acl",
+      "/vms:Ops:ops@pve",
+      "--acl",
+      "/vms:Ops:ops@pve!cli",
+    ]);
+    assert.equal(made.code, 0, made.stderr);
+    assert.deepEqual(await inspect(sim.dir, (ctx) => ctx.state.roles?.["Ops"]), [
+      "VM.Audit",
+      "Datastore.Audit",
+    ]);
+    const again = await pvesim(["control", sim.dir, "--add-role", "Ops:VM.Audit"]);
+    assert.equal(again.code, 1);
+    assert.equal(again.stderr, "pvesim: role 'Ops' already exists\n");
+    const builtin = await pvesim(["control", sim.dir, "--add-role", "PVEOps:VM.Audit"]);
+    assert.equal(
+      builtin.stderr,
+      "pvesim: roleid: cannot use role ID starting with the (case-insensitive) 'PVE' namespace\n",
+    );
+    // PVE 9 dropped VM.Monitor (pve-access-control commit 0706945).
+    const monitor = await pvesim(["control", sim.dir, "--add-role", "Mon:VM.Monitor"]);
+    assert.equal(monitor.stderr, "pvesim: invalid privilege 'VM.Monitor'\n");
+    assert.equal(await inspect(sim.dir, (ctx) => ctx.state.roles?.["Mon"]), undefined);
   });
 
   it("qm set --sshkeys reads a file and stores it URL-encoded", async () => {

@@ -221,7 +221,7 @@ export async function applyFixes(
 export const initCommand: CommandModule<GlobalArgs, InitArgs> = {
   command: "init",
   describe:
-    "Check that this host is ready for sandboxes (bridge, nftables, ip_forward, disk, socket, profiles, templates, snippets, backend, database) and print the fix for each problem",
+    "Check that this host is ready for sandboxes (bridge, nftables, ip_forward, disk, socket, profiles, templates, snippets, backend, token privileges, database) and print the fix for each problem",
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
       .option("apply", {

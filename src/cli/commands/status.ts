@@ -3,20 +3,28 @@ import { type DaemonStatus, daemonStatus, formatDuration } from "../../protocol/
 import { execute, type GlobalArgs } from "../context.js";
 import { fields, formatBytes } from "../render.js";
 
+/** Where fields() starts the values: after the longest key, "privileges:", and a space. */
+const VALUE_COLUMN = "privileges:".length + 1;
+
 function backendLine(backend: DaemonStatus["backend"]): string {
   if (backend.reachable) {
     const nodes = (backend.nodes ?? []).map((n) => `${n.node}${n.online ? "" : " (offline)"}`).join(", ");
     return `${backend.kind}: Proxmox VE ${backend.version ?? "?"}, nodes ${nodes || "none"}`;
   }
   const why = backend.error
-    ? `${backend.error.message}\n${" ".repeat(11)}hint: ${backend.error.hint}`
+    ? `${backend.error.message}\n${" ".repeat(VALUE_COLUMN)}hint: ${backend.error.hint}`
     : "no answer";
   return `${backend.kind}: unreachable: ${why}`;
 }
 
+function privilegesLine(check: DaemonStatus["privileges"]): string {
+  const fix = check.status !== "ok" && check.fix ? `\n${" ".repeat(VALUE_COLUMN)}fix: ${check.fix}` : "";
+  return `${check.status}: ${check.detail}${fix}`;
+}
+
 function guestLine(listener: DaemonStatus["guest_listener"]): string {
   if (listener.listening) return `phone-home on ${listener.url ?? listener.address}`;
-  const hint = listener.hint ? `\n${" ".repeat(11)}hint: ${listener.hint}` : "";
+  const hint = listener.hint ? `\n${" ".repeat(VALUE_COLUMN)}hint: ${listener.hint}` : "";
   return `phone-home off: ${listener.error ?? "not listening"} (guest agent only)${hint}`;
 }
 
@@ -29,6 +37,7 @@ export function statusText(status: DaemonStatus): string {
     ["uptime", `${formatDuration(Math.round(status.uptime_seconds) * 1000)} (since ${status.started_at})`],
     ["schema", `version ${status.schema_version}`],
     ["backend", backendLine(status.backend)],
+    ["privileges", privilegesLine(status.privileges)],
     ["guests", guestLine(status.guest_listener)],
     ["database", `${status.database.path} (${formatBytes(status.database.size_bytes)})`],
     ["socket", status.socket_path],

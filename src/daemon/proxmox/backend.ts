@@ -295,6 +295,14 @@ export class PveBackend implements ProxmoxBackend {
     });
   }
 
+  permissions(path: string): Promise<Record<string, number>> {
+    return this.call(`read the token's privileges on ${path}`, undefined, async () => {
+      const data = (await this.request("GET", apiPath`/access/permissions`, { path })) as Json;
+      const privs = (data[path] ?? {}) as Record<string, unknown>;
+      return Object.fromEntries(Object.entries(privs).map(([priv, propagate]) => [priv, Number(propagate)]));
+    });
+  }
+
   listNodes(): Promise<NodeInfo[]> {
     return this.call("list nodes", undefined, async () => {
       const data = (await this.request("GET", apiPath`/nodes`)) as Json[];

@@ -1,4 +1,5 @@
 import { AgentlabError } from "../../protocol/errors.js";
+import { AGENTLAB_ROLE, roleAddCommand } from "./privileges.js";
 import { PveRequestError } from "./transport.js";
 
 /**
@@ -62,14 +63,28 @@ export function errorChain(error: unknown): string[] {
   return chain;
 }
 
-export function privilegeSeparationHint(tokenId?: string): string {
+/**
+ * The fix for a 403: the privilege and path Proxmox named (`Permission check failed (/storage/x,
+ * Datastore.AllocateSpace)`), granted through the AgentLab role to both the user and the token, since a
+ * privilege-separated token only gets what both have. Per-VM paths are granted on /vms: agentlabd
+ * keeps making new VMIDs, and they inherit from there.
+ */
+export function permissionHint(reason: string, tokenId?: string): string {
   const [user, token] = (tokenId ?? "USER@REALM!TOKEN").split("!");
+  const tokenFull = `${user}!${token ?? "TOKEN"}`;
+  const m = /Permission check failed \(([^,]+), ([^)]+)\)/.exec(reason);
+  const path = m?.[1]?.trim();
+  const privs = m?.[2]?.trim().split("|") ?? [];
+  const grantPath = path && /^\/vms\/\d+$/.test(path) ? "/vms" : (path ?? "/");
+  const missing =
+    privs.length > 1 ? `one of ${privs.join(", ")}` : (privs[0] ?? "a privilege agentlabd needs");
   return [
-    "API tokens made with privilege separation (the default) get the INTERSECTION of the user's and the token's",
-    "permissions: grant the role to both, for example",
-    `  pveum acl modify / --users ${user} --roles PVEVMAdmin`,
-    `  pveum acl modify / --tokens '${user}!${token ?? "TOKEN"}' --roles PVEVMAdmin`,
-    `or recreate the token without separation: pveum user token add ${user} ${token ?? "TOKEN"} --privsep 0`,
+    `the token ${tokenFull} lacks ${missing}${path ? ` on ${path}` : ""}. Grant the AgentLab role to both the user and the token`,
+    "(a privilege-separated token gets only the INTERSECTION of the two):",
+    `  pveum acl modify ${grantPath} --users ${user} --roles ${AGENTLAB_ROLE}`,
+    `  pveum acl modify ${grantPath} --tokens '${tokenFull}' --roles ${AGENTLAB_ROLE}`,
+    `The role: ${roleAddCommand(9)} (on PVE 8: ${roleAddCommand(8)}).`,
+    'docs/runbook.md "API backend install" lists every privilege and path; agentlab init names each one missing.',
   ].join("\n");
 }
 
@@ -125,7 +140,7 @@ export function classifyProxmoxError(error: unknown, ctx: ClassifyContext): Agen
   }
   if (error.status === 403 || /^Permission check failed/.test(reason)) {
     return new AgentlabError("PROXMOX_PERMISSION", `${ctx.action}: ${reason}`, {
-      hint: privilegeSeparationHint(ctx.tokenId),
+      hint: permissionHint(reason, ctx.tokenId),
       details,
       cause,
     });

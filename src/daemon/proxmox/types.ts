@@ -191,6 +191,11 @@ export interface CallOptions {
 export interface ProxmoxBackend {
   readonly kind: "shell" | "api";
   version(): Promise<{ version: string; release: string }>;
+  /**
+   * `GET /access/permissions?path=`: the caller's effective privileges on one path (for a privilege
+   * separated token, the intersection with its user's), each mapped to its propagate flag.
+   */
+  permissions(path: string): Promise<Record<string, number>>;
   listNodes(): Promise<NodeInfo[]>;
   /** Every VM of the cluster with its node and status, in one request. */
   listVms(): Promise<ClusterVm[]>;

@@ -10,6 +10,7 @@ import type { DaemonContext } from "../context.js";
 import { DEFAULT_NFT_PARAMS, nftParamsFromConfig } from "../network/nft.js";
 import type { ClusterVm, VmConfig } from "../proxmox/types.js";
 import { quickCheck } from "../store/health.js";
+import { privilegesCheck } from "./privileges.js";
 import { agentEnabled, isTemplateConfig } from "./sandbox/vm-config.js";
 
 /** Longest any single Proxmox call of the checks may take, well inside the CLI's default 30 s. */
@@ -235,8 +236,9 @@ export async function daemonChecks(ctx: DaemonContext): Promise<DaemonChecks> {
   let backend: InitCheck;
   let cluster: ClusterVm[] | undefined;
   let node = ctx.config.proxmox_node;
+  let version: { version: string } | undefined;
   try {
-    const version = await withTimeout("the version request", ctx.backend.version());
+    version = await withTimeout("the version request", ctx.backend.version());
     cluster = await withTimeout("the VM list", ctx.backend.listVms());
     if (node === "") {
       const nodes = await withTimeout("the node list", ctx.backend.listNodes());
@@ -264,10 +266,21 @@ export async function daemonChecks(ctx: DaemonContext): Promise<DaemonChecks> {
   });
   let templates: InitCheck;
   let snippets: InitCheck;
-  if (cluster === undefined) {
+  let privileges: InitCheck;
+  if (cluster === undefined || version === undefined) {
     templates = skipped("templates");
     snippets = skipped("snippets");
+    privileges = skipped("privileges");
   } else {
+    try {
+      privileges = await withTimeout(
+        "the privilege check",
+        privilegesCheck(ctx, { version: version.version, cluster, node }),
+      );
+    } catch (error) {
+      const known = asError(error);
+      privileges = { name: "privileges", status: "fail", detail: known.message, fix: known.hint };
+    }
     templates = await templatesCheck(ctx, cluster);
     try {
       snippets = await snippetsCheck(ctx, node);
@@ -278,7 +291,7 @@ export async function daemonChecks(ctx: DaemonContext): Promise<DaemonChecks> {
   }
 
   return {
-    checks: [profiles, templates, snippets, backend, databaseCheck(ctx)],
+    checks: [profiles, templates, snippets, backend, privileges, databaseCheck(ctx)],
     host: hostSettings(ctx.config),
   };
 }

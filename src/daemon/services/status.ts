@@ -1,6 +1,7 @@
 import type { DaemonStatus } from "../../protocol/index.js";
 import { AgentlabError } from "../../protocol/index.js";
 import type { DaemonContext } from "../context.js";
+import { privilegesCheckFresh } from "./privileges.js";
 
 /** Ask Proxmox who it is; a failure is part of the answer, not an error of the status call. */
 /** Longest the status call waits for Proxmox, well inside the CLI's default 30 s. */
@@ -48,8 +49,30 @@ async function backendStatus(ctx: DaemonContext): Promise<DaemonStatus["backend"
   }
 }
 
+/** The token privilege check, bounded like the backend probe; skipped when Proxmox did not answer. */
+async function privilegesStatus(ctx: DaemonContext): Promise<DaemonStatus["privileges"]> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<DaemonStatus["privileges"]>((resolve) => {
+    timer = setTimeout(
+      () =>
+        resolve({
+          name: "privileges",
+          status: "warn",
+          detail: `not checked: Proxmox did not answer within ${BACKEND_PROBE_MS / 1000}s`,
+        }),
+      BACKEND_PROBE_MS,
+    );
+  });
+  try {
+    return await Promise.race([privilegesCheckFresh(ctx), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export async function daemonStatus(ctx: DaemonContext): Promise<DaemonStatus> {
   const now = ctx.clock.now();
+  const backend = await backendStatus(ctx);
   return {
     version: ctx.version,
     pid: process.pid,
@@ -57,7 +80,10 @@ export async function daemonStatus(ctx: DaemonContext): Promise<DaemonStatus> {
     uptime_seconds: Math.max(0, (now.getTime() - ctx.startedAt.getTime()) / 1000),
     node_version: process.versions.node,
     schema_version: ctx.store.schemaVersion(),
-    backend: await backendStatus(ctx),
+    backend,
+    privileges: backend.reachable
+      ? await privilegesStatus(ctx)
+      : { name: "privileges", status: "warn", detail: "not checked: Proxmox is unreachable (see backend)" },
     database: { path: ctx.store.path, size_bytes: ctx.store.sizeBytes() },
     guest_listener: ctx.guestReady?.listener() ?? {
       address: ctx.config.bootstrap_listen,
