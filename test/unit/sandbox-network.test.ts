@@ -85,6 +85,20 @@ describe("per-sandbox network isolation in the lifecycle", () => {
     assert.equal(scripts.length, 6);
   });
 
+  test("auto: a port lookup that cannot run fails the bind too (the binding cannot be made)", async () => {
+    const nft = fakeNft({ loaded: true });
+    const findPort: PortFinder = async () => {
+      throw new Error("ip not found");
+    };
+    const net = new SandboxNetworking("auto", nft.firewall, log, { findPort, retryDelayMs: 0 });
+    await net.init();
+    await assert.rejects(net.bind(1007, "bc:24:11:00:00:07", "10.77.4.7", "nat"), (e: AgentlabError) => {
+      assert.ok(e instanceof BridgePortMissingError);
+      assert.match(e.message, /sandbox 1007: .*\(cannot look it up: ip not found\)$/);
+      return true;
+    });
+  });
+
   test("a NIC without a firewall bridge is bound on its tap, not on a fwpr that does not exist", async () => {
     const nft = fakeNft({ loaded: true });
     const ports = fakePorts({ 1003: "tap1003i0" });
@@ -134,7 +148,7 @@ describe("per-sandbox network isolation in the lifecycle", () => {
 
   test("on: the daemon refuses to start without the ruleset, and a failing bind fails the sandbox", async () => {
     await assert.rejects(
-      new SandboxNetworking("on", fakeNft({ loaded: false }).firewall, log).init(),
+      new SandboxNetworking("on", fakeNft({ loaded: false }).firewall, log, FWPR).init(),
       (e: AgentlabError) => {
         assert.equal(e.code, "CONFIG_INVALID");
         assert.match(e.hint, /scripts\/net\/apply\.sh --apply/);
@@ -148,7 +162,7 @@ describe("per-sandbox network isolation in the lifecycle", () => {
 
   test("off: never touches nftables", async () => {
     const nft = fakeNft({ loaded: true });
-    const net = new SandboxNetworking("off", nft.firewall, log);
+    const net = new SandboxNetworking("off", nft.firewall, log, FWPR);
     assert.equal((await net.init()).enabled, false);
     await net.beforeStart(1000);
     assert.equal(nft.calls.length, 0);

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { NetworkMode } from "../../config/profiles.js";
 import { AgentlabError } from "../../protocol/errors.js";
 import type { Logger } from "../log.js";
-import { bridgePortCandidates, type PortFinder } from "../network/ports.js";
+import { bridgePortCandidates, type PortFinder, type PortLookup } from "../network/ports.js";
 import {
   egressPolicyForMode,
   type SandboxFirewall,
@@ -63,7 +63,7 @@ export class SandboxNetworking {
     private readonly mode: IsolationMode,
     private readonly firewall: SandboxFirewall | undefined,
     private readonly log: Logger,
-    private readonly ports?: PortLookupOptions,
+    private readonly ports: PortLookupOptions,
   ) {}
 
   /** Decide once at start whether bindings are made. */
@@ -122,7 +122,7 @@ export class SandboxNetworking {
   bind(vmid: number, mac: string | undefined, ip: string, mode: NetworkMode): Promise<void> {
     return this.guard(vmid, "bind", async () => {
       if (!mac) throw new AgentlabError("INTERNAL", `sandbox ${vmid} has no net0 MAC to bind`);
-      const port = await this.portOf(vmid, this.ports?.attempts ?? 5);
+      const port = await this.portOf(vmid, this.ports.attempts ?? 5);
       await this.firewall!.bind({ port, mac, ip }, egressPolicyForMode(mode));
       for (const other of this.candidates(vmid).filter((name) => name !== port)) {
         await this.firewall!.release({ port: other });
@@ -131,16 +131,19 @@ export class SandboxNetworking {
     });
   }
 
-  /** net0's port, looked up `attempts` times at most; BridgePortMissingError when there is none. */
+  /**
+   * net0's port, looked up `attempts` times at most; BridgePortMissingError when there is none, and
+   * also when the lookup itself fails (no `ip`): either way the binding cannot be made.
+   */
   private async portOf(vmid: number, attempts: number): Promise<string> {
-    if (!this.ports) {
-      throw new AgentlabError("INTERNAL", "network isolation has no way to look up bridge ports", {
-        hint: "this is a bug: SandboxNetworking needs a port finder",
-      });
-    }
     let reason = "";
     for (let attempt = 1; attempt <= Math.max(1, attempts); attempt++) {
-      const lookup = await this.ports.findPort(vmid, 0);
+      let lookup: PortLookup;
+      try {
+        lookup = await this.ports.findPort(vmid, 0);
+      } catch (error) {
+        throw new BridgePortMissingError(vmid, `cannot look it up: ${(error as Error).message}`);
+      }
       if (lookup.found) return lookup.found.port;
       reason = lookup.reason;
       if (attempt < attempts) await sleep(this.ports.retryDelayMs ?? 1000);
