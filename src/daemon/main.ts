@@ -9,6 +9,7 @@ import { GuestListener } from "./guest/listener.js";
 import { GuestReadiness } from "./guest/ready-waiters.js";
 import { BootstrapTokens } from "./guest/tokens.js";
 import { createLogger, type Logger } from "./log.js";
+import { bridgePortFinder } from "./network/ports.js";
 import { execaRunner, SandboxFirewall } from "./network/sandbox-firewall.js";
 import { createBackend } from "./proxmox/load.js";
 import { registerHandlers } from "./rpc/handlers.js";
@@ -67,6 +68,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         config.network_isolation,
         new SandboxFirewall({ run: execaRunner(), subnet: config.agent_subnet }),
         log.child({ component: "network" }),
+        { findPort: bridgePortFinder(execaRunner()) },
       ),
       guestReady,
       log,

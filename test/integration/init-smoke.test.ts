@@ -8,8 +8,9 @@
  * link to a "lan" namespace (192.168.50.2, also holding the public 203.0.113.2 as the Internet) and the
  * real ruleset loaded with apply.sh; the daemon and the CLI run inside it. The job's sandbox is the
  * simulator's VM (its runner clones from the CLI's repo server) and, for the network check, a "sb"
- * namespace on vmbr1 that takes the VM's port name, MAC and address when smoke_test.sh first enters it
- * (test/system/smoke-sandbox-ns.sh as --smoke-exec).
+ * namespace on vmbr1 whose port the simulator's nic_plug names tap<vmid>i0 when the VM starts
+ * (test/system/nic-plug-ns.sh) and which takes the VM's MAC and address when smoke_test.sh first
+ * enters it (test/system/smoke-sandbox-ns.sh as --smoke-exec).
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawnSync } from "node:child_process";
@@ -51,6 +52,7 @@ interface InitJson {
 }
 
 const SANDBOX_NS = join(REPO_ROOT, "test/system/smoke-sandbox-ns.sh");
+const NIC_PLUG = join(REPO_ROOT, "test/system/nic-plug-ns.sh");
 
 function smokeDirs(): Set<string> {
   return new Set(readdirSync(tmpdir()).filter((name) => name.startsWith("agentlab-smoke-")));
@@ -268,8 +270,12 @@ describe("init --smoke-test in network namespaces", { skip, timeout: 600_000 }, 
       { timeoutMs: 60_000 },
     );
     assert.equal(apply.exitCode, 0, apply.stderr);
-    // After the ruleset: the daemon finds it loaded and binds each sandbox's port, MAC and address.
-    h = await startSimHostInNetns(host, "bootstrap_listen: 10.77.0.1:8844\n");
+    // After the ruleset: the daemon finds it loaded and binds each sandbox's port, MAC and address. The
+    // simulator plugs each VM's NIC (sbport becomes tap<vmid>i0) when it starts, as Proxmox does, so
+    // the daemon finds the port on vmbr1 at READY.
+    h = await startSimHostInNetns(host, "bootstrap_listen: 10.77.0.1:8844\n", {
+      knobs: { nic_plug: `sh ${NIC_PLUG} ${host}` },
+    });
   });
 
   after(async () => {

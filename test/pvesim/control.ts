@@ -49,6 +49,8 @@ export interface Knobs {
   runner: number;
   /** Command run (detached, via sh -c) as the "guest" when a VM starts; empty = none. */
   guest_hook: string;
+  /** Command run (sync, via sh -c) per bridged NIC when a VM's QEMU starts, as pve-bridge; empty = none. */
+  nic_plug: string;
   /** Version the simulator claims to be; below 9.1.5 401 reasons carry details. */
   pve_version: string;
   nextid_lower: number;
@@ -75,6 +77,7 @@ export const DEFAULT_KNOBS: Knobs = {
   phone_home_delay_ms: 0,
   runner: 1,
   guest_hook: "",
+  nic_plug: "",
   pve_version: "9.1.7",
   nextid_lower: 100,
   nextid_upper: 1_000_000,

@@ -6,6 +6,7 @@ import { findFault, matchesVmid } from "./control.js";
 import { activateVolumes } from "./disks.js";
 import { fail } from "./errors.js";
 import { signalGuestHook, startGuestHook } from "./guest.js";
+import { plugNics } from "./nic-plug.js";
 import { bool, num, type Params } from "./schema.js";
 import { findStorage, parseVolname, splitVolid, volumeFile } from "./storage.js";
 import { createTask, registerTaskKind } from "./tasks.js";
@@ -20,8 +21,9 @@ import {
 } from "./vmconfig.js";
 import { checkLock, getVm, isTemplate } from "./vms.js";
 
-/** A fresh QEMU process: pending changes apply, the agent comes up after the boot time. */
+/** A fresh QEMU process: its NICs are plugged, pending changes apply, the agent comes up after the boot time. */
 export function bootVm(ctx: Ctx, vm: VmRec): void {
+  plugNics(ctx, vm);
   activateVolumes(ctx, vm);
   vm.config = mergedConfig(vm);
   vm.pending = {};

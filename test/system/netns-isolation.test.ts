@@ -5,10 +5,17 @@
  *   sb1 (10.77.0.10) --tap100i0--+
  *                                 vmbr1 10.77.0.1/16 [host ns: agentlab ruleset] wan0 192.168.50.1
  *   sb2 (10.77.0.11) --tap101i0--+                                                   |
+ *   sb3 (10.77.0.12) --tap102i0-[fwbr102i0]-fwln102i0=fwpr102p0--+                   |
+ *   sb4 (10.77.0.13) --tap103i0--+                                                   |
  *                                           lan ns: 192.168.50.2 (LAN host and router)
  *                                                   203.0.113.1
  *                                                        |
  *                  inet ns: 203.0.113.2, 198.51.100.2, 100.100.1.2 (a tailnet/CGNAT address)
+ *
+ * sb3 and sb4 are the two ways Proxmox plugs a NIC into the bridge (src/daemon/network/ports.ts cites
+ * the sources): behind a firewall bridge, whose veth fwpr<vmid>p0 is the port (iptables pve-firewall
+ * with firewall=1), and directly by its tap (nftables proxmox-firewall, or firewall=0). The daemon's
+ * SandboxNetworking binds them, looking the port up in the host namespace as it does on a real host.
  *
  * All addresses exist only inside these namespaces, which the test creates and deletes. Listeners are
  * netprobe.js processes; blocked connections are recognised by their timeout (the ruleset drops).
@@ -19,8 +26,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { pino } from "pino";
 import { DEFAULT_NFT_PARAMS, renderRuleset } from "../../src/daemon/network/nft.js";
+import { bridgePortFinder } from "../../src/daemon/network/ports.js";
 import { DEFAULT_EGRESS, execaRunner, SandboxFirewall } from "../../src/daemon/network/sandbox-firewall.js";
+import { BridgePortMissingError, SandboxNetworking } from "../../src/daemon/services/sandbox-network.js";
+import type { AgentlabError } from "../../src/protocol/errors.js";
 import { REPO_ROOT } from "../helpers/paths.js";
 import { NetnsLab, netnsSkipReason, removeStaleNamespaces } from "./netns.js";
 
@@ -30,6 +41,12 @@ const BRIDGE_ADDR = "10.77.0.1";
 const BRIDGE_MAC = "02:00:00:77:00:01";
 const SB1 = { port: "tap100i0", mac: "bc:24:11:00:00:0a", ip: "10.77.0.10" };
 const SB2 = { port: "tap101i0", mac: "bc:24:11:00:00:0b", ip: "10.77.0.11" };
+/** Behind a Proxmox firewall bridge: the port on vmbr1 is the veth fwpr102p0, not the tap. */
+const SB3 = { vmid: 102, port: "fwpr102p0", tap: "tap102i0", mac: "bc:24:11:00:00:0c", ip: "10.77.0.12" };
+/** Plugged in by its tap, as with the nftables proxmox-firewall or firewall=0. */
+const SB4 = { vmid: 103, port: "tap103i0", tap: "tap103i0", mac: "bc:24:11:00:00:0d", ip: "10.77.0.13" };
+/** A subnet address no sandbox has: an unbound port may use it, a bound one may not. */
+const UNUSED_IP = "10.77.0.99";
 const HOST_WAN = "192.168.50.1";
 const LAN_HOST = "192.168.50.2";
 const INET_HOST = "203.0.113.2";
@@ -43,7 +60,7 @@ const AGENT_NAT = join(REPO_ROOT, "scripts/net/agent_nat.nft");
 
 describe("netns isolation: the rendered ruleset in real namespaces", { skip, timeout: 240_000 }, () => {
   const lab = new NetnsLab();
-  const ns = { host: "", sb1: "", sb2: "", lan: "", inet: "" };
+  const ns = { host: "", sb1: "", sb2: "", sb3: "", sb4: "", lan: "", inet: "" };
   let fw: SandboxFirewall;
   let root = "";
   let hostSink: { lines: string[] };
@@ -54,9 +71,9 @@ describe("netns isolation: the rendered ruleset in real namespaces", { skip, tim
   before(async () => {
     await removeStaleNamespaces();
     root = mkdtempSync(join(tmpdir(), "agentlab-netns-"));
-    for (const role of ["host", "sb1", "sb2", "lan", "inet"] as const)
+    for (const role of ["host", "sb1", "sb2", "sb3", "sb4", "lan", "inet"] as const)
       ns[role] = await lab.addNamespace(role);
-    const { host, sb1, sb2, lan, inet } = ns;
+    const { host, sb1, sb2, sb3, sb4, lan, inet } = ns;
 
     // Host: the bridge, two sandbox ports, a WAN link to the LAN router.
     await lab.must(host, "ip", [
@@ -94,6 +111,42 @@ describe("netns isolation: the rendered ruleset in real namespaces", { skip, tim
       await lab.must(sb, "ip", ["link", "set", "eth0", "up"]);
       await lab.must(sb, "ip", ["route", "add", "default", "via", BRIDGE_ADDR]);
     }
+    // sb3 as Proxmox plugs a NIC with a firewall bridge (pve-common src/PVE/Network.pm:443-463): the tap
+    // in fwbr102i0, linked to vmbr1 by the veth pair fwln102i0 / fwpr102p0. sb4 by its tap alone.
+    await lab.must(host, "ip", ["link", "add", "fwbr102i0", "type", "bridge", "stp_state", "0"]);
+    await lab.must(host, "ip", ["link", "set", "fwbr102i0", "up"]);
+    // Linux answers ARP for any of the host's addresses on any interface (arp_ignore=0): the firewall
+    // bridge, which has no address, would answer for 10.77.0.1 and blur the ARP oracles below.
+    await lab.sysctl(host, "net.ipv4.conf.fwbr102i0.arp_ignore", "1");
+    await lab.must(host, "ip", ["link", "add", "fwln102i0", "type", "veth", "peer", "name", SB3.port]);
+    await lab.must(host, "ip", ["link", "set", "fwln102i0", "master", "fwbr102i0", "up"]);
+    await lab.must(host, "ip", ["link", "set", SB3.port, "master", "vmbr1", "up"]);
+    for (const [sb, spec, bridge] of [
+      [sb3, SB3, "fwbr102i0"],
+      [sb4, SB4, "vmbr1"],
+    ] as const) {
+      await lab.must(host, "ip", [
+        "link",
+        "add",
+        spec.tap,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        sb,
+      ]);
+      await lab.must(host, "ip", ["link", "set", spec.tap, "master", bridge, "up"]);
+      await lab.must(sb, "ip", ["link", "set", "eth0", "address", spec.mac]);
+      await lab.must(sb, "ip", ["addr", "add", `${spec.ip}/16`, "dev", "eth0"]);
+      await lab.must(sb, "ip", ["link", "set", "eth0", "up"]);
+      await lab.must(sb, "ip", ["route", "add", "default", "via", BRIDGE_ADDR]);
+    }
+    // VM 105 has a tap stuck in its firewall bridge and no fwpr: a broken plug, with no port on vmbr1.
+    await lab.must(host, "ip", ["link", "add", "fwbr105i0", "type", "bridge"]);
+    await lab.must(host, "ip", ["tuntap", "add", "dev", "tap105i0", "mode", "tap"]);
+    await lab.must(host, "ip", ["link", "set", "tap105i0", "master", "fwbr105i0"]);
     await lab.must(host, "ip", ["link", "add", "wan0", "type", "veth", "peer", "name", "eth0", "netns", lan]);
     await lab.must(host, "ip", ["addr", "add", `${HOST_WAN}/24`, "dev", "wan0"]);
     await lab.must(host, "ip", ["link", "set", "wan0", "up"]);
@@ -138,16 +191,21 @@ describe("netns isolation: the rendered ruleset in real namespaces", { skip, tim
     assert.deepEqual(problems, [], "teardown left namespaces behind");
   });
 
-  /** Sends one datagram from sb1, from `from`, and reports whether the sink saw it. */
+  /** The sandbox a spoofing probe is sent from. */
+  type Sender = { ns: "sb1" | "sb3" | "sb4"; ip: string };
+  const FROM_SB1: Sender = { ns: "sb1", ip: SB1.ip };
+
+  /** Sends one datagram from a sandbox (sb1 unless told), from `from`, and reports whether the sink saw it. */
   async function datagramArrives(
     sink: { lines: string[] },
     to: string,
     port: number,
     from: string,
     waitMs: number,
+    sender: Sender = FROM_SB1,
   ): Promise<boolean> {
     const payload = `tok${process.pid}x${++token}`;
-    assert.equal(await lab.udpSend(ns.sb1, to, port, payload, from), "sent");
+    assert.equal(await lab.udpSend(ns[sender.ns], to, port, payload, from), "sent");
     const deadline = Date.now() + waitMs;
     while (Date.now() < deadline) {
       if (sink.lines.some((line) => line.endsWith(` ${payload}`))) return true;
@@ -157,20 +215,27 @@ describe("netns isolation: the rendered ruleset in real namespaces", { skip, tim
   }
 
   /**
-   * sb1 really sends from an address that is not its own: it is added to sb1's interface for a moment,
-   * and the next hops are static neighbours, so no ARP is involved and only the IPv4 rules decide.
-   * Without the ruleset these datagrams arrive (the hosts on the way do not filter them).
+   * sb1 (or `sender`) really sends from an address that is not its own: it is added to its interface for
+   * a moment, and the next hops are static neighbours, so no ARP is involved and only the IPv4 rules
+   * decide. Without the ruleset these datagrams arrive (the hosts on the way do not filter them).
    */
-  async function spoofArrives(sink: { lines: string[] }, to: string, port: number, spoofed: string) {
+  async function spoofArrives(
+    sink: { lines: string[] },
+    to: string,
+    port: number,
+    spoofed: string,
+    sender: Sender = FROM_SB1,
+  ) {
+    const sb = ns[sender.ns];
     const statics: [string, string][] = [
       [BRIDGE_ADDR, BRIDGE_MAC],
       [SB2.ip, SB2.mac],
     ];
     const neighbours = statics.filter(([address]) => address !== spoofed);
-    await lab.must(ns.sb1, "ip", ["addr", "add", `${spoofed}/32`, "dev", "eth0", "noprefixroute"]);
+    await lab.must(sb, "ip", ["addr", "add", `${spoofed}/32`, "dev", "eth0", "noprefixroute"]);
     try {
       for (const [address, mac] of neighbours) {
-        await lab.must(ns.sb1, "ip", [
+        await lab.must(sb, "ip", [
           "neigh",
           "replace",
           address,
@@ -182,20 +247,59 @@ describe("netns isolation: the rendered ruleset in real namespaces", { skip, tim
           "permanent",
         ]);
       }
-      assert.equal(await datagramArrives(sink, to, port, SB1.ip, 3000), true, `control datagram to ${to}`);
-      return await datagramArrives(sink, to, port, spoofed, 700);
+      assert.equal(
+        await datagramArrives(sink, to, port, sender.ip, 3000, sender),
+        true,
+        `control datagram to ${to}`,
+      );
+      return await datagramArrives(sink, to, port, spoofed, 700, sender);
     } finally {
-      await lab.must(ns.sb1, "ip", ["addr", "del", `${spoofed}/32`, "dev", "eth0"]);
-      await lab.must(ns.sb1, "ip", ["neigh", "flush", "dev", "eth0", "nud", "permanent"]);
-      await lab.must(ns.sb1, "ip", ["route", "replace", "default", "via", BRIDGE_ADDR]);
+      await lab.must(sb, "ip", ["addr", "del", `${spoofed}/32`, "dev", "eth0"]);
+      await lab.must(sb, "ip", ["neigh", "flush", "dev", "eth0", "nud", "permanent"]);
+      await lab.must(sb, "ip", ["route", "replace", "default", "via", BRIDGE_ADDR]);
     }
   }
 
-  async function assertSpoofDropped(sink: { lines: string[] }, to: string, port: number, spoofed: string) {
+  async function assertSpoofDropped(
+    sink: { lines: string[] },
+    to: string,
+    port: number,
+    spoofed: string,
+    sender: Sender = FROM_SB1,
+  ) {
     assert.equal(
-      await spoofArrives(sink, to, port, spoofed),
+      await spoofArrives(sink, to, port, spoofed, sender),
       false,
-      `a datagram from ${spoofed} reached ${to}`,
+      `a datagram from ${spoofed} (sent by ${sender.ns}) reached ${to}`,
+    );
+  }
+
+  /** The sandbox, with its own address but another MAC: can it still reach the host's bootstrap port? */
+  async function foreignMacConnects(sb: "sb1" | "sb3" | "sb4", ownMac: string): Promise<string> {
+    await lab.must(ns[sb], "ip", ["link", "set", "eth0", "address", "bc:24:11:00:00:99"]);
+    try {
+      await lab.must(ns.host, "ip", ["neigh", "flush", "dev", "vmbr1"]);
+      return await lab.connect(ns[sb], BRIDGE_ADDR, 8844);
+    } finally {
+      await lab.must(ns[sb], "ip", ["link", "set", "eth0", "address", ownMac]);
+      await lab.must(ns.host, "ip", ["neigh", "flush", "dev", "vmbr1"]);
+      await lab.must(ns[sb], "ip", ["neigh", "flush", "dev", "eth0"]);
+      await lab.must(ns[sb], "ip", ["route", "replace", "default", "via", BRIDGE_ADDR]);
+    }
+  }
+
+  /** The daemon's side, as agentlabd builds it: nft and `ip link` both run in the host namespace. */
+  function daemonNetworking(): SandboxNetworking {
+    const run = execaRunner({ prefix: ["ip", "netns", "exec", ns.host] });
+    return new SandboxNetworking(
+      "auto",
+      new SandboxFirewall({ run, subnet: "10.77.0.0/16" }),
+      pino({ level: "silent" }),
+      {
+        findPort: bridgePortFinder(run),
+        attempts: 2,
+        retryDelayMs: 200,
+      },
     );
   }
 
@@ -531,5 +635,97 @@ describe("netns isolation: the rendered ruleset in real namespaces", { skip, tim
     assert.deepEqual(state.allowlistDest, []);
     assert.equal(await lab.connect(ns.sb1, INET_HOST, WEB), "timeout");
     assert.equal(await lab.connect(ns.sb2, INET_HOST, WEB), "open");
+  });
+  it("control: a binding on the name 1e1de3b predicted (fwpr103p0) leaves sb4's real port tap103i0 unpoliced", async () => {
+    await fw.registerPort("fwpr103p0");
+    await fw.bind({ port: "fwpr103p0", mac: SB4.mac, ip: SB4.ip }, DEFAULT_EGRESS);
+    try {
+      const sb4 = { ns: "sb4", ip: SB4.ip } as const;
+      assert.equal(await spoofArrives(inetSink, INET_HOST, UDP_SINK, UNUSED_IP, sb4), true, "spoofed source");
+    } finally {
+      await fw.release({ port: "fwpr103p0", ip: SB4.ip });
+    }
+  });
+
+  it("port discovery: each sandbox is bound on the port Proxmox really gave it, and spoofing from it is dropped", async () => {
+    const net = daemonNetworking();
+    assert.equal((await net.init()).enabled, true);
+    for (const sb of [SB3, SB4]) {
+      await net.beforeStart(sb.vmid);
+      await net.bind(sb.vmid, sb.mac, sb.ip, "nat");
+    }
+    for (const [name, sb] of [
+      ["sb3", SB3],
+      ["sb4", SB4],
+    ] as const) {
+      const sender = { ns: name, ip: sb.ip } as const;
+      assert.equal(await lab.connect(ns[name], INET_HOST, WEB), "open", `${name} reaches the Internet`);
+      assert.equal(await lab.connect(ns[name], BRIDGE_ADDR, 8844), "open", `${name} reaches bootstrap`);
+      await assertSpoofDropped(inetSink, INET_HOST, UDP_SINK, UNUSED_IP, sender);
+      await assertSpoofDropped(inetSink, INET_HOST, UDP_SINK, SB1.ip, sender);
+      await assertSpoofDropped(sb2Sink, SB2.ip, UDP_SINK, BRIDGE_ADDR, sender);
+      assert.equal(await foreignMacConnects(name, sb.mac), "timeout", `${name} with a foreign MAC`);
+      assert.equal(await lab.connect(ns[name], BRIDGE_ADDR, 8844), "open", `${name} with its own MAC again`);
+    }
+    const state = await fw.state();
+    const bound = state.bindings.map((b) => `${b.port} ${b.mac} ${b.ip}`);
+    assert.ok(bound.includes(`fwpr102p0 ${SB3.mac} ${SB3.ip}`), JSON.stringify(bound));
+    assert.ok(bound.includes(`tap103i0 ${SB4.mac} ${SB4.ip}`), JSON.stringify(bound));
+    // The names that are not these VMs' ports are not left registered (sb3's tap would drop sb3's own
+    // traffic inside its firewall bridge as an unbound port using a bound address).
+    for (const stale of ["tap102i0", "fwpr103p0"]) assert.ok(!state.sandboxPorts.includes(stale), stale);
+  });
+
+  it("daemon restart: resync looks the ports up again and binds the same ones", async () => {
+    const before = await fw.state();
+    const net = daemonNetworking();
+    await net.init();
+    const result = await net.resync([
+      { vmid: 100, ip: SB1.ip, mac: SB1.mac, mode: "nat" },
+      { vmid: SB3.vmid, ip: SB3.ip, mac: SB3.mac, mode: "nat" },
+      { vmid: SB4.vmid, ip: SB4.ip, mac: SB4.mac, mode: "nat" },
+    ]);
+    assert.deepEqual(result, { unbound: [] });
+    const after = await fw.state();
+    assert.deepEqual(after.sandboxPorts.sort(), ["fwpr102p0", "tap100i0", "tap103i0"]);
+    const bindings = (state: typeof after) =>
+      state.bindings
+        .filter((b) => b.ip !== SB2.ip)
+        .map((b) => `${b.port} ${b.ip}`)
+        .sort();
+    assert.deepEqual(bindings(after), bindings(before));
+    await assertSpoofDropped(inetSink, INET_HOST, UDP_SINK, UNUSED_IP, { ns: "sb4", ip: SB4.ip });
+    assert.equal(await lab.connect(ns.sb3, INET_HOST, WEB), "open");
+  });
+
+  it("a NIC with no port on the bridge is an error naming what was found, and nothing is bound", async () => {
+    const net = daemonNetworking();
+    await net.init();
+    const before = await fw.state();
+    for (const [vmid, reason] of [
+      [104, "fwpr104p0 does not exist, tap104i0 does not exist"],
+      [105, "fwpr105p0 does not exist, tap105i0 is in its firewall bridge fwbr105i0"],
+    ] as const) {
+      await assert.rejects(net.bind(vmid, "bc:24:11:00:00:0e", "10.77.0.14", "nat"), (e: AgentlabError) => {
+        assert.ok(e instanceof BridgePortMissingError, String(e));
+        assert.equal(
+          e.message,
+          `anti-spoofing not in place for sandbox ${vmid}: its NIC net0 has no port on a bridge (${reason})`,
+        );
+        return true;
+      });
+    }
+    assert.deepEqual(await fw.state(), before);
+  });
+
+  it("release forgets every name a sandbox's port may have", async () => {
+    const net = daemonNetworking();
+    await net.init();
+    await net.release(SB3.vmid, SB3.ip);
+    await net.release(SB4.vmid, SB4.ip);
+    const text = JSON.stringify(await fw.state());
+    for (const trace of ["fwpr102p0", "tap102i0", "fwpr103p0", "tap103i0", SB3.ip, SB4.ip]) {
+      assert.ok(!text.includes(trace), `${trace} left in ${text}`);
+    }
   });
 });

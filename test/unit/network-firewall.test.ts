@@ -1,10 +1,7 @@
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { bridgePortCandidates, findBridgePort } from "../../src/daemon/network/ports.js";
+import { bridgePortCandidates, bridgePortFinder } from "../../src/daemon/network/ports.js";
 import {
   bindScript,
   type CommandRunner,
@@ -484,17 +481,64 @@ describe("network: a VM NIC's port on the bridge", () => {
     assert.deepEqual(bridgePortCandidates(1042, 1, false), ["tap1042i1"]);
   });
 
-  it("finds the port among the bridge's ports in sysfs", async () => {
-    const sysfs = mkdtempSync(join(tmpdir(), "agentlab-sysfs-"));
-    try {
-      mkdirSync(join(sysfs, "vmbr1/brif/tap1042i0"), { recursive: true });
-      mkdirSync(join(sysfs, "vmbr1/brif/fwpr1043p0"), { recursive: true });
-      assert.equal(await findBridgePort("vmbr1", 1042, 0, sysfs), "tap1042i0");
-      assert.equal(await findBridgePort("vmbr1", 1043, 0, sysfs), "fwpr1043p0");
-      assert.equal(await findBridgePort("vmbr1", 1044, 0, sysfs), undefined);
-      assert.equal(await findBridgePort("vmbr9", 1042, 0, sysfs), undefined);
-    } finally {
-      rmSync(sysfs, { recursive: true, force: true });
-    }
+  /** `ip -j link show dev <name>` answered from a table of links and their masters. */
+  function fakeIp(links: Record<string, string | null>): { run: CommandRunner; asked: string[] } {
+    const asked: string[] = [];
+    const run: CommandRunner = async (file, args) => {
+      assert.equal(file, "ip");
+      assert.deepEqual(args.slice(0, 4), ["-j", "link", "show", "dev"]);
+      const name = args[4]!;
+      asked.push(name);
+      if (!(name in links)) return { exitCode: 1, stdout: "", stderr: `Device "${name}" does not exist.\n` };
+      const master = links[name];
+      return {
+        exitCode: 0,
+        stdout: JSON.stringify([{ ifname: name, ...(master ? { master } : {}) }]),
+        stderr: "",
+      };
+    };
+    return { run, asked };
+  }
+
+  it("finds fwpr<vmid>p0 behind a firewall bridge (iptables pve-firewall, firewall=1)", async () => {
+    const ip = fakeIp({ tap1043i0: "fwbr1043i0", fwln1043i0: "fwbr1043i0", fwpr1043p0: "vmbr1" });
+    assert.deepEqual(await bridgePortFinder(ip.run)(1043), {
+      found: { port: "fwpr1043p0", bridge: "vmbr1" },
+    });
+  });
+
+  it("finds tap<vmid>i0 when there is no firewall bridge (nftables proxmox-firewall, or firewall=0)", async () => {
+    const ip = fakeIp({ tap1042i0: "vmbr1" });
+    assert.deepEqual(await bridgePortFinder(ip.run)(1042), { found: { port: "tap1042i0", bridge: "vmbr1" } });
+    assert.deepEqual(ip.asked, ["fwpr1042p0", "tap1042i0"]);
+    // The VLAN bridge Proxmox puts a tagged NIC on when the bridge is not VLAN aware is a bridge too.
+    const tagged = fakeIp({ tap1044i0: "vmbr1v5" });
+    assert.deepEqual(await bridgePortFinder(tagged.run)(1044), {
+      found: { port: "tap1044i0", bridge: "vmbr1v5" },
+    });
+  });
+
+  it("says why there is no port: VM not running, tap stuck in its firewall bridge, tap in no bridge", async () => {
+    assert.deepEqual(await bridgePortFinder(fakeIp({}).run)(1045), {
+      reason: "fwpr1045p0 does not exist, tap1045i0 does not exist",
+    });
+    assert.deepEqual(await bridgePortFinder(fakeIp({ tap1046i0: "fwbr1046i0" }).run)(1046), {
+      reason: "fwpr1046p0 does not exist, tap1046i0 is in its firewall bridge fwbr1046i0",
+    });
+    assert.deepEqual(await bridgePortFinder(fakeIp({ tap1047i0: null, fwpr1047p0: null }).run)(1047), {
+      reason: "fwpr1047p0 exists but is in no bridge, tap1047i0 exists but is in no bridge",
+    });
+  });
+
+  it("an ip failure other than a missing device is an error, not 'no port'", async () => {
+    const run: CommandRunner = async () => ({
+      exitCode: 255,
+      stdout: "",
+      stderr: "Cannot open netlink socket",
+    });
+    await assert.rejects(bridgePortFinder(run)(1048), (e: AgentlabError) => {
+      assert.match(e.message, /ip link show dev fwpr1048p0 failed \(exit 255\): Cannot open netlink socket/);
+      return true;
+    });
   });
 });

@@ -471,6 +471,37 @@ describe("pvesim: the guest agent and the guest hook", () => {
       "No QEMU guest agent configured",
     );
   });
+
+  it("plugs each bridged NIC with nic_plug before the VM runs; a failing plug fails the start as QEMU does", async () => {
+    await setControl(sim.dir, { guest_hook: "", nic_plug: "" });
+    await apiTask(sim, "POST", `${VM}/101/status/stop`);
+    await api(sim, "PUT", `${VM}/101/config`, { net1: "virtio,bridge=vmbr2,firewall=1" });
+    const plugged = `${sim.dir}/plugged`;
+    await setControl(sim.dir, {
+      nic_plug: `echo "$PVESIM_VMID $PVESIM_NET $PVESIM_IFACE $PVESIM_BRIDGE $PVESIM_FIREWALL" >> "${plugged}"`,
+    });
+    const started = await apiTask(sim, "POST", `${VM}/101/status/start`);
+    assert.equal(started.exitstatus, "OK");
+    // Synchronous: the ports exist when the start task reports OK, as pve-bridge runs inside QEMU's start.
+    assert.deepEqual(readFileSync(plugged, "utf8").trim().split("\n"), [
+      "101 net0 tap101i0 vmbr1 0",
+      "101 net1 tap101i1 vmbr2 1",
+    ]);
+
+    await apiTask(sim, "POST", `${VM}/101/status/stop`);
+    await setControl(sim.dir, { nic_plug: "echo no such bridge >&2; exit 1" });
+    const failed = await apiTask(sim, "POST", `${VM}/101/status/start`);
+    assert.equal(failed.exitstatus, "start failed: QEMU exited with code 1");
+    assert.equal(
+      ((await api(sim, "GET", `${VM}/101/status/current`)).data as { status: string }).status,
+      "stopped",
+    );
+    const guestLog = readFileSync(`${sim.dir}/guests/101.log`, "utf8");
+    assert.match(guestLog, /no such bridge/);
+    assert.match(guestLog, /network script \/usr\/libexec\/qemu-server\/pve-bridge failed with status 256/);
+    await setControl(sim.dir, { nic_plug: "" });
+    await api(sim, "PUT", `${VM}/101/config`, { delete: "net1" });
+  });
 });
 
 describe("pvesim: disks, templates and several nodes", () => {
