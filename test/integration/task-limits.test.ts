@@ -7,6 +7,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { AGENTLAB_BIN } from "../helpers/paths.js";
 import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { inspect, setControl } from "../pvesim/harness.js";
+import { createWorkspace } from "./workspace-volume.js";
 
 /**
  * Proxmox tasks are bounded by proxmox_task_timeout, not by the per-call proxmox_command_timeout; a
@@ -118,6 +119,39 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       assert.equal(show.body.state, "FAILED");
       assert.match(show.body.failure_reason ?? "", /^cancelled/);
       await assertStoppedAndGone(h, vmid);
+    });
+
+    test("a full-copy workspace fork over the task limit is stopped and leaves neither a holder VM nor a fork", async () => {
+      await setControl(h.sim.dir, { full_clone_ms: 9000 });
+      const source = await createWorkspace<{ name: string; holder_vmid: number }>(h, "slow-src", "local");
+      const vmsBefore = await inspect(h.sim.dir, (ctx) => Object.keys(ctx.state.vms).sort());
+      await setControl(h.sim.dir, { full_clone_ms: 600_000 });
+      const failed = await h.json<ErrorBody>(["workspace", "fork", source.name, "--name", "slow-fork"]);
+      assert.equal(failed.body.code, "PROXMOX_TIMEOUT", JSON.stringify(failed.body));
+      assert.match(
+        failed.body.message,
+        /the qmclone task ran longer than 15s \(proxmox_task_timeout\); it was stopped: clone failed: interrupted by signal/,
+      );
+      const clones = await inspect(h.sim.dir, (ctx) =>
+        ctx.state.tasks
+          .filter((t) => t.type === "qmclone" && t.op.vmid === source.holder_vmid)
+          .map((t) => ({ phase: t.phase, exitstatus: t.exitstatus })),
+      );
+      assert.deepEqual(clones, [{ phase: "done", exitstatus: "clone failed: interrupted by signal" }]);
+      assert.equal(
+        (await h.json<ErrorBody>(["workspace", "show", "slow-fork"])).body.code,
+        "WORKSPACE_NOT_FOUND",
+      );
+      assert.deepEqual(
+        await inspect(h.sim.dir, (ctx) => Object.keys(ctx.state.vms).sort()),
+        vmsBefore,
+        "no holder VM was left",
+      );
+      assert.equal(
+        await inspect(h.sim.dir, (ctx) => ctx.state.vms[String(source.holder_vmid)]?.config["lock"]),
+        undefined,
+        "the source holder is not left locked",
+      );
     });
   });
 }
