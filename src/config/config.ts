@@ -10,6 +10,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import { AgentlabError } from "../protocol/errors.js";
+import { formatDuration } from "../protocol/units.js";
 import {
   bool,
   duration,
@@ -78,6 +79,8 @@ export interface Config {
   proxmox_tls_insecure: boolean;
   proxmox_tls_ca_path: string;
   proxmox_command_timeout_ms: number;
+  /** How long one Proxmox task (clone, create, start, destroy, ...) may run before it is stopped. */
+  proxmox_task_timeout_ms: number;
   provisioning_timeout_ms: number;
   orphan_grace_period_ms: number;
   idle_stop_enabled: boolean;
@@ -147,6 +150,7 @@ export const ConfigFileSchema = z.strictObject({
   proxmox_tls_insecure: bool().default(false),
   proxmox_tls_ca_path: filePath().optional(),
   proxmox_command_timeout: duration().optional(),
+  proxmox_task_timeout: duration().optional(),
   provisioning_timeout: duration().optional(),
   orphan_grace_period: duration().optional(),
   idle_stop_enabled: bool().default(true),
@@ -355,6 +359,20 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     );
   }
 
+  const commandTimeoutMs = file.proxmox_command_timeout ?? 2 * MINUTE_MS;
+  // A full clone of a large disk takes minutes (7 min for 60 GiB was observed); the default leaves room.
+  const taskTimeoutMs = file.proxmox_task_timeout ?? 30 * MINUTE_MS;
+  if (taskTimeoutMs <= 0) {
+    problems.add(
+      "proxmox_task_timeout",
+      "proxmox_task_timeout: must be greater than 0: a Proxmox task needs time to run, e.g. 30m",
+    );
+  } else if (taskTimeoutMs < commandTimeoutMs) {
+    problems.add(
+      "proxmox_task_timeout",
+      `proxmox_task_timeout: must be at least proxmox_command_timeout (${formatDuration(commandTimeoutMs)}): a task cannot be given less time than the call that starts it; raise proxmox_task_timeout or lower proxmox_command_timeout`,
+    );
+  }
   const provisioningTimeoutMs = file.provisioning_timeout ?? 10 * MINUTE_MS;
   // A lease that expires as it is taken would let a second operation in while the first still runs.
   const workspaceLeaseTtlMs = file.workspace_lease_ttl ?? 30 * MINUTE_MS;
@@ -396,7 +414,8 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     proxmox_node: file.proxmox_node ?? "",
     proxmox_tls_insecure: file.proxmox_tls_insecure,
     proxmox_tls_ca_path: optionalPath(file.proxmox_tls_ca_path),
-    proxmox_command_timeout_ms: file.proxmox_command_timeout ?? 2 * MINUTE_MS,
+    proxmox_command_timeout_ms: commandTimeoutMs,
+    proxmox_task_timeout_ms: taskTimeoutMs,
     provisioning_timeout_ms: provisioningTimeoutMs,
     // Orphans are VMs whose provisioning never finished; give a slow provisioning time to end first.
     orphan_grace_period_ms:

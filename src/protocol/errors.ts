@@ -122,7 +122,7 @@ export const ERROR_CODES = {
   PROXMOX_TIMEOUT: {
     rpc: 1408,
     exit: 1,
-    hint: "Proxmox did not answer in proxmox_command_timeout; check the host load and raise the timeout if needed",
+    hint: "Proxmox did not answer in proxmox_command_timeout, or a task ran longer than proxmox_task_timeout; check the host load and raise the timeout if needed",
   },
   PROXMOX_INVALID: { rpc: 1409, exit: 1, hint: "Proxmox refused a parameter; the details name it" },
   GUEST_AGENT_NOT_READY: {

@@ -8,7 +8,7 @@ import { PveError } from "./errors.js";
 import { ROUTES, type Route, type RouteResult } from "./routes.js";
 import { type ApiCall, callApi, withModel } from "./runner.js";
 import { type ParamSpec, parseBoolean, type RawParams } from "./schema.js";
-import { findTask } from "./tasks.js";
+import { findTask, stopTask } from "./tasks.js";
 import type { TaskRec } from "./types.js";
 
 export interface Io {
@@ -112,21 +112,71 @@ export async function rootCall(dir: string, call: Omit<ApiCall, "auth">): Promis
   return callApi(dir, { ...call, auth: ROOT });
 }
 
+const INTERRUPTS = ["SIGINT", "SIGTERM", "SIGQUIT"] as const;
+
+/**
+ * The foreground worker's signal handling. pvesh, qm and pvesm run a worker in the foreground; while
+ * it runs, SIGINT, SIGTERM and SIGQUIT to the CLI are forwarded to the worker's process group
+ * (tee_worker, pve-common RESTEnvironment.pm:445-459) and the CLI itself ignores them (:531): the
+ * worker dies with `received interrupt` (:566), undoing its work as its error path does, and the CLI
+ * prints the outcome and exits only once the worker is gone (:735-741). The simulator's worker is the
+ * task record, so a signal stops the task in the model. Armed by the CLI program before the call
+ * starts, so a signal that arrives while the task is being created stops it too; a signal that came
+ * when no task was started ends the process as the signal would have (see `exitIfInterrupted`).
+ */
+const interrupt = {
+  armed: false,
+  signal: undefined as NodeJS.Signals | undefined,
+  wake: new AbortController(),
+};
+
+export function armForegroundInterrupt(): void {
+  if (interrupt.armed) return;
+  interrupt.armed = true;
+  for (const name of INTERRUPTS) {
+    process.on(name, () => {
+      interrupt.signal ??= name;
+      interrupt.wake.abort();
+    });
+  }
+}
+
+/** After a call that started no worker: a signal received meanwhile kills the process after all. */
+export function exitIfInterrupted(): void {
+  const name = interrupt.signal;
+  if (!name) return;
+  process.removeAllListeners(name);
+  process.kill(process.pid, name);
+}
+
 /** Waits for a task like a CLI running the worker in the foreground, streaming its log to stdout. */
 export async function waitForTask(dir: string, upid: string, io: Io): Promise<TaskRec> {
   let printed = 0;
+  let stopped = false;
   for (;;) {
+    const interrupted = interrupt.signal !== undefined && !stopped;
     const task = await withModel(dir, (ctx) => {
       const t = findTask(ctx, upid);
+      if (t && interrupted) stopTask(ctx, t);
       return t ? (JSON.parse(JSON.stringify(t)) as TaskRec) : undefined;
     });
+    if (interrupted) {
+      stopped = true;
+      // The CLI survives the signal it forwarded; a later one has nothing left to stop.
+      interrupt.signal = undefined;
+    }
     if (!task) throw new Error(`task ${upid} vanished`);
     const lines = task.log.filter((l) => !/^TASK (OK|ERROR|WARNINGS)/.test(l));
     for (const line of lines.slice(printed)) io.out(`${line}\n`);
     printed = lines.length;
     if (task.phase === "done") return task;
     const wait = task.endAt !== undefined ? task.endAt - Date.now() : 20;
-    await sleep(Math.min(200, Math.max(2, wait + 1)));
+    try {
+      await sleep(Math.min(200, Math.max(2, wait + 1)), undefined, { signal: interrupt.wake.signal });
+    } catch {
+      // A signal arrived: stop the task at once.
+      interrupt.wake = new AbortController();
+    }
   }
 }
 

@@ -5,7 +5,7 @@
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { addAcl, addRole, addToken } from "./access.js";
-import { processIo } from "./cli-common.js";
+import { armForegroundInterrupt, exitIfInterrupted, processIo } from "./cli-common.js";
 import { type Control, parseFault, parseKnob, readControl, updateControl } from "./control.js";
 import { lvchangeMain, lvsMain, rebootNodes, zfsMain } from "./host-cli.js";
 import { removeVmBehindBack } from "./lifecycle.js";
@@ -179,6 +179,14 @@ async function control(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** A CLI that may run a worker in the foreground: signals stop the worker, not the CLI (cli-common.ts). */
+async function foreground(run: () => Promise<number>): Promise<number> {
+  armForegroundInterrupt();
+  const code = await run();
+  exitIfInterrupted();
+  return code;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   try {
@@ -190,11 +198,11 @@ export async function main(argv: string[]): Promise<number> {
       case "control":
         return await control(rest);
       case "qm":
-        return await qmMain(dirFromEnv(), rest, processIo);
+        return await foreground(() => qmMain(dirFromEnv(), rest, processIo));
       case "pvesh":
-        return await pveshMain(dirFromEnv(), rest, processIo);
+        return await foreground(() => pveshMain(dirFromEnv(), rest, processIo));
       case "pvesm":
-        return await pvesmMain(dirFromEnv(), rest, processIo);
+        return await foreground(() => pvesmMain(dirFromEnv(), rest, processIo));
       case "zfs":
         return await zfsMain(dirFromEnv(), rest, processIo);
       case "lvs":

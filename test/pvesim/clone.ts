@@ -295,7 +295,11 @@ registerTaskKind("clone", {
       }
     }
     if (vm && vm.config["lock"] === "clone") delete ctx.state.vms[String(newid)];
-    if (task.failAtEnd && !/^(clone failed|(Linked|Full) clone feature)/.test(task.failAtEnd)) {
+    if (task.scratch["interrupted"]) {
+      // The copy runs under its own TERM handler; the error path frees the new disks, removes the
+      // firewall and the config, and dies (qemu-server API2/Qemu.pm:4623-4624, 4716-4727).
+      task.failAtEnd = "clone failed: interrupted by signal";
+    } else if (task.failAtEnd && !/^(clone failed|(Linked|Full) clone feature)/.test(task.failAtEnd)) {
       task.failAtEnd = `clone failed: ${task.failAtEnd}`;
     }
   },

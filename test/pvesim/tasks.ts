@@ -254,10 +254,16 @@ export function findTask(ctx: Ctx, upid: string): TaskRec | undefined {
   return ctx.state.tasks.find((t) => t.upid === upid);
 }
 
-/** `DELETE /nodes/{node}/tasks/{upid}`: the worker is killed and cleans up after itself. */
+/**
+ * `DELETE /nodes/{node}/tasks/{upid}`, or the signal a foreground CLI forwards: the worker gets TERM
+ * and dies with `received interrupt` (pve-common RESTEnvironment.pm:566), cleaning up after itself. A
+ * worker past its start may have its own TERM handler with its own text (clone: `interrupted by
+ * signal`); `interrupted` tells its abort that it was stopped mid-work.
+ */
 export function stopTask(ctx: Ctx, task: TaskRec): void {
   if (task.phase === "done") return;
   task.failAtEnd = "received interrupt";
   if (task.phase === "waiting") task.beginAt = ctx.now;
+  else task.scratch["interrupted"] = true;
   end(ctx, task, ctx.now);
 }

@@ -71,6 +71,7 @@ describe("config: defaults and derived values", () => {
       proxmox_tls_insecure: false,
       proxmox_tls_ca_path: "",
       proxmox_command_timeout_ms: 120_000,
+      proxmox_task_timeout_ms: 1_800_000,
       provisioning_timeout_ms: 600_000,
       orphan_grace_period_ms: 1_200_000,
       idle_stop_enabled: true,
@@ -162,6 +163,13 @@ describe("config: defaults and derived values", () => {
     assert.equal(config.shutdown_timeout_ms, 250);
   });
 
+  it("a task may run for proxmox_task_timeout, separately from the per-call proxmox_command_timeout", () => {
+    const { config } = load("proxmox_command_timeout: 30s\nproxmox_task_timeout: 1h30m\n");
+    assert.equal(config.proxmox_command_timeout_ms, 30_000);
+    assert.equal(config.proxmox_task_timeout_ms, 5_400_000);
+    assert.equal(load("proxmox_command_timeout: 5m\n").config.proxmox_task_timeout_ms, 1_800_000);
+  });
+
   it("clamps the derived orphan grace period to [5m, 2h], and an explicit one wins", () => {
     assert.equal(load("provisioning_timeout: 1m\n").config.orphan_grace_period_ms, 300_000);
     assert.equal(load("provisioning_timeout: 0\n").config.orphan_grace_period_ms, 300_000);
@@ -228,6 +236,17 @@ describe("config: validation of single keys", () => {
       "proxmox_command_timeout: 5",
       "proxmox_command_timeout",
       /expected a duration such as 30s, 5m or 1h30m, got 5/,
+    ],
+    [
+      "proxmox_task_timeout: 30",
+      "proxmox_task_timeout",
+      /expected a duration such as 30s, 5m or 1h30m, got 30/,
+    ],
+    ["proxmox_task_timeout: 0", "proxmox_task_timeout", /must be greater than 0/],
+    [
+      "proxmox_task_timeout: 1m",
+      "proxmox_task_timeout",
+      /must be at least proxmox_command_timeout \(2m\).*raise proxmox_task_timeout or lower proxmox_command_timeout/,
     ],
     ["provisioning_timeout: soon", "provisioning_timeout", /expected a duration/],
     ["orphan_grace_period: -5m", "orphan_grace_period", /expected a duration/],

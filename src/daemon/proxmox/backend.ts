@@ -1,4 +1,5 @@
 import { AgentlabError } from "../../protocol/errors.js";
+import { formatDuration } from "../../protocol/units.js";
 import type { Logger } from "../log.js";
 import { classifyProxmoxError } from "./errors.js";
 import { retryOnLock } from "./retry.js";
@@ -8,6 +9,7 @@ import {
   type TaskStatus,
   TaskTimeoutError,
   taskSucceeded,
+  type Upid,
   waitForTask,
 } from "./tasks.js";
 import {
@@ -17,6 +19,7 @@ import {
   type Params,
   PveRequestError,
   type PveTransport,
+  TaskInterruptedError,
 } from "./transport.js";
 import type {
   CallOptions,
@@ -43,8 +46,15 @@ import type {
 export interface PveBackendOptions {
   transport: PveTransport;
   log: Logger;
-  /** Bound for one call, including waiting for its task (proxmox_command_timeout). */
+  /** Bound for one call that runs no task (proxmox_command_timeout). */
   timeoutMs: number;
+  /** Bound for one task, from its start to its end (proxmox_task_timeout); default: timeoutMs. */
+  taskTimeoutMs?: number;
+  /**
+   * How long a task the daemon gave up on (over its limit, or cancelled) may take to end after it was
+   * told to stop, before the daemon reports it as still running. Default 60 s.
+   */
+  taskStopGraceMs?: number;
   /** How long lock contention is retried before the lock error is reported. */
   lockRetryBudgetMs?: number;
   /** The API token id (USER@REALM!TOKEN), named in permission hints. */
@@ -105,6 +115,79 @@ function configParams(changes: Record<string, string | number | boolean>, remove
   return params;
 }
 
+/** A task's own path; `/status`, `/log` below it, and DELETE on it stops the task. */
+function taskPath(upid: Upid): ApiPath {
+  return apiPath`/nodes/${upid.node}/tasks/${upid.upid}`;
+}
+
+/** How long a task may run, what sets that limit, and what to do when a task exceeds it. */
+interface TaskLimit {
+  ms: number;
+  name: string;
+  fix: string;
+}
+
+/**
+ * The error for a task the daemon gave up on: PROXMOX_TIMEOUT over its limit, CANCELLED when the
+ * operation was cancelled. It says what became of the task, so that nobody undoes work a worker is
+ * still doing.
+ */
+function givenUp(
+  reason: "timeout" | "cancelled",
+  action: string,
+  limit: TaskLimit,
+  task: { upid?: Upid; exitstatus?: string; workerEnded: boolean; stillRunning?: boolean },
+  cause?: unknown,
+): AgentlabError {
+  const { upid } = task;
+  const name = upid ? `the ${upid.type} task` : "the task";
+  const fate = task.exitstatus
+    ? `it was stopped: ${task.exitstatus}`
+    : task.stillRunning
+      ? "it is still running after it was told to stop"
+      : task.workerEnded
+        ? "it was stopped"
+        : "it may still be running (pvesh had to be killed, or its status could not be read)";
+  const look = upid
+    ? `pvesh get /nodes/${upid.node}/tasks/${upid.upid}/status, and stop it with pvesh delete /nodes/${upid.node}/tasks/${upid.upid}`
+    : "pvesh get /cluster/tasks";
+  const confirmed = task.exitstatus !== undefined || task.workerEnded;
+  const details = {
+    ...(upid ? { upid: upid.upid } : {}),
+    ...(task.exitstatus ? { exitstatus: task.exitstatus } : {}),
+    limit_ms: limit.ms,
+  };
+  const options = { details, ...(cause !== undefined ? { cause } : {}) };
+  if (reason === "cancelled") {
+    return new AgentlabError("CANCELLED", `${action}: cancelled, and ${name} with it; ${fate}`, {
+      ...options,
+      ...(confirmed ? {} : { hint: `check it on the Proxmox host: ${look}` }),
+    });
+  }
+  return new AgentlabError(
+    "PROXMOX_TIMEOUT",
+    `${action}: ${name} ran longer than ${formatDuration(limit.ms)} (${limit.name}); ${fate}`,
+    {
+      ...options,
+      hint: confirmed ? limit.fix : `check it on the Proxmox host before retrying: ${look}`,
+    },
+  );
+}
+
+/**
+ * A shutdown's own limit: its guest timeout (Proxmox's default 60 s, qemu-server API2/Qemu.pm:3934),
+ * then with forceStop a SIGTERM, 10 s, a SIGKILL and the cleanup (QemuServer.pm:6282-6326); 60 s
+ * covers the force-stop and the cleanup.
+ */
+export function shutdownLimit(timeoutSeconds?: number): TaskLimit {
+  const seconds = timeoutSeconds ?? 60;
+  return {
+    ms: seconds * 1000 + 60_000,
+    name: `the shutdown timeout of ${seconds}s plus 60s to force the stop`,
+    fix: "the VM did not stop even when forced: check it on the Proxmox host (qm status, the task log)",
+  };
+}
+
 function storageOf(volid: string): string {
   const colon = volid.indexOf(":");
   if (colon <= 0)
@@ -123,6 +206,8 @@ export class PveBackend implements ProxmoxBackend {
   private readonly transport: PveTransport;
   private readonly log: Logger;
   private readonly timeoutMs: number;
+  private readonly taskTimeoutMs: number;
+  private readonly taskStopGraceMs: number;
   private readonly lockRetryBudgetMs: number;
   private readonly tokenId: string | undefined;
   private readonly sleep: (ms: number, signal?: AbortSignal) => Promise<void>;
@@ -134,6 +219,8 @@ export class PveBackend implements ProxmoxBackend {
     this.kind = options.transport.kind;
     this.log = options.log;
     this.timeoutMs = options.timeoutMs;
+    this.taskTimeoutMs = options.taskTimeoutMs ?? options.timeoutMs;
+    this.taskStopGraceMs = options.taskStopGraceMs ?? 60_000;
     this.lockRetryBudgetMs = options.lockRetryBudgetMs ?? 30_000;
     this.tokenId = options.tokenId;
     this.sleep = options.sleep ?? abortableSleep;
@@ -180,13 +267,16 @@ export class PveBackend implements ProxmoxBackend {
     path: ApiPath,
     params?: Params,
     signal?: AbortSignal,
+    taskTimeoutMs?: number,
   ): Promise<unknown> {
-    return this.transport.request(method, path, params, signal);
+    return this.transport.request(method, path, params, signal, taskTimeoutMs);
   }
 
   /**
    * A call that starts a worker: send it, wait for the task, and report a failed task by its exit
-   * status. Lock contention (before or inside the task) is retried as a whole.
+   * status. Lock contention (before or inside the task) is retried as a whole. The task may run for
+   * `limit` (null: the endpoint is synchronous, bounded by the per-call timeout); a task the daemon
+   * gives up on is stopped in Proxmox before this returns (see giveUp).
    */
   private async mutate(
     action: string,
@@ -195,14 +285,29 @@ export class PveBackend implements ProxmoxBackend {
     path: ApiPath,
     params: Params,
     call: CallOptions = {},
+    limit: TaskLimit | null = {
+      ms: this.taskTimeoutMs,
+      name: "proxmox_task_timeout",
+      fix: "raise proxmox_task_timeout in config.yaml if tasks this long are expected (a full clone of a large disk takes minutes)",
+    },
   ): Promise<void> {
     await this.call(action, vm.vmid, () =>
       retryOnLock(
         async () => {
           try {
-            const data = await this.request(method, path, params, call.signal);
+            let data: unknown;
+            try {
+              data = await this.request(method, path, params, call.signal, limit?.ms);
+            } catch (error) {
+              // pvesh ran the worker and was interrupted: make sure the task is over, then report it.
+              if (!(error instanceof TaskInterruptedError) || !limit) throw error;
+              if (error.upid === undefined)
+                throw givenUp(error.reason, action, limit, { workerEnded: error.workerEnded }, error);
+              await this.giveUp(error.upid, error.reason, limit, action);
+              return;
+            }
             if (typeof data === "string" && data.startsWith("UPID:"))
-              await this.awaitTask(method, path, data, call.signal);
+              await this.awaitTask(method, path, data, call.signal, limit ?? this.commandLimit(), action);
           } catch (error) {
             throw classifyProxmoxError(error, {
               action,
@@ -229,48 +334,58 @@ export class PveBackend implements ProxmoxBackend {
     );
   }
 
+  /** For an endpoint documented as synchronous that answers with a task all the same. */
+  private commandLimit(): TaskLimit {
+    return {
+      ms: this.timeoutMs,
+      name: "proxmox_command_timeout",
+      fix: "raise proxmox_command_timeout in config.yaml if the Proxmox host is this slow",
+    };
+  }
+
+  /** `GET /nodes/{node}/tasks/{upid}/status`: running or stopped, with the exit status once stopped. */
+  private async taskStatus(statusPath: ApiPath, signal?: AbortSignal): Promise<TaskStatus> {
+    const raw = (await this.request("GET", statusPath, undefined, signal)) as Json | null;
+    if (raw === null || typeof raw !== "object") {
+      throw new PveRequestError(
+        "GET",
+        statusPath,
+        `task status answer is not an object: ${JSON.stringify(raw)}`,
+      );
+    }
+    const exitstatus = asString(raw.exitstatus);
+    return {
+      status: raw.status === "stopped" ? "stopped" : "running",
+      ...(exitstatus ? { exitstatus } : {}),
+    };
+  }
+
   private async awaitTask(
     method: HttpMethod,
     path: ApiPath,
     upidText: string,
-    signal?: AbortSignal,
+    signal: AbortSignal | undefined,
+    limit: TaskLimit,
+    action: string,
   ): Promise<void> {
     const upid = parseUpid(upidText);
     if (!upid) throw new PveRequestError(method, path, `unexpected task id ${JSON.stringify(upidText)}`);
-    const statusPath = apiPath`/nodes/${upid.node}/tasks/${upid.upid}/status`;
+    const statusPath = apiPath`${taskPath(upid)}/status`;
     let status: TaskStatus;
     try {
-      status = await waitForTask(
-        async () => {
-          const raw = (await this.request("GET", statusPath, undefined, signal)) as Json | null;
-          if (raw === null || typeof raw !== "object") {
-            throw new PveRequestError(
-              "GET",
-              statusPath,
-              `task status answer is not an object: ${JSON.stringify(raw)}`,
-            );
-          }
-          const exitstatus = asString(raw.exitstatus);
-          return {
-            status: raw.status === "stopped" ? "stopped" : "running",
-            ...(exitstatus ? { exitstatus } : {}),
-          };
-        },
-        upid.upid,
-        { sleep: this.sleep, now: this.now, timeoutMs: this.timeoutMs, ...(signal ? { signal } : {}) },
-      );
+      status = await waitForTask(() => this.taskStatus(statusPath, signal), upid.upid, {
+        sleep: this.sleep,
+        now: this.now,
+        timeoutMs: limit.ms,
+        ...(signal ? { signal } : {}),
+      });
     } catch (error) {
-      if (error instanceof TaskTimeoutError) {
-        throw new AgentlabError(
-          "PROXMOX_TIMEOUT",
-          `${upid.type} task did not finish in time: ${error.message}`,
-          {
-            details: { upid: upid.upid },
-            cause: error,
-          },
-        );
-      }
-      throw error;
+      const reason =
+        error instanceof TaskTimeoutError ? "timeout" : signal?.aborted ? "cancelled" : undefined;
+      if (!reason) throw error;
+      // The task runs on in Proxmox (the API only started it): stop it before anyone undoes its work.
+      await this.giveUp(upid.upid, reason, limit, action);
+      return;
     }
     if (!taskSucceeded(status)) {
       const failure = classifyProxmoxError(
@@ -286,6 +401,54 @@ export class PveBackend implements ProxmoxBackend {
         details: { upid: upid.upid, exitstatus: status.exitstatus },
       });
     }
+  }
+
+  /**
+   * A task the daemon gave up on (over its limit, or the operation was cancelled) is stopped, and this
+   * waits, bounded by taskStopGraceMs, until Proxmox reports it ended: an undo must not race a worker
+   * that still holds the VM's lock or is still writing its disks. `DELETE /nodes/{node}/tasks/{upid}`
+   * sends TERM to the worker's process group and KILL after 5 s (pve-manager PVE/API2/Tasks.pm:328,
+   * pve-common RESTEnvironment.pm:406-438); the worker's error path undoes its work (a clone frees its
+   * new disks and config: qemu-server API2/Qemu.pm:4716-4727). A task pvesh already stopped is only
+   * read. Returns normally when the task turns out to have succeeded before it could be stopped: its
+   * work is done, and the caller sees the cancellation at its next step.
+   */
+  private async giveUp(
+    upidText: string,
+    reason: "timeout" | "cancelled",
+    limit: TaskLimit,
+    action: string,
+  ): Promise<void> {
+    const upid = parseUpid(upidText);
+    if (!upid) throw givenUp(reason, action, limit, { workerEnded: false });
+    const statusPath = apiPath`${taskPath(upid)}/status`;
+    let status: TaskStatus;
+    try {
+      status = await this.taskStatus(statusPath);
+      if (status.status === "running") {
+        this.log.warn(
+          { action, upid: upid.upid, limit_ms: limit.ms },
+          reason === "timeout"
+            ? `stopping the ${upid.type} task: it ran longer than ${formatDuration(limit.ms)} (${limit.name})`
+            : `stopping the ${upid.type} task: the operation was cancelled`,
+        );
+        await this.request("DELETE", taskPath(upid));
+        status = await waitForTask(() => this.taskStatus(statusPath), upid.upid, {
+          sleep: this.sleep,
+          now: this.now,
+          timeoutMs: this.taskStopGraceMs,
+        });
+      }
+    } catch (error) {
+      const stillRunning = error instanceof TaskTimeoutError;
+      throw givenUp(reason, action, limit, { upid, workerEnded: false, stillRunning }, error);
+    }
+    if (taskSucceeded(status)) return;
+    throw givenUp(reason, action, limit, {
+      upid,
+      workerEnded: true,
+      ...(status.exitstatus ? { exitstatus: status.exitstatus } : {}),
+    });
   }
 
   version(): Promise<{ version: string; release: string }> {
@@ -425,7 +588,8 @@ export class PveBackend implements ProxmoxBackend {
   ): Promise<void> {
     const params = configParams(changes, remove);
     if (Object.keys(params).length === 0) return Promise.resolve();
-    return this.mutate(`configure VM ${vm.vmid}`, vm, "PUT", apiPath`${vmPath(vm)}/config`, params);
+    // PUT config is synchronous (no worker): the per-call timeout bounds it.
+    return this.mutate(`configure VM ${vm.vmid}`, vm, "PUT", apiPath`${vmPath(vm)}/config`, params, {}, null);
   }
 
   setConfigAsync(
@@ -473,6 +637,7 @@ export class PveBackend implements ProxmoxBackend {
       apiPath`${vmPath(vm)}/status/shutdown`,
       params,
       call,
+      shutdownLimit(options.timeoutSeconds),
     );
   }
 

@@ -8,6 +8,7 @@ import type { ProxmoxBackend } from "./types.js";
 /** The backend the config names. Building one makes no call: reachability is checked by status. */
 export function createBackend(config: Config, log: Logger): ProxmoxBackend {
   const timeoutMs = config.proxmox_command_timeout_ms;
+  const taskTimeoutMs = config.proxmox_task_timeout_ms;
   if (config.proxmox_backend === "api") {
     const transport = new ApiTransport({
       url: config.proxmox_api_url,
@@ -20,6 +21,7 @@ export function createBackend(config: Config, log: Logger): ProxmoxBackend {
       transport,
       log: log.child({ backend: "api" }),
       timeoutMs,
+      taskTimeoutMs,
       tokenId: transport.tokenId,
     });
   }
@@ -27,5 +29,6 @@ export function createBackend(config: Config, log: Logger): ProxmoxBackend {
     transport: new ShellTransport({ timeoutMs }),
     log: log.child({ backend: "shell" }),
     timeoutMs,
+    taskTimeoutMs,
   });
 }

@@ -1,18 +1,25 @@
 import { execa } from "execa";
 import { AgentlabError } from "../../protocol/errors.js";
+import { parseUpid } from "./tasks.js";
 import {
   type ApiPath,
   type HttpMethod,
   type Params,
   PveRequestError,
   type PveTransport,
+  TaskInterruptedError,
 } from "./transport.js";
 
 const VERBS: Record<HttpMethod, string> = { GET: "get", POST: "create", PUT: "set", DELETE: "delete" };
 
 export interface ShellTransportOptions {
-  /** Per-call bound (proxmox_command_timeout). */
+  /** Per-call bound (proxmox_command_timeout) for calls that run no worker. */
   timeoutMs: number;
+  /**
+   * After pvesh running a worker is sent SIGTERM, how long it may take to stop the worker (which runs
+   * its own cleanup, e.g. a clone frees the disks it made) before it is killed. Default 60 s.
+   */
+  stopGraceMs?: number;
   /** The pvesh executable; found in PATH by default. */
   pvesh?: string;
   env?: NodeJS.ProcessEnv;
@@ -90,25 +97,53 @@ export class ShellTransport implements PveTransport {
 
   constructor(private readonly options: ShellTransportOptions) {}
 
-  async request(method: HttpMethod, path: ApiPath, params?: Params, signal?: AbortSignal): Promise<unknown> {
+  async request(
+    method: HttpMethod,
+    path: ApiPath,
+    params?: Params,
+    signal?: AbortSignal,
+    taskTimeoutMs?: number,
+  ): Promise<unknown> {
     this.calls.count++;
     const args = pveshArgs(method, path, params);
     const raw = String(path);
+    // pvesh runs a worker in the foreground, so a worker call lasts as long as its task: it is bounded by
+    // the task limit. Killing it with SIGTERM stops the task (tee_worker forwards the TERM to the worker),
+    // and pvesh exits once the worker is gone; SIGKILL only after the grace, since it would orphan the worker.
+    const worker = taskTimeoutMs !== undefined;
+    const timeoutMs = taskTimeoutMs ?? this.options.timeoutMs;
     const result = await execa(this.options.pvesh ?? "pvesh", args, {
       reject: false,
-      timeout: this.options.timeoutMs,
+      timeout: timeoutMs,
+      ...(worker ? { forceKillAfterDelay: this.options.stopGraceMs ?? 60_000 } : {}),
       ...(signal ? { cancelSignal: signal } : {}),
       ...(this.options.env ? { env: this.options.env } : {}),
       stdin: "ignore",
       stripFinalNewline: false,
     });
+    if (worker && (result.isCanceled || result.timedOut)) {
+      // pvesh prints the UPID last, after its worker ended (also when the worker was interrupted).
+      const printed = result.exitCode === 0 ? parsePveshOutput(method, raw, String(result.stdout)) : null;
+      const upid = typeof printed === "string" ? parseUpid(printed)?.upid : undefined;
+      throw new TaskInterruptedError(
+        result.timedOut ? "timeout" : "cancelled",
+        method,
+        raw,
+        timeoutMs,
+        // Only SIGKILL (after the grace) can end pvesh before its worker: from fork_worker on it ignores
+        // TERM or forwards it (RESTEnvironment.pm:531, 450-459); one that died of TERM forked no worker.
+        result.signal !== "SIGKILL",
+        upid,
+        { cause: result.isCanceled ? signal?.reason : undefined },
+      );
+    }
     if (result.isCanceled) {
       throw new AgentlabError("CANCELLED", `${method} ${raw}: cancelled`, { cause: signal?.reason });
     }
     if (result.timedOut) {
       throw new AgentlabError(
         "PROXMOX_TIMEOUT",
-        `pvesh ${args[0]} ${path} did not finish within ${this.options.timeoutMs} ms`,
+        `pvesh ${args[0]} ${raw} did not finish within ${timeoutMs} ms`,
         {
           details: { path: raw },
         },

@@ -66,8 +66,16 @@ export interface PveTransport {
   /**
    * Perform one call and return the `data` value. For worker endpoints that is the UPID string; the
    * shell transport returns it only after the worker ran (pvesh runs workers in the foreground).
+   * `taskTimeoutMs` is given for worker endpoints: a transport that runs the worker within the call
+   * (shell) bounds the call by it instead of the per-call timeout; one that only starts it (api) ignores it.
    */
-  request(method: HttpMethod, path: ApiPath, params?: Params, signal?: AbortSignal): Promise<unknown>;
+  request(
+    method: HttpMethod,
+    path: ApiPath,
+    params?: Params,
+    signal?: AbortSignal,
+    taskTimeoutMs?: number,
+  ): Promise<unknown>;
   /** Spawns (shell) or HTTP requests (api) made so far. */
   readonly calls: { count: number };
 }
@@ -93,5 +101,30 @@ export class PveRequestError extends Error {
     super(`${method} ${path}: ${status !== undefined ? `${status} ` : ""}${reason}`, options);
     this.name = "PveRequestError";
     this.path = String(path);
+  }
+}
+
+/**
+ * A worker call the transport had to interrupt (its task limit passed, or the caller cancelled) while
+ * it ran the worker in the foreground (pvesh). `upid` is the task's id when pvesh still printed it, which
+ * it does once its worker has ended; `workerEnded` says whether pvesh exited by itself after the
+ * interruption (its tee_worker forwards the TERM to the worker and returns only when the worker is
+ * gone: pve-common RESTEnvironment.pm:445-466, 735-741) rather than being killed after the grace.
+ */
+export class TaskInterruptedError extends Error {
+  constructor(
+    readonly reason: "timeout" | "cancelled",
+    readonly method: HttpMethod,
+    readonly path: string,
+    readonly limitMs: number,
+    readonly workerEnded: boolean,
+    readonly upid?: string,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      `${method} ${path}: ${reason === "timeout" ? `task still running after ${limitMs} ms` : "cancelled"}${workerEnded ? "" : "; its worker may still be running"}`,
+      options,
+    );
+    this.name = "TaskInterruptedError";
   }
 }
