@@ -9,6 +9,7 @@ import {
   TaskTimeoutError,
   taskSucceeded,
   waitForTask,
+  workerUpid,
 } from "./tasks.js";
 import { type HttpMethod, type Params, PveRequestError, type PveTransport } from "./transport.js";
 import type {
@@ -166,8 +167,10 @@ export class PveBackend implements ProxmoxBackend {
   }
 
   /**
-   * A call that starts a worker: send it, wait for the task, and report a failed task by its exit
-   * status. Lock contention (before or inside the task) is retried as a whole.
+   * A call that changes something: send it, wait for its task, and report a failed task by its exit
+   * status. Lock contention (before or inside the task) is retried as a whole. A worker endpoint
+   * (`kind` "worker", every call here but the synchronous `PUT config`) must answer with a task id: an
+   * answer without one is a failure, never taken as success, since the task may have failed unseen.
    */
   private async mutate(
     action: string,
@@ -176,14 +179,21 @@ export class PveBackend implements ProxmoxBackend {
     path: string,
     params: Params,
     call: CallOptions = {},
+    kind: "worker" | "sync" = "worker",
   ): Promise<void> {
     await this.call(action, vm.vmid, () =>
       retryOnLock(
         async () => {
           try {
             const data = await this.request(method, path, params, call.signal);
-            if (typeof data === "string" && data.startsWith("UPID:"))
-              await this.awaitTask(method, path, data, call.signal);
+            const upid = workerUpid(data);
+            if (upid) await this.awaitTask(method, path, upid, call.signal);
+            else if (kind === "worker")
+              throw new PveRequestError(
+                method,
+                path,
+                `the worker call answered without a task id (UPID), so its outcome is unknown: ${JSON.stringify(data)?.slice(0, 300)}`,
+              );
           } catch (error) {
             throw classifyProxmoxError(error, {
               action,
@@ -396,7 +406,7 @@ export class PveBackend implements ProxmoxBackend {
   ): Promise<void> {
     const params = configParams(changes, remove);
     if (Object.keys(params).length === 0) return Promise.resolve();
-    return this.mutate(`configure VM ${vm.vmid}`, vm, "PUT", `${vmPath(vm)}/config`, params);
+    return this.mutate(`configure VM ${vm.vmid}`, vm, "PUT", `${vmPath(vm)}/config`, params, {}, "sync");
   }
 
   setConfigAsync(
