@@ -22,6 +22,8 @@ export async function startSimHost(
   kind: BackendKind,
   extraConfig = "",
   simOptions: SimOptions = {},
+  /** More environment for the daemon, e.g. PVESIM_NODE: the node its pvesh runs on. */
+  daemonEnv: NodeJS.ProcessEnv = {},
 ): Promise<SimHost> {
   const sim = createSim(simOptions);
   let api: SimApi | undefined;
@@ -39,7 +41,9 @@ export async function startSimHost(
       .join("\n");
   const host = makeHostDir(
     `${base}\n${extraConfig}`,
-    kind === "shell" ? { PATH: sim.env.PATH, PVESIM_DIR: sim.dir, PVESIM_NODE_BIN: process.execPath } : {},
+    kind === "shell"
+      ? { PATH: sim.env.PATH, PVESIM_DIR: sim.dir, PVESIM_NODE_BIN: process.execPath, ...daemonEnv }
+      : daemonEnv,
   );
   const daemon = await startDaemon(host);
   const cli = (args: string[]) => runCli(["--socket", host.socketPath, ...args]);
