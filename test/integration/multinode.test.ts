@@ -5,7 +5,6 @@
  * failure even when pvesh proxied it over SSH.
  */
 import assert from "node:assert/strict";
-import { createServer } from "node:net";
 import { hostname } from "node:os";
 import { after, before, describe, test } from "node:test";
 import { pino } from "pino";
@@ -15,6 +14,7 @@ import { ShellTransport } from "../../src/daemon/proxmox/transport-shell.js";
 import type { ProxmoxBackend } from "../../src/daemon/proxmox/types.js";
 import { nodeNameOfHost } from "../../src/daemon/services/placement.js";
 import { AgentlabError } from "../../src/protocol/errors.js";
+import { freePort } from "../helpers/ports.js";
 import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
 import {
   clearFaults,
@@ -38,18 +38,6 @@ interface ValidateBody {
   ok: boolean;
   errors: Array<{ code: string; field?: string; message: string }>;
   plan: { vmid?: number; node?: string };
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen({ host: "127.0.0.1", port: 0 }, () => {
-      const address = server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 /** VMIDs and their nodes, as the simulator holds them. */
