@@ -8,12 +8,14 @@ import assert from "node:assert/strict";
 import { hostname } from "node:os";
 import { after, before, describe, test } from "node:test";
 import { pino } from "pino";
+import { call } from "../../src/cli/client.js";
 import { PveBackend } from "../../src/daemon/proxmox/backend.js";
 import { ApiTransport } from "../../src/daemon/proxmox/transport-api.js";
 import { ShellTransport } from "../../src/daemon/proxmox/transport-shell.js";
 import type { ProxmoxBackend } from "../../src/daemon/proxmox/types.js";
 import { nodeNameOfHost } from "../../src/daemon/services/placement.js";
 import { AgentlabError } from "../../src/protocol/errors.js";
+import { daemonChecks } from "../../src/protocol/index.js";
 import { freePort } from "../helpers/ports.js";
 import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
 import {
@@ -100,6 +102,22 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       );
       assert.equal(result.body.plan.node, "pve2");
       assert.equal(result.body.plan.vmid, 1000, "the refused sandbox new consumed no VMID");
+    });
+
+    test("init/status's template check names the template on the other node", async () => {
+      const report = await call({ socketPath: h.host.socketPath, timeoutMs: 60_000 }, daemonChecks, {});
+      const backend = report.checks.find((c) => c.name === "backend");
+      assert.match(backend?.detail ?? "", /, node pve$/);
+      const templates = report.checks.find((c) => c.name === "templates");
+      assert.equal(templates?.status, "fail");
+      assert.equal(
+        templates?.detail,
+        "template VM 9000 (profiles interactive-dev, yolo-ephemeral, yolo-workspace) is on node pve2, not on agentlabd's node pve",
+      );
+      assert.equal(
+        templates?.fix,
+        "build a template on node pve and set template_vmid of profiles interactive-dev, yolo-ephemeral, yolo-workspace to it",
+      );
     });
 
     test("job run is refused at once: no job is queued", async () => {

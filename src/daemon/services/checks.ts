@@ -10,6 +10,7 @@ import type { DaemonContext } from "../context.js";
 import { DEFAULT_NFT_PARAMS, nftParamsFromConfig } from "../network/nft.js";
 import type { ClusterVm, VmConfig } from "../proxmox/types.js";
 import { quickCheck } from "../store/health.js";
+import { daemonNode } from "./placement.js";
 import { agentEnabled } from "./sandbox/vm-config.js";
 
 /** Longest any single Proxmox call of the checks may take, well inside the CLI's default 30 s. */
@@ -68,6 +69,7 @@ async function templateFindings(
   vmid: number,
   profiles: string[],
   cluster: ClusterVm[],
+  node: string,
 ): Promise<TemplateFinding[]> {
   const vm = cluster.find((entry) => entry.vmid === vmid);
   const users = `profile${profiles.length > 1 ? "s" : ""} ${profiles.join(", ")}`;
@@ -80,6 +82,13 @@ async function templateFindings(
     ];
   }
   const found: TemplateFinding[] = [];
+  if (node !== "" && vm.node !== node) {
+    // sandbox new refuses it (placement.ts): the snippet, bindings and listener are on agentlabd's node.
+    found.push({
+      problem: `template VM ${vmid} (${users}) is on node ${vm.node}, not on agentlabd's node ${node}`,
+      fix: `build a template on node ${node} and set template_vmid of ${users} to it`,
+    });
+  }
   if (!vm.template) {
     found.push({ problem: `VM ${vmid} is not a template`, fix: `qm template ${vmid}` });
   }
@@ -102,7 +111,7 @@ async function templateFindings(
   return found;
 }
 
-async function templatesCheck(ctx: DaemonContext, cluster: ClusterVm[]): Promise<InitCheck> {
+async function templatesCheck(ctx: DaemonContext, cluster: ClusterVm[], node: string): Promise<InitCheck> {
   const byVmid = new Map<number, string[]>();
   for (const profile of ctx.profiles) {
     byVmid.set(profile.template_vmid, [...(byVmid.get(profile.template_vmid) ?? []), profile.name]);
@@ -111,7 +120,7 @@ async function templatesCheck(ctx: DaemonContext, cluster: ClusterVm[]): Promise
   const findings: TemplateFinding[] = [];
   for (const [vmid, names] of [...byVmid].sort(([a], [b]) => a - b)) {
     try {
-      findings.push(...(await templateFindings(ctx, vmid, names, cluster)));
+      findings.push(...(await templateFindings(ctx, vmid, names, cluster, node)));
     } catch (error) {
       const known = asError(error);
       findings.push({ problem: `VM ${vmid}: ${known.message}`, fix: known.hint });
@@ -237,10 +246,7 @@ export async function daemonChecks(ctx: DaemonContext): Promise<DaemonChecks> {
   try {
     const version = await withTimeout("the version request", ctx.backend.version());
     cluster = await withTimeout("the VM list", ctx.backend.listVms());
-    if (node === "") {
-      const nodes = await withTimeout("the node list", ctx.backend.listNodes());
-      node = nodes.find((n) => n.online)?.node ?? nodes[0]?.node ?? "";
-    }
+    if (node === "") node = await withTimeout("the node list", daemonNode(ctx));
     backend = {
       name: "backend",
       status: "ok",
@@ -259,15 +265,15 @@ export async function daemonChecks(ctx: DaemonContext): Promise<DaemonChecks> {
   const skipped = (name: string): InitCheck => ({
     name,
     status: "warn",
-    detail: "not checked: Proxmox is unreachable (see backend)",
+    detail: `not checked: ${cluster === undefined ? "Proxmox is unreachable" : "agentlabd's node is unknown"} (see backend)`,
   });
   let templates: InitCheck;
   let snippets: InitCheck;
-  if (cluster === undefined) {
+  if (cluster === undefined || node === "") {
     templates = skipped("templates");
     snippets = skipped("snippets");
   } else {
-    templates = await templatesCheck(ctx, cluster);
+    templates = await templatesCheck(ctx, cluster, node);
     try {
       snippets = await snippetsCheck(ctx, node);
     } catch (error) {
