@@ -22,8 +22,15 @@ export async function startSimHost(
   kind: BackendKind,
   extraConfig = "",
   simOptions: SimOptions = {},
-  /** Makes the API token the daemon uses instead of root's (api only), e.g. a privilege-separated one. */
-  apiToken?: (sim: Sim) => Promise<string>,
+  {
+    apiToken,
+    daemonEnv = {},
+  }: {
+    /** Makes the API token the daemon uses instead of root's (api only), e.g. a privilege-separated one. */
+    apiToken?: (sim: Sim) => Promise<string>;
+    /** More environment for the daemon, e.g. PVESIM_NODE: the node its pvesh runs on. */
+    daemonEnv?: NodeJS.ProcessEnv;
+  } = {},
 ): Promise<SimHost> {
   const sim = createSim(simOptions);
   let api: SimApi | undefined;
@@ -44,7 +51,9 @@ export async function startSimHost(
   const simTools = kind === "shell" || /^host_tools: on$/m.test(extraConfig);
   const host = makeHostDir(
     `${base}\n${extraConfig}`,
-    simTools ? { PATH: sim.env.PATH, PVESIM_DIR: sim.dir, PVESIM_NODE_BIN: process.execPath } : {},
+    simTools
+      ? { PATH: sim.env.PATH, PVESIM_DIR: sim.dir, PVESIM_NODE_BIN: process.execPath, ...daemonEnv }
+      : daemonEnv,
   );
   const daemon = await startDaemon(host);
   const cli = (args: string[]) => runCli(["--socket", host.socketPath, ...args]);

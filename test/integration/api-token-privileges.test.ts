@@ -49,7 +49,7 @@ describe("api backend with exactly the documented AgentLab role (host tools on)"
       "api",
       "host_tools: on\nworkspace_storage: local-lvm\n",
       {},
-      runbookToken(runbookRoleLines()[0]!),
+      { apiToken: runbookToken(runbookRoleLines()[0]!) },
     );
     await setControl(h.sim.dir, TIMINGS);
   });
@@ -111,7 +111,12 @@ describe("api backend with the AgentLab role minus Datastore.Allocate", () => {
   let h: SimHost;
   const privs = runbookRoleLines()[0]!.filter((p) => p !== "Datastore.Allocate");
   before(async () => {
-    h = await startSimHost("api", "host_tools: on\nworkspace_storage: local-lvm\n", {}, runbookToken(privs));
+    h = await startSimHost(
+      "api",
+      "host_tools: on\nworkspace_storage: local-lvm\n",
+      {},
+      { apiToken: runbookToken(privs) },
+    );
     await setControl(h.sim.dir, TIMINGS);
   });
   after(async () => {
@@ -174,7 +179,7 @@ describe("api backend with the AgentLab role minus SDN.Use", () => {
       "api",
       "host_tools: off\n",
       {},
-      runbookToken(runbookRoleLines()[0]!.filter((p) => p !== "SDN.Use")),
+      { apiToken: runbookToken(runbookRoleLines()[0]!.filter((p) => p !== "SDN.Use")) },
     );
     await setControl(h.sim.dir, TIMINGS);
   });
@@ -210,7 +215,7 @@ describe("PVE 8 with the runbook's PVE 8 role (VM.Monitor for the agent)", () =>
       "api",
       "host_tools: off\n",
       { knobs: { ...TIMINGS, pve_version: "8.4.1" } },
-      runbookToken(runbookRoleLines()[1]!),
+      { apiToken: runbookToken(runbookRoleLines()[1]!) },
     );
   });
   after(async () => {

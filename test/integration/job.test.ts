@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -13,6 +12,7 @@ import {
 } from "../../src/cli/init/repo-server.js";
 import { type AgentlabError, sandboxRevert } from "../../src/protocol/index.js";
 import { startDaemon } from "../helpers/daemon.js";
+import { freePort } from "../helpers/ports.js";
 import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { clearFaults, setControl } from "../pvesim/harness.js";
 
@@ -75,18 +75,6 @@ async function until<T>(what: string, probe: () => Promise<T | undefined>, timeo
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen({ host: "127.0.0.1", port: 0 }, () => {
-      const address = server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 for (const kind of ["shell", "api"] as BackendKind[]) {

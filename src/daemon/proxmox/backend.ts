@@ -11,6 +11,7 @@ import {
   taskSucceeded,
   type Upid,
   waitForTask,
+  workerUpid,
 } from "./tasks.js";
 import {
   type ApiPath,
@@ -276,7 +277,9 @@ export class PveBackend implements ProxmoxBackend {
    * A call that starts a worker: send it, wait for the task, and report a failed task by its exit
    * status. Lock contention (before or inside the task) is retried as a whole. The task may run for
    * `limit` (null: the endpoint is synchronous, bounded by the per-call timeout); a task the daemon
-   * gives up on is stopped in Proxmox before this returns (see giveUp).
+   * gives up on is stopped in Proxmox before this returns (see giveUp). A worker endpoint (every call
+   * here but the synchronous `PUT config`) must answer with a task id: an answer without one is a
+   * failure, never taken as success, since the task may have failed unseen.
    */
   private async mutate(
     action: string,
@@ -306,8 +309,15 @@ export class PveBackend implements ProxmoxBackend {
               await this.giveUp(error.upid, error.reason, limit, action);
               return;
             }
-            if (typeof data === "string" && data.startsWith("UPID:"))
-              await this.awaitTask(method, path, data, call.signal, limit ?? this.commandLimit(), action);
+            const upid = workerUpid(data);
+            if (upid)
+              await this.awaitTask(method, path, upid, call.signal, limit ?? this.commandLimit(), action);
+            else if (limit !== null)
+              throw new PveRequestError(
+                method,
+                path,
+                `the worker call answered without a task id (UPID), so its outcome is unknown: ${JSON.stringify(data)?.slice(0, 300)}`,
+              );
           } catch (error) {
             throw classifyProxmoxError(error, {
               action,

@@ -27,6 +27,20 @@ export function parseUpid(text: string): Upid | undefined {
   };
 }
 
+/**
+ * The task id in a worker call's answer, or undefined when there is none. Normally the answer is the
+ * UPID itself. When pvesh proxies the call to another node over SSH, it collects the remote pvesh's
+ * stdout lines without their newlines (pve-manager PVE/CLI/pvesh.pm:132-137, pve-common Cmd.pm:230-235):
+ * the worker's log and then its JSON-quoted UPID. That fails decode_json, so pvesh returns the raw
+ * concatenation as one string (pvesh.pm:139-141), and the UPID is what ends it.
+ */
+export function workerUpid(data: unknown): string | undefined {
+  if (typeof data !== "string") return undefined;
+  if (parseUpid(data)) return data.trim();
+  const tail = /"(UPID:[^"\\]+)"\s*$/.exec(data);
+  return tail && parseUpid(tail[1]!) ? tail[1] : undefined;
+}
+
 export interface TaskStatus {
   status: "running" | "stopped";
   exitstatus?: string;

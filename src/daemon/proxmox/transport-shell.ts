@@ -1,6 +1,6 @@
 import { execa } from "execa";
 import { AgentlabError } from "../../protocol/errors.js";
-import { parseUpid } from "./tasks.js";
+import { workerUpid } from "./tasks.js";
 import {
   type ApiPath,
   type HttpMethod,
@@ -124,7 +124,7 @@ export class ShellTransport implements PveTransport {
     if (worker && (result.isCanceled || result.timedOut)) {
       // pvesh prints the UPID last, after its worker ended (also when the worker was interrupted).
       const printed = result.exitCode === 0 ? parsePveshOutput(method, raw, String(result.stdout)) : null;
-      const upid = typeof printed === "string" ? parseUpid(printed)?.upid : undefined;
+      const upid = workerUpid(printed);
       throw new TaskInterruptedError(
         result.timedOut ? "timeout" : "cancelled",
         method,

@@ -10,6 +10,7 @@ import type { DaemonContext } from "../context.js";
 import { DEFAULT_NFT_PARAMS, nftParamsFromConfig } from "../network/nft.js";
 import type { ClusterVm, VmConfig } from "../proxmox/types.js";
 import { quickCheck } from "../store/health.js";
+import { daemonNode } from "./placement.js";
 import { privilegesCheck } from "./privileges.js";
 import { agentEnabled, isTemplateConfig } from "./sandbox/vm-config.js";
 
@@ -69,6 +70,7 @@ async function templateFindings(
   vmid: number,
   profiles: string[],
   cluster: ClusterVm[],
+  node: string,
 ): Promise<TemplateFinding[]> {
   const vm = cluster.find((entry) => entry.vmid === vmid);
   const users = `profile${profiles.length > 1 ? "s" : ""} ${profiles.join(", ")}`;
@@ -81,6 +83,13 @@ async function templateFindings(
     ];
   }
   const found: TemplateFinding[] = [];
+  if (node !== "" && vm.node !== node) {
+    // sandbox new refuses it (placement.ts): the snippet, bindings and listener are on agentlabd's node.
+    found.push({
+      problem: `template VM ${vmid} (${users}) is on node ${vm.node}, not on agentlabd's node ${node}`,
+      fix: `build a template on node ${node} and set template_vmid of ${users} to it`,
+    });
+  }
   const config = await withTimeout(
     `the config of VM ${vmid}`,
     ctx.backend.getConfig({ vmid, node: vm.node }),
@@ -104,7 +113,7 @@ async function templateFindings(
   return found;
 }
 
-async function templatesCheck(ctx: DaemonContext, cluster: ClusterVm[]): Promise<InitCheck> {
+async function templatesCheck(ctx: DaemonContext, cluster: ClusterVm[], node: string): Promise<InitCheck> {
   const byVmid = new Map<number, string[]>();
   for (const profile of ctx.profiles) {
     byVmid.set(profile.template_vmid, [...(byVmid.get(profile.template_vmid) ?? []), profile.name]);
@@ -113,7 +122,7 @@ async function templatesCheck(ctx: DaemonContext, cluster: ClusterVm[]): Promise
   const findings: TemplateFinding[] = [];
   for (const [vmid, names] of [...byVmid].sort(([a], [b]) => a - b)) {
     try {
-      findings.push(...(await templateFindings(ctx, vmid, names, cluster)));
+      findings.push(...(await templateFindings(ctx, vmid, names, cluster, node)));
     } catch (error) {
       const known = asError(error);
       findings.push({ problem: `VM ${vmid}: ${known.message}`, fix: known.hint });
@@ -240,10 +249,7 @@ export async function daemonChecks(ctx: DaemonContext): Promise<DaemonChecks> {
   try {
     version = await withTimeout("the version request", ctx.backend.version());
     cluster = await withTimeout("the VM list", ctx.backend.listVms());
-    if (node === "") {
-      const nodes = await withTimeout("the node list", ctx.backend.listNodes());
-      node = nodes.find((n) => n.online)?.node ?? nodes[0]?.node ?? "";
-    }
+    if (node === "") node = await withTimeout("the node list", daemonNode(ctx));
     backend = {
       name: "backend",
       status: "ok",
@@ -262,12 +268,12 @@ export async function daemonChecks(ctx: DaemonContext): Promise<DaemonChecks> {
   const skipped = (name: string): InitCheck => ({
     name,
     status: "warn",
-    detail: "not checked: Proxmox is unreachable (see backend)",
+    detail: `not checked: ${cluster === undefined ? "Proxmox is unreachable" : "agentlabd's node is unknown"} (see backend)`,
   });
   let templates: InitCheck;
   let snippets: InitCheck;
   let privileges: InitCheck;
-  if (cluster === undefined || version === undefined) {
+  if (cluster === undefined || version === undefined || node === "") {
     templates = skipped("templates");
     snippets = skipped("snippets");
     privileges = skipped("privileges");
@@ -281,7 +287,7 @@ export async function daemonChecks(ctx: DaemonContext): Promise<DaemonChecks> {
       const known = asError(error);
       privileges = { name: "privileges", status: "fail", detail: known.message, fix: known.hint };
     }
-    templates = await templatesCheck(ctx, cluster);
+    templates = await templatesCheck(ctx, cluster, node);
     try {
       snippets = await snippetsCheck(ctx, node);
     } catch (error) {

@@ -11,6 +11,7 @@
  */
 import { randomBytes } from "node:crypto";
 import type { z } from "zod";
+import type { Profile } from "../../../config/profiles.js";
 import { AgentlabError } from "../../../protocol/errors.js";
 import type { JobDetail, Job as JobJson, jobList, jobRun } from "../../../protocol/job.js";
 import type { DaemonContext } from "../../context.js";
@@ -19,6 +20,7 @@ import { transitionSandbox } from "../../state/sandbox.js";
 import type { Job, JobStatus } from "../../store/jobs.js";
 import { describe } from "../maintenance-steps.js";
 import { backgroundOperation, type Operation } from "../operation.js";
+import { templateNodeRefusal } from "../placement.js";
 import { resolveProfile } from "../sandbox/provision.js";
 import type { SandboxService } from "../sandboxes.js";
 import { jobJson } from "./json.js";
@@ -57,7 +59,7 @@ export class JobService {
   }
 
   /** Queue a job and start provisioning its sandbox in the background. */
-  run(params: RunParams): JobJson {
+  async run(params: RunParams): Promise<JobJson> {
     const { ctx } = this;
     const profile = resolveProfile(ctx, params.profile);
     const listener = ctx.guestReady?.listener();
@@ -80,6 +82,7 @@ export class JobService {
       if (checked.error) throw checked.error;
       workspaceId = checked.workspace.id;
     }
+    await this.#refuseTemplateElsewhere(profile);
     const ttl = params.ttl_minutes ?? profile.behavior.ttl_minutes_default;
     const job = this.#insertQueued({
       repo_url: params.repo_url,
@@ -95,6 +98,22 @@ export class JobService {
     this.#event(job, "job.queued", `queued: ${job.repo_url}@${job.ref} with profile ${job.profile}`);
     this.#track(this.#provision(job));
     return jobJson(job);
+  }
+
+  /**
+   * A template on another node than agentlabd's is refused now rather than as a FAILED job later. When
+   * the cluster cannot be listed, provisioning reports that on the job as before.
+   */
+  async #refuseTemplateElsewhere(profile: Profile): Promise<void> {
+    let template: { vmid: number; node: string } | undefined;
+    try {
+      template = (await this.ctx.backend.listVms()).find((vm) => vm.vmid === profile.template_vmid);
+    } catch {
+      return;
+    }
+    if (!template) return;
+    const elsewhere = await templateNodeRefusal(this.ctx, template, profile.name);
+    if (elsewhere) throw elsewhere;
   }
 
   show(id: string, eventsTail: number = DEFAULT_EVENTS_TAIL): JobDetail {

@@ -23,6 +23,7 @@ import type { Sandbox } from "../../store/sandboxes.js";
 import type { Workspace } from "../../store/workspaces.js";
 import { describe } from "../maintenance-steps.js";
 import type { Operation } from "../operation.js";
+import { templateNodeRefusal } from "../placement.js";
 import { removeVm } from "./destroy.js";
 import type { SandboxScope } from "./guards.js";
 import { waitForIp } from "./guest-address.js";
@@ -195,6 +196,8 @@ export async function createSandbox(
       details: { profile: profile.name, template_vmid: profile.template_vmid },
     });
   }
+  const elsewhere = await templateNodeRefusal(ctx, template, profile.name);
+  if (elsewhere) throw elsewhere;
   const plan = workspacePlan ?? (params.workspace !== undefined ? { ref: params.workspace } : undefined);
   let workspace: Workspace | undefined;
   if (plan) {

@@ -6,6 +6,7 @@ import { closest } from "../../../config/suggest.js";
 import { type PlanIssue, SandboxName, type SandboxPlan, SandboxTag } from "../../../protocol/sandbox.js";
 import type { DaemonContext } from "../../context.js";
 import { describe } from "../maintenance-steps.js";
+import { templateNodeRefusal } from "../placement.js";
 import { agentEnabled, diskSizeGb, isTemplateConfig, rootDisk, sandboxTags } from "./vm-config.js";
 import { type VmidAllocator, vmidConflictMessage } from "./vmid-allocator.js";
 
@@ -115,6 +116,12 @@ export async function validateSandbox(
       );
     } else {
       plan.node = template.node;
+      try {
+        const elsewhere = await templateNodeRefusal(ctx, template, profile.name);
+        if (elsewhere) errors.push(issue("template_on_other_node", "profile", elsewhere.message));
+      } catch (error) {
+        errors.push(issue("template_on_other_node", "profile", describe(error)));
+      }
       if (template.name) plan.template_name = template.name;
       // Whether it is a template comes from its config: the cluster list leaves `template` out
       // until pvestatd has reported the VM (API2Tools.pm:84-116).

@@ -1,23 +1,15 @@
-import { AgentlabError } from "../../../protocol/errors.js";
 import type { DaemonContext } from "../../context.js";
 import { type PreparedDevice, prepareDevice } from "../../host/device.js";
 import type { HostTools } from "../../host/host-tools.js";
 import type { Workspace } from "../../store/workspaces.js";
+import { daemonNode } from "../placement.js";
 
-/** The node workspaces are created on: config proxmox_node, else the first online node. */
-export async function workspaceNode(ctx: DaemonContext): Promise<string> {
-  if (ctx.config.proxmox_node) return ctx.config.proxmox_node;
-  const nodes = await ctx.backend.listNodes();
-  const online = nodes
-    .filter((n) => n.online)
-    .map((n) => n.node)
-    .sort();
-  if (online.length === 0) {
-    throw new AgentlabError("PROXMOX_UNREACHABLE", "no online Proxmox node to create the workspace on", {
-      hint: "check the cluster with pvesh get /nodes, or set proxmox_node in the daemon's config",
-    });
-  }
-  return online[0]!;
+/**
+ * The node workspaces are created on: agentlabd's own node (proxmox_node, else this host's node), where
+ * its sandboxes run and host tools reach the volume; never just the first node in alphabetical order.
+ */
+export function workspaceNode(ctx: DaemonContext): Promise<string> {
+  return daemonNode(ctx);
 }
 
 /** The volume name without its storage (`vm-1005-disk-0` of `local-lvm:vm-1005-disk-0`). */
