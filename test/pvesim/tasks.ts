@@ -252,7 +252,14 @@ export function settle(ctx: Ctx): void {
  * (in a conflicting mode), so the caller waits outside the state lock and retries, or times out like
  * flock would.
  */
-export function requireFlock(ctx: Ctx, vmid: number, timeoutMs = 10_000, shared = false): void {
+export function requireFlock(
+  ctx: Ctx,
+  vmid: number,
+  timeoutMs = 10_000,
+  shared = false,
+  /** The real lock is taken inside the worker (clone): its lock file is opened by createTask. */
+  inWorker = false,
+): void {
   const fault = findFault(
     ctx.state,
     ctx.control,
@@ -261,7 +268,7 @@ export function requireFlock(ctx: Ctx, vmid: number, timeoutMs = 10_000, shared 
     { consume: true, now: ctx.now },
   );
   if (fault) throw lockTimeout(vmid);
-  requireConfigLockFile(ctx.dir, vmid);
+  if (!inWorker) requireConfigLockFile(ctx.dir, vmid);
   const want: TaskLock = { vmid, shared };
   for (const task of ctx.state.tasks) {
     if (task.phase === "done") continue;
