@@ -8,8 +8,8 @@
 # Layout: code in /opt/agentlab, launchers /usr/local/bin/agentlab{,d}, config /etc/agentlab (0750) with
 # config.yaml (0600, written only if missing) and profiles/ (copied only if missing), data
 # /var/lib/agentlab (0750), unit /etc/systemd/system/agentlabd.service, group agentlab.
-# The unit runs unsandboxed, as the shell backend needs; for the api backend (--backend api, or
-# proxmox_backend: api in config.yaml) the sandbox drop-in agentlabd.service.d/api-backend.conf is added.
+# The unit runs unsandboxed, as the shell backend needs; for the api backend (proxmox_backend: api in
+# config.yaml, or --backend api for a first install) the sandbox drop-in agentlabd.service.d/api-backend.conf is added.
 # Re-run this script after changing proxmox_backend. See docs/runbook.md "Installing: the systemd unit".
 # --root installs under another directory (for packaging and tests); then no group is created and
 # systemd is not touched.
@@ -27,7 +27,7 @@ while [ "$#" -gt 0 ]; do
     --purge) purge=1; shift ;;
     --backend) backend=${2:?--backend needs shell or api}; shift 2 ;;
     --backend=*) backend=${1#--backend=}; shift ;;
-    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -69,17 +69,19 @@ if [ ! -f "$repo/dist/src/daemon/main.js" ] || [ ! -d "$repo/node_modules" ]; th
   exit 1
 fi
 
-# The backend decides the unit's sandbox: the flag, else proxmox_backend in config.yaml, else shell.
-# Decided before anything is installed, so that a bad value changes nothing.
+# The backend decides the unit's sandbox, and the unit must suit the backend the daemon will use (a
+# sandboxed shell backend fails every task): an existing config.yaml decides (no proxmox_backend key:
+# shell, the daemon's default) and --backend may only agree with it; a new config.yaml is written with
+# --backend's value. Decided before anything is installed, so that a bad value changes nothing.
 config_backend=
 if [ -f "$root/etc/agentlab/config.yaml" ]; then
   config_backend=$(sed -n 's/^proxmox_backend:[[:space:]]*["'"'"']\{0,1\}\([a-z]*\).*/\1/p' "$root/etc/agentlab/config.yaml" | tail -n 1)
+  config_backend=${config_backend:-shell}
 fi
 if [ -z "$backend" ]; then
   backend=${config_backend:-shell}
 elif [ -n "$config_backend" ] && [ "$config_backend" != "$backend" ]; then
-  # The unit must suit the backend the daemon will use: a sandboxed shell backend fails every task.
-  echo "install: --backend $backend contradicts proxmox_backend: $config_backend in $root/etc/agentlab/config.yaml; change one of them" >&2
+  echo "install: --backend $backend contradicts proxmox_backend: $config_backend in $root/etc/agentlab/config.yaml (no key: shell); set proxmox_backend there and run this again without --backend" >&2
   exit 2
 fi
 case "$backend" in
@@ -126,8 +128,11 @@ if [ ! -e "$root/etc/agentlab/config.yaml" ]; then
 # ssh_public_key_path: /etc/agentlab/keys/agentlab_ed25519.pub   # ssh-keygen -t ed25519 -f /etc/agentlab/keys/agentlab_ed25519
 # log_level: info
 YAML
+  if [ "$backend" = api ]; then
+    echo "proxmox_backend: api   # --backend api: also set proxmox_api_url, proxmox_api_token, proxmox_tls_ca_path" >>"$root/etc/agentlab/config.yaml"
+  fi
   umask 022
-  say "wrote $root/etc/agentlab/config.yaml (defaults)"
+  say "wrote $root/etc/agentlab/config.yaml (defaults, proxmox_backend: $backend)"
 else
   say "kept existing $root/etc/agentlab/config.yaml"
 fi

@@ -89,6 +89,14 @@ describe("scripts/install.sh into a temporary root", () => {
     const dropin = join(root, "etc/systemd/system/agentlabd.service.d/api-backend.conf");
     assert.ok(!existsSync(dropin), "the default (shell) install has no drop-in");
     assert.match(firstInstall, /shell backend: agentlabd runs unsandboxed/);
+    const config = join(root, "etc/agentlab/config.yaml");
+    const before = readFileSync(config, "utf8");
+    // An existing config.yaml decides; --backend may only agree with it (no key: shell).
+    const contradicted = spawnSync("sh", [INSTALL, "--root", root, "--backend", "api"], { encoding: "utf8" });
+    assert.equal(contradicted.status, 2);
+    assert.match(contradicted.stderr, /--backend api contradicts proxmox_backend: shell/);
+    assert.ok(!existsSync(dropin), "a refused install changes nothing");
+    writeFileSync(config, "proxmox_backend: api\n");
     const api = install(root, "--backend", "api");
     assert.match(api, /api backend: agentlabd runs sandboxed/);
     assert.equal(
@@ -100,9 +108,6 @@ describe("scripts/install.sh into a temporary root", () => {
       assert.equal(result.status, 0, String(result.stderr));
       assert.equal(String(result.stderr).trim(), "");
     } else t.diagnostic("systemd-analyze is not installed: the drop-in was not verified");
-    // The configuration decides when no flag is given.
-    const config = join(root, "etc/agentlab/config.yaml");
-    const before = readFileSync(config, "utf8");
     writeFileSync(config, "proxmox_backend: shell\n");
     assert.match(install(root), /removed the api backend's sandbox drop-in/);
     assert.ok(!existsSync(dropin));
@@ -110,11 +115,6 @@ describe("scripts/install.sh into a temporary root", () => {
     const bad = spawnSync("sh", [INSTALL, "--root", root], { encoding: "utf8" });
     assert.equal(bad.status, 2);
     assert.match(bad.stderr, /proxmox_backend in .*config\.yaml is 'vsphere'; expected shell or api/);
-    writeFileSync(config, "proxmox_backend: shell\n");
-    const contradicted = spawnSync("sh", [INSTALL, "--root", root, "--backend", "api"], { encoding: "utf8" });
-    assert.equal(contradicted.status, 2);
-    assert.match(contradicted.stderr, /--backend api contradicts proxmox_backend: shell/);
-    assert.ok(!existsSync(dropin), "a refused install changes nothing");
     writeFileSync(config, before, { mode: 0o600 });
     const badFlag = spawnSync("sh", [INSTALL, "--root", root, "--backend", "pve"], { encoding: "utf8" });
     assert.equal(badFlag.status, 2);
