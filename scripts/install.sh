@@ -1,13 +1,16 @@
 #!/bin/sh
 # Install agentlab on a Proxmox VE host (run as root from a built checkout: npm install && npm run build).
 #
-#   scripts/install.sh [--root DIR]                      install (or upgrade) the code, units and layout
+#   scripts/install.sh [--root DIR] [--backend shell|api]  install (or upgrade) the code, unit and layout
 #   scripts/install.sh [--root DIR] --uninstall [--purge]  remove the code and unit; --purge also removes
 #                                                         /etc/agentlab and /var/lib/agentlab (all data)
 #
 # Layout: code in /opt/agentlab, launchers /usr/local/bin/agentlab{,d}, config /etc/agentlab (0750) with
 # config.yaml (0600, written only if missing) and profiles/ (copied only if missing), data
 # /var/lib/agentlab (0750), unit /etc/systemd/system/agentlabd.service, group agentlab.
+# The unit runs unsandboxed, as the shell backend needs; for the api backend (proxmox_backend: api in
+# config.yaml, or --backend api for a first install) the sandbox drop-in agentlabd.service.d/api-backend.conf is added.
+# Re-run this script after changing proxmox_backend. See docs/runbook.md "Installing: the systemd unit".
 # --root installs under another directory (for packaging and tests); then no group is created and
 # systemd is not touched.
 set -eu
@@ -15,16 +18,23 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 root=/
 action=install
 purge=0
+backend=
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --root) root=${2:?--root needs a directory}; shift 2 ;;
     --root=*) root=${1#--root=}; shift ;;
     --uninstall) action=uninstall; shift ;;
     --purge) purge=1; shift ;;
-    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --backend) backend=${2:?--backend needs shell or api}; shift 2 ;;
+    --backend=*) backend=${1#--backend=}; shift ;;
+    -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+case "$backend" in
+  "" | shell | api) ;;
+  *) echo "install: --backend must be shell or api, not '$backend'" >&2; exit 2 ;;
+esac
 root=${root%/}
 live=0
 [ -z "$root" ] && live=1
@@ -41,6 +51,8 @@ if [ "$action" = uninstall ]; then
     systemctl disable --now agentlabd.service 2>/dev/null || true
   fi
   rm -f "$root/etc/systemd/system/agentlabd.service" "$root/usr/local/bin/agentlab" "$root/usr/local/bin/agentlabd"
+  rm -f "$root/etc/systemd/system/agentlabd.service.d/api-backend.conf"
+  rmdir "$root/etc/systemd/system/agentlabd.service.d" 2>/dev/null || true
   rm -rf "$root/opt/agentlab"
   if [ "$purge" = 1 ]; then
     rm -rf "$root/etc/agentlab" "$root/var/lib/agentlab"
@@ -56,6 +68,26 @@ if [ ! -f "$repo/dist/src/daemon/main.js" ] || [ ! -d "$repo/node_modules" ]; th
   echo "install: build first: npm install && npm run build" >&2
   exit 1
 fi
+
+# The backend decides the unit's sandbox, and the unit must suit the backend the daemon will use (a
+# sandboxed shell backend fails every task): an existing config.yaml decides (no proxmox_backend key:
+# shell, the daemon's default) and --backend may only agree with it; a new config.yaml is written with
+# --backend's value. Decided before anything is installed, so that a bad value changes nothing.
+config_backend=
+if [ -f "$root/etc/agentlab/config.yaml" ]; then
+  config_backend=$(sed -n 's/^proxmox_backend:[[:space:]]*["'"'"']\{0,1\}\([a-z]*\).*/\1/p' "$root/etc/agentlab/config.yaml" | tail -n 1)
+  config_backend=${config_backend:-shell}
+fi
+if [ -z "$backend" ]; then
+  backend=${config_backend:-shell}
+elif [ -n "$config_backend" ] && [ "$config_backend" != "$backend" ]; then
+  echo "install: --backend $backend contradicts proxmox_backend: $config_backend in $root/etc/agentlab/config.yaml (no key: shell); set proxmox_backend there and run this again without --backend" >&2
+  exit 2
+fi
+case "$backend" in
+  shell | api) ;;
+  *) echo "install: proxmox_backend in $root/etc/agentlab/config.yaml is '$backend'; expected shell or api" >&2; exit 2 ;;
+esac
 
 # Code: the built output, production dependencies, launchers, defaults and docs.
 dest="$root/opt/agentlab"
@@ -96,8 +128,11 @@ if [ ! -e "$root/etc/agentlab/config.yaml" ]; then
 # ssh_public_key_path: /etc/agentlab/keys/agentlab_ed25519.pub   # ssh-keygen -t ed25519 -f /etc/agentlab/keys/agentlab_ed25519
 # log_level: info
 YAML
+  if [ "$backend" = api ]; then
+    echo "proxmox_backend: api   # --backend api: also set proxmox_api_url, proxmox_api_token, proxmox_tls_ca_path" >>"$root/etc/agentlab/config.yaml"
+  fi
   umask 022
-  say "wrote $root/etc/agentlab/config.yaml (defaults)"
+  say "wrote $root/etc/agentlab/config.yaml (defaults, proxmox_backend: $backend)"
 else
   say "kept existing $root/etc/agentlab/config.yaml"
 fi
@@ -110,10 +145,23 @@ fi
 
 mkdir -p "$root/etc/systemd/system"
 install -m 0644 "$repo/systemd/agentlabd.service" "$root/etc/systemd/system/agentlabd.service"
+dropin="$root/etc/systemd/system/agentlabd.service.d/api-backend.conf"
+if [ "$backend" = api ]; then
+  install -d -m 0755 "$(dirname "$dropin")"
+  install -m 0644 "$repo/systemd/agentlabd-api-backend.conf" "$dropin"
+  say "api backend: agentlabd runs sandboxed ($dropin); re-run this script if you switch to the shell backend"
+else
+  if [ -e "$dropin" ]; then
+    rm -f "$dropin"
+    rmdir "$(dirname "$dropin")" 2>/dev/null || true
+    say "removed the api backend's sandbox drop-in $dropin"
+  fi
+  say "shell backend: agentlabd runs unsandboxed, like pvedaemon (pvesh runs Proxmox's workers in it; docs/runbook.md)"
+fi
 if [ "$live" = 1 ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   systemctl enable agentlabd.service >/dev/null 2>&1 || true
-  say "enabled agentlabd.service; start it with: systemctl start agentlabd"
+  say "enabled agentlabd.service; start it with: systemctl start agentlabd (or restart it after an upgrade)"
 else
   say "unit in $root/etc/systemd/system/agentlabd.service"
 fi

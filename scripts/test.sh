@@ -16,6 +16,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt="$need_apt systemd"
 { command -v e2fsck || [ -x /usr/sbin/e2fsck ] || [ -x /sbin/e2fsck ]; } >/dev/null 2>&1 || need_apt="$need_apt e2fsprogs"
 { command -v blkid || [ -x /usr/sbin/blkid ] || [ -x /sbin/blkid ]; } >/dev/null 2>&1 || need_apt="$need_apt util-linux"
 { command -v losetup || [ -x /usr/sbin/losetup ] || [ -x /sbin/losetup ]; } >/dev/null 2>&1 || need_apt="$need_apt mount"
+# The systemd unit's namespace test (test/system/unit-namespace.test.ts): unshare, setpriv, findmnt.
+{ command -v unshare && command -v setpriv && command -v findmnt; } >/dev/null 2>&1 || need_apt="$need_apt util-linux"
 command -v curl >/dev/null 2>&1 || need_apt="$need_apt curl"
 # The guest runner (scripts/guest/agent-runner.sh) runs for real in the simulator's guests.
 command -v jq >/dev/null 2>&1 || need_apt="$need_apt jq"

@@ -57,8 +57,11 @@ export function spawnDaemon(
   args: string[] = [],
   env: NodeJS.ProcessEnv = {},
   bin: string = AGENTLABD_BIN,
+  /** A command that execs its arguments (e.g. into a namespace); the daemon runs as its last words. */
+  wrapper: string[] = [],
 ): RunningDaemon {
-  const proc = spawn(process.execPath, [bin, "--config", host.configPath, ...args], {
+  const argv = [...wrapper, process.execPath, bin, "--config", host.configPath, ...args];
+  const proc = spawn(argv[0]!, argv.slice(1), {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, ...host.env, AGENTLAB_CONFIG: "", AGENTLAB_LOG_LEVEL: "", ...env },
   });
@@ -93,8 +96,13 @@ export function canConnect(path: string): Promise<boolean> {
 }
 
 /** Start the daemon and wait until its socket accepts connections (or it exits, which fails). */
-export async function startDaemon(host: HostDir, args: string[] = [], bin?: string): Promise<RunningDaemon> {
-  const daemon = spawnDaemon(host, args, {}, bin);
+export async function startDaemon(
+  host: HostDir,
+  args: string[] = [],
+  bin?: string,
+  wrapper: string[] = [],
+): Promise<RunningDaemon> {
+  const daemon = spawnDaemon(host, args, {}, bin, wrapper);
   const deadline = Date.now() + 15_000;
   let exitedEarly: number | string | undefined;
   void daemon.exited.then((code) => (exitedEarly = code));

@@ -15,9 +15,10 @@ function install(root: string, ...args: string[]): string {
 
 describe("scripts/install.sh into a temporary root", () => {
   let root: string;
+  let firstInstall: string;
   before(() => {
     root = mkdtempSync(join(tmpdir(), "agentlab-install-"));
-    install(root);
+    firstInstall = install(root);
   });
   after(() => rmSync(root, { recursive: true, force: true }));
 
@@ -64,19 +65,60 @@ describe("scripts/install.sh into a temporary root", () => {
     assert.equal(readFileSync(join(root, "etc/agentlab/config.yaml"), "utf8"), "log_level: debug\n");
   });
 
-  test("the unit file passes systemd-analyze verify", (t) => {
-    if (spawnSync("systemd-analyze", ["--version"]).status !== 0)
-      return t.skip("systemd-analyze is not installed");
+  /** systemd-analyze verify of the installed unit, with a drop-in's lines appended (systemd merges them). */
+  const verifyUnit = (dropin = ""): ReturnType<typeof spawnSync> => {
     // verify insists that ExecStart exists; point it at the installed launcher.
     const unit = readFileSync(join(root, "etc/systemd/system/agentlabd.service"), "utf8").replace(
       "/usr/local/bin/agentlabd",
       join(root, "opt/agentlab/bin/agentlabd"),
     );
     const path = join(root, "agentlabd.service");
-    writeFileSync(path, unit);
-    const result = spawnSync("systemd-analyze", ["verify", path], { encoding: "utf8" });
-    assert.equal(result.status, 0, result.stderr);
-    assert.equal(result.stderr.trim(), "");
+    writeFileSync(path, `${unit}\n${dropin}`);
+    return spawnSync("systemd-analyze", ["verify", path], { encoding: "utf8" });
+  };
+
+  test("the unit file passes systemd-analyze verify", (t) => {
+    if (spawnSync("systemd-analyze", ["--version"]).status !== 0)
+      return t.skip("systemd-analyze is not installed");
+    const result = verifyUnit();
+    assert.equal(result.status, 0, String(result.stderr));
+    assert.equal(String(result.stderr).trim(), "");
+  });
+
+  test("the shell backend gets the unsandboxed unit; the api backend adds the sandbox drop-in, removed again on a switch back", (t) => {
+    const dropin = join(root, "etc/systemd/system/agentlabd.service.d/api-backend.conf");
+    assert.ok(!existsSync(dropin), "the default (shell) install has no drop-in");
+    assert.match(firstInstall, /shell backend: agentlabd runs unsandboxed/);
+    const config = join(root, "etc/agentlab/config.yaml");
+    const before = readFileSync(config, "utf8");
+    // An existing config.yaml decides; --backend may only agree with it (no key: shell).
+    const contradicted = spawnSync("sh", [INSTALL, "--root", root, "--backend", "api"], { encoding: "utf8" });
+    assert.equal(contradicted.status, 2);
+    assert.match(contradicted.stderr, /--backend api contradicts proxmox_backend: shell/);
+    assert.ok(!existsSync(dropin), "a refused install changes nothing");
+    writeFileSync(config, "proxmox_backend: api\n");
+    const api = install(root, "--backend", "api");
+    assert.match(api, /api backend: agentlabd runs sandboxed/);
+    assert.equal(
+      readFileSync(dropin, "utf8"),
+      readFileSync(join(REPO_ROOT, "systemd/agentlabd-api-backend.conf"), "utf8"),
+    );
+    if (spawnSync("systemd-analyze", ["--version"]).status === 0) {
+      const result = verifyUnit(readFileSync(dropin, "utf8"));
+      assert.equal(result.status, 0, String(result.stderr));
+      assert.equal(String(result.stderr).trim(), "");
+    } else t.diagnostic("systemd-analyze is not installed: the drop-in was not verified");
+    writeFileSync(config, "proxmox_backend: shell\n");
+    assert.match(install(root), /removed the api backend's sandbox drop-in/);
+    assert.ok(!existsSync(dropin));
+    writeFileSync(config, "proxmox_backend: vsphere\n");
+    const bad = spawnSync("sh", [INSTALL, "--root", root], { encoding: "utf8" });
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /proxmox_backend in .*config\.yaml is 'vsphere'; expected shell or api/);
+    writeFileSync(config, before, { mode: 0o600 });
+    const badFlag = spawnSync("sh", [INSTALL, "--root", root, "--backend", "pve"], { encoding: "utf8" });
+    assert.equal(badFlag.status, 2);
+    assert.match(badFlag.stderr, /--backend must be shell or api, not 'pve'/);
   });
 
   test("uninstall keeps data unless --purge", () => {

@@ -71,8 +71,9 @@ export function cloneVm(ctx: Ctx, auth: AuthId, node: string, vmid: number, p: P
     });
     if (!shared) throw fail(`can't clone VM to node '${target}' (VM uses local storage)`);
   }
-  // The source's flock comes first (shared unless it runs, 1 s), then its `lock:` property.
-  requireFlock(ctx, vmid, 1000, src.runtime.status !== "running");
+  // The source's flock comes first (shared unless it runs, 1 s), then its `lock:` property. The
+  // worker takes it (qemu-server API2/Qemu.pm:4738-4749), after fork_worker created the task log.
+  requireFlock(ctx, vmid, 1000, src.runtime.status !== "running", true);
   checkLock(ctx, src);
   const existing = findVm(ctx, newid);
   if (existing && existing.node === node)

@@ -6,10 +6,11 @@ import { findFault, matchesVmid } from "./control.js";
 import { activateVolumes } from "./disks.js";
 import { fail } from "./errors.js";
 import { signalGuestHook, startGuestHook } from "./guest.js";
+import { writeStartRunFiles } from "./host-files.js";
 import { plugNics } from "./nic-plug.js";
 import { bool, num, type Params } from "./schema.js";
 import { findStorage, parseVolname, splitVolid, volumeFile } from "./storage.js";
-import { createTask, registerTaskKind } from "./tasks.js";
+import { createTask, failTaskNow, registerTaskKind } from "./tasks.js";
 import type { TaskRec, VmRec } from "./types.js";
 import {
   agentEnabled,
@@ -92,9 +93,22 @@ function prepare(ctx: Ctx, auth: AuthId, node: string, vmid: number): VmRec {
   return getVm(ctx, node, vmid);
 }
 
+const hasCloudinitDrive = (vm: VmRec): boolean =>
+  Object.entries(mergedConfig(vm)).some(
+    ([k, v]) => DRIVE_KEY.test(k) && isCloudinitVolume(parseDrive(v).file),
+  );
+
 export function startVm(ctx: Ctx, auth: AuthId, node: string, vmid: number, p: Params): TaskRec {
-  prepare(ctx, auth, node, vmid);
-  return powerTask(ctx, auth, node, vmid, "qmstart", "start", { skiplock: bool(p, "skiplock") ?? false });
+  const vm = prepare(ctx, auth, node, vmid);
+  const task = powerTask(ctx, auth, node, vmid, "qmstart", "start", {
+    skiplock: bool(p, "skiplock") ?? false,
+  });
+  // The worker (this process, for pvesh/qm) writes the cloud-init run dir and QEMU's run files.
+  if (task.phase !== "done" && vm.runtime.status !== "running" && !isTemplate(vm)) {
+    const failed = writeStartRunFiles(ctx.dir, vmid, hasCloudinitDrive(vm));
+    if (failed) failTaskNow(ctx, task, failed.exitstatus, failed.log);
+  }
+  return task;
 }
 
 registerTaskKind("start", {
@@ -104,11 +118,7 @@ registerTaskKind("start", {
     if (vm.runtime.status === "running") throw fail(`VM ${vm.vmid} already running`);
     if (isTemplate(vm)) throw fail("you can't start a vm if it's a template");
     checkSnippets(ctx, vm);
-    const config = mergedConfig(vm);
-    const hasCloudinit = Object.entries(config).some(
-      ([k, v]) => DRIVE_KEY.test(k) && isCloudinitVolume(parseDrive(v).file),
-    );
-    if (hasCloudinit) task.log.push("generating cloud-init ISO");
+    if (hasCloudinitDrive(vm)) task.log.push("generating cloud-init ISO");
     return { durationMs: ctx.control.start_ms };
   },
   finish(ctx, task) {

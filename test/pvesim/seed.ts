@@ -5,6 +5,7 @@ import { addToken } from "./access.js";
 import type { Ctx } from "./context.js";
 import { DEFAULT_KNOBS, readControl } from "./control.js";
 import { materialiseDrive } from "./disks.js";
+import { hostRoot, makeHostLayout } from "./host-files.js";
 import { makeTemplate } from "./lifecycle.js";
 import { statePath, storageRoot, tokenPath } from "./paths.js";
 import { writeState } from "./store.js";
@@ -186,7 +187,16 @@ export function initCluster(dir: string, opts: InitOptions): string {
     );
   if (existsSync(statePath(dir))) {
     if (!opts.force) throw new Error(`${dir} already holds a simulator (use --force to start over)`);
-    for (const name of ["state.json", "control.json", "token", "api.json", "storage", "guests", "dev"]) {
+    for (const name of [
+      "state.json",
+      "control.json",
+      "token",
+      "api.json",
+      "storage",
+      "guests",
+      "dev",
+      "host",
+    ]) {
       rmSync(`${dir}/${name}`, { recursive: true, force: true });
     }
   }
@@ -211,6 +221,7 @@ export function initCluster(dir: string, opts: InitOptions): string {
     faultUse: {},
     createdAt: now,
   };
+  makeHostLayout(hostRoot(dir));
   for (const s of state.storages) {
     mkdirSync(storageRoot(dir, s.id), { recursive: true });
     if (s.content.includes("snippets")) mkdirSync(`${storageRoot(dir, s.id)}/snippets`, { recursive: true });

@@ -13,6 +13,7 @@ import { authIdString } from "./access.js";
 import type { Ctx } from "./context.js";
 import { findFault, matchesVmid } from "./control.js";
 import { FlockBusy, fail, lockTimeout, PveError } from "./errors.js";
+import { createTaskLog, openConfigLockFile, requireConfigLockFile } from "./host-files.js";
 import type { TaskLock, TaskOp, TaskRec } from "./types.js";
 import { encodeUpid } from "./upid.js";
 
@@ -93,9 +94,29 @@ export function createTask(ctx: Ctx, spec: NewTask): TaskRec {
     lockTimeoutMs: spec.lockTimeoutMs ?? 10_000,
     scratch: {},
   };
+  // fork_worker creates the log before the worker exists: its failure fails the call, no task is made.
+  createTaskLog(ctx.dir, task.upid);
   state.tasks.push(task);
+  // The worker opens its VMs' lock files (lock_file_full) before it can flock them: a failure there is
+  // the task's failure, and nothing of the operation happens.
+  for (const lock of spec.locks) {
+    const message = openConfigLockFile(ctx.dir, lock.vmid);
+    if (message) {
+      failTaskNow(ctx, task, message);
+      return task;
+    }
+  }
   settle(ctx);
   return task;
+}
+
+/** Ends a task at once with `message` (before or during its work): the worker died. */
+export function failTaskNow(ctx: Ctx, task: TaskRec, message: string, logLines: string[] = []): void {
+  if (task.phase === "done") return;
+  task.log.push(...logLines);
+  task.failAtEnd = message;
+  if (task.phase === "waiting") task.beginAt = ctx.now;
+  end(ctx, task, ctx.now);
 }
 
 const conflicts = (a: TaskLock, b: TaskLock): boolean => a.vmid === b.vmid && !(a.shared && b.shared);
@@ -231,7 +252,14 @@ export function settle(ctx: Ctx): void {
  * (in a conflicting mode), so the caller waits outside the state lock and retries, or times out like
  * flock would.
  */
-export function requireFlock(ctx: Ctx, vmid: number, timeoutMs = 10_000, shared = false): void {
+export function requireFlock(
+  ctx: Ctx,
+  vmid: number,
+  timeoutMs = 10_000,
+  shared = false,
+  /** The real lock is taken inside the worker (clone): its lock file is opened by createTask. */
+  inWorker = false,
+): void {
   const fault = findFault(
     ctx.state,
     ctx.control,
@@ -240,6 +268,7 @@ export function requireFlock(ctx: Ctx, vmid: number, timeoutMs = 10_000, shared 
     { consume: true, now: ctx.now },
   );
   if (fault) throw lockTimeout(vmid);
+  if (!inWorker) requireConfigLockFile(ctx.dir, vmid);
   const want: TaskLock = { vmid, shared };
   for (const task of ctx.state.tasks) {
     if (task.phase === "done") continue;
