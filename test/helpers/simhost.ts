@@ -18,6 +18,20 @@ export interface SimHost {
   stop(): Promise<void>;
 }
 
+/** Runs the CLI with --json and parses stdout (the result, or the error envelope). */
+export function jsonCli(cli: (args: string[]) => ReturnType<typeof runCli>): SimHost["json"] {
+  return async <T>(args: string[]) => {
+    const result = await cli(["--json", ...args]);
+    let body: T;
+    try {
+      body = JSON.parse(result.stdout) as T;
+    } catch {
+      throw new Error(`not JSON (exit ${result.code}): ${result.stdout}\n${result.stderr}`);
+    }
+    return { code: result.code, body, stderr: result.stderr };
+  };
+}
+
 export async function startSimHost(
   kind: BackendKind,
   extraConfig = "",
@@ -63,16 +77,7 @@ export async function startSimHost(
     host,
     daemon,
     cli,
-    async json<T>(args: string[]) {
-      const result = await cli(["--json", ...args]);
-      let body: T;
-      try {
-        body = JSON.parse(result.stdout) as T;
-      } catch {
-        throw new Error(`not JSON (exit ${result.code}): ${result.stdout}\n${result.stderr}`);
-      }
-      return { code: result.code, body, stderr: result.stderr };
-    },
+    json: jsonCli(cli),
     async stop() {
       await daemon.stop();
       await api?.stop();

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { type HostDir, type RunningDaemon, runCli, startDaemon, writeConfig } from "../helpers/daemon.js";
 import { PROFILES_DIR, REPO_ROOT } from "../helpers/paths.js";
+import { jsonCli } from "../helpers/simhost.js";
 import { createSim, type Sim } from "../pvesim/harness.js";
 import { makeHostLayout } from "../pvesim/host-files.js";
 import { namespaceCommand, parseService, readUnit, type ServiceSettings } from "./unit-namespace.js";
@@ -121,16 +122,7 @@ async function startUnderUnit(settings: ServiceSettings): Promise<UnitRig> {
     daemon,
     host,
     root,
-    async json<T>(args: string[]) {
-      const result = await cli(["--json", ...args]);
-      let body: T;
-      try {
-        body = JSON.parse(result.stdout) as T;
-      } catch {
-        throw new Error(`not JSON (exit ${result.code}): ${result.stdout}\n${result.stderr}`);
-      }
-      return { code: result.code, body, stderr: result.stderr };
-    },
+    json: jsonCli(cli),
     async stop() {
       await daemon.stop();
       host.cleanup();
