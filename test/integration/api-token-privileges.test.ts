@@ -197,6 +197,11 @@ describe("api backend with the AgentLab role minus SDN.Use", () => {
       /clone 9000 -> \d+: Permission check failed \(\/sdn\/zones\/localnetwork\/vmbr1, SDN\.Use\)$/,
     );
     assert.equal(await simVm(h, refused.body.details["vmid"] as number), undefined, "no VM was made");
+    // The error of sandbox new itself says how to grant what is missing, before what became of the sandbox.
+    assert.match(
+      refused.body.hint,
+      /pveum acl modify \/sdn\/zones\/localnetwork\/vmbr1 .*--roles AgentLab[\s\S]*\nthe sandbox is FAILED with this reason/,
+    );
     const init = await h.json<{ checks: Check[] }>(["init"]);
     const check = init.body.checks.find((c) => c.name === "privileges");
     assert.equal(check?.status, "fail", JSON.stringify(check));

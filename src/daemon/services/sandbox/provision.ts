@@ -10,7 +10,7 @@
  * harmed by a rollback, because the sandbox never owns its volume.
  */
 import type { Profile } from "../../../config/profiles.js";
-import { AgentlabError } from "../../../protocol/errors.js";
+import { AgentlabError, ERROR_CODES } from "../../../protocol/errors.js";
 import type { Sandbox as SandboxJson } from "../../../protocol/sandbox.js";
 import type { DaemonContext } from "../../context.js";
 import { removeSnippet, renderUserData, writeSnippet } from "../../guest/cloud-init.js";
@@ -486,8 +486,13 @@ async function failed(run: Run, error: unknown, leaseOwner?: string): Promise<Ag
     );
   }
   const code = error instanceof AgentlabError ? error.code : "INTERNAL";
+  const outcome = `the sandbox is FAILED with this reason (agentlab sandbox show ${row.vmid}); ${run.vmCreated ? "its VM was removed" : "no VM was created"}`;
+  // The cause's own fix comes first when it has one (a 403 names the privilege and the pveum lines
+  // that grant it); a cause with only its code's generic hint adds nothing.
+  const fix =
+    error instanceof AgentlabError && error.hint !== ERROR_CODES[error.code].hint ? error.hint : undefined;
   return new AgentlabError("PROVISIONING_FAILED", `failed to provision sandbox ${row.vmid}: ${reason}`, {
-    hint: `the sandbox is FAILED with this reason (agentlab sandbox show ${row.vmid}); ${run.vmCreated ? "its VM was removed" : "no VM was created"}`,
+    hint: fix ? `${fix}\n${outcome}` : outcome,
     details: { vmid: row.vmid, cause_code: code },
     cause: error,
   });
