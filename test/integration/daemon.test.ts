@@ -5,7 +5,7 @@ import { createServer } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
-import { groupId } from "../../src/daemon/rpc/socket.js";
+import { groupId } from "../../src/config/socket-group.js";
 import { LATEST_SCHEMA_VERSION } from "../../src/daemon/store/migrations.js";
 import {
   type HostDir,

@@ -280,7 +280,7 @@ describe("RPC server shutdown", () => {
 
 describe("socket group", () => {
   test("groupId reads the gid of a named group and nothing else", async () => {
-    const { groupId } = await import("../../src/daemon/rpc/socket.js");
+    const { groupId } = await import("../../src/config/socket-group.js");
     const { writeFileSync } = await import("node:fs");
     const dir = mkdtempSync(join(tmpdir(), "agentlab-group-"));
     const file = join(dir, "group");

@@ -3,8 +3,8 @@ import { type Stats, statSync } from "node:fs";
 import path from "node:path";
 import type { Argv, CommandModule } from "yargs";
 import { configPathFromEnv, loadConfig, parseConfig } from "../../config/config.js";
-import { groupId, SOCKET_GROUP } from "../../daemon/rpc/socket.js";
-import { hostSettings } from "../../daemon/services/checks.js";
+import { hostSettings } from "../../config/host-settings.js";
+import { groupId, SOCKET_GROUP } from "../../config/socket-group.js";
 import { AgentlabError, type DaemonChecks, daemonChecks, type InitCheck } from "../../protocol/index.js";
 import { type CommandContext, execute, type GlobalArgs, parseTimeout } from "../context.js";
 import {

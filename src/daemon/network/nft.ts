@@ -19,44 +19,12 @@
  * reload does not forget which sandbox is bound to which port or allowed what.
  */
 import { isIPv4, isIPv6 } from "node:net";
-import { parseHostPort } from "../../config/net.js";
+// The parameters and their derivation from config.yaml live in config/ so the CLI can read them from
+// a config file when the daemon is down; every renderer here takes them from there.
+import { DEFAULT_NFT_PARAMS, type NftParams } from "../../config/nft-params.js";
 import { AgentlabError } from "../../protocol/errors.js";
 
-export interface NftParams {
-  /** The sandbox bridge, e.g. vmbr1. */
-  bridge: string;
-  /** The sandboxes' IPv4 subnet, e.g. 10.77.0.0/16 (host bits must be zero). */
-  subnet: string;
-  /** The host's address on the bridge, e.g. 10.77.0.1: the gateway, DNS server and guest listeners. */
-  bridgeAddress: string;
-  /** The interface sandbox traffic leaves by, masqueraded, e.g. vmbr0. */
-  wan: string;
-  /** TCP ports of the daemon's guest listeners on the bridge address (bootstrap, artifacts). */
-  guestPorts: readonly number[];
-  /** The Tailscale interface allowed to open connections to sandboxes; "" for none. */
-  tailscaleIf: string;
-  /** Tailnet ranges sandboxes may never reach (v4 and v6). */
-  tailnetV4: string;
-  tailnetV6: string;
-  /**
-   * Also police every frame on the bridge by name (`meta ibrname`), not only the ports in
-   * sandbox_ports. Needs CONFIG_NFT_BRIDGE_META (Proxmox and Debian kernels have it as a module; some
-   * minimal kernels do not, and then the ruleset would not load). apply.sh detects it.
-   */
-  bridgeMeta: boolean;
-}
-
-export const DEFAULT_NFT_PARAMS: Readonly<NftParams> = Object.freeze({
-  bridge: "vmbr1",
-  subnet: "10.77.0.0/16",
-  bridgeAddress: "10.77.0.1",
-  wan: "vmbr0",
-  guestPorts: Object.freeze([8844, 8846]),
-  tailscaleIf: "tailscale0",
-  tailnetV4: "100.64.0.0/10",
-  tailnetV6: "fd7a:115c:a1e0::/48",
-  bridgeMeta: false,
-});
+export { DEFAULT_NFT_PARAMS, type NftParams, nftParamsFromConfig } from "../../config/nft-params.js";
 
 /** Table and set names, shared with the code that maintains set members. */
 export const NFT = Object.freeze({
@@ -339,25 +307,4 @@ export function renderRuleset(params: NftParams = DEFAULT_NFT_PARAMS): string {
     "}",
   );
   return `${lines.join("\n")}\n`;
-}
-
-/**
- * Parameters from the daemon's config: the bridge address and ports of the guest listeners, the subnet.
- * A listener that binds every interface leaves the default bridge address; bad values surface in
- * checkNftParams (the config loader has validated them already).
- */
-export function nftParamsFromConfig(
-  config: { bootstrap_listen: string; artifact_listen: string; agent_subnet: string },
-  overrides: Partial<NftParams> = {},
-): NftParams {
-  const bootstrap = parseHostPort(config.bootstrap_listen) ?? { host: "", port: Number.NaN };
-  const artifact = parseHostPort(config.artifact_listen) ?? { host: "", port: Number.NaN };
-  const ports = [...new Set([bootstrap.port, artifact.port])];
-  return {
-    ...DEFAULT_NFT_PARAMS,
-    subnet: config.agent_subnet,
-    ...(isIPv4(bootstrap.host) ? { bridgeAddress: bootstrap.host } : {}),
-    guestPorts: ports,
-    ...overrides,
-  };
 }

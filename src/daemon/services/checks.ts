@@ -4,10 +4,9 @@
  * it; nothing here changes anything.
  */
 import { accessSync, constants, statSync } from "node:fs";
-import type { Config } from "../../config/config.js";
+import { hostSettings } from "../../config/host-settings.js";
 import { AgentlabError, type DaemonChecks, type InitCheck } from "../../protocol/index.js";
 import type { DaemonContext } from "../context.js";
-import { DEFAULT_NFT_PARAMS, nftParamsFromConfig } from "../network/nft.js";
 import type { ClusterVm, VmConfig } from "../proxmox/types.js";
 import { quickCheck } from "../store/health.js";
 import { daemonNode } from "./placement.js";
@@ -210,20 +209,6 @@ function databaseCheck(ctx: DaemonContext): InitCheck {
     status: "fail",
     detail: `${ctx.store.path}: quick_check: ${lines.slice(0, 3).join("; ")}`,
     fix: `systemctl stop agentlabd && cp ${ctx.store.path} ${ctx.store.path}.bak && sqlite3 ${ctx.store.path} "PRAGMA integrity_check;"`,
-  };
-}
-
-/** What the host-side checks compare against; the CLI uses it on the config file when the daemon is down. */
-export function hostSettings(config: Config): DaemonChecks["host"] {
-  const params = nftParamsFromConfig(config);
-  const prefix = config.agent_subnet.split("/")[1] ?? "16";
-  return {
-    bridge: DEFAULT_NFT_PARAMS.bridge,
-    bridge_address: `${params.bridgeAddress}/${prefix}`,
-    agent_subnet: config.agent_subnet,
-    guest_ports: [...params.guestPorts],
-    data_dir: config.data_dir,
-    socket_path: config.socket_path,
   };
 }
 
