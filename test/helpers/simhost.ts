@@ -18,6 +18,9 @@ export interface SimHost {
   stop(): Promise<void>;
 }
 
+/** Short simulator tasks for tests that measure nothing of Proxmox's timing. */
+export const FAST_KNOBS = { clone_ms: 50, start_ms: 30, stop_ms: 20, agent_ready_ms: 60, task_ms: 20 };
+
 /** Runs the CLI with --json and parses stdout (the result, or the error envelope). */
 export function jsonCli(cli: (args: string[]) => ReturnType<typeof runCli>): SimHost["json"] {
   return async <T>(args: string[]) => {

@@ -8,7 +8,7 @@ import Database from "better-sqlite3";
 import { REDACTED, redact } from "../../src/daemon/services/doctor.js";
 import { toDbTime } from "../../src/daemon/store/time.js";
 import { AGENTLAB_BIN } from "../helpers/paths.js";
-import { type SimHost, startSimHost } from "../helpers/simhost.js";
+import { FAST_KNOBS, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { clearFaults, runTool, setControl } from "../pvesim/harness.js";
 
 /**
@@ -67,7 +67,7 @@ describe("doctor bundles (shell backend)", () => {
   before(async () => {
     root = mkdtempSync(join(tmpdir(), "doctor-it-"));
     h = await startSimHost("shell", "bootstrap_listen: 127.0.0.1:0\nagent_subnet: 0.0.0.0/1\n");
-    await setControl(h.sim.dir, { clone_ms: 50, start_ms: 30, stop_ms: 20, agent_ready_ms: 60, task_ms: 20 });
+    await setControl(h.sim.dir, FAST_KNOBS);
     const created = await h.json<{ vmid: number }>(["sandbox", "new", "--profile", "yolo-ephemeral"]);
     assert.equal(created.code, 0, created.stderr);
     vmid = created.body.vmid;

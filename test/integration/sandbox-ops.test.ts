@@ -4,7 +4,7 @@ import { closeSync, openSync, readSync, writeSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { AGENTLAB_BIN } from "../helpers/paths.js";
-import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
+import { type BackendKind, FAST_KNOBS, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { clearFaults, inspect, runTool, setControl } from "../pvesim/harness.js";
 
 /**
@@ -133,13 +133,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
     before(async () => {
       h = await startSimHost(kind);
       // Nothing here measures Proxmox's timing: short tasks keep the many round trips quick.
-      await setControl(h.sim.dir, {
-        clone_ms: 50,
-        start_ms: 30,
-        stop_ms: 20,
-        agent_ready_ms: 60,
-        task_ms: 20,
-      });
+      await setControl(h.sim.dir, FAST_KNOBS);
       const first = await h.json<SandboxBody>(["new", "--profile", "yolo-ephemeral", "--tag", "base"]);
       const second = await h.json<SandboxBody>(["new", "--profile", "yolo-ephemeral"]);
       assert.equal(first.code, 0, first.stderr);

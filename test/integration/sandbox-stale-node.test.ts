@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
-import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
+import { type BackendKind, FAST_KNOBS, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { inspect, setControl } from "../pvesim/harness.js";
 
 /**
@@ -29,13 +29,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
     let h: SimHost;
     before(async () => {
       h = await startSimHost(kind, "proxmox_node: pve\n", { nodes: ["pve", "pve2"] });
-      await setControl(h.sim.dir, {
-        clone_ms: 50,
-        start_ms: 30,
-        stop_ms: 20,
-        agent_ready_ms: 60,
-        task_ms: 20,
-      });
+      await setControl(h.sim.dir, FAST_KNOBS);
     });
     after(async () => {
       await h.stop();

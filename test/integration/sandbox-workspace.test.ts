@@ -3,7 +3,7 @@ import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { toDbTime } from "../../src/daemon/store/time.js";
 import { startDaemon } from "../helpers/daemon.js";
-import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
+import { type BackendKind, FAST_KNOBS, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { clearFaults, runTool, setControl } from "../pvesim/harness.js";
 import { logLine, until } from "./maintenance-host.js";
 import {
@@ -71,13 +71,7 @@ for (const [kind, storage] of [
 
     before(async () => {
       h = await startSimHost(kind, `workspace_storage: ${storage}\n`);
-      await setControl(h.sim.dir, {
-        clone_ms: 50,
-        start_ms: 30,
-        stop_ms: 20,
-        agent_ready_ms: 60,
-        task_ms: 20,
-      });
+      await setControl(h.sim.dir, FAST_KNOBS);
       const created = await h.json<WorkspaceBody>(["workspace", "create", "--name", "w1", "--size", "1G"]);
       assert.equal(created.code, 0, created.stderr);
       ws = created.body;

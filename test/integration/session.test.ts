@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
+import { type BackendKind, FAST_KNOBS, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { clearFaults, setControl } from "../pvesim/harness.js";
 import {
   type ErrorBody,
@@ -66,13 +66,7 @@ for (const [kind, storage] of [
 
     before(async () => {
       h = await startSimHost(kind, `workspace_storage: ${storage}\n`);
-      await setControl(h.sim.dir, {
-        clone_ms: 50,
-        start_ms: 30,
-        stop_ms: 20,
-        agent_ready_ms: 60,
-        task_ms: 20,
-      });
+      await setControl(h.sim.dir, FAST_KNOBS);
     });
     after(async () => {
       await h.stop();

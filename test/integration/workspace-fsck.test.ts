@@ -3,7 +3,7 @@ import { execFileSync } from "node:child_process";
 import { closeSync, existsSync, openSync, writeSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { runCli } from "../helpers/daemon.js";
-import { type SimHost, startSimHost } from "../helpers/simhost.js";
+import { FAST_KNOBS, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { hostReboot, inspect, setControl } from "../pvesim/harness.js";
 import { findVolume } from "../pvesim/storage.js";
 import { createWorkspace, volumeBackingFile, workspaceEvents } from "./workspace-volume.js";
@@ -59,7 +59,7 @@ describe("workspace fsck with host tools (shell backend)", () => {
 
   before(async () => {
     h = await startSimHost("shell", "host_tools: on\n");
-    await setControl(h.sim.dir, { clone_ms: 50, start_ms: 30, stop_ms: 20, agent_ready_ms: 60, task_ms: 20 });
+    await setControl(h.sim.dir, FAST_KNOBS);
   });
   after(async () => {
     await h.stop();

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { closeSync, openSync, readSync, writeSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
-import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
+import { type BackendKind, FAST_KNOBS, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { inspect, runTool, setControl } from "../pvesim/harness.js";
 import { createWorkspace, volumeBackingFile, workspaceEvents } from "./workspace-volume.js";
 
@@ -96,13 +96,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
 
     before(async () => {
       h = await startSimHost(kind);
-      await setControl(h.sim.dir, {
-        clone_ms: 50,
-        start_ms: 30,
-        stop_ms: 20,
-        agent_ready_ms: 60,
-        task_ms: 20,
-      });
+      await setControl(h.sim.dir, FAST_KNOBS);
     });
     after(async () => {
       await h.stop();

@@ -13,20 +13,19 @@ describe("pvesim pvesh: proxying to another node", () => {
   let sim: Sim;
   const onPve = { PVESIM_NODE: "pve" };
   const pvesh = (args: string[], env: NodeJS.ProcessEnv = onPve) => runTool(sim, "pvesh", args, env);
+  /** A linked clone of pve2's template 9001, asked from pve unless `env` says otherwise. */
+  const cloneOnPve2 = (newid: number, env?: NodeJS.ProcessEnv) =>
+    pvesh(
+      ["create", "/nodes/pve2/qemu/9001/clone", "--newid", String(newid), "--output-format", "json"],
+      env,
+    );
   before(async () => {
     sim = createSim({ nodes: ["pve", "pve2"], knobs: { clone_ms: 20, task_ms: 10, fail_ms: 10 } });
   });
   after(() => sim.cleanup());
 
   test("a worker's log and JSON-quoted UPID come back as one JSON string, not as lines", async () => {
-    const r = await pvesh([
-      "create",
-      "/nodes/pve2/qemu/9001/clone",
-      "--newid",
-      "101",
-      "--output-format",
-      "json",
-    ]);
+    const r = await cloneOnPve2(101);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout.split("\n").length, 2, "one line and its newline");
     const data = JSON.parse(r.stdout) as string;
@@ -37,10 +36,7 @@ describe("pvesim pvesh: proxying to another node", () => {
     assert.ok(m, data);
     assert.match(m[2]!, UPID_LINE);
     // The same call made on pve2 itself prints the log lines and then the bare UPID as its last line.
-    const local = await pvesh(
-      ["create", "/nodes/pve2/qemu/9001/clone", "--newid", "102", "--output-format", "json"],
-      { PVESIM_NODE: "pve2" },
-    );
+    const local = await cloneOnPve2(102, { PVESIM_NODE: "pve2" });
     const lines = local.stdout.trimEnd().split("\n");
     assert.ok(lines.length > 1, local.stdout);
     assert.match(JSON.parse(lines.at(-1)!) as string, /^UPID:pve2:/);
@@ -48,14 +44,7 @@ describe("pvesim pvesh: proxying to another node", () => {
 
   test("a task that fails on the other node: exit 0, its error on stderr, the UPID inside the string", async () => {
     await setControl(sim.dir, {}, ["fail_clone=clone failed: zfs error: out of space"]);
-    const r = await pvesh([
-      "create",
-      "/nodes/pve2/qemu/9001/clone",
-      "--newid",
-      "103",
-      "--output-format",
-      "json",
-    ]);
+    const r = await cloneOnPve2(103);
     assert.equal(r.code, 0);
     assert.equal(r.stderr, "clone failed: zfs error: out of space\n");
     const data = JSON.parse(r.stdout) as string;
@@ -63,14 +52,7 @@ describe("pvesim pvesh: proxying to another node", () => {
   });
 
   test("a failure before the fork on the other node: its last stderr line after 'proxy handler failed: ', exit 255", async () => {
-    const r = await pvesh([
-      "create",
-      "/nodes/pve2/qemu/9001/clone",
-      "--newid",
-      "101",
-      "--output-format",
-      "json",
-    ]);
+    const r = await cloneOnPve2(101);
     assert.equal(r.code, 255);
     assert.equal(r.stdout, "");
     assert.equal(r.stderr, "proxy handler failed: unable to create VM 101: config file already exists\n");
