@@ -177,6 +177,23 @@ describe("CLI errors", () => {
     assert.match(missing.stderr, /Not enough non-option arguments/);
   });
 
+  test("a VMID that is not a number is a usage error before the daemon is asked", async () => {
+    for (const args of [
+      ["sandbox", "show", "abc"],
+      ["sandbox", "destroy", "12abc"],
+      ["workspace", "attach", "ws", "x1"],
+      ["sandbox", "new", "--profile", "p", "--vmid", "abc"],
+    ]) {
+      // No daemon at this socket: an answer about the socket would mean the VMID went through.
+      const result = await runCli(["--socket", "/tmp/agentlab-no-such.sock", ...args]);
+      assert.equal(result.code, 2, `${args.join(" ")}: ${result.stderr}`);
+      assert.match(
+        result.stderr,
+        /^error: (<vmid>|--vmid) must be a VMID, a whole number from 100 to 999999999 .*; got "(abc|12abc|x1)"$/m,
+      );
+    }
+  });
+
   test("--socket given twice is a usage error, not a crash", async () => {
     const result = await runCli(["--socket", "/tmp/a.sock", "--socket", "/tmp/b.sock", "status"]);
     assert.equal(result.code, 2);
