@@ -24,6 +24,16 @@ command -v jq >/dev/null 2>&1 || need_apt="$need_apt jq"
 command -v git >/dev/null 2>&1 || need_apt="$need_apt git"
 # init --smoke-test's second repo server kind (git's dumb HTTP over python3 -m http.server).
 command -v python3 >/dev/null 2>&1 || need_apt="$need_apt python3"
+# Real guests (scripts/dev/guest-image builds the image, test/helpers/real-guest boots it): QEMU and
+# qemu-img, debootstrap, genisoimage for the cidata seed, a kernel for the guest with mkinitramfs for its
+# small initrd, and ssh into the guest.
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt="$need_apt qemu-system-x86"
+command -v qemu-img >/dev/null 2>&1 || need_apt="$need_apt qemu-utils"
+{ command -v debootstrap || [ -x /usr/sbin/debootstrap ]; } >/dev/null 2>&1 || need_apt="$need_apt debootstrap"
+command -v genisoimage >/dev/null 2>&1 || need_apt="$need_apt genisoimage"
+ls /boot/vmlinuz-* >/dev/null 2>&1 || need_apt="$need_apt linux-image-amd64"
+{ command -v mkinitramfs || [ -x /usr/sbin/mkinitramfs ]; } >/dev/null 2>&1 || need_apt="$need_apt initramfs-tools"
+command -v ssh >/dev/null 2>&1 || need_apt="$need_apt openssh-client"
 if [ -n "$need_apt" ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test: installing system packages:$need_apt"

@@ -23,8 +23,8 @@ import { createBootstrapTokenRepo } from "../../src/daemon/store/bootstrap-token
 import { openStore } from "../../src/daemon/store/db.js";
 import { freePort } from "../helpers/ports.js";
 import { type GuestImage, guestImage, realGuestSkipReason } from "../helpers/real-guest/image.js";
-import { qgaCommand, waitForAgent } from "../helpers/real-guest/qga.js";
 import { bootGuest, type RealGuest } from "../helpers/real-guest/qemu.js";
+import { qgaCommand, waitForAgent } from "../helpers/real-guest/qga.js";
 import { nocloudNetworkConfig, writeCidataIso } from "../helpers/real-guest/seed.js";
 
 const run = promisify(execFile);
@@ -38,7 +38,8 @@ const SLIRP_DNS = "10.0.2.3";
 const CONTROLLER = { address: "10.0.2.100", port: 8844 };
 const BOOT_DEADLINE_MS = 6 * 60_000;
 /** What the final-message module prints on the console when cloud-init is done. */
-const FINISHED = /Cloud-init v\. (\S+) finished at [^\n]*Datasource (\S+ \[[^\]\n]*\])[^\n]*Up ([\d.]+) seconds/;
+const FINISHED =
+  /Cloud-init v\. (\S+) finished at [^\n]*Datasource (\S+ \[[^\]\n]*\])[^\n]*Up ([\d.]+) seconds/;
 
 interface Booted {
   guest: RealGuest;
@@ -77,7 +78,9 @@ describe("real cloud-init reads our user-data in a real guest", { skip, timeout:
   /** Boot one sandbox the way agentlabd provisions it, up to READY by phone-home and cloud-init done. */
   async function boot(t: TestContext, options: { workspace?: string }): Promise<Booted> {
     const dir = mkdtempSync("/tmp/alg-");
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    // AGENTLAB_REAL_GUEST_KEEP=1 keeps the serial log, seed and overlay for a look after the test.
+    if (process.env.AGENTLAB_REAL_GUEST_KEEP === "1") t.diagnostic(`kept: ${dir}`);
+    else cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const key = join(dir, "id_ed25519");
     await run("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "agentlab-test", "-f", key]);
 
@@ -125,18 +128,38 @@ describe("real cloud-init reads our user-data in a real guest", { skip, timeout:
       seedIso,
       mac: MAC,
       sshHostPort: sshPort,
-      guestForwards: [{ guestAddress: CONTROLLER.address, guestPort: CONTROLLER.port, hostPort: listenerPort }],
+      guestForwards: [
+        { guestAddress: CONTROLLER.address, guestPort: CONTROLLER.port, hostPort: listenerPort },
+      ],
       ...(options.workspace ? { workspace: options.workspace } : {}),
     });
     cleanups.push(() => guest.stop());
     const report = await ready;
     const readyAfterMs = Date.now() - guest.spawnedAt;
-    const { match: finished, afterMs: finishedAfterMs } = await guest.waitForSerial(FINISHED, BOOT_DEADLINE_MS);
+    const { match: finished, afterMs: finishedAfterMs } = await guest.waitForSerial(
+      FINISHED,
+      BOOT_DEADLINE_MS,
+    );
     t.diagnostic(
       `QEMU start -> phone-home ${(readyAfterMs / 1000).toFixed(1)} s, -> cloud-init finished ` +
         `${(finishedAfterMs / 1000).toFixed(1)} s (guest uptime ${finished[3]} s, cloud-init ${finished[1]})`,
     );
-    return { guest, dir, sshPort, key, readyAfterMs, readyVia: report.via, finishedAfterMs, finished };
+    const booted = {
+      guest,
+      dir,
+      sshPort,
+      key,
+      readyAfterMs,
+      readyVia: report.via,
+      finishedAfterMs,
+      finished,
+    };
+    // Where the boot's time went, for docs/performance.md and for tuning the image.
+    const timing = await ssh(booted, "systemd-analyze; cloud-init analyze blame | head -n 12").catch(
+      (e) => `${e}`,
+    );
+    t.diagnostic(timing);
+    return booted;
   }
 
   it("with a workspace on scsi1: NoCloud seed, phone-home, agent user, guest agent, sshd, /work", async (t) => {
@@ -180,7 +203,7 @@ describe("real cloud-init reads our user-data in a real guest", { skip, timeout:
     const [user, bootstrap, mount, workOwner, writable, status, hostname] = facts.trim().split("\n");
     assert.equal(user, "agent");
     assert.equal(bootstrap, "agent:agent 600");
-    assert.match(mount ?? "", new RegExp(`^ext4 \\S*noatime\\S* ${WORKSPACE_FS_LABEL}$`));
+    assert.match(mount ?? "", new RegExp(`^ext4\\s+\\S*noatime\\S*\\s+${WORKSPACE_FS_LABEL}$`));
     assert.equal(workOwner, "agent");
     assert.equal(writable, "writable");
     assert.equal(status, "done", `cloud-init status: ${facts}`);

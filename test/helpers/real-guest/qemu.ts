@@ -70,7 +70,10 @@ export class RealGuest {
    * Wait until the serial console shows `pattern`; resolves with the match and the milliseconds since
    * QEMU was spawned. Fails early, with the console's tail, when QEMU exits.
    */
-  async waitForSerial(pattern: RegExp, timeoutMs: number): Promise<{ match: RegExpMatchArray; afterMs: number }> {
+  async waitForSerial(
+    pattern: RegExp,
+    timeoutMs: number,
+  ): Promise<{ match: RegExpMatchArray; afterMs: number }> {
     const until = Date.now() + timeoutMs;
     let exited = false;
     void this.exit.then(() => (exited = true));
@@ -95,12 +98,17 @@ export class RealGuest {
 }
 
 /** The QEMU arguments for one boot: kept apart so a test can read what Proxmox-like command it ran. */
-export function qemuArgs(options: BootOptions, paths: { serialLog: string; qgaSocket: string; qmpSocket: string; overlay: string }): string[] {
+export function qemuArgs(
+  options: BootOptions,
+  paths: { serialLog: string; qgaSocket: string; qmpSocket: string; overlay: string },
+): string[] {
   const netdev = ["user", "id=net0", "restrict=on"];
   if (options.sshHostPort) netdev.push(`hostfwd=tcp:127.0.0.1:${options.sshHostPort}-:22`);
   for (const fwd of options.guestForwards ?? []) {
     // One tcp-forward process per guest connection; QEMU splits options on commas, so none may appear.
-    netdev.push(`guestfwd=tcp:${fwd.guestAddress}:${fwd.guestPort}-cmd:${process.execPath} ${TCP_FORWARD} ${fwd.hostPort}`);
+    netdev.push(
+      `guestfwd=tcp:${fwd.guestAddress}:${fwd.guestPort}-cmd:${process.execPath} ${TCP_FORWARD} ${fwd.hostPort}`,
+    );
   }
   const args = [
     "-accel",
@@ -165,8 +173,20 @@ export async function bootGuest(options: BootOptions): Promise<RealGuest> {
     qmpSocket: join(options.dir, "qmp.sock"),
     overlay: join(options.dir, "root.qcow2"),
   };
-  await run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", options.image.rootfs, paths.overlay]);
-  const child = spawn("qemu-system-x86_64", qemuArgs(options, paths), { stdio: ["ignore", "ignore", "pipe"] });
+  await run("qemu-img", [
+    "create",
+    "-q",
+    "-f",
+    "qcow2",
+    "-F",
+    "raw",
+    "-b",
+    options.image.rootfs,
+    paths.overlay,
+  ]);
+  const child = spawn("qemu-system-x86_64", qemuArgs(options, paths), {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
   let stderr = "";
   child.stderr?.on("data", (chunk) => (stderr += chunk.toString()));
   child.once("exit", (code) => {

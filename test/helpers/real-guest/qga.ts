@@ -33,7 +33,9 @@ export function qgaCommand(
       else resolve(value);
     };
     socket.on("error", (error) => finish(error));
-    socket.on("connect", () => socket.write(`${JSON.stringify({ execute: "guest-sync", arguments: { id } })}\n`));
+    socket.on("connect", () =>
+      socket.write(`${JSON.stringify({ execute: "guest-sync", arguments: { id } })}\n`),
+    );
     socket.on("data", (chunk) => {
       buffer += chunk.toString("utf8");
       let newline = buffer.indexOf("\n");

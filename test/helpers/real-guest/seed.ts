@@ -65,7 +65,9 @@ export function nocloudNetworkConfig(nics: SeedNic[], dns: SeedDns): string {
 
 /** nocloud_gen_metadata: the instance id is the SHA-1 of user-data followed by network-config. */
 export function nocloudMetaData(userData: string, networkConfig: string): string {
-  return `instance-id: ${createHash("sha1").update(userData + networkConfig).digest("hex")}\n`;
+  return `instance-id: ${createHash("sha1")
+    .update(userData + networkConfig)
+    .digest("hex")}\n`;
 }
 
 export interface SeedFiles {
@@ -87,7 +89,10 @@ export async function writeCidataIso(isoPath: string, files: SeedFiles): Promise
   try {
     writeFileSync(join(dir, "user-data"), files.userData);
     writeFileSync(join(dir, "network-config"), files.networkConfig);
-    writeFileSync(join(dir, "meta-data"), files.metaData ?? nocloudMetaData(files.userData, files.networkConfig));
+    writeFileSync(
+      join(dir, "meta-data"),
+      files.metaData ?? nocloudMetaData(files.userData, files.networkConfig),
+    );
     writeFileSync(join(dir, "vendor-data"), files.vendorData ?? "");
     await run("genisoimage", [
       "-quiet",
