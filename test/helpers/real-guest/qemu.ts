@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import type { GuestImage } from "./image.js";
+import { qmp } from "./qmp.js";
 
 const run = promisify(execFile);
 
@@ -88,6 +89,32 @@ export class RealGuest {
       }
       await new Promise((resolve) => setTimeout(resolve, 250));
     }
+  }
+
+  /** Attach a raw disk image to the running VM as scsi<lun> (LUN <lun> of scsihw0), a disk hot-plug. */
+  async hotplugScsiDisk(file: string, lun: number): Promise<void> {
+    await qmp(this.qmpSocket, [
+      {
+        execute: "blockdev-add",
+        arguments: {
+          "node-name": `drive-scsi${lun}`,
+          driver: "raw",
+          file: { driver: "file", filename: file },
+        },
+      },
+      {
+        execute: "device_add",
+        arguments: {
+          driver: "scsi-hd",
+          bus: "scsihw0.0",
+          channel: 0,
+          "scsi-id": 0,
+          lun,
+          drive: `drive-scsi${lun}`,
+          id: `scsi${lun}`,
+        },
+      },
+    ]);
   }
 
   /** Kill QEMU (a destroyed VM's process is gone, whatever the guest was doing). */
