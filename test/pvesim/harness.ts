@@ -48,6 +48,9 @@ export interface Sim {
 
 export function createSim(opts: SimOptions = {}): Sim {
   const dir = mkdtempSync(join(tmpdir(), "pvesim-"));
+  // Knobs first: init reads them (guests=qemu puts the guest image in the template's disk).
+  if (opts.knobs)
+    writeFileAtomic(controlPath(dir), `${JSON.stringify({ ...opts.knobs, faults: [] }, null, 2)}\n`);
   let token: string;
   try {
     token = initCluster(dir, {
@@ -68,8 +71,6 @@ export function createSim(opts: SimOptions = {}): Sim {
     PVESIM_NODE_BIN: process.execPath,
   };
   delete env["PVESIM_NODE"];
-  if (opts.knobs)
-    writeFileAtomic(controlPath(dir), `${JSON.stringify({ ...opts.knobs, faults: [] }, null, 2)}\n`);
   const sim: Sim = { dir, token, env, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
   return sim;
 }

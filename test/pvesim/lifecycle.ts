@@ -5,6 +5,7 @@ import { isLvm } from "./devices.js";
 import { referencedVolumes, tryFree } from "./disks.js";
 import { CommandError, fail, PveError } from "./errors.js";
 import { signalGuestHook } from "./guest.js";
+import { forgetQemu } from "./qemu.js";
 import { bool, type Params } from "./schema.js";
 import {
   convertToBase,
@@ -97,6 +98,7 @@ registerTaskKind("destroy", {
     }
     task.scratch["warnings"] = warnings;
     signalGuestHook(vm, "SIGTERM");
+    forgetQemu(ctx, vm);
     delete ctx.state.vms[String(vm.vmid)];
   },
   abort(ctx, task) {
