@@ -4,7 +4,7 @@
  * backend). Knobs and faults go through the same control file the `pvesim control` CLI writes.
  */
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -222,4 +222,22 @@ export function startApiProcess(sim: Sim): Promise<SimApi> {
       );
     });
   });
+}
+
+/**
+ * A built guest image for guests=qemu tests: `PVESIM_GUEST_IMAGE`, else the newest complete one in
+ * scripts/dev/guest-image's cache (/var/cache/agentlab/guest-image/<key>/, complete once manifest.json
+ * exists). Undefined when there is none.
+ */
+export function findGuestImage(cache = "/var/cache/agentlab/guest-image"): string | undefined {
+  const given = process.env["PVESIM_GUEST_IMAGE"];
+  if (given) return existsSync(join(given, "manifest.json")) ? given : undefined;
+  let best: { dir: string; mtime: number } | undefined;
+  for (const name of existsSync(cache) ? readdirSync(cache) : []) {
+    const manifest = join(cache, name, "manifest.json");
+    if (!existsSync(manifest)) continue;
+    const mtime = statSync(manifest).mtimeMs;
+    if (!best || mtime > best.mtime) best = { dir: join(cache, name), mtime };
+  }
+  return best?.dir;
 }
