@@ -179,6 +179,25 @@ describe("pvesim guests=qemu: one real guest", { skip: why, timeout: 900_000 }, 
     assert.equal(got.trim(), "from the seed");
   });
 
+  it("a workspace disk hot-plugged as scsi1 appears in the guest, and goes when it is removed", async () => {
+    const disks = async (): Promise<string[]> =>
+      (await guestSh(qga, "ls /sys/block")).out.split(/\s+/).filter((d) => d.startsWith("sd"));
+    assert.deepEqual(await disks(), ["sda"]);
+    await ok(sim, "qm", ["set", "101", "--scsi1", "local-zfs:1"]);
+    let seen: string[] = [];
+    for (let i = 0; i < 50 && seen.length < 2; i++) {
+      seen = await disks();
+      if (seen.length < 2) await sleep(200);
+    }
+    assert.deepEqual(seen, ["sda", "sdb"]);
+    await ok(sim, "qm", ["set", "101", "--delete", "scsi1"]);
+    for (let i = 0; i < 50 && seen.length > 1; i++) {
+      seen = await disks();
+      if (seen.length > 1) await sleep(200);
+    }
+    assert.deepEqual(seen, ["sda"]);
+  });
+
   it("a snapshot of the running VM (QMP internal snapshot) and a rollback bring back a deleted file", async () => {
     assert.equal((await guestSh(qga, "echo kept > /root/f && sync")).exitcode, 0);
     await ok(sim, "qm", ["snapshot", "101", "s1"]);

@@ -71,6 +71,8 @@ export function copyQcow2(from: string, to: string, snapshot?: string): void {
   rmSync(to, { force: true });
   qemuImg([
     "convert",
+    // -U: the source may be in use by a running QEMU (a full clone of a running VM).
+    "-U",
     "-f",
     "qcow2",
     "-O",
