@@ -100,6 +100,18 @@ describe("pvesim guests=qemu: net0 as a tap on its bridge", { skip: why }, () =>
     const after = execFileSync("ip", ["-n", ns, "-j", "link", "show"], { encoding: "utf8" });
     assert.doesNotMatch(after, /tap101i0/);
   });
+
+  it("a QEMU that dies is a stopped VM on the next read, as pvestatd sees it", async () => {
+    await ok(sim, "ip", ["netns", "exec", ns, "qm", "start", "101"]);
+    const pidfile = join(sim.dir, "host/var/run/qemu-server/101.pid");
+    assert.match(await ok(sim, "qm", ["status", "101"]), /status: running/);
+    process.kill(Number(readFileSync(pidfile, "utf8")), "SIGKILL");
+    for (let i = 0; i < 50 && qemuProcess(pidfile); i++) await sleep(100);
+    assert.match(await ok(sim, "qm", ["status", "101"]), /status: stopped/);
+    // and it can be started again (no stale pid file or socket in the way)
+    await ok(sim, "ip", ["netns", "exec", ns, "qm", "start", "101"]);
+    await ok(sim, "qm", ["stop", "101"]);
+  });
 });
 
 describe("pvesim guests=qemu: one real guest", { skip: why, timeout: 900_000 }, () => {

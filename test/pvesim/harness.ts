@@ -13,7 +13,9 @@ import { type AuthId, ROOT } from "./access.js";
 import type { Ctx } from "./context.js";
 import { type Control, type Knobs, parseFault, updateControl } from "./control.js";
 import { rebootNodes } from "./host-cli.js";
+import { QEMU_RUN_DIR } from "./host-files.js";
 import { controlPath } from "./paths.js";
+import { qemuPid } from "./qemu.js";
 import type { RouteResult } from "./routes.js";
 import { callApi, withModel } from "./runner.js";
 import type { RawParams } from "./schema.js";
@@ -71,7 +73,11 @@ export function createSim(opts: SimOptions = {}): Sim {
     PVESIM_NODE_BIN: process.execPath,
   };
   delete env["PVESIM_NODE"];
-  const sim: Sim = { dir, token, env, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  const cleanup = (): void => {
+    killRealGuests(dir);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const sim: Sim = { dir, token, env, cleanup };
   return sim;
 }
 
@@ -222,6 +228,16 @@ export function startApiProcess(sim: Sim): Promise<SimApi> {
       );
     });
   });
+}
+
+/** Real guests (guests=qemu) outlive the processes that started them: a test's cleanup kills them. */
+export function killRealGuests(dir: string): void {
+  const run = join(dir, "host", QEMU_RUN_DIR);
+  for (const name of existsSync(run) ? readdirSync(run) : []) {
+    if (!name.endsWith(".pid")) continue;
+    const pid = qemuPid(join(run, name));
+    if (pid) process.kill(pid, "SIGKILL");
+  }
 }
 
 /**
