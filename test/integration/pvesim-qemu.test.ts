@@ -101,6 +101,25 @@ describe("pvesim guests=qemu: net0 as a tap on its bridge", { skip: why }, () =>
     assert.doesNotMatch(after, /tap101i0/);
   });
 
+  it("suspend and resume pause and continue the real QEMU (QMP stop/cont); reset keeps the process", async () => {
+    await ok(sim, "ip", ["netns", "exec", ns, "qm", "start", "101"]);
+    const qmp = join(sim.dir, "host/var/run/qemu-server/101.qmp");
+    const qemuStatus = async (): Promise<unknown> =>
+      ((await monitorCommand(qmp, "qmp", "VM 101", { execute: "query-status" })).return as { status: string })
+        .status;
+    await ok(sim, "qm", ["suspend", "101"]);
+    assert.equal(await qemuStatus(), "paused");
+    assert.match(await ok(sim, "qm", ["status", "101", "--verbose"]), /qmpstatus: paused/);
+    await ok(sim, "qm", ["resume", "101"]);
+    assert.equal(await qemuStatus(), "running");
+    const pid = readFileSync(join(sim.dir, "host/var/run/qemu-server/101.pid"), "utf8");
+    await ok(sim, "qm", ["reset", "101"]);
+    assert.equal(readFileSync(join(sim.dir, "host/var/run/qemu-server/101.pid"), "utf8"), pid);
+    const suspendToDisk = await runTool(sim, "qm", ["suspend", "101", "--todisk", "1"]);
+    assert.match(suspendToDisk.stderr, /suspend to disk is not modelled for real guests/);
+    await ok(sim, "qm", ["stop", "101"]);
+  });
+
   it("a QEMU that dies is a stopped VM on the next read, as pvestatd sees it", async () => {
     await ok(sim, "ip", ["netns", "exec", ns, "qm", "start", "101"]);
     const pidfile = join(sim.dir, "host/var/run/qemu-server/101.pid");
