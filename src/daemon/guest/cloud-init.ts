@@ -2,6 +2,19 @@ import { randomBytes } from "node:crypto";
 import { closeSync, mkdirSync, openSync, rmSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { dump } from "js-yaml";
+import {
+  WORKSPACE_FIRST_BOOT_SCRIPT,
+  WORKSPACE_FORMAT_SCRIPT,
+  WORKSPACE_FORMAT_SCRIPT_PATH,
+  WORKSPACE_FORMAT_UNIT,
+  WORKSPACE_FORMAT_UNIT_PATH,
+  WORKSPACE_MOUNT_UNIT,
+  WORKSPACE_MOUNT_UNIT_PATH,
+  WORKSPACE_OWNER_UNIT,
+  WORKSPACE_OWNER_UNIT_PATH,
+  WORKSPACE_UDEV_RULE,
+  WORKSPACE_UDEV_RULE_PATH,
+} from "./workspace-units.js";
 
 export interface UserDataInput {
   vmid: number;
@@ -49,57 +62,6 @@ elif command -v dnf >/dev/null 2>&1; then
 else
   echo "agentlab: no apt-get or dnf to install$missing: add them to the template" >&2
   exit 1
-fi
-`;
-
-/** The workspace's filesystem label (the daemon's WORKSPACE_FS_LABEL) and where the guest mounts it. */
-export const WORKSPACE_LABEL = "AGENTLAB_WORK";
-export const WORKSPACE_MOUNT_POINT = "/work";
-/** systemd's name for the device of a filesystem labelled AGENTLAB_WORK (`systemd-escape`). */
-const WORKSPACE_DEVICE = `dev-disk-by\\x2dlabel-${WORKSPACE_LABEL}`;
-
-export const WORKSPACE_MOUNT_UNIT_PATH = "/etc/systemd/system/work.mount";
-export const WORKSPACE_OWNER_UNIT_PATH = "/etc/systemd/system/agentlab-work-owner.service";
-export const WORKSPACE_UDEV_RULE_PATH = "/etc/udev/rules.d/90-agentlab-work.rules";
-
-/**
- * The workspace (ext4 labelled AGENTLAB_WORK, attached as scsi1) is mounted at /work whenever its disk
- * is there: a udev rule makes the disk's device unit want work.mount, so it mounts at boot, on a hot
- * attach, and on the first boot after a later `workspace attach`, while a sandbox without a workspace
- * waits for nothing. Not cloud-init's `mounts`: it drops a `LABEL=` spec, and any disk missing at first
- * boot, for good (cc_mounts sanitize_devname returns None: "Ignoring nonexistent named mount"). Not
- * `systemctl enable` either: every enable reloads systemd, which costs seconds on a small guest.
- */
-export const WORKSPACE_UDEV_RULE = `# agentlab: mount the workspace at ${WORKSPACE_MOUNT_POINT} when its disk appears.
-SUBSYSTEM=="block", ENV{ID_FS_LABEL}=="${WORKSPACE_LABEL}", ENV{SYSTEMD_WANTS}+="work.mount agentlab-work-owner.service"
-`;
-
-export const WORKSPACE_MOUNT_UNIT = `[Unit]
-Description=agentlab workspace (ext4 labelled ${WORKSPACE_LABEL})
-Requires=systemd-fsck@${WORKSPACE_DEVICE}.service
-After=systemd-fsck@${WORKSPACE_DEVICE}.service
-
-[Mount]
-What=/dev/disk/by-label/${WORKSPACE_LABEL}
-Where=${WORKSPACE_MOUNT_POINT}
-Type=ext4
-Options=noatime
-`;
-
-/** A new workspace's root directory is root's (mkfs): the agent, who works in it, gets it. */
-export const WORKSPACE_OWNER_UNIT = `[Unit]
-Description=agentlab workspace: ${WORKSPACE_MOUNT_POINT} belongs to the agent user
-BindsTo=work.mount
-After=work.mount
-
-[Service]
-Type=oneshot
-ExecStart=/bin/chown agent:agent ${WORKSPACE_MOUNT_POINT}
-`;
-
-/** On this first boot the disk appeared before the rule existed: mount it now, before the runner starts. */
-export const WORKSPACE_FIRST_BOOT_SCRIPT = `if [ -e /dev/disk/by-label/${WORKSPACE_LABEL} ]; then
-  systemctl start work.mount agentlab-work-owner.service
 fi
 `;
 
@@ -167,6 +129,18 @@ export function renderUserData(input: UserDataInput): string {
       content: WORKSPACE_OWNER_UNIT,
       owner: "root:root",
       permissions: "0644",
+    },
+    {
+      path: WORKSPACE_FORMAT_UNIT_PATH,
+      content: WORKSPACE_FORMAT_UNIT,
+      owner: "root:root",
+      permissions: "0644",
+    },
+    {
+      path: WORKSPACE_FORMAT_SCRIPT_PATH,
+      content: WORKSPACE_FORMAT_SCRIPT,
+      owner: "root:root",
+      permissions: "0755",
     },
     { path: WORKSPACE_UDEV_RULE_PATH, content: WORKSPACE_UDEV_RULE, owner: "root:root", permissions: "0644" },
   ];
