@@ -2,19 +2,7 @@ import { randomBytes } from "node:crypto";
 import { closeSync, mkdirSync, openSync, rmSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { dump } from "js-yaml";
-import {
-  WORKSPACE_FIRST_BOOT_SCRIPT,
-  WORKSPACE_FORMAT_SCRIPT,
-  WORKSPACE_FORMAT_SCRIPT_PATH,
-  WORKSPACE_FORMAT_UNIT,
-  WORKSPACE_FORMAT_UNIT_PATH,
-  WORKSPACE_MOUNT_UNIT,
-  WORKSPACE_MOUNT_UNIT_PATH,
-  WORKSPACE_OWNER_UNIT,
-  WORKSPACE_OWNER_UNIT_PATH,
-  WORKSPACE_UDEV_RULE,
-  WORKSPACE_UDEV_RULE_PATH,
-} from "./workspace-units.js";
+import { WORKSPACE_FILES, WORKSPACE_FIRST_BOOT_SCRIPT } from "./workspace-units.js";
 
 export interface UserDataInput {
   vmid: number;
@@ -43,10 +31,10 @@ const RUNNER_PACKAGES = ["git:git", "curl:curl", "jq:jq"];
 /**
  * POSIX sh, run as `sh -c ENSURE_PACKAGES_SCRIPT agentlab-packages package:program...`: installs the
  * packages whose program the template lacks, and nothing when it has them all. Not cloud-init's
- * `packages`: that runs `apt-get update` first even when every package is installed, which on a guest
- * without a reachable mirror costs minutes of timeouts and ends cloud-init in an error (measured on a
- * real guest; test/pvesim/README.md, "Real guests: the image"). A template built per the docs has the
- * packages; one without them still gets them at first boot when it can reach a mirror.
+ * `packages`: that runs `apt-get update` first even when every package is installed, which took 91 s
+ * of a 268 s first boot in a real guest without a reachable mirror (test/pvesim/README.md, "Real guests:
+ * the image"). A template built per the docs has the packages; one without them still gets them at
+ * first boot when it can reach a mirror.
  */
 export const ENSURE_PACKAGES_SCRIPT = `missing=""
 for spec in "$@"; do
@@ -102,8 +90,9 @@ export function readyReportUrl(controllerUrl: string): string {
 /**
  * The cloud-init user-data a sandbox boots with: the `agent` user (with the configured SSH key), the
  * guest agent the daemon asks for the address (installed only if the template lacks it), the workspace
- * mounted at /work whenever one is attached, and, with `bootstrap`, the phone-home that tells the
- * daemon the guest is up. Rendered as YAML from an object, so a key or name can never break the document.
+ * at /work whenever one is attached (formatted first if blank), and, with `bootstrap`, the phone-home
+ * that tells the daemon the guest is up. Rendered as YAML from an object, so a key or name can never
+ * break the document.
  */
 export function renderUserData(input: UserDataInput): string {
   const user: Record<string, unknown> = {
@@ -117,33 +106,12 @@ export function renderUserData(input: UserDataInput): string {
   if (input.job && !input.bootstrap) {
     throw new Error("a job sandbox needs the bootstrap controller URL: render it with bootstrap too");
   }
-  const writeFiles: Array<Record<string, unknown>> = [
-    {
-      path: WORKSPACE_MOUNT_UNIT_PATH,
-      content: WORKSPACE_MOUNT_UNIT,
-      owner: "root:root",
-      permissions: "0644",
-    },
-    {
-      path: WORKSPACE_OWNER_UNIT_PATH,
-      content: WORKSPACE_OWNER_UNIT,
-      owner: "root:root",
-      permissions: "0644",
-    },
-    {
-      path: WORKSPACE_FORMAT_UNIT_PATH,
-      content: WORKSPACE_FORMAT_UNIT,
-      owner: "root:root",
-      permissions: "0644",
-    },
-    {
-      path: WORKSPACE_FORMAT_SCRIPT_PATH,
-      content: WORKSPACE_FORMAT_SCRIPT,
-      owner: "root:root",
-      permissions: "0755",
-    },
-    { path: WORKSPACE_UDEV_RULE_PATH, content: WORKSPACE_UDEV_RULE, owner: "root:root", permissions: "0644" },
-  ];
+  const writeFiles: Array<Record<string, unknown>> = WORKSPACE_FILES.map((file) => ({
+    path: file.path,
+    content: file.content,
+    owner: "root:root",
+    permissions: file.permissions,
+  }));
   const packages = input.job ? [...AGENT_PACKAGES, ...RUNNER_PACKAGES] : AGENT_PACKAGES;
   // runcmd runs in this order, after users and write_files, so the units can name `agent`.
   const runcmd: unknown[] = [

@@ -110,3 +110,13 @@ if [ -e /dev/disk/by-label/${WORKSPACE_LABEL} ]; then
   systemctl start work.mount agentlab-work-owner.service
 fi
 `;
+
+/** The files the user-data writes (all root's), in the order cloud-init writes them. */
+export const WORKSPACE_FILES: ReadonlyArray<{ path: string; content: string; permissions: string }> = [
+  { path: WORKSPACE_MOUNT_UNIT_PATH, content: WORKSPACE_MOUNT_UNIT, permissions: "0644" },
+  { path: WORKSPACE_OWNER_UNIT_PATH, content: WORKSPACE_OWNER_UNIT, permissions: "0644" },
+  { path: WORKSPACE_FORMAT_UNIT_PATH, content: WORKSPACE_FORMAT_UNIT, permissions: "0644" },
+  { path: WORKSPACE_FORMAT_SCRIPT_PATH, content: WORKSPACE_FORMAT_SCRIPT, permissions: "0755" },
+  // Last: the rule may fire as soon as it exists, and then everything it names is in place.
+  { path: WORKSPACE_UDEV_RULE_PATH, content: WORKSPACE_UDEV_RULE, permissions: "0644" },
+];
