@@ -207,9 +207,13 @@ describe("real cloud-init reads our user-data in a real guest", { skip, timeout:
         "echo from-the-guest > /work/hello && sync && echo writable",
         "cloud-init status --long | sed -n 's/^status: //p'",
         "hostname",
+        // cloud-init rendered the network for systemd-networkd (the image has no ifupdown).
+        "ls /etc/systemd/network/ | grep -c '^10-cloud-init-eth0.network$'",
       ].join("; "),
     );
-    const [user, bootstrap, mount, workOwner, writable, status, hostname] = facts.trim().split("\n");
+    const [user, bootstrap, mount, workOwner, writable, status, hostname, networkd] = facts
+      .trim()
+      .split("\n");
     assert.equal(user, "agent");
     assert.equal(bootstrap, "agent:agent 600");
     assert.match(mount ?? "", new RegExp(`^ext4\\s+\\S*noatime\\S*\\s+${WORKSPACE_FS_LABEL}$`));
@@ -217,6 +221,7 @@ describe("real cloud-init reads our user-data in a real guest", { skip, timeout:
     assert.equal(writable, "writable");
     assert.equal(status, "done", `cloud-init status: ${facts}`);
     assert.equal(hostname, `sandbox-${VMID}`);
+    assert.equal(networkd, "1");
 
     // The guest formatted the blank disk, and the file went to it, not to the root overlay.
     await booted.guest.stop();
