@@ -162,17 +162,21 @@ describe("real cloud-init reads our user-data in a real guest", { skip, timeout:
     return booted;
   }
 
-  /** A blank 256 MiB workspace disk, formatted as HostTools.mkfsExt4 does at `workspace create`. */
-  async function makeWorkspace(): Promise<string> {
+  /**
+   * A 256 MiB workspace disk: blank (as a new volume reads when the daemon had no host tools to format
+   * it), or formatted as HostTools.mkfsExt4 does at `workspace create`.
+   */
+  async function makeWorkspace(options: { formatted: boolean }): Promise<string> {
     const workspace = join(mkdtempSync("/tmp/alg-ws-"), "workspace.raw");
     cleanups.push(() => rmSync(join(workspace, ".."), { recursive: true, force: true }));
     await run("truncate", ["-s", "256M", workspace]);
-    await run("mkfs.ext4", ["-F", "-q", "-L", WORKSPACE_FS_LABEL, "-m", "0", workspace]);
+    if (options.formatted)
+      await run("mkfs.ext4", ["-F", "-q", "-L", WORKSPACE_FS_LABEL, "-m", "0", workspace]);
     return workspace;
   }
 
-  it("with a workspace on scsi1: NoCloud seed, phone-home, agent user, guest agent, sshd, /work", async (t) => {
-    const workspace = await makeWorkspace();
+  it("with a blank workspace on scsi1: NoCloud seed, phone-home, agent, guest agent, sshd, /work formatted", async (t) => {
+    const workspace = await makeWorkspace({ formatted: false });
 
     const booted = await boot(t, { workspace });
     assert.equal(booted.readyVia, "phone-home");
@@ -200,12 +204,16 @@ describe("real cloud-init reads our user-data in a real guest", { skip, timeout:
         `stat -c '%U:%G %a' ${BOOTSTRAP_JSON_PATH}`,
         "findmnt -n -o FSTYPE,OPTIONS,LABEL /work || echo unmounted",
         "stat -c '%U' /work",
-        "echo from-the-guest > /work/hello && echo writable",
+        "echo from-the-guest > /work/hello && sync && echo writable",
         "cloud-init status --long | sed -n 's/^status: //p'",
         "hostname",
+        // cloud-init rendered the network for systemd-networkd (the image has no ifupdown).
+        "ls /etc/systemd/network/ | grep -c '^10-cloud-init-eth0.network$'",
       ].join("; "),
     );
-    const [user, bootstrap, mount, workOwner, writable, status, hostname] = facts.trim().split("\n");
+    const [user, bootstrap, mount, workOwner, writable, status, hostname, networkd] = facts
+      .trim()
+      .split("\n");
     assert.equal(user, "agent");
     assert.equal(bootstrap, "agent:agent 600");
     assert.match(mount ?? "", new RegExp(`^ext4\\s+\\S*noatime\\S*\\s+${WORKSPACE_FS_LABEL}$`));
@@ -213,9 +221,12 @@ describe("real cloud-init reads our user-data in a real guest", { skip, timeout:
     assert.equal(writable, "writable");
     assert.equal(status, "done", `cloud-init status: ${facts}`);
     assert.equal(hostname, `sandbox-${VMID}`);
+    assert.equal(networkd, "1");
 
-    // The file went to the workspace disk itself, not to the root overlay.
+    // The guest formatted the blank disk, and the file went to it, not to the root overlay.
     await booted.guest.stop();
+    const { stdout: label } = await run("blkid", ["-p", "-s", "LABEL", "-o", "value", workspace]);
+    assert.equal(label.trim(), WORKSPACE_FS_LABEL);
     const { stdout } = await run("debugfs", ["-R", "cat /hello", workspace]);
     assert.equal(stdout, "from-the-guest\n");
   });
@@ -234,7 +245,7 @@ describe("real cloud-init reads our user-data in a real guest", { skip, timeout:
     assert.doesNotMatch(blame, /AGENTLAB_WORK|work\.mount/);
 
     // Hot attach (as `workspace attach` to a running sandbox): the udev rule mounts it, no reboot.
-    const workspace = await makeWorkspace();
+    const workspace = await makeWorkspace({ formatted: true });
     await booted.guest.hotplugScsiDisk(workspace, 1);
     let mounted = "";
     for (const until = Date.now() + 120_000; Date.now() < until; ) {

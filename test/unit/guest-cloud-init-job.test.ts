@@ -8,11 +8,15 @@ import {
   BOOTSTRAP_JSON_PATH,
   REPORT_READY_PATH,
   renderUserData,
+} from "../../src/daemon/guest/cloud-init.js";
+import { runnerScript } from "../../src/daemon/guest/runner-script.js";
+import {
+  WORKSPACE_FORMAT_SCRIPT_PATH,
+  WORKSPACE_FORMAT_UNIT_PATH,
   WORKSPACE_MOUNT_UNIT_PATH,
   WORKSPACE_OWNER_UNIT_PATH,
   WORKSPACE_UDEV_RULE_PATH,
-} from "../../src/daemon/guest/cloud-init.js";
-import { runnerScript } from "../../src/daemon/guest/runner-script.js";
+} from "../../src/daemon/guest/workspace-units.js";
 import { REPO_ROOT } from "../helpers/paths.js";
 
 interface WriteFile {
@@ -119,6 +123,8 @@ describe("cloud-init user-data of a job sandbox", () => {
       [
         WORKSPACE_MOUNT_UNIT_PATH,
         WORKSPACE_OWNER_UNIT_PATH,
+        WORKSPACE_FORMAT_UNIT_PATH,
+        WORKSPACE_FORMAT_SCRIPT_PATH,
         WORKSPACE_UDEV_RULE_PATH,
         BOOTSTRAP_JSON_PATH,
         REPORT_READY_PATH,

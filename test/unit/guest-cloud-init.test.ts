@@ -15,17 +15,23 @@ import {
   REPORT_READY_PATH,
   REPORT_READY_SCRIPT,
   renderUserData,
+} from "../../src/daemon/guest/cloud-init.js";
+import { GuestListener } from "../../src/daemon/guest/listener.js";
+import { GuestReadiness } from "../../src/daemon/guest/ready-waiters.js";
+import { BootstrapTokens } from "../../src/daemon/guest/tokens.js";
+import {
   WORKSPACE_FIRST_BOOT_SCRIPT,
+  WORKSPACE_FORMAT_SCRIPT,
+  WORKSPACE_FORMAT_SCRIPT_PATH,
+  WORKSPACE_FORMAT_UNIT,
+  WORKSPACE_FORMAT_UNIT_PATH,
   WORKSPACE_MOUNT_UNIT,
   WORKSPACE_MOUNT_UNIT_PATH,
   WORKSPACE_OWNER_UNIT,
   WORKSPACE_OWNER_UNIT_PATH,
   WORKSPACE_UDEV_RULE,
   WORKSPACE_UDEV_RULE_PATH,
-} from "../../src/daemon/guest/cloud-init.js";
-import { GuestListener } from "../../src/daemon/guest/listener.js";
-import { GuestReadiness } from "../../src/daemon/guest/ready-waiters.js";
-import { BootstrapTokens } from "../../src/daemon/guest/tokens.js";
+} from "../../src/daemon/guest/workspace-units.js";
 import { createBootstrapTokenRepo } from "../../src/daemon/store/bootstrap-tokens.js";
 import { openStore } from "../../src/daemon/store/db.js";
 import { snippetBootstrap } from "../pvesim/guest.js";
@@ -48,7 +54,7 @@ interface UserData {
 const TOKEN = "0123456789abcdef0123456789abcdef";
 
 describe("cloud-init user-data", () => {
-  it("without a bootstrap token: agent user, guest agent installed only if missing, the workspace mount", () => {
+  it("without a bootstrap token: agent user, guest agent installed only if missing, the workspace units", () => {
     const text = renderUserData({ vmid: 101, hostname: "sandbox-101", sshPublicKey: "ssh-ed25519 AAAA me" });
     assert.ok(text.startsWith("#cloud-config\n# agentlab sandbox 101\n"));
     const doc = load(text) as UserData;
@@ -65,6 +71,8 @@ describe("cloud-init user-data", () => {
       [
         [WORKSPACE_MOUNT_UNIT_PATH, "root:root", "0644", WORKSPACE_MOUNT_UNIT],
         [WORKSPACE_OWNER_UNIT_PATH, "root:root", "0644", WORKSPACE_OWNER_UNIT],
+        [WORKSPACE_FORMAT_UNIT_PATH, "root:root", "0644", WORKSPACE_FORMAT_UNIT],
+        [WORKSPACE_FORMAT_SCRIPT_PATH, "root:root", "0755", WORKSPACE_FORMAT_SCRIPT],
         [WORKSPACE_UDEV_RULE_PATH, "root:root", "0644", WORKSPACE_UDEV_RULE],
       ],
     );

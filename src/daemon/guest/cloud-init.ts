@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { closeSync, mkdirSync, openSync, rmSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { dump } from "js-yaml";
+import { WORKSPACE_FILES, WORKSPACE_FIRST_BOOT_SCRIPT } from "./workspace-units.js";
 
 export interface UserDataInput {
   vmid: number;
@@ -30,10 +31,10 @@ const RUNNER_PACKAGES = ["git:git", "curl:curl", "jq:jq"];
 /**
  * POSIX sh, run as `sh -c ENSURE_PACKAGES_SCRIPT agentlab-packages package:program...`: installs the
  * packages whose program the template lacks, and nothing when it has them all. Not cloud-init's
- * `packages`: that runs `apt-get update` first even when every package is installed, which on a guest
- * without a reachable mirror costs minutes of timeouts and ends cloud-init in an error (measured on a
- * real guest; test/pvesim/README.md, "Real guests: the image"). A template built per the docs has the
- * packages; one without them still gets them at first boot when it can reach a mirror.
+ * `packages`: that runs `apt-get update` first even when every package is installed, which took 91 s
+ * of a 268 s first boot in a real guest without a reachable mirror (test/pvesim/README.md, "Real guests:
+ * the image"). A template built per the docs has the packages; one without them still gets them at
+ * first boot when it can reach a mirror.
  */
 export const ENSURE_PACKAGES_SCRIPT = `missing=""
 for spec in "$@"; do
@@ -49,57 +50,6 @@ elif command -v dnf >/dev/null 2>&1; then
 else
   echo "agentlab: no apt-get or dnf to install$missing: add them to the template" >&2
   exit 1
-fi
-`;
-
-/** The workspace's filesystem label (the daemon's WORKSPACE_FS_LABEL) and where the guest mounts it. */
-export const WORKSPACE_LABEL = "AGENTLAB_WORK";
-export const WORKSPACE_MOUNT_POINT = "/work";
-/** systemd's name for the device of a filesystem labelled AGENTLAB_WORK (`systemd-escape`). */
-const WORKSPACE_DEVICE = `dev-disk-by\\x2dlabel-${WORKSPACE_LABEL}`;
-
-export const WORKSPACE_MOUNT_UNIT_PATH = "/etc/systemd/system/work.mount";
-export const WORKSPACE_OWNER_UNIT_PATH = "/etc/systemd/system/agentlab-work-owner.service";
-export const WORKSPACE_UDEV_RULE_PATH = "/etc/udev/rules.d/90-agentlab-work.rules";
-
-/**
- * The workspace (ext4 labelled AGENTLAB_WORK, attached as scsi1) is mounted at /work whenever its disk
- * is there: a udev rule makes the disk's device unit want work.mount, so it mounts at boot, on a hot
- * attach, and on the first boot after a later `workspace attach`, while a sandbox without a workspace
- * waits for nothing. Not cloud-init's `mounts`: it drops a `LABEL=` spec, and any disk missing at first
- * boot, for good (cc_mounts sanitize_devname returns None: "Ignoring nonexistent named mount"). Not
- * `systemctl enable` either: every enable reloads systemd, which costs seconds on a small guest.
- */
-export const WORKSPACE_UDEV_RULE = `# agentlab: mount the workspace at ${WORKSPACE_MOUNT_POINT} when its disk appears.
-SUBSYSTEM=="block", ENV{ID_FS_LABEL}=="${WORKSPACE_LABEL}", ENV{SYSTEMD_WANTS}+="work.mount agentlab-work-owner.service"
-`;
-
-export const WORKSPACE_MOUNT_UNIT = `[Unit]
-Description=agentlab workspace (ext4 labelled ${WORKSPACE_LABEL})
-Requires=systemd-fsck@${WORKSPACE_DEVICE}.service
-After=systemd-fsck@${WORKSPACE_DEVICE}.service
-
-[Mount]
-What=/dev/disk/by-label/${WORKSPACE_LABEL}
-Where=${WORKSPACE_MOUNT_POINT}
-Type=ext4
-Options=noatime
-`;
-
-/** A new workspace's root directory is root's (mkfs): the agent, who works in it, gets it. */
-export const WORKSPACE_OWNER_UNIT = `[Unit]
-Description=agentlab workspace: ${WORKSPACE_MOUNT_POINT} belongs to the agent user
-BindsTo=work.mount
-After=work.mount
-
-[Service]
-Type=oneshot
-ExecStart=/bin/chown agent:agent ${WORKSPACE_MOUNT_POINT}
-`;
-
-/** On this first boot the disk appeared before the rule existed: mount it now, before the runner starts. */
-export const WORKSPACE_FIRST_BOOT_SCRIPT = `if [ -e /dev/disk/by-label/${WORKSPACE_LABEL} ]; then
-  systemctl start work.mount agentlab-work-owner.service
 fi
 `;
 
@@ -140,8 +90,9 @@ export function readyReportUrl(controllerUrl: string): string {
 /**
  * The cloud-init user-data a sandbox boots with: the `agent` user (with the configured SSH key), the
  * guest agent the daemon asks for the address (installed only if the template lacks it), the workspace
- * mounted at /work whenever one is attached, and, with `bootstrap`, the phone-home that tells the
- * daemon the guest is up. Rendered as YAML from an object, so a key or name can never break the document.
+ * at /work whenever one is attached (formatted first if blank), and, with `bootstrap`, the phone-home
+ * that tells the daemon the guest is up. Rendered as YAML from an object, so a key or name can never
+ * break the document.
  */
 export function renderUserData(input: UserDataInput): string {
   const user: Record<string, unknown> = {
@@ -155,21 +106,12 @@ export function renderUserData(input: UserDataInput): string {
   if (input.job && !input.bootstrap) {
     throw new Error("a job sandbox needs the bootstrap controller URL: render it with bootstrap too");
   }
-  const writeFiles: Array<Record<string, unknown>> = [
-    {
-      path: WORKSPACE_MOUNT_UNIT_PATH,
-      content: WORKSPACE_MOUNT_UNIT,
-      owner: "root:root",
-      permissions: "0644",
-    },
-    {
-      path: WORKSPACE_OWNER_UNIT_PATH,
-      content: WORKSPACE_OWNER_UNIT,
-      owner: "root:root",
-      permissions: "0644",
-    },
-    { path: WORKSPACE_UDEV_RULE_PATH, content: WORKSPACE_UDEV_RULE, owner: "root:root", permissions: "0644" },
-  ];
+  const writeFiles: Array<Record<string, unknown>> = WORKSPACE_FILES.map((file) => ({
+    path: file.path,
+    content: file.content,
+    owner: "root:root",
+    permissions: file.permissions,
+  }));
   const packages = input.job ? [...AGENT_PACKAGES, ...RUNNER_PACKAGES] : AGENT_PACKAGES;
   // runcmd runs in this order, after users and write_files, so the units can name `agent`.
   const runcmd: unknown[] = [

@@ -1,6 +1,6 @@
 import { AgentlabError } from "../../../protocol/errors.js";
 import type { Workspace as WorkspaceJson } from "../../../protocol/workspace.js";
-import { WORKSPACE_LABEL } from "../../guest/cloud-init.js";
+import { WORKSPACE_LABEL } from "../../guest/workspace-units.js";
 import type { VmRef } from "../../proxmox/types.js";
 import type { Workspace } from "../../store/workspaces.js";
 import type { Operation } from "../operation.js";
@@ -10,7 +10,7 @@ import { hostToolsFor } from "./host.js";
 import { expectedVolid, requireWorkspaceStorage } from "./storage.js";
 import { openVolume, workspaceNode } from "./volume.js";
 
-/** The label the guest mounts at /work (src/daemon/guest/cloud-init.ts): one constant for both sides. */
+/** The label the guest mounts at /work (src/daemon/guest/workspace-units.ts): one constant for both sides. */
 export const WORKSPACE_FS_LABEL = WORKSPACE_LABEL;
 
 export interface CreateWorkspaceParams {

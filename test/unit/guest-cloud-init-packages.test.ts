@@ -1,7 +1,6 @@
 /**
- * What a sandbox's first boot runs from our user-data besides the phone-home: the package step (real sh,
- * with stand-ins for apt-get and the programs on PATH) and the workspace mount (the units checked by the
- * real systemd-analyze, the device name by the real systemd-escape). The whole boot in a real guest is
+ * The package step of a sandbox's first boot (real sh, with stand-ins for apt-get and the programs on
+ * PATH): only what the template lacks is installed. The whole boot in a real guest is
  * test/system/real-guest-cloud-init.test.ts.
  */
 import assert from "node:assert/strict";
@@ -12,19 +11,11 @@ import path from "node:path";
 import { after, describe, it } from "node:test";
 import { promisify } from "node:util";
 import { load } from "js-yaml";
-import {
-  ENSURE_PACKAGES_SCRIPT,
-  renderUserData,
-  WORKSPACE_LABEL,
-  WORKSPACE_MOUNT_UNIT,
-  WORKSPACE_OWNER_UNIT,
-  WORKSPACE_UDEV_RULE,
-} from "../../src/daemon/guest/cloud-init.js";
+import { ENSURE_PACKAGES_SCRIPT, renderUserData } from "../../src/daemon/guest/cloud-init.js";
 import { runnerScript } from "../../src/daemon/guest/runner-script.js";
-import { WORKSPACE_FS_LABEL } from "../../src/daemon/services/workspaces/create.js";
 
 const run = promisify(execFile);
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), "agentlab-cloudinit-boot-"));
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "agentlab-cloudinit-packages-"));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 /** The runcmd entry of the package step in a rendered snippet. */
@@ -84,43 +75,5 @@ describe("the package step: installs only what the template lacks", () => {
       "apt-get update -q",
       "apt-get install -y -q qemu-guest-agent",
     ]);
-  });
-});
-
-describe("the workspace mount: /work from the disk labelled AGENTLAB_WORK", () => {
-  it("uses the label the daemon formats workspaces with", () => {
-    assert.equal(WORKSPACE_LABEL, WORKSPACE_FS_LABEL);
-  });
-
-  it("names the device unit as systemd does", async () => {
-    const { stdout } = await run("systemd-escape", ["--path", `/dev/disk/by-label/${WORKSPACE_LABEL}`]);
-    const device = stdout.trim();
-    assert.ok(WORKSPACE_MOUNT_UNIT.includes(`Requires=systemd-fsck@${device}.service\n`));
-    assert.ok(WORKSPACE_MOUNT_UNIT.includes(`After=systemd-fsck@${device}.service\n`));
-  });
-
-  it("passes systemd-analyze verify (the mount unit's name matches /work; noatime)", async () => {
-    const units = path.join(dir, "units");
-    fs.mkdirSync(units);
-    fs.writeFileSync(path.join(units, "work.mount"), WORKSPACE_MOUNT_UNIT);
-    fs.writeFileSync(path.join(units, "agentlab-work-owner.service"), WORKSPACE_OWNER_UNIT);
-    await run("systemd-analyze", [
-      "verify",
-      path.join(units, "work.mount"),
-      path.join(units, "agentlab-work-owner.service"),
-    ]);
-    assert.match(WORKSPACE_MOUNT_UNIT, /^Where=\/work$/m);
-    assert.match(WORKSPACE_MOUNT_UNIT, /^Options=noatime$/m);
-  });
-
-  it("is wanted by the disk's appearance (udev), so nothing waits for a disk that is not attached", () => {
-    assert.match(
-      WORKSPACE_UDEV_RULE,
-      /^SUBSYSTEM=="block", ENV\{ID_FS_LABEL\}=="AGENTLAB_WORK", ENV\{SYSTEMD_WANTS\}\+="work\.mount agentlab-work-owner\.service"$/m,
-    );
-    // No [Install]: nothing enables the units, so no boot ordering can ever wait for the device.
-    assert.doesNotMatch(WORKSPACE_MOUNT_UNIT, /\[Install\]|WantedBy|RequiredBy/);
-    assert.doesNotMatch(WORKSPACE_OWNER_UNIT, /\[Install\]|WantedBy|RequiredBy/);
-    assert.match(WORKSPACE_OWNER_UNIT, /^ExecStart=\/bin\/chown agent:agent \/work$/m);
   });
 });
