@@ -140,7 +140,8 @@ done
 [ -n "$spoof_ip" ] && add "spoof-block spoof block $ip $spoof_ip $gateway"
 
 # --- the script that runs inside the sandbox -----------------------------------------------------------
-# Arguments: <timeout> then the probe lines' words, each line ended by ";". Prints "<n> <result> <detail>".
+# Arguments: <timeout> then the probe lines' words, each line ended by ",". Prints "<n> <result> <detail>".
+# Not ";": ssh hands its arguments to the sandbox's login shell as one line, where ";" ends a command.
 # shellcheck disable=SC2016 # expanded by the sandbox's bash, not here
 remote='
 set -u
@@ -184,7 +185,7 @@ run() { # n kind args...
 n=0; words=""
 spoof_line=""
 for w in "$@"; do
-  if [ "$w" = ";" ]; then
+  if [ "$w" = "," ]; then
     n=$((n + 1))
     # shellcheck disable=SC2086
     set -- $words
@@ -201,12 +202,13 @@ i=1
 while [ "$i" -le "$n" ]; do cat "$dir/$i" 2>/dev/null || echo "$i error no result"; i=$((i + 1)); done
 '
 
-# Words for the remote side: each probe line without its check name and expectation, ";" after each.
+# Words for the remote side: each probe line without its check name and expectation, "," after each.
+# Every word is a validated token (names, addresses, ports) that any shell passes through unchanged.
 set --
 while IFS= read -r line; do
   [ -n "$line" ] || continue
   # shellcheck disable=SC2046 # split into words on purpose (they are validated tokens)
-  set -- "$@" $(printf '%s\n' "$line" | cut -d' ' -f2,4-) ";"
+  set -- "$@" $(printf '%s\n' "$line" | cut -d' ' -f2,4-) ","
 done <<EOF
 $probes
 EOF

@@ -299,10 +299,15 @@ describe("network scripts: apply.sh", () => {
 describe("network scripts: smoke_test.sh (reporting, with a fake sandbox)", () => {
   let dir = "";
   let fake = "";
+  let sshLike = "";
   before(() => {
     dir = mkdtempSync(join(tmpdir(), "agentlab-smoke-"));
     fake = join(dir, "fake-sandbox.mjs");
-    // Stands in for `ssh ... bash -s -- <timeout> <probe words> ; ...`: answers each probe from a table.
+    // What ssh does to a command: its words joined by spaces and parsed again by the sandbox's login
+    // shell. A separator a shell gives meaning to (";") would end the command there.
+    sshLike = join(dir, "ssh-like.sh");
+    writeFileSync(sshLike, 'exec sh -c "$*"\n');
+    // Stands in for `ssh ... bash -s -- <timeout> <probe words> , ...`: answers each probe from a table.
     writeFileSync(
       fake,
       `import { readFileSync } from "node:fs";
@@ -313,7 +318,7 @@ if (args[0] !== "bash" || args[1] !== "-s" || args[2] !== "--") process.exit(99)
 const words = args.slice(4);
 let n = 0, probe = [];
 for (const w of words) {
-  if (w !== ";") { probe.push(w); continue; }
+  if (w !== ",") { probe.push(w); continue; }
   n++;
   const key = probe.join(" ");
   console.log(n + " " + (answers[key] ?? answers[probe[0]] ?? "timeout"));
@@ -342,7 +347,7 @@ for (const w of words) {
 
   it("PASS when the Internet and the bootstrap port answer and everything else times out", () => {
     const answers = { "tcp 203.0.113.2 443": "open", "tcp 10.77.0.1 8844": "open" };
-    const result = sh(SMOKE, [...base, "--exec", `${process.execPath} ${fake}`], {
+    const result = sh(SMOKE, [...base, "--exec", `sh ${sshLike} ${process.execPath} ${fake}`], {
       FAKE_ANSWERS: JSON.stringify(answers),
     });
     assert.equal(result.code, 0, result.stdout + result.stderr);
@@ -368,7 +373,7 @@ for (const w of words) {
       "tcp 192.168.50.2 22": "refused",
       "tcp 10.77.0.1 8844": "open",
     };
-    const result = sh(SMOKE, [...base, "--exec", `${process.execPath} ${fake}`], {
+    const result = sh(SMOKE, [...base, "--exec", `sh ${sshLike} ${process.execPath} ${fake}`], {
       FAKE_ANSWERS: JSON.stringify(answers),
     });
     assert.equal(result.code, 1);
