@@ -91,6 +91,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     // Before the socket, so a control_listen that cannot be served (address in use, bad certificate)
     // stops the start-up with its reason instead of leaving a daemon that looks alive.
     control = await startControl(ctx, server, tokens);
+    if (control) ctx.control = { url: control.url, fingerprint: control.fingerprint };
     const socket = await server.listen(config.socket_path);
     // After the socket, as upstream binds. A bind failure is logged with its fix and does not stop the
     // daemon: readiness then comes from the guest agent alone.

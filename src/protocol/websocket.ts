@@ -14,6 +14,10 @@ import {
   type MessageWriter,
 } from "vscode-jsonrpc";
 
+/** Where the control listener serves the JSON-RPC WebSocket, and its one unauthenticated route. */
+export const RPC_PATH = "/rpc";
+export const HEALTH_PATH = "/health";
+
 /** The members of a `ws` WebSocket the transport needs. */
 export interface WebSocketLike {
   readonly readyState: number;

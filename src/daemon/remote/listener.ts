@@ -13,7 +13,12 @@ import { WebSocketServer } from "ws";
 import { parseHostPort } from "../../config/net.js";
 import { AgentlabError } from "../../protocol/errors.js";
 import { MAX_FRAME_BYTES } from "../../protocol/index.js";
-import { WebSocketMessageReader, WebSocketMessageWriter } from "../../protocol/websocket.js";
+import {
+  HEALTH_PATH,
+  RPC_PATH,
+  WebSocketMessageReader,
+  WebSocketMessageWriter,
+} from "../../protocol/websocket.js";
 import type { Logger } from "../log.js";
 import type { RpcServer } from "../rpc/server.js";
 import type { EventRepo } from "../store/events.js";
@@ -21,9 +26,6 @@ import type { ControlCertificate } from "./tls.js";
 import type { TokenService, VerifiedToken } from "./tokens.js";
 import type { CallGate } from "../rpc/server.js";
 
-/** The path of the WebSocket endpoint. */
-export const RPC_PATH = "/rpc";
-export const HEALTH_PATH = "/health";
 
 export interface HealthReport {
   ok: boolean;
