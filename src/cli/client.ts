@@ -51,7 +51,8 @@ async function openTransport(options: CallOptions): Promise<OpenTransport> {
     conn: createMessageConnection(new StreamMessageReader(socket), new StreamMessageWriter(socket)),
     close: () => socket.destroy(),
     where: { socket: options.socketPath },
-    closedHint: "the daemon may have stopped or restarted: systemctl status agentlabd; journalctl -u agentlabd -n 50",
+    closedHint:
+      "the daemon may have stopped or restarted: systemctl status agentlabd; journalctl -u agentlabd -n 50",
   };
 }
 

@@ -39,7 +39,12 @@ export function connectionOf(args: GlobalArgs, env: NodeJS.ProcessEnv = process.
     return { kind: "socket", path: args.socket, source: "--socket" };
   }
   return resolveConnection(
-    { socket: args.socket, socketGiven: args.socketGiven === true, endpoint: args.endpoint, token: args.token },
+    {
+      socket: args.socket,
+      socketGiven: args.socketGiven === true,
+      endpoint: args.endpoint,
+      token: args.token,
+    },
     env,
     DEFAULT_SOCKET_PATH,
   );

@@ -14,7 +14,6 @@ import { formatDuration } from "../protocol/units.js";
 import {
   bool,
   duration,
-  stringList,
   matching,
   name,
   nonNegativeInt,
@@ -22,6 +21,7 @@ import {
   oneOf,
   positiveInt,
   positiveNumber,
+  stringList,
   text,
 } from "./fields.js";
 import { deriveAgentSubnet, isCidr, isLoopbackHost, isWildcardHost, parseHostPort } from "./net.js";
@@ -275,8 +275,8 @@ export function parseConfig(textContent: string, source: string): { config: Conf
     key === "control_auth_token"
       ? `${source}: ${key}: upstream's single shared token is not used, ignored: create scoped tokens with agentlab token create (docs/remote.md)`
       : UPSTREAM_ONLY_KEYS.has(key) || key.startsWith("proxy_")
-      ? `${source}: ${key}: upstream agentlab setting that this daemon does not use, ignored`
-      : `${source}: ${key}: unknown key, ignored${suggestion ? ` (did you mean "${suggestion}"?)` : ""}`,
+        ? `${source}: ${key}: upstream agentlab setting that this daemon does not use, ignored`
+        : `${source}: ${key}: unknown key, ignored${suggestion ? ` (did you mean "${suggestion}"?)` : ""}`,
   );
   const problems = new Problems(checked.problems);
   // Keys that failed their own check are dropped from `data`, so cross-key rules still run on the rest.
@@ -473,7 +473,8 @@ function resolveControl(
   absolute: (value: string) => string,
   problems: Problems,
 ): Pick<Config, "control_listen" | "control_tls_cert" | "control_tls_key" | "control_allow_cidrs"> {
-  const listenAddress = file.control_listen === undefined ? "" : (controlListenAddress(file.control_listen) ?? "");
+  const listenAddress =
+    file.control_listen === undefined ? "" : (controlListenAddress(file.control_listen) ?? "");
   const cidrs = (file.control_allow_cidrs ?? []).map((cidr) => cidr.trim());
   const bad = cidrs.filter((cidr) => !isCidr(cidr));
   if (bad.length > 0) {

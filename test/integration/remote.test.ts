@@ -28,7 +28,10 @@ interface Client {
   home: string;
   env: NodeJS.ProcessEnv;
   cli(args: string[], env?: NodeJS.ProcessEnv): Promise<CliResult>;
-  json<T = Record<string, unknown>>(args: string[], env?: NodeJS.ProcessEnv): Promise<{ code: number | null; body: T; stderr: string }>;
+  json<T = Record<string, unknown>>(
+    args: string[],
+    env?: NodeJS.ProcessEnv,
+  ): Promise<{ code: number | null; body: T; stderr: string }>;
   cleanup(): void;
 }
 
@@ -55,13 +58,23 @@ function client(): Client {
 }
 
 async function createToken(h: SimHost, name: string, scope: string, extra: string[] = []): Promise<string> {
-  const created = await h.json<{ secret: string }>(["token", "create", "--name", name, "--scope", scope, ...extra]);
+  const created = await h.json<{ secret: string }>([
+    "token",
+    "create",
+    "--name",
+    name,
+    "--scope",
+    scope,
+    ...extra,
+  ]);
   assert.equal(created.code, 0, JSON.stringify(created.body));
   assert.match(created.body.secret, /^alt_[A-Za-z0-9_-]{43}$/);
   return created.body.secret;
 }
 
-function remoteEvents(h: SimHost): Array<{ kind: string; sandbox_vmid: number | null; msg: string; json: string }> {
+function remoteEvents(
+  h: SimHost,
+): Array<{ kind: string; sandbox_vmid: number | null; msg: string; json: string }> {
   const db = new Database(h.host.dbPath, { readonly: true });
   try {
     return db
@@ -86,9 +99,9 @@ describe("remote control over HTTPS + WebSocket", () => {
     port = await freePort();
     endpoint = `https://127.0.0.1:${port}`;
     h = await startSimHost("api", `control_listen: 127.0.0.1:${port}\n`, { knobs: FAST_KNOBS });
-    const status = await h.json<{ control_listener: { listening: boolean; fingerprint: string; url: string } }>([
-      "status",
-    ]);
+    const status = await h.json<{
+      control_listener: { listening: boolean; fingerprint: string; url: string };
+    }>(["status"]);
     assert.equal(status.body.control_listener.listening, true);
     fingerprint = status.body.control_listener.fingerprint;
     reader = await createToken(h, "reader", "read");
@@ -105,9 +118,13 @@ describe("remote control over HTTPS + WebSocket", () => {
     const dir = join(h.host.root, "data", "control-tls");
     assert.equal(statSync(dir).mode & 0o777, 0o700);
     assert.equal(statSync(join(dir, "key.pem")).mode & 0o777, 0o600);
-    const openssl = execFileSync("openssl", ["x509", "-in", join(dir, "cert.pem"), "-noout", "-fingerprint", "-sha256"], {
-      encoding: "utf8",
-    });
+    const openssl = execFileSync(
+      "openssl",
+      ["x509", "-in", join(dir, "cert.pem"), "-noout", "-fingerprint", "-sha256"],
+      {
+        encoding: "utf8",
+      },
+    );
     assert.equal(openssl.trim().split("=")[1], fingerprint);
   });
 
@@ -120,24 +137,33 @@ describe("remote control over HTTPS + WebSocket", () => {
 
   test("connect --fingerprint refuses a certificate with another fingerprint and saves nothing", async () => {
     const wrong = "AB:".repeat(31) + "AB";
-    const result = await c.cli(["connect", "--endpoint", endpoint, "--token", reader, "--fingerprint", wrong]);
-    assert.equal(result.code, 1);
-    assert.match(result.stderr, new RegExp(`^error: the certificate of ${endpoint} has fingerprint ${fingerprint}, not the ${wrong}`, "m"));
-    assert.throws(() => statSync(join(c.home, "agentlab", "client.json")), /ENOENT/);
-  });
-
-  test("connect pins the certificate on first use, checks health and the token, and saves client.json 0600", async () => {
     const result = await c.cli([
       "connect",
       "--endpoint",
       endpoint,
       "--token",
       reader,
-      "--jump-user",
-      "ops",
+      "--fingerprint",
+      wrong,
     ]);
+    assert.equal(result.code, 1);
+    assert.match(
+      result.stderr,
+      new RegExp(
+        `^error: the certificate of ${endpoint} has fingerprint ${fingerprint}, not the ${wrong}`,
+        "m",
+      ),
+    );
+    assert.throws(() => statSync(join(c.home, "agentlab", "client.json")), /ENOENT/);
+  });
+
+  test("connect pins the certificate on first use, checks health and the token, and saves client.json 0600", async () => {
+    const result = await c.cli(["connect", "--endpoint", endpoint, "--token", reader, "--jump-user", "ops"]);
     assert.equal(result.code, 0, result.stderr);
-    assert.match(result.stdout, new RegExp(`^certificate: +SHA-256 ${fingerprint} \\(pinned on first use`, "m"));
+    assert.match(
+      result.stdout,
+      new RegExp(`^certificate: +SHA-256 ${fingerprint} \\(pinned on first use`, "m"),
+    );
     assert.match(result.stdout, /^health: +ok$/m);
     assert.match(result.stdout, /^daemon: +agentlabd /m);
     assert.match(result.stdout, /^jump: +ops@.*\(for agentlab ssh\)$/m);
@@ -152,7 +178,13 @@ describe("remote control over HTTPS + WebSocket", () => {
 
     const status = await c.cli(["status"]);
     assert.equal(status.code, 0, status.stderr);
-    assert.match(status.stdout, new RegExp(`^connection: +remote ${endpoint} \\(from ${file}; token from ${file}, certificate pinned ${fingerprint}\\)$`, "m"));
+    assert.match(
+      status.stdout,
+      new RegExp(
+        `^connection: +remote ${endpoint} \\(from ${file}; token from ${file}, certificate pinned ${fingerprint}\\)$`,
+        "m",
+      ),
+    );
   });
 
   test("a read token reads, and is refused what needs operate or admin, naming the scope", async () => {
@@ -161,11 +193,17 @@ describe("remote control over HTTPS + WebSocket", () => {
     const create = await c.json<ErrorBody>(["sandbox", "new", "--profile", "yolo-ephemeral"]);
     assert.equal(create.code, 1);
     assert.equal(create.body.code, "SCOPE_REQUIRED");
-    assert.equal(create.body.message, 'sandbox.create needs a token with scope operate; token "reader" has scope read');
+    assert.equal(
+      create.body.message,
+      'sandbox.create needs a token with scope operate; token "reader" has scope read',
+    );
     assert.match(create.body.hint, /agentlab token create --name <name> --scope operate/);
     const tokens = await c.cli(["token", "list"]);
     assert.equal(tokens.code, 1);
-    assert.match(tokens.stderr, /^error: token.list needs a token with scope admin; token "reader" has scope read$/m);
+    assert.match(
+      tokens.stderr,
+      /^error: token.list needs a token with scope admin; token "reader" has scope read$/m,
+    );
   });
 
   test("an admin token manages tokens remotely; its secrets are never listed", async () => {
@@ -205,10 +243,14 @@ describe("remote control over HTTPS + WebSocket", () => {
   test("Ctrl-C over the WebSocket cancels sandbox new and the daemon rolls back", async () => {
     await setControl(h.sim.dir, { start_ms: 1500 });
     try {
-      const child = spawn(process.execPath, [AGENTLAB_BIN, "--token", operator, "new", "--profile", "yolo-ephemeral"], {
-        stdio: ["ignore", "pipe", "pipe"],
-        env: { ...process.env, ...c.env },
-      });
+      const child = spawn(
+        process.execPath,
+        [AGENTLAB_BIN, "--token", operator, "new", "--profile", "yolo-ephemeral"],
+        {
+          stdio: ["ignore", "pipe", "pipe"],
+          env: { ...process.env, ...c.env },
+        },
+      );
       let stderr = "";
       child.stderr.on("data", (chunk) => {
         stderr += chunk;
@@ -231,22 +273,38 @@ describe("remote control over HTTPS + WebSocket", () => {
   test("an operate token acts only on what it created, unless made with --all", async () => {
     const other = await createToken(h, "other", "operate");
     const everything = await createToken(h, "ops-all", "operate", ["--all"]);
-    const mine = await c.json<{ vmid: number }>(["--token", operator, "sandbox", "new", "--profile", "yolo-ephemeral"]);
+    const mine = await c.json<{ vmid: number }>([
+      "--token",
+      operator,
+      "sandbox",
+      "new",
+      "--profile",
+      "yolo-ephemeral",
+    ]);
     assert.equal(mine.code, 0, mine.stderr);
     const vmid = String(mine.body.vmid);
     const refused = await c.json<ErrorBody>(["--token", other, "sandbox", "stop", vmid]);
     assert.equal(refused.code, 1);
     assert.equal(refused.body.code, "NOT_OWNER");
-    assert.equal(refused.body.message, `sandbox ${vmid} was not created by token "other", which may act only on what it created`);
+    assert.equal(
+      refused.body.message,
+      `sandbox ${vmid} was not created by token "other", which may act only on what it created`,
+    );
     // A sandbox made over the local socket has no owner token: only --all (or admin) may touch it remotely.
     const local = await h.json<{ vmid: number }>(["sandbox", "new", "--profile", "yolo-ephemeral"]);
-    const notMine = await c.json<ErrorBody>(["--token", operator, "sandbox", "destroy", String(local.body.vmid)]);
+    const notMine = await c.json<ErrorBody>([
+      "--token",
+      operator,
+      "sandbox",
+      "destroy",
+      String(local.body.vmid),
+    ]);
     assert.equal(notMine.body.code, "NOT_OWNER");
     const byAll = await c.json(["--token", everything, "sandbox", "destroy", String(local.body.vmid)]);
     assert.equal(byAll.code, 0, byAll.stderr);
     const byOwner = await c.json(["--token", operator, "sandbox", "destroy", vmid]);
     assert.equal(byOwner.code, 0, byOwner.stderr);
-    const refusedEvent = remoteEvents(h).find((e) => e.msg.startsWith("sandbox.stop by token \"other\""));
+    const refusedEvent = remoteEvents(h).find((e) => e.msg.startsWith('sandbox.stop by token "other"'));
     assert.equal(refusedEvent?.msg, `sandbox.stop by token "other" from 127.0.0.1: NOT_OWNER`);
   });
 
@@ -258,7 +316,9 @@ describe("remote control over HTTPS + WebSocket", () => {
 
     const soon = await createToken(h, "short-lived", "read", ["--ttl", "1h"]);
     const db = new Database(h.host.dbPath);
-    db.prepare("UPDATE api_tokens SET expires_at = ? WHERE name = 'short-lived'").run("2020-01-01T00:00:00.000000000Z");
+    db.prepare("UPDATE api_tokens SET expires_at = ? WHERE name = 'short-lived'").run(
+      "2020-01-01T00:00:00.000000000Z",
+    );
     db.close();
     const expired = await c.json<ErrorBody>(["--token", soon, "sandbox", "list"]);
     assert.equal(expired.body.code, "TOKEN_EXPIRED");
@@ -272,7 +332,9 @@ describe("remote control over HTTPS + WebSocket", () => {
     const revoked = await c.json<ErrorBody>(["--token", doomed, "sandbox", "list"]);
     assert.equal(revoked.body.code, "TOKEN_REVOKED");
     assert.match(revoked.body.message, /^token "doomed" was revoked at /);
-    const refusals = remoteEvents(h).filter((e) => e.kind === "remote.refused").map((e) => JSON.parse(e.json).outcome);
+    const refusals = remoteEvents(h)
+      .filter((e) => e.kind === "remote.refused")
+      .map((e) => JSON.parse(e.json).outcome);
     assert.deepEqual(refusals.slice(-3), ["TOKEN_INVALID", "TOKEN_EXPIRED", "TOKEN_REVOKED"]);
   });
 
@@ -281,19 +343,53 @@ describe("remote control over HTTPS + WebSocket", () => {
     const original = readFileSync(file, "utf8");
     const dir = mkdtempSync(join(tmpdir(), "agentlab-othercert-"));
     try {
-      execFileSync("openssl", [
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-        "-subj", "/CN=impostor", "-keyout", join(dir, "k.pem"), "-out", join(dir, "c.pem"),
-      ], { stdio: "ignore" });
+      execFileSync(
+        "openssl",
+        [
+          "req",
+          "-x509",
+          "-newkey",
+          "ec",
+          "-pkeyopt",
+          "ec_paramgen_curve:prime256v1",
+          "-nodes",
+          "-days",
+          "1",
+          "-subj",
+          "/CN=impostor",
+          "-keyout",
+          join(dir, "k.pem"),
+          "-out",
+          join(dir, "c.pem"),
+        ],
+        { stdio: "ignore" },
+      );
       const pem = readFileSync(join(dir, "c.pem"), "utf8");
-      const other = execFileSync("openssl", ["x509", "-in", join(dir, "c.pem"), "-noout", "-fingerprint", "-sha256"], {
-        encoding: "utf8",
-      }).trim().split("=")[1]!;
-      writeFileSync(file, JSON.stringify({ ...JSON.parse(original), fingerprint: other, certificate: pem }), { mode: 0o600 });
+      const other = execFileSync(
+        "openssl",
+        ["x509", "-in", join(dir, "c.pem"), "-noout", "-fingerprint", "-sha256"],
+        {
+          encoding: "utf8",
+        },
+      )
+        .trim()
+        .split("=")[1]!;
+      writeFileSync(file, JSON.stringify({ ...JSON.parse(original), fingerprint: other, certificate: pem }), {
+        mode: 0o600,
+      });
       const result = await c.cli(["sandbox", "list"]);
       assert.equal(result.code, 1);
-      assert.match(result.stderr, new RegExp(`^error: the certificate of ${endpoint} does not match the one pinned \\(${other}\\)$`, "m"));
-      assert.match(result.stderr, /^hint: .*pin it again: agentlab connect --endpoint .* --fingerprint <new fingerprint>/m);
+      assert.match(
+        result.stderr,
+        new RegExp(
+          `^error: the certificate of ${endpoint} does not match the one pinned \\(${other}\\)$`,
+          "m",
+        ),
+      );
+      assert.match(
+        result.stderr,
+        /^hint: .*pin it again: agentlab connect --endpoint .* --fingerprint <new fingerprint>/m,
+      );
     } finally {
       writeFileSync(file, original, { mode: 0o600 });
       rmSync(dir, { recursive: true, force: true });
@@ -305,7 +401,10 @@ describe("remote control over HTTPS + WebSocket", () => {
     // --socket beats the saved connection.
     const local = await c.cli(["--socket", h.host.socketPath, "status"]);
     assert.equal(local.code, 0, local.stderr);
-    assert.match(local.stdout, new RegExp(`^connection: +local socket ${h.host.socketPath} \\(from --socket\\)$`, "m"));
+    assert.match(
+      local.stdout,
+      new RegExp(`^connection: +local socket ${h.host.socketPath} \\(from --socket\\)$`, "m"),
+    );
     // AGENTLAB_ENDPOINT beats the saved connection (and a dead endpoint says it is unreachable).
     const dead = `https://127.0.0.1:${await freePort()}`;
     const env = await c.json<ErrorBody>(["status"], { AGENTLAB_ENDPOINT: dead, AGENTLAB_TOKEN: reader });
@@ -314,7 +413,10 @@ describe("remote control over HTTPS + WebSocket", () => {
     // --endpoint beats AGENTLAB_ENDPOINT; the saved pin applies because it is the saved endpoint.
     const flag = await c.cli(["--endpoint", endpoint, "status"], { AGENTLAB_ENDPOINT: dead });
     assert.equal(flag.code, 0, flag.stderr);
-    assert.match(flag.stdout, new RegExp(`^connection: +remote ${endpoint} \\(from --endpoint; token from ${file}`, "m"));
+    assert.match(
+      flag.stdout,
+      new RegExp(`^connection: +remote ${endpoint} \\(from --endpoint; token from ${file}`, "m"),
+    );
     // AGENTLAB_SOCKET beats the saved connection too.
     const envSocket = await c.cli(["status"], { AGENTLAB_SOCKET: h.host.socketPath });
     assert.match(envSocket.stdout, /^connection: +local socket .* \(from AGENTLAB_SOCKET\)$/m);
@@ -333,11 +435,14 @@ describe("remote control over HTTPS + WebSocket", () => {
     const get = () =>
       new Promise<{ status: number; body: string }>((resolve, reject) => {
         import("node:https").then(({ request }) => {
-          const req = request({ host: "127.0.0.1", port, path: "/health", ...pin, checkServerIdentity: () => undefined }, (res) => {
-            let body = "";
-            res.on("data", (chunk) => (body += chunk));
-            res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
-          });
+          const req = request(
+            { host: "127.0.0.1", port, path: "/health", ...pin, checkServerIdentity: () => undefined },
+            (res) => {
+              let body = "";
+              res.on("data", (chunk) => (body += chunk));
+              res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+            },
+          );
           req.on("error", reject);
           req.end();
         }, reject);
@@ -361,11 +466,20 @@ describe("remote control over HTTPS + WebSocket", () => {
 describe("remote control listener: allowlist and start-up errors", () => {
   test("a client outside control_allow_cidrs is told so", async () => {
     const port = await freePort();
-    const h = await startSimHost("shell", `control_listen: 127.0.0.1:${port}\ncontrol_allow_cidrs: [10.0.0.0/8]\n`);
+    const h = await startSimHost(
+      "shell",
+      `control_listen: 127.0.0.1:${port}\ncontrol_allow_cidrs: [10.0.0.0/8]\n`,
+    );
     const c = client();
     try {
       const token = await createToken(h, "reader", "read");
-      const result = await c.json<ErrorBody>(["connect", "--endpoint", `https://127.0.0.1:${port}`, "--token", token]);
+      const result = await c.json<ErrorBody>([
+        "connect",
+        "--endpoint",
+        `https://127.0.0.1:${port}`,
+        "--token",
+        token,
+      ]);
       assert.equal(result.code, 1);
       assert.equal(result.body.code, "ADDRESS_NOT_ALLOWED");
       assert.equal(
@@ -382,7 +496,9 @@ describe("remote control listener: allowlist and start-up errors", () => {
   test("control_listen on an address in use stops the start-up, naming the key", async () => {
     const holder = createServer();
     const port = await new Promise<number>((resolve) =>
-      holder.listen({ host: "127.0.0.1", port: 0 }, () => resolve((holder.address() as { port: number }).port)),
+      holder.listen({ host: "127.0.0.1", port: 0 }, () =>
+        resolve((holder.address() as { port: number }).port),
+      ),
     );
     const h = await import("../helpers/daemon.js").then(({ makeHostDir }) =>
       makeHostDir(`control_listen: 127.0.0.1:${port}\n`),
@@ -391,7 +507,10 @@ describe("remote control listener: allowlist and start-up errors", () => {
       const daemon = spawnDaemon(h);
       const code = await daemon.exited;
       assert.equal(code, 1);
-      assert.match(daemon.output().stderr, new RegExp(`^agentlabd: error: control_listen: address 127.0.0.1:${port} is already in use$`, "m"));
+      assert.match(
+        daemon.output().stderr,
+        new RegExp(`^agentlabd: error: control_listen: address 127.0.0.1:${port} is already in use$`, "m"),
+      );
       assert.match(daemon.output().stderr, /^hint: stop what holds it/m);
     } finally {
       holder.close();

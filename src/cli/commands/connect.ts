@@ -1,7 +1,7 @@
 import type { Argv, CommandModule } from "yargs";
 import { AgentlabError, daemonStatus } from "../../protocol/index.js";
 import { call } from "../client.js";
-import { execute, type GlobalArgs, parseTimeout, DEFAULT_TIMEOUT_MS } from "../context.js";
+import { DEFAULT_TIMEOUT_MS, execute, type GlobalArgs, parseTimeout } from "../context.js";
 import { normaliseEndpoint } from "../remote/connection.js";
 import { clientConfigPath, loadSaved, removeSaved, saveConnection } from "../remote/saved.js";
 import { fetchHealth, normaliseFingerprint, probeCertificate } from "../remote/transport.js";
@@ -44,7 +44,7 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
         `Saves ${clientConfigPath()} (mode 0600). Precedence afterwards: --endpoint/--socket flags > AGENTLAB_ENDPOINT/AGENTLAB_SOCKET > this saved connection > the local socket; agentlab status says which is in use.`,
       ) as unknown as Argv<ConnectArgs>,
   handler: (argv) =>
-    execute(argv, async (ctx) => {
+    execute(argv, async () => {
       const endpointText = argv.endpoint ?? process.env.AGENTLAB_ENDPOINT;
       if (endpointText === undefined || endpointText === "") {
         throw new AgentlabError("USAGE", "connect needs --endpoint", {
@@ -62,9 +62,13 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
       if (argv.fingerprint !== undefined) {
         wanted = normaliseFingerprint(argv.fingerprint);
         if (!wanted) {
-          throw new AgentlabError("USAGE", `--fingerprint: ${JSON.stringify(argv.fingerprint)} is not a SHA-256 fingerprint`, {
-            hint: "give the 64 hex digits, with or without colons, e.g. AB:CD:...",
-          });
+          throw new AgentlabError(
+            "USAGE",
+            `--fingerprint: ${JSON.stringify(argv.fingerprint)} is not a SHA-256 fingerprint`,
+            {
+              hint: "give the 64 hex digits, with or without colons, e.g. AB:CD:...",
+            },
+          );
         }
       }
       const timeoutMs = argv.timeout !== undefined ? parseTimeout(argv.timeout) : DEFAULT_TIMEOUT_MS;
@@ -94,7 +98,11 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
       const pin = { fingerprint: seen.fingerprint, certificate: seen.certificate };
       const health = await fetchHealth(endpoint, pin, Math.min(timeoutMs, 15_000));
       const status = await call(
-        { socketPath: "", remote: { kind: "remote", endpoint, token, source: "--endpoint", tokenSource: "--token", pin }, timeoutMs },
+        {
+          socketPath: "",
+          remote: { kind: "remote", endpoint, token, source: "--endpoint", tokenSource: "--token", pin },
+          timeoutMs,
+        },
         daemonStatus,
         {},
       );
@@ -131,7 +139,10 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
         ["saved", `${path} (0600)`],
       ];
       if (saved.jump_host || saved.jump_user) {
-        pairs.push(["jump", `${saved.jump_user ? `${saved.jump_user}@` : ""}${saved.jump_host ?? "(host from agentlab ssh --jump-host)"} (for agentlab ssh)`]);
+        pairs.push([
+          "jump",
+          `${saved.jump_user ? `${saved.jump_user}@` : ""}${saved.jump_host ?? "(host from agentlab ssh --jump-host)"} (for agentlab ssh)`,
+        ]);
       }
       const { token: _secret, certificate: _pem, ...shown } = saved;
       return {

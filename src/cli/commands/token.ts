@@ -10,25 +10,38 @@ function expiry(token: ApiToken): string {
   return token.expires_at ?? "never";
 }
 
-const createCommand: CommandModule<GlobalArgs, Args<{ name: string; scope: string; ttl?: string; all?: boolean }>> = {
+const createCommand: CommandModule<
+  GlobalArgs,
+  Args<{ name: string; scope: string; ttl?: string; all?: boolean }>
+> = {
   command: "create",
   describe: "Create a token for the remote control listener; its secret is shown once",
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
-      .option("name", { type: "string", demandOption: true, describe: "a name to tell tokens apart (recorded in the events of each call)" })
+      .option("name", {
+        type: "string",
+        demandOption: true,
+        describe: "a name to tell tokens apart (recorded in the events of each call)",
+      })
       .option("scope", {
         choices: TOKEN_SCOPES,
         default: "read",
-        describe: "read: lists, shows, status, doctor; operate: also create, destroy, start, stop, jobs, workspaces; admin: everything, tokens included",
+        describe:
+          "read: lists, shows, status, doctor; operate: also create, destroy, start, stop, jobs, workspaces; admin: everything, tokens included",
       })
       .option("all", {
         type: "boolean",
-        describe: "operate scope: act on every sandbox, job and workspace (by default only on what this token created) and on sessions",
+        describe:
+          "operate scope: act on every sandbox, job and workspace (by default only on what this token created) and on sessions",
       })
-      .option("ttl", { type: "string", describe: "lifetime, e.g. 30d, 12h or minutes (default: until revoked)" })
-      .example("$0 token create --name laptop --scope operate --ttl 30d", "a token for one machine, valid 30 days") as unknown as Argv<
-      Args<{ name: string; scope: string; ttl?: string; all?: boolean }>
-    >,
+      .option("ttl", {
+        type: "string",
+        describe: "lifetime, e.g. 30d, 12h or minutes (default: until revoked)",
+      })
+      .example(
+        "$0 token create --name laptop --scope operate --ttl 30d",
+        "a token for one machine, valid 30 days",
+      ) as unknown as Argv<Args<{ name: string; scope: string; ttl?: string; all?: boolean }>>,
   handler: (argv) =>
     execute(argv, async (ctx) => {
       const ttl = ttlOption(argv.ttl);
@@ -41,7 +54,10 @@ const createCommand: CommandModule<GlobalArgs, Args<{ name: string; scope: strin
       const text =
         fields([
           ["token", `${created.name} (${created.id})`],
-          ["scope", `${created.scope}${created.scope === "operate" ? (created.all ? ", every target" : ", only what it creates") : ""}`],
+          [
+            "scope",
+            `${created.scope}${created.scope === "operate" ? (created.all ? ", every target" : ", only what it creates") : ""}`,
+          ],
           ["expires", expiry(created)],
           ["secret", created.secret],
         ]) +
@@ -79,13 +95,18 @@ const revokeCommand: CommandModule<GlobalArgs, Args<{ token: string }>> = {
   command: "revoke <token>",
   describe: "Revoke a token by name or id: every later call with it is refused, open connections included",
   builder: (yargs: Argv<GlobalArgs>) =>
-    yargs.positional("token", { type: "string", demandOption: true, describe: "token name or id" }) as unknown as Argv<
-      Args<{ token: string }>
-    >,
+    yargs.positional("token", {
+      type: "string",
+      demandOption: true,
+      describe: "token name or id",
+    }) as unknown as Argv<Args<{ token: string }>>,
   handler: (argv) =>
     execute(argv, async (ctx) => {
       const revoked = await ctx.call(tokenRevoke, { token: argv.token });
-      return { data: revoked, text: `revoked token ${revoked.name} (${revoked.id}) at ${revoked.revoked_at}\n` };
+      return {
+        data: revoked,
+        text: `revoked token ${revoked.name} (${revoked.id}) at ${revoked.revoked_at}\n`,
+      };
     }),
 };
 
@@ -93,6 +114,10 @@ export const tokenCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: "token <command>",
   describe: "Manage tokens for the remote control listener (docs/remote.md)",
   builder: (yargs: Argv<GlobalArgs>) =>
-    yargs.command(createCommand).command(listCommand).command(revokeCommand).demandCommand(1, "name a token command"),
+    yargs
+      .command(createCommand)
+      .command(listCommand)
+      .command(revokeCommand)
+      .demandCommand(1, "name a token command"),
   handler: () => {},
 };

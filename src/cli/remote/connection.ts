@@ -61,10 +61,14 @@ export function resolveConnection(
 ): Connection {
   const local = (path: string, source: string): Connection => ({ kind: "socket", path, source });
   let endpoint: { url: string; source: string } | undefined;
-  if (nonEmpty(flags.endpoint)) endpoint = { url: normaliseEndpoint(flags.endpoint!, "--endpoint"), source: "--endpoint" };
+  if (nonEmpty(flags.endpoint))
+    endpoint = { url: normaliseEndpoint(flags.endpoint!, "--endpoint"), source: "--endpoint" };
   else if (flags.socketGiven && flags.socket) return local(flags.socket, "--socket");
   else if (nonEmpty(env.AGENTLAB_ENDPOINT)) {
-    endpoint = { url: normaliseEndpoint(env.AGENTLAB_ENDPOINT!, "AGENTLAB_ENDPOINT"), source: "AGENTLAB_ENDPOINT" };
+    endpoint = {
+      url: normaliseEndpoint(env.AGENTLAB_ENDPOINT!, "AGENTLAB_ENDPOINT"),
+      source: "AGENTLAB_ENDPOINT",
+    };
   } else if (nonEmpty(env.AGENTLAB_SOCKET)) return local(env.AGENTLAB_SOCKET!, "AGENTLAB_SOCKET");
 
   const savedPath = clientConfigPath(env);

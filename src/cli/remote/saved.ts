@@ -23,7 +23,8 @@ export const SavedConnection = z.object({
 export type SavedConnection = z.infer<typeof SavedConnection>;
 
 export function clientConfigPath(env: NodeJS.ProcessEnv = process.env): string {
-  const base = env.XDG_CONFIG_HOME && env.XDG_CONFIG_HOME !== "" ? env.XDG_CONFIG_HOME : join(homedir(), ".config");
+  const base =
+    env.XDG_CONFIG_HOME && env.XDG_CONFIG_HOME !== "" ? env.XDG_CONFIG_HOME : join(homedir(), ".config");
   return join(base, "agentlab", "client.json");
 }
 

@@ -5,14 +5,13 @@
  * whose certificate matched the pin (or a public CA and the host name, when nothing is pinned).
  */
 import { request } from "node:https";
-import { connect as tlsConnect, type PeerCertificate, rootCertificates } from "node:tls";
+import { type PeerCertificate, rootCertificates, connect as tlsConnect } from "node:tls";
 import { WebSocket } from "ws";
 import { AgentlabError, type ErrorCode, isErrorCode, MAX_FRAME_BYTES } from "../../protocol/index.js";
 import { HEALTH_PATH, RPC_PATH } from "../../protocol/websocket.js";
 import type { CertificatePin, Connection } from "./connection.js";
 
 type Remote = Extract<Connection, { kind: "remote" }>;
-
 
 /** Our marker on the error checkServerIdentity returns for a fingerprint that differs from the pin. */
 const PIN_MISMATCH = "ERR_AGENTLAB_PIN_MISMATCH";
@@ -33,7 +32,11 @@ const TLS_VERIFY_CODES = new Set([
 
 /** "ab:cd", "ABCD", "SHA256:AB:CD" all become "AB:CD". */
 export function normaliseFingerprint(text: string): string | undefined {
-  const hex = text.trim().replace(/^sha-?256[:=]?/i, "").replace(/[:\s]/g, "").toUpperCase();
+  const hex = text
+    .trim()
+    .replace(/^sha-?256[:=]?/i, "")
+    .replace(/[:\s]/g, "")
+    .toUpperCase();
   if (!/^[0-9A-F]{64}$/.test(hex)) return undefined;
   return hex.match(/../g)!.join(":");
 }
@@ -54,7 +57,9 @@ export function tlsOptions(pin: CertificatePin | undefined): Record<string, unkn
     ca: [...rootCertificates, pin.certificate],
     checkServerIdentity: (_host: string, cert: PeerCertificate) => {
       if (cert.fingerprint256 === pin.fingerprint) return undefined;
-      const error = new Error(`certificate fingerprint ${cert.fingerprint256} is not the pinned ${pin.fingerprint}`);
+      const error = new Error(
+        `certificate fingerprint ${cert.fingerprint256} is not the pinned ${pin.fingerprint}`,
+      );
       (error as NodeJS.ErrnoException).code = PIN_MISMATCH;
       return error;
     },
@@ -78,7 +83,12 @@ export interface ProbedCertificate {
 export function probeCertificate(endpoint: string, timeoutMs = 10_000): Promise<ProbedCertificate> {
   const { host, port } = hostPort(endpoint);
   return new Promise((resolve, reject) => {
-    const socket = tlsConnect({ host, port, servername: /^[\d.:]+$/.test(host) ? "" : host, rejectUnauthorized: false });
+    const socket = tlsConnect({
+      host,
+      port,
+      servername: /^[\d.:]+$/.test(host) ? "" : host,
+      rejectUnauthorized: false,
+    });
     const timer = setTimeout(() => {
       socket.destroy();
       reject(unreachable(endpoint, `no TLS answer within ${timeoutMs / 1000}s`));
@@ -113,11 +123,19 @@ function unreachable(endpoint: string, reason: string, cause?: unknown): Agentla
 }
 
 /** Explain a failed connection: nobody listening, no such host, no route, or a certificate problem. */
-export function connectFailure(endpoint: string, error: NodeJS.ErrnoException, pin: CertificatePin | undefined): AgentlabError {
+export function connectFailure(
+  endpoint: string,
+  error: NodeJS.ErrnoException,
+  pin: CertificatePin | undefined,
+): AgentlabError {
   const code = error.code ?? "";
   switch (code) {
     case "ECONNREFUSED":
-      return unreachable(endpoint, "connection refused (nothing listens there: is control_listen set and agentlabd running?)", error);
+      return unreachable(
+        endpoint,
+        "connection refused (nothing listens there: is control_listen set and agentlabd running?)",
+        error,
+      );
     case "ENOTFOUND":
     case "EAI_AGAIN":
       return unreachable(endpoint, `no such host (${error.message})`, error);
@@ -127,7 +145,11 @@ export function connectFailure(endpoint: string, error: NodeJS.ErrnoException, p
       return unreachable(endpoint, `no route to the host (${code})`, error);
     case "ECONNRESET":
     case "EPIPE":
-      return unreachable(endpoint, "the connection was closed during the TLS handshake (is it an HTTPS port?)", error);
+      return unreachable(
+        endpoint,
+        "the connection was closed during the TLS handshake (is it an HTTPS port?)",
+        error,
+      );
   }
   if (code === PIN_MISMATCH || (pin && TLS_VERIFY_CODES.has(code))) {
     return new AgentlabError(
@@ -141,11 +163,15 @@ export function connectFailure(endpoint: string, error: NodeJS.ErrnoException, p
     );
   }
   if (TLS_VERIFY_CODES.has(code) || /certificate/i.test(error.message)) {
-    return new AgentlabError("CERTIFICATE_UNTRUSTED", `the certificate of ${endpoint} is not trusted: ${error.message}`, {
-      hint: `pin it on first use: agentlab connect --endpoint ${endpoint} --token <token> (it shows the fingerprint to compare with agentlab status on the daemon's host)`,
-      details: { endpoint, tls_error: code },
-      cause: error,
-    });
+    return new AgentlabError(
+      "CERTIFICATE_UNTRUSTED",
+      `the certificate of ${endpoint} is not trusted: ${error.message}`,
+      {
+        hint: `pin it on first use: agentlab connect --endpoint ${endpoint} --token <token> (it shows the fingerprint to compare with agentlab status on the daemon's host)`,
+        details: { endpoint, tls_error: code },
+        cause: error,
+      },
+    );
   }
   return unreachable(endpoint, `${code || "error"}: ${error.message}`, error);
 }
@@ -161,7 +187,11 @@ export function httpFailure(endpoint: string, status: number, body: string): Age
   if (parsed && isErrorCode(parsed.code) && typeof parsed.message === "string") {
     return new AgentlabError(parsed.code as ErrorCode, parsed.message, {
       ...(typeof parsed.hint === "string" ? { hint: parsed.hint } : {}),
-      details: { endpoint, status, ...(typeof parsed.details === "object" && parsed.details ? parsed.details : {}) },
+      details: {
+        endpoint,
+        status,
+        ...(typeof parsed.details === "object" && parsed.details ? parsed.details : {}),
+      },
     });
   }
   return unreachable(
@@ -194,7 +224,9 @@ export function openRemote(remote: Remote, timeoutMs: number): Promise<WebSocket
     });
     ws.once("error", (error) => {
       if (/handshake timed out|Opening handshake has timed out/i.test(error.message)) {
-        reject(unreachable(remote.endpoint, `no answer within ${Math.min(timeoutMs, 30_000) / 1000}s`, error));
+        reject(
+          unreachable(remote.endpoint, `no answer within ${Math.min(timeoutMs, 30_000) / 1000}s`, error),
+        );
         return;
       }
       reject(connectFailure(remote.endpoint, error as NodeJS.ErrnoException, remote.pin));
@@ -208,7 +240,11 @@ export interface Health {
 }
 
 /** GET /health over the same TLS settings; address refusals come back as errors. */
-export function fetchHealth(endpoint: string, pin: CertificatePin | undefined, timeoutMs = 15_000): Promise<Health> {
+export function fetchHealth(
+  endpoint: string,
+  pin: CertificatePin | undefined,
+  timeoutMs = 15_000,
+): Promise<Health> {
   const { host, port } = hostPort(endpoint);
   return new Promise((resolve, reject) => {
     const req = request(

@@ -40,7 +40,8 @@ export function healthProbe(ctx: DaemonContext): () => Promise<HealthReport> {
     try {
       await withTimeout(ctx.backend.version(), HEALTH_PROBE_MS, "Proxmox");
     } catch (error) {
-      failed.proxmox = error instanceof AgentlabError ? `${error.code}: ${error.message}` : (error as Error).message;
+      failed.proxmox =
+        error instanceof AgentlabError ? `${error.code}: ${error.message}` : (error as Error).message;
     }
     return { ok: Object.keys(failed).length === 0, failed };
   };
@@ -62,7 +63,10 @@ export async function startControl(
   const certificate = await controlCertificate(config);
   const log = ctx.log.child({ component: "control" });
   if (certificate.generated) {
-    log.info({ cert: certificate.certPath, fingerprint: certificate.fingerprint }, "made a self-signed certificate");
+    log.info(
+      { cert: certificate.certPath, fingerprint: certificate.fingerprint },
+      "made a self-signed certificate",
+    );
   }
   const owners = createApiTokenRepo(ctx.store);
   const listener = new ControlListener({

@@ -26,7 +26,8 @@ const KIND_WORDS: Record<OwnedKind, string> = { sandbox: "sandbox", workspace: "
 export function remoteGate(deps: GateDeps, token: VerifiedToken, address: string): CallGate {
   /** The row key a target param names: workspaces are named by name or id. */
   const keyOf = (kind: OwnedKind, value: unknown): string | number | undefined => {
-    if (kind === "workspace") return typeof value === "string" ? deps.store.workspaces.resolve(value)?.id : undefined;
+    if (kind === "workspace")
+      return typeof value === "string" ? deps.store.workspaces.resolve(value)?.id : undefined;
     return typeof value === "string" || typeof value === "number" ? value : undefined;
   };
 
@@ -35,9 +36,13 @@ export function remoteGate(deps: GateDeps, token: VerifiedToken, address: string
       deps.tokens.recheck(token.id);
       const requirement = REMOTE_METHODS.get(method);
       if (!requirement) {
-        throw new AgentlabError("REMOTE_NOT_ALLOWED", `${method.method} is not available over the remote listener`, {
-          details: { method: method.method },
-        });
+        throw new AgentlabError(
+          "REMOTE_NOT_ALLOWED",
+          `${method.method} is not available over the remote listener`,
+          {
+            details: { method: method.method },
+          },
+        );
       }
       if (!scopeCovers(token.scope, requirement.scope)) {
         throw new AgentlabError(
@@ -45,7 +50,12 @@ export function remoteGate(deps: GateDeps, token: VerifiedToken, address: string
           `${method.method} needs a token with scope ${requirement.scope}; token "${token.name}" has scope ${token.scope}`,
           {
             hint: `use a token with scope ${requirement.scope}: on the daemon's host, agentlab token create --name <name> --scope ${requirement.scope}`,
-            details: { method: method.method, needed: requirement.scope, scope: token.scope, token: token.name },
+            details: {
+              method: method.method,
+              needed: requirement.scope,
+              scope: token.scope,
+              token: token.name,
+            },
           },
         );
       }
@@ -95,14 +105,22 @@ export function remoteGate(deps: GateDeps, token: VerifiedToken, address: string
           if (created.kind === "sandbox" && typeof key === "number") vmid = key;
         }
         const code = outcome.error === undefined ? "ok" : errorCode(outcome.error);
-        const workspace = typeof given.workspace === "string" ? keyOf("workspace", given.workspace) : undefined;
+        const workspace =
+          typeof given.workspace === "string" ? keyOf("workspace", given.workspace) : undefined;
         deps.store.events.append({
           kind: "remote.call",
           sandbox_vmid: vmid ?? null,
           job_id: method.startsWith("job.") && typeof given.id === "string" ? given.id : null,
           workspace_id: typeof workspace === "string" ? workspace : null,
           msg: `${method} by token "${token.name}" from ${address}: ${code}`,
-          payload: { token: token.name, token_id: token.id, scope: token.scope, method, address, outcome: code },
+          payload: {
+            token: token.name,
+            token_id: token.id,
+            scope: token.scope,
+            method,
+            address,
+            outcome: code,
+          },
         });
       } catch (error) {
         // The answer to the client matters more than the audit line; the log keeps what was lost.

@@ -5,10 +5,11 @@
  * `Authorization: Bearer <token>`. Clients outside control_allow_cidrs get a 403 that says so, and every
  * refusal carries {code, message, hint} so the CLI shows the same errors as for a local call.
  */
-import type { Duplex } from "node:stream";
-import { BlockList, isIPv4, isIPv6 } from "node:net";
-import { createServer, type Server } from "node:https";
+
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { createServer, type Server } from "node:https";
+import { BlockList, isIPv4, isIPv6 } from "node:net";
+import type { Duplex } from "node:stream";
 import { WebSocketServer } from "ws";
 import { parseHostPort } from "../../config/net.js";
 import { AgentlabError } from "../../protocol/errors.js";
@@ -20,12 +21,10 @@ import {
   WebSocketMessageWriter,
 } from "../../protocol/websocket.js";
 import type { Logger } from "../log.js";
-import type { RpcServer } from "../rpc/server.js";
+import type { CallGate, RpcServer } from "../rpc/server.js";
 import type { EventRepo } from "../store/events.js";
 import type { ControlCertificate } from "./tls.js";
 import type { TokenService, VerifiedToken } from "./tokens.js";
-import type { CallGate } from "../rpc/server.js";
-
 
 export interface HealthReport {
   ok: boolean;
@@ -74,7 +73,12 @@ export function allowList(cidrs: readonly string[]): ((address: string) => boole
 }
 
 function errorBody(error: AgentlabError): string {
-  return JSON.stringify({ code: error.code, message: error.message, hint: error.hint, details: error.details });
+  return JSON.stringify({
+    code: error.code,
+    message: error.message,
+    hint: error.hint,
+    details: error.details,
+  });
 }
 
 /** Answer an upgrade request with a plain HTTP error: the client reads it as an AgentlabError. */
@@ -131,8 +135,12 @@ export class ControlListener {
       },
       (req, res) => void this.request(req, res),
     );
-    server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => this.upgrade(req, socket, head));
-    server.on("tlsClientError", (error) => this.options.log.debug({ err: error }, "control listener: TLS handshake failed"));
+    server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) =>
+      this.upgrade(req, socket, head),
+    );
+    server.on("tlsClientError", (error) =>
+      this.options.log.debug({ err: error }, "control listener: TLS handshake failed"),
+    );
     await new Promise<void>((resolve, reject) => {
       const onError = (error: NodeJS.ErrnoException) => reject(this.listenError(error));
       server.once("error", onError);
@@ -154,11 +162,15 @@ export class ControlListener {
     const port = parseHostPort(listen)?.port;
     switch (error.code) {
       case "EADDRINUSE":
-        return new AgentlabError("CONTROL_LISTEN_FAILED", `control_listen: address ${listen} is already in use`, {
-          hint: `stop what holds it (ss -ltnp 'sport = :${port}' names it), or set control_listen to another port`,
-          details: { key: "control_listen", listen },
-          cause: error,
-        });
+        return new AgentlabError(
+          "CONTROL_LISTEN_FAILED",
+          `control_listen: address ${listen} is already in use`,
+          {
+            hint: `stop what holds it (ss -ltnp 'sport = :${port}' names it), or set control_listen to another port`,
+            details: { key: "control_listen", listen },
+            cause: error,
+          },
+        );
       case "EADDRNOTAVAIL":
         return new AgentlabError(
           "CONTROL_LISTEN_FAILED",
@@ -170,16 +182,24 @@ export class ControlListener {
           },
         );
       case "EACCES":
-        return new AgentlabError("CONTROL_LISTEN_FAILED", `control_listen: permission denied binding ${listen}`, {
-          hint: "ports below 1024 need root or CAP_NET_BIND_SERVICE; use the default 8845",
-          details: { key: "control_listen", listen },
-          cause: error,
-        });
+        return new AgentlabError(
+          "CONTROL_LISTEN_FAILED",
+          `control_listen: permission denied binding ${listen}`,
+          {
+            hint: "ports below 1024 need root or CAP_NET_BIND_SERVICE; use the default 8845",
+            details: { key: "control_listen", listen },
+            cause: error,
+          },
+        );
       default:
-        return new AgentlabError("CONTROL_LISTEN_FAILED", `control_listen: cannot listen on ${listen}: ${error.message}`, {
-          details: { key: "control_listen", listen },
-          cause: error,
-        });
+        return new AgentlabError(
+          "CONTROL_LISTEN_FAILED",
+          `control_listen: cannot listen on ${listen}: ${error.message}`,
+          {
+            details: { key: "control_listen", listen },
+            cause: error,
+          },
+        );
     }
   }
 
@@ -219,14 +239,21 @@ export class ControlListener {
     }
     const path = (req.url ?? "").split("?")[0];
     if (path !== RPC_PATH) {
-      refuseUpgrade(socket, 404, new AgentlabError("NOT_FOUND", `no WebSocket endpoint at ${path}; it is ${RPC_PATH}`));
+      refuseUpgrade(
+        socket,
+        404,
+        new AgentlabError("NOT_FOUND", `no WebSocket endpoint at ${path}; it is ${RPC_PATH}`),
+      );
       return;
     }
     const secret = bearer(req);
     let token: VerifiedToken;
     try {
       if (secret === undefined) {
-        throw new AgentlabError("TOKEN_INVALID", "no token: the control listener needs Authorization: Bearer <token>");
+        throw new AgentlabError(
+          "TOKEN_INVALID",
+          "no token: the control listener needs Authorization: Bearer <token>",
+        );
       }
       token = this.options.tokens.verify(secret);
     } catch (error) {
@@ -236,7 +263,11 @@ export class ControlListener {
         this.options.events.append({
           kind: "remote.refused",
           msg: `connection from ${address} refused: ${known.code}`,
-          payload: { address, outcome: known.code, ...(known.details.token ? { token: known.details.token } : {}) },
+          payload: {
+            address,
+            outcome: known.code,
+            ...(known.details.token ? { token: known.details.token } : {}),
+          },
         });
       } catch (recordError) {
         this.options.log.error({ err: recordError }, "could not record a refused remote connection");

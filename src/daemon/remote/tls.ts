@@ -5,11 +5,12 @@
  * openssl is on every Proxmox VE host (pve-manager depends on it), which an npm generator such as
  * `selfsigned` would not improve on. Clients pin the certificate's SHA-256 fingerprint on first use.
  */
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+
 import { createPrivateKey, X509Certificate } from "node:crypto";
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { isIP } from "node:net";
 import { hostname } from "node:os";
 import { join } from "node:path";
-import { isIP } from "node:net";
 import { execa } from "execa";
 import type { Config } from "../../config/config.js";
 import { parseHostPort } from "../../config/net.js";
@@ -47,7 +48,8 @@ function readPair(certPath: string, keyPath: string, keys: string): Omit<Control
   let x509: X509Certificate;
   try {
     x509 = new X509Certificate(cert);
-    if (!x509.checkPrivateKey(createPrivateKey(key))) throw new Error("the key does not belong to the certificate");
+    if (!x509.checkPrivateKey(createPrivateKey(key)))
+      throw new Error("the key does not belong to the certificate");
   } catch (error) {
     throw failed(
       `${keys}: ${certPath} and ${keyPath} are not a PEM certificate and its private key: ${(error as Error).message}`,

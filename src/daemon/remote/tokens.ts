@@ -58,7 +58,12 @@ export class TokenService {
     return this.madeRepo;
   }
 
-  create(params: { name: string; scope: TokenScope; all?: boolean | undefined; ttl_minutes?: number | undefined }): ApiToken & {
+  create(params: {
+    name: string;
+    scope: TokenScope;
+    all?: boolean | undefined;
+    ttl_minutes?: number | undefined;
+  }): ApiToken & {
     secret: string;
   } {
     if (this.repo.byName(params.name)) {
@@ -76,7 +81,8 @@ export class TokenService {
       hint: secret.slice(0, TOKEN_PREFIX.length + 4),
       scope: params.scope,
       all: params.all === true,
-      expires_at: params.ttl_minutes === undefined ? null : new Date(now.getTime() + params.ttl_minutes * 60_000),
+      expires_at:
+        params.ttl_minutes === undefined ? null : new Date(now.getTime() + params.ttl_minutes * 60_000),
     });
     return { ...toApiToken(row, now), secret };
   }

@@ -23,6 +23,7 @@ import {
 } from "../../protocol/index.js";
 import { sandboxInventory, sandboxReconcile } from "../../protocol/maintenance.js";
 import type { DaemonContext } from "../context.js";
+import { TokenService } from "../remote/tokens.js";
 import { daemonChecks as checksOf } from "../services/checks.js";
 import { DoctorService } from "../services/doctor.js";
 import { JobService } from "../services/jobs/service.js";
@@ -34,7 +35,6 @@ import { SessionService } from "../services/sessions/service.js";
 import { daemonStatus as statusOf } from "../services/status.js";
 import { WorkspaceService } from "../services/workspaces/service.js";
 import { createApiTokenRepo } from "../store/api-tokens.js";
-import { TokenService } from "../remote/tokens.js";
 import { registerDoctorHandlers } from "./doctor-handlers.js";
 import { registerJobHandlers } from "./job-handlers.js";
 import { operation } from "./operation.js";
