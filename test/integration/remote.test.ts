@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
-import { type CliResult, runCli, spawnDaemon } from "../helpers/daemon.js";
+import { type CliResult, runCli, spawnDaemon, startDaemon, writeConfig } from "../helpers/daemon.js";
 import { AGENTLAB_BIN } from "../helpers/paths.js";
 import { freePort } from "../helpers/ports.js";
 import { FAST_KNOBS, type SimHost, startSimHost } from "../helpers/simhost.js";
@@ -70,6 +70,12 @@ async function createToken(h: SimHost, name: string, scope: string, extra: strin
   assert.equal(created.code, 0, JSON.stringify(created.body));
   assert.match(created.body.secret, /^alt_[A-Za-z0-9_-]{43}$/);
   return created.body.secret;
+}
+
+/** Replace the control_tls_* lines of the daemon's config (for the next start). */
+function writeConfigLine(h: SimHost, lines: string): void {
+  const text = readFileSync(h.host.configPath, "utf8").replace(/^control_tls_(cert|key):.*\n/gm, "");
+  writeConfig(h.host.configPath, `${text}\n${lines}`);
 }
 
 function remoteEvents(
@@ -166,7 +172,8 @@ describe("remote control over HTTPS + WebSocket", () => {
     );
     assert.match(result.stdout, /^health: +ok$/m);
     assert.match(result.stdout, /^daemon: +agentlabd /m);
-    assert.match(result.stdout, /^jump: +ops@.*\(for agentlab ssh\)$/m);
+    // The spec's form names no --jump-host: the jump host is the endpoint's host.
+    assert.match(result.stdout, /^jump: +ops@127\.0\.0\.1 \(for agentlab ssh\)$/m);
     const file = join(c.home, "agentlab", "client.json");
     assert.equal(statSync(file).mode & 0o777, 0o600);
     assert.equal(statSync(join(c.home, "agentlab")).mode & 0o777, 0o700);
@@ -174,6 +181,8 @@ describe("remote control over HTTPS + WebSocket", () => {
     assert.equal(saved.endpoint, endpoint);
     assert.equal(saved.fingerprint, fingerprint);
     assert.equal(saved.jump_user, "ops");
+    assert.equal(saved.jump_host, "127.0.0.1");
+    assert.equal(saved.trust, "pin");
     assert.ok(!result.stdout.includes(reader), "the secret is not printed");
 
     const status = await c.cli(["status"]);
@@ -490,6 +499,84 @@ describe("remote control listener: allowlist and start-up errors", () => {
     } finally {
       c.cleanup();
       await h.stop();
+    }
+  });
+
+  test("a certificate from a CA the client trusts is checked by CA and host name, so a renewed one still works", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "agentlab-ca-"));
+    const openssl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "ignore" });
+    const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+      "req",
+      "-x509",
+      ...ec,
+      "-days",
+      "2",
+      "-subj",
+      "/CN=test ca",
+      "-keyout",
+      "ca.key",
+      "-out",
+      "ca.pem",
+    );
+    writeFileSync(join(dir, "san.ext"), "subjectAltName=IP:127.0.0.1\n");
+    const leaf = (name: string) => {
+      openssl("req", ...ec, "-subj", "/CN=127.0.0.1", "-keyout", `${name}.key`, "-out", `${name}.csr`);
+      openssl(
+        "x509",
+        "-req",
+        "-in",
+        `${name}.csr`,
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        `${name}.pem`,
+      );
+    };
+    leaf("first");
+    leaf("renewed");
+    const port = await freePort();
+    const endpoint = `https://127.0.0.1:${port}`;
+    const h = await startSimHost(
+      "shell",
+      `control_listen: 127.0.0.1:${port}\ncontrol_tls_cert: ${join(dir, "first.pem")}\ncontrol_tls_key: ${join(dir, "first.key")}\n`,
+    );
+    const c = client();
+    const trusting = { NODE_EXTRA_CA_CERTS: join(dir, "ca.pem") };
+    try {
+      const token = await createToken(h, "reader", "read");
+      const connected = await c.cli(["connect", "--endpoint", endpoint, "--token", token], trusting);
+      assert.equal(connected.code, 0, connected.stderr);
+      assert.match(
+        connected.stdout,
+        /^certificate: +SHA-256 \S+ \(valid for the host name under the system CAs; checked that way from now on\)$/m,
+      );
+      assert.equal(JSON.parse(readFileSync(join(c.home, "agentlab", "client.json"), "utf8")).trust, "ca");
+      // The operator renews the certificate (same CA, new key): the saved connection keeps working.
+      await h.daemon.stop();
+      writeConfigLine(
+        h,
+        `control_tls_cert: ${join(dir, "renewed.pem")}\ncontrol_tls_key: ${join(dir, "renewed.key")}\n`,
+      );
+      h.daemon = await startDaemon(h.host);
+      const status = await c.cli(["status"], trusting);
+      assert.equal(status.code, 0, status.stderr);
+      assert.match(status.stdout, /^connection: +remote .*, certificate checked against the system CAs\)$/m);
+      // Without the CA the same certificate is not trusted, and the error says how to pin it.
+      const untrusting = await c.json<ErrorBody>(["status"]);
+      assert.equal(untrusting.body.code, "CERTIFICATE_UNTRUSTED");
+    } finally {
+      c.cleanup();
+      await h.daemon.stop(); // the restarted one; h.stop() stops the first
+      await h.stop();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

@@ -34,7 +34,8 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
       })
       .option("jump-user", {
         type: "string",
-        describe: "user on the jump host; stored for agentlab ssh, not used by connect",
+        describe:
+          "user on the jump host (which defaults to the endpoint's host); stored for agentlab ssh, not used by connect",
       })
       .example(
         "$0 connect --endpoint https://host.tailnet.ts.net:8845 --token <token> --jump-user <user>",
@@ -95,7 +96,11 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
           },
         );
       }
-      const pin = { fingerprint: seen.fingerprint, certificate: seen.certificate };
+      // A certificate the system's CAs vouch for (a public one, tailscale serve's) is checked that way
+      // from now on, so its renewals keep working; anything else is pinned exactly.
+      const trust: "pin" | "ca" = seen.trusted && wanted === undefined ? "ca" : "pin";
+      const pin =
+        trust === "pin" ? { fingerprint: seen.fingerprint, certificate: seen.certificate } : undefined;
       const health = await fetchHealth(endpoint, pin, Math.min(timeoutMs, 15_000));
       const status = await call(
         {
@@ -106,12 +111,15 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
         daemonStatus,
         {},
       );
+      // The spec's `connect ... --jump-user <user>` names no jump host: it is the daemon's host itself.
+      const jumpHost = argv["jump-host"] ?? (argv["jump-user"] ? new URL(endpoint).hostname : undefined);
       const saved = {
         endpoint,
         token,
         fingerprint: seen.fingerprint,
+        trust,
         certificate: seen.certificate,
-        ...(argv["jump-host"] ? { jump_host: argv["jump-host"] } : {}),
+        ...(jumpHost ? { jump_host: jumpHost } : {}),
         ...(argv["jump-user"] ? { jump_user: argv["jump-user"] } : {}),
         saved_at: new Date().toISOString(),
       };
@@ -128,8 +136,8 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
           ? "matches --fingerprint"
           : pinnedBefore !== undefined
             ? "same as pinned before"
-            : seen.trusted
-              ? "pinned; also valid for the host name under the system CAs"
+            : trust === "ca"
+              ? "valid for the host name under the system CAs; checked that way from now on"
               : "pinned on first use: compare it with agentlab status on the daemon's host";
       const pairs: Array<[string, string]> = [
         ["endpoint", endpoint],

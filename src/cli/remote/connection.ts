@@ -100,7 +100,9 @@ export function resolveConnection(
     token: token.value,
     source: endpoint.source,
     tokenSource: token.source,
-    ...(sameAsSaved ? { pin: { fingerprint: saved.fingerprint, certificate: saved.certificate } } : {}),
+    ...(sameAsSaved && saved.trust === "pin"
+      ? { pin: { fingerprint: saved.fingerprint, certificate: saved.certificate } }
+      : {}),
   };
 }
 
@@ -108,6 +110,8 @@ export function resolveConnection(
 export function describeConnection(connection: Connection): string {
   const from = (source: string) => (source === "default" ? "default" : `from ${source}`);
   if (connection.kind === "socket") return `local socket ${connection.path} (${from(connection.source)})`;
-  const pin = connection.pin ? `, certificate pinned ${connection.pin.fingerprint}` : "";
+  const pin = connection.pin
+    ? `, certificate pinned ${connection.pin.fingerprint}`
+    : ", certificate checked against the system CAs";
   return `remote ${connection.endpoint} (${from(connection.source)}; token ${from(connection.tokenSource)}${pin})`;
 }

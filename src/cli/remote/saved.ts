@@ -12,8 +12,14 @@ import { AgentlabError } from "../../protocol/index.js";
 export const SavedConnection = z.object({
   endpoint: z.string(),
   token: z.string(),
-  /** SHA-256 fingerprint of the pinned certificate, "AB:CD:...". */
+  /** SHA-256 fingerprint of the certificate seen at connect, "AB:CD:...". */
   fingerprint: z.string(),
+  /**
+   * pin: trust exactly this certificate (self-signed ones, or any given with --fingerprint); ca: the
+   * system's CAs vouched for it and the host name, so it is checked that way again and may be renewed
+   * (Let's Encrypt certificates of `tailscale serve` change every few weeks).
+   */
+  trust: z.enum(["pin", "ca"]),
   /** The pinned certificate (PEM), so a self-signed one can be trusted exactly and nothing else. */
   certificate: z.string(),
   jump_host: z.string().optional(),
