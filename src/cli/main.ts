@@ -81,13 +81,13 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
     })
     .option("endpoint", {
       type: "string",
-      defaultDescription: "$AGENTLAB_ENDPOINT, else the one saved by agentlab connect, else the local socket",
+      defaultDescription: "$AGENTLAB_ENDPOINT, else agentlab connect's",
       describe: "URL of a remote agentlabd's control listener, e.g. https://host.tailnet.ts.net:8845",
       global: true,
     })
     .option("token", {
       type: "string",
-      defaultDescription: "$AGENTLAB_TOKEN, else the one saved by agentlab connect",
+      defaultDescription: "$AGENTLAB_TOKEN, else agentlab connect's",
       describe: "token for the remote endpoint (agentlab token create on the daemon's host)",
       global: true,
     })

@@ -26,7 +26,7 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
       .option("fingerprint", {
         type: "string",
         describe:
-          "SHA-256 fingerprint the server's certificate must have (agentlab status on the daemon's host shows it); without it the certificate seen now is pinned (trust on first use)",
+          "SHA-256 fingerprint the server's certificate must have (agentlab status on the daemon's host shows it); without it a self-signed certificate is pinned as seen now (trust on first use)",
       })
       .option("jump-host", {
         type: "string",
@@ -42,7 +42,7 @@ export const connectCommand: CommandModule<GlobalArgs, ConnectArgs> = {
         "use the daemon on host through its tailnet address from now on",
       )
       .epilogue(
-        `Saves ${clientConfigPath()} (mode 0600). Precedence afterwards: --endpoint/--socket flags > AGENTLAB_ENDPOINT/AGENTLAB_SOCKET > this saved connection > the local socket; agentlab status says which is in use.`,
+        `Saves ~/.config/agentlab/client.json ($XDG_CONFIG_HOME respected; mode 0600). Precedence afterwards: --endpoint/--socket flags > AGENTLAB_ENDPOINT/AGENTLAB_SOCKET > this saved connection > the local socket; agentlab status says which is in use.`,
       ) as unknown as Argv<ConnectArgs>,
   handler: (argv) =>
     execute(argv, async () => {
