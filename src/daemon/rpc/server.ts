@@ -232,8 +232,11 @@ export class RpcServer {
   private accept(socket: Socket): void {
     const guard = new FrameGuard(this.maxFrameBytes);
     socket.pipe(guard);
+    // Before the reader's own listener, so a bad frame is logged with the guard's reason.
+    let connection: { drop(reason: string, error?: unknown): void } | undefined;
+    guard.on("error", (error) => connection?.drop((error as Error).message, error));
     const reader = new StrictMessageReader(guard);
-    const connection = this.attach({
+    connection = this.attach({
       reader,
       writer: new TrackingMessageWriter(socket),
       destroy: () => socket.destroy(),
@@ -243,9 +246,9 @@ export class RpcServer {
       },
       caller: { transport: "socket" },
     });
-    guard.on("error", (error) => connection.drop((error as Error).message, error));
-    socket.on("error", (error) => connection.drop("socket error", error));
-    socket.on("close", () => connection.drop("closed"));
+    const attached = connection;
+    socket.on("error", (error) => attached.drop("socket error", error));
+    socket.on("close", () => attached.drop("closed"));
   }
 
   /**
