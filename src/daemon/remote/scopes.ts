@@ -146,7 +146,12 @@ export const REMOTE_METHODS: ReadonlyMap<Method, Requirement> = new Map<Method, 
     {
       scope: "operate",
       targets: [{ kind: "workspace", param: "workspace" }],
-      creates: [{ kind: "job", path: ["id"] }],
+      // workspace_create makes a workspace for the job: it is the token's too (an existing one named by
+      // `workspace` passed the target check, so it is already the token's, or the token has --all).
+      creates: [
+        { kind: "job", path: ["id"] },
+        { kind: "workspace", path: ["workspace_id"] },
+      ],
     },
   ],
   [workspaceCreate, { scope: "operate", creates: [{ kind: "workspace", path: ["id"] }] }],
