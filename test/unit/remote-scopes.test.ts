@@ -20,16 +20,20 @@ import {
 /** A gate over fakes: every target is owned by `owner`, the token always re-checks fine. */
 function gate(token: VerifiedToken, owner: string | null = "tok_other") {
   const recorded: string[] = [];
+  const owned: Array<[string, string | number]> = [];
   const deps = {
     tokens: { recheck: () => {} } as unknown as TokenService,
-    owners: { ownerOf: () => owner, setOwner: () => {} } as unknown as ApiTokenRepo,
+    owners: {
+      ownerOf: () => owner,
+      setOwner: (kind: string, key: string | number) => owned.push([kind, key]),
+    } as unknown as ApiTokenRepo,
     store: {
       workspaces: { resolve: (ref: string) => ({ id: ref }) },
       events: { append: (e: { msg: string }) => recorded.push(e.msg) },
     } as unknown as Store,
     log: pino({ level: "silent" }),
   };
-  return { gate: remoteGate(deps, token, "192.0.2.7"), recorded };
+  return { gate: remoteGate(deps, token, "192.0.2.7"), recorded, owned };
 }
 
 function refusal(fn: () => void): AgentlabError {
@@ -107,6 +111,28 @@ describe("remote scopes: the one table", () => {
       "NOT_OWNER",
     );
     assert.doesNotThrow(() => gate(token("operate", true)).gate.authorize(sessionStop, { session: "s" }));
+  });
+
+  test("what a create made becomes the token's; a refusal naming someone else's vmid never does", () => {
+    const { gate: g, owned } = gate(token("operate"));
+    g.finished("sandbox.create", {}, { result: { vmid: 120 } });
+    g.finished(
+      "sandbox.create",
+      {},
+      { error: new AgentlabError("CANCELLED", "x", { details: { vmid: 121 } }) },
+    );
+    g.finished(
+      "sandbox.create",
+      { vmid: 7 },
+      {
+        error: new AgentlabError("NOT_OWNER", "x", { details: { vmid: 7 } }),
+      },
+    );
+    g.finished("sandbox.destroy", { vmid: 8 }, { result: {} });
+    assert.deepEqual(owned, [
+      ["sandbox", 120],
+      ["sandbox", 121],
+    ]);
   });
 
   test("each call is recorded with the token's name and outcome", () => {

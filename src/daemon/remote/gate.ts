@@ -95,8 +95,15 @@ export function remoteGate(deps: GateDeps, token: VerifiedToken, address: string
       try {
         for (const created of requirement?.creates ?? []) {
           let key = outcome.result === undefined ? undefined : resultField(outcome.result, created.path);
-          // A create that failed half-way leaves a FAILED row its creator must be able to destroy.
-          if (key === undefined && created.kind === "sandbox" && outcome.error instanceof AgentlabError) {
+          // A create that failed half-way leaves a FAILED row its creator must be able to destroy. Only
+          // these two codes come from provisioning the row this call made: a refusal such as NOT_OWNER
+          // also names a vmid in its details, and must never hand that sandbox to the caller.
+          if (
+            key === undefined &&
+            created.kind === "sandbox" &&
+            outcome.error instanceof AgentlabError &&
+            FAILED_CREATE_CODES.has(outcome.error.code)
+          ) {
             const failedVmid = outcome.error.details.vmid;
             if (typeof failedVmid === "number") key = failedVmid;
           }
@@ -129,6 +136,9 @@ export function remoteGate(deps: GateDeps, token: VerifiedToken, address: string
     },
   };
 }
+
+/** The errors of a sandbox create that got as far as making its row (provision.ts). */
+const FAILED_CREATE_CODES: ReadonlySet<string> = new Set(["CANCELLED", "PROVISIONING_FAILED"]);
 
 const BY_NAME = new Map([...REMOTE_METHODS].map(([method, requirement]) => [method.method, requirement]));
 
