@@ -5,17 +5,23 @@
 #
 #   npm run tour                     shell backend (qm/pvesh/pvesm)
 #   npm run tour -- --backend api    REST API backend (HTTPS, API token, TLS verified against the sim's CA)
+#   npm run tour -- --real-guests    as root: every sandbox a real QEMU guest (scripts/tour-real-guests.sh)
 set -eu
 cd "$(dirname "$0")/.."
 
 backend=shell
-[ "${1:-}" = "--backend" ] && backend=${2:-shell}
+real_guests=0
+case "${1:-}" in
+  --backend) backend=${2:-shell} ;;
+  --real-guests) real_guests=1 ;;
+esac
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "tour: installing npm dependencies (first run only)"
   npm install --no-audit --no-fund >/dev/null
 fi
 npm run -s build
+[ "$real_guests" = 1 ] && exec sh scripts/tour-real-guests.sh
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/agentlab-tour-XXXXXX")
 scripts/dev/simhost up "$dir" --backend "$backend" >/dev/null

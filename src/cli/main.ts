@@ -57,7 +57,10 @@ function usageError(message: string, argv: string[]): AgentlabError {
 
 export function buildCli(argv: string[]): Argv<GlobalArgs> {
   const wantsJson = argv.includes("--json");
+  // yargs translates its own words by the locale it guesses from LANG/LC_ALL: half-German help, a
+  // "did you mean" hint usageError() no longer recognises, and docs/cli.md that depends on the host.
   return yargs(argv)
+    .locale("en")
     .scriptName("agentlab")
     .usage("$0 <command> [options]\n\nRun and manage network-isolated Proxmox sandboxes for coding agents.")
     .option("socket", {

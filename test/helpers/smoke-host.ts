@@ -31,10 +31,17 @@ export async function startSimHostInNetns(
 ): Promise<NetnsSimHost> {
   const sim = createSim(simOptions);
   const simEnv = { PATH: sim.env.PATH, PVESIM_DIR: sim.dir, PVESIM_NODE_BIN: process.execPath };
-  const host = makeHostDir(
-    `snippets_dir: ${join(sim.dir, "storage", "local", "snippets")}\nsnippet_storage: local\nprovisioning_timeout: 60s\nproxmox_command_timeout: 30s\nproxmox_backend: shell\n${extraConfig}`,
-    simEnv,
-  );
+  const defaults = [
+    `snippets_dir: ${join(sim.dir, "storage", "local", "snippets")}`,
+    "snippet_storage: local",
+    "provisioning_timeout: 60s",
+    "proxmox_command_timeout: 30s",
+    "proxmox_backend: shell",
+  ];
+  // A key in extraConfig replaces its default (YAML refuses a key given twice).
+  const given = new Set([...extraConfig.matchAll(/^([a-z_]+):/gm)].map((m) => m[1]));
+  const config = defaults.filter((line) => !given.has(line.slice(0, line.indexOf(":"))));
+  const host = makeHostDir(`${config.join("\n")}\n${extraConfig}`, simEnv);
   const daemon = spawn(
     "ip",
     ["netns", "exec", ns, process.execPath, AGENTLABD_BIN, "--config", host.configPath],

@@ -159,6 +159,41 @@ describe("CLI errors", () => {
     );
   });
 
+  test("the CLI speaks English whatever the locale: help, the typo hint, errors", async () => {
+    // yargs guesses a locale from LC_ALL/LC_MESSAGES/LANG and translates its own words (German: "Kommandos:").
+    const german = { LC_ALL: "de_DE.UTF-8", LC_MESSAGES: "de_DE.UTF-8", LANG: "de_DE.UTF-8" };
+    const help = await runCli(["--help"], { env: german });
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /^Commands:$/m);
+    assert.match(help.stdout, /^Options:$/m);
+    assert.doesNotMatch(help.stdout, /Kommandos|Optionen|Anzeigen/);
+    const typo = await runCli(["stauts"], { env: german });
+    assert.equal(typo.code, 2);
+    assert.match(typo.stderr, /^error: unknown command "stauts"\nhint: did you mean agentlab status\?/);
+    const missing = await runCli(["sandbox", "show"], {
+      env: { ...german, LANG: "fr_FR.UTF-8", LC_ALL: "fr_FR.UTF-8" },
+    });
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /Not enough non-option arguments/);
+  });
+
+  test("a VMID that is not a number is a usage error before the daemon is asked", async () => {
+    for (const args of [
+      ["sandbox", "show", "abc"],
+      ["sandbox", "destroy", "12abc"],
+      ["workspace", "attach", "ws", "x1"],
+      ["sandbox", "new", "--profile", "p", "--vmid", "abc"],
+    ]) {
+      // No daemon at this socket: an answer about the socket would mean the VMID went through.
+      const result = await runCli(["--socket", "/tmp/agentlab-no-such.sock", ...args]);
+      assert.equal(result.code, 2, `${args.join(" ")}: ${result.stderr}`);
+      assert.match(
+        result.stderr,
+        /^error: (<vmid>|--vmid) must be a VMID, a whole number from 100 to 999999999 .*; got "(abc|12abc|x1)"$/m,
+      );
+    }
+  });
+
   test("--socket given twice is a usage error, not a crash", async () => {
     const result = await runCli(["--socket", "/tmp/a.sock", "--socket", "/tmp/b.sock", "status"]);
     assert.equal(result.code, 2);

@@ -138,6 +138,13 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       const snippet = /snippets\/(\S+\.yaml)/.exec(String(vm?.config.cicustom))?.[1];
       const result = await h.json<SandboxBody>(["rm", "1001"]);
       assert.equal(result.body.state, "DESTROYED");
+      // A sandbox that is gone needs no destroy: the renewal refusal points at a new one instead.
+      const renew = await h.cli(["sandbox", "lease", "renew", "1001", "--ttl", "2h"]);
+      assert.equal(renew.code, 1);
+      assert.match(
+        renew.stderr,
+        /^hint: sandbox 1001 no longer exists; for a new one: agentlab sandbox new --profile yolo-ephemeral --ttl <ttl>$/m,
+      );
       assert.equal(await simVm(h, 1001), undefined);
       assert.equal(existsSync(`${h.sim.dir}/storage/local/snippets/${snippet}`), false);
       const again = await h.json<SandboxBody>(["rm", "1001"]);
@@ -233,6 +240,28 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
         live.body.sandboxes.some((s) => s.vmid === 1000),
         "a sandbox whose VM exists is never pruned",
       );
+    });
+
+    test("a forced destroy that Proxmox refuses says how to find out why, not to use --force", async () => {
+      const s = await h.json<SandboxBody>(["new", "--profile", "yolo-ephemeral"]);
+      await setControl(h.sim.dir, {}, [`fail_task=qmdestroy,vmid=${s.body.vmid}`]);
+      try {
+        const failed = await h.cli(["sandbox", "destroy", "--force", String(s.body.vmid)]);
+        assert.equal(failed.code, 1);
+        assert.match(failed.stderr, /^error: failed to destroy sandbox: .*dataset is busy/m);
+        assert.match(
+          failed.stderr,
+          new RegExp(
+            `^hint: Proxmox refused to remove VM ${s.body.vmid}: see why with qm status ${s.body.vmid} --verbose`,
+            "m",
+          ),
+        );
+        assert.doesNotMatch(failed.stderr, /use --force/);
+      } finally {
+        await clearFaults(h.sim.dir);
+      }
+      const again = await h.json<SandboxBody>(["sandbox", "destroy", "--force", String(s.body.vmid)]);
+      assert.equal(again.body.state, "DESTROYED", "the advice works once the cause is gone");
     });
 
     test("prune also clears a RUNNING sandbox whose VM was removed behind the daemon's back", async () => {

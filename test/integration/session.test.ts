@@ -179,7 +179,7 @@ for (const [kind, storage] of [
       const snap = await h.json(["workspace", "snapshot", "create", "s1ws", "before"]);
       assert.equal(snap.code, 0, snap.stderr);
       writeData(file);
-      const restored = await h.json(["workspace", "snapshot", "restore", "s1ws", "before"]);
+      const restored = await h.json(["workspace", "snapshot", "restore", "s1ws", "before", "--force"]);
       assert.equal(restored.code, 0, restored.stderr);
       assert.deepEqual(readData(file), a, "the restore brought the snapshot's data back");
 

@@ -114,7 +114,16 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
         assert.deepEqual((await holderState(h, ws.holder_vmid)).snapshots, ["s1"]);
 
         await writeMark(h, ws, "B: after the snapshot");
-        const restored = await h.cli(["workspace", "snapshot", "restore", ws.name, "s1"]);
+        // It discards data like destroy does: nobody can answer here, so without --force it refuses.
+        const asked = await h.json<ErrorBody>(["workspace", "snapshot", "restore", ws.name, "s1"]);
+        assert.equal(asked.code, 2);
+        assert.equal(asked.body.code, "CONFIRMATION_REQUIRED");
+        assert.equal(
+          asked.body.message,
+          "refusing to restore a workspace snapshot without --force in --json mode",
+        );
+        assert.equal(await readMark(h, ws), "B: after the snapshot", "nothing was rolled back");
+        const restored = await h.cli(["workspace", "snapshot", "restore", ws.name, "s1", "--force"]);
         assert.equal(restored.code, 0, restored.stderr);
         assert.equal(restored.stdout, `workspace ${ws.name} restored to snapshot s1\n`);
         assert.equal(await readMark(h, ws), "A: before the snapshot");
@@ -139,7 +148,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       await snapshot(h, ws.name, "s2");
       await writeMark(h, ws, "C");
 
-      const refused = await h.json<ErrorBody>(["workspace", "snapshot", "restore", ws.name, "s1"]);
+      const refused = await h.json<ErrorBody>(["workspace", "snapshot", "restore", ws.name, "s1", "--force"]);
       assert.equal(refused.code, 1);
       assert.equal(refused.body.code, "SNAPSHOT_NOT_LATEST");
       assert.equal(
@@ -150,7 +159,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
         refused.body.hint,
         `nothing was changed. To keep s2, fork instead: agentlab workspace fork ${ws.name} --name <new> --from-snapshot s1`,
       );
-      const text = await h.cli(["workspace", "snapshot", "restore", ws.name, "s1"]);
+      const text = await h.cli(["workspace", "snapshot", "restore", ws.name, "s1", "--force"]);
       assert.equal(text.code, 1);
       assert.match(text.stderr, /^error: cannot restore "s1": .* "s2" was taken after it$/m);
 
@@ -171,7 +180,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       assert.equal(shown.body.operation, undefined, "and no operation");
 
       // The newest one restores.
-      const latest = await h.cli(["workspace", "snapshot", "restore", ws.name, "s2"]);
+      const latest = await h.cli(["workspace", "snapshot", "restore", ws.name, "s2", "--force"]);
       assert.equal(latest.code, 0, latest.stderr);
       assert.equal(await readMark(h, ws), "B");
     });
@@ -183,11 +192,11 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       await writeMark(h, ws, "B");
       await snapshot(h, ws.name, "s2");
       await writeMark(h, ws, "C");
-      const restored = await h.cli(["workspace", "snapshot", "restore", ws.name, "s1"]);
+      const restored = await h.cli(["workspace", "snapshot", "restore", ws.name, "s1", "--force"]);
       assert.equal(restored.code, 0, restored.stderr);
       assert.equal(await readMark(h, ws), "A");
       assert.deepEqual((await holderState(h, ws.holder_vmid)).snapshots, ["s1", "s2"]);
-      const again = await h.cli(["workspace", "snapshot", "restore", ws.name, "s2"]);
+      const again = await h.cli(["workspace", "snapshot", "restore", ws.name, "s2", "--force"]);
       assert.equal(again.code, 0, again.stderr);
       assert.equal(await readMark(h, ws), "B");
     });
@@ -233,7 +242,14 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
         "and left no record",
       );
 
-      const missing = await h.json<ErrorBody>(["workspace", "snapshot", "restore", ws.name, "nope"]);
+      const missing = await h.json<ErrorBody>([
+        "workspace",
+        "snapshot",
+        "restore",
+        ws.name,
+        "nope",
+        "--force",
+      ]);
       assert.equal(missing.code, 1);
       assert.equal(missing.body.code, "SNAPSHOT_NOT_FOUND");
       assert.equal(missing.body.hint, `list its snapshots: agentlab workspace snapshot list ${ws.name}`);
@@ -263,7 +279,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
 
       for (const args of [
         ["workspace", "snapshot", "create", ws.name, "s2"],
-        ["workspace", "snapshot", "restore", ws.name, "s1"],
+        ["workspace", "snapshot", "restore", ws.name, "s1", "--force"],
       ]) {
         const refused = await h.json<ErrorBody>(args);
         assert.equal(refused.code, 1);
@@ -274,7 +290,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
         );
         assert.equal(refused.body.hint, `detach it first: agentlab workspace detach ${ws.name}`);
       }
-      const text = await h.cli(["workspace", "snapshot", "restore", ws.name, "s1"]);
+      const text = await h.cli(["workspace", "snapshot", "restore", ws.name, "s1", "--force"]);
       assert.match(
         text.stderr,
         /^error: workspace must be detached for snapshots: attached to sandbox \d+$/m,
@@ -284,7 +300,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       // The guide's way out: detach, restore, attach again.
       const detached = await h.cli(["workspace", "detach", ws.name]);
       assert.equal(detached.code, 0, detached.stderr);
-      const restored = await h.cli(["workspace", "snapshot", "restore", ws.name, "s1"]);
+      const restored = await h.cli(["workspace", "snapshot", "restore", ws.name, "s1", "--force"]);
       assert.equal(restored.code, 0, restored.stderr);
       const reattached = await h.cli(["workspace", "attach", ws.name, String(vmid)]);
       assert.equal(reattached.code, 0, reattached.stderr);
@@ -298,7 +314,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       assert.equal(byHand.code, 0, byHand.stderr);
       assert.equal((await h.cli(["workspace", "detach", ws.name])).code, 0);
       await writeMark(h, ws, "after the hand-made snapshot");
-      const blocked = await h.json<ErrorBody>(["workspace", "snapshot", "restore", ws.name, "s1"]);
+      const blocked = await h.json<ErrorBody>(["workspace", "snapshot", "restore", ws.name, "s1", "--force"]);
       assert.equal(blocked.code, 1);
       assert.equal(blocked.body.code, "SNAPSHOT_NOT_LATEST");
       assert.equal(

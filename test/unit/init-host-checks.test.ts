@@ -13,6 +13,9 @@ import {
   hostChecks,
   ipForwardCheck,
   nftablesCheck,
+  nftCommand,
+  setupCommand,
+  unscriptableSettings,
 } from "../../src/cli/init/host-checks.js";
 import { AgentlabError } from "../../src/protocol/index.js";
 
@@ -222,6 +225,52 @@ describe("agentlab init host checks", () => {
     ran.length = 0;
     assert.deepEqual(await applyFixes([failing[0]!, failing[3]!], SETTINGS, host, false, false, run), []);
     assert.deepEqual(ran, []);
+  });
+
+  test("settings the scripts would reject get a config fix, not a command, and --apply refuses them", async () => {
+    // What a development config derives: bootstrap_listen 127.0.0.1:0, agent_subnet 0.0.0.0/1.
+    const dev: HostSettings = {
+      ...SETTINGS,
+      bridge_address: "127.0.0.1/1",
+      agent_subnet: "0.0.0.0/1",
+      guest_ports: [0, 8846],
+    };
+    assert.deepEqual(unscriptableSettings(SETTINGS), []);
+    assert.deepEqual(unscriptableSettings(dev), [
+      "bridge address 127.0.0.1/1 is not an IPv4 address with a prefix length 8-30",
+      "guest-ports: 0 is not a TCP port (1-65535)",
+    ]);
+    assert.deepEqual(
+      unscriptableSettings({ ...SETTINGS, bridge_address: "127.0.0.1/8", agent_subnet: "127.0.0.0/8" }),
+      ["bridge address 127.0.0.1 is a loopback address"],
+    );
+    const host = hostEnv("/", fakeRunner({}).run);
+    for (const fix of [setupCommand(host, dev), nftCommand(host, dev)]) {
+      assert.doesNotMatch(fix, /--address|--guest-ports|\.sh/, "no script command the script would reject");
+      assert.match(
+        fix,
+        /^config\.yaml does not describe a sandbox bridge .*set bootstrap_listen: 10\.77\.0\.1:8844 and agent_subnet: 10\.77\.0\.0\/16/,
+      );
+    }
+    assert.match(setupCommand(host, SETTINGS), /^sudo \S*scripts\/net\/setup_vmbr1\.sh --apply$/);
+    const ran: string[] = [];
+    const run = async (script: string) => {
+      ran.push(script);
+      return 0;
+    };
+    await assert.rejects(
+      applyFixes([{ name: "nftables", status: "fail", detail: "" }], dev, host, false, false, run),
+      (error: AgentlabError) => {
+        assert.equal(error.code, "USAGE");
+        assert.match(
+          error.message,
+          /^init --apply: the config's network settings cannot be applied: bridge address 127\.0\.0\.1\/1/,
+        );
+        assert.match(error.hint ?? "", /nothing was changed$/);
+        return true;
+      },
+    );
+    assert.deepEqual(ran, [], "no script ran");
   });
 
   test("checksText prints one line per check and a fix line for each non-ok one", () => {

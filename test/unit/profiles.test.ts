@@ -424,3 +424,27 @@ describe("profiles: artifactRetentionMinutes", () => {
     assert.equal(artifactRetentionMinutes(loadOne(MINIMAL).profile), undefined);
   });
 });
+
+describe("the profiles the docs and --help examples name", () => {
+  it("every `--profile NAME` in docs/ and the README is a profile shipped in profiles/", () => {
+    const shipped = new Set(
+      fs
+        .readdirSync(PROFILES_DIR)
+        .filter((f) => f.endsWith(".yaml"))
+        .map((f) => f.slice(0, -".yaml".length)),
+    );
+    const repo = path.dirname(PROFILES_DIR);
+    const files = [
+      path.join(repo, "README.md"),
+      ...fs.readdirSync(path.join(repo, "docs")).map((f) => path.join(repo, "docs", f)),
+    ].filter((f) => f.endsWith(".md"));
+    const wrong: string[] = [];
+    for (const file of files) {
+      for (const match of fs.readFileSync(file, "utf8").matchAll(/--profile[ =]([a-z][a-z0-9-]*)/g)) {
+        // Placeholders in usage lines are upper case or <...>; these are names a user would copy.
+        if (!shipped.has(match[1]!)) wrong.push(`${path.basename(file)}: --profile ${match[1]}`);
+      }
+    }
+    assert.deepEqual(wrong, [], `examples name profiles that do not exist (shipped: ${[...shipped].join(", ")})`);
+  });
+});

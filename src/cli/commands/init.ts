@@ -14,6 +14,7 @@ import {
   hostEnvFromProcess,
   nftArgs,
   setupArgs,
+  unscriptableSettings,
 } from "../init/host-checks.js";
 import { runSmokeTest, type SmokeReport } from "../init/smoke.js";
 import {
@@ -196,6 +197,19 @@ export async function applyFixes(
 ): Promise<AppliedStep[]> {
   const failing = (name: string) => checks.some((c) => c.name === name && c.status !== "ok");
   const steps: AppliedStep[] = [];
+  const problems = unscriptableSettings(settings);
+  if (
+    problems.length > 0 &&
+    (failing(`bridge_${settings.bridge}`) || [...SETUP_CHECKS].some(failing) || failing("nftables"))
+  ) {
+    throw new AgentlabError(
+      "USAGE",
+      `init --apply: the config's network settings cannot be applied: ${problems.join("; ")}`,
+      {
+        hint: "set bootstrap_listen: 10.77.0.1:8844 and agent_subnet: 10.77.0.0/16 in config.yaml (or your bridge's address and subnet), restart agentlabd, then run agentlab init --apply again; nothing was changed",
+      },
+    );
+  }
   const forceArg = force ? ["--force"] : [];
   if (failing(`bridge_${settings.bridge}`) || [...SETUP_CHECKS].some(failing)) {
     const script = path.join(host.scriptsDir, "setup_vmbr1.sh");
@@ -293,7 +307,8 @@ export const initCommand: CommandModule<GlobalArgs, InitArgs> = {
         if (applied.length === 0)
           prefix = "nothing to apply: the bridge, ip_forward and nftables checks pass\n";
         else {
-          prefix = `${applied.map((s) => `applied  ${s.step}  ${s.command}  (exit ${s.exit_code})`).join("\n")}\n`;
+          // A script that failed did not apply anything: say so, not "applied ... (exit 1)".
+          prefix = `${applied.map((s) => `${s.exit_code === 0 ? "applied" : "FAILED "}  ${s.step}  ${s.command}  (exit ${s.exit_code})`).join("\n")}\n`;
           checks = (await runChecks(ctx, host)).checks;
         }
       }

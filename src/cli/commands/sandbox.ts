@@ -36,7 +36,7 @@ import {
 import { confirm } from "../confirm.js";
 import { type CommandContext, execute, type GlobalArgs } from "../context.js";
 import { doctorCommand } from "../doctor.js";
-import { ttlOption } from "../options.js";
+import { ttlOption, vmidArg } from "../options.js";
 import { fields, table } from "../render.js";
 import { inventoryCommand, reconcileCommand } from "./sandbox-maintenance.js";
 
@@ -92,9 +92,12 @@ function detailText(d: SandboxDetail): string {
 }
 
 const vmidPositional = <T>(yargs: Argv<T>) =>
-  yargs.positional("vmid", { type: "number", demandOption: true, describe: "the sandbox's VMID" }) as Argv<
-    T & { vmid: number }
-  >;
+  yargs.positional("vmid", {
+    type: "string",
+    demandOption: true,
+    coerce: vmidArg("<vmid>"),
+    describe: "the sandbox's VMID",
+  }) as Argv<T & { vmid: number }>;
 
 async function resolveProfile(
   ctx: CommandContext,
@@ -146,7 +149,11 @@ function createOptions(yargs: Argv<GlobalArgs>) {
       type: "boolean",
       describe: "keep the sandbox when its job ends (default from the profile)",
     })
-    .option("vmid", { type: "number", describe: "use this VMID instead of the next free one" })
+    .option("vmid", {
+      type: "string",
+      coerce: vmidArg("--vmid"),
+      describe: "use this VMID instead of the next free one",
+    })
     .option("tag", { type: "string", array: true, describe: "tag the VM (repeatable)" })
     .option("workspace", {
       type: "string",
@@ -414,7 +421,7 @@ const stopCommand = (command: string): CommandModule<GlobalArgs, Args<StopArgs>>
   describe: "Stop (power off) a sandbox, or every READY and RUNNING one with --all",
   builder: (yargs) =>
     yargs
-      .positional("vmid", { type: "number", describe: "the sandbox's VMID" })
+      .positional("vmid", { type: "string", coerce: vmidArg("<vmid>"), describe: "the sandbox's VMID" })
       .option("all", { type: "boolean", default: false, describe: "stop every READY and RUNNING sandbox" })
       .option("force", {
         type: "boolean",

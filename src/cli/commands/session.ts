@@ -90,7 +90,7 @@ const createCommand: CommandModule<GlobalArgs, Args<CreateArgs>> = {
       .option("branch", { type: "string", describe: "a branch label for the session" })
       .option("ttl", { type: "string", describe: "lease of the sandbox: minutes (90) or 90m, 2h" })
       .example(
-        "agentlab session create --name feat-x --profile yolo --workspace-create feat-x --workspace-size 40G",
+        "agentlab session create --name feat-x --profile yolo-workspace --workspace-create feat-x --workspace-size 40G",
         "a new session with a new 40 GiB workspace",
       ) as Argv<Args<CreateArgs>>,
   handler: (argv) =>

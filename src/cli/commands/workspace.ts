@@ -22,7 +22,7 @@ import {
 } from "../../protocol/index.js";
 import { confirm } from "../confirm.js";
 import { execute, type GlobalArgs } from "../context.js";
-import { sizeOption, ttlOption } from "../options.js";
+import { sizeOption, ttlOption, vmidArg } from "../options.js";
 import { fields, table } from "../render.js";
 
 type Args<T> = GlobalArgs & T;
@@ -197,7 +197,12 @@ const attachCommand: CommandModule<GlobalArgs, Args<{ workspace: string; vmid: n
   describe: "Attach a detached workspace to a sandbox (as scsi1, mounted at /work)",
   builder: (yargs) =>
     wsPositional(yargs)
-      .positional("vmid", { type: "number", demandOption: true, describe: "the sandbox's VMID" })
+      .positional("vmid", {
+        type: "string",
+        demandOption: true,
+        coerce: vmidArg("<vmid>"),
+        describe: "the sandbox's VMID",
+      })
       .example("agentlab workspace attach proj 1012", "give sandbox 1012 the proj workspace") as Argv<
       Args<{ workspace: string; vmid: number }>
     >,
@@ -301,21 +306,39 @@ const snapshotList: CommandModule<GlobalArgs, Args<{ workspace: string }>> = {
     }),
 };
 
-const snapshotRestore: CommandModule<GlobalArgs, Args<{ workspace: string; name: string }>> = {
+const snapshotRestore: CommandModule<
+  GlobalArgs,
+  Args<{ workspace: string; name: string; force: boolean }>
+> = {
   command: "restore <workspace> <name>",
-  describe: "Roll a detached workspace back to a snapshot",
+  describe: "Roll a detached workspace back to a snapshot (asks first unless --force)",
   builder: (yargs) =>
     (
-      wsPositional(yargs).positional("name", {
-        type: "string",
-        demandOption: true,
-        describe: "snapshot name",
-      }) as Argv<Args<{ workspace: string; name: string }>>
+      wsPositional(yargs)
+        .positional("name", {
+          type: "string",
+          demandOption: true,
+          describe: "snapshot name",
+        })
+        .option("force", {
+          type: "boolean",
+          default: false,
+          describe: "do not ask for confirmation (needed with --json or without a terminal)",
+        }) as Argv<Args<{ workspace: string; name: string; force: boolean }>>
     ).epilogue(
-      "To keep the current data, fork instead: agentlab workspace fork <workspace> --name <new> --from-snapshot <name>",
+      "Everything written to the workspace since the snapshot is lost. To keep the current data, fork " +
+        "instead: agentlab workspace fork <workspace> --name <new> --from-snapshot <name>",
     ),
   handler: (argv) =>
     execute(argv, async (ctx) => {
+      // Like destroy: the data written since the snapshot cannot be recovered afterwards.
+      await confirm({
+        question: `roll workspace ${argv.workspace} back to snapshot ${argv.name}; what was written since is lost`,
+        action: "restore a workspace snapshot",
+        force: argv.force,
+        json: argv.json,
+        out: ctx.out,
+      });
       const result = await ctx.call(workspaceSnapshotRestore, { workspace: argv.workspace, name: argv.name });
       return {
         data: result,

@@ -5,8 +5,10 @@
  */
 import { spawn } from "node:child_process";
 import { existsSync, readFileSync, statfsSync } from "node:fs";
+import { isIPv4 } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { checkNftParams, DEFAULT_NFT_PARAMS } from "../../config/nft-params.js";
 import type { DaemonChecks, InitCheck } from "../../protocol/index.js";
 
 export type HostSettings = DaemonChecks["host"];
@@ -102,11 +104,48 @@ export function nftArgs(settings: HostSettings): string[] {
   return args;
 }
 
+/**
+ * Why the network scripts would refuse these settings (empty when they accept them). A development
+ * config (`bootstrap_listen: 127.0.0.1:0`, `agent_subnet: 0.0.0.0/1`) derives a loopback bridge address
+ * and port 0: proposing `--address 127.0.0.1/1 --guest-ports 0,8846` would send the operator to a command
+ * the scripts reject. The rules are the scripts' own: setup_vmbr1.sh's valid_address, apply.sh's renderer.
+ */
+export function unscriptableSettings(settings: HostSettings): string[] {
+  const problems: string[] = [];
+  const [address = "", prefix = ""] = settings.bridge_address.split("/");
+  const bits = Number(prefix);
+  if (!isIPv4(address) || !/^\d+$/.test(prefix) || bits < 8 || bits > 30) {
+    problems.push(
+      `bridge address ${settings.bridge_address} is not an IPv4 address with a prefix length 8-30`,
+    );
+  } else if (address.startsWith("127.")) {
+    problems.push(`bridge address ${address} is a loopback address`);
+  }
+  const params = {
+    ...DEFAULT_NFT_PARAMS,
+    bridge: settings.bridge,
+    subnet: settings.agent_subnet,
+    bridgeAddress: address,
+    guestPorts: settings.guest_ports,
+  };
+  problems.push(...checkNftParams(params));
+  return problems;
+}
+
+/** The fix when the config itself cannot describe a sandbox network: change it, not the host. */
+function configFix(problems: readonly string[]): string {
+  return `config.yaml does not describe a sandbox bridge the scripts can build (${problems.join("; ")}): set bootstrap_listen: 10.77.0.1:8844 and agent_subnet: 10.77.0.0/16 (or your bridge's address and subnet), restart agentlabd, then run agentlab init again`;
+}
+
 export function setupCommand(host: HostEnv, settings: HostSettings): string {
+  const problems = unscriptableSettings(settings);
+  if (problems.length > 0) return configFix(problems);
   return ["sudo", scriptPath(host, "setup_vmbr1.sh"), "--apply", ...setupArgs(settings)].join(" ");
 }
 
 export function nftCommand(host: HostEnv, settings: HostSettings): string {
+  const problems = unscriptableSettings(settings);
+  if (problems.length > 0) return configFix(problems);
   return ["sudo", scriptPath(host, "apply.sh"), "--apply", ...nftArgs(settings)].join(" ");
 }
 

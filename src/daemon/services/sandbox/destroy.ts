@@ -84,7 +84,10 @@ export function destroySandbox(
         throw new AgentlabError("DESTROY_FAILED", `failed to destroy sandbox: ${describe(error)}`, {
           hint: isVmNotFound(error)
             ? `the VM is already gone; clear the entry with agentlab sandbox destroy --force ${vmid} (or agentlab sandbox prune)`
-            : `use --force: agentlab sandbox destroy --force ${vmid}; if that fails too, qm destroy ${vmid} on the Proxmox host`,
+            : force
+              ? // --force already failed: repeating it is no advice. What blocks Proxmox must be looked at.
+                `Proxmox refused to remove VM ${vmid}: see why with qm status ${vmid} --verbose and qm config ${vmid} on the Proxmox host (qm unlock ${vmid} if a dead task left a lock), then run agentlab sandbox destroy --force ${vmid} again`
+              : `use --force: agentlab sandbox destroy --force ${vmid}; if that fails too, qm destroy ${vmid} on the Proxmox host`,
           details: {
             vmid,
             state: row.state,

@@ -3,6 +3,7 @@
  */
 import { AgentlabError } from "../../../protocol/errors.js";
 import type { DaemonContext } from "../../context.js";
+import type { SandboxState } from "../../store/sandboxes.js";
 import { getSandbox } from "./guards.js";
 import { recordEvent } from "./journal.js";
 
@@ -23,10 +24,7 @@ export function renewLease(
         "LEASE_NOT_RENEWABLE",
         `sandbox lease not renewable: cannot renew lease in ${row.state} state. Valid states: RUNNING`,
         {
-          hint:
-            row.state === "STOPPED" || row.state === "SUSPENDED"
-              ? `bring it back first (agentlab sandbox ${row.state === "STOPPED" ? "start" : "resume"} ${vmid}), then renew`
-              : `a ${row.state} sandbox cannot be renewed: agentlab sandbox destroy --force ${vmid}, then agentlab sandbox new --profile ${row.profile} --ttl <ttl>`,
+          hint: renewHint(row.state, vmid, row.profile),
           details: { vmid, state: row.state, valid: ["RUNNING"] },
         },
       );
@@ -39,4 +37,24 @@ export function renewLease(
     return next;
   });
   return { vmid, lease_expires_at: (updated.lease_expires_at ?? expires).toISOString() };
+}
+
+/** What to do instead of renewing: bring it back, wait for it, or start over (a gone one needs no destroy). */
+function renewHint(state: SandboxState, vmid: number, profile: string): string {
+  const fresh = `agentlab sandbox new --profile ${profile} --ttl <ttl>`;
+  switch (state) {
+    case "STOPPED":
+      return `bring it back first (agentlab sandbox start ${vmid}), then renew`;
+    case "SUSPENDED":
+      return `bring it back first (agentlab sandbox resume ${vmid}), then renew`;
+    case "REQUESTED":
+    case "PROVISIONING":
+    case "BOOTING":
+    case "READY":
+      return `it is still starting: renew once it is RUNNING (agentlab sandbox show ${vmid})`;
+    case "DESTROYED":
+      return `sandbox ${vmid} no longer exists; for a new one: ${fresh}`;
+    default:
+      return `a ${state} sandbox cannot be renewed: agentlab sandbox destroy --force ${vmid}, then ${fresh}`;
+  }
 }
