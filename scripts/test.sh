@@ -24,6 +24,16 @@ command -v jq >/dev/null 2>&1 || need_apt="$need_apt jq"
 command -v git >/dev/null 2>&1 || need_apt="$need_apt git"
 # init --smoke-test's second repo server kind (git's dumb HTTP over python3 -m http.server).
 command -v python3 >/dev/null 2>&1 || need_apt="$need_apt python3"
+# Real guests (scripts/dev/guest-image builds the image, test/helpers/real-guest boots it): QEMU and
+# qemu-img, debootstrap, genisoimage for the cidata seed, a kernel for the guest with mkinitramfs for its
+# small initrd, ssh into the guest, and (for its network namespaces) ssh-keygen.
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt="$need_apt qemu-system-x86"
+command -v qemu-img >/dev/null 2>&1 || need_apt="$need_apt qemu-utils"
+{ command -v debootstrap || [ -x /usr/sbin/debootstrap ]; } >/dev/null 2>&1 || need_apt="$need_apt debootstrap"
+command -v genisoimage >/dev/null 2>&1 || need_apt="$need_apt genisoimage"
+ls /boot/vmlinuz-* >/dev/null 2>&1 || need_apt="$need_apt linux-image-amd64"
+{ command -v mkinitramfs || [ -x /usr/sbin/mkinitramfs ]; } >/dev/null 2>&1 || need_apt="$need_apt initramfs-tools"
+command -v ssh >/dev/null 2>&1 || need_apt="$need_apt openssh-client"
 # The real-guest suite's sandbox network (scripts/dev/guest-net): DHCP and DNS on vmbr1 as on a host.
 { command -v dnsmasq || [ -x /usr/sbin/dnsmasq ]; } >/dev/null 2>&1 || need_apt="$need_apt dnsmasq-base"
 if [ -n "$need_apt" ]; then

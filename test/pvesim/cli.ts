@@ -19,7 +19,7 @@ import { startServer } from "./server.js";
 
 const USAGE = `usage:
   pvesim init DIR [--nodes pve,pve2] [--template 9000|0] [--cluster NAME] [--force]
-                  [--storages local,local-lvm,local-zfs[,ID:TYPE[:ARG]]...]
+                  [--storages local,local-lvm,local-zfs[,ID:TYPE[:ARG]]...] [--guest-image DIR]
   pvesim serve DIR [--port N] [--host 127.0.0.1]
   pvesim control DIR [--set key=value]... [--fault name[=args]]... [--clear-faults] [--clear-fault name]
                      [--remove-vm VMID]... [--add-token USER@REALM!ID [--privsep 0|1]]
@@ -76,7 +76,7 @@ function needDir(positional: string[]): string {
 
 async function init(argv: string[]): Promise<number> {
   const { positional, opts } = takeOptions(argv, new Set(["force"]));
-  checkKnown(opts, ["nodes", "template", "cluster", "force", "storages"]);
+  checkKnown(opts, ["nodes", "template", "cluster", "force", "storages", "guest-image"]);
   const dir = needDir(positional);
   const nodes = (one(opts, "nodes") ?? "pve").split(",").filter(Boolean);
   if (nodes.some((n) => !/^[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?$/.test(n)))
@@ -91,6 +91,7 @@ async function init(argv: string[]): Promise<number> {
     cluster: one(opts, "cluster") ?? "agentlab-sim",
     force: opts.has("force"),
     ...(opts.has("storages") ? { storages: (one(opts, "storages") ?? "").split(",").filter(Boolean) } : {}),
+    ...(opts.has("guest-image") ? { guestImage: one(opts, "guest-image") ?? "" } : {}),
   });
   process.stdout.write(`${JSON.stringify({ dir, nodes, template, token })}\n`);
   return 0;

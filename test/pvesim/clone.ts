@@ -4,6 +4,7 @@ import { type AuthId, checkPriv } from "./access.js";
 import type { Ctx } from "./context.js";
 import { isLvm } from "./devices.js";
 import { fail, PveError } from "./errors.js";
+import { qemuMode } from "./qemu.js";
 import { bool, type Params, str } from "./schema.js";
 import {
   allocVolume,
@@ -168,7 +169,7 @@ function cloneDisks(ctx: Ctx, task: TaskRec, src: VmRec, newConfig: ConfigMap, c
     // A clone from a snapshot reads the bytes the volume had then (the cloud-init drive is never snapshotted).
     const fromSnapshot = snapname !== undefined && srcRec.snapshots.includes(snapname);
     const srcFile = fromSnapshot
-      ? volumeSnapshotFile(ctx, srcRec, snapname)
+      ? volumeSnapshotFile(ctx, srcRec, snapname, true)
       : volumeFile(ctx.dir, srcStorage, srcRec.volname);
     let newDrive = parseDrive(sourceConfig[key]!);
     if (cloudinit || full) {
@@ -212,7 +213,8 @@ function cloneDisks(ctx: Ctx, task: TaskRec, src: VmRec, newConfig: ConfigMap, c
         format: srcRec.format,
         // Only clones of base volumes carry the base in their volid; LVM-thin snapshot clones have plain names.
         ...(base ? { base: srcRec.volname } : {}),
-        copyFrom: srcFile,
+        // Real guests: a linked clone shares its base's bytes, as a ZFS clone or thin snapshot does.
+        ...(qemuMode(ctx.control) ? { overlayOf: srcFile } : { copyFrom: srcFile }),
       });
       if (!base && snapname !== undefined) {
         rec.origin = `snap_${parseVolname(srcStorage, srcRec.volname).name}_${snapname}`;

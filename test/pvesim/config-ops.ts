@@ -4,6 +4,7 @@ import { optionPrivilege, optionSpec } from "./config-schema.js";
 import type { Ctx } from "./context.js";
 import { addUnused, detachDrive, materialiseDrive, ownsVolume } from "./disks.js";
 import { fail, paramError } from "./errors.js";
+import { hotplugDrive, unplugDrive } from "./qemu-hotplug.js";
 import { bool, type Params, str } from "./schema.js";
 import { findVolume, resizeVolume } from "./storage.js";
 import { createTask, registerTaskKind, requireFlock } from "./tasks.js";
@@ -229,6 +230,7 @@ function applyUpdate(ctx: Ctx, req: UpdateRequest): UpdateResult {
     }
     delete vm.pending[key];
     vm.pendingDelete = vm.pendingDelete.filter((k) => k !== key);
+    if (DRIVE_KEY.test(key)) unplugDrive(ctx, vm, key);
     if (DRIVE_KEY.test(key) || UNUSED_KEY.test(key)) detachDrive(ctx, vm, key, req.force, warnings);
     else delete vm.config[key];
   }
@@ -250,6 +252,7 @@ function applyUpdate(ctx: Ctx, req: UpdateRequest): UpdateResult {
     if (running && !isHotpluggable(key)) {
       vm.pending[key] = value;
     } else {
+      if (running && DRIVE_KEY.test(key) && vm.config[key] !== value) hotplugDrive(ctx, vm, key, value);
       delete vm.pending[key];
       vm.config[key] = value;
     }

@@ -53,6 +53,16 @@ export interface Knobs {
   nic_plug: string;
   /** Version the simulator claims to be; below 9.1.5 401 reasons carry details. */
   pve_version: string;
+  /** `process`: a VM start runs the simulated guest (guest.ts); `qemu`: it boots a real QEMU VM (qemu.ts). */
+  guests: string;
+  /** guests=qemu: the directory of the guest image (rootfs.raw, vmlinuz, initrd.img, cmdline, manifest.json). */
+  guest_image: string;
+  /** guests=qemu: `auto` (probe KVM once, else TCG), `tcg` or `kvm`. */
+  guest_accel: string;
+  /** guests=qemu: the most memory a guest gets, whatever its config asks (MiB). */
+  guest_memory_mb: number;
+  /** guests=qemu: `tap` (NICs on their bridge, as Proxmox) or `user` (QEMU user networking, no bridge needed). */
+  guest_net: string;
   nextid_lower: number;
   nextid_upper: number;
 }
@@ -79,6 +89,11 @@ export const DEFAULT_KNOBS: Knobs = {
   guest_hook: "",
   nic_plug: "",
   pve_version: "9.1.7",
+  guests: "process",
+  guest_image: "",
+  guest_accel: "auto",
+  guest_memory_mb: 1024,
+  guest_net: "tap",
   nextid_lower: 100,
   nextid_upper: 1_000_000,
 };
@@ -228,6 +243,13 @@ const NUMERIC_KNOBS = new Set(
     .map(([k]) => k),
 );
 
+/** String knobs that take one of a few words. */
+const KNOB_CHOICES: Record<string, string[]> = {
+  guests: ["process", "qemu"],
+  guest_accel: ["auto", "tcg", "kvm"],
+  guest_net: ["tap", "user"],
+};
+
 export function parseKnob(assignment: string): [keyof Knobs, number | string] {
   const eq = assignment.indexOf("=");
   if (eq < 0) throw new Error(`--set wants key=value, got '${assignment}'`);
@@ -235,6 +257,9 @@ export function parseKnob(assignment: string): [keyof Knobs, number | string] {
   const value = assignment.slice(eq + 1);
   if (!(key in DEFAULT_KNOBS))
     throw new Error(`unknown knob '${key}' (known: ${Object.keys(DEFAULT_KNOBS).join(", ")})`);
+  const choices = KNOB_CHOICES[key];
+  if (choices && !choices.includes(value))
+    throw new Error(`knob ${key} wants one of ${choices.join(", ")}, got '${value}'`);
   if (NUMERIC_KNOBS.has(key)) {
     const n = Number(value);
     if (value.trim() === "" || !Number.isFinite(n) || n < 0)

@@ -208,7 +208,7 @@ registerTaskKind("create", {
     vm.config = task.scratch["config"] as ConfigMap;
     if (task.op.params["start"]) {
       task.log.push("Execute autostart");
-      bootVm(ctx, vm);
+      bootVm(ctx, vm, task.log);
     }
   },
   abort(ctx, task) {

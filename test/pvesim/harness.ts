@@ -4,7 +4,7 @@
  * backend). Knobs and faults go through the same control file the `pvesim control` CLI writes.
  */
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -13,7 +13,9 @@ import { type AuthId, ROOT } from "./access.js";
 import type { Ctx } from "./context.js";
 import { type Control, type Knobs, parseFault, updateControl } from "./control.js";
 import { rebootNodes } from "./host-cli.js";
+import { QEMU_RUN_DIR } from "./host-files.js";
 import { controlPath } from "./paths.js";
+import { qemuPid } from "./qemu.js";
 import type { RouteResult } from "./routes.js";
 import { callApi, withModel } from "./runner.js";
 import type { RawParams } from "./schema.js";
@@ -48,6 +50,9 @@ export interface Sim {
 
 export function createSim(opts: SimOptions = {}): Sim {
   const dir = mkdtempSync(join(tmpdir(), "pvesim-"));
+  // Knobs first: init reads them (guests=qemu puts the guest image in the template's disk).
+  if (opts.knobs)
+    writeFileAtomic(controlPath(dir), `${JSON.stringify({ ...opts.knobs, faults: [] }, null, 2)}\n`);
   let token: string;
   try {
     token = initCluster(dir, {
@@ -68,9 +73,11 @@ export function createSim(opts: SimOptions = {}): Sim {
     PVESIM_NODE_BIN: process.execPath,
   };
   delete env["PVESIM_NODE"];
-  if (opts.knobs)
-    writeFileAtomic(controlPath(dir), `${JSON.stringify({ ...opts.knobs, faults: [] }, null, 2)}\n`);
-  const sim: Sim = { dir, token, env, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  const cleanup = (): void => {
+    killRealGuests(dir);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const sim: Sim = { dir, token, env, cleanup };
   return sim;
 }
 
@@ -221,4 +228,32 @@ export function startApiProcess(sim: Sim): Promise<SimApi> {
       );
     });
   });
+}
+
+/** Real guests (guests=qemu) outlive the processes that started them: a test's cleanup kills them. */
+export function killRealGuests(dir: string): void {
+  const run = join(dir, "host", QEMU_RUN_DIR);
+  for (const name of existsSync(run) ? readdirSync(run) : []) {
+    if (!name.endsWith(".pid")) continue;
+    const pid = qemuPid(join(run, name));
+    if (pid) process.kill(pid, "SIGKILL");
+  }
+}
+
+/**
+ * A built guest image for guests=qemu tests: `PVESIM_GUEST_IMAGE`, else the newest complete one in
+ * scripts/dev/guest-image's cache (/var/cache/agentlab/guest-image/<key>/, complete once manifest.json
+ * exists). Undefined when there is none.
+ */
+export function findGuestImage(cache = "/var/cache/agentlab/guest-image"): string | undefined {
+  const given = process.env["PVESIM_GUEST_IMAGE"];
+  if (given) return existsSync(join(given, "manifest.json")) ? given : undefined;
+  let best: { dir: string; mtime: number } | undefined;
+  for (const name of existsSync(cache) ? readdirSync(cache) : []) {
+    const manifest = join(cache, name, "manifest.json");
+    if (!existsSync(manifest)) continue;
+    const mtime = statSync(manifest).mtimeMs;
+    if (!best || mtime > best.mtime) best = { dir: join(cache, name), mtime };
+  }
+  return best?.dir;
 }

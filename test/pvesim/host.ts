@@ -234,7 +234,7 @@ export function zfsClone(ctx: Ctx, node: string, source: string, target: string)
   const snapFile =
     src.snap === "__base__"
       ? volumeFile(ctx.dir, src.storage, src.rec.volname)
-      : volumeSnapshotFile(ctx, src.rec, src.snap);
+      : volumeSnapshotFile(ctx, src.rec, src.snap, true);
   let size = src.rec.size;
   try {
     size = statSync(snapFile).size;
@@ -404,7 +404,7 @@ export function hostReboot(ctx: Ctx, nodes: string[]): void {
     );
   }
   for (const vm of Object.values(ctx.state.vms)) {
-    if (nodes.includes(vm.node) && vm.runtime.status === "running") haltVm(vm);
+    if (nodes.includes(vm.node) && vm.runtime.status === "running") haltVm(vm, ctx);
   }
   for (const rec of Object.values(ctx.state.volumes)) {
     if (!nodes.includes(rec.node)) continue;

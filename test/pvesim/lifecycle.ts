@@ -5,6 +5,8 @@ import { isLvm } from "./devices.js";
 import { referencedVolumes, tryFree } from "./disks.js";
 import { CommandError, fail, PveError } from "./errors.js";
 import { signalGuestHook } from "./guest.js";
+import { haltVm } from "./power.js";
+import { forgetQemu } from "./qemu.js";
 import { bool, type Params } from "./schema.js";
 import {
   convertToBase,
@@ -97,6 +99,7 @@ registerTaskKind("destroy", {
     }
     task.scratch["warnings"] = warnings;
     signalGuestHook(vm, "SIGTERM");
+    forgetQemu(ctx, vm);
     delete ctx.state.vms[String(vm.vmid)];
   },
   abort(ctx, task) {
@@ -163,8 +166,11 @@ export function removeVmBehindBack(ctx: Ctx, vmid: number): boolean {
   const vm = findVm(ctx, vmid);
   if (!vm) return false;
   const warnings: string[] = [];
+  // The VM vanishes with its process: a real QEMU must not keep writing to freed files.
+  if (vm.runtime.qemu) haltVm(vm, ctx);
   for (const volid of ownedVolumes(ctx, vm, true)) tryFree(ctx, vm, volid, warnings);
   signalGuestHook(vm, "SIGTERM");
+  forgetQemu(ctx, vm);
   delete ctx.state.vms[String(vmid)];
   return true;
 }

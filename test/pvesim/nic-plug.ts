@@ -13,7 +13,7 @@
  * when the start returns, as on a real host. Empty (the default): nothing is plugged.
  */
 import { spawnSync } from "node:child_process";
-import { appendFileSync, mkdirSync } from "node:fs";
+import { appendFileSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Ctx } from "./context.js";
 import { fail } from "./errors.js";
@@ -60,4 +60,46 @@ export function plugNics(ctx: Ctx, vm: VmRec): void {
     );
     if (result.status !== 0) throw fail("start failed: QEMU exited with code 1");
   }
+}
+
+/**
+ * Real guests (guests=qemu): the `-netdev` of a NIC. With a bridge it is qemu-server's tap netdev
+ * (`print_netdev_full`, QemuServer.pm:1465-1468): QEMU creates `tap<vmid>i<n>` and runs a script that
+ * does what pve-bridge does (src/usr/pve-bridge -> pve-common Network.pm `tap_create` :380-395,
+ * `tap_plug` -> `bridge_add_interface` :265-274): bridge MTU, link up, IPv6 off, into the bridge. A
+ * missing bridge makes the script die with `bridge '<name>' does not exist` (`read_bridge_mtu`,
+ * :131-136), QEMU exits 1 and the start fails, as on Proxmox. The tap is QEMU's own (not persistent),
+ * so it goes away with the process. Without a bridge, or with the knob `guest_net=user` (tests without
+ * a network namespace), it is `type=user,id=net<n>,hostname=<name>`, as qemu-server does for a NIC
+ * without bridge.
+ */
+export function tapNetdev(
+  ctx: Ctx,
+  vm: VmRec,
+  key: string,
+  nic: { rest: Array<{ key: string; value: string }> },
+): string {
+  const bridge = nic.rest.find((p) => p.key === "bridge")?.value;
+  if (!bridge || ctx.control.guest_net === "user") {
+    return `type=user,id=${key},hostname=${vm.config["name"] || `vm${vm.vmid}`}`;
+  }
+  const iface = `tap${vm.vmid}i${key.slice(3)}`;
+  const logDir = join(ctx.dir, "guests");
+  mkdirSync(logDir, { recursive: true });
+  const script = join(logDir, `${vm.vmid}.${key}.pve-bridge`);
+  writeFileSync(
+    script,
+    [
+      "#!/bin/sh",
+      `# pvesim: what qemu-server's pve-bridge does for ${iface} on ${bridge} (see nic-plug.ts)`,
+      `[ "$1" = ${iface} ] || { echo "got strange interface name '$1'" >&2; exit 255; }`,
+      `mtu=$(cat /sys/class/net/${bridge}/mtu 2>/dev/null) || { echo "bridge '${bridge}' does not exist" >&2; exit 255; }`,
+      `[ -w /proc/sys/net/ipv6/conf/${iface}/disable_ipv6 ] && echo 1 > /proc/sys/net/ipv6/conf/${iface}/disable_ipv6`,
+      `ip link set ${iface} up promisc on mtu "$mtu" || { echo "interface activation failed" >&2; exit 255; }`,
+      `ip link set ${iface} master ${bridge} || exit 255`,
+      "",
+    ].join("\n"),
+    { mode: 0o755 },
+  );
+  return `type=tap,id=${key},ifname=${iface},script=${script},downscript=no`;
 }

@@ -8,6 +8,8 @@ import { fail } from "./errors.js";
 import { signalGuestHook, startGuestHook } from "./guest.js";
 import { writeStartRunFiles } from "./host-files.js";
 import { plugNics } from "./nic-plug.js";
+import { guestImage, launchQemu, qemuGone, qemuMode, qmpOrFail } from "./qemu.js";
+import { isReal, killAndWait, pollExit, requestExit } from "./qemu-power.js";
 import { bool, num, type Params } from "./schema.js";
 import { findStorage, parseVolname, splitVolid, volumeFile } from "./storage.js";
 import { createTask, failTaskNow, registerTaskKind } from "./tasks.js";
@@ -22,14 +24,29 @@ import {
 } from "./vmconfig.js";
 import { checkLock, getVm, isTemplate } from "./vms.js";
 
-/** A fresh QEMU process: its NICs are plugged, pending changes apply, the agent comes up after the boot time. */
-export function bootVm(ctx: Ctx, vm: VmRec): void {
-  plugNics(ctx, vm);
+/**
+ * A fresh QEMU process: its NICs are plugged, pending changes apply, the agent comes up after the boot
+ * time. With guests=qemu it is a real QEMU (qemu.ts), whose failure to start throws the start failure;
+ * `log` gets its task log lines.
+ */
+export function bootVm(ctx: Ctx, vm: VmRec, log: string[] = []): void {
+  const real = qemuMode(ctx.control);
+  if (!real) plugNics(ctx, vm);
   activateVolumes(ctx, vm);
   vm.config = mergedConfig(vm);
   vm.pending = {};
   vm.pendingDelete = [];
   const rt = vm.runtime;
+  if (real) {
+    launchQemu(ctx, vm, log);
+    rt.status = "running";
+    rt.qmpstatus = "running";
+    rt.startedAt = ctx.now;
+    // The real agent answers when the guest has started it (routes.ts asks it).
+    delete rt.agentReadyAt;
+    return;
+  }
+  delete rt.qemu;
   rt.status = "running";
   rt.qmpstatus = "running";
   rt.pid = 100_000 + (ctx.state.nextPid++ % 3_000_000);
@@ -40,8 +57,13 @@ export function bootVm(ctx: Ctx, vm: VmRec): void {
   startGuestHook(ctx, vm);
 }
 
-export function haltVm(vm: VmRec): void {
+/** The VM's QEMU is gone (a real one is killed if it is still there: host reboot, rollback). */
+export function haltVm(vm: VmRec, ctx?: Ctx): void {
   signalGuestHook(vm, "SIGTERM");
+  if (ctx && isReal(vm)) {
+    killAndWait(ctx, vm);
+    qemuGone(ctx, vm);
+  }
   vm.runtime = { status: "stopped", qmpstatus: "stopped" };
 }
 
@@ -103,8 +125,9 @@ export function startVm(ctx: Ctx, auth: AuthId, node: string, vmid: number, p: P
   const task = powerTask(ctx, auth, node, vmid, "qmstart", "start", {
     skiplock: bool(p, "skiplock") ?? false,
   });
-  // The worker (this process, for pvesh/qm) writes the cloud-init run dir and QEMU's run files.
-  if (task.phase !== "done" && vm.runtime.status !== "running" && !isTemplate(vm)) {
+  // The worker (this process, for pvesh/qm) writes the cloud-init run dir and QEMU's run files (a real
+  // QEMU writes its own).
+  if (task.phase !== "done" && vm.runtime.status !== "running" && !isTemplate(vm) && !qemuMode(ctx.control)) {
     const failed = writeStartRunFiles(ctx.dir, vmid, hasCloudinitDrive(vm));
     if (failed) failTaskNow(ctx, task, failed.exitstatus, failed.log);
   }
@@ -118,32 +141,53 @@ registerTaskKind("start", {
     if (vm.runtime.status === "running") throw fail(`VM ${vm.vmid} already running`);
     if (isTemplate(vm)) throw fail("you can't start a vm if it's a template");
     checkSnippets(ctx, vm);
+    if (qemuMode(ctx.control)) {
+      guestImage(ctx.control);
+      return { durationMs: 0 };
+    }
     if (hasCloudinitDrive(vm)) task.log.push("generating cloud-init ISO");
     return { durationMs: ctx.control.start_ms };
   },
   finish(ctx, task) {
     const vm = getVm(ctx, task.node, task.op.vmid);
     clearHibernation(vm);
-    bootVm(ctx, vm);
+    bootVm(ctx, vm, task.log);
   },
   abort() {},
 });
 
 export function stopVm(ctx: Ctx, auth: AuthId, node: string, vmid: number, p: Params): TaskRec {
   prepare(ctx, auth, node, vmid);
-  return powerTask(ctx, auth, node, vmid, "qmstop", "stop", { skiplock: bool(p, "skiplock") ?? false });
+  return powerTask(ctx, auth, node, vmid, "qmstop", "stop", {
+    skiplock: bool(p, "skiplock") ?? false,
+    timeout: num(p, "timeout"),
+  });
 }
+
+/** The task poll of the power operations that wait for a real QEMU to end. */
+const pollQemuExit = (ctx: Ctx, task: TaskRec): number | undefined =>
+  pollExit(ctx, task, ctx.state.vms[String(task.op.vmid)]);
 
 registerTaskKind("stop", {
   begin(ctx, task) {
     const vm = getVm(ctx, task.node, task.op.vmid);
     if (vm.config["lock"] !== "suspended") checkLock(ctx, vm, Boolean(task.op.params["skiplock"]));
+    if (vm.runtime.status === "running" && isReal(vm)) {
+      const timeout = task.op.params["timeout"];
+      requestExit(ctx, task, vm, {
+        shutdown: false,
+        timeoutS: timeout === undefined ? undefined : Number(timeout),
+        force: true,
+      });
+      return { durationMs: 0 };
+    }
     return { durationMs: vm.runtime.status === "running" ? ctx.control.stop_ms : ctx.control.fail_ms };
   },
+  poll: pollQemuExit,
   finish(ctx, task) {
     const vm = getVm(ctx, task.node, task.op.vmid);
     clearHibernation(vm);
-    haltVm(vm);
+    haltVm(vm, ctx);
   },
   abort() {},
 });
@@ -164,6 +208,15 @@ registerTaskKind("shutdown", {
     const vm = getVm(ctx, task.node, task.op.vmid);
     checkLock(ctx, vm, Boolean(task.op.params["skiplock"]));
     if (vm.runtime.status !== "running") return { durationMs: ctx.control.fail_ms };
+    if (isReal(vm)) {
+      const timeout = task.op.params["timeout"];
+      requestExit(ctx, task, vm, {
+        shutdown: true,
+        timeoutS: timeout === undefined ? undefined : Number(timeout),
+        force: Boolean(task.op.params["forceStop"]),
+      });
+      return { durationMs: 0 };
+    }
     const ignored = findFault(ctx.state, ctx.control, "shutdown_timeout", (a) => matchesVmid(a, vm.vmid), {
       consume: true,
       now: ctx.now,
@@ -179,10 +232,11 @@ registerTaskKind("shutdown", {
     }
     return { durationMs: ctx.control.shutdown_ms };
   },
+  poll: pollQemuExit,
   finish(ctx, task) {
     const vm = getVm(ctx, task.node, task.op.vmid);
     if (task.scratch["forced"]) task.log.push("VM quit/powerdown failed - terminating now with SIGTERM");
-    haltVm(vm);
+    haltVm(vm, ctx);
   },
   abort() {},
 });
@@ -198,12 +252,17 @@ registerTaskKind("reboot", {
   begin(ctx, task) {
     const vm = getVm(ctx, task.node, task.op.vmid);
     checkLock(ctx, vm);
+    if (vm.runtime.status === "running" && isReal(vm)) {
+      requestExit(ctx, task, vm, { shutdown: true, timeoutS: undefined, force: false });
+      return { durationMs: 0 };
+    }
     return { durationMs: ctx.control.shutdown_ms + ctx.control.start_ms };
   },
+  poll: pollQemuExit,
   finish(ctx, task) {
     const vm = getVm(ctx, task.node, task.op.vmid);
-    haltVm(vm);
-    bootVm(ctx, vm);
+    haltVm(vm, ctx);
+    bootVm(ctx, vm, task.log);
   },
   abort() {},
 });
@@ -222,6 +281,11 @@ registerTaskKind("reset", {
   },
   finish(ctx, task) {
     const vm = getVm(ctx, task.node, task.op.vmid);
+    if (isReal(vm)) {
+      qmpOrFail(ctx, vm, { execute: "system_reset" });
+      vm.runtime.startedAt = ctx.now;
+      return;
+    }
     // A reset keeps the QEMU process (and its config) but the guest boots again.
     const rt = vm.runtime;
     rt.startedAt = ctx.now;
@@ -249,6 +313,9 @@ registerTaskKind("suspend", {
     const vm = getVm(ctx, task.node, task.op.vmid);
     checkLock(ctx, vm, Boolean(task.op.params["skiplock"]));
     if (vm.runtime.status !== "running") throw fail(`VM ${vm.vmid} not running`);
+    if (task.op.params["todisk"] && isReal(vm)) {
+      throw fail("pvesim: suspend to disk is not modelled for real guests (guests=qemu); pause instead");
+    }
     if (task.op.params["todisk"]) vm.config["lock"] = "suspending";
     return { durationMs: task.op.params["todisk"] ? ctx.control.stop_ms : ctx.control.fail_ms };
   },
@@ -257,10 +324,11 @@ registerTaskKind("suspend", {
     if (task.op.params["todisk"]) {
       const storage = String(task.op.params["statestorage"] ?? "local-zfs");
       const stamp = new Date(ctx.now).toISOString().slice(0, 10);
-      haltVm(vm);
+      haltVm(vm, ctx);
       vm.config["lock"] = "suspended";
       vm.config["vmstate"] = `${storage}:vm-${vm.vmid}-state-suspend-${stamp}`;
     } else {
+      if (isReal(vm)) qmpOrFail(ctx, vm, { execute: "stop" });
       vm.runtime.qmpstatus = "paused";
       signalGuestHook(vm, "SIGSTOP");
     }
@@ -290,9 +358,10 @@ registerTaskKind("resume", {
     const vm = getVm(ctx, task.node, task.op.vmid);
     if (vm.config["lock"] === "suspended") {
       clearHibernation(vm);
-      bootVm(ctx, vm);
+      bootVm(ctx, vm, task.log);
       return;
     }
+    if (isReal(vm)) qmpOrFail(ctx, vm, { execute: "cont" });
     vm.runtime.qmpstatus = "running";
     signalGuestHook(vm, "SIGCONT");
   },

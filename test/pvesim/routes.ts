@@ -22,6 +22,8 @@ import { createVm } from "./create.js";
 import { networkInterfaces, requireAgent } from "./guest.js";
 import { destroyVm, templateVm } from "./lifecycle.js";
 import { rebootVm, resetVm, resumeVm, shutdownVm, startVm, stopVm, suspendVm } from "./power.js";
+import { realAgentCall } from "./qemu-agent.js";
+import { isReal } from "./qemu-power.js";
 import { BOOL_OPT, NODE, type ParamSpec, type Params, type Schema, STORAGE_ID, str, VMID } from "./schema.js";
 import {
   createSnapshot,
@@ -65,6 +67,11 @@ export interface RouteResult {
   messages?: string[];
   /** Warnings a CLI prints on stderr. */
   warnings?: string[];
+  /**
+   * Work that waits on something outside the model (a real guest agent's socket): run after the state
+   * lock is released; its result replaces this one.
+   */
+  deferred?: () => Promise<RouteResult>;
 }
 
 export type Method = "GET" | "POST" | "PUT" | "DELETE";
@@ -109,12 +116,13 @@ const CONFIG_UPDATE_PARAMS: Record<string, ParamSpec> = {
  * (qemu-server API2/Qemu/Agent.pm:65-67, 183-184; commit b92a40ce); before that every agent command
  * needed VM.Monitor (the same file at b92a40ce^, :147).
  */
-function agentCall(c: RouteCall, result: () => unknown): RouteResult {
+function agentCall(c: RouteCall, command: string, result: () => unknown): RouteResult {
   const privs = pveVersionAtLeast(c.ctx.control.pve_version, [9, 0, 0])
     ? ["VM.GuestAgent.Audit", "VM.GuestAgent.Unrestricted"]
     : ["VM.Monitor"];
   checkPriv(c.ctx.state, c.auth, `/vms/${vmid(c)}`, privs, true);
   const vm = getVm(c.ctx, node(c), vmid(c));
+  if (isReal(vm)) return realAgentCall(c.ctx, vm, command);
   requireAgent(c.ctx, vm);
   return data({ result: result() });
 }
@@ -401,20 +409,21 @@ export const ROUTES: Route[] = [
     method: "GET",
     path: "/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces",
     params: VM_PATH,
-    handler: (c) => agentCall(c, () => networkInterfaces(c.ctx, getVm(c.ctx, node(c), vmid(c)))),
+    handler: (c) =>
+      agentCall(c, "network-get-interfaces", () => networkInterfaces(c.ctx, getVm(c.ctx, node(c), vmid(c)))),
   },
   {
     method: "POST",
     path: "/nodes/{node}/qemu/{vmid}/agent/ping",
     params: VM_PATH,
-    handler: (c) => agentCall(c, () => ({})),
+    handler: (c) => agentCall(c, "ping", () => ({})),
   },
   {
     method: "GET",
     path: "/nodes/{node}/qemu/{vmid}/agent/info",
     params: VM_PATH,
     handler: (c) =>
-      agentCall(c, () => ({
+      agentCall(c, "info", () => ({
         version: "8.2.2",
         supported_commands: [
           "guest-ping",
@@ -430,7 +439,7 @@ export const ROUTES: Route[] = [
     path: "/nodes/{node}/qemu/{vmid}/agent/get-osinfo",
     params: VM_PATH,
     handler: (c) =>
-      agentCall(c, () => ({
+      agentCall(c, "get-osinfo", () => ({
         id: "ubuntu",
         name: "Ubuntu",
         "pretty-name": "Ubuntu 24.04.2 LTS",
@@ -450,9 +459,9 @@ export const ROUTES: Route[] = [
     handler: (c) => {
       const command = str(c.params, "command");
       if (command === "network-get-interfaces") {
-        return agentCall(c, () => networkInterfaces(c.ctx, getVm(c.ctx, node(c), vmid(c))));
+        return agentCall(c, command, () => networkInterfaces(c.ctx, getVm(c.ctx, node(c), vmid(c))));
       }
-      return agentCall(c, () => ({}));
+      return agentCall(c, command ?? "ping", () => ({}));
     },
   },
   {

@@ -8,6 +8,8 @@ import { type AuthId, authenticate } from "./access.js";
 import type { Ctx } from "./context.js";
 import { readControl } from "./control.js";
 import { DelayedError, FlockBusy, lockTimeout, PveError } from "./errors.js";
+import { haltVm } from "./power.js";
+import { observeQemus } from "./qemu.js";
 import { matchRoute, type RouteResult } from "./routes.js";
 import { type RawParams, validate } from "./schema.js";
 import { withState } from "./store.js";
@@ -39,6 +41,8 @@ function newCtx(dir: string, state: SimState): Ctx {
 export async function withModel<T>(dir: string, fn: (ctx: Ctx) => T): Promise<T> {
   return withState(dir, (state) => {
     const ctx = newCtx(dir, state);
+    // pvestatd's view of real guests first: a QEMU that has gone makes its VM stopped.
+    observeQemus(ctx, (vm) => haltVm(vm));
     settle(ctx);
     return fn(ctx);
   });
@@ -80,9 +84,11 @@ export async function callApi(dir: string, call: ApiCall): Promise<RouteResult> 
   const started = Date.now();
   for (;;) {
     try {
-      return await withModel(dir, (ctx) =>
+      const result = await withModel(dir, (ctx) =>
         match.route.handler({ ctx, auth, params, localNode: call.localNode }),
       );
+      // Waits on sockets (a real guest agent) happen here, with the state unlocked.
+      return result.deferred ? await result.deferred() : result;
     } catch (err) {
       if (err instanceof DelayedError) {
         await sleep(err.delayMs);

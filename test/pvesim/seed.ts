@@ -1,16 +1,19 @@
 /** `pvesim init`: a fresh cluster with storages, a template per node, and a full-rights API token. */
 import { randomInt } from "node:crypto";
-import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { addToken } from "./access.js";
 import type { Ctx } from "./context.js";
 import { DEFAULT_KNOBS, readControl } from "./control.js";
 import { materialiseDrive } from "./disks.js";
 import { hostRoot, makeHostLayout } from "./host-files.js";
 import { makeTemplate } from "./lifecycle.js";
-import { statePath, storageRoot, tokenPath } from "./paths.js";
-import { writeState } from "./store.js";
+import { controlPath, statePath, storageRoot, tokenPath } from "./paths.js";
+import { qemuMode } from "./qemu.js";
+import { getStorage, splitVolid, volumeFile } from "./storage.js";
+import { writeFileAtomic, writeState } from "./store.js";
 import type { ConfigMap, SimState, StorageRec, VmRec } from "./types.js";
-import { newSmbios, newVmgenid, randomMac } from "./vmconfig.js";
+import { newSmbios, newVmgenid, parseDrive, randomMac } from "./vmconfig.js";
 
 export interface InitOptions {
   nodes: string[];
@@ -20,6 +23,8 @@ export interface InitOptions {
   force: boolean;
   /** Storage specs (see `parseStorageSpecs`); default `local`, `local-lvm`, `local-zfs`. */
   storages?: string[];
+  /** Real guests: sets the knobs `guests=qemu` and `guest_image`, so the templates' disks are the image. */
+  guestImage?: string;
 }
 
 export const DEFAULT_TOKEN_ID = "root@pam!agentlab";
@@ -173,8 +178,29 @@ function createTemplate(ctx: Ctx, node: string, vmid: number): void {
   };
   ctx.state.vms[String(vmid)] = vm;
   config["scsi0"] = materialiseDrive(ctx, vm, "scsi0", "local-zfs:8,discard=on,iothread=1");
+  if (qemuMode(ctx.control)) linkGuestImage(ctx, config["scsi0"]);
   config["ide2"] = materialiseDrive(ctx, vm, "ide2", "local-zfs:cloudinit");
   makeTemplate(ctx, vm);
+}
+
+/**
+ * Real guests (guests=qemu): the template's root disk holds the guest image. Its volume file becomes a
+ * symlink to the image's rootfs.raw (read-only in use: the template's base is only ever the backing
+ * file of its linked clones' qcow2 overlays, and a full clone copies it).
+ */
+function linkGuestImage(ctx: Ctx, drive: string): void {
+  const image = ctx.control.guest_image;
+  const rootfs = join(image, "rootfs.raw");
+  if (!image || !existsSync(rootfs)) {
+    throw new Error(
+      `guests=qemu needs the knob guest_image to name a built guest image (no ${rootfs || "guest_image"}): ` +
+        "run scripts/dev/guest-image and pass its directory",
+    );
+  }
+  const { storage, volname } = splitVolid(parseDrive(drive).file);
+  const file = volumeFile(ctx.dir, getStorage(ctx.state, storage), volname);
+  rmSync(file, { force: true });
+  symlinkSync(rootfs, file);
 }
 
 /** Creates DIR with a new cluster; returns the API token (`USER@REALM!ID=SECRET`). */
@@ -225,6 +251,15 @@ export function initCluster(dir: string, opts: InitOptions): string {
   for (const s of state.storages) {
     mkdirSync(storageRoot(dir, s.id), { recursive: true });
     if (s.content.includes("snippets")) mkdirSync(`${storageRoot(dir, s.id)}/snippets`, { recursive: true });
+  }
+  if (opts.guestImage !== undefined) {
+    const control = existsSync(controlPath(dir))
+      ? (JSON.parse(readFileSync(controlPath(dir), "utf8")) as object)
+      : {};
+    writeFileAtomic(
+      controlPath(dir),
+      `${JSON.stringify({ faults: [], ...control, guests: "qemu", guest_image: resolve(opts.guestImage) }, null, 2)}\n`,
+    );
   }
   const ctx: Ctx = { dir, state, control: { ...DEFAULT_KNOBS, ...readControl(dir), faults: [] }, now };
   if (opts.template > 0) {

@@ -3,6 +3,9 @@ import { type AuthId, checkPriv } from "./access.js";
 import type { Ctx } from "./context.js";
 import { CommandError, fail, PveError } from "./errors.js";
 import { bootVm, haltVm } from "./power.js";
+import { isQcow2 } from "./qcow2.js";
+import { qmpOrFail } from "./qemu.js";
+import { isReal } from "./qemu-power.js";
 import { bool, type Params, str } from "./schema.js";
 import {
   canSnapshot,
@@ -13,6 +16,7 @@ import {
   rollbackBlocker,
   rollbackVolume,
   snapshotVolume,
+  volumeFile,
 } from "./storage.js";
 import { createTask, registerTaskKind } from "./tasks.js";
 import type { ConfigMap, TaskRec, VmRec, VolumeRec } from "./types.js";
@@ -170,7 +174,9 @@ registerTaskKind("snapshot", {
     const vm = getVm(ctx, task.node, task.op.vmid);
     const name = String(task.op.params["snapname"]);
     const snap = vm.snapshots[name]!;
-    for (const rec of snapshotVolumes(ctx, vm, snap)) snapshotVolume(ctx, rec, name);
+    for (const rec of snapshotVolumes(ctx, vm, snap)) {
+      if (!runningQemuSnapshot(ctx, vm, rec, name, "create")) snapshotVolume(ctx, rec, name);
+    }
     delete snap["snapstate"];
     vm.config["parent"] = name;
     if (vm.config["lock"] === "snapshot") delete vm.config["lock"];
@@ -182,6 +188,44 @@ registerTaskKind("snapshot", {
     if (vm.config["lock"] === "snapshot") delete vm.config["lock"];
   },
 });
+
+/**
+ * A snapshot of a disk that a real, running QEMU has open goes through QEMU, as qemu-server's
+ * `qemu_volume_snapshot`/`qemu_volume_snapshot_delete` (QemuServer.pm:4385-4440) do for qcow2:
+ * `blockdev-snapshot-internal-sync` / `blockdev-snapshot-delete-internal-sync` on `drive-<key>`. A raw
+ * file (the storage's own snapshot on ZFS/LVM) is copied while the guest is paused, so the copy is
+ * not torn. Returns whether QEMU did the qcow2 part (the caller then only records it).
+ */
+function runningQemuSnapshot(
+  ctx: Ctx,
+  vm: VmRec,
+  rec: VolumeRec,
+  name: string,
+  what: "create" | "delete",
+): boolean {
+  if (!isReal(vm) || vm.runtime.status !== "running") return false;
+  const file = volumeFile(ctx.dir, getStorage(ctx.state, rec.storage), rec.volname);
+  if (isQcow2(file)) {
+    const device = `drive-${driveKeyOf(vm, rec)}`;
+    if (what === "create") {
+      qmpOrFail(ctx, vm, { execute: "blockdev-snapshot-internal-sync", arguments: { device, name } });
+      rec.snapshots.push(name);
+    } else {
+      qmpOrFail(ctx, vm, { execute: "blockdev-snapshot-delete-internal-sync", arguments: { device, name } });
+    }
+    return true;
+  }
+  if (what === "create" && vm.runtime.qmpstatus === "running") {
+    qmpOrFail(ctx, vm, { execute: "stop" });
+    try {
+      snapshotVolume(ctx, rec, name);
+    } finally {
+      qmpOrFail(ctx, vm, { execute: "cont" });
+    }
+    return true;
+  }
+  return false;
+}
 
 function driveKeyOf(vm: VmRec, rec: VolumeRec): string {
   for (const { key, drive } of volumeDrives(vm.config)) {
@@ -217,7 +261,7 @@ registerTaskKind("rollback", {
       if (blocker) throw fail(blocker);
     }
     vm.config["lock"] = "rollback";
-    if (vm.runtime.status === "running") haltVm(vm);
+    if (vm.runtime.status === "running") haltVm(vm, ctx);
     return { durationMs: ctx.control.task_ms };
   },
   finish(ctx, task) {
@@ -232,7 +276,7 @@ registerTaskKind("rollback", {
     vm.config = restored;
     vm.pending = {};
     vm.pendingDelete = [];
-    if (task.op.params["start"] || snap["vmstate"]) bootVm(ctx, vm);
+    if (task.op.params["start"] || snap["vmstate"]) bootVm(ctx, vm, task.log);
   },
   abort(ctx, task) {
     const vm = getVm(ctx, task.node, task.op.vmid);
@@ -276,7 +320,8 @@ registerTaskKind("delsnapshot", {
     for (const rec of snapshotVolumes(ctx, vm, snap)) {
       if (!rec.snapshots.includes(name)) continue;
       try {
-        deleteVolumeSnapshot(ctx, rec, name);
+        const qemuDeleted = runningQemuSnapshot(ctx, vm, rec, name, "delete");
+        deleteVolumeSnapshot(ctx, rec, name, { qemuDeleted });
       } catch (err) {
         if (!(err instanceof PveError)) throw err;
         if (err instanceof CommandError) task.log.push(...err.output);

@@ -19,6 +19,14 @@ import type { Ctx } from "./context.js";
 import { devicePath, deviceShown, isLvm, removeDevice, syncDevice, vgName, zfsPool } from "./devices.js";
 import { CommandError, fail, type PveError, paramError } from "./errors.js";
 import { snapshotRoot, storageRoot } from "./paths.js";
+import {
+  copyQcow2,
+  createOverlay,
+  internalSnapshot,
+  isQcow2,
+  listInternalSnapshots,
+  resizeQcow2,
+} from "./qcow2.js";
 import type { SimState, StorageRec, VolumeRec } from "./types.js";
 
 export function findStorage(state: SimState, id: string): StorageRec | undefined {
@@ -191,6 +199,11 @@ function ensureFile(path: string, size: number): void {
 
 function copySparse(from: string, to: string): void {
   mkdirSync(dirname(to), { recursive: true });
+  // A qcow2 overlay (guests=qemu) is copied flattened, so the copy does not depend on its base.
+  if (isQcow2(from)) {
+    copyQcow2(from, to);
+    return;
+  }
   try {
     execFileSync("cp", ["--sparse=always", "--reflink=auto", from, to], { stdio: "ignore" });
   } catch {
@@ -222,6 +235,8 @@ export interface AllocRequest {
   base?: string;
   /** Source file to copy bytes from (clones). */
   copyFrom?: string;
+  /** guests=qemu linked clones: the new file is a qcow2 overlay backed by this file instead of a copy. */
+  overlayOf?: string;
 }
 
 /** Allocates a volume and its file, enforcing the plugin's name and format rules. */
@@ -257,9 +272,12 @@ export function allocVolume(ctx: Ctx, req: AllocRequest): VolumeRec {
   const volname = volnameFor(storage, req.vmid, name, req.base);
   if (diskNameTaken(state, req.node, storage, name)) throw alreadyExists(dir, storage, volname);
   const file = volumeFile(dir, storage, volname);
-  if (req.copyFrom) {
+  if (req.overlayOf) {
+    createOverlay(req.overlayOf, file, req.size);
+  } else if (req.copyFrom) {
     copySparse(req.copyFrom, file);
-    if (statSync(file).size < req.size) truncateSync(file, req.size);
+    if (isQcow2(file)) resizeQcow2(file, req.size);
+    else if (statSync(file).size < req.size) truncateSync(file, req.size);
   } else {
     ensureFile(file, req.size);
   }
@@ -385,7 +403,8 @@ export function convertToBase(ctx: Ctx, rec: VolumeRec): VolumeRec {
 export function resizeVolume(ctx: Ctx, rec: VolumeRec, size: number): void {
   const storage = getStorage(ctx.state, rec.storage);
   const file = volumeFile(ctx.dir, storage, rec.volname);
-  ensureFile(file, size);
+  if (isQcow2(file)) resizeQcow2(file, size);
+  else ensureFile(file, size);
   rec.size = size;
 }
 
@@ -393,9 +412,19 @@ function snapshotFile(dir: string, storage: StorageRec, rec: VolumeRec, snap: st
   return join(snapshotRoot(dir, storage.id), `${rec.volname.replaceAll("/", "__")}@${snap}`);
 }
 
-/** The file holding the bytes of a volume as they were at a storage snapshot. */
-export function volumeSnapshotFile(ctx: Ctx, rec: VolumeRec, snap: string): string {
-  return snapshotFile(ctx.dir, getStorage(ctx.state, rec.storage), rec, snap);
+/**
+ * The file holding the bytes of a volume as they were at a storage snapshot. A qcow2 volume keeps its
+ * snapshots inside (internal snapshots): for a reader that needs the bytes (`materialise`, a clone from
+ * the snapshot) they are copied out once, flattened, into the place a copy would have.
+ */
+export function volumeSnapshotFile(ctx: Ctx, rec: VolumeRec, snap: string, materialise = false): string {
+  const storage = getStorage(ctx.state, rec.storage);
+  const copy = snapshotFile(ctx.dir, storage, rec, snap);
+  const file = volumeFile(ctx.dir, storage, rec.volname);
+  if (materialise && !existsSync(copy) && isQcow2(file) && listInternalSnapshots(file).includes(snap)) {
+    copyQcow2(file, copy, snap);
+  }
+  return copy;
 }
 
 export type VolumeFeature = "snapshot" | "clone" | "copy" | "template";
@@ -448,9 +477,15 @@ export function canSnapshot(storage: StorageRec, rec: VolumeRec): boolean {
   return volumeHasFeature(storage, rec, "snapshot");
 }
 
+/**
+ * A storage snapshot of a volume that no running QEMU has open (snapshots.ts asks QEMU otherwise): a
+ * sparse copy of the bytes, or for a qcow2 file an internal snapshot (`qemu-img snapshot -c`).
+ */
 export function snapshotVolume(ctx: Ctx, rec: VolumeRec, snap: string): void {
   const storage = getStorage(ctx.state, rec.storage);
-  copySparse(volumeFile(ctx.dir, storage, rec.volname), snapshotFile(ctx.dir, storage, rec, snap));
+  const file = volumeFile(ctx.dir, storage, rec.volname);
+  if (isQcow2(file)) internalSnapshot(file, "-c", snap);
+  else copySparse(file, snapshotFile(ctx.dir, storage, rec, snap));
   rec.snapshots.push(snap);
 }
 
@@ -471,7 +506,9 @@ export function rollbackVolume(ctx: Ctx, rec: VolumeRec, snap: string): void {
   const storage = getStorage(ctx.state, rec.storage);
   const copy = snapshotFile(ctx.dir, storage, rec, snap);
   const file = volumeFile(ctx.dir, storage, rec.volname);
-  if (existsSync(copy)) {
+  if (isQcow2(file) && listInternalSnapshots(file).includes(snap)) {
+    internalSnapshot(file, "-a", snap);
+  } else if (existsSync(copy)) {
     rmSync(file, { force: true });
     copySparse(copy, file);
     rec.size = statSync(file).size;
@@ -485,11 +522,21 @@ export function rollbackVolume(ctx: Ctx, rec: VolumeRec, snap: string): void {
 }
 
 /** Removes a storage snapshot; on ZFS it fails while clones were made from it (`zfs destroy` says so). */
-export function deleteVolumeSnapshot(ctx: Ctx, rec: VolumeRec, snap: string): void {
+export function deleteVolumeSnapshot(
+  ctx: Ctx,
+  rec: VolumeRec,
+  snap: string,
+  /** The running QEMU already removed the internal snapshot (QMP). */
+  opts: { qemuDeleted?: boolean } = {},
+): void {
   const storage = getStorage(ctx.state, rec.storage);
   const dependents = zfsDependents(ctx.state, rec, snap);
   if (dependents.length > 0) {
     throw dependentClonesError(storage, `${parseVolname(storage, rec.volname).name}@${snap}`, dependents);
+  }
+  const file = volumeFile(ctx.dir, storage, rec.volname);
+  if (!opts.qemuDeleted && isQcow2(file) && listInternalSnapshots(file).includes(snap)) {
+    internalSnapshot(file, "-d", snap);
   }
   rmSync(snapshotFile(ctx.dir, storage, rec, snap), { force: true });
   rec.snapshots = rec.snapshots.filter((s) => s !== snap);

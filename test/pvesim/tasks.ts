@@ -31,6 +31,12 @@ export interface TaskKind {
   /** Undo what `begin` did when the task fails at its end. */
   abort(ctx: Ctx, task: TaskRec): void;
   /**
+   * For work whose end is not known in advance (a real QEMU that has to exit): called when the task's
+   * end time has come; returns a later time to look again (the task stays active), or undefined to end
+   * now. It may set `task.failAtEnd`.
+   */
+  poll?(ctx: Ctx, task: TaskRec): number | undefined;
+  /**
    * Clean up after a task that failed before it began (flock timeout, stopped while waiting): for
    * operations that changed the cluster before their worker started, like create's `lock: create`.
    */
@@ -231,6 +237,12 @@ export function settle(ctx: Ctx): void {
     if (!next) break;
     cursor = next.at;
     if (next.what === "end") {
+      const kind = kinds.get(next.task.op.kind);
+      const again = next.task.failAtEnd === undefined ? kind?.poll?.(ctx, next.task) : undefined;
+      if (again !== undefined) {
+        next.task.endAt = Math.max(again, ctx.now + 1);
+        continue;
+      }
       end(ctx, next.task, next.at);
     } else {
       const blocked = blockingLock(state.tasks, next.task);

@@ -27,6 +27,8 @@ export interface VmRuntime {
   startedAt?: number;
   /** Epoch ms from which the guest agent answers; absent when no agent was configured at start. */
   agentReadyAt?: number;
+  /** guests=qemu: the VM's real QEMU process (its pid file is /var/run/qemu-server/<vmid>.pid). */
+  qemu?: { pid: number };
   /** The guest hook process (its own process group), with the marker used to recognise it again. */
   hook?: { pid: number; marker: string };
 }

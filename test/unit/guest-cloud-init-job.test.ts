@@ -8,6 +8,9 @@ import {
   BOOTSTRAP_JSON_PATH,
   REPORT_READY_PATH,
   renderUserData,
+  WORKSPACE_MOUNT_UNIT_PATH,
+  WORKSPACE_OWNER_UNIT_PATH,
+  WORKSPACE_UDEV_RULE_PATH,
 } from "../../src/daemon/guest/cloud-init.js";
 import { runnerScript } from "../../src/daemon/guest/runner-script.js";
 import { REPO_ROOT } from "../helpers/paths.js";
@@ -20,7 +23,6 @@ interface WriteFile {
   defer?: boolean;
 }
 interface UserData {
-  packages: string[];
   runcmd: string[][];
   write_files?: WriteFile[];
 }
@@ -92,13 +94,18 @@ describe("cloud-init user-data of a job sandbox", () => {
     );
   });
 
-  it("adds git, curl and jq to the packages and starts the runner last, detached as agent", () => {
+  it("adds git, curl and jq to the package step and starts the runner last, detached as agent", () => {
     const doc = render({ token: JOB_TOKEN, runnerScript: script });
-    assert.deepEqual(doc.packages, ["qemu-guest-agent", "git", "curl", "jq"]);
-    assert.equal(doc.runcmd.length, 3);
-    assert.deepEqual(doc.runcmd[0], ["systemctl", "enable", "--now", "qemu-guest-agent"]);
-    assert.equal(doc.runcmd[1]![0], "sh", "the ready report still runs before the runner");
-    assert.match(doc.runcmd[1]![2]!, new RegExp(REPORT_READY_PATH));
+    assert.deepEqual(doc.runcmd[0]!.slice(3), [
+      "agentlab-packages",
+      "qemu-guest-agent:qemu-ga",
+      "git:git",
+      "curl:curl",
+      "jq:jq",
+    ]);
+    assert.equal(doc.runcmd.length, 5);
+    assert.equal(doc.runcmd[3]![3], "agentlab-report-ready", "the ready report still runs before the runner");
+    assert.match(doc.runcmd[3]![2]!, new RegExp(REPORT_READY_PATH));
     assert.deepEqual(doc.runcmd.at(-1), SYSTEMD_RUN);
   });
 
@@ -109,10 +116,16 @@ describe("cloud-init user-data of a job sandbox", () => {
     assert.equal(file(doc, AGENT_RUNNER_PATH), undefined);
     assert.deepEqual(
       doc.write_files?.map((f) => f.path),
-      [BOOTSTRAP_JSON_PATH, REPORT_READY_PATH],
+      [
+        WORKSPACE_MOUNT_UNIT_PATH,
+        WORKSPACE_OWNER_UNIT_PATH,
+        WORKSPACE_UDEV_RULE_PATH,
+        BOOTSTRAP_JSON_PATH,
+        REPORT_READY_PATH,
+      ],
     );
-    assert.deepEqual(doc.packages, ["qemu-guest-agent"]);
-    assert.equal(doc.runcmd.length, 2);
+    assert.deepEqual(doc.runcmd[0]!.slice(3), ["agentlab-packages", "qemu-guest-agent:qemu-ga"]);
+    assert.equal(doc.runcmd.length, 4);
     assert.ok(!doc.runcmd.some((cmd) => cmd[0] === "systemd-run"));
   });
 

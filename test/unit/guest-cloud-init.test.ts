@@ -10,9 +10,18 @@ import { load } from "js-yaml";
 import { pino } from "pino";
 import {
   BOOTSTRAP_JSON_PATH,
+  ENSURE_PACKAGES_SCRIPT,
+  GUEST_AGENT_START_SCRIPT,
   REPORT_READY_PATH,
   REPORT_READY_SCRIPT,
   renderUserData,
+  WORKSPACE_FIRST_BOOT_SCRIPT,
+  WORKSPACE_MOUNT_UNIT,
+  WORKSPACE_MOUNT_UNIT_PATH,
+  WORKSPACE_OWNER_UNIT,
+  WORKSPACE_OWNER_UNIT_PATH,
+  WORKSPACE_UDEV_RULE,
+  WORKSPACE_UDEV_RULE_PATH,
 } from "../../src/daemon/guest/cloud-init.js";
 import { GuestListener } from "../../src/daemon/guest/listener.js";
 import { GuestReadiness } from "../../src/daemon/guest/ready-waiters.js";
@@ -31,7 +40,7 @@ after(async () => {
 interface UserData {
   hostname: string;
   users: unknown[];
-  packages: string[];
+  packages?: string[];
   runcmd: string[][];
   write_files?: Array<{ path: string; content: string; owner: string; permissions: string; defer?: boolean }>;
 }
@@ -39,14 +48,27 @@ interface UserData {
 const TOKEN = "0123456789abcdef0123456789abcdef";
 
 describe("cloud-init user-data", () => {
-  it("without a bootstrap token keeps the plain snippet: agent user, guest agent, nothing written", () => {
+  it("without a bootstrap token: agent user, guest agent installed only if missing, the workspace mount", () => {
     const text = renderUserData({ vmid: 101, hostname: "sandbox-101", sshPublicKey: "ssh-ed25519 AAAA me" });
     assert.ok(text.startsWith("#cloud-config\n# agentlab sandbox 101\n"));
     const doc = load(text) as UserData;
     assert.equal(doc.hostname, "sandbox-101");
-    assert.deepEqual(doc.packages, ["qemu-guest-agent"]);
-    assert.deepEqual(doc.runcmd, [["systemctl", "enable", "--now", "qemu-guest-agent"]]);
-    assert.equal(doc.write_files, undefined);
+    // No cloud-init `packages`: it would run apt-get update even on a template that has everything.
+    assert.equal(doc.packages, undefined);
+    assert.deepEqual(doc.runcmd, [
+      ["sh", "-c", ENSURE_PACKAGES_SCRIPT, "agentlab-packages", "qemu-guest-agent:qemu-ga"],
+      ["sh", "-c", GUEST_AGENT_START_SCRIPT],
+      ["sh", "-c", WORKSPACE_FIRST_BOOT_SCRIPT],
+    ]);
+    assert.deepEqual(
+      doc.write_files?.map((f) => [f.path, f.owner, f.permissions, f.content]),
+      [
+        [WORKSPACE_MOUNT_UNIT_PATH, "root:root", "0644", WORKSPACE_MOUNT_UNIT],
+        [WORKSPACE_OWNER_UNIT_PATH, "root:root", "0644", WORKSPACE_OWNER_UNIT],
+        [WORKSPACE_UDEV_RULE_PATH, "root:root", "0644", WORKSPACE_UDEV_RULE],
+      ],
+    );
+    assert.ok(!doc.write_files?.some((f) => f.path === BOOTSTRAP_JSON_PATH));
   });
 
   it("with a token writes bootstrap.json for agent (0600) and reports readiness from runcmd", () => {
@@ -69,9 +91,11 @@ describe("cloud-init user-data", () => {
     const script = doc.write_files?.find((f) => f.path === REPORT_READY_PATH);
     assert.equal(script?.content, REPORT_READY_SCRIPT);
     assert.equal(script?.permissions, "0755");
-    // The guest agent is still enabled first; the report goes last, in the background.
-    assert.deepEqual(doc.runcmd[0], ["systemctl", "enable", "--now", "qemu-guest-agent"]);
-    assert.deepEqual(doc.runcmd[1], [
+    // The guest agent and the workspace come first, so READY means both are up; the report goes last,
+    // in the background.
+    assert.deepEqual(doc.runcmd[1], ["sh", "-c", GUEST_AGENT_START_SCRIPT]);
+    assert.deepEqual(doc.runcmd[2], ["sh", "-c", WORKSPACE_FIRST_BOOT_SCRIPT]);
+    assert.deepEqual(doc.runcmd[3], [
       "sh",
       "-c",
       `nohup ${REPORT_READY_PATH} "$1" "$2" >/dev/null 2>&1 &`,
@@ -97,7 +121,7 @@ describe("the guest's report-ready script (real sh and curl)", () => {
     const doc = load(
       renderUserData({ vmid: 101, hostname: "h", bootstrap: { token, controllerUrl } }),
     ) as UserData;
-    const [, , , , url, body] = doc.runcmd[1]!;
+    const [, , , , url, body] = doc.runcmd.find((cmd) => cmd[3] === "agentlab-report-ready")!;
     const started = Date.now();
     await run("sh", [scriptPath, url!, body!], { timeout: 20_000 });
     return Date.now() - started;

@@ -22,8 +22,90 @@ export const BOOTSTRAP_JSON_PATH = "/etc/agentlab/bootstrap.json";
 export const REPORT_READY_PATH = "/usr/local/lib/agentlab/report-ready";
 /** Where a job sandbox's runner is installed. */
 export const AGENT_RUNNER_PATH = "/usr/local/lib/agentlab/agent-runner";
-/** What the runner needs besides a shell and coreutils. */
-const RUNNER_PACKAGES = ["git", "curl", "jq"];
+/** The guest agent, as `package:program`: the daemon asks it for the address and live status. */
+const AGENT_PACKAGES = ["qemu-guest-agent:qemu-ga"];
+/** What the runner needs besides a shell and coreutils, as `package:program`. */
+const RUNNER_PACKAGES = ["git:git", "curl:curl", "jq:jq"];
+
+/**
+ * POSIX sh, run as `sh -c ENSURE_PACKAGES_SCRIPT agentlab-packages package:program...`: installs the
+ * packages whose program the template lacks, and nothing when it has them all. Not cloud-init's
+ * `packages`: that runs `apt-get update` first even when every package is installed, which on a guest
+ * without a reachable mirror costs minutes of timeouts and ends cloud-init in an error (measured on a
+ * real guest; test/pvesim/README.md, "Real guests: the image"). A template built per the docs has the
+ * packages; one without them still gets them at first boot when it can reach a mirror.
+ */
+export const ENSURE_PACKAGES_SCRIPT = `missing=""
+for spec in "$@"; do
+  command -v "\${spec#*:}" >/dev/null 2>&1 || missing="$missing \${spec%%:*}"
+done
+[ -n "$missing" ] || exit 0
+echo "agentlab: installing$missing (missing from the template)"
+if command -v apt-get >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q && apt-get install -y -q $missing
+elif command -v dnf >/dev/null 2>&1; then
+  dnf install -y $missing
+else
+  echo "agentlab: no apt-get or dnf to install$missing: add them to the template" >&2
+  exit 1
+fi
+`;
+
+/** The workspace's filesystem label (the daemon's WORKSPACE_FS_LABEL) and where the guest mounts it. */
+export const WORKSPACE_LABEL = "AGENTLAB_WORK";
+export const WORKSPACE_MOUNT_POINT = "/work";
+/** systemd's name for the device of a filesystem labelled AGENTLAB_WORK (`systemd-escape`). */
+const WORKSPACE_DEVICE = `dev-disk-by\\x2dlabel-${WORKSPACE_LABEL}`;
+
+export const WORKSPACE_MOUNT_UNIT_PATH = "/etc/systemd/system/work.mount";
+export const WORKSPACE_OWNER_UNIT_PATH = "/etc/systemd/system/agentlab-work-owner.service";
+export const WORKSPACE_UDEV_RULE_PATH = "/etc/udev/rules.d/90-agentlab-work.rules";
+
+/**
+ * The workspace (ext4 labelled AGENTLAB_WORK, attached as scsi1) is mounted at /work whenever its disk
+ * is there: a udev rule makes the disk's device unit want work.mount, so it mounts at boot, on a hot
+ * attach, and on the first boot after a later `workspace attach`, while a sandbox without a workspace
+ * waits for nothing. Not cloud-init's `mounts`: it drops a `LABEL=` spec, and any disk missing at first
+ * boot, for good (cc_mounts sanitize_devname returns None: "Ignoring nonexistent named mount"). Not
+ * `systemctl enable` either: every enable reloads systemd, which costs seconds on a small guest.
+ */
+export const WORKSPACE_UDEV_RULE = `# agentlab: mount the workspace at ${WORKSPACE_MOUNT_POINT} when its disk appears.
+SUBSYSTEM=="block", ENV{ID_FS_LABEL}=="${WORKSPACE_LABEL}", ENV{SYSTEMD_WANTS}+="work.mount agentlab-work-owner.service"
+`;
+
+export const WORKSPACE_MOUNT_UNIT = `[Unit]
+Description=agentlab workspace (ext4 labelled ${WORKSPACE_LABEL})
+Requires=systemd-fsck@${WORKSPACE_DEVICE}.service
+After=systemd-fsck@${WORKSPACE_DEVICE}.service
+
+[Mount]
+What=/dev/disk/by-label/${WORKSPACE_LABEL}
+Where=${WORKSPACE_MOUNT_POINT}
+Type=ext4
+Options=noatime
+`;
+
+/** A new workspace's root directory is root's (mkfs): the agent, who works in it, gets it. */
+export const WORKSPACE_OWNER_UNIT = `[Unit]
+Description=agentlab workspace: ${WORKSPACE_MOUNT_POINT} belongs to the agent user
+BindsTo=work.mount
+After=work.mount
+
+[Service]
+Type=oneshot
+ExecStart=/bin/chown agent:agent ${WORKSPACE_MOUNT_POINT}
+`;
+
+/** On this first boot the disk appeared before the rule existed: mount it now, before the runner starts. */
+export const WORKSPACE_FIRST_BOOT_SCRIPT = `if [ -e /dev/disk/by-label/${WORKSPACE_LABEL} ]; then
+  systemctl start work.mount agentlab-work-owner.service
+fi
+`;
+
+/** Start the guest agent only when the template's udev rule has not (enable reloads systemd: seconds). */
+export const GUEST_AGENT_START_SCRIPT =
+  "systemctl is-active --quiet qemu-guest-agent || systemctl enable --now qemu-guest-agent";
 
 /**
  * POSIX sh, run as `report-ready URL BODY`: POST the body until the daemon answers, 1 s doubling to 30 s
@@ -57,7 +139,8 @@ export function readyReportUrl(controllerUrl: string): string {
 
 /**
  * The cloud-init user-data a sandbox boots with: the `agent` user (with the configured SSH key), the
- * guest agent the daemon asks for the address, and, with `bootstrap`, the phone-home that tells the
+ * guest agent the daemon asks for the address (installed only if the template lacks it), the workspace
+ * mounted at /work whenever one is attached, and, with `bootstrap`, the phone-home that tells the
  * daemon the guest is up. Rendered as YAML from an object, so a key or name can never break the document.
  */
 export function renderUserData(input: UserDataInput): string {
@@ -69,22 +152,43 @@ export function renderUserData(input: UserDataInput): string {
     lock_passwd: true,
   };
   if (input.sshPublicKey) user.ssh_authorized_keys = [input.sshPublicKey];
+  if (input.job && !input.bootstrap) {
+    throw new Error("a job sandbox needs the bootstrap controller URL: render it with bootstrap too");
+  }
+  const writeFiles: Array<Record<string, unknown>> = [
+    {
+      path: WORKSPACE_MOUNT_UNIT_PATH,
+      content: WORKSPACE_MOUNT_UNIT,
+      owner: "root:root",
+      permissions: "0644",
+    },
+    {
+      path: WORKSPACE_OWNER_UNIT_PATH,
+      content: WORKSPACE_OWNER_UNIT,
+      owner: "root:root",
+      permissions: "0644",
+    },
+    { path: WORKSPACE_UDEV_RULE_PATH, content: WORKSPACE_UDEV_RULE, owner: "root:root", permissions: "0644" },
+  ];
+  const packages = input.job ? [...AGENT_PACKAGES, ...RUNNER_PACKAGES] : AGENT_PACKAGES;
+  // runcmd runs in this order, after users and write_files, so the units can name `agent`.
+  const runcmd: unknown[] = [
+    ["sh", "-c", ENSURE_PACKAGES_SCRIPT, "agentlab-packages", ...packages],
+    ["sh", "-c", GUEST_AGENT_START_SCRIPT],
+    ["sh", "-c", WORKSPACE_FIRST_BOOT_SCRIPT],
+  ];
   const config: Record<string, unknown> = {
     hostname: input.hostname,
     manage_etc_hosts: true,
     users: ["default", user],
-    package_update: false,
-    packages: ["qemu-guest-agent"],
-    runcmd: [["systemctl", "enable", "--now", "qemu-guest-agent"]],
+    write_files: writeFiles,
+    runcmd,
   };
-  if (input.job && !input.bootstrap) {
-    throw new Error("a job sandbox needs the bootstrap controller URL: render it with bootstrap too");
-  }
   if (input.bootstrap) {
     const { token, controllerUrl } = input.bootstrap;
     const bootstrapJson: Record<string, unknown> = { token, controller: controllerUrl, vmid: input.vmid };
     if (input.job) bootstrapJson.job_token = input.job.token;
-    config.write_files = [
+    writeFiles.push(
       {
         path: BOOTSTRAP_JSON_PATH,
         content: `${JSON.stringify(bootstrapJson)}\n`,
@@ -94,10 +198,10 @@ export function renderUserData(input: UserDataInput): string {
         defer: true,
       },
       { path: REPORT_READY_PATH, content: REPORT_READY_SCRIPT, owner: "root:root", permissions: "0755" },
-    ];
+    );
     // Values travel as arguments, never through shell parsing. nohup + & so that a daemon that is
     // down does not hold up the end of cloud-init for the minutes of retries.
-    (config.runcmd as unknown[]).push([
+    runcmd.push([
       "sh",
       "-c",
       `nohup ${REPORT_READY_PATH} "$1" "$2" >/dev/null 2>&1 &`,
@@ -107,16 +211,15 @@ export function renderUserData(input: UserDataInput): string {
     ]);
   }
   if (input.job) {
-    (config.packages as string[]).push(...RUNNER_PACKAGES);
-    (config.write_files as unknown[]).push({
+    writeFiles.push({
       path: AGENT_RUNNER_PATH,
       content: input.job.runnerScript,
       owner: "root:root",
       permissions: "0755",
     });
     // A transient unit as the agent user: it outlives cloud-init, its output is in the journal
-    // (journalctl -u agentlab-runner), and runcmd runs after packages are installed.
-    (config.runcmd as unknown[]).push([
+    // (journalctl -u agentlab-runner), and it starts after the package and workspace steps above.
+    runcmd.push([
       "systemd-run",
       "--unit=agentlab-runner",
       "--uid=agent",

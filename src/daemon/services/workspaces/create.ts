@@ -1,5 +1,6 @@
 import { AgentlabError } from "../../../protocol/errors.js";
 import type { Workspace as WorkspaceJson } from "../../../protocol/workspace.js";
+import { WORKSPACE_LABEL } from "../../guest/cloud-init.js";
 import type { VmRef } from "../../proxmox/types.js";
 import type { Workspace } from "../../store/workspaces.js";
 import type { Operation } from "../operation.js";
@@ -9,7 +10,8 @@ import { hostToolsFor } from "./host.js";
 import { expectedVolid, requireWorkspaceStorage } from "./storage.js";
 import { openVolume, workspaceNode } from "./volume.js";
 
-export const WORKSPACE_FS_LABEL = "AGENTLAB_WORK";
+/** The label the guest mounts at /work (src/daemon/guest/cloud-init.ts): one constant for both sides. */
+export const WORKSPACE_FS_LABEL = WORKSPACE_LABEL;
 
 export interface CreateWorkspaceParams {
   name: string;
