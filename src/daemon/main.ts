@@ -161,7 +161,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
 
 const USAGE = `Usage: agentlabd [--config PATH]
 
-The agentlab daemon: owns the sandbox database and serves the agentlab CLI on a Unix socket.
+The agentlab daemon: owns the sandbox database and serves the agentlab CLI on a Unix socket
+(and over HTTPS to token holders when control_listen is set: docs/remote.md).
 
 Options:
   --config PATH   config file (default: $AGENTLAB_CONFIG or /etc/agentlab/config.yaml)
