@@ -317,6 +317,37 @@ describe("remote control over HTTPS + WebSocket", () => {
     assert.equal(refusedEvent?.msg, `sandbox.stop by token "other" from 127.0.0.1: NOT_OWNER`);
   });
 
+  test("workspaces too: another operate token may not destroy one it did not create", async () => {
+    const mine = await createToken(h, "ws-owner", "operate");
+    const theirs = await createToken(h, "ws-other", "operate");
+    const created = await c.json<{ id: string }>([
+      "--token",
+      mine,
+      "workspace",
+      "create",
+      "--name",
+      "remote-ws",
+      "--size",
+      "1G",
+    ]);
+    assert.equal(created.code, 0, created.stderr);
+    const refused = await c.json<ErrorBody>([
+      "--token",
+      theirs,
+      "workspace",
+      "destroy",
+      "remote-ws",
+      "--force",
+    ]);
+    assert.equal(refused.body.code, "NOT_OWNER");
+    assert.equal(
+      refused.body.message,
+      'workspace remote-ws was not created by token "ws-other", which may act only on what it created',
+    );
+    const destroyed = await c.json(["--token", mine, "workspace", "destroy", "remote-ws", "--force"]);
+    assert.equal(destroyed.code, 0, destroyed.stderr);
+  });
+
   test("a bad token, an expired one and a revoked one each get their own error", async () => {
     const bad = await c.json<ErrorBody>(["--token", `alt_${"x".repeat(43)}`, "sandbox", "list"]);
     assert.equal(bad.code, 1);
