@@ -83,6 +83,8 @@ export interface Config {
   /** How long one Proxmox task (clone, create, start, destroy, ...) may run before it is stopped. */
   proxmox_task_timeout_ms: number;
   provisioning_timeout_ms: number;
+  /** After the guest agent reports the address, how long to wait for the phone-home (cloud-init's end). */
+  phone_home_grace_ms: number;
   orphan_grace_period_ms: number;
   idle_stop_enabled: boolean;
   idle_stop_interval_ms: number;
@@ -171,6 +173,7 @@ export const ConfigFileSchema = z.strictObject({
   proxmox_command_timeout: duration().optional(),
   proxmox_task_timeout: duration().optional(),
   provisioning_timeout: duration().optional(),
+  phone_home_grace: duration().optional(),
   orphan_grace_period: duration().optional(),
   idle_stop_enabled: bool().default(true),
   idle_stop_interval: duration().optional(),
@@ -444,6 +447,7 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     proxmox_command_timeout_ms: commandTimeoutMs,
     proxmox_task_timeout_ms: taskTimeoutMs,
     provisioning_timeout_ms: provisioningTimeoutMs,
+    phone_home_grace_ms: file.phone_home_grace ?? 3 * MINUTE_MS,
     // Orphans are VMs whose provisioning never finished; give a slow provisioning time to end first.
     orphan_grace_period_ms:
       file.orphan_grace_period ??

@@ -1,3 +1,4 @@
+import { fstatSync } from "node:fs";
 import { type Logger, pino } from "pino";
 import { AgentlabError } from "../protocol/errors.js";
 
@@ -11,6 +12,38 @@ export type LogLevel = "trace" | "debug" | "info" | "warn" | "error";
  * one-off debugging run.
  */
 const LEVELS: readonly LogLevel[] = ["trace", "debug", "info", "warn", "error"];
+
+/** syslog priorities (sd-daemon(3)) of pino's levels, for `journalctl -p warning` and friends. */
+const PRIORITY: Readonly<Record<string, number>> = {
+  trace: 7,
+  debug: 7,
+  info: 6,
+  warn: 4,
+  error: 3,
+  fatal: 2,
+};
+
+/**
+ * Whether `fd` is the journal's stream for this service: systemd sets JOURNAL_STREAM to its `dev:ino`
+ * (systemd.exec(5)); a redirected or piped stdout has another, and gets no prefixes.
+ */
+export function writesToJournal(fd: number, env: NodeJS.ProcessEnv = process.env): boolean {
+  const stream = env.JOURNAL_STREAM?.trim();
+  if (!stream) return false;
+  try {
+    const stat = fstatSync(fd, { bigint: true });
+    return stream === `${stat.dev}:${stat.ino}`;
+  } catch {
+    return false;
+  }
+}
+
+/** `<N>` before a JSON line, N from its level: journald strips it and files the line at that priority. */
+export function withPriority(line: string): string {
+  const level = /"level":"([a-z]+)"/.exec(line)?.[1];
+  const priority = level === undefined ? undefined : PRIORITY[level];
+  return priority === undefined ? line : `<${priority}>${line}`;
+}
 
 export function createLogger(level: LogLevel, destination: number = 1): Logger {
   const override = process.env.AGENTLAB_LOG_LEVEL?.trim();
@@ -29,6 +62,7 @@ export function createLogger(level: LogLevel, destination: number = 1): Logger {
       base: { service: "agentlabd", pid: process.pid },
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
+      ...(writesToJournal(destination) ? { hooks: { streamWrite: withPriority } } : {}),
     },
     pino.destination({ fd: destination, sync: true }),
   );

@@ -135,7 +135,7 @@ for (const kind of ["shell", "api"] as const) {
       rig = await makeRig(kind);
     });
     after(async () => {
-      for (const vmid of [101, 102, 103, 104]) {
+      for (const vmid of [101, 102, 103, 104, 105]) {
         await rig.backend.stop({ vmid, node: "pve" }).catch(() => {});
       }
       await rig.listener.close();
@@ -184,7 +184,8 @@ for (const kind of ["shell", "api"] as const) {
     });
 
     it("phone_home_delay_ms holds the report back: with the agent up the agent wins, without it the report comes late", async () => {
-      await setPhoneHome(rig.sim, { phone_home_delay_ms: 1500 });
+      // Long enough that a loaded machine's slow agent polls still answer before the report.
+      await setPhoneHome(rig.sim, { phone_home_delay_ms: 6000 });
       try {
         await bootWithPhoneHome(rig, 103);
         const first = await firstGuestAddress(
@@ -194,6 +195,24 @@ for (const kind of ["shell", "api"] as const) {
           agentPoll(rig, 103),
         );
         assert.equal(first.via, "guest-agent");
+      } finally {
+        await setPhoneHome(rig.sim, { phone_home_delay_ms: 1500 });
+      }
+      try {
+        // With a grace period the agent's early answer does not end the wait: the report does.
+        const { startedAt: graceStart } = await bootWithPhoneHome(rig, 105);
+        const reported = await firstGuestAddress(
+          rig.readiness,
+          105,
+          AbortSignal.timeout(15_000),
+          agentPoll(rig, 105),
+          { graceMs: 10_000 },
+        );
+        assert.deepEqual(reported, { ip: guestIp(105), via: "phone-home" });
+        assert.ok(
+          Date.now() - graceStart >= FAST.agent_ready_ms + 1500 - 50,
+          "after the report, not the agent",
+        );
 
         await setControl(rig.sim.dir, {}, ["agent_never_ready=104"]);
         const { startedAt } = await bootWithPhoneHome(rig, 104);

@@ -5,8 +5,10 @@ import { clearFaults, setControl } from "../pvesim/harness.js";
 
 /**
  * `sandbox new` through the real daemon and CLI, with the guest listener up: the simulated guest phones
- * home when it has booted, and that alone makes the sandbox READY (the guest agent never answers); with
- * phone-home off, the guest agent still does. The event says which path found the address.
+ * home when it has booted, and that alone makes the sandbox READY (the guest agent never answers); when
+ * the agent answers first, READY still waits for the report (cloud-init's end), up to phone_home_grace;
+ * with phone-home off, the guest agent's address is used after that grace. The event says which path
+ * found the address.
  */
 
 interface SandboxBody {
@@ -35,7 +37,10 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
 
     before(async () => {
       // The simulator's guests report from this host: loopback must count as the agent subnet.
-      h = await startSimHost(kind, "bootstrap_listen: 127.0.0.1:0\nagent_subnet: 0.0.0.0/1\n");
+      h = await startSimHost(
+        kind,
+        "bootstrap_listen: 127.0.0.1:0\nagent_subnet: 0.0.0.0/1\nphone_home_grace: 3s\n",
+      );
       await setControl(h.sim.dir, {
         clone_ms: 30,
         start_ms: 20,
@@ -69,14 +74,37 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       }
     });
 
-    test("with the guest silent, the guest agent finds the address", async () => {
-      await setControl(h.sim.dir, { phone_home: 0 });
+    test("the agent answers first, the report comes later: READY waits for the report", async () => {
+      // A real guest's agent answers once DHCP is done, its cloud-init reports a while later.
+      await setControl(h.sim.dir, { phone_home_delay_ms: 1500 });
       try {
+        const started = Date.now();
         const created = await h.json<SandboxBody>(["new", "--profile", "yolo-ephemeral"]);
         assert.equal(created.code, 0, created.stderr);
         assert.equal(created.body.state, "RUNNING");
+        assert.ok(Date.now() - started >= 1500, "not READY before the report");
+        const ready = await readyEvent(h, created.body.vmid);
+        assert.equal(ready?.payload?.via, "phone-home");
+      } finally {
+        await setControl(h.sim.dir, { phone_home_delay_ms: 0 });
+      }
+    });
+
+    test("with the guest silent, the guest agent's address is used after phone_home_grace, and said so", async () => {
+      await setControl(h.sim.dir, { phone_home: 0 });
+      try {
+        const started = Date.now();
+        const created = await h.json<SandboxBody>(["new", "--profile", "yolo-ephemeral"]);
+        assert.equal(created.code, 0, created.stderr);
+        assert.equal(created.body.state, "RUNNING");
+        assert.ok(Date.now() - started >= 3000, "the grace was waited for");
         const ready = await readyEvent(h, created.body.vmid);
         assert.equal(ready?.payload?.via, "guest-agent");
+        const logs = await h.cli(["logs", String(created.body.vmid), "--tail", "100"]);
+        assert.match(
+          logs.stdout,
+          /sandbox\.phone_home\.missed +the guest agent reported 10\.77\.\d+\.\d+ but the guest did not phone home within 3s: cloud-init may not have finished/,
+        );
       } finally {
         await setControl(h.sim.dir, { phone_home: 1 });
       }

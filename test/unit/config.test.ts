@@ -73,6 +73,7 @@ describe("config: defaults and derived values", () => {
       proxmox_command_timeout_ms: 120_000,
       proxmox_task_timeout_ms: 1_800_000,
       provisioning_timeout_ms: 600_000,
+      phone_home_grace_ms: 180_000,
       orphan_grace_period_ms: 1_200_000,
       idle_stop_enabled: true,
       idle_stop_interval_ms: 60_000,

@@ -21,6 +21,8 @@ export interface GuestReadyReport {
 export interface GuestAddress {
   ip: string;
   via: GuestAddressSource;
+  /** The agent answered, and the awaited phone-home did not come within the grace period. */
+  phoneHomeMissed?: boolean;
 }
 
 /** What `agentlab status` can show about the guest listener. */
@@ -237,40 +239,49 @@ export class GuestReadiness {
 }
 
 /**
- * The guest's address from whichever path answers first: its phone-home report (when a token was issued
- * for it) or `agentPoll`, the guest-agent query. The loser is aborted and the token revoked. An error of
- * the agent poll ends the race (it is also how the provisioning deadline arrives); the phone-home path
- * only ever ends it with an address.
+ * The guest's address, and when the guest is ready. With a phone-home awaited (a token was issued for
+ * it), READY is the guest's own report: it comes at the end of cloud-init's runcmd, after the `agent`
+ * user, its key and the snippet's files exist. The guest agent answers much earlier (as soon as DHCP is
+ * done, while cloud-init still runs: measured on real guests), so its address alone would hand out a
+ * sandbox nobody can log in to yet. When the agent answers first, the report is awaited `graceMs` more;
+ * if it does not come (the guest cannot reach the listener, or its cloud-init failed), the agent's
+ * address is used and `phoneHomeMissed` says so. Without a phone-home, the agent's answer is the end.
+ * An error of the agent poll ends the wait (it is also how the provisioning deadline arrives); the
+ * phone-home path only ever ends it with an address. The loser is aborted and the token revoked.
  */
 export async function firstGuestAddress(
   readiness: GuestReadiness | undefined,
   vmid: number,
   signal: AbortSignal,
   agentPoll: (signal: AbortSignal) => Promise<string>,
+  options: { graceMs?: number } = {},
 ): Promise<GuestAddress> {
   const race = new AbortController();
   const onAbort = () => race.abort(signal.reason);
   if (signal.aborted) onAbort();
   else signal.addEventListener("abort", onAbort, { once: true });
   const phoneHome = readiness?.isWaiting(vmid) === true;
+  const aborted = new Promise<never>((_, reject) => {
+    if (race.signal.aborted) reject(race.signal.reason);
+    else race.signal.addEventListener("abort", () => reject(race.signal.reason), { once: true });
+  });
+  aborted.catch(() => {});
   try {
-    const contenders: Array<Promise<GuestAddress>> = [
-      agentPoll(race.signal).then((ip) => ({ ip, via: "guest-agent" as const })),
-      new Promise<never>((_, reject) => {
-        if (race.signal.aborted) reject(race.signal.reason);
-        else race.signal.addEventListener("abort", () => reject(race.signal.reason), { once: true });
-      }),
-    ];
-    if (readiness && phoneHome) {
-      contenders.push(
-        readiness.wait(vmid, race.signal).then(
-          (report) => ({ ip: report.ip, via: "phone-home" as const }),
-          // Only an abort rejects it, and the abort contender already reports that.
-          () => new Promise<never>(() => {}),
-        ),
-      );
-    }
-    return await Promise.race(contenders);
+    const agent = agentPoll(race.signal).then((ip) => ({ ip, via: "guest-agent" as const }));
+    if (!readiness || !phoneHome) return await Promise.race([agent, aborted]);
+    const report = readiness.wait(vmid, race.signal).then(
+      (r) => ({ ip: r.ip, via: "phone-home" as const }),
+      // Only an abort rejects it, and the abort contender already reports that.
+      () => new Promise<never>(() => {}),
+    );
+    const first = await Promise.race([agent, report, aborted]);
+    const graceMs = options.graceMs ?? 0;
+    if (first.via === "phone-home" || graceMs <= 0) return first;
+    const graceOver = new Promise<GuestAddress>((resolve) => {
+      const timer = setTimeout(() => resolve({ ...first, phoneHomeMissed: true }), graceMs);
+      race.signal.addEventListener("abort", () => clearTimeout(timer), { once: true });
+    });
+    return await Promise.race([report, graceOver, aborted]);
   } finally {
     signal.removeEventListener("abort", onAbort);
     if (!race.signal.aborted) race.abort(new Error("the guest's address is known"));

@@ -12,6 +12,7 @@
 import type { Profile } from "../../../config/profiles.js";
 import { AgentlabError, ERROR_CODES } from "../../../protocol/errors.js";
 import type { Sandbox as SandboxJson } from "../../../protocol/sandbox.js";
+import { formatDuration } from "../../../protocol/units.js";
 import type { DaemonContext } from "../../context.js";
 import { removeSnippet, renderUserData, writeSnippet } from "../../guest/cloud-init.js";
 import { firstGuestAddress } from "../../guest/ready-waiters.js";
@@ -446,9 +447,27 @@ async function boot(run: Run, cleanAfter: boolean): Promise<SandboxJson> {
   await backend.start(vm, { signal: op.signal });
 
   reportStep(op, row.vmid, "wait-guest", "waiting for the guest to report its address");
-  const { ip, via } = await firstGuestAddress(ctx.guestReady, row.vmid, op.signal, (signal) =>
-    waitForIp(ctx, vm, run.deadline, { ...op, signal }),
+  const { ip, via, phoneHomeMissed } = await firstGuestAddress(
+    ctx.guestReady,
+    row.vmid,
+    op.signal,
+    (signal) => waitForIp(ctx, vm, run.deadline, { ...op, signal }),
+    { graceMs: ctx.config.phone_home_grace_ms },
   );
+  if (phoneHomeMissed) {
+    const waited = formatDuration(ctx.config.phone_home_grace_ms);
+    recordEvent(
+      ctx,
+      row.vmid,
+      "sandbox.phone_home.missed",
+      `the guest agent reported ${ip} but the guest did not phone home within ${waited}: cloud-init may not have finished (check the guest's /var/log/cloud-init-output.log and that it reaches the guest listener)`,
+      { ip, grace_ms: ctx.config.phone_home_grace_ms },
+    );
+    ctx.log.warn(
+      { vmid: row.vmid, ip },
+      `sandbox ${row.vmid}: no phone-home within ${waited}; READY by the guest agent`,
+    );
+  }
   transitionSandbox(ctx.store, row.vmid, "READY", { patch: { ip } });
   await ctx.network?.bind(row.vmid, netMac(run.cloned?.net0), ip, profile.network.mode);
   recordEvent(ctx, row.vmid, "sandbox.slo.ready", `ready at ${ip}`, {
