@@ -21,9 +21,45 @@ import {
   progressType,
   type ResultOf,
 } from "../protocol/index.js";
+import { WebSocketMessageReader, WebSocketMessageWriter } from "../protocol/websocket.js";
+import type { Connection } from "./remote/connection.js";
+import { openRemote } from "./remote/transport.js";
+
+type RemoteConnection = Extract<Connection, { kind: "remote" }>;
+
+interface OpenTransport {
+  conn: MessageConnection;
+  close(): void;
+  /** For messages: the socket path or the endpoint. */
+  where: Record<string, string>;
+  closedHint: string;
+}
+
+async function openTransport(options: CallOptions): Promise<OpenTransport> {
+  if (options.remote) {
+    const remote = options.remote;
+    const ws = await openRemote(remote, options.timeoutMs);
+    return {
+      conn: createMessageConnection(new WebSocketMessageReader(ws), new WebSocketMessageWriter(ws)),
+      close: () => ws.terminate(),
+      where: { endpoint: remote.endpoint },
+      closedHint: `the daemon may have stopped or restarted, or a proxy in front of ${remote.endpoint} closed the WebSocket (check its read timeout)`,
+    };
+  }
+  const socket = await openSocket(options.socketPath);
+  return {
+    conn: createMessageConnection(new StreamMessageReader(socket), new StreamMessageWriter(socket)),
+    close: () => socket.destroy(),
+    where: { socket: options.socketPath },
+    closedHint:
+      "the daemon may have stopped or restarted: systemctl status agentlabd; journalctl -u agentlabd -n 50",
+  };
+}
 
 export interface CallOptions {
   socketPath: string;
+  /** A remote daemon (agentlab connect, --endpoint): used instead of socketPath when set. */
+  remote?: RemoteConnection;
   /** Longest silence from the daemon before giving up; progress notifications count as an answer. */
   timeoutMs: number;
   onProgress?: (value: ProgressValue) => void;
@@ -119,11 +155,8 @@ export async function call<M extends Method>(
   method: M,
   params: Omit<ParamsOf<M>, "progress_token">,
 ): Promise<ResultOf<M>> {
-  const socket = await openSocket(options.socketPath);
-  const conn: MessageConnection = createMessageConnection(
-    new StreamMessageReader(socket),
-    new StreamMessageWriter(socket),
-  );
+  const transport = await openTransport(options);
+  const conn = transport.conn;
   const cancel = new CancellationTokenSource();
   let timer: NodeJS.Timeout | undefined;
   let rejectCall: (error: AgentlabError) => void = () => {};
@@ -137,7 +170,7 @@ export async function call<M extends Method>(
           details: {
             method: method.method,
             timeout: formatDuration(options.timeoutMs),
-            socket: options.socketPath,
+            ...transport.where,
           },
         }),
       );
@@ -148,10 +181,7 @@ export async function call<M extends Method>(
       new AgentlabError(
         "DAEMON_UNREACHABLE",
         `agentlabd closed the connection before answering ${method.method}`,
-        {
-          hint: "the daemon may have stopped or restarted: systemctl status agentlabd; journalctl -u agentlabd -n 50",
-          details: { method: method.method, socket: options.socketPath },
-        },
+        { hint: transport.closedHint, details: { method: method.method, ...transport.where } },
       ),
     ),
   );
@@ -187,6 +217,6 @@ export async function call<M extends Method>(
     clearTimeout(timer);
     options.signal?.removeEventListener("abort", onAbort);
     conn.dispose();
-    socket.destroy();
+    transport.close();
   }
 }

@@ -7,6 +7,7 @@ import {
   type ResultOf,
 } from "../protocol/index.js";
 import { call } from "./client.js";
+import { type Connection, resolveConnection } from "./remote/connection.js";
 import {
   asAgentlabError,
   type Output,
@@ -22,6 +23,31 @@ export interface GlobalArgs {
   json: boolean;
   /** Unset: 30s for quick calls, 15m for operations that report progress. */
   timeout?: string | undefined;
+  /** A remote daemon's URL (agentlab connect saves one); beats --socket when both are given. */
+  endpoint?: string | undefined;
+  token?: string | undefined;
+  /** Whether --socket was on the command line (not only its default): a flag beats the environment. */
+  socketGiven?: boolean | undefined;
+}
+
+/**
+ * The daemon this invocation talks to, by the precedence flags > environment > saved > local socket.
+ * Arguments built in code (no endpoint, no socketGiven) mean the socket they name.
+ */
+export function connectionOf(args: GlobalArgs, env: NodeJS.ProcessEnv = process.env): Connection {
+  if (args.socketGiven === undefined && args.endpoint === undefined) {
+    return { kind: "socket", path: args.socket, source: "--socket" };
+  }
+  return resolveConnection(
+    {
+      socket: args.socket,
+      socketGiven: args.socketGiven === true,
+      endpoint: args.endpoint,
+      token: args.token,
+    },
+    env,
+    DEFAULT_SOCKET_PATH,
+  );
 }
 
 export const DEFAULT_TIMEOUT_MS = 30_000;
@@ -90,11 +116,18 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
           process.exit(130);
         }
       };
+      const connection = connectionOf(args);
       process.on("SIGINT", onSigint);
       try {
         const onProgress = progressPrinter(out, args.json);
         return await call(
-          { socketPath: args.socket, timeoutMs, signal: abort.signal, ...(onProgress ? { onProgress } : {}) },
+          {
+            socketPath: connection.kind === "socket" ? connection.path : args.socket,
+            ...(connection.kind === "remote" ? { remote: connection } : {}),
+            timeoutMs,
+            signal: abort.signal,
+            ...(onProgress ? { onProgress } : {}),
+          },
           method,
           params,
         );

@@ -4,12 +4,14 @@ import { editDistance } from "../config/suggest.js";
 import { AgentlabError } from "../protocol/index.js";
 import { VERSION } from "../version.js";
 import { completionCommand } from "./commands/completion.js";
+import { connectCommand, disconnectCommand } from "./commands/connect.js";
 import { initCommand } from "./commands/init.js";
 import { jobCommand } from "./commands/job.js";
 import { profileCommand } from "./commands/profile.js";
 import { sandboxCommand, sandboxShortcuts } from "./commands/sandbox.js";
 import { sessionCommand } from "./commands/session.js";
 import { statusCommand } from "./commands/status.js";
+import { tokenCommand } from "./commands/token.js";
 import { versionCommand } from "./commands/version.js";
 import { workspaceCommand } from "./commands/workspace.js";
 import { defaultSocket, type GlobalArgs, parseTimeout } from "./context.js";
@@ -19,7 +21,7 @@ import { processOutput, renderError } from "./render.js";
 export const HELP_WIDTH = 100;
 
 /** Global flags whose next argument is their value, not a command word. */
-const VALUE_FLAGS = new Set(["--socket", "--timeout"]);
+const VALUE_FLAGS = new Set(["--socket", "--timeout", "--endpoint", "--token"]);
 
 /** yargs' own complaints, reworded so the error names the problem and the hint the way out. */
 function usageError(message: string, argv: string[]): AgentlabError {
@@ -80,9 +82,24 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
       describe: "how long to wait for the daemon to answer, e.g. 30s, 5m (progress counts as an answer)",
       global: true,
     })
+    .option("endpoint", {
+      type: "string",
+      defaultDescription: "$AGENTLAB_ENDPOINT, else agentlab connect's",
+      describe: "URL of a remote agentlabd's control listener, e.g. https://host.tailnet.ts.net:8845",
+      global: true,
+    })
+    .option("token", {
+      type: "string",
+      defaultDescription: "$AGENTLAB_TOKEN, else agentlab connect's",
+      describe: "token for the remote endpoint (agentlab token create on the daemon's host)",
+      global: true,
+    })
+    .middleware((args) => {
+      args.socketGiven = argv.some((arg) => arg === "--socket" || arg.startsWith("--socket="));
+    })
     .check((args) => {
       // yargs turns a repeated string option into an array; for these one value is all that makes sense.
-      for (const name of ["socket", "timeout"] as const) {
+      for (const name of ["socket", "timeout", "endpoint", "token"] as const) {
         const value: unknown = args[name];
         if (Array.isArray(value)) {
           throw new AgentlabError(
@@ -105,6 +122,9 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
     .command(sessionCommand)
     .command(jobCommand)
     .command(profileCommand)
+    .command(connectCommand)
+    .command(disconnectCommand)
+    .command(tokenCommand)
     .command(versionCommand)
     .command(completionCommand)
     .completion("__complete", false)

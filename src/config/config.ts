@@ -21,6 +21,7 @@ import {
   oneOf,
   positiveInt,
   positiveNumber,
+  stringList,
   text,
 } from "./fields.js";
 import { deriveAgentSubnet, isCidr, isLoopbackHost, isWildcardHost, parseHostPort } from "./net.js";
@@ -103,6 +104,24 @@ export interface Config {
   workspace_lease_ttl_ms: number;
   /** e2fsck, zfs, lvchange, qemu-nbd on the workspace's node: auto = when the daemon runs on that node. */
   host_tools: "auto" | "on" | "off";
+  /** The remote control listener (HTTPS + WebSocket, docs/remote.md) as host:port; "" when it is off. */
+  control_listen: string;
+  /** PEM files of the listener's certificate and key; both "" = a self-signed pair under data_dir. */
+  control_tls_cert: string;
+  control_tls_key: string;
+  /** Client networks the listener accepts; empty = every address that can reach control_listen's host. */
+  control_allow_cidrs: string[];
+}
+
+/** The conventional port of the remote control listener (upstream's). */
+export const DEFAULT_CONTROL_PORT = 8845;
+
+/** control_listen as written, with the port defaulted to 8845 when only a host is given. */
+export function controlListenAddress(value: string): string | undefined {
+  const text = value.trim();
+  if (parseHostPort(text)) return text;
+  const withPort = `${text}:${DEFAULT_CONTROL_PORT}`;
+  return text !== "" && parseHostPort(withPort) ? withPort : undefined;
 }
 
 const filePath = () => text("expected a path");
@@ -171,6 +190,13 @@ export const ConfigFileSchema = z.strictObject({
   ).default("local-zfs"),
   workspace_lease_ttl: duration().optional(),
   host_tools: oneOf(["auto", "on", "off"]).default("auto"),
+  control_listen: matching(
+    (value) => controlListenAddress(value) !== undefined,
+    "expected host:port such as 100.64.0.10:8845, or a host alone for port 8845",
+  ).optional(),
+  control_tls_cert: filePath().optional(),
+  control_tls_key: filePath().optional(),
+  control_allow_cidrs: stringList("expected a list of CIDRs such as [100.64.0.0/10]").optional(),
 });
 
 type ConfigFile = z.output<typeof ConfigFileSchema>;
@@ -181,9 +207,7 @@ type ConfigFile = z.output<typeof ConfigFileSchema>;
  */
 const UPSTREAM_ONLY_KEYS = new Set([
   "log_dir",
-  "control_listen",
   "control_auth_token",
-  "control_allow_cidrs",
   "authorized_keys_path",
   "artifact_rate_limit_qps",
   "artifact_rate_limit_burst",
@@ -251,9 +275,11 @@ export function parseConfig(textContent: string, source: string): { config: Conf
 
   const checked = checkDocument(ConfigFileSchema, document, { secretKeys: new Set(["proxmox_api_token"]) });
   const warnings = checked.unknownKeys.map(({ key, suggestion }) =>
-    UPSTREAM_ONLY_KEYS.has(key) || key.startsWith("proxy_")
-      ? `${source}: ${key}: upstream agentlab setting that this daemon does not use, ignored`
-      : `${source}: ${key}: unknown key, ignored${suggestion ? ` (did you mean "${suggestion}"?)` : ""}`,
+    key === "control_auth_token"
+      ? `${source}: ${key}: upstream's single shared token is not used, ignored: create scoped tokens with agentlab token create (docs/remote.md)`
+      : UPSTREAM_ONLY_KEYS.has(key) || key.startsWith("proxy_")
+        ? `${source}: ${key}: upstream agentlab setting that this daemon does not use, ignored`
+        : `${source}: ${key}: unknown key, ignored${suggestion ? ` (did you mean "${suggestion}"?)` : ""}`,
   );
   const problems = new Problems(checked.problems);
   // Keys that failed their own check are dropped from `data`, so cross-key rules still run on the rest.
@@ -386,6 +412,7 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     );
   }
   const sshKeyPath = optionalPath(file.ssh_public_key_path);
+  const control = resolveControl(file, absolute, problems);
 
   return {
     profiles_dir: absolute(file.profiles_dir),
@@ -437,6 +464,48 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     workspace_storage: file.workspace_storage,
     workspace_lease_ttl_ms: workspaceLeaseTtlMs,
     host_tools: file.host_tools,
+    ...control,
+  };
+}
+
+/**
+ * The remote control listener's keys. A listener on every interface with no allowlist would offer the
+ * token endpoint to the whole network: refused, with the reason (upstream required CIDRs there too).
+ */
+function resolveControl(
+  file: ConfigFile,
+  absolute: (value: string) => string,
+  problems: Problems,
+): Pick<Config, "control_listen" | "control_tls_cert" | "control_tls_key" | "control_allow_cidrs"> {
+  const listenAddress =
+    file.control_listen === undefined ? "" : (controlListenAddress(file.control_listen) ?? "");
+  const cidrs = (file.control_allow_cidrs ?? []).map((cidr) => cidr.trim());
+  const bad = cidrs.filter((cidr) => !isCidr(cidr));
+  if (bad.length > 0) {
+    problems.add(
+      "control_allow_cidrs",
+      `control_allow_cidrs: ${bad.map((cidr) => JSON.stringify(cidr)).join(", ")} ${bad.length === 1 ? "is not a CIDR" : "are not CIDRs"}; expected e.g. 100.64.0.0/10 or 192.168.1.20/32`,
+    );
+  }
+  const hostPort = parseHostPort(listenAddress);
+  if (hostPort && isWildcardHost(hostPort.host) && cidrs.length === 0) {
+    problems.add(
+      "control_allow_cidrs",
+      `control_allow_cidrs: required when control_listen binds every interface (${listenAddress}): list the client networks allowed to reach the control listener (e.g. [100.64.0.0/10] for a tailnet), or bind control_listen to one address`,
+    );
+  }
+  if ((file.control_tls_cert === undefined) !== (file.control_tls_key === undefined)) {
+    const missing = file.control_tls_cert === undefined ? "control_tls_cert" : "control_tls_key";
+    problems.add(
+      missing,
+      `${missing}: required with ${missing === "control_tls_cert" ? "control_tls_key" : "control_tls_cert"}: give both PEM files, or neither for a self-signed certificate`,
+    );
+  }
+  return {
+    control_listen: listenAddress,
+    control_tls_cert: file.control_tls_cert === undefined ? "" : absolute(file.control_tls_cert),
+    control_tls_key: file.control_tls_key === undefined ? "" : absolute(file.control_tls_key),
+    control_allow_cidrs: cidrs,
   };
 }
 

@@ -50,6 +50,8 @@ export interface DaemonContext {
   guestReady?: GuestReadiness;
   log: Logger;
   clock: Clock;
+  /** The remote control listener once it listens (control_listen), for daemon.status. */
+  control?: { url: string; fingerprint: string };
   startedAt: Date;
   version: string;
 }

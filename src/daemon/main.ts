@@ -12,6 +12,7 @@ import { createLogger, type Logger } from "./log.js";
 import { bridgePortFinder } from "./network/ports.js";
 import { execaRunner, SandboxFirewall } from "./network/sandbox-firewall.js";
 import { createBackend } from "./proxmox/load.js";
+import { type RunningControl, startControl } from "./remote/control.js";
 import { registerHandlers } from "./rpc/handlers.js";
 import { RpcServer } from "./rpc/server.js";
 import { claimSocketPath } from "./rpc/socket.js";
@@ -48,6 +49,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   await claimSocketPath(config.socket_path);
   let store: Store | undefined;
   let guestListener: GuestListener | undefined;
+  let control: RunningControl | undefined;
   try {
     store = openStore(config.db_path, { now: () => clock.now() });
     const guestLog = log.child({ component: "guest" });
@@ -78,7 +80,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     };
     await ctx.network?.init();
     const server = new RpcServer({ log });
-    const { maintenance, sandboxes, workspaces, jobs } = registerHandlers(server, ctx, {
+    const { maintenance, sandboxes, workspaces, jobs, tokens } = registerHandlers(server, ctx, {
       maintenance: { scheduler: options.scheduler ?? systemScheduler },
     });
     maintenance.useWorkspaces(workspaces.recovery);
@@ -86,6 +88,10 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     // and every workspace lease of a live owner is extended again before a client can ask for it.
     maintenance.prepare();
     jobs.recover();
+    // Before the socket, so a control_listen that cannot be served (address in use, bad certificate)
+    // stops the start-up with its reason instead of leaving a daemon that looks alive.
+    control = await startControl(ctx, server, tokens);
+    if (control) ctx.control = { url: control.url, fingerprint: control.fingerprint };
     const socket = await server.listen(config.socket_path);
     // After the socket, as upstream binds. A bind failure is logged with its fix and does not stop the
     // daemon: readiness then comes from the guest agent alone.
@@ -109,6 +115,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         profiles: profiles.map((p) => p.name),
         backend: config.proxmox_backend,
         guest_listener: guest.listening ? guest.url : null,
+        control_listener: control ? control.url : null,
+        control_fingerprint: control ? control.fingerprint : null,
       },
       "agentlabd ready",
     );
@@ -118,6 +126,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     void sandboxes.resyncNetwork().catch((error) => log.warn({ err: error }, "network resync failed"));
     const openStoreRef = store;
     const openGuestListener = guestListener;
+    const openControl = control;
     let stopping: Promise<void> | undefined;
     return {
       ctx,
@@ -132,6 +141,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
           ]);
           // Only after the drain: a provisioning call still finishing may be waiting for its guest's report.
           await openGuestListener.close();
+          await openControl?.listener.close();
           openStoreRef.close();
           log.info(
             { drained, cancelled, maintenance_finished: maintenanceDone, jobs_finished: jobsDone },
@@ -143,6 +153,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     };
   } catch (error) {
     await guestListener?.close();
+    await control?.listener.close();
     store?.close();
     throw error;
   }
@@ -150,7 +161,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
 
 const USAGE = `Usage: agentlabd [--config PATH]
 
-The agentlab daemon: owns the sandbox database and serves the agentlab CLI on a Unix socket.
+The agentlab daemon: owns the sandbox database and serves the agentlab CLI on a Unix socket
+(and over HTTPS to token holders when control_listen is set: docs/remote.md).
 
 Options:
   --config PATH   config file (default: $AGENTLAB_CONFIG or /etc/agentlab/config.yaml)

@@ -48,6 +48,17 @@ export const DaemonStatus = z.object({
     })
     .describe("the guest listener; when not listening, guests are found through the guest agent only"),
   socket_path: z.string(),
+  control_listener: z
+    .object({
+      listening: z.boolean(),
+      url: z.string().optional(),
+      fingerprint: z
+        .string()
+        .optional()
+        .describe("SHA-256 of the listener's certificate: what agentlab connect shows and pins"),
+    })
+    .optional()
+    .describe("the remote control listener (control_listen); absent from older daemons"),
   config_path: z.string(),
   profiles: z.number().int().nonnegative().describe("number of profiles loaded"),
   sandboxes: SandboxCounts,

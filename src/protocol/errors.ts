@@ -189,6 +189,63 @@ export const ERROR_CODES = {
   },
   SESSION_NOT_FOUND: { rpc: 1700, exit: 1, hint: "list sessions with agentlab session list" },
   JOB_NOT_FOUND: { rpc: 1800, exit: 1, hint: "list jobs with agentlab job list" },
+
+  // Remote control (docs/remote.md): the HTTPS + WebSocket listener, its tokens and the client's pinning.
+  TOKEN_INVALID: {
+    rpc: 1900,
+    exit: 1,
+    hint: "check the token you gave (--token, AGENTLAB_TOKEN or agentlab connect); on the daemon's host: agentlab token list, agentlab token create --name <name>",
+  },
+  TOKEN_EXPIRED: {
+    rpc: 1901,
+    exit: 1,
+    hint: "create a new token on the daemon's host (agentlab token create --name <name> --ttl <duration>), then: agentlab connect --endpoint <url> --token <new token>",
+  },
+  TOKEN_REVOKED: {
+    rpc: 1902,
+    exit: 1,
+    hint: "this token was revoked; ask for a new one (agentlab token create --name <name> on the daemon's host), then: agentlab connect --endpoint <url> --token <new token>",
+  },
+  SCOPE_REQUIRED: {
+    rpc: 1903,
+    exit: 1,
+    hint: "use a token with the needed scope: agentlab token create --name <name> --scope <scope> on the daemon's host",
+  },
+  NOT_OWNER: {
+    rpc: 1904,
+    exit: 1,
+    hint: "this token acts only on what it created; use the token that created it, or one made with agentlab token create --scope operate --all",
+  },
+  ADDRESS_NOT_ALLOWED: {
+    rpc: 1905,
+    exit: 1,
+    hint: "add your address (or its network) to control_allow_cidrs in the daemon's config.yaml, then restart agentlabd",
+  },
+  REMOTE_NOT_ALLOWED: {
+    rpc: 1906,
+    exit: 1,
+    hint: "run this command on the daemon's host, over the local socket",
+  },
+  ENDPOINT_UNREACHABLE: {
+    rpc: 1907,
+    exit: 1,
+    hint: "check the URL and port (default 8845), that agentlabd has control_listen set, and your route to the host (tailscale status; curl -k <url>/health)",
+  },
+  FINGERPRINT_MISMATCH: {
+    rpc: 1908,
+    exit: 1,
+    hint: "the server's certificate changed since it was pinned; if that is expected (new certificate), pin it again: agentlab connect --endpoint <url> --token <token> --fingerprint <new fingerprint>",
+  },
+  CERTIFICATE_UNTRUSTED: {
+    rpc: 1909,
+    exit: 1,
+    hint: "pin the server's certificate on first use: agentlab connect --endpoint <url> --token <token>",
+  },
+  CONTROL_LISTEN_FAILED: {
+    rpc: 1910,
+    exit: 1,
+    hint: "fix control_listen (or control_tls_cert / control_tls_key) in the config file, then restart the daemon: systemctl restart agentlabd",
+  },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

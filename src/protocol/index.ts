@@ -38,6 +38,7 @@ import {
   sessionShow,
   sessionStop,
 } from "./session.js";
+import { tokenCreate, tokenList, tokenRevoke } from "./token.js";
 import {
   workspaceAttach,
   workspaceCheck,
@@ -66,6 +67,7 @@ export * from "./profile.js";
 export * from "./progress.js";
 export * from "./sandbox.js";
 export * from "./session.js";
+export * from "./token.js";
 export * from "./units.js";
 export * from "./workspace.js";
 
@@ -121,6 +123,9 @@ export const METHODS: readonly Method[] = [
   sandboxDoctor,
   jobDoctor,
   sessionDoctor,
+  tokenCreate,
+  tokenList,
+  tokenRevoke,
 ];
 
 /** Frames larger than this close the connection: no legitimate request comes near it. */

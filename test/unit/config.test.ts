@@ -87,6 +87,10 @@ describe("config: defaults and derived values", () => {
       workspace_storage: "local-zfs",
       workspace_lease_ttl_ms: 1_800_000,
       host_tools: "auto",
+      control_listen: "",
+      control_tls_cert: "",
+      control_tls_key: "",
+      control_allow_cidrs: [],
     } satisfies Config);
   });
 
@@ -422,11 +426,42 @@ describe("config: several problems, unknown keys", () => {
   });
 
   it("upstream-only keys are named as such", () => {
-    const { warnings, file } = load("secrets_dir: /etc/agentlab/secrets\ncontrol_listen: 127.0.0.1:8845\n");
+    const { warnings, file } = load("secrets_dir: /etc/agentlab/secrets\ncontrol_auth_token: s3cret\n");
     assert.deepEqual(warnings, [
       `${file}: secrets_dir: upstream agentlab setting that this daemon does not use, ignored`,
-      `${file}: control_listen: upstream agentlab setting that this daemon does not use, ignored`,
+      `${file}: control_auth_token: upstream's single shared token is not used, ignored: create scoped tokens with agentlab token create (docs/remote.md)`,
     ]);
+  });
+});
+
+describe("config: the remote control listener", () => {
+  it("is off by default", () => {
+    const { config } = load("");
+    assert.equal(config.control_listen, "");
+    assert.deepEqual(config.control_allow_cidrs, []);
+  });
+
+  it("takes host:port, or a host alone on port 8845", () => {
+    assert.equal(load("control_listen: 100.64.0.10:9000\n").config.control_listen, "100.64.0.10:9000");
+    assert.equal(load("control_listen: 100.64.0.10\n").config.control_listen, "100.64.0.10:8845");
+    assert.equal(load('control_listen: "[fd7a::1]"\n').config.control_listen, "[fd7a::1]:8845");
+  });
+
+  it("refuses a wildcard bind without an allowlist, with the reason", () => {
+    for (const listen of ["0.0.0.0:8845", ":8845", "'[::]:8845'"]) {
+      const error = thrown(() => load(`control_listen: ${listen}\n`));
+      assert.equal(error.code, "CONFIG_INVALID");
+      assert.match(error.message, /control_allow_cidrs: required when control_listen binds every interface/);
+    }
+    const { config } = load("control_listen: 0.0.0.0:8845\ncontrol_allow_cidrs: [100.64.0.0/10]\n");
+    assert.deepEqual(config.control_allow_cidrs, ["100.64.0.0/10"]);
+  });
+
+  it("refuses CIDRs that do not parse and a certificate without its key", () => {
+    const error = thrown(() => load("control_allow_cidrs: [10.0.0.0/8, nonsense]\n"));
+    assert.match(error.message, /control_allow_cidrs: "nonsense" is not a CIDR/);
+    const half = thrown(() => load("control_listen: 127.0.0.1\ncontrol_tls_cert: /etc/cert.pem\n"));
+    assert.match(half.message, /control_tls_key: required with control_tls_cert/);
   });
 });
 

@@ -188,11 +188,15 @@ describe("migration 3 (add_job_runner_tokens)", () => {
 
     const store = openStore(file, { now: () => new Date("2026-01-10T08:01:00.000Z") });
     try {
-      assert.equal(store.schemaVersion(), 3);
+      // Later migrations (4: api_tokens) run too; this test is about 3.
+      assert.ok(store.schemaVersion() >= 3);
       const applied = store.db
         .prepare("SELECT version, name FROM schema_migrations ORDER BY version")
         .all() as Array<{ version: number; name: string }>;
-      assert.deepEqual(applied.at(-1), { version: 3, name: "add_job_runner_tokens" });
+      assert.deepEqual(
+        applied.find((a) => a.version === 3),
+        { version: 3, name: "add_job_runner_tokens" },
+      );
       const job = store.jobs.get("job_legacy");
       assert.equal(job?.status, "RUNNING");
       assert.equal(job?.task, "old task");
@@ -225,7 +229,7 @@ describe("migration 3 (add_job_runner_tokens)", () => {
   });
 
   it("a fresh database reaches version 3 directly", () => {
-    assert.equal(rig.store.schemaVersion(), 3);
+    assert.ok(rig.store.schemaVersion() >= 3);
     const columns = (table: string) =>
       (rig.store.db.prepare(`PRAGMA table_info(${table})`).all() as Array<{ name: string }>).map(
         (c) => c.name,

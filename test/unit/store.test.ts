@@ -48,6 +48,7 @@ function assertInOrder(text: string, parts: string[]): void {
 }
 
 const EXPECTED_TABLES = [
+  "api_tokens",
   "artifact_tokens",
   "artifacts",
   "bootstrap_tokens",

@@ -1,6 +1,7 @@
 import type { CommandModule } from "yargs";
 import { type DaemonStatus, daemonStatus, formatDuration } from "../../protocol/index.js";
-import { execute, type GlobalArgs } from "../context.js";
+import { connectionOf, execute, type GlobalArgs } from "../context.js";
+import { describeConnection } from "../remote/connection.js";
 import { fields, formatBytes } from "../render.js";
 
 /** Where fields() starts the values: after the longest key, "privileges:", and a space. */
@@ -28,11 +29,12 @@ function guestLine(listener: DaemonStatus["guest_listener"]): string {
   return `phone-home off: ${listener.error ?? "not listening"} (guest agent only)${hint}`;
 }
 
-export function statusText(status: DaemonStatus): string {
+export function statusText(status: DaemonStatus, connection?: string): string {
   const counts = Object.entries(status.sandboxes)
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([state, count]) => `${state} ${count}`);
   return fields([
+    ...(connection ? ([["connection", connection]] as Array<[string, string]>) : []),
     ["daemon", `agentlabd ${status.version} (pid ${status.pid}, node ${status.node_version})`],
     ["uptime", `${formatDuration(Math.round(status.uptime_seconds) * 1000)} (since ${status.started_at})`],
     ["schema", `version ${status.schema_version}`],
@@ -41,6 +43,16 @@ export function statusText(status: DaemonStatus): string {
     ["guests", guestLine(status.guest_listener)],
     ["database", `${status.database.path} (${formatBytes(status.database.size_bytes)})`],
     ["socket", status.socket_path],
+    ...(status.control_listener
+      ? ([
+          [
+            "remote",
+            status.control_listener.listening
+              ? `${status.control_listener.url} (certificate SHA-256 ${status.control_listener.fingerprint})`
+              : "off (control_listen not set)",
+          ],
+        ] as Array<[string, string]>)
+      : []),
     ["config", status.config_path],
     ["profiles", String(status.profiles)],
     ["sandboxes", counts.length > 0 ? counts.join(", ") : "none"],
@@ -52,7 +64,22 @@ export const statusCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   describe: "Show the daemon's version, uptime, schema version, backend, database and sandbox counts",
   handler: (argv) =>
     execute(argv, async (ctx) => {
+      const connection = connectionOf(argv);
       const status = await ctx.call(daemonStatus, {});
-      return { data: status, text: statusText(status) };
+      // The JSON says where the CLI connected, never with the token or the pinned certificate's PEM.
+      const shown =
+        connection.kind === "socket"
+          ? { kind: connection.kind, path: connection.path, source: connection.source }
+          : {
+              kind: connection.kind,
+              endpoint: connection.endpoint,
+              source: connection.source,
+              token_source: connection.tokenSource,
+              ...(connection.pin ? { fingerprint: connection.pin.fingerprint } : {}),
+            };
+      return {
+        data: { ...status, connection: shown },
+        text: statusText(status, describeConnection(connection)),
+      };
     }),
 };

@@ -23,6 +23,7 @@ import {
 } from "../../protocol/index.js";
 import { sandboxInventory, sandboxReconcile } from "../../protocol/maintenance.js";
 import type { DaemonContext } from "../context.js";
+import { TokenService } from "../remote/tokens.js";
 import { daemonChecks as checksOf } from "../services/checks.js";
 import { DoctorService } from "../services/doctor.js";
 import { JobService } from "../services/jobs/service.js";
@@ -33,11 +34,13 @@ import { SandboxService } from "../services/sandboxes.js";
 import { SessionService } from "../services/sessions/service.js";
 import { daemonStatus as statusOf } from "../services/status.js";
 import { WorkspaceService } from "../services/workspaces/service.js";
+import { createApiTokenRepo } from "../store/api-tokens.js";
 import { registerDoctorHandlers } from "./doctor-handlers.js";
 import { registerJobHandlers } from "./job-handlers.js";
 import { operation } from "./operation.js";
 import type { RpcServer } from "./server.js";
 import { registerSessionHandlers } from "./session-handlers.js";
+import { registerTokenHandlers } from "./token-handlers.js";
 import { registerWorkspaceHandlers } from "./workspace-handlers.js";
 
 /** Wire every protocol method to the service that answers it. */
@@ -50,6 +53,7 @@ export function registerHandlers(
   maintenance: MaintenanceService;
   workspaces: WorkspaceService;
   jobs: JobService;
+  tokens: TokenService;
 } {
   // One VMID allocator per daemon: every service that creates VMs reserves through it, under one lock.
   const vmids = new VmidAllocator(ctx);
@@ -98,5 +102,7 @@ export function registerHandlers(
   registerDoctorHandlers(server, new DoctorService(ctx, sessions));
   const jobs = new JobService(ctx, sandboxes);
   registerJobHandlers(server, jobs);
-  return { sandboxes, maintenance, workspaces, jobs };
+  const tokens = new TokenService(() => createApiTokenRepo(ctx.store), ctx.clock);
+  registerTokenHandlers(server, tokens);
+  return { sandboxes, maintenance, workspaces, jobs, tokens };
 }

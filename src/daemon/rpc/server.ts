@@ -7,6 +7,8 @@ import {
   type Logger as JsonRpcLogger,
   type Message,
   type MessageConnection,
+  type MessageReader,
+  type MessageWriter,
   type ProgressToken,
   StreamMessageReader,
   StreamMessageWriter,
@@ -21,10 +23,44 @@ import { FrameError, FrameGuard } from "./frame-guard.js";
 import { claimSocketPath, restrictSocket } from "./socket.js";
 import { toRpcError } from "./to-rpc-error.js";
 
+/** Who is calling: a local socket client (trusted by its group), or a remote client and its token. */
+export type Caller =
+  | { transport: "socket" }
+  | {
+      transport: "remote";
+      /** Remote address as the listener saw it. */
+      address: string;
+      token: { id: string; name: string };
+    };
+
+/**
+ * Per-connection policy for a transport that is not trusted as a whole (the remote listener): asked
+ * before each call, after its params are valid, and told how each call ended.
+ */
+export interface CallGate {
+  /** Throw an AgentlabError to refuse the call; the handler then never runs. */
+  authorize(method: Method, params: unknown): void;
+  /** Called once per call, refused ones included, with the validated params when there were any. */
+  finished(method: string, params: unknown, outcome: { result?: unknown; error?: unknown }): void;
+}
+
+/** One client connection over any transport: a message reader and writer, and how to end it. */
+export interface RpcTransport {
+  reader: MessageReader;
+  writer: MessageWriter & { flushed(): Promise<void> };
+  /** Close the underlying transport at once (a broken client, or the end of the drain). */
+  destroy(): void;
+  /** Close after the last written message went out (the drain). */
+  end(): void;
+  caller: Caller;
+  gate?: CallGate;
+}
+
 /** What a handler gets besides its params. */
 export interface CallContext {
   method: string;
   requestId: string;
+  caller: Caller;
   /** Aborted when the client sends $/cancelRequest, disconnects, or the daemon stops draining. */
   signal: AbortSignal;
   log: Logger;
@@ -101,11 +137,7 @@ class TrackingMessageWriter extends StreamMessageWriter {
  */
 export class RpcServer {
   private readonly handlers = new Map<string, Registered>();
-  private readonly connections = new Set<{
-    conn: MessageConnection;
-    socket: Socket;
-    writer: TrackingMessageWriter;
-  }>();
+  private readonly connections = new Set<{ conn: MessageConnection; transport: RpcTransport }>();
   private readonly inFlight = new Set<InFlight>();
   private readonly log: Logger;
   private readonly maxFrameBytes: number;
@@ -186,11 +218,10 @@ export class RpcServer {
     // queues writes behind setImmediate); let those go out, then end each socket after its last write.
     for (let turn = 0; turn < 3; turn++) await new Promise((resolve) => setImmediate(resolve));
     await Promise.all(
-      [...this.connections].map(async ({ conn, socket, writer }) => {
-        await writer.flushed();
+      [...this.connections].map(async ({ conn, transport }) => {
+        await transport.writer.flushed();
         conn.dispose();
-        socket.end();
-        socket.destroySoon();
+        transport.end();
       }),
     );
     this.connections.clear();
@@ -199,14 +230,46 @@ export class RpcServer {
   }
 
   private accept(socket: Socket): void {
-    const connectionId = ++this.nextConnection;
-    const log = this.log.child({ conn: connectionId });
     const guard = new FrameGuard(this.maxFrameBytes);
     socket.pipe(guard);
+    // Before the reader's own listener, so a bad frame is logged with the guard's reason.
+    let connection: { drop(reason: string, error?: unknown): void } | undefined;
+    guard.on("error", (error) => connection?.drop((error as Error).message, error));
     const reader = new StrictMessageReader(guard);
-    const writer = new TrackingMessageWriter(socket);
-    const conn = createMessageConnection(reader, writer, jsonRpcLogger(log));
-    const entry = { conn, socket, writer };
+    connection = this.attach({
+      reader,
+      writer: new TrackingMessageWriter(socket),
+      destroy: () => socket.destroy(),
+      end: () => {
+        socket.end();
+        socket.destroySoon();
+      },
+      caller: { transport: "socket" },
+    });
+    const attached = connection;
+    socket.on("error", (error) => attached.drop("socket error", error));
+    socket.on("close", () => attached.drop("closed"));
+  }
+
+  /**
+   * Serve one client over any transport: the Unix socket above, or a WebSocket of the remote listener.
+   * Every transport gets the same handlers, validation, progress and cancellation. Returns `drop`, for the
+   * transport's own error and close events.
+   */
+  attach(transport: RpcTransport): { drop(reason: string, error?: unknown): void } {
+    if (this.draining) {
+      transport.destroy();
+      return { drop: () => {} };
+    }
+    const connectionId = ++this.nextConnection;
+    const log = this.log.child({
+      conn: connectionId,
+      ...(transport.caller.transport === "remote"
+        ? { remote: transport.caller.address, token: transport.caller.token.name }
+        : {}),
+    });
+    const conn = createMessageConnection(transport.reader, transport.writer, jsonRpcLogger(log));
+    const entry = { conn, transport };
     this.connections.add(entry);
     log.debug("client connected");
 
@@ -218,20 +281,21 @@ export class RpcServer {
       else log.debug(`client disconnected`);
       this.connections.delete(entry);
       conn.dispose();
-      socket.destroy();
+      transport.destroy();
     };
-    guard.on("error", (error) => drop((error as Error).message, error));
-    reader.onError((error) => drop(`unreadable message: ${error.message}`, error));
-    socket.on("error", (error) => drop("socket error", error));
-    socket.on("close", () => drop("closed"));
+    transport.reader.onError((error) => drop(`unreadable message: ${error.message}`, error));
+    transport.reader.onClose(() => drop("closed"));
     conn.onError(([error]) => drop("connection error", error));
 
     for (const { method, handler } of this.handlers.values()) {
       conn.onRequest(method.type, (params: unknown, token: CancellationToken) =>
-        this.dispatch(conn, log, method, handler, params, token),
+        this.dispatch(conn, log, transport, method, handler, params, token),
       );
     }
     conn.onRequest((method: string) => {
+      transport.gate?.finished(method, undefined, {
+        error: new AgentlabError("METHOD_NOT_FOUND", `unknown method "${method}"`),
+      });
       throw toRpcError(
         new AgentlabError("METHOD_NOT_FOUND", `unknown method "${method}"`, { details: { method } }),
         method,
@@ -239,11 +303,13 @@ export class RpcServer {
       );
     });
     conn.listen();
+    return { drop };
   }
 
   private async dispatch(
     conn: MessageConnection,
     connectionLog: Logger,
+    transport: RpcTransport,
     method: Method,
     handler: Registered["handler"],
     rawParams: unknown,
@@ -259,6 +325,7 @@ export class RpcServer {
     let finish = () => {};
     const call: InFlight = { abort, done: new Promise<void>((resolve) => (finish = resolve)) };
     this.inFlight.add(call);
+    let validParams: unknown;
     try {
       if (this.draining) throw new AgentlabError("DAEMON_SHUTTING_DOWN", "daemon is stopping");
       const parsed = method.params.safeParse(rawParams ?? {});
@@ -274,10 +341,13 @@ export class RpcServer {
           },
         );
       }
+      validParams = parsed.data;
+      transport.gate?.authorize(method, parsed.data);
       const progressToken = (parsed.data as { progress_token?: ProgressToken }).progress_token;
       const ctx: CallContext = {
         method: method.method,
         requestId,
+        caller: transport.caller,
         signal: abort.signal,
         log,
         progress: (value) => {
@@ -287,8 +357,10 @@ export class RpcServer {
       };
       const result = await handler(parsed.data, ctx);
       log.info({ ms: Math.round(performance.now() - started) }, "rpc ok");
+      transport.gate?.finished(method.method, parsed.data, { result });
       return result;
     } catch (error) {
+      transport.gate?.finished(method.method, validParams, { error });
       const rpcError = toRpcError(error, method.method, requestId);
       const level = rpcError.data?.code === "INTERNAL" ? "error" : "info";
       log[level](

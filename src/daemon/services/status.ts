@@ -91,6 +91,7 @@ export async function daemonStatus(ctx: DaemonContext): Promise<DaemonStatus> {
       error: "not started",
     },
     socket_path: ctx.config.socket_path,
+    control_listener: ctx.control ? { listening: true, ...ctx.control } : { listening: false },
     config_path: ctx.configPath,
     profiles: ctx.profiles.length,
     sandboxes: ctx.store.sandboxes.countByState(),

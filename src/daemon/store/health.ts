@@ -18,3 +18,8 @@ export function quickCheck(store: Store): string[] {
   }
   return lines;
 }
+
+/** One trivial read on the running connection: throws when the database does not answer. */
+export function ping(store: Store): void {
+  store.db.prepare("SELECT 1").get();
+}

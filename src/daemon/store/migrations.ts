@@ -235,6 +235,29 @@ ALTER TABLE jobs ADD COLUMN report_token_hash TEXT
   CHECK (report_token_hash IS NULL OR (length(report_token_hash) = 64 AND report_token_hash NOT GLOB '*[^0-9a-f]*'));
 `;
 
+/**
+ * Tokens of the remote control listener (docs/remote.md): only the SHA-256 of each secret is kept. The
+ * creating token is recorded on the rows an `operate` token may later act on, so such a token is held
+ * to what it created (a plain id, not a foreign key: revoking or deleting a token keeps the history).
+ */
+const ADD_API_TOKENS = `
+CREATE TABLE api_tokens (
+  id           TEXT PRIMARY KEY,
+  name         TEXT NOT NULL UNIQUE CHECK (name <> ''),
+  secret_hash  TEXT NOT NULL UNIQUE CHECK (length(secret_hash) = 64 AND secret_hash NOT GLOB '*[^0-9a-f]*'),
+  hint         TEXT NOT NULL,
+  scope        TEXT NOT NULL CHECK (scope IN ('read', 'operate', 'admin')),
+  all_targets  INTEGER NOT NULL DEFAULT 0 CHECK (all_targets IN (0, 1)),
+  created_at   TEXT NOT NULL CHECK (created_at ${TS}),
+  expires_at   TEXT CHECK (expires_at ${TS}),
+  revoked_at   TEXT CHECK (revoked_at ${TS}),
+  last_used_at TEXT CHECK (last_used_at ${TS})
+);
+ALTER TABLE sandboxes ADD COLUMN owner_token TEXT;
+ALTER TABLE workspaces ADD COLUMN owner_token TEXT;
+ALTER TABLE jobs ADD COLUMN owner_token TEXT;
+`;
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
@@ -261,6 +284,13 @@ export const MIGRATIONS: readonly Migration[] = [
     name: "add_job_runner_tokens",
     up(db) {
       db.exec(ADD_JOB_RUNNER_TOKENS);
+    },
+  },
+  {
+    version: 4,
+    name: "add_api_tokens",
+    up(db) {
+      db.exec(ADD_API_TOKENS);
     },
   },
 ];

@@ -1,0 +1,112 @@
+/**
+ * JSON-RPC over a WebSocket: one text message per JSON-RPC message (no Content-Length framing; the
+ * WebSocket already delimits messages). Both ends use this pair, so progress notifications and
+ * `$/cancelRequest` travel exactly as on the Unix socket. Typed against the few members of a `ws`
+ * WebSocket it uses, so this module needs no import of `ws` itself.
+ */
+import {
+  AbstractMessageReader,
+  AbstractMessageWriter,
+  type DataCallback,
+  type Disposable,
+  type Message,
+  type MessageReader,
+  type MessageWriter,
+} from "vscode-jsonrpc";
+
+/** Where the control listener serves the JSON-RPC WebSocket, and its one unauthenticated route. */
+export const RPC_PATH = "/rpc";
+export const HEALTH_PATH = "/health";
+
+/** The members of a `ws` WebSocket the transport needs. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string, callback?: (error?: Error) => void): void;
+  on(event: "message", listener: (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => void): this;
+  on(event: "close", listener: (code: number, reason: Buffer) => void): this;
+  on(event: "error", listener: (error: Error) => void): this;
+}
+
+/** WebSocket.OPEN in the `ws` library and in browsers. */
+const OPEN = 1;
+
+function text(data: Buffer | ArrayBuffer | Buffer[]): string {
+  if (Array.isArray(data)) return Buffer.concat(data).toString("utf8");
+  if (data instanceof ArrayBuffer) return Buffer.from(data).toString("utf8");
+  return data.toString("utf8");
+}
+
+export class WebSocketMessageReader extends AbstractMessageReader implements MessageReader {
+  private callback: DataCallback | undefined;
+  /** Messages that arrived before listen(): the peer may speak first. */
+  private readonly early: Message[] = [];
+
+  constructor(socket: WebSocketLike) {
+    super();
+    socket.on("message", (data, isBinary) => {
+      let message: unknown;
+      try {
+        if (isBinary) throw new Error("binary WebSocket message; JSON-RPC messages are sent as text");
+        message = JSON.parse(text(data));
+      } catch (error) {
+        this.fireError(error);
+        return;
+      }
+      const candidate = message as Record<string, unknown> | null;
+      if (candidate === null || typeof candidate !== "object" || candidate.jsonrpc !== "2.0") {
+        this.fireError(new Error("message is not a JSON-RPC 2.0 object"));
+        return;
+      }
+      if (this.callback) this.callback(candidate as unknown as Message);
+      else this.early.push(candidate as unknown as Message);
+    });
+    socket.on("error", (error) => this.fireError(error));
+    socket.on("close", () => this.fireClose());
+  }
+
+  listen(callback: DataCallback): Disposable {
+    this.callback = callback;
+    for (const message of this.early.splice(0)) callback(message);
+    return { dispose: () => (this.callback = undefined) };
+  }
+}
+
+export class WebSocketMessageWriter extends AbstractMessageWriter implements MessageWriter {
+  private errorCount = 0;
+  private readonly pending = new Set<Promise<void>>();
+
+  constructor(private readonly socket: WebSocketLike) {
+    super();
+    socket.on("close", () => this.fireClose());
+  }
+
+  write(message: Message): Promise<void> {
+    const written = new Promise<void>((resolve, reject) => {
+      if (this.socket.readyState !== OPEN) {
+        reject(new Error("the WebSocket is closed"));
+        return;
+      }
+      this.socket.send(JSON.stringify(message), (error) => {
+        if (error) {
+          this.errorCount++;
+          this.fireError(error, message, this.errorCount);
+          reject(error);
+        } else {
+          this.errorCount = 0;
+          resolve();
+        }
+      });
+    });
+    this.pending.add(written);
+    const forget = () => this.pending.delete(written);
+    written.then(forget, forget);
+    return written;
+  }
+
+  /** Resolves once every write so far has reached the socket (or failed): used by the daemon's drain. */
+  async flushed(): Promise<void> {
+    await Promise.allSettled([...this.pending]);
+  }
+
+  end(): void {}
+}
