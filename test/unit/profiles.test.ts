@@ -445,6 +445,10 @@ describe("the profiles the docs and --help examples name", () => {
         if (!shipped.has(match[1]!)) wrong.push(`${path.basename(file)}: --profile ${match[1]}`);
       }
     }
-    assert.deepEqual(wrong, [], `examples name profiles that do not exist (shipped: ${[...shipped].join(", ")})`);
+    assert.deepEqual(
+      wrong,
+      [],
+      `examples name profiles that do not exist (shipped: ${[...shipped].join(", ")})`,
+    );
   });
 });
