@@ -1,7 +1,7 @@
 /**
  * The package step of a sandbox's first boot (real sh, with stand-ins for apt-get and the programs on
  * PATH): only what the template lacks is installed. The whole boot in a real guest is
- * test/system/real-guest-cloud-init.test.ts.
+ * test/real-guest/cloud-init.test.ts.
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";

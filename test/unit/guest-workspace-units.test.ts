@@ -2,7 +2,7 @@
  * The guest side of the workspace contract (src/daemon/guest/workspace-units.ts): the format script run
  * by real sh with the real blkid, mkfs.ext4 and e2fsprogs on disk images in files; the units checked by
  * the real systemd-analyze, the device name by the real systemd-escape. Mounting in a real guest (cold
- * and hot attach) is test/system/real-guest-cloud-init.test.ts.
+ * and hot attach) is test/real-guest/cloud-init.test.ts.
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
