@@ -189,7 +189,7 @@ describe("real guests: sandboxes are real QEMU VMs", { skip, timeout: 3_600_000 
     assert.match(out, /bootstrap\.json present/);
     assert.match(
       out,
-      /real-guest job: work=ext4 \S*noatime\S* owner=agent/,
+      /real-guest job: work=ext4 +\S*noatime\S* owner=agent/,
       "the workspace is /work, the agent's",
     );
     assert.match(out, /real-guest job: marker written/);
