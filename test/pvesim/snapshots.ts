@@ -2,9 +2,10 @@
 import { type AuthId, checkPriv } from "./access.js";
 import type { Ctx } from "./context.js";
 import { CommandError, fail, PveError } from "./errors.js";
+import { monitorSync } from "./monitor.js";
 import { bootVm, haltVm } from "./power.js";
 import { isQcow2 } from "./qcow2.js";
-import { qmpOrFail } from "./qemu.js";
+import { qemuPaths, qmpOrFail } from "./qemu.js";
 import { isReal } from "./qemu-power.js";
 import { bool, type Params, str } from "./schema.js";
 import {
@@ -20,7 +21,7 @@ import {
 } from "./storage.js";
 import { createTask, registerTaskKind } from "./tasks.js";
 import type { ConfigMap, TaskRec, VmRec, VolumeRec } from "./types.js";
-import { configDigest, isCloudinitVolume, typedConfig, volumeDrives } from "./vmconfig.js";
+import { agentEnabled, configDigest, isCloudinitVolume, typedConfig, volumeDrives } from "./vmconfig.js";
 import { checkLock, getVm, isTemplate } from "./vms.js";
 
 export const SNAPNAME_FORMAT = (v: string): string | undefined =>
@@ -174,8 +175,13 @@ registerTaskKind("snapshot", {
     const vm = getVm(ctx, task.node, task.op.vmid);
     const name = String(task.op.params["snapname"]);
     const snap = vm.snapshots[name]!;
-    for (const rec of snapshotVolumes(ctx, vm, snap)) {
-      if (!runningQemuSnapshot(ctx, vm, rec, name, "create")) snapshotVolume(ctx, rec, name);
+    const frozen = freezeGuest(ctx, vm, task, Boolean(snap["vmstate"]));
+    try {
+      for (const rec of snapshotVolumes(ctx, vm, snap)) {
+        if (!runningQemuSnapshot(ctx, vm, rec, name, "create")) snapshotVolume(ctx, rec, name);
+      }
+    } finally {
+      if (frozen) thawGuest(ctx, vm, task);
     }
     delete snap["snapstate"];
     vm.config["parent"] = name;
@@ -188,6 +194,38 @@ registerTaskKind("snapshot", {
     if (vm.config["lock"] === "snapshot") delete vm.config["lock"];
   },
 });
+
+/**
+ * Before a running real guest's disks are snapshotted without its RAM, its file systems are frozen
+ * through the guest agent and thawed afterwards, as qemu-server does when the agent is enabled and
+ * answers (QemuConfig.pm `__snapshot_check_freeze_needed` / `__snapshot_freeze`: guest-fsfreeze-freeze,
+ * guest-fsfreeze-thaw; a failure is a warning in the task log, not an error). Without it the snapshot
+ * holds what the guest had written back so far: files cloud-init wrote a moment before (sshd's host
+ * keys) came back empty after a rollback. Returns whether the guest was frozen.
+ */
+function freezeGuest(ctx: Ctx, vm: VmRec, task: TaskRec, vmstate: boolean): boolean {
+  if (vmstate || !isReal(vm) || vm.runtime.status !== "running") return false;
+  if (!agentEnabled(vm.config["agent"])) return false;
+  const qga = qemuPaths(ctx.dir, vm.vmid).qga;
+  const peer = `VM ${vm.vmid}`;
+  // qga_check_running: a guest-ping first; a silent agent means no freeze, as on Proxmox.
+  if (!monitorSync(qga, "qga", peer, { execute: "guest-ping" }).ok) return false;
+  const out = monitorSync(qga, "qga", peer, { execute: "guest-fsfreeze-freeze" });
+  if (!out.ok || out.answer.error) {
+    task.log.push(`guest-fsfreeze-freeze problems - ${out.ok ? out.answer.error?.desc : out.message}`);
+    return false;
+  }
+  return true;
+}
+
+function thawGuest(ctx: Ctx, vm: VmRec, task: TaskRec): void {
+  const out = monitorSync(qemuPaths(ctx.dir, vm.vmid).qga, "qga", `VM ${vm.vmid}`, {
+    execute: "guest-fsfreeze-thaw",
+  });
+  if (!out.ok || out.answer.error) {
+    task.log.push(`guest-fsfreeze-thaw problems - ${out.ok ? out.answer.error?.desc : out.message}`);
+  }
+}
 
 /**
  * A snapshot of a disk that a real, running QEMU has open goes through QEMU, as qemu-server's
