@@ -12,6 +12,7 @@ import { createLogger, type Logger } from "./log.js";
 import { bridgePortFinder } from "./network/ports.js";
 import { execaRunner, SandboxFirewall } from "./network/sandbox-firewall.js";
 import { createBackend } from "./proxmox/load.js";
+import { reloadDaemon } from "./reload.js";
 import { type RunningControl, startControl } from "./remote/control.js";
 import { registerHandlers } from "./rpc/handlers.js";
 import { RpcServer } from "./rpc/server.js";
@@ -221,4 +222,8 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
       );
     });
   }
+  // Without a handler SIGHUP would end the process silently and leave the socket behind.
+  process.on("SIGHUP", () => {
+    reloadDaemon(daemon.ctx);
+  });
 }

@@ -54,6 +54,7 @@ const NO_FILE_EFFECT = new Set([
   "Type",
   "ExecStart",
   "ExecStartPost",
+  "ExecReload",
   "Restart",
   "RestartSec",
   "TimeoutStopSec",
