@@ -112,11 +112,19 @@ describe("real guests: sandboxes are real QEMU VMs", { skip, timeout: 3_600_000 
     assert.equal(agent, "active");
     assert.match(status ?? "", /status: done/);
     const ds = await rig.ssh(first.ip, "sudo cat /run/cloud-init/status.json");
+    const statusJson = JSON.parse(ds.stdout) as {
+      v1: { datasource: string } & Record<string, { errors?: unknown[] } | string | null>;
+    };
+    // NoCloud from the seed on the cloud-init drive (NoCloudNet when it is picked up in the net stage).
     assert.match(
-      ds.stdout,
-      /DataSourceNoCloud \[seed=\/dev\/sr0\]/,
-      "our snippet came from the NoCloud seed",
+      statusJson.v1.datasource,
+      /^DataSourceNoCloud(Net)? \[seed=\/dev\/sr0\]/,
+      "our snippet came from the seed",
     );
+    for (const [stage, value] of Object.entries(statusJson.v1)) {
+      if (value && typeof value === "object")
+        assert.deepEqual(value.errors ?? [], [], `cloud-init ${stage}: no errors`);
+    }
   });
 
   test("isolation from inside a real guest: the Internet yes; the LAN, the host's 8006 and 22 no; spoofing dropped", async () => {
