@@ -4,7 +4,7 @@ import Database from "better-sqlite3";
 import { toDbTime } from "../../src/daemon/store/time.js";
 import { startDaemon } from "../helpers/daemon.js";
 import { type BackendKind, FAST_KNOBS, type SimHost, startSimHost } from "../helpers/simhost.js";
-import { clearFaults, runTool, setControl } from "../pvesim/harness.js";
+import { clearFaults, inspect, runTool, setControl } from "../pvesim/harness.js";
 import { logLine, until } from "./maintenance-host.js";
 import {
   type ErrorBody,
@@ -292,6 +292,15 @@ for (const [kind, storage] of [
       assert.equal(fingerprint(file), print);
     });
 
+    /** The power and destroy tasks Proxmox ran for a VM after its start, in order. */
+    const powerTasks = (vmid: number) =>
+      inspect(h.sim.dir, (ctx) =>
+        ctx.state.tasks
+          .filter((t) => t.id === String(vmid) && ["qmshutdown", "qmstop", "qmdestroy"].includes(t.type))
+          .sort((a, b) => a.starttime - b.starttime)
+          .map((t) => t.type),
+      );
+
     test("destroy, destroy --force, prune after a hand qm destroy and the lease reaper never take the workspace", async () => {
       // sandbox destroy
       let sandbox = await newSandbox();
@@ -300,6 +309,9 @@ for (const [kind, storage] of [
       const destroyed = await h.json(["sandbox", "destroy", String(sandbox.vmid)]);
       assert.equal(destroyed.code, 0, destroyed.stderr);
       await assertSurvived(print, sandbox.vmid);
+      // The guest got to write /work back: a clean shutdown, not a hard stop (a real guest lost the
+      // last file a job wrote when its sandbox was stopped hard).
+      assert.deepEqual(await powerTasks(sandbox.vmid), ["qmshutdown", "qmdestroy"]);
 
       // sandbox destroy --force
       sandbox = await newSandbox();
@@ -308,6 +320,7 @@ for (const [kind, storage] of [
       const forced = await h.json(["sandbox", "destroy", "--force", String(sandbox.vmid)]);
       assert.equal(forced.code, 0, forced.stderr);
       await assertSurvived(print, sandbox.vmid);
+      assert.equal((await powerTasks(sandbox.vmid))[0], "qmshutdown", "forced too");
 
       // An operator's qm destroy with purge and unreferenced disks, then sandbox prune records it.
       sandbox = await newSandbox();

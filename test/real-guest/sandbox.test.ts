@@ -294,13 +294,16 @@ describe("real guests: sandboxes are real QEMU VMs", { skip, timeout: 3_600_000 
     const destroyed = await rig.h.cli(["sandbox", "destroy", String(first.vmid)]);
     assert.equal(destroyed.code, 0, destroyed.stderr);
     assert.equal(qemuPid(first.vmid), undefined, "no QEMU left");
-    let alive = true;
-    try {
-      process.kill(pid, 0);
-    } catch {
-      alive = false;
-    }
-    assert.equal(alive, false, `QEMU pid ${pid} is gone`);
+    // QEMU removes its pid file on its way out; the process itself ends a moment later.
+    const gone = await waitFor(`QEMU pid ${pid} to end`, 10_000, async () => {
+      try {
+        process.kill(pid, 0);
+        return undefined;
+      } catch {
+        return true;
+      }
+    });
+    assert.equal(gone, true, `QEMU pid ${pid} is gone`);
     assert.equal(existsSync(disk), false, "the overlay is removed");
     const taps = await rig.lab.must(rig.ns.host, "ip", ["-o", "link", "show"]);
     assert.doesNotMatch(taps, new RegExp(`tap${first.vmid}i0`), "no tap left");

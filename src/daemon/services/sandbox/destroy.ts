@@ -35,6 +35,7 @@ export async function removeVm(ctx: DaemonContext, recorded: VmRef): Promise<voi
   const { backend } = ctx;
   const vm = await locateVm(ctx, recorded);
   try {
+    await shutDownForWorkspace(ctx, vm);
     await backend.stop(vm);
     await unplugWorkspaces(ctx, vm);
     await backend.destroy(vm, { purge: true });
@@ -42,6 +43,26 @@ export async function removeVm(ctx: DaemonContext, recorded: VmRef): Promise<voi
     if (isVmNotFound(error)) return;
     throw error;
   }
+}
+
+/** How long a sandbox with a workspace gets to shut down cleanly before it is stopped hard. */
+const WORKSPACE_SHUTDOWN_SECONDS = 120;
+
+/**
+ * A running sandbox with a workspace attached is shut down cleanly before it goes, so its guest writes
+ * /work back and unmounts it (as workspace detach does): a hard stop loses what the agent wrote in its
+ * last seconds (seen on a real guest: a job's last file was not on the workspace after its sandbox was
+ * destroyed). Proxmox stops it hard only if the shutdown does not finish in time (forceStop).
+ */
+async function shutDownForWorkspace(ctx: DaemonContext, vm: VmRef, signal?: AbortSignal): Promise<void> {
+  if (!ctx.store.workspaces.byAttachedVmid(vm.vmid)) return;
+  const status = await ctx.backend.status(vm);
+  if (status.state !== "running") return;
+  await ctx.backend.shutdown(
+    vm,
+    { timeoutSeconds: WORKSPACE_SHUTDOWN_SECONDS, forceStop: true },
+    signal ? { signal } : undefined,
+  );
 }
 
 /**
@@ -74,6 +95,7 @@ export function destroySandbox(
         if (force) await removeVm(ctx, vmRefOf(ctx, row));
         else {
           const vm = await locateVm(ctx, vmRefOf(ctx, row));
+          await shutDownForWorkspace(ctx, vm, op.signal);
           const status = await ctx.backend.status(vm);
           if (status.state !== "stopped") await ctx.backend.stop(vm, { signal: op.signal });
           await unplugWorkspaces(ctx, vm);
