@@ -88,7 +88,10 @@ describe("agentlabd SIGHUP reloads config.yaml and the profiles", () => {
     assert.match(line, /"applied":\["provisioning_timeout_ms","orphan_grace_period_ms"\]/);
     assert.match(line, /"restart_needed":\["bootstrap_listen","agent_subnet","controller_url"\]/);
     const warn = await logLine(daemon, /only read at start-up/, from);
-    assert.match(warn, /bootstrap_listen, agent_subnet, controller_url \(systemctl restart agentlabd applies them\)/);
+    assert.match(
+      warn,
+      /bootstrap_listen, agent_subnet, controller_url \(systemctl restart agentlabd applies them\)/,
+    );
     const status = await runCli(["--socket", host.socketPath, "status"]);
     assert.equal(status.code, 0, status.stderr);
     writeConfig(host.configPath, config);
