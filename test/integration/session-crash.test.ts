@@ -273,10 +273,11 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       const resumed = await m.h.cli(["session", "resume", "k1"]);
       assert.equal(resumed.code, 0, resumed.stderr);
       const vmid = session("k1")!.current_vmid!;
+      // The session's workspace is attached: the sandbox is shut down cleanly (qmshutdown), not stopped.
       await killDuring(
         ["session", "stop", "k1"],
-        { stop_ms: 3000 },
-        async (stderr) => stderr.includes("destroying") && (await taskRunning("qmstop")),
+        { shutdown_ms: 3000 },
+        async (stderr) => stderr.includes("destroying") && (await taskRunning("qmshutdown")),
       );
       const state = await assertRecovered("k1");
       assert.equal(state, "stopped", "the stop the user asked for is finished");
