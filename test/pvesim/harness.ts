@@ -233,7 +233,9 @@ export function startApiProcess(sim: Sim): Promise<SimApi> {
 /** Real guests (guests=qemu) outlive the processes that started them: a test's cleanup kills them. */
 export function killRealGuests(dir: string): void {
   const run = join(dir, "host", QEMU_RUN_DIR);
-  for (const name of existsSync(run) ? readdirSync(run) : []) {
+  // A test may have replaced the run dir by a file (to make QEMU's start fail): then no guest runs.
+  const names = existsSync(run) && statSync(run).isDirectory() ? readdirSync(run) : [];
+  for (const name of names) {
     if (!name.endsWith(".pid")) continue;
     const pid = qemuPid(join(run, name));
     if (pid) process.kill(pid, "SIGKILL");
