@@ -149,6 +149,19 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
     }) as unknown as Argv<GlobalArgs>;
 }
 
+/**
+ * A reader that stops reading (`agentlab sandbox list | head -1`) is not a failure of the command: its
+ * work is done, so exit 0 without a word instead of an unhandled EPIPE stack trace.
+ */
+function quietOnClosedPipe(stream: NodeJS.WriteStream): void {
+  stream.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code === "EPIPE") process.exit(0);
+    throw error;
+  });
+}
+
 export async function main(argv: string[] = hideBin(process.argv)): Promise<void> {
+  quietOnClosedPipe(process.stdout);
+  quietOnClosedPipe(process.stderr);
   await buildCli(argv).parseAsync();
 }

@@ -15,6 +15,7 @@ import {
   spawnDaemon,
   startDaemon,
 } from "../helpers/daemon.js";
+import { AGENTLAB_BIN } from "../helpers/paths.js";
 
 /** The daemon's stdout is JSON lines; find the ones with a given message. */
 function logLines(daemon: RunningDaemon, msg: string): Array<Record<string, unknown>> {
@@ -77,6 +78,20 @@ describe("agentlabd and agentlab over a real Unix socket", () => {
     assert.match(result.stdout, /^NAME +TEMPLATE +CORES/m);
     for (const name of ["interactive-dev", "yolo-ephemeral", "yolo-workspace"]) {
       assert.match(result.stdout, new RegExp(`^${name} +9000 `, "m"));
+    }
+  });
+
+  test("a reader that stops reading (agentlab status | head -0) is a quiet exit 0, not an EPIPE stack", async () => {
+    for (const args of [["status"], ["status", "--json"], ["profile", "list"]]) {
+      const child = spawn(process.execPath, [AGENTLAB_BIN, "--socket", host.socketPath, ...args], {
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      child.stdout.destroy(); // the reader is gone before the CLI writes its first byte
+      let stderr = "";
+      child.stderr.on("data", (chunk) => (stderr += chunk));
+      const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+      assert.equal(stderr, "", `agentlab ${args.join(" ")}`);
+      assert.equal(code, 0, `agentlab ${args.join(" ")}`);
     }
   });
 
