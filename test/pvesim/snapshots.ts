@@ -307,11 +307,7 @@ registerTaskKind("rollback", {
     const name = String(task.op.params["snapname"]);
     const snap = vm.snapshots[name]!;
     for (const rec of snapshotVolumes(ctx, vm, snap)) rollbackVolume(ctx, rec, name);
-    const restored: ConfigMap = { ...snap };
-    for (const key of SNAPSHOT_ONLY_KEYS) delete restored[key];
-    if (vm.config["description"] !== undefined) restored["description"] = vm.config["description"];
-    restored["parent"] = name;
-    vm.config = restored;
+    vm.config = rolledBackConfig(vm.config, snap, name);
     vm.pending = {};
     vm.pendingDelete = [];
     if (task.op.params["start"] || snap["vmstate"]) bootVm(ctx, vm, task.log);
@@ -321,6 +317,47 @@ registerTaskKind("rollback", {
     if (vm.config["lock"] === "rollback") delete vm.config["lock"];
   },
 });
+
+/**
+ * The config after a rollback, as AbstractConfig::snapshot_rollback writes it: a volume the current
+ * config uses but the snapshot does not becomes an unusedN entry first (__snapshot_rollback_get_unused:
+ * cdroms, so the cloud-init drive too, skipped; add_unused_volume: lowest free index, no duplicates, no
+ * owner check: a disk of another VM is listed too), then __snapshot_apply_config keeps the current
+ * unusedN entries and description and copies the snapshot's keys over them.
+ */
+export function rolledBackConfig(current: ConfigMap, snap: ConfigMap, name: string): ConfigMap {
+  const inSnapshot = new Set(
+    volumeDrives(snap)
+      .filter(({ key, drive }) => !key.startsWith("unused") && !isCloudinitVolume(drive.file))
+      .map(({ drive }) => drive.file),
+  );
+  const withUnused: ConfigMap = { ...current };
+  for (const { key, drive } of volumeDrives(current)) {
+    if (key.startsWith("unused") || isCloudinitVolume(drive.file) || inSnapshot.has(drive.file)) continue;
+    addUnusedVolume(withUnused, drive.file);
+  }
+  const restored: ConfigMap = {};
+  for (const [key, value] of Object.entries(withUnused)) {
+    if (/^unused\d+$/.test(key) || key === "description") restored[key] = value;
+  }
+  for (const [key, value] of Object.entries(snap)) {
+    if (!SNAPSHOT_ONLY_KEYS.includes(key)) restored[key] = value;
+  }
+  restored["parent"] = name;
+  return restored;
+}
+
+/** AbstractConfig::add_unused_volume: the lowest free unusedN (of 256), nothing if already listed. */
+function addUnusedVolume(config: ConfigMap, volid: string): void {
+  let free: string | undefined;
+  for (let i = 255; i >= 0; i--) {
+    const key = `unused${i}`;
+    if (config[key] === undefined) free = key;
+    else if (config[key] === volid) return;
+  }
+  if (free === undefined) throw fail("Too many unused volumes - please delete them first.");
+  config[free] = volid;
+}
 
 export function deleteSnapshot(
   ctx: Ctx,

@@ -347,6 +347,28 @@ describe("pvesim: config flock, pending changes, snapshots", () => {
     const missing = await apiTask(sim, "POST", `${VM}/101/snapshot/nope/rollback`);
     assert.equal(missing.exitstatus, "snapshot 'nope' does not exist");
   });
+  it("a rollback lists a disk the snapshot lacks as unusedN (another VM's too), keeping unused entries and the description", async () => {
+    assert.equal((await apiTask(sim, "POST", `${VM}/101/snapshot`, { snapname: "bare" })).exitstatus, "OK");
+    await inspect(sim.dir, (ctx) => {
+      const config = ctx.state.vms["101"]!.config;
+      config["scsi1"] = "local-zfs:vm-4242-disk-0,backup=0,discard=on";
+      config["unused0"] = "local-zfs:vm-101-disk-9";
+      config["description"] = "kept";
+    });
+    assert.equal((await apiTask(sim, "POST", `${VM}/101/snapshot/bare/rollback`)).exitstatus, "OK");
+    const config = (await api(sim, "GET", `${VM}/101/config`)).data as Record<string, unknown>;
+    assert.equal(config["scsi1"], undefined, "the drive is gone from the config");
+    assert.equal(config["unused0"], "local-zfs:vm-101-disk-9");
+    assert.equal(config["unused1"], "local-zfs:vm-4242-disk-0", "listed as unused, not silently dropped");
+    assert.equal(config["description"], "kept");
+    assert.equal(config["parent"], "bare");
+    await inspect(sim.dir, (ctx) => {
+      const vm = ctx.state.vms["101"]!;
+      delete vm.config["unused0"];
+      delete vm.config["unused1"];
+    });
+    assert.equal((await apiTask(sim, "DELETE", `${VM}/101/snapshot/bare`)).exitstatus, "OK");
+  });
 });
 
 describe("pvesim: faults", () => {
