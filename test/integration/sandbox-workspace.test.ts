@@ -14,6 +14,7 @@ import {
   volidOf,
   volumeFile,
   type WorkspaceBody,
+  workspaceEvents,
   workspaceShow,
   writeData,
 } from "./workspace-volume.js";
@@ -125,11 +126,49 @@ for (const [kind, storage] of [
         assert.equal(refused.body.code, "WORKSPACE_ATTACHED", args.join(" "));
       }
       assert.deepEqual(Object.keys((await simVm(h, sandbox.vmid))?.snapshots ?? {}), ["clean"]);
-      // Revert still refuses while a disk besides the root disk is attached.
-      const revert = await h.json<ErrorBody>(["sandbox", "revert", "--force", String(sandbox.vmid)]);
-      assert.equal(revert.code, 1);
-      assert.equal(revert.body.code, "CONFLICT");
-      assert.match(revert.body.message, /has disks besides its root disk \(scsi1\)/);
+      // Revert rolls the root disk back and keeps the workspace attached: scsi1 taken out around the
+      // rollback (else Proxmox would list it as unused0 and the sandbox would boot without /work).
+      for (const running of [false, true]) {
+        if (running) assert.equal((await h.json(["sandbox", "start", String(sandbox.vmid)])).code, 0);
+        const revert = await h.json<{ restarted: boolean; sandbox: SandboxBody }>([
+          "sandbox",
+          "revert",
+          "--force",
+          String(sandbox.vmid),
+        ]);
+        assert.equal(revert.code, 0, revert.stderr);
+        assert.equal(revert.body.restarted, running);
+        assert.equal(revert.body.sandbox.state, running ? "RUNNING" : "STOPPED");
+        const reverted = await simVm(h, sandbox.vmid);
+        assert.equal(volidOf(reverted?.config.scsi1), ws.volid, "scsi1 is the workspace again");
+        assert.deepEqual(
+          Object.keys(reverted?.config ?? {}).filter((key) => key.startsWith("unused")),
+          [],
+          "no unused entry",
+        );
+        assert.equal(reverted?.config.parent, "clean");
+        const kept = await workspaceShow(h, "w1");
+        assert.equal(kept.attached_vmid, sandbox.vmid, "still recorded attached");
+        assert.equal(kept.lease_owner, `sandbox:${sandbox.vmid}`, "the attachment lease is untouched");
+        assert.equal(fingerprint(file), print, "the workspace's bytes are untouched");
+      }
+      assert.equal(
+        workspaceEvents(h, ws.id).filter((kind) => kind === "workspace.kept_across_revert").length,
+        2,
+      );
+      assert.equal((await h.json(["sandbox", "stop", String(sandbox.vmid)])).code, 0);
+      // A disk agentlab does not know is still refused: a rollback would drop it from the config.
+      await inspect(h.sim.dir, (ctx) => {
+        ctx.state.vms[String(sandbox.vmid)]!.config.scsi2 = "local-lvm:vm-4242-disk-0";
+      });
+      const refused = await h.json<ErrorBody>(["sandbox", "revert", "--force", String(sandbox.vmid)]);
+      await inspect(h.sim.dir, (ctx) => {
+        delete ctx.state.vms[String(sandbox.vmid)]!.config.scsi2;
+      });
+      assert.equal(refused.code, 1);
+      assert.equal(refused.body.code, "CONFLICT");
+      assert.match(refused.body.message, /has disks besides its root disk \(scsi2\)/);
+      assert.equal((await workspaceShow(h, "w1")).attached_vmid, sandbox.vmid);
 
       // A second sandbox cannot have it: refused before anything is reserved or cloned.
       const vmsBefore = Object.keys((await runVmList(h)) ?? {}).length;

@@ -196,6 +196,28 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       assert.equal(sandboxRow.workspace_id, ws.id, "both records of the attachment agree");
     });
 
+    test("sandbox revert, killed while Proxmox rolls the root disk back: the workspace goes back as scsi1, still attached", async () => {
+      const ws = row("c1")!;
+      const S = ws.attached_vmid!;
+      await killDuring(["sandbox", "revert", "--force", String(S)], { task_ms: 3000 }, (stderr) =>
+        stderr.includes("rolling the root disk back"),
+      );
+      const after = await assertConsistent("c1");
+      assert.equal(after.attached_vmid, S, "still recorded attached");
+      const config = await inspect(m.h.sim.dir, (ctx) => ctx.state.vms[String(S)]!.config);
+      assert.equal(config["scsi1"]?.split(",")[0], ws.volid, "scsi1 is the workspace again");
+      assert.equal(config["parent"], "clean", "the rollback itself finished in Proxmox");
+      assert.deepEqual(
+        Object.keys(config).filter((key) => key.startsWith("unused")),
+        [],
+      );
+      assert.equal(recovered(ws.id).at(-1)?.op_kind, "revert");
+      assert.equal(recovered(ws.id).at(-1)?.outcome, "committed");
+      // The detach below needs the sandbox running again.
+      const started = await m.h.json(["sandbox", "start", String(S)]);
+      assert.equal(started.code, 0, started.stderr);
+    });
+
     test("detach, killed while the sandbox is being stopped: finished, detached, sandbox STOPPED", async () => {
       const ws = row("c1")!;
       const S = ws.attached_vmid!;
@@ -219,7 +241,13 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       assert.deepEqual(sandbox, { state: "STOPPED", workspace_id: null });
       assert.deepEqual(
         recovered(ws.id).map((e) => `${e.op_kind}:${e.outcome}`),
-        ["create:committed", "snapshot:committed", "attach:committed", "detach:committed"],
+        [
+          "create:committed",
+          "snapshot:committed",
+          "attach:committed",
+          "revert:committed",
+          "detach:committed",
+        ],
       );
     });
 

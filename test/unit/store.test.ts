@@ -119,6 +119,44 @@ describe("store: open and migrate", () => {
     }
   });
 
+  it("migration 8 rebuilds workspace_ops keeping its rows and ids, and then accepts a revert intent", () => {
+    const dbPath = tempDbPath();
+    const db = new Database(dbPath);
+    try {
+      db.pragma("foreign_keys = ON");
+      migrate(db, { path: dbPath, migrations: MIGRATIONS.filter((x) => x.version < 8) });
+      const at = "2026-01-01T00:00:00.000000000Z";
+      db.prepare(
+        "INSERT INTO workspaces (id, name, storage, size_gb, volid, created_at, updated_at) VALUES (?, ?, 'local-lvm', 1, ?, ?, ?)",
+      ).run("workspace-00000000000000aa", "w", "local-lvm:vm-900-disk-0", at, at);
+      const insertOp = db.prepare(
+        "INSERT INTO workspace_ops (id, workspace_id, kind, step, params_json, created_at, updated_at) VALUES (?, ?, ?, 'begin', '{}', ?, ?)",
+      );
+      assert.throws(
+        () => insertOp.run(40, "workspace-00000000000000aa", "revert", at, at),
+        /CHECK constraint failed/,
+      );
+      insertOp.run(41, "workspace-00000000000000aa", "detach", at, at);
+      migrate(db, { path: dbPath });
+      assert.deepEqual(db.prepare("SELECT id, kind FROM workspace_ops").all(), [{ id: 41, kind: "detach" }]);
+      db.prepare("DELETE FROM workspace_ops").run();
+      insertOp.run(null, "workspace-00000000000000aa", "revert", at, at);
+      assert.equal(
+        db.prepare("SELECT max(id) FROM workspace_ops").pluck().get(),
+        42,
+        "ids go on after the kept rows",
+      );
+      assert.deepEqual(db.pragma("foreign_key_check"), []);
+      assert.equal(
+        db.prepare("SELECT count(*) FROM sqlite_master WHERE name = 'workspace_ops_one'").pluck().get(),
+        1,
+        "the one-op-per-workspace index is back",
+      );
+    } finally {
+      db.close();
+    }
+  });
+
   it("honours busyTimeoutMs and close() twice", () => {
     const store = openStore(tempDbPath(), { busyTimeoutMs: 250 });
     assert.equal(store.db.pragma("busy_timeout", { simple: true }), 250);

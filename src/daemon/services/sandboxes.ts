@@ -72,6 +72,7 @@ export class SandboxService {
     this.workspaces = {
       attach: (ref, vmid, op, options) => workspaces.attach(ref, vmid, op, options),
       describeOwner: (owner) => workspaces.core.describeOwner(owner),
+      acrossRevert: (vmid, work) => workspaces.acrossRevert(vmid, work),
     };
   }
 
@@ -186,7 +187,7 @@ export class SandboxService {
     options: { force?: boolean | undefined; restart?: boolean | undefined },
     op: Operation,
   ): Promise<RevertResult> {
-    return revertSandbox(this.scope, vmid, options, op);
+    return revertSandbox(this.scope, this.workspaces, vmid, options, op);
   }
 
   snapshotSave(

@@ -258,6 +258,34 @@ ALTER TABLE workspaces ADD COLUMN owner_token TEXT;
 ALTER TABLE jobs ADD COLUMN owner_token TEXT;
 `;
 
+/**
+ * `sandbox revert` keeps an attached workspace across the rollback under a `revert` intent
+ * (services/workspaces/across-revert.ts). The kind list is a CHECK constraint, so the table is rebuilt
+ * (SQLite's way to change one), rows and ids kept.
+ */
+const ADD_WORKSPACE_OP_REVERT = `
+CREATE TABLE workspace_ops_new (
+  id           INTEGER PRIMARY KEY AUTOINCREMENT,
+  workspace_id TEXT NOT NULL REFERENCES workspaces(id) ON DELETE CASCADE,
+  session_id   TEXT,
+  kind         TEXT NOT NULL CHECK (kind IN ('create', 'attach', 'detach', 'snapshot', 'restore', 'fork',
+                 'fsck', 'destroy', 'rebind', 'session_create', 'session_resume', 'session_stop', 'revert')),
+  step         TEXT NOT NULL,
+  params_json  TEXT NOT NULL,
+  lease_owner  TEXT,
+  lease_nonce  TEXT,
+  created_at   TEXT NOT NULL CHECK (created_at ${TS}),
+  updated_at   TEXT NOT NULL CHECK (updated_at ${TS})
+);
+INSERT INTO workspace_ops_new (id, workspace_id, session_id, kind, step, params_json, lease_owner, lease_nonce,
+                               created_at, updated_at)
+  SELECT id, workspace_id, session_id, kind, step, params_json, lease_owner, lease_nonce, created_at, updated_at
+  FROM workspace_ops;
+DROP TABLE workspace_ops;
+ALTER TABLE workspace_ops_new RENAME TO workspace_ops;
+CREATE UNIQUE INDEX workspace_ops_one ON workspace_ops(workspace_id);
+`;
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
@@ -291,6 +319,14 @@ export const MIGRATIONS: readonly Migration[] = [
     name: "add_api_tokens",
     up(db) {
       db.exec(ADD_API_TOKENS);
+    },
+  },
+  {
+    version: 8,
+    name: "add_workspace_op_revert",
+    foreignKeysOff: true,
+    up(db) {
+      db.exec(ADD_WORKSPACE_OP_REVERT);
     },
   },
 ];

@@ -11,7 +11,7 @@ import { sqliteCode } from "./errors.js";
 import { fromDbTime, toDbTime } from "./time.js";
 import { workspaceNotFound } from "./workspaces.js";
 
-/** Migration 2 spells the same list out in its CHECK constraint. */
+/** Migration 8 (and 2 before it) spells the same list out in its CHECK constraint. */
 export const WORKSPACE_OP_KINDS = [
   "create",
   "attach",
@@ -25,6 +25,7 @@ export const WORKSPACE_OP_KINDS = [
   "session_create",
   "session_resume",
   "session_stop",
+  "revert",
 ] as const;
 export type WorkspaceOpKind = (typeof WORKSPACE_OP_KINDS)[number];
 

@@ -46,7 +46,7 @@ export async function removeVm(ctx: DaemonContext, recorded: VmRef): Promise<voi
 }
 
 /** How long a sandbox with a workspace gets to shut down cleanly before it is stopped hard. */
-const WORKSPACE_SHUTDOWN_SECONDS = 120;
+export const WORKSPACE_SHUTDOWN_SECONDS = 120;
 
 /**
  * A running sandbox with a workspace attached is shut down cleanly before it goes, so its guest writes

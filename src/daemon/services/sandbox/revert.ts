@@ -7,12 +7,15 @@ import { transitionSandbox } from "../../state/sandbox.js";
 import type { SandboxState } from "../../store/sandboxes.js";
 import { describe, vmRefOf } from "../maintenance-steps.js";
 import type { Operation } from "../operation.js";
+import type { RevertGuard } from "../workspaces/across-revert.js";
+import { WORKSPACE_SHUTDOWN_SECONDS } from "./destroy.js";
 import { getSandbox, requireState, requireVm, type SandboxScope, withSandbox } from "./guards.js";
 import { recordEvent, reportStep } from "./journal.js";
 import { sandboxJson } from "./json.js";
 import { bootSandbox } from "./power.js";
 import { isSnapshotMissing, reapplySettings, requireRollbackable } from "./snapshot-rollback.js";
 import { nonRootDisks } from "./vm-config.js";
+import { foreignVolumes, type SandboxWorkspaces, workspaceSnapshotRefusal } from "./workspace.js";
 
 /** Name of the snapshot `sandbox revert` goes back to. */
 export const CLEAN_SNAPSHOT = CLEAN_SNAPSHOT_NAME;
@@ -51,11 +54,11 @@ function cleanSnapshotMissing(vmid: number, cause?: unknown): AgentlabError {
  * Roll the root disk back to the `clean` snapshot (spec 5.4), fixing upstream's order: the snapshot's
  * existence is checked before anything is stopped, so a missing `clean` leaves the sandbox as it was.
  *
- * Only the root disk may be rolled back. A Proxmox rollback covers every disk in the snapshot, and
- * `clean` is taken at provisioning, before anything else is attached, so today it holds the root
- * disk alone. A VM that has any other disk now (a future /work workspace) is refused: the workspace
- * code must detach it first and attach it again after, and must never retake `clean` while one is
- * attached; revert does not touch /work.
+ * Only the root disk is rolled back. `clean` is taken at provisioning, before a workspace is attached,
+ * so it holds the root disk alone. The sandbox's workspace stays attached: the VM is shut down cleanly
+ * (/work is unmounted), its drive taken out, the root disk rolled back and the drive put back
+ * (workspaces/across-revert.ts), so revert does not touch /work. Any other disk (one agentlab does
+ * not know) is refused: a rollback would turn it into an unused entry.
  *
  * Without force it refuses while the sandbox's job is QUEUED or RUNNING (spec 5.4): rolling the disk
  * back under a working agent loses its work and the runner's state. That check comes first, so the
@@ -63,7 +66,19 @@ function cleanSnapshotMissing(vmid: number, cause?: unknown): AgentlabError {
  * working while the daemon still records the sandbox BOOTING or READY).
  */
 export function revertSandbox(
+  scope: SandboxScope,
+  workspaces: SandboxWorkspaces | undefined,
+  vmid: number,
+  options: { force?: boolean | undefined; restart?: boolean | undefined },
+  op: Operation,
+): Promise<RevertResult> {
+  if (!workspaces) return revertHolding(scope, undefined, vmid, options, op);
+  return workspaces.acrossRevert(vmid, (guard) => revertHolding(scope, guard, vmid, options, op));
+}
+
+function revertHolding(
   { ctx, locks }: SandboxScope,
+  guard: RevertGuard | undefined,
   vmid: number,
   options: { force?: boolean | undefined; restart?: boolean | undefined },
   op: Operation,
@@ -94,13 +109,22 @@ export function revertSandbox(
     ]);
     if (!snapshots.some((snapshot) => snapshot.name === CLEAN_SNAPSHOT)) throw cleanSnapshotMissing(vmid);
     await requireRollbackable(ctx, vm, config, snapshots, CLEAN_SNAPSHOT);
-    const extra = nonRootDisks(config);
+    if (guard) {
+      // A `clean` taken with the workspace attached (upstream did so) would roll /work back too.
+      const inClean = foreignVolumes(ctx, await backend.getConfig(vm, { snapshot: CLEAN_SNAPSHOT }), vmid);
+      if (inClean.length > 0) {
+        throw workspaceSnapshotRefusal(ctx, vmid, inClean, { snapshot: CLEAN_SNAPSHOT });
+      }
+    }
+    const workspaceKeys = guard?.keysIn(config) ?? [];
+    const extra = nonRootDisks(config).filter((key) => !workspaceKeys.includes(key));
     if (extra.length > 0) {
+      // Not the sandbox's workspace: a disk added by hand, or another VM's.
       throw new AgentlabError(
         "CONFLICT",
         `sandbox ${vmid} has disks besides its root disk (${extra.join(", ")}); revert rolls back the root disk only`,
         {
-          hint: `detach them first (qm set ${vmid} --delete ${extra.join(",")}, or workspace detach), then revert`,
+          hint: `a rollback would drop them from the config; remove them first if they are not needed (qm set ${vmid} --delete ${extra.join(",")}), then revert`,
           details: { vmid, disks: extra },
         },
       );
@@ -126,13 +150,25 @@ export function revertSandbox(
     };
     try {
       if (status.state !== "stopped") {
-        reportStep(op, vmid, "stop", `stopping VM ${vmid}`);
-        await backend.stop(vm, { signal: op.signal });
+        if (guard) {
+          // /work is mounted: a clean shutdown writes it back; the root disk is rolled back anyway.
+          reportStep(op, vmid, "stop", `shutting VM ${vmid} down so /work is unmounted cleanly`);
+          await backend.shutdown(
+            vm,
+            { timeoutSeconds: WORKSPACE_SHUTDOWN_SECONDS, forceStop: true },
+            { signal: op.signal },
+          );
+        } else {
+          reportStep(op, vmid, "stop", `stopping VM ${vmid}`);
+          await backend.stop(vm, { signal: op.signal });
+        }
       }
       transitionSandbox(ctx.store, vmid, "STOPPED", { patch: { ip: null, failure_reason: null } });
+      await guard?.unplug(vm, op);
       reportStep(op, vmid, "rollback", `rolling the root disk back to "${CLEAN_SNAPSHOT}"`);
       await backend.snapshotRollback(vm, CLEAN_SNAPSHOT, { signal: op.signal });
       await reapplySettings(ctx, vm, config, row.tags);
+      await guard?.replug(vm, op);
     } catch (error) {
       failed(error);
       throw isSnapshotMissing(error) ? cleanSnapshotMissing(vmid, error) : error;

@@ -10,6 +10,7 @@ import { sandboxLeaseOwner, sessionLeaseOwner } from "../../store/leases.js";
 import type { Workspace } from "../../store/workspaces.js";
 import { describe, isVmNotFound } from "../maintenance-steps.js";
 import type { Operation } from "../operation.js";
+import type { RevertGuard } from "../workspaces/across-revert.js";
 import { isVolumeKey, referencingKeys } from "../workspaces/core.js";
 
 /** What provisioning needs from the workspace service (bound once both services exist). */
@@ -23,6 +24,8 @@ export interface SandboxWorkspaces {
   ): Promise<unknown>;
   /** "session s1", "sandbox 1012", ... for the WORKSPACE_LEASE_HELD hint. */
   describeOwner(owner: string | null): string | undefined;
+  /** Run a revert holding the sandbox's workspace, if it has one (workspaces/across-revert.ts). */
+  acrossRevert<T>(vmid: number, work: (guard: RevertGuard | undefined) => Promise<T>): Promise<T>;
 }
 
 /** A drive of a sandbox's config whose volume another VM owns. */

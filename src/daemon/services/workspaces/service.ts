@@ -3,6 +3,7 @@ import type { DaemonContext } from "../../context.js";
 import { KeyedMutex } from "../../locks.js";
 import type { Operation } from "../operation.js";
 import type { VmidAllocator } from "../sandbox/vmid-allocator.js";
+import { acrossRevert, type RevertGuard, recoverRevert } from "./across-revert.js";
 import { type AttachResult, attachWorkspace, type DetachResult, detachWorkspace } from "./attachment.js";
 import { type CheckResult, checkWorkspace } from "./check.js";
 import { WorkspaceCore } from "./core.js";
@@ -39,6 +40,14 @@ export class WorkspaceService {
   ) {
     this.core = new WorkspaceCore(ctx, new KeyedMutex());
     this.recovery = new WorkspaceRecovery(this.core, sandboxes);
+    this.recovery.register("revert", (op, operation) =>
+      recoverRevert(this.core, this.recovery, op, operation),
+    );
+  }
+
+  /** Run a revert of sandbox `vmid` with its workspace held and kept attached (across-revert.ts). */
+  acrossRevert<T>(vmid: number, work: (guard: RevertGuard | undefined) => Promise<T>): Promise<T> {
+    return acrossRevert(this.core, this.recovery, vmid, work);
   }
 
   /** Run `work` unless start-up recovery still holds the workspace (WORKSPACE_BUSY, design §10.1). */
