@@ -1,17 +1,14 @@
 import type { Config } from "../config/config.js";
 import type { Profile } from "../config/profiles.js";
+import type { Clock } from "./clock.js";
 import type { GuestReadiness } from "./guest/ready-waiters.js";
 import type { Logger } from "./log.js";
 import type { ProxmoxBackend } from "./proxmox/types.js";
 import type { SandboxNetworking } from "./services/sandbox-network.js";
 import type { Store } from "./store/db.js";
 
-/** Injected time, so leases, TTLs and uptime are testable without sleeping. */
-export interface Clock {
-  now(): Date;
-}
-
-export const systemClock: Clock = { now: () => new Date() };
+// Clock lives in its own module so that modules the context names (guest/*) need not import the context.
+export { type Clock, systemClock } from "./clock.js";
 
 /**
  * Injected timers, the other half of injected time: background loops wait through this, so tests fire

@@ -5,7 +5,7 @@
  * fallback path: `firstGuestAddress` races the two.
  */
 import { AgentlabError } from "../../protocol/errors.js";
-import type { Clock } from "../context.js";
+import type { Clock } from "../clock.js";
 import type { Logger } from "../log.js";
 import { type BootstrapTokens, hashBootstrapToken } from "./tokens.js";
 

@@ -3,7 +3,7 @@
  * 10 minutes and the ready report uses one up.
  */
 import { createHash, randomBytes } from "node:crypto";
-import type { Clock } from "../context.js";
+import type { Clock } from "../clock.js";
 import type { BootstrapTokenPurpose, BootstrapTokenRepo } from "../store/bootstrap-tokens.js";
 
 export const BOOTSTRAP_TOKEN_TTL_MS = 10 * 60_000;

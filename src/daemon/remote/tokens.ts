@@ -6,7 +6,7 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { AgentlabError } from "../../protocol/errors.js";
 import { type ApiToken, TOKEN_PREFIX, type TokenScope } from "../../protocol/token.js";
-import type { Clock } from "../context.js";
+import type { Clock } from "../clock.js";
 import type { ApiTokenRepo, ApiTokenRow } from "../store/api-tokens.js";
 
 /** What the remote listener knows about the caller once its token checked out. */

@@ -13,9 +13,8 @@ import type { WorkspaceOp } from "../../store/workspace-ops.js";
 import { describe } from "../maintenance-steps.js";
 import type { Operation } from "../operation.js";
 import type { CreateParams, WorkspacePlan } from "../sandbox/provision.js";
-import type { SandboxPort } from "./attachment.js";
-import { workspaceJson } from "./core.js";
-import type { WorkspaceService } from "./service.js";
+import type { AttachResult, DetachResult, SandboxPort } from "./attachment.js";
+import { type WorkspaceCore, workspaceJson } from "./core.js";
 
 /** What rebind needs from the sandbox service besides attach/detach's port. */
 export interface RebindSandboxes extends SandboxPort {
@@ -35,8 +34,20 @@ export interface RebindResult {
   old_vmid?: number;
 }
 
+/** What rebind needs of the workspace service (its attach and detach, recovery-guarded), not the class. */
+export interface RebindWorkspaces {
+  readonly core: WorkspaceCore;
+  attach(
+    ref: string,
+    vmid: number,
+    op: Operation,
+    options?: { leaseOwner?: string; sessionId?: string },
+  ): Promise<AttachResult>;
+  detach(ref: string, hot: boolean, op: Operation): Promise<DetachResult>;
+}
+
 export async function rebindWorkspace(
-  service: WorkspaceService,
+  service: RebindWorkspaces,
   sandboxes: RebindSandboxes,
   ref: string,
   params: RebindParams,
