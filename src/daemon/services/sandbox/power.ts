@@ -10,6 +10,7 @@ import type { VmRef } from "../../proxmox/types.js";
 import { transitionSandbox } from "../../state/sandbox.js";
 import type { Sandbox, SandboxState } from "../../store/sandboxes.js";
 import { describe, vmRefOf } from "../maintenance-steps.js";
+import { mapLimit } from "../map-limit.js";
 import type { Operation } from "../operation.js";
 import { requireState, requireVm, type SandboxScope, withSandbox } from "./guards.js";
 import { waitForIp } from "./guest-address.js";
@@ -100,24 +101,6 @@ export function stopSandbox({ ctx, locks }: SandboxScope, vmid: number, op: Oper
     requireState(row, "stop", ["READY", "RUNNING", "SUSPENDED"]);
     return sandboxJson(await powerOff(ctx, row, op));
   });
-}
-
-/** Run `work` for each item with at most `limit` running at once; results keep the items' order. */
-async function mapLimit<T, R>(
-  items: readonly T[],
-  limit: number,
-  work: (item: T, index: number) => Promise<R>,
-): Promise<R[]> {
-  const results: R[] = new Array(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const index = next++;
-      results[index] = await work(items[index]!, index);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
 }
 
 /**

@@ -11,6 +11,7 @@ import type { WorkspaceOp } from "../../store/workspace-ops.js";
 import type { WorkspaceSnapshotRecord } from "../../store/workspace-snapshots.js";
 import type { Workspace } from "../../store/workspaces.js";
 import { describe, isVmNotFound } from "../maintenance-steps.js";
+import { mapLimit } from "../map-limit.js";
 import {
   DISK_KEY,
   driveVolid,
@@ -391,24 +392,6 @@ export function workspaceFindings(facts: CheckFacts): WorkspaceFinding[] {
   return out;
 }
 
-/** Map with at most `limit` calls in flight. */
-async function mapLimited<T, R>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<R>,
-): Promise<R[]> {
-  const results: R[] = new Array(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const index = next++;
-      results[index] = await fn(items[index]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
-}
-
 /** The name part of a ZFS parent (`local-zfs:vm-H-disk-0@s`, `rpool/data/vm-H-disk-0@s`) before the `@`. */
 function parentVolume(parent: string): { volume: string; snapshot: string } | undefined {
   const at = parent.lastIndexOf("@");
@@ -487,7 +470,7 @@ export async function gatherCheckFacts(
 
   // The reference scan: every VM on the workspace's node but the holder (design §5.4).
   const onNode = vms.filter((vm) => vm.node === node && vm.vmid !== ws.holder_vmid);
-  const configs = await mapLimited(onNode, SCAN_CONCURRENCY, async (vm) => {
+  const configs = await mapLimit(onNode, SCAN_CONCURRENCY, async (vm) => {
     try {
       return { vm, config: await backend.getConfig({ vmid: vm.vmid, node }) };
     } catch (error) {
