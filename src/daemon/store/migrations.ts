@@ -259,21 +259,12 @@ ALTER TABLE jobs ADD COLUMN owner_token TEXT;
 `;
 
 /**
- * What a job's runner sends back (docs/jobs.md): the files it uploaded (stored under
- * artifact_dir/<job>/<name>; a row per name, an upload of the same name replaces it) and the agent's
- * output as it streams in, one row per chunk keyed by its byte offset in the job's log, so a chunk the
- * runner sends again after a lost answer is stored once and the order is the offsets'.
+ * The agent's output as the runner streams it while a job runs (docs/jobs.md): one row per chunk keyed
+ * by its byte offset in the job's log, so a chunk the runner sends again after a lost answer is stored
+ * once and the log is the chunks in offset order. (Uploaded files use migration 1's artifacts table.)
  * Version 6: versions 5 and 7 belong to other changes made at the same time.
  */
-const ADD_JOB_ARTIFACTS_AND_LOGS = `
-CREATE TABLE job_artifacts (
-  job_id     TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-  name       TEXT NOT NULL CHECK (name <> ''),
-  size_bytes INTEGER NOT NULL CHECK (size_bytes >= 0),
-  sha256     TEXT NOT NULL CHECK (length(sha256) = 64 AND sha256 NOT GLOB '*[^0-9a-f]*'),
-  created_at TEXT NOT NULL CHECK (created_at ${TS}),
-  PRIMARY KEY (job_id, name)
-);
+const ADD_JOB_LOG_CHUNKS = `
 CREATE TABLE job_log_chunks (
   job_id     TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
   pos        INTEGER NOT NULL CHECK (pos >= 0),
@@ -320,9 +311,9 @@ export const MIGRATIONS: readonly Migration[] = [
   },
   {
     version: 6,
-    name: "add_job_artifacts_and_logs",
+    name: "add_job_log_chunks",
     up(db) {
-      db.exec(ADD_JOB_ARTIFACTS_AND_LOGS);
+      db.exec(ADD_JOB_LOG_CHUNKS);
     },
   },
 ];

@@ -3,7 +3,8 @@
  * artifact_dir/<job id>/<name>. An upload is streamed to a temporary file beside its target while its
  * SHA-256 is computed, fsynced and renamed into place, so a reader never sees half a file; only then is
  * its row written. Limits are per job (artifact_max_bytes together, artifact_max_files), checked against
- * the declared length first and the bytes actually received too.
+ * the declared length first and the bytes actually received too. An empty file is an artifact like any
+ * other (an agent that changed nothing leaves an empty repo.diff); upstream refused empty bodies.
  *
  * Names come from a guest that runs an untrusted agent: relative, `/`-separated, no `.`/`..` or empty
  * segment, no control characters or backslashes, and the directory the file lands in must resolve inside
@@ -29,7 +30,6 @@ export const MAX_READ_CHUNK = 1024 * 1024;
 export const ARTIFACT_REFUSED = {
   tooLarge: "artifact exceeds size limit",
   tooMany: "artifact count limit reached",
-  empty: "artifact body is empty",
 } as const;
 
 /** The checked name, or why it is refused (the runner logs it). */
@@ -40,7 +40,6 @@ export function artifactName(raw: string | null | undefined): { name: string } |
     return { error: `artifact name longer than ${MAX_ARTIFACT_NAME} characters` };
   if (raw.startsWith("/"))
     return { error: `artifact name must be a relative path, not ${JSON.stringify(raw)}` };
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters is the point
   if (/[\x00-\x1f\x7f\\]/.test(raw)) {
     return { error: "artifact name must not contain control characters or backslashes" };
   }
@@ -109,7 +108,6 @@ export class ArtifactStore {
         `${ARTIFACT_REFUSED.tooLarge}: ${name} does not fit in the ${room} bytes left of the job's artifact_max_bytes (${config.artifact_max_bytes})`,
       );
     if (declared !== undefined && declared > room) return tooLarge();
-    if (declared === 0) return refuse(400, ARTIFACT_REFUSED.empty);
 
     const root = this.jobDir(job.id);
     const target = join(root, ...name.split("/"));
@@ -140,7 +138,6 @@ export class ArtifactStore {
         hash.update(chunk);
         await file.write(chunk);
       }
-      if (size === 0) return refuse(400, ARTIFACT_REFUSED.empty);
       await file.sync();
       await file.close();
       await fsp.rename(temp, target);
@@ -153,7 +150,7 @@ export class ArtifactStore {
     }
     const sha256 = hash.digest("hex");
     const row = store.tx(() => {
-      const put = store.jobArtifacts.put({ job_id: job.id, name, size_bytes: size, sha256 });
+      const put = store.jobArtifacts.put({ job_id: job.id, vmid: job.sandbox_vmid, name, size_bytes: size, sha256 });
       store.events.append({
         kind: "artifact.upload",
         job_id: job.id,

@@ -9,7 +9,13 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { JOB_STATUSES } from "../../../protocol/job.js";
 import type { DaemonContext } from "../../context.js";
-import { type GuestAnswer, REFUSED, RUNNER_REPORT_PATH } from "../../guest/listener.js";
+import {
+  type GuestAnswer,
+  REFUSED,
+  RUNNER_ARTIFACT_PATH,
+  RUNNER_LOG_PATH,
+  RUNNER_REPORT_PATH,
+} from "../../guest/listener.js";
 import type { Job, JobStatus } from "../../store/jobs.js";
 
 export const RUNNER_REFUSED = {
@@ -154,6 +160,9 @@ export class RunnerApi {
           ttl_minutes: job.ttl_minutes,
         },
         report: { url: `${readiness.controllerUrl()}${RUNNER_REPORT_PATH}`, token: reportToken },
+        // Both take the report token too.
+        log: { url: `${readiness.controllerUrl()}${RUNNER_LOG_PATH}` },
+        artifact: { url: `${readiness.controllerUrl()}${RUNNER_ARTIFACT_PATH}` },
       },
     };
   }
