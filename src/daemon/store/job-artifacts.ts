@@ -44,7 +44,9 @@ export function createJobArtifactRepo(db: Database.Database, now: () => Date): J
     `INSERT INTO artifacts (job_id, vmid, name, path, size_bytes, sha256, mime, created_at)
      VALUES (@job_id, @vmid, @name, @name, @size_bytes, @sha256, NULL, @created_at) RETURNING ${COLUMNS}`,
   );
-  const listStmt = db.prepare<[string], Row>(`SELECT ${COLUMNS} FROM artifacts WHERE job_id = ? ORDER BY path`);
+  const listStmt = db.prepare<[string], Row>(
+    `SELECT ${COLUMNS} FROM artifacts WHERE job_id = ? ORDER BY path`,
+  );
   const getStmt = db.prepare<[string, string], Row>(
     `SELECT ${COLUMNS} FROM artifacts WHERE job_id = ? AND path = ? ORDER BY id DESC LIMIT 1`,
   );

@@ -150,7 +150,13 @@ export class ArtifactStore {
     }
     const sha256 = hash.digest("hex");
     const row = store.tx(() => {
-      const put = store.jobArtifacts.put({ job_id: job.id, vmid: job.sandbox_vmid, name, size_bytes: size, sha256 });
+      const put = store.jobArtifacts.put({
+        job_id: job.id,
+        vmid: job.sandbox_vmid,
+        name,
+        size_bytes: size,
+        sha256,
+      });
       store.events.append({
         kind: "artifact.upload",
         job_id: job.id,
