@@ -16,11 +16,13 @@
 #   4. runs the agent in the repo with the task on stdin, under `timeout` when a limit exists, and
 #      streams its output (redacted) to <controller>/v1/runner/log while it runs; a 409 there means
 #      the job was cancelled (or ended otherwise): the agent is stopped and the runner exits 0;
-#   5. uploads the artifacts to <controller>/v1/runner/artifact: every regular file the agent left in
-#      $AGENTLAB_ARTIFACTS_DIR under its relative path (symlinks and other non-files are skipped), then
-#      agentlab/agent-runner.log (this run's output), agentlab/report.json (the result below) and
-#      agentlab/repo.diff (`git diff --binary` of the checkout, untracked files included, against the
-#      commit that was fetched); a refused upload (413 over the limits, 400 bad name) is logged;
+#   5. uploads the artifacts to <controller>/v1/runner/artifact: first its own, so the job's limits
+#      never crowd them out: agentlab/agent-runner.log (this run's output), agentlab/repo.diff
+#      (`git diff --binary` of the checkout, untracked files included, against the commit that was
+#      fetched) and agentlab/report.json (the result below, before the upload counts); then every
+#      regular file the agent left in $AGENTLAB_ARTIFACTS_DIR under its relative path, in byte order
+#      (symlinks and other non-files are skipped, and so is the agent's own agentlab/ directory);
+#      a refused upload (413 over the limits, 400 for a bad name) is logged and the next one tried;
 #   6. sends the final report (COMPLETED / FAILED / TIMEOUT) with the result JSON
 #      {exit_code, duration_seconds, commit, fetched_commit, mode, output_tail, artifacts_uploaded,
 #      artifacts_refused}.
@@ -97,7 +99,7 @@ if [ -f "$ENV_FILE" ]; then
   . "$ENV_FILE"
 fi
 
-for tool in curl jq git timeout sed tee tail head find mktemp date; do
+for tool in curl jq git timeout sed tee tail head find sort mktemp date; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed; the runner needs curl, jq, git, timeout, sed and coreutils"
 done
 
@@ -545,23 +547,11 @@ upload() {
   done
 }
 
-# upload_all RESULT_FILE: the agent's files, then the runner's own (which win over an agent file of
-# the same name).
+# upload_all RESULT_FILE: the runner's own files, then the agent's.
 upload_all() {
   [ -n "$ARTIFACT_URL" ] || return 0
-  # -type f without -L: a symlink the agent left (say to /etc/shadow) is not followed.
-  find "$ARTIFACTS_DIR" -mindepth 1 \( -type f -o -type l \) -print >"$WORK/artifacts.list" 2>/dev/null || true
-  while IFS= read -r a_path; do
-    a_name=${a_path#"$ARTIFACTS_DIR"/}
-    if [ -L "$a_path" ] || [ ! -f "$a_path" ]; then
-      warn "artifact $a_name skipped: a symlink is never followed"
-      continue
-    fi
-    upload "$a_name" "$a_path"
-  done <"$WORK/artifacts.list"
   tail -c +"$((LOG_START + 1))" "$LOG_FILE" >"$WORK/agent-runner.log"
   upload agentlab/agent-runner.log "$WORK/agent-runner.log"
-  upload agentlab/report.json "$1"
   # The diff through a private index: the checkout's own index and files are left as the agent left them.
   if GIT_INDEX_FILE="$WORK/diff.index" git -C "$CLONE_DIR" add -A >/dev/null 2>&1 &&
     GIT_INDEX_FILE="$WORK/diff.index" git -C "$CLONE_DIR" diff --cached --binary "$FETCHED" >"$WORK/repo.diff" 2>"$WORK/diff.err"; then
@@ -569,6 +559,23 @@ upload_all() {
   else
     warn "no repo.diff: $(tail -n 1 "$WORK/diff.err" 2>/dev/null)"
   fi
+  upload agentlab/report.json "$1"
+  # -type f without -L: a symlink the agent left (say to /etc/shadow) is not followed.
+  find "$ARTIFACTS_DIR" -mindepth 1 \( -type f -o -type l \) -print 2>/dev/null | LC_ALL=C sort >"$WORK/artifacts.list" || true
+  while IFS= read -r a_path; do
+    a_name=${a_path#"$ARTIFACTS_DIR"/}
+    case "$a_name" in
+      agentlab/*)
+        warn "artifact $a_name skipped: agentlab/ holds the runner's own files"
+        continue
+        ;;
+    esac
+    if [ -L "$a_path" ] || [ ! -f "$a_path" ]; then
+      warn "artifact $a_name skipped: not a regular file (a symlink is never followed)"
+      continue
+    fi
+    upload "$a_name" "$a_path"
+  done <"$WORK/artifacts.list"
 }
 
 progress "agent starting"
