@@ -76,10 +76,11 @@ set -u
 c="$AGENTLAB_GUEST_ROOT/run/agentlab/secrets/bootstrap.json"
 tok=$(jq -r .report.token "$c")
 url=$(jq -r .artifact.url "$c")
-for n in '../escape.txt' '/etc/abs.txt' 'a/../../b.txt' 'x/./y' 'back\\\\slash' 'ctl$(printf '\\001')x'; do
+ctl=$(printf 'ctl\\001x')
+for n in '../escape.txt' '/etc/abs.txt' 'a/../../b.txt' 'x/./y' 'back\\slash' "$ctl"; do
   enc=$(jq -rn --arg n "$n" '$n | @uri')
   code=$(printf 'evil' | curl -s -o "$AGENTLAB_GUEST_ROOT/answer" -w '%{http_code}' -H "Authorization: Bearer $tok" --data-binary @- "$url?job_id=$AGENTLAB_JOB_ID&name=$enc")
-  echo "hostile name=[$n] code=$code $(jq -r .error "$AGENTLAB_GUEST_ROOT/answer")"
+  printf 'hostile name=[%s] code=%s %s\n' "$n" "$code" "$(jq -r .error "$AGENTLAB_GUEST_ROOT/answer")"
 done
 code=$(printf 'evil' | curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer wrong" --data-binary @- "$url?job_id=$AGENTLAB_JOB_ID&name=ok.txt")
 echo "hostile wrong-token code=$code"
@@ -289,7 +290,11 @@ describe("job artifacts, logs and cancel end to end (shell backend)", () => {
     const run = await h.json<JobBody>(jobRun(urls.hostile!, "--wait"));
     assert.equal(run.code, 0, run.stderr);
     const out = run.body.result?.result?.output_tail ?? "";
-    const line = (name: string) => new RegExp(`^hostile name=\\[${name}\\] (.*)$`, "m").exec(out)?.[1];
+    const line = (name: string) => {
+      const found = new RegExp(`^hostile name=\\[${name}\\] (.*)$`, "m").exec(out)?.[1];
+      assert.ok(found !== undefined, `no answer for ${name} in:\n${out}`);
+      return found;
+    };
     assert.match(line("\\.\\./escape\\.txt") ?? "", /^code=400 .*has an empty, "\." or "\.\." segment/);
     assert.match(line("/etc/abs\\.txt") ?? "", /^code=400 .*must be a relative path/);
     assert.match(line("a/\\.\\./\\.\\./b\\.txt") ?? "", /^code=400 /);
