@@ -74,15 +74,22 @@ describe("ArtifactStore", () => {
   it("refuses with 413 what passes artifact_max_bytes (declared or received) or artifact_max_files", async () => {
     const declared = await store.upload(job, "big", 101, body("x"));
     assert.equal(declared.status, 413);
-    assert.match(String(declared.body.error), /^artifact exceeds size limit: big does not fit in the 100 bytes left/);
+    assert.match(
+      String(declared.body.error),
+      /^artifact exceeds size limit: big does not fit in the 100 bytes left/,
+    );
     // No Content-Length (chunked): counted as it arrives, the partial file removed.
     const streamed = await store.upload(job, "big", undefined, body("x".repeat(60), "x".repeat(60)));
     assert.equal(streamed.status, 413);
     assert.deepEqual(fs.readdirSync(path.join(dir, job.id)), []);
-    for (const name of ["1", "2", "3"]) assert.equal((await store.upload(job, name, 1, body("z"))).status, 201);
+    for (const name of ["1", "2", "3"])
+      assert.equal((await store.upload(job, name, 1, body("z"))).status, 201);
     const fourth = await store.upload(job, "4", 1, body("z"));
     assert.equal(fourth.status, 413);
-    assert.match(String(fourth.body.error), /^artifact count limit reached: job job_0123456789abcdef already has 3 artifacts \(artifact_max_files 3\)$/);
+    assert.match(
+      String(fourth.body.error),
+      /^artifact count limit reached: job job_0123456789abcdef already has 3 artifacts \(artifact_max_files 3\)$/,
+    );
     assert.equal((await store.upload(job, "3", 1, body("w"))).status, 201, "replacing one still works");
   });
 
