@@ -427,6 +427,47 @@ describe("job artifacts, logs and cancel end to end (shell backend)", () => {
     assert.equal(ws.body.code, "WORKSPACE_NOT_FOUND");
     assert.equal((await h.json<{ jobs: JobBody[] }>(["job", "list"])).body.jobs.length, before);
   });
+
+  test("--workspace new:NAME creates the workspace, runs the job on it, and creates nothing for a refused job", async () => {
+    const refused = await h.json<{ code: string }>(
+      [...jobRun(urls.artifacts!, "--workspace", "new:jobnew", "--workspace-size", "1G")].map((a) =>
+        a === "yolo-ephemeral" ? "nope" : a,
+      ),
+    );
+    assert.equal(refused.code, 1);
+    assert.equal(refused.body.code, "PROFILE_NOT_FOUND");
+    assert.equal(
+      (await h.json<{ code: string }>(["workspace", "show", "jobnew"])).body.code,
+      "WORKSPACE_NOT_FOUND",
+    );
+    const noSize = await h.json<{ code: string; message: string }>(
+      jobRun(urls.artifacts!, "--workspace", "new:jobnew"),
+    );
+    assert.equal(noSize.code, 2);
+    assert.equal(noSize.body.message, "--workspace new:NAME needs --workspace-size (e.g. 80G)");
+    const stray = await h.json<{ code: string; message: string }>(
+      jobRun(urls.artifacts!, "--workspace", "jobnew", "--workspace-size", "1G"),
+    );
+    assert.equal(stray.code, 2);
+    assert.equal(stray.body.message, "--workspace-size goes with --workspace new:NAME");
+
+    const run = await h.json<JobBody & { workspace_id?: string }>(
+      jobRun(urls.artifacts!, "--workspace", "new:jobnew", "--workspace-size", "1G", "--wait"),
+    );
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.body.status, "COMPLETED");
+    const ws = await h.json<{ id: string; size_gb: number; attached_vmid?: number }>([
+      "workspace",
+      "show",
+      "jobnew",
+    ]);
+    assert.equal(ws.body.id, run.body.workspace_id);
+    assert.equal(ws.body.size_gb, 1);
+    await until("the workspace to be detached", async () => {
+      const now = await h.json<{ attached_vmid?: number }>(["workspace", "show", "jobnew"]);
+      return now.body.attached_vmid === undefined ? true : undefined;
+    });
+  });
 });
 
 /** One file of a .tar.gz, through tar. */

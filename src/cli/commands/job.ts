@@ -10,11 +10,12 @@ import {
   jobShow,
   jobValidate,
   type SandboxEvent,
+  workspaceCreate,
 } from "../../protocol/index.js";
 import { type CommandContext, execute, type GlobalArgs, parseTimeout } from "../context.js";
 import { doctorCommand } from "../doctor.js";
 import { followJob } from "../job-follow.js";
-import { ttlOption } from "../options.js";
+import { sizeOption, ttlOption } from "../options.js";
 import { fields, table } from "../render.js";
 import { artifactsCommand, logsCommand, streamJobLog } from "./job-output.js";
 
@@ -126,6 +127,8 @@ interface RunArgs {
   ttl?: string;
   keepalive?: boolean;
   workspace?: string;
+  "workspace-size"?: string;
+  "workspace-storage"?: string;
   wait?: boolean;
   "wait-timeout"?: string;
 }
@@ -157,8 +160,40 @@ function requestOptions<T>(yargs: Argv<T>) {
     .option("workspace", {
       type: "string",
       describe:
-        "existing, detached workspace attached as /work before the first boot (the repository is cloned into /work/repo, or /work/repo-<job id> when that is taken)",
+        "workspace attached as /work before the first boot: an existing, detached one (name or id), or new:NAME to create it first (with --workspace-size); the repository is cloned into /work/repo, or /work/repo-<job id> when that is taken",
+    })
+    .option("workspace-size", {
+      type: "string",
+      describe: "with --workspace new:NAME: its disk size, 80G, 80 or 1T (required)",
+    })
+    .option("workspace-storage", {
+      type: "string",
+      describe: "with --workspace new:NAME: its Proxmox storage (default: config workspace_storage)",
     });
+}
+
+/** `--workspace new:NAME` with its size and storage, or undefined for an existing workspace (or none). */
+function newWorkspace(argv: RunArgs): { name: string; size_gb: number; storage?: string } | undefined {
+  const create = argv.workspace?.startsWith("new:") ? argv.workspace.slice(4) : undefined;
+  if (create === undefined) {
+    for (const flag of ["workspace-size", "workspace-storage"] as const) {
+      if (argv[flag] !== undefined) {
+        throw new AgentlabError("USAGE", `--${flag} goes with --workspace new:NAME`, {
+          hint: "to use an existing workspace, give only --workspace <name>",
+        });
+      }
+    }
+    return undefined;
+  }
+  if (create === "") throw new AgentlabError("USAGE", "--workspace new:NAME needs a name after new:");
+  if (argv["workspace-size"] === undefined) {
+    throw new AgentlabError("USAGE", "--workspace new:NAME needs --workspace-size (e.g. 80G)");
+  }
+  return {
+    name: create,
+    size_gb: sizeOption("--workspace-size", argv["workspace-size"]),
+    ...(argv["workspace-storage"] !== undefined ? { storage: argv["workspace-storage"] } : {}),
+  };
 }
 
 /** The job.run / job.validate params of the command line. */
@@ -174,6 +209,32 @@ function requestParams(argv: RunArgs) {
     ...(argv.keepalive !== undefined ? { keepalive: argv.keepalive } : {}),
     ...(argv.workspace !== undefined ? { workspace: argv.workspace } : {}),
   };
+}
+
+/**
+ * job run with --workspace new:NAME: the request is checked without its workspace first, so a job that
+ * would be refused creates nothing; then the workspace is created (with progress) and the job run on it.
+ */
+async function runWithNewWorkspace(
+  ctx: CommandContext,
+  argv: RunArgs,
+  create: { name: string; size_gb: number; storage?: string },
+) {
+  const { workspace: _new, ...withoutWorkspace } = requestParams(argv);
+  await ctx.call(jobValidate, withoutWorkspace);
+  const ws = await ctx.call(workspaceCreate, create);
+  if (!ctx.args.json) ctx.out.stderr(`workspace ${ws.name} (${ws.id}, ${ws.size_gb}G) created\n`);
+  try {
+    return await ctx.call(jobRun, { ...withoutWorkspace, workspace: ws.id });
+  } catch (error) {
+    if (error instanceof AgentlabError) {
+      throw new AgentlabError(error.code, `${error.message} (workspace ${ws.name} was created and stays)`, {
+        hint: `run the job on it with --workspace ${ws.name}, or remove it: agentlab workspace destroy ${ws.name}`,
+        details: error.details,
+      });
+    }
+    throw error;
+  }
 }
 
 const runCommand: CommandModule<GlobalArgs, Args<RunArgs>> = {
@@ -206,7 +267,10 @@ const runCommand: CommandModule<GlobalArgs, Args<RunArgs>> = {
       if (argv["wait-timeout"] !== undefined && !argv.wait) {
         throw new AgentlabError("USAGE", "--wait-timeout goes with --wait", { hint: "add --wait" });
       }
-      const job = await ctx.call(jobRun, requestParams(argv));
+      const create = newWorkspace(argv);
+      const job = create
+        ? await runWithNewWorkspace(ctx, argv, create)
+        : await ctx.call(jobRun, requestParams(argv));
       if (!argv.wait) {
         return {
           data: job,
@@ -300,7 +364,10 @@ const validateCommand: CommandModule<GlobalArgs, Args<RunArgs>> = {
     ) as Argv<Args<RunArgs>>,
   handler: (argv) =>
     execute(argv, async (ctx) => {
-      const checked = await ctx.call(jobValidate, requestParams(argv));
+      const create = newWorkspace(argv);
+      const { workspace: _ws, ...withoutWorkspace } = requestParams(argv);
+      // A workspace to be created is not checked here (workspace create refuses a taken name).
+      const checked = await ctx.call(jobValidate, create ? withoutWorkspace : requestParams(argv));
       return {
         data: checked,
         text: `valid: job run would queue it\n${fields([
