@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { createSmokeRepo, type RepoServer, startRepoServer } from "../../src/cli/init/repo-server.js";
+import { runCli } from "../helpers/daemon.js";
 import { AGENTLAB_BIN } from "../helpers/paths.js";
 import { freePort } from "../helpers/ports.js";
 import { FAST_KNOBS, type SimHost, startSimHost } from "../helpers/simhost.js";
@@ -125,6 +126,7 @@ describe("job artifacts, logs and cancel end to end (shell backend)", () => {
   let h: SimHost;
   let root: string;
   let artifactDir: string;
+  let controlPort: number;
   const servers: RepoServer[] = [];
   const urls: Record<string, string> = {};
 
@@ -152,9 +154,11 @@ describe("job artifacts, logs and cancel end to end (shell backend)", () => {
     root = mkdtempSync(join(tmpdir(), "agentlab-job-output-"));
     artifactDir = join(root, "artifacts");
     const port = await freePort();
+    controlPort = await freePort();
     h = await startSimHost(
       "shell",
       `bootstrap_listen: 127.0.0.1:${port}\nagent_subnet: 0.0.0.0/1\nartifact_dir: ${artifactDir}\n` +
+        `control_listen: 127.0.0.1:${controlPort}\n` +
         "artifact_max_bytes: 400000\nartifact_max_files: 7\n",
     );
     await setControl(h.sim.dir, FAST_KNOBS);
@@ -241,6 +245,30 @@ describe("job artifacts, logs and cancel end to end (shell backend)", () => {
     const diff = readFileSync(diffFile, "utf8");
     assert.match(diff, /^diff --git a\/CHANGED\.md b\/CHANGED\.md$/m);
     assert.match(diff, /^\+the agent was here$/m);
+
+    // Through a remote endpoint with a read token: the same bytes, in 1 MiB chunks over the WebSocket.
+    const token = await h.json<{ secret: string }>([
+      "token",
+      "create",
+      "--name",
+      "reader",
+      "--scope",
+      "read",
+    ]);
+    assert.equal(token.code, 0, token.stderr);
+    const home = join(root, "client");
+    const env = { XDG_CONFIG_HOME: home, AGENTLAB_ENDPOINT: "", AGENTLAB_TOKEN: "", AGENTLAB_SOCKET: "" };
+    const endpoint = `https://127.0.0.1:${controlPort}`;
+    const connected = await runCli(["connect", "--endpoint", endpoint, "--token", token.body.secret], {
+      env,
+    });
+    assert.equal(connected.code, 0, connected.stderr);
+    const remoteOut = join(root, "remote-download");
+    const remote = await runCli(["job", "artifacts", "download", id, "--out", remoteOut], { env });
+    assert.equal(remote.code, 0, remote.stderr);
+    for (const a of listed.body.artifacts) {
+      assert.equal(sha256(readFileSync(join(remoteOut, a.name))), a.sha256, `remote ${a.name}`);
+    }
 
     const missing = await h.json<{ code: string }>(["job", "artifacts", "download", id, "--name", "nope"]);
     assert.equal(missing.code, 1);
