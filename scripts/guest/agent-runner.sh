@@ -13,9 +13,19 @@
 #      (single use, so the answer is cached in $STATE_DIR/secrets/bootstrap.json and reused);
 #   3. reports RUNNING "bootstrap fetched", clones the job's repo and checks out its ref on branch
 #      `agentlab`, reports RUNNING "repo ready" and RUNNING "agent starting";
-#   4. runs the agent in the repo with the task on stdin, under `timeout` when a limit exists;
-#   5. sends the final report (COMPLETED / FAILED / TIMEOUT) with the result JSON
-#      {exit_code, duration_seconds, commit, mode, output_tail}.
+#   4. runs the agent in the repo with the task on stdin, under `timeout` when a limit exists, and
+#      streams its output (redacted) to <controller>/v1/runner/log while it runs; a 409 there means
+#      the job was cancelled (or ended otherwise): the agent is stopped and the runner exits 0;
+#   5. uploads the artifacts to <controller>/v1/runner/artifact: first its own, so the job's limits
+#      never crowd them out: agentlab/agent-runner.log (this run's output), agentlab/repo.diff
+#      (`git diff --binary` of the checkout, untracked files included, against the commit that was
+#      fetched) and agentlab/report.json (the result below, before the upload counts); then every
+#      regular file the agent left in $AGENTLAB_ARTIFACTS_DIR under its relative path, in byte order
+#      (symlinks and other non-files are skipped, and so is the agent's own agentlab/ directory);
+#      a refused upload (413 over the limits, 400 for a bad name) is logged and the next one tried;
+#   6. sends the final report (COMPLETED / FAILED / TIMEOUT) with the result JSON
+#      {exit_code, duration_seconds, commit, fetched_commit, mode, output_tail, artifacts_uploaded,
+#      artifacts_refused}.
 #
 # Needs: POSIX sh, curl, jq (1.6+), git, timeout, sed, coreutils.
 #
@@ -34,6 +44,11 @@
 #                                   executable .agentlab/run.sh runs, else `agentlab-agent --agent
 #                                   $AGENTLAB_AGENT` if it is on PATH
 #   AGENTLAB_AGENT                  agent name for agentlab-agent (default claude)
+#   AGENTLAB_ARTIFACTS_DIR          where the agent leaves its artifacts (default $STATE_DIR/artifacts;
+#                                   created, and passed to the agent in its environment)
+#   AGENTLAB_LOG_INTERVAL_SECONDS   how often new output is sent while the agent runs (default 1); an
+#                                   agent that prints nothing still checks for cancellation every 5
+#                                   intervals
 #   AGENTLAB_RUNNER_TIMEOUT_SECONDS time limit for the agent in seconds (default: the job's
 #                                   ttl_minutes * 60; no limit when neither is set)
 #   AGENTLAB_BOOTSTRAP_RETRY_MAX    fetch attempts (default 10)
@@ -42,8 +57,8 @@
 #                                   1 for reports; 0 retries at once)
 # $ROOT/etc/agentlab/agent-runner.env is sourced first if present: it is where operators set these.
 #
-# The agent gets AGENTLAB_JOB_ID, AGENTLAB_TASK, AGENTLAB_MODE and AGENTLAB_REPO_DIR in its
-# environment and the task on stdin. Its exit status decides the job: 0 -> COMPLETED,
+# The agent gets AGENTLAB_JOB_ID, AGENTLAB_TASK, AGENTLAB_MODE, AGENTLAB_REPO_DIR and
+# AGENTLAB_ARTIFACTS_DIR in its environment and the task on stdin. Its exit status decides the job: 0 -> COMPLETED,
 # 124 (timeout's "time is up") -> TIMEOUT, anything else -> FAILED.
 #
 # Reports are retried on no answer, 5xx and 429; any other answer is final. A refused progress
@@ -84,7 +99,7 @@ if [ -f "$ENV_FILE" ]; then
   . "$ENV_FILE"
 fi
 
-for tool in curl jq git timeout sed tee tail mktemp date; do
+for tool in curl jq git timeout sed tee tail head find sort mktemp date; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed; the runner needs curl, jq, git, timeout, sed and coreutils"
 done
 
@@ -109,6 +124,9 @@ STATE_DIR="${STATE_DIR%/}"
 SECRETS_DIR="$STATE_DIR/secrets"
 CACHE_FILE="$SECRETS_DIR/bootstrap.json"
 LOG_FILE="$STATE_DIR/agent-runner.log"
+ARTIFACTS_DIR="${AGENTLAB_ARTIFACTS_DIR:-$STATE_DIR/artifacts}"
+while [ "${ARTIFACTS_DIR%/}" != "$ARTIFACTS_DIR" ]; do ARTIFACTS_DIR="${ARTIFACTS_DIR%/}"; done
+[ -n "$ARTIFACTS_DIR" ] || die "AGENTLAB_ARTIFACTS_DIR must not be /"
 if [ -n "${AGENTLAB_REPO_DIR:-}" ]; then
   REPO_DIR="$AGENTLAB_REPO_DIR"
 elif [ -d "$ROOT/work" ] && [ -w "$ROOT/work" ]; then
@@ -130,6 +148,8 @@ uint_setting AGENTLAB_RETRY_MAX "$REPORT_MAX" 1
 FETCH_DELAY="${AGENTLAB_RETRY_DELAY_SECONDS:-2}"
 REPORT_DELAY="${AGENTLAB_RETRY_DELAY_SECONDS:-1}"
 uint_setting AGENTLAB_RETRY_DELAY_SECONDS "$FETCH_DELAY" 0
+LOG_INTERVAL="${AGENTLAB_LOG_INTERVAL_SECONDS:-1}"
+uint_setting AGENTLAB_LOG_INTERVAL_SECONDS "$LOG_INTERVAL" 1
 
 # --- bootstrap.json -------------------------------------------------------------------------------
 
@@ -266,6 +286,9 @@ else
   redact_stream() { redact; }
 fi
 REPORT_URL=$(jq -r '.report.url' "$CACHE_FILE")
+# Older controllers had neither endpoint: output then stays in the guest log and nothing is uploaded.
+LOG_URL=$(jq -r '.log.url | if type == "string" and test("^https?://") then . else empty end' "$CACHE_FILE")
+ARTIFACT_URL=$(jq -r '.artifact.url | if type == "string" and test("^https?://") then . else empty end' "$CACHE_FILE")
 say "job $JOB_ID: repo $REPO_URL, ref $REF, mode $MODE"
 
 # --- reports --------------------------------------------------------------------------------------
@@ -335,13 +358,21 @@ progress() {
   esac
 }
 
-# finish STATUS MESSAGE EXIT_CODE DURATION COMMIT OUTPUT_FILE: the final report, then exit 0.
-finish() {
-  jq -n --argjson exit_code "$3" --argjson duration "$4" --arg commit "$5" --arg mode "$MODE" \
-    --rawfile output_tail "$6" \
+# build_result EXIT_CODE DURATION COMMIT OUTPUT_FILE: $WORK/result.json, the final report's result
+# (also uploaded as agentlab/report.json).
+build_result() {
+  jq -n --argjson exit_code "$1" --argjson duration "$2" --arg commit "$3" --arg mode "$MODE" \
+    --arg fetched "${FETCHED:-}" --rawfile output_tail "$4" \
+    --argjson uploaded "${UPLOADED:-0}" --argjson refused "${REFUSED_UPLOADS:-0}" \
     '{exit_code: $exit_code, duration_seconds: $duration,
-      commit: (if $commit == "" then null else $commit end), mode: $mode, output_tail: $output_tail}' \
+      commit: (if $commit == "" then null else $commit end),
+      fetched_commit: (if $fetched == "" then null else $fetched end), mode: $mode,
+      output_tail: $output_tail, artifacts_uploaded: $uploaded, artifacts_refused: $refused}' \
     >"$WORK/result.json"
+}
+
+# finish STATUS MESSAGE: the final report with $WORK/result.json, then exit 0.
+finish() {
   say "$1: $2"
   REPORTS_DONE=1
   rc=0
@@ -353,7 +384,8 @@ finish() {
 # fail_early MESSAGE: FAILED before the agent ran (no exit code, no output).
 fail_early() {
   : >"$WORK/empty"
-  finish FAILED "$1" null 0 "" "$WORK/empty"
+  build_result null 0 "" "$WORK/empty"
+  finish FAILED "$1"
 }
 
 progress "bootstrap fetched"
@@ -394,7 +426,8 @@ mkdir -p "$(dirname "$CLONE_DIR")"
 git_step "git clone of $REPO_URL" clone --quiet -- "$REPO_URL" "$CLONE_DIR"
 git_step "git fetch of ref $REF" -C "$CLONE_DIR" fetch --quiet --force -- origin "$REF"
 git_step "git checkout of ref $REF" -C "$CLONE_DIR" checkout --quiet -B agentlab FETCH_HEAD
-say "repo at $CLONE_DIR, $(git -C "$CLONE_DIR" rev-parse HEAD)"
+FETCHED=$(git -C "$CLONE_DIR" rev-parse HEAD)
+say "repo at $CLONE_DIR, $FETCHED"
 progress "repo ready"
 
 # --- agent ----------------------------------------------------------------------------------------
@@ -414,21 +447,168 @@ if [ -n "$LIMIT" ]; then
   set -- timeout --signal=TERM --kill-after=30 "$LIMIT" "$@"
 fi
 
+mkdir -p "$ARTIFACTS_DIR" || fail_early "cannot create the artifacts directory $ARTIFACTS_DIR"
+if [ -n "$LIMIT" ]; then
+  :
+elif command -v setsid >/dev/null 2>&1; then
+  # A process group of its own, so a cancel stops the agent's children too (timeout makes one itself).
+  set -- setsid "$@"
+fi
+
+# --- live output ----------------------------------------------------------------------------------
+
+# stream_log: runs beside the agent. Every LOG_INTERVAL seconds it sends what the agent printed since
+# the last chunk (at most 64 KiB per request, offsets counted from this run's start), until the output
+# is complete. A 409 means the job ended elsewhere (cancelled): it stops the agent. Other failures are
+# retried at the next tick; the full log is uploaded as an artifact at the end anyway.
+stream_log() {
+  s_sent=0
+  s_idle=0
+  s_fails=0
+  while :; do
+    s_last=0
+    s_code=""
+    [ ! -e "$WORK/output.done" ] || s_last=1
+    s_size=$(($(wc -c <"$LOG_FILE") - LOG_START))
+    s_n=$((s_size - s_sent))
+    [ "$s_n" -le 65536 ] || s_n=65536
+    if [ "$s_n" -gt 0 ] || [ "$s_idle" -ge 5 ]; then
+      s_idle=0
+      tail -c +"$((LOG_START + s_sent + 1))" "$LOG_FILE" | head -c "$s_n" >"$WORK/chunk"
+      # shellcheck disable=SC2086 # CURL_BASE is a fixed list of options
+      s_code=$(curl $CURL_BASE --max-time 20 -o "$WORK/chunk.out" -w '%{http_code}' -H "@$AUTH_FILE" \
+        -H 'Content-Type: application/octet-stream' --data-binary "@$WORK/chunk" \
+        "$LOG_URL?job_id=$JOB_ID&offset=$s_sent" 2>/dev/null) || true
+      case "$s_code" in
+        2??) s_sent=$((s_sent + s_n)) ;;
+        409)
+          : >"$WORK/cancelled"
+          s_pid=$(cat "$WORK/agent.pid" 2>/dev/null) || s_pid=""
+          if [ -n "$s_pid" ]; then
+            kill -TERM -- "-$s_pid" 2>/dev/null || kill -TERM "$s_pid" 2>/dev/null || true
+          fi
+          return 0
+          ;;
+      esac
+    else
+      s_idle=$((s_idle + 1))
+    fi
+    if [ "$s_last" -eq 1 ]; then
+      [ "$s_sent" -lt "$s_size" ] || return 0
+      # The controller keeps failing after the agent ended: the log artifact carries the output anyway.
+      case "$s_code" in 2??) ;; *) s_fails=$((s_fails + 1)) ;; esac
+      [ "$s_fails" -lt 5 ] || return 0
+    fi
+    # More than a chunk waiting after one went through: send the next one at once.
+    case "$s_code" in
+      2??) [ "$s_sent" -lt "$s_size" ] || sleep "$LOG_INTERVAL" ;;
+      *) sleep "$LOG_INTERVAL" ;;
+    esac
+  done
+}
+
+# --- artifacts ------------------------------------------------------------------------------------
+
+UPLOADED=0
+REFUSED_UPLOADS=0
+# upload NAME FILE: one artifact; retried like a report while the controller does not answer, answers
+# 5xx or rate-limits; a refusal is logged (with the controller's reason) and the runner goes on.
+upload() {
+  u_name=$(jq -rn --arg n "$1" '$n | @uri')
+  u_attempt=1
+  u_delay=$REPORT_DELAY
+  while :; do
+    # shellcheck disable=SC2086 # CURL_BASE is a fixed list of options
+    u_code=$(curl $CURL_BASE --max-time 300 -o "$WORK/upload.out" -w '%{http_code}' -H "@$AUTH_FILE" \
+      -H 'Content-Type: application/octet-stream' --data-binary "@$2" \
+      "$ARTIFACT_URL?job_id=$JOB_ID&name=$u_name" 2>"$WORK/upload.err") || true
+    case "$u_code" in
+      2??)
+        UPLOADED=$((UPLOADED + 1))
+        return 0
+        ;;
+      000) u_why="no answer ($(tail -n 1 "$WORK/upload.err"))" ;;
+      5?? | 429) u_why="HTTP $u_code: $(http_error "$WORK/upload.out")" ;;
+      *)
+        REFUSED_UPLOADS=$((REFUSED_UPLOADS + 1))
+        warn "artifact $1 not uploaded: HTTP $u_code: $(http_error "$WORK/upload.out")"
+        return 0
+        ;;
+    esac
+    if [ "$u_attempt" -ge "$REPORT_MAX" ]; then
+      REFUSED_UPLOADS=$((REFUSED_UPLOADS + 1))
+      warn "artifact $1 not uploaded: $u_why, after $REPORT_MAX attempts"
+      return 0
+    fi
+    sleep "$u_delay"
+    u_delay=$((u_delay * 2))
+    [ "$u_delay" -le 30 ] || u_delay=30
+    u_attempt=$((u_attempt + 1))
+  done
+}
+
+# upload_all RESULT_FILE: the runner's own files, then the agent's.
+upload_all() {
+  [ -n "$ARTIFACT_URL" ] || return 0
+  tail -c +"$((LOG_START + 1))" "$LOG_FILE" >"$WORK/agent-runner.log"
+  upload agentlab/agent-runner.log "$WORK/agent-runner.log"
+  # The diff through a private index: the checkout's own index and files are left as the agent left them.
+  if GIT_INDEX_FILE="$WORK/diff.index" git -C "$CLONE_DIR" add -A >/dev/null 2>&1 &&
+    GIT_INDEX_FILE="$WORK/diff.index" git -C "$CLONE_DIR" diff --cached --binary "$FETCHED" >"$WORK/repo.diff" 2>"$WORK/diff.err"; then
+    upload agentlab/repo.diff "$WORK/repo.diff"
+  else
+    warn "no repo.diff: $(tail -n 1 "$WORK/diff.err" 2>/dev/null)"
+  fi
+  upload agentlab/report.json "$1"
+  # -type f without -L: a symlink the agent left (say to /etc/shadow) is not followed.
+  find "$ARTIFACTS_DIR" -mindepth 1 \( -type f -o -type l \) -print 2>/dev/null | LC_ALL=C sort >"$WORK/artifacts.list" || true
+  while IFS= read -r a_path; do
+    a_name=${a_path#"$ARTIFACTS_DIR"/}
+    case "$a_name" in
+      agentlab/*)
+        warn "artifact $a_name skipped: agentlab/ holds the runner's own files"
+        continue
+        ;;
+    esac
+    if [ -L "$a_path" ] || [ ! -f "$a_path" ]; then
+      warn "artifact $a_name skipped: not a regular file (a symlink is never followed)"
+      continue
+    fi
+    upload "$a_name" "$a_path"
+  done <"$WORK/artifacts.list"
+}
+
 progress "agent starting"
 touch "$LOG_FILE"
 LOG_START=$(wc -c <"$LOG_FILE")
 STARTED=$(date +%s)
+STREAM_PID=""
+if [ -n "$LOG_URL" ]; then
+  stream_log &
+  STREAM_PID=$!
+fi
 {
   a_rc=0
   (
     cd "$CLONE_DIR"
-    export AGENTLAB_JOB_ID="$JOB_ID" AGENTLAB_TASK="$TASK" AGENTLAB_MODE="$MODE" AGENTLAB_REPO_DIR="$CLONE_DIR"
+    export AGENTLAB_JOB_ID="$JOB_ID" AGENTLAB_TASK="$TASK" AGENTLAB_MODE="$MODE" AGENTLAB_REPO_DIR="$CLONE_DIR" \
+      AGENTLAB_ARTIFACTS_DIR="$ARTIFACTS_DIR"
     exec "$@" <"$WORK/task"
-  ) 2>&1 || a_rc=$?
+  ) 2>&1 &
+  echo "$!" >"$WORK/agent.pid"
+  wait "$!" || a_rc=$?
   echo "$a_rc" >"$WORK/agent.status"
 } | redact_stream | tee -a "$LOG_FILE"
+: >"$WORK/output.done"
+[ -z "$STREAM_PID" ] || wait "$STREAM_PID" || true
 DURATION=$(($(date +%s) - STARTED))
 EXIT_CODE=$(cat "$WORK/agent.status")
+if [ -e "$WORK/cancelled" ]; then
+  # The controller already ended the job: no upload or report would be accepted.
+  REPORTS_DONE=1
+  say "the job was ended by the controller (cancelled); the agent was stopped (exit status $EXIT_CODE)"
+  exit 0
+fi
 # Only this run's output: the log keeps earlier attempts too. The log is already redacted, so a
 # token cut in half at the 4000-byte edge cannot leak.
 tail -c +"$((LOG_START + 1))" "$LOG_FILE" | tail -c 4000 >"$WORK/output_tail"
@@ -439,4 +619,7 @@ case "$EXIT_CODE" in
   124) STATUS=TIMEOUT ;;
   *) STATUS=FAILED ;;
 esac
-finish "$STATUS" "agent finished" "$EXIT_CODE" "$DURATION" "$COMMIT" "$WORK/output_tail"
+build_result "$EXIT_CODE" "$DURATION" "$COMMIT" "$WORK/output_tail"
+upload_all "$WORK/result.json"
+build_result "$EXIT_CODE" "$DURATION" "$COMMIT" "$WORK/output_tail"
+finish "$STATUS" "agent finished"

@@ -3,6 +3,7 @@ import {
   DEFAULT_SOCKET_PATH,
   type Method,
   type ParamsOf,
+  type ProgressValue,
   parseDuration,
   type ResultOf,
 } from "../protocol/index.js";
@@ -81,10 +82,24 @@ export interface Outcome {
   printed?: boolean;
 }
 
+/** For calls that stream (job logs --follow): their own notification handler, silence limit and stop. */
+export interface CallOptions {
+  /** Replaces the progress printer: every $/progress value of the call goes here. */
+  onProgress?: (value: ProgressValue) => void;
+  /** Longest silence from the daemon, unless --timeout is given. */
+  timeoutMs?: number;
+  /** Stops the call (sent to the daemon as a cancellation). */
+  signal?: AbortSignal;
+}
+
 export interface CommandContext {
   args: GlobalArgs;
   out: Output;
-  call<M extends Method>(method: M, params: Omit<ParamsOf<M>, "progress_token">): Promise<ResultOf<M>>;
+  call<M extends Method>(
+    method: M,
+    params: Omit<ParamsOf<M>, "progress_token">,
+    options?: CallOptions,
+  ): Promise<ResultOf<M>>;
 }
 
 /**
@@ -95,14 +110,15 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
   return {
     args,
     out,
-    async call(method, params) {
+    async call(method, params, options = {}) {
       const timeoutMs =
         args.timeout !== undefined
           ? parseTimeout(args.timeout)
-          : method.progress
-            ? DEFAULT_PROGRESS_TIMEOUT_MS
-            : DEFAULT_TIMEOUT_MS;
+          : (options.timeoutMs ?? (method.progress ? DEFAULT_PROGRESS_TIMEOUT_MS : DEFAULT_TIMEOUT_MS));
       const abort = new AbortController();
+      const onStop = () => abort.abort();
+      if (options.signal?.aborted) abort.abort();
+      options.signal?.addEventListener("abort", onStop);
       let interrupts = 0;
       const onSigint = () => {
         interrupts++;
@@ -119,7 +135,7 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
       const connection = connectionOf(args);
       process.on("SIGINT", onSigint);
       try {
-        const onProgress = progressPrinter(out, args.json);
+        const onProgress = options.onProgress ?? progressPrinter(out, args.json);
         return await call(
           {
             socketPath: connection.kind === "socket" ? connection.path : args.socket,
@@ -133,6 +149,7 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
         );
       } finally {
         process.off("SIGINT", onSigint);
+        options.signal?.removeEventListener("abort", onStop);
       }
     },
   };

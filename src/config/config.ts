@@ -90,7 +90,10 @@ export interface Config {
   idle_stop_interval_ms: number;
   idle_stop_minutes_default: number;
   idle_stop_cpu_threshold: number;
+  /** A job's artifacts together, in bytes: an upload that would pass it is refused with 413. */
   artifact_max_bytes: number;
+  /** How many artifacts one job may upload. */
+  artifact_max_files: number;
   artifact_token_ttl_minutes: number;
   /** Guest listener requests per second per source address (token bucket refill). */
   bootstrap_rate_limit_qps: number;
@@ -180,6 +183,7 @@ export const ConfigFileSchema = z.strictObject({
   idle_stop_minutes_default: nonNegativeInt().default(30),
   idle_stop_cpu_threshold: numberBetween(0, 1).default(0.05),
   artifact_max_bytes: positiveInt().default(268_435_456),
+  artifact_max_files: positiveInt().default(1000),
   artifact_token_ttl_minutes: positiveInt().default(1440),
   bootstrap_rate_limit_qps: positiveNumber().default(1),
   bootstrap_rate_limit_burst: positiveInt().default(3),
@@ -457,6 +461,7 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     idle_stop_minutes_default: file.idle_stop_minutes_default,
     idle_stop_cpu_threshold: file.idle_stop_cpu_threshold,
     artifact_max_bytes: file.artifact_max_bytes,
+    artifact_max_files: file.artifact_max_files,
     artifact_token_ttl_minutes: file.artifact_token_ttl_minutes,
     bootstrap_rate_limit_qps: file.bootstrap_rate_limit_qps,
     bootstrap_rate_limit_burst: file.bootstrap_rate_limit_burst,

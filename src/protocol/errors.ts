@@ -189,6 +189,16 @@ export const ERROR_CODES = {
   },
   SESSION_NOT_FOUND: { rpc: 1700, exit: 1, hint: "list sessions with agentlab session list" },
   JOB_NOT_FOUND: { rpc: 1800, exit: 1, hint: "list jobs with agentlab job list" },
+  ARTIFACT_NOT_FOUND: {
+    rpc: 1801,
+    exit: 1,
+    hint: "list the job's artifacts with agentlab job artifacts <job_id>",
+  },
+  JOB_NOT_ACTIVE: {
+    rpc: 1802,
+    exit: 1,
+    hint: "the job already ended; see how with agentlab job show <job_id>",
+  },
 
   // Remote control (docs/remote.md): the HTTPS + WebSocket listener, its tokens and the client's pinning.
   TOKEN_INVALID: {

@@ -5,7 +5,16 @@
 import { daemonStatus } from "./daemon.js";
 import { jobDoctor, sandboxDoctor, sessionDoctor } from "./doctor.js";
 import { daemonChecks } from "./init.js";
-import { jobList, jobRun, jobShow } from "./job.js";
+import {
+  jobArtifactRead,
+  jobArtifacts,
+  jobCancel,
+  jobList,
+  jobLogs,
+  jobRun,
+  jobShow,
+  jobValidate,
+} from "./job.js";
 import { sandboxInventory, sandboxReconcile } from "./maintenance.js";
 import type { Method } from "./method.js";
 import { profileList } from "./profile.js";
@@ -118,8 +127,13 @@ export const METHODS: readonly Method[] = [
   sessionFork,
   sessionBranch,
   jobRun,
+  jobValidate,
   jobShow,
   jobList,
+  jobCancel,
+  jobLogs,
+  jobArtifacts,
+  jobArtifactRead,
   sandboxDoctor,
   jobDoctor,
   sessionDoctor,

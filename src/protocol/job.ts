@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { defineMethod } from "./method.js";
+import { progressToken } from "./progress.js";
 import { SandboxEvent } from "./sandbox.js";
 
 /**
@@ -55,59 +56,79 @@ const REPO_URL = /^(?:(?:https?|git|ssh):\/\/[^\s]+|[A-Za-z0-9._-]+@[A-Za-z0-9.-
 /** A git ref the runner passes to `git fetch`: no whitespace, no leading dash, no control characters. */
 const GIT_REF = /^(?!-)[^\s\x00-\x1f\x7f~^:?*[\\]{1,200}$/;
 
+/** What job.run and job.validate take. */
+export const JobRequest = z
+  .object({
+    repo_url: z
+      .string()
+      .regex(
+        REPO_URL,
+        "repo_url must be a URL the sandbox can clone: https://, http://, git://, ssh:// or user@host:path",
+      ),
+    task: z.string().min(1, "task must not be empty").max(65536, "task must be at most 64 KiB"),
+    profile: z.string().min(1, "profile must not be empty"),
+    ref: z
+      .string()
+      .regex(GIT_REF, "ref must be a branch, tag or commit name (no spaces, no leading -)")
+      .optional()
+      .describe("default main"),
+    mode: z
+      .string()
+      .regex(/^[a-z][a-z0-9_-]{0,31}$/, "mode is a short lower-case word, e.g. dangerous")
+      .optional()
+      .describe("agent permission mode passed to the runner; default dangerous"),
+    ttl_minutes: z
+      .number()
+      .int()
+      .positive("ttl_minutes must be positive")
+      .optional()
+      .describe("default: the profile's ttl; also the agent's time limit"),
+    keepalive: z.boolean().optional().describe("keep the sandbox when the job ends (default: the profile's)"),
+    workspace: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        "existing, detached workspace (name or id) attached as /work before the first boot; detached again when the sandbox is destroyed",
+      ),
+  })
+  .strict();
+
+const JOB_REQUEST_ERRORS = [
+  "PROFILE_NOT_FOUND",
+  "PROVISIONING_FAILED",
+  "WORKSPACE_NOT_FOUND",
+  "WORKSPACE_ATTACHED",
+  "WORKSPACE_LEASE_HELD",
+  "WORKSPACE_BUSY",
+] as const;
+
 export const jobRun = defineMethod({
   method: "job.run",
   summary:
     "Queue a job: a sandbox is provisioned from the profile, its runner clones repo_url at ref and runs the agent on task. Returns at once (status QUEUED).",
-  params: z
-    .object({
-      repo_url: z
-        .string()
-        .regex(
-          REPO_URL,
-          "repo_url must be a URL the sandbox can clone: https://, http://, git://, ssh:// or user@host:path",
-        ),
-      task: z.string().min(1, "task must not be empty").max(65536, "task must be at most 64 KiB"),
-      profile: z.string().min(1, "profile must not be empty"),
-      ref: z
-        .string()
-        .regex(GIT_REF, "ref must be a branch, tag or commit name (no spaces, no leading -)")
-        .optional()
-        .describe("default main"),
-      mode: z
-        .string()
-        .regex(/^[a-z][a-z0-9_-]{0,31}$/, "mode is a short lower-case word, e.g. dangerous")
-        .optional()
-        .describe("agent permission mode passed to the runner; default dangerous"),
-      ttl_minutes: z
-        .number()
-        .int()
-        .positive("ttl_minutes must be positive")
-        .optional()
-        .describe("default: the profile's ttl; also the agent's time limit"),
-      keepalive: z
-        .boolean()
-        .optional()
-        .describe("keep the sandbox when the job ends (default: the profile's)"),
-      workspace: z
-        .string()
-        .min(1)
-        .optional()
-        .describe(
-          "existing, detached workspace (name or id) attached as /work before the first boot; detached again when the sandbox is destroyed",
-        ),
-    })
-    .strict(),
+  params: JobRequest,
   result: Job,
   progress: false,
-  errors: [
-    "PROFILE_NOT_FOUND",
-    "PROVISIONING_FAILED",
-    "WORKSPACE_NOT_FOUND",
-    "WORKSPACE_ATTACHED",
-    "WORKSPACE_LEASE_HELD",
-    "WORKSPACE_BUSY",
-  ],
+  errors: JOB_REQUEST_ERRORS,
+});
+
+export const jobValidate = defineMethod({
+  method: "job.validate",
+  summary:
+    "Check a job request as job.run would (params, profile, guest listener, workspace, template node) without recording or starting anything.",
+  params: JobRequest,
+  result: z.object({
+    valid: z.literal(true),
+    profile: z.string(),
+    ref: z.string(),
+    mode: z.string(),
+    ttl_minutes: z.number().int().optional(),
+    keepalive: z.boolean(),
+    workspace_id: z.string().optional(),
+  }),
+  progress: false,
+  errors: JOB_REQUEST_ERRORS,
 });
 
 export const jobShow = defineMethod({
@@ -142,4 +163,83 @@ export const jobList = defineMethod({
   result: z.object({ jobs: z.array(Job) }),
   progress: false,
   errors: [],
+});
+
+export const jobCancel = defineMethod({
+  method: "job.cancel",
+  summary:
+    'Cancel a QUEUED or RUNNING job: it ends FAILED with failure_reason "cancelled", the runner stops the agent, and the sandbox follows its keepalive rule (destroyed unless keepalive).',
+  params: z.object({ id: z.string().min(1) }).strict(),
+  result: Job,
+  progress: false,
+  errors: ["JOB_NOT_FOUND", "JOB_NOT_ACTIVE"],
+});
+
+export const JobLogChunk = z.object({ offset: z.number().int().nonnegative(), text: z.string() });
+
+export const jobLogs = defineMethod({
+  method: "job.logs",
+  summary:
+    'The agent\'s output as the runner streamed it, from byte `offset` (default 0). With follow, each new chunk is sent as a $/progress notification (step "log", message the text) until the job ends; the answer then says where the log ends.',
+  params: z
+    .object({
+      id: z.string().min(1),
+      offset: z.number().int().nonnegative().optional(),
+      follow: z.boolean().optional(),
+      progress_token: progressToken,
+    })
+    .strict(),
+  result: z.object({
+    job_id: z.string(),
+    status: z.enum(JOB_STATUSES),
+    /** Without follow: the text from offset (at most 1 MiB; call again from next_offset for more). */
+    text: z.string(),
+    next_offset: z.number().int().nonnegative(),
+    /** Bytes stored in all; next_offset < end means there is more to read. */
+    end: z.number().int().nonnegative(),
+  }),
+  progress: true,
+  errors: ["JOB_NOT_FOUND"],
+});
+
+export const JobArtifact = z.object({
+  name: z.string().describe("path relative to the job's artifact directory"),
+  size_bytes: z.number().int().nonnegative(),
+  sha256: z.string(),
+  created_at: z.string(),
+});
+export type JobArtifact = z.infer<typeof JobArtifact>;
+
+export const jobArtifacts = defineMethod({
+  method: "job.artifacts",
+  summary: "The files a job's runner uploaded: name, size and SHA-256.",
+  params: z.object({ id: z.string().min(1) }).strict(),
+  result: z.object({ job_id: z.string(), artifacts: z.array(JobArtifact) }),
+  progress: false,
+  errors: ["JOB_NOT_FOUND"],
+});
+
+/** Largest chunk job.artifact_read returns. */
+export const ARTIFACT_READ_MAX = 1024 * 1024;
+
+export const jobArtifactRead = defineMethod({
+  method: "job.artifact_read",
+  summary:
+    "Up to `length` bytes (at most 1 MiB, the default) of one artifact from `offset`, base64: downloads go in bounded chunks over the socket or a remote endpoint alike.",
+  params: z
+    .object({
+      id: z.string().min(1),
+      name: z.string().min(1),
+      offset: z.number().int().nonnegative(),
+      length: z.number().int().positive().max(ARTIFACT_READ_MAX).optional(),
+    })
+    .strict(),
+  result: z.object({
+    artifact: JobArtifact,
+    offset: z.number().int().nonnegative(),
+    data_base64: z.string(),
+    eof: z.boolean(),
+  }),
+  progress: false,
+  errors: ["JOB_NOT_FOUND", "ARTIFACT_NOT_FOUND"],
 });

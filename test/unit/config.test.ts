@@ -80,6 +80,7 @@ describe("config: defaults and derived values", () => {
       idle_stop_minutes_default: 30,
       idle_stop_cpu_threshold: 0.05,
       artifact_max_bytes: 268_435_456,
+      artifact_max_files: 1000,
       artifact_token_ttl_minutes: 1440,
       bootstrap_rate_limit_qps: 1,
       bootstrap_rate_limit_burst: 3,

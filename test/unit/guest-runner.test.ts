@@ -326,8 +326,11 @@ describe("guest agent runner (real sh, curl, jq, git)", () => {
       exit_code: null,
       duration_seconds: 0,
       commit: null,
+      fetched_commit: null,
       mode: "dangerous",
       output_tail: "",
+      artifacts_uploaded: 0,
+      artifacts_refused: 0,
     });
   });
 

@@ -155,6 +155,8 @@ describe("RunnerApi.fetch: the job", () => {
         ttl_minutes: 60,
       },
       report: { url: "http://10.77.0.1:8844/agentlab/v1/runner/report", token: report.token },
+      log: { url: "http://10.77.0.1:8844/agentlab/v1/runner/log" },
+      artifact: { url: "http://10.77.0.1:8844/agentlab/v1/runner/artifact" },
     });
     const job = jobRow();
     assert.equal(job.report_token_hash, createHash("sha256").update(report.token).digest("hex"));

@@ -53,6 +53,7 @@ const EXPECTED_TABLES = [
   "artifacts",
   "bootstrap_tokens",
   "events",
+  "job_log_chunks",
   "jobs",
   "sandboxes",
   "schema_migrations",

@@ -4,16 +4,20 @@ import {
   JOB_STATUSES,
   type Job,
   type JobDetail,
+  jobCancel,
   jobList,
   jobRun,
   jobShow,
+  jobValidate,
   type SandboxEvent,
+  workspaceCreate,
 } from "../../protocol/index.js";
 import { type CommandContext, execute, type GlobalArgs, parseTimeout } from "../context.js";
 import { doctorCommand } from "../doctor.js";
 import { followJob } from "../job-follow.js";
-import { ttlOption } from "../options.js";
+import { sizeOption, ttlOption } from "../options.js";
 import { fields, table } from "../render.js";
+import { artifactsCommand, logsCommand, streamJobLog } from "./job-output.js";
 
 type Args<T> = GlobalArgs & T;
 
@@ -83,15 +87,34 @@ function eventLine(e: SandboxEvent): string {
   return `  ${e.ts}  ${e.kind}${e.msg ? `  ${e.msg}` : ""}\n`;
 }
 
-/** Follow a job for --wait: events go to stderr as progress (not under --json); exit 0 only for COMPLETED. */
+/**
+ * Follow a job for --wait: events go to stderr as progress and the agent's output to stdout as it
+ * runs (neither under --json); exit 0 only for COMPLETED.
+ */
 async function waitFor(ctx: CommandContext, id: string, wait: string | undefined) {
   const timeoutMs = parseTimeout(wait ?? DEFAULT_WAIT);
-  const job = await followJob(ctx, id, {
-    timeoutMs,
-    onEvent: (e) => {
-      if (!ctx.args.json) ctx.out.stderr(eventLine(e));
-    },
-  });
+  const stopLog = new AbortController();
+  // The output ends with the job; the events follow decides when waiting is over (or times out).
+  const log = ctx.args.json
+    ? Promise.resolve()
+    : streamJobLog(ctx, id, (text) => ctx.out.stdout(text), stopLog.signal).then(
+        () => {},
+        () => {},
+      );
+  let job: JobDetail;
+  try {
+    job = await followJob(ctx, id, {
+      timeoutMs,
+      onEvent: (e) => {
+        if (!ctx.args.json) ctx.out.stderr(eventLine(e));
+      },
+    });
+  } catch (error) {
+    stopLog.abort();
+    await log;
+    throw error;
+  }
+  await log;
   return { data: job, text: jobText({ ...job, events: [] }), exitCode: job.status === "COMPLETED" ? 0 : 1 };
 }
 
@@ -104,45 +127,126 @@ interface RunArgs {
   ttl?: string;
   keepalive?: boolean;
   workspace?: string;
+  "workspace-size"?: string;
+  "workspace-storage"?: string;
   wait?: boolean;
   "wait-timeout"?: string;
+}
+
+/** The options of a job request, shared by run and validate. */
+function requestOptions<T>(yargs: Argv<T>) {
+  return yargs
+    .option("repo", {
+      type: "string",
+      demandOption: true,
+      describe: "git URL the sandbox clones (https://, git://, ssh:// or user@host:path)",
+    })
+    .option("task", { type: "string", demandOption: true, describe: "what the agent should do" })
+    .option("profile", { type: "string", demandOption: true, describe: "profile of the job's sandbox" })
+    .option("ref", { type: "string", describe: "branch, tag or commit to check out (default main)" })
+    .option("mode", {
+      type: "string",
+      describe: "agent permission mode passed to the runner (default dangerous)",
+    })
+    .option("ttl", {
+      type: "string",
+      describe:
+        "time limit of the job and lease of its sandbox: minutes (90) or 90m, 2h (default: the profile's)",
+    })
+    .option("keepalive", {
+      type: "boolean",
+      describe: "keep the sandbox when the job ends (default: the profile's); destroy it yourself later",
+    })
+    .option("workspace", {
+      type: "string",
+      describe:
+        "workspace attached as /work before the first boot: an existing, detached one (name or id), or new:NAME to create it first (with --workspace-size); the repository is cloned into /work/repo, or /work/repo-<job id> when that is taken",
+    })
+    .option("workspace-size", {
+      type: "string",
+      describe: "with --workspace new:NAME: its disk size, 80G, 80 or 1T (required)",
+    })
+    .option("workspace-storage", {
+      type: "string",
+      describe: "with --workspace new:NAME: its Proxmox storage (default: config workspace_storage)",
+    });
+}
+
+/** `--workspace new:NAME` with its size and storage, or undefined for an existing workspace (or none). */
+function newWorkspace(argv: RunArgs): { name: string; size_gb: number; storage?: string } | undefined {
+  const create = argv.workspace?.startsWith("new:") ? argv.workspace.slice(4) : undefined;
+  if (create === undefined) {
+    for (const flag of ["workspace-size", "workspace-storage"] as const) {
+      if (argv[flag] !== undefined) {
+        throw new AgentlabError("USAGE", `--${flag} goes with --workspace new:NAME`, {
+          hint: "to use an existing workspace, give only --workspace <name>",
+        });
+      }
+    }
+    return undefined;
+  }
+  if (create === "") throw new AgentlabError("USAGE", "--workspace new:NAME needs a name after new:");
+  if (argv["workspace-size"] === undefined) {
+    throw new AgentlabError("USAGE", "--workspace new:NAME needs --workspace-size (e.g. 80G)");
+  }
+  return {
+    name: create,
+    size_gb: sizeOption("--workspace-size", argv["workspace-size"]),
+    ...(argv["workspace-storage"] !== undefined ? { storage: argv["workspace-storage"] } : {}),
+  };
+}
+
+/** The job.run / job.validate params of the command line. */
+function requestParams(argv: RunArgs) {
+  const ttl = ttlOption(argv.ttl);
+  return {
+    repo_url: argv.repo,
+    task: argv.task,
+    profile: argv.profile,
+    ...(argv.ref !== undefined ? { ref: argv.ref } : {}),
+    ...(argv.mode !== undefined ? { mode: argv.mode } : {}),
+    ...(ttl !== undefined ? { ttl_minutes: ttl } : {}),
+    ...(argv.keepalive !== undefined ? { keepalive: argv.keepalive } : {}),
+    ...(argv.workspace !== undefined ? { workspace: argv.workspace } : {}),
+  };
+}
+
+/**
+ * job run with --workspace new:NAME: the request is checked without its workspace first, so a job that
+ * would be refused creates nothing; then the workspace is created (with progress) and the job run on it.
+ */
+async function runWithNewWorkspace(
+  ctx: CommandContext,
+  argv: RunArgs,
+  create: { name: string; size_gb: number; storage?: string },
+) {
+  const { workspace: _new, ...withoutWorkspace } = requestParams(argv);
+  await ctx.call(jobValidate, withoutWorkspace);
+  const ws = await ctx.call(workspaceCreate, create);
+  if (!ctx.args.json) ctx.out.stderr(`workspace ${ws.name} (${ws.id}, ${ws.size_gb}G) created\n`);
+  try {
+    return await ctx.call(jobRun, { ...withoutWorkspace, workspace: ws.id });
+  } catch (error) {
+    if (error instanceof AgentlabError) {
+      throw new AgentlabError(error.code, `${error.message} (workspace ${ws.name} was created and stays)`, {
+        hint: `run the job on it with --workspace ${ws.name}, or remove it: agentlab workspace destroy ${ws.name}`,
+        details: error.details,
+      });
+    }
+    throw error;
+  }
 }
 
 const runCommand: CommandModule<GlobalArgs, Args<RunArgs>> = {
   command: "run",
   describe: "Run an agent on a repository in a new sandbox",
   builder: (yargs) =>
-    yargs
-      .option("repo", {
-        type: "string",
-        demandOption: true,
-        describe: "git URL the sandbox clones (https://, git://, ssh:// or user@host:path)",
-      })
-      .option("task", { type: "string", demandOption: true, describe: "what the agent should do" })
-      .option("profile", { type: "string", demandOption: true, describe: "profile of the job's sandbox" })
-      .option("ref", { type: "string", describe: "branch, tag or commit to check out (default main)" })
-      .option("mode", {
-        type: "string",
-        describe: "agent permission mode passed to the runner (default dangerous)",
-      })
-      .option("ttl", {
-        type: "string",
-        describe:
-          "time limit of the job and lease of its sandbox: minutes (90) or 90m, 2h (default: the profile's)",
-      })
-      .option("keepalive", {
-        type: "boolean",
-        describe: "keep the sandbox when the job ends (default: the profile's); destroy it yourself later",
-      })
-      .option("workspace", {
-        type: "string",
-        describe:
-          "existing, detached workspace attached as /work before the first boot (the repository is cloned into /work/repo, or /work/repo-<job id> when that is taken)",
-      })
+    requestOptions(yargs)
       .option("wait", {
         type: "boolean",
         default: false,
-        describe: "follow the job until it ends, printing its events; exit 0 only if it COMPLETED",
+        describe:
+          "follow the job until it ends, printing its events (stderr) and the agent's output (stdout); exit 0 only if it COMPLETED",
       })
       .option("wait-timeout", {
         type: "string",
@@ -163,17 +267,10 @@ const runCommand: CommandModule<GlobalArgs, Args<RunArgs>> = {
       if (argv["wait-timeout"] !== undefined && !argv.wait) {
         throw new AgentlabError("USAGE", "--wait-timeout goes with --wait", { hint: "add --wait" });
       }
-      const ttl = ttlOption(argv.ttl);
-      const job = await ctx.call(jobRun, {
-        repo_url: argv.repo,
-        task: argv.task,
-        profile: argv.profile,
-        ...(argv.ref !== undefined ? { ref: argv.ref } : {}),
-        ...(argv.mode !== undefined ? { mode: argv.mode } : {}),
-        ...(ttl !== undefined ? { ttl_minutes: ttl } : {}),
-        ...(argv.keepalive !== undefined ? { keepalive: argv.keepalive } : {}),
-        ...(argv.workspace !== undefined ? { workspace: argv.workspace } : {}),
-      });
+      const create = newWorkspace(argv);
+      const job = create
+        ? await runWithNewWorkspace(ctx, argv, create)
+        : await ctx.call(jobRun, requestParams(argv));
       if (!argv.wait) {
         return {
           data: job,
@@ -257,14 +354,71 @@ const listCommand: CommandModule<GlobalArgs, Args<{ status?: string; limit?: num
     }),
 };
 
+const validateCommand: CommandModule<GlobalArgs, Args<RunArgs>> = {
+  command: "validate",
+  describe: "Check a job request as job run would, without running it (nothing is recorded or created)",
+  builder: (yargs) =>
+    requestOptions(yargs).example(
+      "agentlab job validate --repo https://github.com/acme/app.git --task 'fix the failing test' --profile yolo-ephemeral",
+      "exit 0 when job run would accept it",
+    ) as Argv<Args<RunArgs>>,
+  handler: (argv) =>
+    execute(argv, async (ctx) => {
+      const create = newWorkspace(argv);
+      const { workspace: _ws, ...withoutWorkspace } = requestParams(argv);
+      // A workspace to be created is not checked here (workspace create refuses a taken name).
+      const checked = await ctx.call(jobValidate, create ? withoutWorkspace : requestParams(argv));
+      return {
+        data: checked,
+        text: `valid: job run would queue it\n${fields([
+          ["profile", checked.profile],
+          ["ref", checked.ref],
+          ["mode", checked.mode],
+          ["time limit", checked.ttl_minutes !== undefined ? `${checked.ttl_minutes} min` : "none"],
+          ["keepalive", checked.keepalive ? "yes" : "no"],
+          ...(checked.workspace_id !== undefined
+            ? ([["workspace", checked.workspace_id]] as Array<[string, string]>)
+            : []),
+        ])}`,
+      };
+    }),
+};
+
+const cancelCommand: CommandModule<GlobalArgs, Args<{ id: string }>> = {
+  command: "cancel <id>",
+  describe: "Cancel a queued or running job: the agent is stopped and the job ends FAILED (reason cancelled)",
+  builder: (yargs) =>
+    yargs.positional("id", { type: "string", demandOption: true, describe: "job id (job_...)" }) as Argv<
+      Args<{ id: string }>
+    >,
+  handler: (argv) =>
+    execute(argv, async (ctx) => {
+      const job = await ctx.call(jobCancel, { id: argv.id });
+      const sandbox =
+        job.sandbox_vmid === undefined
+          ? "no sandbox was reserved yet"
+          : job.keepalive
+            ? `sandbox ${job.sandbox_vmid} is kept (keepalive); destroy it with agentlab sandbox destroy ${job.sandbox_vmid}`
+            : `sandbox ${job.sandbox_vmid} is being destroyed`;
+      return {
+        data: job,
+        text: `job ${job.id} cancelled: ${job.status} (${job.failure_reason}); ${sandbox}\n`,
+      };
+    }),
+};
+
 export const jobCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: "job <command>",
   describe: "Unattended agent runs: a repository and a task in a sandbox of their own",
   builder: (yargs) =>
     yargs
       .command(runCommand)
+      .command(validateCommand)
       .command(showCommand)
       .command(listCommand)
+      .command(logsCommand)
+      .command(cancelCommand)
+      .command(artifactsCommand)
       .command(doctorCommand("job"))
       .demandCommand(1, "name a job command"),
   handler: () => {},

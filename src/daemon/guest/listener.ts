@@ -18,8 +18,17 @@ import type { GuestListenerState, GuestReadiness } from "./ready-waiters.js";
 export const READY_PATH = "/v1/guest/ready";
 export const JOB_FETCH_PATH = "/v1/bootstrap/fetch";
 export const RUNNER_REPORT_PATH = "/v1/runner/report";
+/** The agent's output as it runs: `?job_id=<id>&offset=<byte offset in the job's log>`, body the bytes. */
+export const RUNNER_LOG_PATH = "/v1/runner/log";
+/** One artifact: `?job_id=<id>&name=<relative path>`, body the file, streamed (not capped by MAX_BODY_BYTES). */
+export const RUNNER_ARTIFACT_PATH = "/v1/runner/artifact";
 /** Runner reports carry a per-job bearer token; a runner sends a handful in its first seconds. */
 export const RUNNER_REPORT_RATE_LIMIT: RateLimit = { qps: 5, burst: 10 };
+/**
+ * Log chunks (about one a second while the agent prints) and artifact uploads (one per file, in a burst
+ * at the job's end) from one runner: their own bucket, so neither starves the reports.
+ */
+export const RUNNER_STREAM_RATE_LIMIT: RateLimit = { qps: 20, burst: 50 };
 export const MAX_BODY_BYTES = 1024 * 1024;
 /** Upstream's ReadHeaderTimeout and IdleTimeout. */
 export const HEADERS_TIMEOUT_MS = 5_000;
@@ -64,6 +73,18 @@ export interface GuestAnswer {
 export interface GuestJobEndpoints {
   fetch(body: string): Promise<GuestAnswer> | GuestAnswer;
   report(body: string, bearer: string | undefined): Promise<GuestAnswer> | GuestAnswer;
+  /** A chunk of the agent's output (raw bytes, possibly empty: the runner asking whether to go on). */
+  log?(query: URLSearchParams, bearer: string | undefined, body: Buffer): Promise<GuestAnswer> | GuestAnswer;
+  /**
+   * One artifact, its body still unread: the endpoint streams it to disk. What it leaves unread (a
+   * refusal) is drained or cut off by the listener.
+   */
+  upload?(
+    query: URLSearchParams,
+    bearer: string | undefined,
+    declaredLength: number | undefined,
+    body: IncomingMessage,
+  ): Promise<GuestAnswer>;
 }
 
 /** A ready report as the guest sends it. */
@@ -139,6 +160,7 @@ export class GuestListener {
   readonly #inSubnet: (address: string) => boolean;
   readonly #limiter: RateLimiter;
   readonly #reportLimiter: RateLimiter;
+  readonly #streamLimiter: RateLimiter;
   #server: Server | undefined;
   #state: GuestListenerState;
 
@@ -147,6 +169,7 @@ export class GuestListener {
     this.#inSubnet = subnetMatcher(options.agentSubnet);
     this.#limiter = new RateLimiter(options.rateLimit ?? DEFAULT_GUEST_RATE_LIMIT, options.now);
     this.#reportLimiter = new RateLimiter(RUNNER_REPORT_RATE_LIMIT, options.now);
+    this.#streamLimiter = new RateLimiter(RUNNER_STREAM_RATE_LIMIT, options.now);
     this.#state = { address: options.listen, listening: false, error: "not started" };
   }
 
@@ -229,7 +252,7 @@ export class GuestListener {
 
   #handle(req: IncomingMessage, res: ServerResponse): void {
     try {
-      const path = (req.url ?? "/").split("?")[0];
+      const [path, search] = (req.url ?? "/").split("?", 2) as [string, string | undefined];
       if (path === "/healthz") {
         if (req.method !== "GET" && req.method !== "HEAD") {
           send(res, 405, { error: "method not allowed; use GET" }, { Allow: "GET, HEAD" });
@@ -258,6 +281,21 @@ export class GuestListener {
         );
         return;
       }
+      if (jobs?.log && path === RUNNER_LOG_PATH) {
+        const log = jobs.log.bind(jobs);
+        const bearer = bearerToken(req.headers.authorization);
+        const query = new URLSearchParams(search ?? "");
+        void this.#post(req, res, this.#streamLimiter, (_body, _source, raw) =>
+          log(query, bearer, raw),
+        ).catch((error) => this.#internal(res, error));
+        return;
+      }
+      if (jobs?.upload && path === RUNNER_ARTIFACT_PATH) {
+        void this.#upload(req, res, jobs.upload.bind(jobs), new URLSearchParams(search ?? "")).catch(
+          (error) => this.#internal(res, error),
+        );
+        return;
+      }
       send(res, 404, { error: `no such endpoint: ${req.method} ${path}` });
     } catch (error) {
       this.#internal(res, error);
@@ -272,22 +310,11 @@ export class GuestListener {
     req: IncomingMessage,
     res: ServerResponse,
     limiter: RateLimiter,
-    answer: (body: string, source: string) => Promise<GuestAnswer> | GuestAnswer,
+    answer: (body: string, source: string, raw: Buffer) => Promise<GuestAnswer> | GuestAnswer,
   ): Promise<void> {
-    if (req.method !== "POST") {
-      send(res, 405, { error: "method not allowed; use POST" }, { Allow: "POST" });
-      return;
-    }
-    const source = plainAddress(req.socket.remoteAddress ?? "");
-    if (!this.#inSubnet(source)) {
-      send(res, 403, { error: REFUSED.subnet });
-      return;
-    }
-    if (!limiter.allow(source)) {
-      send(res, 429, { error: REFUSED.rateLimit }, { "Retry-After": "1" });
-      return;
-    }
-    let body: string | undefined;
+    const source = this.#admit(req, res, limiter);
+    if (source === undefined) return;
+    let body: Buffer | undefined;
     try {
       body = await readBody(req);
     } catch (error) {
@@ -299,8 +326,46 @@ export class GuestListener {
       sendAndDrain(req, res, 400, { error: `request body too large (limit ${MAX_BODY_BYTES} bytes)` });
       return;
     }
-    const { status, body: reply } = await answer(body, source);
+    const { status, body: reply } = await answer(body.toString("utf8"), source, body);
     send(res, status, reply);
+  }
+
+  /** Method, source subnet and rate limit; the source address when admitted, else the refusal is sent. */
+  #admit(req: IncomingMessage, res: ServerResponse, limiter: RateLimiter): string | undefined {
+    if (req.method !== "POST") {
+      send(res, 405, { error: "method not allowed; use POST" }, { Allow: "POST" });
+      return undefined;
+    }
+    const source = plainAddress(req.socket.remoteAddress ?? "");
+    if (!this.#inSubnet(source)) {
+      send(res, 403, { error: REFUSED.subnet });
+      return undefined;
+    }
+    if (!limiter.allow(source)) {
+      send(res, 429, { error: REFUSED.rateLimit }, { "Retry-After": "1" });
+      return undefined;
+    }
+    return source;
+  }
+
+  /** An artifact upload: the same checks as every POST, then the body is the endpoint's to stream. */
+  async #upload(
+    req: IncomingMessage,
+    res: ServerResponse,
+    upload: NonNullable<GuestJobEndpoints["upload"]>,
+    query: URLSearchParams,
+  ): Promise<void> {
+    if (this.#admit(req, res, this.#streamLimiter) === undefined) return;
+    const declared = Number(req.headers["content-length"]);
+    const answer = await upload(
+      query,
+      bearerToken(req.headers.authorization),
+      Number.isSafeInteger(declared) && declared >= 0 ? declared : undefined,
+      req,
+    );
+    // A refusal before (or in the middle of) the body: the runner still gets the answer, not a reset.
+    if (!req.readableEnded) sendAndDrain(req, res, answer.status, answer.body);
+    else send(res, answer.status, answer.body);
   }
 
   #ready(body: string, source: string): GuestAnswer {
@@ -328,8 +393,8 @@ export function bearerToken(header: string | undefined): string | undefined {
   return match?.[1];
 }
 
-/** The body as text, or undefined when it is longer than MAX_BODY_BYTES (then it is left unread). */
-function readBody(req: IncomingMessage): Promise<string | undefined> {
+/** The body, or undefined when it is longer than MAX_BODY_BYTES (then it is left unread). */
+function readBody(req: IncomingMessage): Promise<Buffer | undefined> {
   const declared = Number(req.headers["content-length"]);
   if (Number.isFinite(declared) && declared > MAX_BODY_BYTES) return Promise.resolve(undefined);
   return new Promise((resolve, reject) => {
@@ -346,7 +411,7 @@ function readBody(req: IncomingMessage): Promise<string | undefined> {
     };
     const onEnd = () => {
       cleanup();
-      resolve(Buffer.concat(chunks).toString("utf8"));
+      resolve(Buffer.concat(chunks));
     };
     const onError = (error: Error) => {
       cleanup();

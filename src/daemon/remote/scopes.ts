@@ -11,10 +11,15 @@
 import {
   daemonChecks,
   daemonStatus,
+  jobArtifactRead,
+  jobArtifacts,
+  jobCancel,
   jobDoctor,
   jobList,
+  jobLogs,
   jobRun,
   jobShow,
+  jobValidate,
   type Method,
   profileList,
   sandboxCreate,
@@ -118,6 +123,12 @@ export const REMOTE_METHODS: ReadonlyMap<Method, Requirement> = new Map<Method, 
   [jobList, read],
   [jobShow, read],
   [jobDoctor, read],
+  // A job's output and files, like job show (whose output_tail they extend): read tokens see every job.
+  [jobLogs, read],
+  [jobArtifacts, read],
+  [jobArtifactRead, read],
+  // Checks a request as job.run would, recording nothing: like sandbox.validate.
+  [jobValidate, read],
 
   // operate: create, destroy, start, stop, jobs, workspace operations.
   [
@@ -154,6 +165,7 @@ export const REMOTE_METHODS: ReadonlyMap<Method, Requirement> = new Map<Method, 
       ],
     },
   ],
+  [jobCancel, { scope: "operate", targets: [{ kind: "job", param: "id" }] }],
   [workspaceCreate, { scope: "operate", creates: [{ kind: "workspace", path: ["id"] }] }],
   [
     workspaceAttach,

@@ -10,6 +10,7 @@ import type { DaemonContext } from "../context.js";
 import type { Job } from "../store/jobs.js";
 import type { Sandbox } from "../store/sandboxes.js";
 import type { Session } from "../store/sessions.js";
+import { artifactJson } from "./jobs/artifacts.js";
 import { jobJson } from "./jobs/json.js";
 import { describe, vmRefOf } from "./maintenance-steps.js";
 import { getSandbox } from "./sandbox/guards.js";
@@ -204,6 +205,11 @@ export class DoctorService {
     bundle.section("events.job", () => {
       const events = this.ctx.store.events.listForJob(job.id, { tail: DOCTOR_EVENTS_TAIL }).map(eventJson);
       bundle.files.set("events/job.json", { events, last_id: events.at(-1)?.id ?? 0 });
+    });
+    // The inventory (name, size, SHA-256, when), not the files: they can be large and hold anything.
+    bundle.section("artifacts", () => {
+      const artifacts = this.ctx.store.jobArtifacts.list(job.id).map(artifactJson);
+      bundle.files.set("artifacts/job.json", { job_id: job.id, artifacts });
     });
   }
 

@@ -19,6 +19,8 @@ import {
   translateSqliteError,
 } from "./errors.js";
 import { createEventRepo, type EventRepo } from "./events.js";
+import { createJobArtifactRepo, type JobArtifactRepo } from "./job-artifacts.js";
+import { createJobLogRepo, type JobLogRepo } from "./job-logs.js";
 import { createJobRepo, type JobRepo } from "./jobs.js";
 import { createWorkspaceLeaseRepo, type WorkspaceLeaseRepo } from "./leases.js";
 import { MIGRATIONS, migrate, pendingMigrations, readAppliedMigrations } from "./migrations.js";
@@ -53,6 +55,8 @@ export interface Store {
   readonly sandboxes: SandboxRepo;
   readonly events: EventRepo;
   readonly jobs: JobRepo;
+  readonly jobArtifacts: JobArtifactRepo;
+  readonly jobLogs: JobLogRepo;
   readonly workspaces: WorkspaceRepo;
   readonly workspaceLeases: WorkspaceLeaseRepo;
   readonly workspaceSnapshots: WorkspaceSnapshotRepo;
@@ -74,6 +78,8 @@ class SqliteStore implements Store {
   readonly sandboxes: SandboxRepo;
   readonly events: EventRepo;
   readonly jobs: JobRepo;
+  readonly jobArtifacts: JobArtifactRepo;
+  readonly jobLogs: JobLogRepo;
   readonly workspaces: WorkspaceRepo;
   readonly workspaceLeases: WorkspaceLeaseRepo;
   readonly workspaceSnapshots: WorkspaceSnapshotRepo;
@@ -91,6 +97,8 @@ class SqliteStore implements Store {
     this.sandboxes = createSandboxRepo(db, now);
     this.events = createEventRepo(db, now);
     this.jobs = createJobRepo(db, now);
+    this.jobArtifacts = createJobArtifactRepo(db, now);
+    this.jobLogs = createJobLogRepo(db, now);
     this.vmidAllocator = createVmidAllocatorRepo(db);
     this.workspaces = createWorkspaceRepo(db, now, this.vmidAllocator);
     this.workspaceLeases = createWorkspaceLeaseRepo(db, now);

@@ -259,6 +259,22 @@ ALTER TABLE jobs ADD COLUMN owner_token TEXT;
 `;
 
 /**
+ * The agent's output as the runner streams it while a job runs (docs/jobs.md): one row per chunk keyed
+ * by its byte offset in the job's log, so a chunk the runner sends again after a lost answer is stored
+ * once and the log is the chunks in offset order. (Uploaded files use migration 1's artifacts table.)
+ * Version 6: versions 5 and 7 belong to other changes made at the same time.
+ */
+const ADD_JOB_LOG_CHUNKS = `
+CREATE TABLE job_log_chunks (
+  job_id     TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+  pos        INTEGER NOT NULL CHECK (pos >= 0),
+  data       BLOB NOT NULL,
+  created_at TEXT NOT NULL CHECK (created_at ${TS}),
+  PRIMARY KEY (job_id, pos)
+);
+`;
+
+/**
  * `sandbox revert` keeps an attached workspace across the rollback under a `revert` intent
  * (services/workspaces/across-revert.ts). The kind list is a CHECK constraint, so the table is rebuilt
  * (SQLite's way to change one), rows and ids kept.
@@ -319,6 +335,13 @@ export const MIGRATIONS: readonly Migration[] = [
     name: "add_api_tokens",
     up(db) {
       db.exec(ADD_API_TOKENS);
+    },
+  },
+  {
+    version: 6,
+    name: "add_job_log_chunks",
+    up(db) {
+      db.exec(ADD_JOB_LOG_CHUNKS);
     },
   },
   {

@@ -9,7 +9,13 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { JOB_STATUSES } from "../../../protocol/job.js";
 import type { DaemonContext } from "../../context.js";
-import { type GuestAnswer, REFUSED, RUNNER_REPORT_PATH } from "../../guest/listener.js";
+import {
+  type GuestAnswer,
+  REFUSED,
+  RUNNER_ARTIFACT_PATH,
+  RUNNER_LOG_PATH,
+  RUNNER_REPORT_PATH,
+} from "../../guest/listener.js";
 import type { Job, JobStatus } from "../../store/jobs.js";
 
 export const RUNNER_REFUSED = {
@@ -154,8 +160,48 @@ export class RunnerApi {
           ttl_minutes: job.ttl_minutes,
         },
         report: { url: `${readiness.controllerUrl()}${RUNNER_REPORT_PATH}`, token: reportToken },
+        // Both take the report token too.
+        log: { url: `${readiness.controllerUrl()}${RUNNER_LOG_PATH}` },
+        artifact: { url: `${readiness.controllerUrl()}${RUNNER_ARTIFACT_PATH}` },
       },
     };
+  }
+
+  /**
+   * The job whose report token `bearer` is (reports, log chunks and artifact uploads all carry it), or
+   * the answer that refuses the request.
+   */
+  authenticate(
+    jobId: string | null,
+    bearer: string | undefined,
+    what: string,
+  ): { job: Job } | { answer: GuestAnswer } {
+    if (bearer === undefined) return { answer: bad(RUNNER_REFUSED.missingBearer, 401) };
+    if (jobId === null || jobId === "") return { answer: bad("job_id is required") };
+    const job = this.ctx.store.jobs.get(jobId);
+    if (!job) return { answer: bad(RUNNER_REFUSED.jobNotFound, 404) };
+    if (job.report_token_hash === null || !sameHash(job.report_token_hash, hashReportToken(bearer))) {
+      this.ctx.log.info({ job_id: job.id }, `runner ${what} refused: ${RUNNER_REFUSED.badReportToken}`);
+      return { answer: bad(RUNNER_REFUSED.badReportToken, 403) };
+    }
+    return { job };
+  }
+
+  /**
+   * The same, for requests only a job that is still running may make (log chunks, uploads): an ended
+   * job, cancelled ones included, answers 409, which tells the runner to stop.
+   */
+  authenticateActive(
+    jobId: string | null,
+    bearer: string | undefined,
+    what: string,
+  ): { job: Job } | { answer: GuestAnswer } {
+    const authed = this.authenticate(jobId, bearer, what);
+    if ("answer" in authed) return authed;
+    if (authed.job.status !== "QUEUED" && authed.job.status !== "RUNNING") {
+      return { answer: bad(RUNNER_REFUSED.finalized, 409) };
+    }
+    return authed;
   }
 
   report(text: string, bearer: string | undefined): GuestAnswer {
@@ -164,15 +210,9 @@ export class RunnerApi {
     if (!checked.ok) return checked.answer;
     const parsed = checked.value;
     const { ctx } = this;
-    const job = ctx.store.jobs.get(parsed.job_id);
-    if (!job) return bad(RUNNER_REFUSED.jobNotFound, 404);
-    if (job.report_token_hash === null || !sameHash(job.report_token_hash, hashReportToken(bearer))) {
-      ctx.log.info(
-        { job_id: job.id, vmid: parsed.vmid },
-        `runner report refused: ${RUNNER_REFUSED.badReportToken}`,
-      );
-      return bad(RUNNER_REFUSED.badReportToken, 403);
-    }
+    const authed = this.authenticate(parsed.job_id, bearer, "report");
+    if ("answer" in authed) return authed.answer;
+    const { job } = authed;
     if (job.sandbox_vmid !== parsed.vmid) return bad(RUNNER_REFUSED.mismatch, 409);
     const reportedAt = ctx.clock.now();
     const resultJson = JSON.stringify({

@@ -13,7 +13,18 @@ import { randomBytes } from "node:crypto";
 import type { z } from "zod";
 import type { Profile } from "../../../config/profiles.js";
 import { AgentlabError } from "../../../protocol/errors.js";
-import type { JobDetail, Job as JobJson, jobList, jobRun } from "../../../protocol/job.js";
+import {
+  ARTIFACT_READ_MAX,
+  type JobDetail,
+  type Job as JobJson,
+  type JobRequest,
+  type jobArtifactRead,
+  type jobArtifacts,
+  type jobList,
+  type jobLogs,
+  type jobValidate,
+} from "../../../protocol/job.js";
+import type { ProgressValue } from "../../../protocol/progress.js";
 import type { DaemonContext } from "../../context.js";
 import type { GuestJobEndpoints } from "../../guest/listener.js";
 import { transitionSandbox } from "../../state/sandbox.js";
@@ -23,10 +34,27 @@ import { backgroundOperation, type Operation } from "../operation.js";
 import { templateNodeRefusal } from "../placement.js";
 import { resolveProfile } from "../sandbox/provision.js";
 import type { SandboxService } from "../sandboxes.js";
+import { ArtifactStore, artifactJson } from "./artifacts.js";
 import { jobJson } from "./json.js";
+import { LogFollowers, type LogUpdate, logText, MAX_LOG_READ } from "./logs.js";
 import { RunnerApi } from "./runner-api.js";
 
-type RunParams = z.output<typeof jobRun.params>;
+type RunParams = z.output<typeof JobRequest>;
+type LogsParams = z.output<typeof jobLogs.params>;
+type LogsResult = z.output<typeof jobLogs.result>;
+type ArtifactReadParams = z.output<typeof jobArtifactRead.params>;
+/** What job.logs --follow needs from its call: the client going away, and the notifications. */
+export interface FollowCall {
+  signal: AbortSignal;
+  progress(value: ProgressValue): void;
+}
+/**
+ * A job that ends while someone follows its log is announced to them; this re-check is only a net for
+ * an end reached elsewhere (maintenance finalising the jobs of a sandbox it removed).
+ */
+const FOLLOW_RECHECK_MS = 10_000;
+/** The failure_reason of a cancelled job (docs/jobs.md: FAILED, not a status of its own). */
+export const CANCELLED_REASON = "cancelled";
 type ListParams = z.output<typeof jobList.params>;
 
 const DEFAULT_EVENTS_TAIL = 50;
@@ -36,6 +64,8 @@ export class JobService {
   readonly #inFlight = new Set<Promise<void>>();
   readonly #stop = new AbortController();
   readonly #runner: RunnerApi;
+  readonly #artifacts: ArtifactStore;
+  readonly #followers = new LogFollowers();
 
   constructor(
     private readonly ctx: DaemonContext,
@@ -45,9 +75,10 @@ export class JobService {
       started: (job) => this.#event(job, "job.running", "the runner reported the job running"),
       ended: (job) => {
         this.#event(job, `job.${job.status.toLowerCase()}`, `the runner reported ${job.status}`);
-        this.#track(this.#finishSandbox(job));
+        this.#ended(job);
       },
     });
+    this.#artifacts = new ArtifactStore(ctx);
   }
 
   /** The runner's endpoints on the guest listener. */
@@ -55,11 +86,69 @@ export class JobService {
     return {
       fetch: (body) => this.#runner.fetch(body),
       report: (body, bearer) => this.#runner.report(body, bearer),
+      log: (query, bearer, body) => this.#logChunk(query, bearer, body),
+      upload: async (query, bearer, declared, body) => {
+        const authed = this.#runner.authenticateActive(query.get("job_id"), bearer, "artifact upload");
+        if ("answer" in authed) return authed.answer;
+        return this.#artifacts.upload(authed.job, query.get("name"), declared, body);
+      },
     };
+  }
+
+  /** A chunk of the agent's output: stored at its offset, then handed to the job's followers. */
+  #logChunk(query: URLSearchParams, bearer: string | undefined, body: Buffer) {
+    const authed = this.#runner.authenticateActive(query.get("job_id"), bearer, "log chunk");
+    if ("answer" in authed) return authed.answer;
+    const offset = Number(query.get("offset") ?? "");
+    if (!Number.isSafeInteger(offset) || offset < 0 || query.get("offset") === "") {
+      return {
+        status: 400,
+        body: { error: "offset must be a whole number >= 0 (?offset=<bytes sent before>)" },
+      };
+    }
+    const { job } = authed;
+    const stored = body.length > 0 && this.ctx.store.jobLogs.append(job.id, offset, body);
+    if (stored) this.#followers.publish(job.id, { kind: "chunk", chunk: { pos: offset, data: body } });
+    return { status: 200, body: { stored, job_status: job.status } };
   }
 
   /** Queue a job and start provisioning its sandbox in the background. */
   async run(params: RunParams): Promise<JobJson> {
+    const checked = await this.#check(params);
+    const job = this.#insertQueued({
+      repo_url: params.repo_url,
+      ref: checked.ref,
+      profile: checked.profile,
+      status: "QUEUED",
+      task: params.task,
+      mode: checked.mode,
+      ttl_minutes: checked.ttl_minutes ?? null,
+      keepalive: checked.keepalive,
+      workspace_id: checked.workspace_id ?? null,
+    });
+    this.#event(job, "job.queued", `queued: ${job.repo_url}@${job.ref} with profile ${job.profile}`);
+    this.#track(this.#provision(job));
+    return jobJson(job);
+  }
+
+  /** Everything run checks, nothing recorded: what the job would be. */
+  async validate(params: RunParams): Promise<z.output<typeof jobValidate.result>> {
+    return { valid: true, ...(await this.#check(params)) };
+  }
+
+  /**
+   * The checks of a job request (params are already schema-checked): the profile, the guest listener the
+   * runner needs, the workspace, the template's node. Refusals that can be known now come back to the
+   * caller, not as a FAILED job later.
+   */
+  async #check(params: RunParams): Promise<{
+    profile: string;
+    ref: string;
+    mode: string;
+    ttl_minutes?: number;
+    keepalive: boolean;
+    workspace_id?: string;
+  }> {
     const { ctx } = this;
     const profile = resolveProfile(ctx, params.profile);
     const listener = ctx.guestReady?.listener();
@@ -84,20 +173,122 @@ export class JobService {
     }
     await this.#refuseTemplateElsewhere(profile);
     const ttl = params.ttl_minutes ?? profile.behavior.ttl_minutes_default;
-    const job = this.#insertQueued({
-      repo_url: params.repo_url,
-      ref: params.ref ?? "main",
+    return {
       profile: profile.name,
-      status: "QUEUED",
-      task: params.task,
+      ref: params.ref ?? "main",
       mode: params.mode ?? "dangerous",
-      ttl_minutes: ttl !== undefined && ttl > 0 ? ttl : null,
+      ...(ttl !== undefined && ttl > 0 ? { ttl_minutes: ttl } : {}),
       keepalive: params.keepalive ?? profile.behavior.keepalive_default,
-      workspace_id: workspaceId,
+      ...(workspaceId !== null ? { workspace_id: workspaceId } : {}),
+    };
+  }
+
+  /**
+   * Cancel a job that has not ended: FAILED with reason "cancelled" (the job table has no CANCELLED
+   * status; docs/jobs.md). The runner learns it from the 409 its next log chunk gets and stops the
+   * agent; the sandbox takes the job's end like any other and is destroyed unless keepalive.
+   */
+  cancel(id: string): JobJson {
+    const job = this.#get(id);
+    const ended = this.ctx.store.jobs.end(job.id, "FAILED", CANCELLED_REASON);
+    if (!ended) {
+      const now = this.#get(id);
+      throw new AgentlabError(
+        "JOB_NOT_ACTIVE",
+        `job ${id} already ended ${now.status}; there is nothing to cancel`,
+        {
+          details: { job_id: id, status: now.status },
+        },
+      );
+    }
+    this.#event(ended, "job.cancelled", "cancelled: the runner stops the agent");
+    this.#ended(ended);
+    return jobJson(ended);
+  }
+
+  /** The runner's output; with follow, streamed as notifications until the job ends. */
+  async logs(params: LogsParams, call: FollowCall): Promise<LogsResult> {
+    const job = this.#get(params.id);
+    const { store } = this.ctx;
+    let offset = params.offset ?? 0;
+    const answer = (text: string): LogsResult => {
+      const now = this.#get(job.id);
+      return {
+        job_id: job.id,
+        status: now.status,
+        text,
+        next_offset: offset,
+        end: store.jobLogs.end(job.id),
+      };
+    };
+    const readMore = (): string => {
+      const chunks = store.jobLogs.read(job.id, offset, MAX_LOG_READ);
+      const last = chunks.at(-1);
+      if (last) offset = last.pos + last.data.length;
+      return chunks.length > 0 ? logText(chunks) : "";
+    };
+    if (!params.follow) return answer(readMore());
+
+    // Listen before reading what is stored, so nothing that arrives in between is missed; every wake-up
+    // reads the store from the offset, so chunks go out once and in order.
+    let wake: (() => void) | undefined;
+    let ended = false;
+    const stop = this.#followers.follow(job.id, (update: LogUpdate) => {
+      if (update.kind === "end") ended = true;
+      wake?.();
     });
-    this.#event(job, "job.queued", `queued: ${job.repo_url}@${job.ref} with profile ${job.profile}`);
-    this.#track(this.#provision(job));
-    return jobJson(job);
+    const onAbort = () => wake?.();
+    call.signal.addEventListener("abort", onAbort);
+    try {
+      for (;;) {
+        for (let text = readMore(); text !== ""; text = readMore())
+          call.progress({ step: "log", message: text });
+        if (ended || call.signal.aborted || TERMINAL.includes(this.#get(job.id).status)) {
+          // A last read: chunks stored just before the end.
+          for (let text = readMore(); text !== ""; text = readMore())
+            call.progress({ step: "log", message: text });
+          return answer("");
+        }
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, FOLLOW_RECHECK_MS);
+          wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        wake = undefined;
+      }
+    } finally {
+      stop();
+      call.signal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  artifacts(id: string): z.output<typeof jobArtifacts.result> {
+    const job = this.#get(id);
+    return { job_id: job.id, artifacts: this.#artifacts.list(job.id).map(artifactJson) };
+  }
+
+  async artifactRead(params: ArtifactReadParams): Promise<z.output<typeof jobArtifactRead.result>> {
+    const job = this.#get(params.id);
+    const { artifact, data } = await this.#artifacts.read(
+      job.id,
+      params.name,
+      params.offset,
+      params.length ?? ARTIFACT_READ_MAX,
+    );
+    return {
+      artifact: artifactJson(artifact),
+      offset: params.offset,
+      data_base64: data.toString("base64"),
+      eof: params.offset + data.length >= artifact.size_bytes,
+    };
+  }
+
+  /** A job ended (runner report, cancel): followers hear it, the sandbox follows. */
+  #ended(job: Job): void {
+    this.#followers.publish(job.id, { kind: "end", job });
+    this.#track(this.#finishSandbox(job));
   }
 
   /**
@@ -243,10 +434,18 @@ export class JobService {
       );
       const running = ctx.store.jobs.markRunning(job.id);
       if (running) this.#event(running, "job.running", `sandbox ${sandbox.vmid} is running`);
+      else {
+        // Cancelled while its sandbox was being made: the sandbox follows the job's end now.
+        const now = ctx.store.jobs.get(job.id);
+        if (now && TERMINAL.includes(now.status)) this.#track(this.#finishSandbox(now));
+      }
     } catch (error) {
       const reason = `could not provision the job's sandbox: ${describe(error)}`;
       const ended = ctx.store.jobs.end(job.id, "FAILED", reason);
-      if (ended) this.#event(ended, "job.failed", reason);
+      if (ended) {
+        this.#event(ended, "job.failed", reason);
+        this.#followers.publish(ended.id, { kind: "end", job: ended });
+      }
       ctx.log.warn({ job_id: job.id, err: error }, reason);
     }
   }
