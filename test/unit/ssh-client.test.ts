@@ -6,10 +6,10 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fingerprint, parseHostKey, recordedHostKeys } from "../../src/cli/ssh/host-keys.js";
 import { collectIdentities, unlock } from "../../src/cli/ssh/identities.js";
+import { parseJumpHost } from "../../src/cli/ssh/jump.js";
 import { lookupKnownHosts } from "../../src/cli/ssh/known-hosts.js";
 import { opensshArgv, writeSandboxKnownHosts } from "../../src/cli/ssh/openssh.js";
 import { noRouteHint } from "../../src/cli/ssh/reach.js";
-import { parseJumpHost } from "../../src/cli/ssh/route.js";
 import type { AgentlabError } from "../../src/protocol/index.js";
 import { keygenFingerprint, makeKey, sshdSkipReason } from "../helpers/sshd.js";
 

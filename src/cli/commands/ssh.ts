@@ -5,10 +5,9 @@ import { type CommandContext, connectionOf, execute, type GlobalArgs, parseTimeo
 import { vmidArg } from "../options.js";
 import { loadSaved } from "../remote/saved.js";
 import { recordedHostKeys } from "../ssh/host-keys.js";
-import { collectIdentities, type Identity } from "../ssh/identities.js";
+import type { Identity } from "../ssh/identities.js";
+import { type JumpHost, parseJumpHost } from "../ssh/jump.js";
 import { opensshArgv, shellQuote, writeSandboxKnownHosts } from "../ssh/openssh.js";
-import { connectSandbox, type JumpHost, parseJumpHost } from "../ssh/route.js";
-import { runSession } from "../ssh/session.js";
 import { promptHidden } from "../ssh/terminal.js";
 
 interface SshArgs extends GlobalArgs {
@@ -211,6 +210,8 @@ export const sshCommand: CommandModule<GlobalArgs, SshArgs> = {
           },
         );
       }
+      // ssh2 is loaded only by the command that uses it: every other command starts without it.
+      const { collectIdentities } = await import("../ssh/identities.js");
       const identities = collectIdentities({ identity: argv.identity });
       if (argv.print) {
         const knownHostsFile = writeSandboxKnownHosts(argv.vmid, ip, keys);
@@ -227,6 +228,8 @@ export const sshCommand: CommandModule<GlobalArgs, SshArgs> = {
           text: `${line.map(shellQuote).join(" ")}\n`,
         };
       }
+      const { connectSandbox } = await import("../ssh/route.js");
+      const { runSession } = await import("../ssh/session.js");
       const { client, close } = await connectSandbox({
         vmid: argv.vmid,
         ip,

@@ -7,15 +7,10 @@ import type { Client } from "ssh2";
 import { AgentlabError } from "../../protocol/index.js";
 import { blobType, fingerprint, type HostKey, hostKeyMismatch } from "./host-keys.js";
 import type { Identity, PassphrasePrompt } from "./identities.js";
+import type { JumpHost } from "./jump.js";
 import { readKnownHosts } from "./known-hosts.js";
 import { directReachError, jumpReachError, throughJumpError, waitForPort } from "./reach.js";
 import { handshake, knownHostsLine, openTcp, openThrough, ReachError } from "./transport.js";
-
-export interface JumpHost {
-  user: string;
-  host: string;
-  port: number;
-}
 
 export interface SandboxRoute {
   vmid: number;
@@ -31,26 +26,6 @@ export interface SandboxRoute {
   jumpHostGuess?: string | undefined;
   knownHostsFiles?: string[];
   progress: (line: string) => void;
-}
-
-/** "user@host[:port]" as given to --jump-host (OpenSSH's -J form), with --jump-user applied. */
-export function parseJumpHost(text: string, user: string | undefined, defaultUser: string): JumpHost {
-  const match = /^(?:([^@\s]+)@)?(\[[^\]]+\]|[^:@\s]+)(?::(\d+))?$/.exec(text.trim());
-  if (!match) {
-    throw new AgentlabError("USAGE", `--jump-host: ${JSON.stringify(text)} is not [user@]host[:port]`, {
-      hint: "e.g. --jump-host host.tailnet.ts.net --jump-user <user>",
-    });
-  }
-  const [, inlineUser, rawHost, portText] = match;
-  if (inlineUser && user && inlineUser !== user) {
-    throw new AgentlabError("USAGE", `--jump-host names user ${inlineUser} and --jump-user ${user}`, {
-      hint: "give the user once",
-    });
-  }
-  const port = portText ? Number(portText) : 22;
-  if (port < 1 || port > 65535)
-    throw new AgentlabError("USAGE", `--jump-host: port ${portText} is out of range`);
-  return { user: user ?? inlineUser ?? defaultUser, host: rawHost!.replace(/^\[|\]$/g, ""), port };
 }
 
 /** A connection to the jump host, its key checked against known_hosts as ssh(1) checks it. */

@@ -1,0 +1,427 @@
+/**
+ * `agentlab ssh` against real OpenSSH: the real daemon and CLI on the simulator, the sandbox's sshd in a
+ * network namespace that holds the address the simulator gave the sandbox, and the host key the
+ * simulated guest reported at phone-home being that sshd's own.
+ *
+ *   guest ns: <sandbox ip>/16, sshd :22 (the sandbox)
+ *        |
+ *   host ns: 10.77.255.254/16 | 192.0.2.1/24, sshd :22 (the agentlab host, used as jump host)
+ *        |
+ *   remote ns: 192.0.2.2/24, no route to 10.77.0.0/16 (a laptop on the tailnet without the route)
+ *
+ * The CLI runs in the host or the remote namespace (`ip netns exec`); it reaches the daemon through
+ * its Unix socket, which no network namespace hides. Its HOME is the test's: ~/.ssh/id_ed25519 is
+ * the user key both sshds accept, ~/.ssh/known_hosts knows the jump host.
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { AGENTLAB_BIN } from "../helpers/paths.js";
+import { FAST_KNOBS, type SimHost, startSimHost } from "../helpers/simhost.js";
+import {
+  type KeyPair,
+  keygenFingerprint,
+  makeKey,
+  type RunningSshd,
+  sshdSkipReason,
+  startSshd,
+} from "../helpers/sshd.js";
+import { setControl } from "../pvesim/harness.js";
+import { NetnsLab, netnsSkipReason, removeStaleNamespaces } from "./netns.js";
+
+const skip = netnsSkipReason() ?? sshdSkipReason();
+
+const HOST_ON_BRIDGE = "10.77.255.254";
+const HOST_ON_TAILNET = "192.0.2.1";
+const REMOTE_ADDR = "192.0.2.2";
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
+  const lab = new NetnsLab();
+  const ns = { guest: "", host: "", remote: "" };
+  let root = "";
+  let home = "";
+  let h: SimHost;
+  let vmid = 0;
+  let ip = "";
+  let guestKey: KeyPair;
+  let wrongKey: KeyPair;
+  let jumpKey: KeyPair;
+  let userKey: KeyPair;
+  let authorizedKeys = "";
+  let guestSshd: RunningSshd;
+  let jumpSshd: RunningSshd;
+
+  /** The environment of a user whose only keys and known hosts are the test's. */
+  function cliEnv(): NodeJS.ProcessEnv {
+    return {
+      HOME: home,
+      XDG_CONFIG_HOME: join(home, ".config"),
+      XDG_CACHE_HOME: join(home, ".cache"),
+      AGENTLAB_SSH_KEYS_DIR: join(root, "no-keys"),
+      AGENTLAB_SOCKET: "",
+      AGENTLAB_ENDPOINT: "",
+      SSH_AUTH_SOCK: "",
+      AGENTLAB_SSH_IDENTITY: "",
+    };
+  }
+
+  /** The CLI inside a namespace; stdin from `input` (else /dev/null); resolves when it exits. */
+  function cli(
+    where: string,
+    args: string[],
+    options: { input?: string; onStderr?: (text: string) => void } = {},
+  ): Promise<Run> {
+    const argv = [
+      "netns",
+      "exec",
+      where,
+      process.execPath,
+      AGENTLAB_BIN,
+      "--socket",
+      h.host.socketPath,
+      ...args,
+    ];
+    return run("ip", argv, options);
+  }
+
+  function run(
+    file: string,
+    args: string[],
+    options: { input?: string; onStderr?: (text: string) => void } = {},
+  ) {
+    return new Promise<Run>((resolve, reject) => {
+      const child = spawn(file, args, {
+        stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
+        env: { ...process.env, ...cliEnv() },
+      });
+      let stdout = "";
+      let stderr = "";
+      child.stdout!.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+      child.stderr!.on("data", (chunk: Buffer) => {
+        stderr += chunk.toString();
+        options.onStderr?.(stderr);
+      });
+      if (options.input !== undefined) child.stdin?.end(options.input);
+      const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+      child.on("error", reject);
+      child.on("close", (code) => {
+        clearTimeout(timer);
+        resolve({ code, stdout, stderr });
+      });
+    });
+  }
+
+  before(async () => {
+    await removeStaleNamespaces();
+    root = mkdtempSync(join(tmpdir(), "agentlab-ssh-"));
+    home = join(root, "home");
+    mkdirSync(join(home, ".ssh"), { recursive: true, mode: 0o700 });
+    mkdirSync(join(root, "no-keys"));
+    guestKey = makeKey(join(root, "guest_host_ed25519"));
+    wrongKey = makeKey(join(root, "impostor_host_ed25519"));
+    jumpKey = makeKey(join(root, "jump_host_ed25519"));
+    userKey = makeKey(join(home, ".ssh", "id_ed25519"));
+    authorizedKeys = join(root, "authorized_keys");
+    writeFileSync(authorizedKeys, `${userKey.publicKey}\n`);
+    writeFileSync(join(home, ".ssh", "known_hosts"), `${HOST_ON_TAILNET} ${jumpKey.publicKey}\n`);
+
+    h = await startSimHost("shell", "bootstrap_listen: 127.0.0.1:0\nagent_subnet: 0.0.0.0/1\n");
+    // The simulated guest reports the test sshd's host key at phone-home, as a real guest reports its own.
+    await setControl(h.sim.dir, { ...FAST_KNOBS, guest_ssh_host_keys: [guestKey.publicKey] });
+    const created = await h.json<{ vmid: number; ip?: string; state: string }>([
+      "new",
+      "--profile",
+      "yolo-ephemeral",
+    ]);
+    assert.equal(created.code, 0, created.stderr);
+    vmid = created.body.vmid;
+    ip = created.body.ip ?? "";
+    assert.match(ip, /^10\.77\.\d+\.\d+$/);
+
+    for (const role of ["guest", "host", "remote"] as const) ns[role] = await lab.addNamespace(role);
+    await lab.must(ns.guest, "ip", [
+      "link",
+      "add",
+      "g0",
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "vmbr1",
+      "netns",
+      ns.host,
+    ]);
+    await lab.must(ns.remote, "ip", [
+      "link",
+      "add",
+      "r0",
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "ts0",
+      "netns",
+      ns.host,
+    ]);
+    const up = async (where: string, dev: string, cidr: string) => {
+      await lab.must(where, "ip", ["addr", "add", cidr, "dev", dev]);
+      await lab.must(where, "ip", ["link", "set", dev, "up"]);
+    };
+    await up(ns.guest, "g0", `${ip}/16`);
+    await up(ns.host, "vmbr1", `${HOST_ON_BRIDGE}/16`);
+    await up(ns.host, "ts0", `${HOST_ON_TAILNET}/24`);
+    await up(ns.remote, "r0", `${REMOTE_ADDR}/24`);
+
+    guestSshd = await startSshd({
+      dir: root,
+      name: "guest",
+      listen: `${ip}:22`,
+      hostKey: guestKey.path,
+      authorizedKeys,
+      netns: ns.guest,
+    });
+    jumpSshd = await startSshd({
+      dir: root,
+      name: "jump",
+      listen: `${HOST_ON_TAILNET}:22`,
+      hostKey: jumpKey.path,
+      authorizedKeys,
+      netns: ns.host,
+    });
+  });
+
+  after(async () => {
+    await guestSshd?.stop();
+    await jumpSshd?.stop();
+    await lab.destroy();
+    await h?.stop();
+    if (root) rmSync(root, { recursive: true, force: true });
+  });
+
+  test("a remote command: its stdout, stderr and exit status", async () => {
+    const result = await cli(ns.host, [
+      "ssh",
+      String(vmid),
+      "--user",
+      "root",
+      "--",
+      "echo out; echo err >&2; exit 7",
+    ]);
+    assert.equal(result.code, 7, result.stderr);
+    assert.equal(result.stdout, "out\n");
+    assert.match(result.stderr, /^err$/m);
+  });
+
+  test("an interactive session on a PTY (driven through script): tty, window size, exit status", async () => {
+    const line = [
+      process.execPath,
+      AGENTLAB_BIN,
+      "--socket",
+      h.host.socketPath,
+      "ssh",
+      String(vmid),
+      "--user",
+      "root",
+    ]
+      .map((word) => `'${word}'`)
+      .join(" ");
+    const result = await run(
+      "ip",
+      ["netns", "exec", ns.host, "script", "-qec", `stty cols 91 rows 33; ${line}`, "/dev/null"],
+      {
+        input: "tty; stty size; exit 3\n",
+      },
+    );
+    assert.equal(result.code, 3, `${result.stdout}\n${result.stderr}`);
+    assert.match(result.stdout, /^\/dev\/pts\/\d+\r?$/m, result.stdout);
+    assert.match(result.stdout, /^33 91\r?$/m, "the remote PTY has the local window size");
+  });
+
+  test("through the jump host from a device without a route", async () => {
+    const result = await cli(ns.remote, [
+      "ssh",
+      String(vmid),
+      "--user",
+      "root",
+      "--jump-host",
+      HOST_ON_TAILNET,
+      "--jump-user",
+      "root",
+      "--",
+      "hostname -I",
+    ]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stdout, new RegExp(ip.replace(/\./g, "\\.")));
+  });
+
+  test("without a route: says so, with the guide's Tailscale checks and the --jump-host alternative", async () => {
+    const result = await cli(ns.remote, ["ssh", String(vmid), "--user", "root", "--", "true"]);
+    assert.equal(result.code, 1);
+    assert.match(
+      result.stderr,
+      new RegExp(
+        `^error: cannot reach sandbox ${vmid} at ${ip.replace(/\./g, "\\.")}:22: no route to 10\\.77\\.0\\.0/16 \\(ENETUNREACH\\)$`,
+        "m",
+      ),
+    );
+    assert.match(result.stderr, /look for 10\.77\.0\.0\/16/);
+    assert.match(result.stderr, /tailscale status/);
+    assert.match(result.stderr, /sudo tailscale up --accept-routes/);
+    assert.match(
+      result.stderr,
+      new RegExp(`agentlab ssh ${vmid} --jump-host host\\.tailnet\\.ts\\.net --jump-user <user>`),
+    );
+  });
+
+  test("a jump host missing from known_hosts is refused with the line to add; a changed one names both fingerprints", async () => {
+    const knownHosts = join(home, ".ssh", "known_hosts");
+    const original = readFileSync(knownHosts, "utf8");
+    const args = [
+      "ssh",
+      String(vmid),
+      "--user",
+      "root",
+      "--jump-host",
+      `root@${HOST_ON_TAILNET}`,
+      "--",
+      "echo should-not-run",
+    ];
+    const logBefore = jumpSshd.log().length;
+    try {
+      writeFileSync(knownHosts, "");
+      const unknown = await cli(ns.remote, args);
+      assert.equal(unknown.code, 1, unknown.stderr);
+      assert.equal(unknown.stdout, "");
+      const fp = keygenFingerprint(`${jumpKey.path}.pub`);
+      assert.ok(
+        unknown.stderr.includes(
+          `error: the jump host ${HOST_ON_TAILNET} is not in known_hosts (${knownHosts}); it presented ssh-ed25519 ${fp}`,
+        ),
+        unknown.stderr,
+      );
+      assert.ok(unknown.stderr.includes(`  ${HOST_ON_TAILNET} ${jumpKey.publicKey}\n`), unknown.stderr);
+      assert.ok(unknown.stderr.includes(`ssh root@${HOST_ON_TAILNET}`), unknown.stderr);
+
+      writeFileSync(knownHosts, `${HOST_ON_TAILNET} ${wrongKey.publicKey}\n`);
+      const changed = await cli(ns.remote, args);
+      assert.equal(changed.code, 1, changed.stderr);
+      assert.ok(
+        changed.stderr.includes(
+          `error: the SSH host key of jump host ${HOST_ON_TAILNET} (${HOST_ON_TAILNET}:22) does not match: it presented ssh-ed25519 ${fp}, expected ssh-ed25519 ${keygenFingerprint(`${wrongKey.path}.pub`)}`,
+        ),
+        changed.stderr,
+      );
+      assert.doesNotMatch(
+        jumpSshd.log().slice(logBefore),
+        /Accepted publickey/,
+        "no key was offered to an unchecked jump host",
+      );
+    } finally {
+      writeFileSync(knownHosts, original);
+    }
+  });
+
+  test("--print: a line real ssh runs (BatchMode) against the sandbox's sshd, checking the recorded key", async () => {
+    const printed = await cli(ns.host, [
+      "--json",
+      "ssh",
+      String(vmid),
+      "--user",
+      "root",
+      "--identity",
+      userKey.path,
+      "--print",
+      "--",
+      "echo printed-ok",
+    ]);
+    assert.equal(printed.code, 0, printed.stdout + printed.stderr);
+    const body = JSON.parse(printed.stdout) as { argv: string[]; known_hosts_file: string };
+    assert.ok(body.argv.includes("StrictHostKeyChecking=yes"));
+    assert.ok(body.argv.includes(`UserKnownHostsFile=${body.known_hosts_file}`));
+    const [ssh, ...rest] = body.argv;
+    assert.equal(ssh, "ssh");
+    const result = await run("ip", ["netns", "exec", ns.host, "ssh", "-o", "BatchMode=yes", ...rest]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, "printed-ok\n");
+  });
+
+  test("a STOPPED sandbox is started first (not with --no-start); --wait waits for its sshd", async () => {
+    const stopped = await h.cli(["sandbox", "stop", String(vmid)]);
+    assert.equal(stopped.code, 0, stopped.stderr);
+    const refused = await cli(ns.host, ["ssh", String(vmid), "--user", "root", "--no-start", "--", "true"]);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, new RegExp(`^error: sandbox ${vmid} is STOPPED \\(--no-start\\)$`, "m"));
+    assert.match(refused.stderr, new RegExp(`agentlab sandbox start ${vmid}`));
+
+    // The guest's sshd is not up yet: --wait keeps trying; it comes up once the CLI says it waits.
+    await guestSshd.stop();
+    let restarting: Promise<RunningSshd> | undefined;
+    const result = await cli(ns.host, ["ssh", String(vmid), "--user", "root", "--wait", "--", "echo up"], {
+      onStderr: (text) => {
+        if (!restarting && text.includes(`waiting for sandbox ${vmid}'s sshd at ${ip}:22`)) {
+          restarting = startSshd({
+            dir: root,
+            name: "guest",
+            listen: `${ip}:22`,
+            hostKey: guestKey.path,
+            authorizedKeys,
+            netns: ns.guest,
+          });
+        }
+      },
+    });
+    assert.ok(restarting, result.stderr);
+    guestSshd = await restarting;
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, "up\n");
+    assert.match(result.stderr, new RegExp(`sandbox ${vmid} is STOPPED: starting it`));
+    const shown = await h.json<{ state: string }>(["sandbox", "show", String(vmid)]);
+    assert.equal(shown.body.state, "RUNNING");
+  });
+
+  test("a sandbox answering with another host key is refused, naming both fingerprints", async () => {
+    await guestSshd.stop();
+    const impostor = await startSshd({
+      dir: root,
+      name: "impostor",
+      listen: `${ip}:22`,
+      hostKey: wrongKey.path,
+      authorizedKeys,
+      netns: ns.guest,
+    });
+    try {
+      const result = await cli(ns.host, ["ssh", String(vmid), "--user", "root", "--", "echo should-not-run"]);
+      assert.equal(result.code, 1);
+      assert.equal(result.stdout, "");
+      const seen = keygenFingerprint(`${wrongKey.path}.pub`);
+      const expected = keygenFingerprint(`${guestKey.path}.pub`);
+      assert.match(
+        result.stderr,
+        new RegExp(
+          `^error: the SSH host key of sandbox ${vmid} \\(${ip.replace(/\./g, "\\.")}:22\\) does not match: it presented ssh-ed25519 ${seen.replace(/[+/]/g, "\\$&")}, expected ssh-ed25519 ${expected.replace(/[+/]/g, "\\$&")}$`,
+          "m",
+        ),
+      );
+      assert.doesNotMatch(impostor.log(), /Accepted publickey/, "no key was offered to the impostor");
+    } finally {
+      await impostor.stop();
+      guestSshd = await startSshd({
+        dir: root,
+        name: "guest",
+        listen: `${ip}:22`,
+        hostKey: guestKey.path,
+        authorizedKeys,
+        netns: ns.guest,
+      });
+    }
+  });
+});
