@@ -136,7 +136,7 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
 
     h = await startSimHost("shell", "bootstrap_listen: 127.0.0.1:0\nagent_subnet: 0.0.0.0/1\n");
     // The simulated guest reports the test sshd's host key at phone-home, as a real guest reports its own.
-    await setControl(h.sim.dir, { ...FAST_KNOBS, guest_ssh_host_keys: [guestKey.publicKey] });
+    await setControl(h.sim.dir, { ...FAST_KNOBS, ...({ guest_ssh_host_keys: [guestKey.publicKey] } as object) });
     const created = await h.json<{ vmid: number; ip?: string; state: string }>([
       "new",
       "--profile",
