@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fingerprint, parseHostKey, recordedHostKeys } from "../../src/cli/ssh/host-keys.js";
 import { collectIdentities, unlock } from "../../src/cli/ssh/identities.js";
-import { parseJumpHost } from "../../src/cli/ssh/jump.js";
+import { parseJumpHost, resolveJumpHost } from "../../src/cli/ssh/jump.js";
 import { lookupKnownHosts } from "../../src/cli/ssh/known-hosts.js";
 import { opensshArgv, writeSandboxKnownHosts } from "../../src/cli/ssh/openssh.js";
 import { noRouteHint } from "../../src/cli/ssh/reach.js";
@@ -229,5 +229,47 @@ describe("identities", { skip }, () => {
     // A key found by itself (not --identity) is skipped, with the reason kept for the auth error.
     const skipped = await unlock({ ...identity, explicit: false }, async () => undefined);
     assert.match(skipped.skipped ?? "", /is encrypted/);
+  });
+});
+
+describe("which jump host", () => {
+  const saved = {
+    endpoint: "https://host.tail.ts.net:8845",
+    jump_host: "host.tail.ts.net",
+    jump_user: "saved",
+  };
+  const base = { localUser: "local", vmid: 105 };
+
+  test("agentlab connect's saved jump host applies while its endpoint is in use; flags win", () => {
+    assert.deepEqual(resolveJumpHost({ ...base, flags: {}, endpoint: saved.endpoint, saved }).jump, {
+      user: "saved",
+      host: "host.tail.ts.net",
+      port: 22,
+    });
+    assert.deepEqual(
+      resolveJumpHost({ ...base, flags: { user: "me" }, endpoint: saved.endpoint, saved }).jump,
+      { user: "me", host: "host.tail.ts.net", port: 22 },
+    );
+    assert.deepEqual(
+      resolveJumpHost({ ...base, flags: { host: "other:2222" }, endpoint: saved.endpoint, saved }).jump,
+      { user: "saved", host: "other", port: 2222 },
+    );
+  });
+
+  test("not on the local socket, nor for another endpoint; a jump user alone means the endpoint's host", () => {
+    assert.equal(resolveJumpHost({ ...base, flags: {}, saved }).jump, undefined);
+    assert.equal(
+      resolveJumpHost({ ...base, flags: {}, endpoint: "https://elsewhere:8845", saved }).jump,
+      undefined,
+    );
+    assert.deepEqual(
+      resolveJumpHost({ ...base, flags: { user: "u" }, endpoint: "https://elsewhere:8845" }).jump,
+      {
+        user: "u",
+        host: "elsewhere",
+        port: 22,
+      },
+    );
+    assert.throws(() => resolveJumpHost({ ...base, flags: { user: "u" } }), /--jump-user needs --jump-host/);
   });
 });

@@ -6,7 +6,7 @@ import { vmidArg } from "../options.js";
 import { loadSaved } from "../remote/saved.js";
 import { recordedHostKeys } from "../ssh/host-keys.js";
 import type { Identity } from "../ssh/identities.js";
-import { type JumpHost, parseJumpHost } from "../ssh/jump.js";
+import { type JumpHost, resolveJumpHost } from "../ssh/jump.js";
 import { opensshArgv, shellQuote, writeSandboxKnownHosts } from "../ssh/openssh.js";
 import { promptHidden } from "../ssh/terminal.js";
 
@@ -78,31 +78,16 @@ async function reachableSandbox(
   }
 }
 
-/**
- * The jump host from the flags, else the one `agentlab connect` saved, when this command uses that
- * saved endpoint (a jump host belongs to the daemon it was saved with).
- */
+/** The jump host for this invocation: flags, else what `agentlab connect` saved for the endpoint in use. */
 function jumpHostOf(argv: SshArgs): { jump?: JumpHost; endpointHost?: string } {
   const connection = connectionOf(argv);
-  const saved = connection.kind === "remote" ? loadSaved() : undefined;
-  const fromSaved =
-    saved !== undefined && connection.kind === "remote" && saved.endpoint === connection.endpoint;
-  const endpointHost = connection.kind === "remote" ? new URL(connection.endpoint).hostname : undefined;
-  const host = argv["jump-host"] ?? (fromSaved ? saved.jump_host : undefined);
-  const user = argv["jump-user"] ?? (fromSaved ? saved.jump_user : undefined);
-  if (host === undefined) {
-    if (argv["jump-user"] !== undefined) {
-      if (endpointHost === undefined) {
-        throw new AgentlabError("USAGE", "--jump-user needs --jump-host (or a saved agentlab connect)", {
-          hint: `name the jump host: agentlab ssh ${argv.vmid} --jump-host host.tailnet.ts.net --jump-user ${argv["jump-user"]}`,
-        });
-      }
-      // As connect: a jump user alone means the daemon's host is the jump host.
-      return { jump: parseJumpHost(endpointHost, user, localUser()), endpointHost };
-    }
-    return endpointHost !== undefined ? { endpointHost } : {};
-  }
-  return { jump: parseJumpHost(host, user, localUser()), ...(endpointHost ? { endpointHost } : {}) };
+  return resolveJumpHost({
+    flags: { host: argv["jump-host"], user: argv["jump-user"] },
+    endpoint: connection.kind === "remote" ? connection.endpoint : undefined,
+    saved: connection.kind === "remote" ? loadSaved() : undefined,
+    localUser: localUser(),
+    vmid: argv.vmid,
+  });
 }
 
 function localUser(): string {

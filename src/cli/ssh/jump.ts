@@ -26,3 +26,41 @@ export function parseJumpHost(text: string, user: string | undefined, defaultUse
     throw new AgentlabError("USAGE", `--jump-host: port ${portText} is out of range`);
   return { user: user ?? inlineUser ?? defaultUser, host: rawHost!.replace(/^\[|\]$/g, ""), port };
 }
+
+export interface JumpSources {
+  flags: { host?: string | undefined; user?: string | undefined };
+  /** The remote endpoint this invocation uses; undefined on the local socket. */
+  endpoint?: string | undefined;
+  /** What `agentlab connect` saved. */
+  saved?: { endpoint: string; jump_host?: string | undefined; jump_user?: string | undefined } | undefined;
+  localUser: string;
+  vmid: number;
+}
+
+/**
+ * The jump host from the flags, else the one `agentlab connect` saved, but only while its endpoint is
+ * the one in use: a jump host belongs to the daemon it was saved with. Flags win field by field. A jump
+ * user without a host means the endpoint's host, as in `connect`. Also returns the endpoint's host name
+ * (for the no-route hint).
+ */
+export function resolveJumpHost(sources: JumpSources): { jump?: JumpHost; endpointHost?: string } {
+  const { flags, endpoint, saved } = sources;
+  const fromSaved = saved !== undefined && endpoint !== undefined && saved.endpoint === endpoint;
+  const endpointHost =
+    endpoint !== undefined ? new URL(endpoint).hostname.replace(/^\[|\]$/g, "") : undefined;
+  const withHost = endpointHost !== undefined ? { endpointHost } : {};
+  const host = flags.host ?? (fromSaved ? saved.jump_host : undefined);
+  const user = flags.user ?? (fromSaved ? saved.jump_user : undefined);
+  if (host !== undefined) return { jump: parseJumpHost(host, user, sources.localUser), ...withHost };
+  if (flags.user === undefined) return withHost;
+  if (endpointHost === undefined) {
+    throw new AgentlabError(
+      "USAGE",
+      "--jump-user needs --jump-host (or an endpoint saved by agentlab connect)",
+      {
+        hint: `name the jump host: agentlab ssh ${sources.vmid} --jump-host host.tailnet.ts.net --jump-user ${flags.user}`,
+      },
+    );
+  }
+  return { jump: parseJumpHost(endpointHost, user, sources.localUser), endpointHost };
+}
