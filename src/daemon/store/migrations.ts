@@ -258,6 +258,14 @@ ALTER TABLE workspaces ADD COLUMN owner_token TEXT;
 ALTER TABLE jobs ADD COLUMN owner_token TEXT;
 `;
 
+/**
+ * The guest's SSH host keys from its ready report, as a JSON array of "type base64" strings; NULL when
+ * the guest has not reported any (created before this, or it never phoned home).
+ */
+const ADD_SANDBOX_SSH_HOST_KEYS = `
+ALTER TABLE sandboxes ADD COLUMN ssh_host_keys TEXT;
+`;
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
@@ -291,6 +299,13 @@ export const MIGRATIONS: readonly Migration[] = [
     name: "add_api_tokens",
     up(db) {
       db.exec(ADD_API_TOKENS);
+    },
+  },
+  {
+    version: 5,
+    name: "add_sandbox_ssh_host_keys",
+    up(db) {
+      db.exec(ADD_SANDBOX_SSH_HOST_KEYS);
     },
   },
 ];
