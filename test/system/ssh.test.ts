@@ -60,6 +60,18 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
   let guestSshd: RunningSshd;
   let jumpSshd: RunningSshd;
 
+  /** An sshd at the sandbox's address with this host key: the sandbox's own, or an impostor's. */
+  function startGuestSshd(name: string, hostKey: KeyPair): Promise<RunningSshd> {
+    return startSshd({
+      dir: root,
+      name,
+      listen: `${ip}:22`,
+      hostKey: hostKey.path,
+      authorizedKeys,
+      netns: ns.guest,
+    });
+  }
+
   /** The environment of a user whose only keys and known hosts are the test's. */
   function cliEnv(): NodeJS.ProcessEnv {
     return {
@@ -136,7 +148,7 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
 
     h = await startSimHost("shell", "bootstrap_listen: 127.0.0.1:0\nagent_subnet: 0.0.0.0/1\n");
     // The simulated guest reports the test sshd's host key at phone-home, as a real guest reports its own.
-    await setControl(h.sim.dir, { ...FAST_KNOBS, ...({ guest_ssh_host_keys: [guestKey.publicKey] } as object) });
+    await setControl(h.sim.dir, { ...FAST_KNOBS, guest_ssh_host_keys: `${guestKey.path}.pub` });
     const created = await h.json<{ vmid: number; ip?: string; state: string }>([
       "new",
       "--profile",
@@ -181,14 +193,7 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
     await up(ns.host, "ts0", `${HOST_ON_TAILNET}/24`);
     await up(ns.remote, "r0", `${REMOTE_ADDR}/24`);
 
-    guestSshd = await startSshd({
-      dir: root,
-      name: "guest",
-      listen: `${ip}:22`,
-      hostKey: guestKey.path,
-      authorizedKeys,
-      netns: ns.guest,
-    });
+    guestSshd = await startGuestSshd("guest", guestKey);
     jumpSshd = await startSshd({
       dir: root,
       name: "jump",
@@ -368,14 +373,7 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
     const result = await cli(ns.host, ["ssh", String(vmid), "--user", "root", "--wait", "--", "echo up"], {
       onStderr: (text) => {
         if (!restarting && text.includes(`waiting for sandbox ${vmid}'s sshd at ${ip}:22`)) {
-          restarting = startSshd({
-            dir: root,
-            name: "guest",
-            listen: `${ip}:22`,
-            hostKey: guestKey.path,
-            authorizedKeys,
-            netns: ns.guest,
-          });
+          restarting = startGuestSshd("guest", guestKey);
         }
       },
     });
@@ -390,14 +388,7 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
 
   test("a sandbox answering with another host key is refused, naming both fingerprints", async () => {
     await guestSshd.stop();
-    const impostor = await startSshd({
-      dir: root,
-      name: "impostor",
-      listen: `${ip}:22`,
-      hostKey: wrongKey.path,
-      authorizedKeys,
-      netns: ns.guest,
-    });
+    const impostor = await startGuestSshd("impostor", wrongKey);
     try {
       const result = await cli(ns.host, ["ssh", String(vmid), "--user", "root", "--", "echo should-not-run"]);
       assert.equal(result.code, 1);
@@ -414,14 +405,7 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
       assert.doesNotMatch(impostor.log(), /Accepted publickey/, "no key was offered to the impostor");
     } finally {
       await impostor.stop();
-      guestSshd = await startSshd({
-        dir: root,
-        name: "guest",
-        listen: `${ip}:22`,
-        hostKey: guestKey.path,
-        authorizedKeys,
-        netns: ns.guest,
-      });
+      guestSshd = await startGuestSshd("guest", guestKey);
     }
   });
 });

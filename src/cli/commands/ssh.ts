@@ -184,13 +184,13 @@ export const sshCommand: CommandModule<GlobalArgs, SshArgs> = {
       const { jump, endpointHost } = jumpHostOf(argv);
       const sandbox = await reachableSandbox(ctx, argv, started + waitMs, progress);
       const ip = sandbox.ip!;
-      const keys = recordedHostKeys(sandbox as { ssh_host_keys?: string[] });
+      const keys = recordedHostKeys(sandbox);
       if (keys.length === 0) {
         throw new AgentlabError(
           "SSH_HOST_KEY_UNKNOWN",
           `sandbox ${argv.vmid} has no recorded SSH host keys, so its identity cannot be checked`,
           {
-            hint: `they are recorded when the guest reports at the end of its boot (cloud-init phone-home); a sandbox from before that, or whose template does not report, has none: restart it (agentlab sandbox stop ${argv.vmid}; agentlab sandbox start ${argv.vmid}) or create a new one`,
+            hint: `they are recorded when the guest reports at the end of its first boot (cloud-init phone-home); a sandbox created before that, or whose template does not report, has none: create a new one (agentlab sandbox new)`,
             details: { vmid: argv.vmid, ip },
           },
         );
