@@ -56,6 +56,7 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
   let wrongKey: KeyPair;
   let jumpKey: KeyPair;
   let userKey: KeyPair;
+  let encryptedKey: KeyPair;
   let authorizedKeys = "";
   let guestSshd: RunningSshd;
   let jumpSshd: RunningSshd;
@@ -108,16 +109,29 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
   function run(
     file: string,
     args: string[],
-    options: { input?: string; onStderr?: (text: string) => void } = {},
+    options: {
+      input?: string;
+      onStderr?: (text: string) => void;
+      /** Write `text` to stdin (then close it) once stdout shows `after`: typing at a prompt. */
+      answer?: { after: string; text: string };
+    } = {},
   ) {
     return new Promise<Run>((resolve, reject) => {
+      const piped = options.input !== undefined || options.answer !== undefined;
       const child = spawn(file, args, {
-        stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
+        stdio: [piped ? "pipe" : "ignore", "pipe", "pipe"],
         env: { ...process.env, ...cliEnv() },
       });
       let stdout = "";
       let stderr = "";
-      child.stdout!.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+      let answered = false;
+      child.stdout!.on("data", (chunk: Buffer) => {
+        stdout += chunk.toString();
+        if (options.answer && !answered && stdout.includes(options.answer.after)) {
+          answered = true;
+          child.stdin?.end(options.answer.text);
+        }
+      });
       child.stderr!.on("data", (chunk: Buffer) => {
         stderr += chunk.toString();
         options.onStderr?.(stderr);
@@ -143,7 +157,8 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
     jumpKey = makeKey(join(root, "jump_host_ed25519"));
     userKey = makeKey(join(home, ".ssh", "id_ed25519"));
     authorizedKeys = join(root, "authorized_keys");
-    writeFileSync(authorizedKeys, `${userKey.publicKey}\n`);
+    encryptedKey = makeKey(join(root, "encrypted_id"), { passphrase: "open sesame" });
+    writeFileSync(authorizedKeys, `${userKey.publicKey}\n${encryptedKey.publicKey}\n`);
     writeFileSync(join(home, ".ssh", "known_hosts"), `${HOST_ON_TAILNET} ${jumpKey.publicKey}\n`);
 
     h = await startSimHost("shell", "bootstrap_listen: 127.0.0.1:0\nagent_subnet: 0.0.0.0/1\n");
@@ -249,6 +264,69 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
     assert.equal(result.code, 3, `${result.stdout}\n${result.stderr}`);
     assert.match(result.stdout, /^\/dev\/pts\/\d+\r?$/m, result.stdout);
     assert.match(result.stdout, /^33 91\r?$/m, "the remote PTY has the local window size");
+  });
+
+  test("an encrypted --identity: its passphrase is asked on the terminal, not echoed; without one, a clear error", async () => {
+    const line = [
+      process.execPath,
+      AGENTLAB_BIN,
+      "--socket",
+      h.host.socketPath,
+      "ssh",
+      String(vmid),
+      "--user",
+      "root",
+      "--identity",
+      encryptedKey.path,
+      "--",
+      "echo unlocked",
+    ]
+      .map((word) => `'${word}'`)
+      .join(" ");
+    // script copies its input to its output unless --echo never; the terminal itself echoes (stty echo)
+    // unless the CLI turns that off while it asks, which is what this checks.
+    const result = await run(
+      "ip",
+      [
+        "netns",
+        "exec",
+        ns.host,
+        "script",
+        "-q",
+        "-e",
+        "--echo",
+        "never",
+        "-c",
+        `stty echo; exec ${line}`,
+        "/dev/null",
+      ],
+      { answer: { after: "Enter passphrase for key", text: "open sesame\r" } },
+    );
+    assert.equal(result.code, 0, result.stdout);
+    assert.match(result.stdout, new RegExp(`Enter passphrase for key '${encryptedKey.path}': `));
+    assert.match(result.stdout, /^unlocked\r?$/m);
+    assert.equal(
+      result.stdout.match(/open sesame/g)?.length ?? 0,
+      0,
+      `echoed: ${JSON.stringify(result.stdout)}`,
+    );
+
+    const noTerminal = await cli(ns.host, [
+      "ssh",
+      String(vmid),
+      "--user",
+      "root",
+      "--identity",
+      encryptedKey.path,
+      "--",
+      "true",
+    ]);
+    assert.equal(noTerminal.code, 1);
+    assert.match(
+      noTerminal.stderr,
+      /^error: --identity: .*encrypted_id is encrypted and there is no terminal to ask for its passphrase$/m,
+    );
+    assert.match(noTerminal.stderr, /ssh-add .*encrypted_id/);
   });
 
   test("through the jump host from a device without a route", async () => {

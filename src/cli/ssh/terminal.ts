@@ -56,8 +56,9 @@ export function enterRawMode(): () => void {
 export function promptHidden(question: string): Promise<string | undefined> {
   const input = rawInput();
   if (!input || !process.stderr.isTTY) return Promise.resolve(undefined);
-  process.stderr.write(question);
+  // Echo off before the question shows: an answer typed the moment it appears is not echoed either.
   const restore = enterRawMode();
+  process.stderr.write(question);
   return new Promise((resolve) => {
     let answer = "";
     const finish = (value: string) => {
