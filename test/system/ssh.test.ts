@@ -15,7 +15,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -91,7 +91,7 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
   function cli(
     where: string,
     args: string[],
-    options: { input?: string; onStderr?: (text: string) => void } = {},
+    options: { input?: string; onStderr?: (text: string) => void; env?: NodeJS.ProcessEnv } = {},
   ): Promise<Run> {
     const argv = [
       "netns",
@@ -114,13 +114,14 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
       onStderr?: (text: string) => void;
       /** Write `text` to stdin (then close it) once stdout shows `after`: typing at a prompt. */
       answer?: { after: string; text: string };
+      env?: NodeJS.ProcessEnv;
     } = {},
   ) {
     return new Promise<Run>((resolve, reject) => {
       const piped = options.input !== undefined || options.answer !== undefined;
       const child = spawn(file, args, {
         stdio: [piped ? "pipe" : "ignore", "pipe", "pipe"],
-        env: { ...process.env, ...cliEnv() },
+        env: { ...process.env, ...cliEnv(), ...options.env },
       });
       let stdout = "";
       let stderr = "";
@@ -327,6 +328,41 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
       /^error: --identity: .*encrypted_id is encrypted and there is no terminal to ask for its passphrase$/m,
     );
     assert.match(noTerminal.stderr, /ssh-add .*encrypted_id/);
+  });
+
+  test("the keys of the ssh-agent at SSH_AUTH_SOCK are offered (a user without key files)", async () => {
+    const agentKey = makeKey(join(root, "agent_id"));
+    appendFileSync(authorizedKeys, `${agentKey.publicKey}\n`);
+    const socket = join(root, "agent.sock");
+    const agent = spawn("ssh-agent", ["-D", "-a", socket], { stdio: ["ignore", "pipe", "pipe"] });
+    try {
+      // In the foreground it prints the environment lines once its socket listens.
+      await new Promise<void>((resolve, reject) => {
+        let out = "";
+        agent.stdout!.on("data", (chunk: Buffer) => {
+          out += chunk.toString();
+          if (out.includes("SSH_AUTH_SOCK=")) resolve();
+        });
+        agent.once("exit", (code) => reject(new Error(`ssh-agent exited ${code}`)));
+      });
+      const added = await run("ssh-add", [agentKey.path], { env: { SSH_AUTH_SOCK: socket } });
+      assert.equal(added.code, 0, added.stderr);
+      const bare = join(root, "bare-home");
+      mkdirSync(bare, { recursive: true });
+      const result = await cli(ns.host, ["ssh", String(vmid), "--user", "root", "--", "echo via-agent"], {
+        env: { HOME: bare, SSH_AUTH_SOCK: socket },
+      });
+      assert.equal(result.code, 0, result.stderr);
+      assert.equal(result.stdout, "via-agent\n");
+      assert.match(
+        guestSshd.log(),
+        new RegExp(
+          `Accepted publickey for root .*ED25519 ${keygenFingerprint(`${agentKey.path}.pub`).replace(/[+/]/g, "\\$&")}`,
+        ),
+      );
+    } finally {
+      if (agent.pid !== undefined && agent.exitCode === null) process.kill(agent.pid, "SIGTERM");
+    }
   });
 
   test("through the jump host from a device without a route", async () => {
