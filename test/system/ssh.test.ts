@@ -14,8 +14,9 @@
  * the user key both sshds accept, ~/.ssh/known_hosts knows the jump host.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -242,7 +243,7 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
     assert.match(result.stderr, /^err$/m);
   });
 
-  test("an interactive session on a PTY (driven through script): tty, window size, exit status", async () => {
+  test("an interactive session on a PTY (driven through script): tty, window size and its changes, exit status", async () => {
     const line = [
       process.execPath,
       AGENTLAB_BIN,
@@ -255,16 +256,42 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
     ]
       .map((word) => `'${word}'`)
       .join(" ");
-    const result = await run(
-      "ip",
-      ["netns", "exec", ns.host, "script", "-qec", `stty cols 91 rows 33; ${line}`, "/dev/null"],
-      {
-        input: "tty; stty size; exit 3\n",
-      },
-    );
-    assert.equal(result.code, 3, `${result.stdout}\n${result.stderr}`);
-    assert.match(result.stdout, /^\/dev\/pts\/\d+\r?$/m, result.stdout);
-    assert.match(result.stdout, /^33 91\r?$/m, "the remote PTY has the local window size");
+    // The terminal is resized while the session runs, by a helper inside script's session that waits
+    // on a FIFO for the remote shell to be ready and answers on another when done (no timing guesses).
+    const resizeNow = join(root, "resize-now");
+    const resized = join(root, "resized");
+    for (const fifo of [resizeNow, resized]) assert.equal(spawnSync("mkfifo", [fifo]).status, 0);
+    const session =
+      `stty cols 91 rows 33; ` +
+      `(read _ < '${resizeNow}'; stty cols 120 rows 50 < /dev/tty; echo done > '${resized}') & exec ${line}`;
+    const child = spawn("ip", ["netns", "exec", ns.host, "script", "-qec", session, "/dev/null"], {
+      stdio: ["pipe", "pipe", "pipe"],
+      env: { ...process.env, ...cliEnv() },
+    });
+    let stdout = "";
+    let stderr = "";
+    let marked = false;
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    child.stdout.on("data", (chunk: Buffer) => {
+      stdout += chunk.toString();
+      if (!marked && /^MARK\r?$/m.test(stdout)) {
+        marked = true;
+        void (async () => {
+          await writeFile(resizeNow, "go\n");
+          await readFile(resized, "utf8");
+          child.stdin.end("\n");
+        })();
+      }
+    });
+    // MA''RK: the echoed command line must not look like the marker the shell prints.
+    child.stdin.write("tty; stty size; echo MA''RK; read x; stty size; exit 3\n");
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+    clearTimeout(timer);
+    assert.equal(code, 3, `${stdout}\n${stderr}`);
+    assert.match(stdout, /^\/dev\/pts\/\d+\r?$/m, stdout);
+    assert.match(stdout, /^33 91\r?$/m, "the remote PTY has the local window size");
+    assert.match(stdout, /^50 120\r?$/m, "a change of the local window size reaches the remote PTY");
   });
 
   test("an encrypted --identity: its passphrase is asked on the terminal, not echoed; without one, a clear error", async () => {
