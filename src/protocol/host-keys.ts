@@ -7,9 +7,12 @@ import { createHash } from "node:crypto";
 
 /** `SHA256:<base64 without padding>` of the key's blob, as `ssh-keygen -l` prints it. */
 export function hostKeyFingerprint(key: string): string {
-  const blob = key.trim().split(/\s+/)[1] ?? "";
-  const digest = createHash("sha256").update(Buffer.from(blob, "base64")).digest("base64");
-  return `SHA256:${digest.replace(/=+$/, "")}`;
+  return blobFingerprint(Buffer.from(key.trim().split(/\s+/)[1] ?? "", "base64"));
+}
+
+/** The same for a key's wire blob, as an SSH server presents it (agentlab ssh compares those). */
+export function blobFingerprint(blob: Buffer): string {
+  return `SHA256:${createHash("sha256").update(blob).digest("base64").replace(/=+$/, "")}`;
 }
 
 /** "ssh-ed25519 SHA256:..." for each key: the line `sandbox show` prints and errors quote. */

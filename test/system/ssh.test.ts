@@ -74,6 +74,21 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
     });
   }
 
+  /** `agentlab ssh <vmid> --user root ARGS` as one shell command line, for script -c. */
+  function sshCommandLine(args: string[]): string {
+    const argv = [
+      process.execPath,
+      AGENTLAB_BIN,
+      "--socket",
+      h.host.socketPath,
+      "ssh",
+      String(vmid),
+      "--user",
+      "root",
+    ];
+    return [...argv, ...args].map((word) => `'${word}'`).join(" ");
+  }
+
   /** The environment of a user whose only keys and known hosts are the test's. */
   function cliEnv(): NodeJS.ProcessEnv {
     return {
@@ -244,18 +259,7 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
   });
 
   test("an interactive session on a PTY (driven through script): tty, window size and its changes, exit status", async () => {
-    const line = [
-      process.execPath,
-      AGENTLAB_BIN,
-      "--socket",
-      h.host.socketPath,
-      "ssh",
-      String(vmid),
-      "--user",
-      "root",
-    ]
-      .map((word) => `'${word}'`)
-      .join(" ");
+    const line = sshCommandLine([]);
     // The terminal is resized while the session runs, by a helper inside script's session that waits
     // on a FIFO for the remote shell to be ready and answers on another when done (no timing guesses).
     const resizeNow = join(root, "resize-now");
@@ -295,22 +299,7 @@ describe("agentlab ssh against real sshd", { skip, timeout: 300_000 }, () => {
   });
 
   test("an encrypted --identity: its passphrase is asked on the terminal, not echoed; without one, a clear error", async () => {
-    const line = [
-      process.execPath,
-      AGENTLAB_BIN,
-      "--socket",
-      h.host.socketPath,
-      "ssh",
-      String(vmid),
-      "--user",
-      "root",
-      "--identity",
-      encryptedKey.path,
-      "--",
-      "echo unlocked",
-    ]
-      .map((word) => `'${word}'`)
-      .join(" ");
+    const line = sshCommandLine(["--identity", encryptedKey.path, "--", "echo unlocked"]);
     // script copies its input to its output unless --echo never; the terminal itself echoes (stty echo)
     // unless the CLI turns that off while it asks, which is what this checks.
     const result = await run(

@@ -4,12 +4,13 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync }
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { fingerprint, parseHostKey, recordedHostKeys } from "../../src/cli/ssh/host-keys.js";
+import { parseHostKey, recordedHostKeys } from "../../src/cli/ssh/host-keys.js";
 import { collectIdentities, unlock } from "../../src/cli/ssh/identities.js";
 import { parseJumpHost, resolveJumpHost } from "../../src/cli/ssh/jump.js";
 import { lookupKnownHosts } from "../../src/cli/ssh/known-hosts.js";
 import { opensshArgv, writeSandboxKnownHosts } from "../../src/cli/ssh/openssh.js";
 import { noRouteHint } from "../../src/cli/ssh/reach.js";
+import { blobFingerprint } from "../../src/protocol/host-keys.js";
 import type { AgentlabError } from "../../src/protocol/index.js";
 import { keygenFingerprint, makeKey, sshdSkipReason } from "../helpers/sshd.js";
 
@@ -33,7 +34,7 @@ describe("host keys", { skip }, () => {
       const pair = makeKey(join(dir, `host-${type}`), { type });
       const key = parseHostKey(pair.publicKey);
       assert.ok(key, pair.publicKey);
-      assert.equal(fingerprint(key.blob), keygenFingerprint(`${pair.path}.pub`));
+      assert.equal(blobFingerprint(key.blob), keygenFingerprint(`${pair.path}.pub`));
     }
   });
 

@@ -3,7 +3,7 @@
  * known_hosts entry without its host field) and their OpenSSH fingerprints, so the keys a sandbox
  * reported at phone-home are compared byte for byte with the one its sshd presents.
  */
-import { createHash } from "node:crypto";
+import { blobFingerprint } from "../../protocol/host-keys.js";
 import { AgentlabError } from "../../protocol/index.js";
 
 export interface HostKey {
@@ -31,11 +31,6 @@ export function parseHostKey(text: string): HostKey | undefined {
   if (!type || !base64 || !/^[A-Za-z0-9+/]+={0,2}$/.test(base64)) return undefined;
   const blob = Buffer.from(base64, "base64");
   return blobType(blob) === type ? { type, blob } : undefined;
-}
-
-/** OpenSSH's fingerprint: SHA256: and the unpadded base64 of the blob's SHA-256 (ssh-keygen -lf). */
-export function fingerprint(blob: Buffer): string {
-  return `SHA256:${createHash("sha256").update(blob).digest("base64").replace(/=+$/, "")}`;
 }
 
 /** The one-line form, "ssh-ed25519 AAAA...", as known_hosts and .pub files hold it. */
@@ -78,8 +73,8 @@ export function hostKeyMismatch(
   expected: HostKey[],
   hint: string,
 ): AgentlabError {
-  const seen = `${blobType(presented) ?? "key"} ${fingerprint(presented)}`;
-  const wanted = expected.map((key) => `${key.type} ${fingerprint(key.blob)}`).join(", ");
+  const seen = `${blobType(presented) ?? "key"} ${blobFingerprint(presented)}`;
+  const wanted = expected.map((key) => `${key.type} ${blobFingerprint(key.blob)}`).join(", ");
   return new AgentlabError(
     "SSH_HOST_KEY_MISMATCH",
     `the SSH host key of ${what} (${address}) does not match: it presented ${seen}, expected ${wanted}`,
@@ -87,8 +82,8 @@ export function hostKeyMismatch(
       hint,
       details: {
         address,
-        presented: fingerprint(presented),
-        expected: expected.map((key) => fingerprint(key.blob)),
+        presented: blobFingerprint(presented),
+        expected: expected.map((key) => blobFingerprint(key.blob)),
       },
     },
   );

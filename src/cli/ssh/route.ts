@@ -4,8 +4,9 @@
  */
 import type { Duplex } from "node:stream";
 import type { Client } from "ssh2";
+import { blobFingerprint } from "../../protocol/host-keys.js";
 import { AgentlabError } from "../../protocol/index.js";
-import { blobType, fingerprint, type HostKey, hostKeyMismatch } from "./host-keys.js";
+import { blobType, type HostKey, hostKeyMismatch } from "./host-keys.js";
 import type { Identity, PassphrasePrompt } from "./identities.js";
 import type { JumpHost } from "./jump.js";
 import { readKnownHosts } from "./known-hosts.js";
@@ -53,7 +54,7 @@ async function connectJump(route: SandboxRoute, jump: JumpHost): Promise<Client>
         if (known.keys.length === 0) {
           return new AgentlabError(
             "SSH_HOST_KEY_UNKNOWN",
-            `the jump host ${jump.host} is not in known_hosts (${files}); it presented ${key.type} ${fingerprint(presented)}`,
+            `the jump host ${jump.host} is not in known_hosts (${files}); it presented ${key.type} ${blobFingerprint(presented)}`,
             {
               hint: [
                 `check that fingerprint on the jump host (ssh-keygen -lf /etc/ssh/ssh_host_${key.type.replace(/^ssh-|-.*$/g, "")}_key.pub), then either connect once with ssh, which asks and records it:`,
@@ -63,7 +64,7 @@ async function connectJump(route: SandboxRoute, jump: JumpHost): Promise<Client>
               ].join("\n"),
               details: {
                 jump_host: jump.host,
-                presented: fingerprint(presented),
+                presented: blobFingerprint(presented),
                 line: knownHostsLine(jump.host, jump.port, key),
               },
             },

@@ -7,8 +7,9 @@
 import { type Socket, connect as tcpConnect } from "node:net";
 import type { Duplex } from "node:stream";
 import ssh2, { type AnyAuthMethod, type AuthenticationType, type Client, type ConnectConfig } from "ssh2";
+import { blobFingerprint } from "../../protocol/host-keys.js";
 import { AgentlabError } from "../../protocol/index.js";
-import { fingerprint, type HostKey, hostKeyAlgorithms, keyLine } from "./host-keys.js";
+import { type HostKey, hostKeyAlgorithms, keyLine } from "./host-keys.js";
 import { type Identity, identityName, type PassphrasePrompt, unlock } from "./identities.js";
 import { knownHostsName } from "./known-hosts.js";
 
@@ -202,7 +203,7 @@ export function handshake(options: HandshakeOptions): Promise<Client> {
         if (verify.revoked?.some((k) => k.blob.equals(key))) {
           refusal = new AgentlabError(
             "SSH_HOST_KEY_MISMATCH",
-            `the SSH host key of ${where} is marked @revoked in known_hosts: ${fingerprint(key)}`,
+            `the SSH host key of ${where} is marked @revoked in known_hosts: ${blobFingerprint(key)}`,
             { hint: "do not connect; ask whoever runs that host which key is current" },
           );
           return false;
