@@ -10,6 +10,7 @@ import { jobCommand } from "./commands/job.js";
 import { profileCommand } from "./commands/profile.js";
 import { sandboxCommand, sandboxShortcuts } from "./commands/sandbox.js";
 import { sessionCommand } from "./commands/session.js";
+import { sshCommand } from "./commands/ssh.js";
 import { statusCommand } from "./commands/status.js";
 import { tokenCommand } from "./commands/token.js";
 import { versionCommand } from "./commands/version.js";
@@ -120,6 +121,7 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
     .command(sandboxShortcuts)
     .command(workspaceCommand)
     .command(sessionCommand)
+    .command(sshCommand)
     .command(jobCommand)
     .command(profileCommand)
     .command(connectCommand)

@@ -256,6 +256,37 @@ export const ERROR_CODES = {
     exit: 1,
     hint: "fix control_listen (or control_tls_cert / control_tls_key) in the config file, then restart the daemon: systemctl restart agentlabd",
   },
+  // agentlab ssh: raised by the CLI itself (it connects to the sandbox, not the daemon).
+  SSH_UNREACHABLE: {
+    rpc: 2200,
+    exit: 1,
+    hint: "check the route to the sandbox's address, or go through a jump host: agentlab ssh <vmid> --jump-host <host> --jump-user <user>",
+  },
+  SSH_HOST_KEY_MISMATCH: {
+    rpc: 2201,
+    exit: 1,
+    hint: "the server is not the one whose key was recorded: do not continue until you know why",
+  },
+  SSH_HOST_KEY_UNKNOWN: {
+    rpc: 2202,
+    exit: 1,
+    hint: "agentlab ssh only connects to hosts whose key it can check; see the message for where the key is missing",
+  },
+  SSH_AUTH_FAILED: {
+    rpc: 2203,
+    exit: 1,
+    hint: "give the key sandboxes trust (ssh_public_key_path in the daemon's config): agentlab ssh <vmid> --identity <private key>",
+  },
+  SSH_KEY_UNUSABLE: {
+    rpc: 2204,
+    exit: 1,
+    hint: "give a readable private key with --identity, or load it into ssh-agent: ssh-add <key>",
+  },
+  SSH_FAILED: {
+    rpc: 2205,
+    exit: 1,
+    hint: "retry; if it persists, compare with OpenSSH: agentlab ssh <vmid> --print shows the equivalent ssh command",
+  },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

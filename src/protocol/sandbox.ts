@@ -40,6 +40,12 @@ export const Sandbox = z.object({
   lease_expires_at: z.string().optional().describe("RFC 3339; absent: the sandbox never expires"),
   tags: z.array(z.string()),
   failure_reason: z.string().optional().describe("why the sandbox is FAILED or TIMEOUT"),
+  ssh_host_keys: z
+    .array(z.string())
+    .optional()
+    .describe(
+      'the guest\'s SSH host keys as "type base64", from its ready report; absent when it reported none',
+    ),
   created_at: z.string(),
   updated_at: z.string(),
   last_used_at: z.string().optional(),

@@ -1,5 +1,9 @@
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { hostKeyFingerprint } from "../../src/protocol/host-keys.js";
 import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { clearFaults, setControl } from "../pvesim/harness.js";
 
@@ -15,6 +19,7 @@ interface SandboxBody {
   vmid: number;
   state: string;
   ip?: string;
+  ssh_host_keys?: string[];
 }
 interface EventLine {
   kind: string;
@@ -90,6 +95,38 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       }
     });
 
+    if (kind === "shell") {
+      test("the guest's SSH host keys come with its report: recorded, in show --json, fingerprints in show", async () => {
+        // A real host key made by ssh-keygen, with the comment OpenSSH writes: it is not stored.
+        const keyFile = join(h.sim.dir, "guest_host_key");
+        execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "root@guest", "-f", keyFile]);
+        const line = readFileSync(`${keyFile}.pub`, "utf8").trim();
+        const [type, blob] = line.split(" ");
+        await setControl(h.sim.dir, { guest_ssh_host_keys: `${keyFile}.pub` });
+        try {
+          const created = await h.json<SandboxBody>(["new", "--profile", "yolo-ephemeral"]);
+          assert.equal(created.code, 0, created.stderr);
+          assert.deepEqual(created.body.ssh_host_keys, [`${type} ${blob}`]);
+          const shown = await h.json<SandboxBody>(["sandbox", "show", String(created.body.vmid)]);
+          assert.deepEqual(shown.body.ssh_host_keys, [`${type} ${blob}`]);
+          const text = await h.cli(["sandbox", "show", String(created.body.vmid)]);
+          const fingerprint = execFileSync("ssh-keygen", ["-l", "-f", `${keyFile}.pub`], {
+            encoding: "utf8",
+          });
+          assert.ok(
+            fingerprint.includes(hostKeyFingerprint(line)),
+            `${fingerprint} vs ${hostKeyFingerprint(line)}`,
+          );
+          assert.match(
+            text.stdout,
+            new RegExp(`^host keys: +ssh-ed25519 ${hostKeyFingerprint(line).replace(/[+/]/g, "\\$&")}$`, "m"),
+          );
+        } finally {
+          await setControl(h.sim.dir, { guest_ssh_host_keys: "" });
+        }
+      });
+    }
+
     test("with the guest silent, the guest agent's address is used after phone_home_grace, and said so", async () => {
       await setControl(h.sim.dir, { phone_home: 0 });
       try {
@@ -105,6 +142,10 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
           logs.stdout,
           /sandbox\.phone_home\.missed +the guest agent reported 10\.77\.\d+\.\d+ but the guest did not phone home within 3s: cloud-init may not have finished/,
         );
+        // Only the report carries host keys: without one, exec and ssh have nothing to check the guest by.
+        assert.equal(created.body.ssh_host_keys, undefined);
+        const shown = await h.cli(["sandbox", "show", String(created.body.vmid)]);
+        assert.match(shown.stdout, /^host keys: +none recorded/m);
       } finally {
         await setControl(h.sim.dir, { phone_home: 1 });
       }

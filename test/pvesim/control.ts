@@ -43,6 +43,11 @@ export interface Knobs {
   /** How long after the agent-ready time the guest's readiness report goes out. */
   phone_home_delay_ms: number;
   /**
+   * A file of OpenSSH public key lines the guest sends as its SSH host keys in the readiness report (read
+   * when the report goes out, as the guest script reads /etc/ssh/ssh_host_*_key.pub); empty = none sent.
+   */
+  guest_ssh_host_keys: string;
+  /**
    * 1: a booted guest whose snippet writes agentlab's job runner runs it (once per instance, after the
    * readiness report); 0: the guest writes the snippet's files but never starts the runner.
    */
@@ -85,6 +90,7 @@ export const DEFAULT_KNOBS: Knobs = {
   cpu_load: 0.02,
   phone_home: 1,
   phone_home_delay_ms: 0,
+  guest_ssh_host_keys: "",
   runner: 1,
   guest_hook: "",
   nic_plug: "",

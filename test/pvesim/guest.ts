@@ -134,10 +134,14 @@ export function userDataPath(ctx: Ctx, vm: VmRec): string | undefined {
 }
 
 /** The phone-home knobs (see control.ts), as the guest process reads them. */
-export type PhoneHomeKnobs = Pick<Control, "phone_home" | "phone_home_delay_ms">;
+export type PhoneHomeKnobs = Pick<Control, "phone_home" | "phone_home_delay_ms" | "guest_ssh_host_keys">;
 
 export function phoneHomeKnobs(control: Control): PhoneHomeKnobs {
-  return { phone_home: control.phone_home, phone_home_delay_ms: control.phone_home_delay_ms };
+  return {
+    phone_home: control.phone_home,
+    phone_home_delay_ms: control.phone_home_delay_ms,
+    guest_ssh_host_keys: control.guest_ssh_host_keys,
+  };
 }
 
 /** What the guest process needs to send the ready report, passed to it as JSON in its environment. */
@@ -149,6 +153,8 @@ export interface PhoneHomePlan {
   at: number;
   /** Written when the report starts: runcmd runs once per instance, not on every boot. */
   doneFile: string;
+  /** The guest_ssh_host_keys file, read when the report goes out; its lines join the body as host_keys. */
+  hostKeysFile?: string;
 }
 
 /**
@@ -206,6 +212,7 @@ export function phoneHomePlan(
     token: bootstrap.token,
     at: bootedAt(ctx, vm) + knobs.phone_home_delay_ms,
     doneFile,
+    ...(knobs.guest_ssh_host_keys ? { hostKeysFile: knobs.guest_ssh_host_keys } : {}),
   };
 }
 
@@ -322,6 +329,7 @@ export async function runGuest(env: NodeJS.ProcessEnv = process.env): Promise<vo
 async function reportReady(plan: PhoneHomePlan, answered: () => void): Promise<void> {
   await sleep(Math.max(0, plan.at - Date.now()));
   writeFileSync(plan.doneFile, plan.token);
+  const body = withHostKeys(plan);
   let delay = 1_000;
   for (let attempt = 1; attempt <= 10; attempt++) {
     let status = 0;
@@ -330,7 +338,7 @@ async function reportReady(plan: PhoneHomePlan, answered: () => void): Promise<v
       const res = await fetch(plan.url, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: plan.body,
+        body,
         signal: AbortSignal.timeout(15_000),
       });
       status = res.status;
@@ -346,6 +354,28 @@ async function reportReady(plan: PhoneHomePlan, answered: () => void): Promise<v
     await sleep(delay);
     delay = Math.min(delay * 2, 30_000);
   }
+}
+
+/**
+ * The report's body with the host keys file's lines (whole, comments included: the daemon drops them)
+ * as `host_keys`, as the guest script adds its /etc/ssh keys. A file that cannot be read sends none.
+ */
+function withHostKeys(plan: PhoneHomePlan): string {
+  if (!plan.hostKeysFile) return plan.body;
+  let lines: string[];
+  try {
+    lines = readFileSync(plan.hostKeysFile, "utf8")
+      .split("\n")
+      .map((line) => line.trim())
+      .filter((line) => line !== "" && !line.startsWith("#"));
+  } catch (error) {
+    process.stdout.write(
+      `phone-home: cannot read host keys ${plan.hostKeysFile}: ${(error as Error).message}\n`,
+    );
+    return plan.body;
+  }
+  if (lines.length === 0) return plan.body;
+  return JSON.stringify({ ...(JSON.parse(plan.body) as object), host_keys: lines });
 }
 
 /** Signals the hook's process group, but only if the pid still belongs to the hook we started. */

@@ -127,6 +127,21 @@ describe("real guests: sandboxes are real QEMU VMs", { skip, timeout: 3_600_000 
     }
   });
 
+  test("agentlab ssh: the host key the real guest reported is what its sshd presents; a command's output and exit status", async () => {
+    const shown = await json<SandboxJson & { ssh_host_keys?: string[] }>([
+      "sandbox",
+      "show",
+      String(first.vmid),
+    ]);
+    assert.ok((shown.ssh_host_keys ?? []).length > 0, "the guest reported its host keys at phone-home");
+    const result = await rig.h.cli(
+      ["ssh", String(first.vmid), "--identity", rig.key, "--", "id -un; exit 5"],
+      { SSH_AUTH_SOCK: "", AGENTLAB_SSH_KEYS_DIR: join(rig.dir, "no-keys") },
+    );
+    assert.equal(result.code, 5, result.stderr);
+    assert.equal(result.stdout, "agent\n");
+  });
+
   test("isolation from inside a real guest: the Internet yes; the LAN, the host's 8006 and 22 no; spoofing dropped", async () => {
     const probe = async (host: string, port: number, from?: string) => {
       const bind = from ? `--interface ${from} ` : "";

@@ -16,7 +16,7 @@ import {
   REPORT_READY_SCRIPT,
   renderUserData,
 } from "../../src/daemon/guest/cloud-init.js";
-import { GuestListener } from "../../src/daemon/guest/listener.js";
+import { GuestListener, parseReadyReport } from "../../src/daemon/guest/listener.js";
 import { GuestReadiness } from "../../src/daemon/guest/ready-waiters.js";
 import { BootstrapTokens } from "../../src/daemon/guest/tokens.js";
 import {
@@ -124,14 +124,21 @@ describe("the guest's report-ready script (real sh and curl)", () => {
   const scriptPath = path.join(dir, "report-ready");
   fs.writeFileSync(scriptPath, REPORT_READY_SCRIPT, { mode: 0o755 });
 
-  /** Run it the way runcmd does, with the URL and body from the rendered snippet. */
-  async function reportReady(controllerUrl: string, token: string): Promise<number> {
+  /**
+   * Run it the way runcmd does, with the URL and body from the rendered snippet; the host keys from
+   * `keyDir` (by default a missing one, not this machine's /etc/ssh).
+   */
+  async function reportReady(
+    controllerUrl: string,
+    token: string,
+    keyDir = path.join(dir, "no-host-keys"),
+  ): Promise<number> {
     const doc = load(
       renderUserData({ vmid: 101, hostname: "h", bootstrap: { token, controllerUrl } }),
     ) as UserData;
     const [, , , , url, body] = doc.runcmd.find((cmd) => cmd[3] === "agentlab-report-ready")!;
     const started = Date.now();
-    await run("sh", [scriptPath, url!, body!], { timeout: 20_000 });
+    await run("sh", [scriptPath, url!, body!, keyDir], { timeout: 20_000 });
     return Date.now() - started;
   }
 
@@ -164,6 +171,50 @@ describe("the guest's report-ready script (real sh and curl)", () => {
     // A refusal (here: the token is used up) ends the script at once instead of retrying for minutes.
     const took = await reportReady(issued.controllerUrl, issued.token);
     assert.ok(took < 900, `took ${took} ms`);
+  });
+
+  it("sends the guest's SSH host keys from KEYDIR as type and base64 only; the daemon accepts them", async () => {
+    const keyDir = path.join(dir, "etc-ssh");
+    fs.mkdirSync(keyDir);
+    // Real keys as the guest's cloud-init makes them; the comment is free text that must not reach JSON.
+    for (const type of ["ed25519", "ecdsa"]) {
+      await run("ssh-keygen", [
+        "-q",
+        "-t",
+        type,
+        "-N",
+        "",
+        "-C",
+        'root@guest "quoted" \\',
+        "-f",
+        path.join(keyDir, `ssh_host_${type}_key`),
+      ]);
+    }
+    // A damaged file is skipped, not sent: a quote in it would otherwise break the JSON.
+    fs.writeFileSync(path.join(keyDir, "ssh_host_rsa_key.pub"), 'ssh-rsa AAAA"broken\n');
+    const expected = ["ecdsa", "ed25519"].map((type) => {
+      const [kind, blob] = fs.readFileSync(path.join(keyDir, `ssh_host_${type}_key.pub`), "utf8").split(" ");
+      return `${kind} ${blob}`;
+    });
+    const bodies: string[] = [];
+    const server = http.createServer((req, res) => {
+      let body = "";
+      req.on("data", (c) => (body += c));
+      req.on("end", () => {
+        bodies.push(body);
+        res.writeHead(200).end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    cleanups.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    const port = (server.address() as { port: number }).port;
+    await reportReady(`http://127.0.0.1:${port}`, TOKEN, keyDir);
+    assert.equal(bodies.length, 1);
+    assert.deepEqual(JSON.parse(bodies[0]!), { vmid: 101, token: TOKEN, host_keys: expected });
+    // What the daemon's parser makes of it: the same keys, nothing refused.
+    assert.deepEqual(parseReadyReport(bodies[0]!), {
+      report: { vmid: 101, token: TOKEN, host_keys: expected },
+    });
   });
 
   it("retries with backoff while the daemon is busy or rate-limits, then stops at the first success", async () => {

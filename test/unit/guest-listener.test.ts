@@ -180,13 +180,13 @@ describe("guest listener: routes and refusals", () => {
     const cases: Array<[string | Buffer, string | RegExp]> = [
       [
         "",
-        'request body is empty; expected JSON {"vmid": <number>, "token": "<token from /etc/agentlab/bootstrap.json>", "ip": "<optional>"}',
+        'request body is empty; expected JSON {"vmid": <number>, "token": "<token from /etc/agentlab/bootstrap.json>", "ip": "<optional>", "host_keys": ["<optional: ssh-ed25519 AAAA...>"]}',
       ],
       ["{vmid: 101", /^request body is not valid JSON \(.+\); expected \{"vmid"/],
       ["[1,2]", /^request body must be a JSON object: /],
       [
         JSON.stringify({ vmid: 101, token, extra: true }),
-        'unknown field "extra"; allowed fields: vmid, token, ip',
+        'unknown field "extra"; allowed fields: vmid, token, ip, host_keys',
       ],
       [JSON.stringify({ vmid: 101 }), "token is required"],
       [JSON.stringify({ vmid: 101, token: 42 }), "token must be a string"],
@@ -217,6 +217,56 @@ describe("guest listener: routes and refusals", () => {
     const padded = JSON.stringify({ vmid: 101, token }).padEnd(MAX_BODY_BYTES, " ");
     const atLimit = await request(port, { body: padded });
     assert.equal(atLimit.status, 200, atLimit.text);
+  });
+});
+
+describe("guest listener: the guest's SSH host keys in its report", () => {
+  // Real keys, as ssh-keygen writes them (type, base64 wire blob, comment).
+  const ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIECV+JSy7WlV0VDV5ppnexjjyfLJHHTOeWixBSgYtUPY";
+  const ECDSA =
+    "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBAUEAJOoS/lURtUUcZMbrriDEJm0HZ3+8Q7cybBzXCCwV9/5H/xQlI6YCkXkaAGbjX1uvMycWaK1W5gWztUNfdo=";
+
+  it("keeps valid keys as type and base64 (comments dropped, duplicates once) and hands them to the waiter", async () => {
+    const { port, readiness } = await rig({ agentSubnet: "0.0.0.0/1" });
+    const issued = readiness.issue(101);
+    const waiting = readiness.wait(101, new AbortController().signal);
+    const ok = await report(port, {
+      vmid: 101,
+      token: issued.token,
+      host_keys: [`${ED25519} root@sandbox-101`, ECDSA, `  ${ED25519}  `],
+    });
+    assert.equal(ok.status, 200, ok.text);
+    assert.deepEqual((await waiting).hostKeys, [ED25519, ECDSA]);
+  });
+
+  it("refuses a report with a bad key with 400 and says which one and why, using nothing up", async () => {
+    const { port, readiness } = await rig();
+    const { token } = readiness.issue(101);
+    const [type, blob] = ED25519.split(" ") as [string, string];
+    const cases: Array<[unknown, string]> = [
+      ["ssh-ed25519 AAAA", 'host_keys must be an array of OpenSSH public key lines ("ssh-ed25519 AAAA...")'],
+      [[42], 'host_keys[0] must be a string ("ssh-ed25519 AAAA...")'],
+      [
+        [ED25519, "ssh-ed25519"],
+        'host_keys[1] must be an OpenSSH public key line: "<type> <base64> [comment]"',
+      ],
+      [
+        [`ssh-dss ${blob}`],
+        'host_keys[0] has key type "ssh-dss"; allowed: ssh-ed25519, ecdsa-sha2-nistp256, ecdsa-sha2-nistp384, ecdsa-sha2-nistp521, ssh-rsa, sk-ssh-ed25519@openssh.com, sk-ecdsa-sha2-nistp256@openssh.com',
+      ],
+      [[`${type} ${blob.slice(0, -1)}"`], 'host_keys[0]: the key after "ssh-ed25519" is not base64'],
+      // An ed25519 blob labelled as RSA: the blob names its own type.
+      [[`ssh-rsa ${blob}`], "host_keys[0]: the key's data is not a ssh-rsa key"],
+      [Array(9).fill(ED25519), "host_keys has 9 keys; at most 8"],
+      [[`${type} ${"A".repeat(5000)}`], "host_keys[0] is longer than 4096 characters; not an SSH host key"],
+    ];
+    for (const [hostKeys, message] of cases) {
+      const reply = await report(port, { vmid: 101, token, host_keys: hostKeys });
+      assert.equal(reply.status, 400, JSON.stringify(hostKeys).slice(0, 60));
+      assert.equal(reply.error, message);
+    }
+    // The token is still good: a bad report used nothing up.
+    assert.equal((await report(port, { vmid: 101, token, host_keys: [ED25519] })).status, 200);
   });
 });
 

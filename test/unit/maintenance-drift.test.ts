@@ -22,6 +22,7 @@ function row(vmid: number, state: SandboxState, extra: Partial<Sandbox> = {}): S
     failure_reason: null,
     vm_created: true,
     snippet_path: null,
+    ssh_host_keys: null,
     created_at: new Date(NOW.getTime() - 10 * MINUTE),
     updated_at: new Date(NOW.getTime() - MINUTE),
     last_used_at: null,

@@ -77,6 +77,7 @@ describe("store: sandboxes", () => {
         failure_reason: null,
         vm_created: false,
         snippet_path: "/var/lib/vz/snippets/agentlab-1001.yaml",
+        ssh_host_keys: null,
         created_at: new Date("2026-02-14T13:00:00.000Z"),
         updated_at: new Date("2026-02-14T13:00:00.000Z"),
         last_used_at: null,
@@ -91,6 +92,25 @@ describe("store: sandboxes", () => {
         lease_expires_at: "2026-02-14T14:00:00.000000000Z",
         tags: "team-a,nightly",
       });
+    } finally {
+      store.close();
+    }
+  });
+
+  it("stores the guest's SSH host keys as a list; an empty list or null clears them", () => {
+    const store = freshStore();
+    try {
+      store.sandboxes.insert(sandbox(1, "READY"));
+      const keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIECV", "ecdsa-sha2-nistp256 AAAAE2Vj"];
+      assert.deepEqual(store.sandboxes.update(1, { ssh_host_keys: keys })?.ssh_host_keys, keys);
+      assert.deepEqual(store.sandboxes.get(1)?.ssh_host_keys, keys);
+      assert.equal(store.sandboxes.update(1, { ssh_host_keys: [] })?.ssh_host_keys, null);
+      store.sandboxes.update(1, { ssh_host_keys: keys });
+      assert.equal(store.sandboxes.update(1, { ssh_host_keys: null })?.ssh_host_keys, null);
+      assert.equal(
+        store.db.prepare("SELECT ssh_host_keys FROM sandboxes WHERE vmid = 1").pluck().get(),
+        null,
+      );
     } finally {
       store.close();
     }

@@ -1,5 +1,6 @@
 import type { Argv, CommandModule } from "yargs";
 import { resolveModifiers } from "../../config/modifiers.js";
+import { describeHostKey } from "../../protocol/host-keys.js";
 import {
   AgentlabError,
   formatDuration,
@@ -72,6 +73,13 @@ function sandboxFields(s: Sandbox): Array<[string, string]> {
   ];
   if (s.workspace_id) pairs.push(["workspace", `${s.workspace_id} (scsi1, mounted at /work)`]);
   if (s.failure_reason) pairs.push(["reason", s.failure_reason]);
+  // Fingerprints, as `ssh-keygen -lf` prints them in the guest; the keys themselves are in --json.
+  pairs.push([
+    "host keys",
+    s.ssh_host_keys && s.ssh_host_keys.length > 0
+      ? s.ssh_host_keys.map(describeHostKey).join(", ")
+      : "none recorded (the guest has not reported its SSH host keys)",
+  ]);
   pairs.push(["created", s.created_at]);
   return pairs;
 }

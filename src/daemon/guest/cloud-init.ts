@@ -58,15 +58,33 @@ export const GUEST_AGENT_START_SCRIPT =
   "systemctl is-active --quiet qemu-guest-agent || systemctl enable --now qemu-guest-agent";
 
 /**
- * POSIX sh, run as `report-ready URL BODY`: POST the body until the daemon answers, 1 s doubling to 30 s
- * between 10 attempts. A definite refusal (400, 403, 404, 405) ends it at once; nothing it does can fail
- * the boot, because the daemon also asks the guest agent.
+ * POSIX sh, run as `report-ready URL BODY [KEYDIR]`: add the guest's SSH host keys to BODY (a JSON
+ * object) and POST it until the daemon answers, 1 s doubling to 30 s between 10 attempts. A definite
+ * refusal (400, 403, 404, 405) ends it at once; nothing it does can fail the boot, because the daemon
+ * also asks the guest agent.
+ *
+ * The keys exist only once the guest has booted (cloud-init's ssh module makes them, before runcmd), so
+ * the script reads them from KEYDIR (default /etc/ssh) at report time. Only a key's type and base64
+ * blob are sent, each checked against their character sets first: what goes between the JSON quotes
+ * then never needs escaping, and a comment (free text) never reaches the JSON at all.
  */
 export const REPORT_READY_SCRIPT = `#!/bin/sh
 # agentlab: tell agentlabd this guest has booted (see ${BOOTSTRAP_JSON_PATH}).
 url="$1"
 body="$2"
+keydir="\${3:-/etc/ssh}"
 command -v curl >/dev/null 2>&1 || exit 0
+keys=""
+for f in "$keydir"/ssh_host_*_key.pub; do
+  [ -r "$f" ] || continue
+  type=""
+  blob=""
+  read -r type blob _ < "$f" || [ -n "$blob" ] || continue
+  case "$type" in ""|*[!A-Za-z0-9@.-]*) continue ;; esac
+  case "$blob" in ""|*[!A-Za-z0-9+/=]*) continue ;; esac
+  keys="$keys\${keys:+,}\\"$type $blob\\""
+done
+[ -n "$keys" ] && body="\${body%"}"},\\"host_keys\\":[$keys]}"
 delay=1
 attempt=1
 while [ "$attempt" -le 10 ]; do

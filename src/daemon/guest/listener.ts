@@ -12,6 +12,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { BlockList, isIP } from "node:net";
 import { parseHostPort } from "../../config/net.js";
 import type { Logger } from "../log.js";
+import { parseHostKeys } from "./host-keys.js";
 import { DEFAULT_GUEST_RATE_LIMIT, type RateLimit, RateLimiter } from "./rate-limit.js";
 import type { GuestListenerState, GuestReadiness } from "./ready-waiters.js";
 
@@ -92,11 +93,13 @@ export interface ReadyReport {
   vmid: number;
   token: string;
   ip?: string;
+  /** The guest's SSH host keys as "type base64" (comments dropped); absent when it sent none. */
+  host_keys?: string[];
 }
 
-const REPORT_FIELDS = ["vmid", "token", "ip"];
+const REPORT_FIELDS = ["vmid", "token", "ip", "host_keys"];
 const REPORT_SHAPE =
-  '{"vmid": <number>, "token": "<token from /etc/agentlab/bootstrap.json>", "ip": "<optional>"}';
+  '{"vmid": <number>, "token": "<token from /etc/agentlab/bootstrap.json>", "ip": "<optional>", "host_keys": ["<optional: ssh-ed25519 AAAA...>"]}';
 
 /** Parse and check a report body; the error text is what the guest gets back with a 400. */
 export function parseReadyReport(body: string): { report: ReadyReport } | { error: string } {
@@ -128,7 +131,20 @@ export function parseReadyReport(body: string): { report: ReadyReport } | { erro
   if (ip !== undefined && ip !== null && (typeof ip !== "string" || isIP(plainAddress(ip)) === 0)) {
     return { error: "ip must be an IPv4 or IPv6 address, or left out" };
   }
-  return { report: { vmid, token, ...(typeof ip === "string" ? { ip: plainAddress(ip) } : {}) } };
+  let hostKeys: string[] | undefined;
+  if (fields.host_keys !== undefined && fields.host_keys !== null) {
+    const parsed = parseHostKeys(fields.host_keys);
+    if ("error" in parsed) return parsed;
+    hostKeys = parsed.keys;
+  }
+  return {
+    report: {
+      vmid,
+      token,
+      ...(typeof ip === "string" ? { ip: plainAddress(ip) } : {}),
+      ...(hostKeys !== undefined && hostKeys.length > 0 ? { host_keys: hostKeys } : {}),
+    },
+  };
 }
 
 /** An IPv4-mapped IPv6 address (`::ffff:10.77.0.5`, how a dual-stack socket shows IPv4) as plain IPv4. */
@@ -371,10 +387,10 @@ export class GuestListener {
   #ready(body: string, source: string): GuestAnswer {
     const parsed = parseReadyReport(body);
     if ("error" in parsed) return { status: 400, body: { error: parsed.error } };
-    const { vmid, token, ip: reported } = parsed.report;
+    const { vmid, token, ip: reported, host_keys: hostKeys } = parsed.report;
     // The guest's own word for its address counts only inside the agent subnet; else the socket's.
     const ip = reported !== undefined && this.#inSubnet(reported) ? reported : source;
-    if (!this.#options.readiness.report(vmid, token, ip)) {
+    if (!this.#options.readiness.report(vmid, token, ip, hostKeys)) {
       this.#options.log.info({ vmid, source }, `guest ready report refused: ${REFUSED.token}`);
       return { status: 403, body: { error: REFUSED.token } };
     }

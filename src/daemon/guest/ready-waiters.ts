@@ -16,6 +16,8 @@ export interface GuestReadyReport {
   ip: string;
   via: "phone-home";
   at: Date;
+  /** The guest's SSH host keys ("type base64"), when it sent them. */
+  hostKeys?: string[];
 }
 
 export interface GuestAddress {
@@ -23,6 +25,8 @@ export interface GuestAddress {
   via: GuestAddressSource;
   /** The agent answered, and the awaited phone-home did not come within the grace period. */
   phoneHomeMissed?: boolean;
+  /** The SSH host keys the phone-home reported (only the phone-home carries them). */
+  hostKeys?: string[];
 }
 
 /** What `agentlab status` can show about the guest listener. */
@@ -205,9 +209,15 @@ export class GuestReadiness {
    * A guest's report, already checked for shape and origin by the listener. Uses the token up; false when
    * it is not a valid, unused, unexpired token for `vmid`.
    */
-  report(vmid: number, token: string, ip: string): boolean {
+  report(vmid: number, token: string, ip: string, hostKeys?: string[]): boolean {
     if (!this.#tokens.consume(vmid, token)) return false;
-    const report: GuestReadyReport = { vmid, ip, via: "phone-home", at: this.#clock.now() };
+    const report: GuestReadyReport = {
+      vmid,
+      ip,
+      via: "phone-home",
+      at: this.#clock.now(),
+      ...(hostKeys !== undefined && hostKeys.length > 0 ? { hostKeys } : {}),
+    };
     const entry = this.#entries.get(vmid);
     if (entry === undefined || entry.tokenHash !== hashBootstrapToken(token)) {
       // The token was valid but nothing waits: the daemon restarted since it issued it.
@@ -270,7 +280,7 @@ export async function firstGuestAddress(
     const agent = agentPoll(race.signal).then((ip) => ({ ip, via: "guest-agent" as const }));
     if (!readiness || !phoneHome) return await Promise.race([agent, aborted]);
     const report = readiness.wait(vmid, race.signal).then(
-      (r) => ({ ip: r.ip, via: "phone-home" as const }),
+      (r) => ({ ip: r.ip, via: "phone-home" as const, ...(r.hostKeys ? { hostKeys: r.hostKeys } : {}) }),
       // Only an abort rejects it, and the abort contender already reports that.
       () => new Promise<never>(() => {}),
     );

@@ -259,6 +259,14 @@ ALTER TABLE jobs ADD COLUMN owner_token TEXT;
 `;
 
 /**
+ * The guest's SSH host keys from its ready report, as a JSON array of "type base64" strings; NULL when
+ * the guest has not reported any (created before this, or it never phoned home).
+ */
+const ADD_SANDBOX_SSH_HOST_KEYS = `
+ALTER TABLE sandboxes ADD COLUMN ssh_host_keys TEXT;
+`;
+
+/**
  * The agent's output as the runner streams it while a job runs (docs/jobs.md): one row per chunk keyed
  * by its byte offset in the job's log, so a chunk the runner sends again after a lost answer is stored
  * once and the log is the chunks in offset order. (Uploaded files use migration 1's artifacts table.)
@@ -335,6 +343,13 @@ export const MIGRATIONS: readonly Migration[] = [
     name: "add_api_tokens",
     up(db) {
       db.exec(ADD_API_TOKENS);
+    },
+  },
+  {
+    version: 5,
+    name: "add_sandbox_ssh_host_keys",
+    up(db) {
+      db.exec(ADD_SANDBOX_SSH_HOST_KEYS);
     },
   },
   {

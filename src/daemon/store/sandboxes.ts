@@ -39,6 +39,8 @@ export interface Sandbox {
   vm_created: boolean;
   /** Cloud-init snippet to delete when the sandbox is destroyed. */
   snippet_path: string | null;
+  /** The guest's SSH host keys ("type base64") from its ready report; null when none were reported. */
+  ssh_host_keys: string[] | null;
   created_at: Date;
   updated_at: Date;
   last_used_at: Date | null;
@@ -83,6 +85,7 @@ export interface SandboxPatch {
   failure_reason?: string | null;
   vm_created?: boolean;
   snippet_path?: string | null;
+  ssh_host_keys?: readonly string[] | null;
   last_used_at?: Date | null;
 }
 
@@ -121,6 +124,7 @@ interface SandboxDbRow {
   failure_reason: string | null;
   vm_created: number;
   snippet_path: string | null;
+  ssh_host_keys: string | null;
   created_at: string;
   updated_at: string;
   last_used_at: string | null;
@@ -137,7 +141,7 @@ interface SandboxListParams {
 
 const COLUMNS =
   "vmid, name, profile, state, node, ip, workspace_id, keepalive, lease_expires_at, tags, failure_reason, " +
-  "vm_created, snippet_path, created_at, updated_at, last_used_at";
+  "vm_created, snippet_path, ssh_host_keys, created_at, updated_at, last_used_at";
 
 function fromRow(row: SandboxDbRow): Sandbox {
   if (!isSandboxState(row.state)) {
@@ -160,10 +164,27 @@ function fromRow(row: SandboxDbRow): Sandbox {
     failure_reason: row.failure_reason,
     vm_created: row.vm_created !== 0,
     snippet_path: row.snippet_path,
+    ssh_host_keys: decodeHostKeys(row.ssh_host_keys),
     created_at: fromDbTime(row.created_at),
     updated_at: fromDbTime(row.updated_at),
     last_used_at: fromDbTimeOrNull(row.last_used_at),
   };
+}
+
+/** Host keys are stored as a JSON array; an empty list is stored as NULL (none reported). */
+function encodeHostKeys(keys: readonly string[] | null | undefined): string | null {
+  return keys && keys.length > 0 ? JSON.stringify(keys) : null;
+}
+
+function decodeHostKeys(text: string | null): string[] | null {
+  if (text === null) return null;
+  try {
+    const keys: unknown = JSON.parse(text);
+    if (Array.isArray(keys) && keys.every((key) => typeof key === "string")) return keys;
+  } catch {
+    // fall through: a damaged value is as good as none, and exec then refuses with "no host keys"
+  }
+  return null;
 }
 
 /** Tags are stored comma-joined (upstream's format), so a tag may not contain a comma. */
@@ -190,7 +211,7 @@ export function createSandboxRepo(db: Database.Database, now: () => Date): Sandb
   );
   const insertStmt = db.prepare<SandboxInsertParams, SandboxDbRow>(
     `INSERT INTO sandboxes (${COLUMNS}) VALUES (@vmid, @name, @profile, @state, @node, @ip, @workspace_id, ` +
-      "@keepalive, @lease_expires_at, @tags, @failure_reason, @vm_created, @snippet_path, @created_at, " +
+      "@keepalive, @lease_expires_at, @tags, @failure_reason, @vm_created, @snippet_path, @ssh_host_keys, @created_at, " +
       `@updated_at, @last_used_at) RETURNING ${COLUMNS}`,
   );
   const getStmt = db.prepare<[number], SandboxDbRow>(`SELECT ${COLUMNS} FROM sandboxes WHERE vmid = ?`);
@@ -247,6 +268,7 @@ export function createSandboxRepo(db: Database.Database, now: () => Date): Sandb
         failure_reason: row.failure_reason ?? null,
         vm_created: row.vm_created ? 1 : 0,
         snippet_path: row.snippet_path ?? null,
+        ssh_host_keys: null,
         created_at: created,
         updated_at: created,
         last_used_at: toDbTimeOrNull(row.last_used_at),
@@ -298,6 +320,9 @@ export function createSandboxRepo(db: Database.Database, now: () => Date): Sandb
             break;
           case "tags":
             values[key] = encodeTags(value as string[]);
+            break;
+          case "ssh_host_keys":
+            values[key] = encodeHostKeys(value as string[] | null);
             break;
           case "ip":
             values[key] = value === "" ? null : value;

@@ -447,7 +447,7 @@ async function boot(run: Run, cleanAfter: boolean): Promise<SandboxJson> {
   await backend.start(vm, { signal: op.signal });
 
   reportStep(op, row.vmid, "wait-guest", "waiting for the guest to report its address");
-  const { ip, via, phoneHomeMissed } = await firstGuestAddress(
+  const { ip, via, phoneHomeMissed, hostKeys } = await firstGuestAddress(
     ctx.guestReady,
     row.vmid,
     op.signal,
@@ -468,7 +468,8 @@ async function boot(run: Run, cleanAfter: boolean): Promise<SandboxJson> {
       `sandbox ${row.vmid}: no phone-home within ${waited}; READY by the guest agent`,
     );
   }
-  transitionSandbox(ctx.store, row.vmid, "READY", { patch: { ip } });
+  // This boot's keys replace whatever an earlier boot of the VMID reported; none reported clears them.
+  transitionSandbox(ctx.store, row.vmid, "READY", { patch: { ip, ssh_host_keys: hostKeys ?? null } });
   await ctx.network?.bind(row.vmid, netMac(run.cloned?.net0), ip, profile.network.mode);
   recordEvent(ctx, row.vmid, "sandbox.slo.ready", `ready at ${ip}`, {
     duration_ms: ctx.clock.now().getTime() - row.created_at.getTime(),
