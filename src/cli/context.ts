@@ -3,6 +3,7 @@ import {
   DEFAULT_SOCKET_PATH,
   type Method,
   type ParamsOf,
+  type ProgressValue,
   parseDuration,
   type ResultOf,
 } from "../protocol/index.js";
@@ -84,7 +85,21 @@ export interface Outcome {
 export interface CommandContext {
   args: GlobalArgs;
   out: Output;
-  call<M extends Method>(method: M, params: Omit<ParamsOf<M>, "progress_token">): Promise<ResultOf<M>>;
+  call<M extends Method>(
+    method: M,
+    params: Omit<ParamsOf<M>, "progress_token">,
+    options?: CallOverrides,
+  ): Promise<ResultOf<M>>;
+}
+
+/** What a command may set for one call instead of the defaults. */
+export interface CallOverrides {
+  /** Receives the progress instead of the progress lines on stderr (sandbox exec's output). */
+  onProgress?: (value: ProgressValue) => void;
+  /** The longest silence from the daemon, instead of --timeout or the default. */
+  timeoutMs?: number;
+  /** What the first Ctrl-C prints (the default speaks of a rollback). */
+  cancelMessage?: string;
 }
 
 /**
@@ -95,20 +110,22 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
   return {
     args,
     out,
-    async call(method, params) {
+    async call(method, params, overrides = {}) {
       const timeoutMs =
-        args.timeout !== undefined
+        overrides.timeoutMs ??
+        (args.timeout !== undefined
           ? parseTimeout(args.timeout)
           : method.progress
             ? DEFAULT_PROGRESS_TIMEOUT_MS
-            : DEFAULT_TIMEOUT_MS;
+            : DEFAULT_TIMEOUT_MS);
       const abort = new AbortController();
       let interrupts = 0;
       const onSigint = () => {
         interrupts++;
         if (interrupts === 1) {
           out.stderr(
-            "cancelling… (press Ctrl-C again to stop waiting; the daemon then finishes the rollback alone)\n",
+            overrides.cancelMessage ??
+              "cancelling… (press Ctrl-C again to stop waiting; the daemon then finishes the rollback alone)\n",
           );
           abort.abort();
         } else {
@@ -119,7 +136,7 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
       const connection = connectionOf(args);
       process.on("SIGINT", onSigint);
       try {
-        const onProgress = progressPrinter(out, args.json);
+        const onProgress = overrides.onProgress ?? progressPrinter(out, args.json);
         return await call(
           {
             socketPath: connection.kind === "socket" ? connection.path : args.socket,

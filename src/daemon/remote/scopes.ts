@@ -20,6 +20,7 @@ import {
   sandboxCreate,
   sandboxDestroy,
   sandboxDoctor,
+  sandboxExec,
   sandboxInventory,
   sandboxLeaseRenew,
   sandboxList,
@@ -141,6 +142,7 @@ export const REMOTE_METHODS: ReadonlyMap<Method, Requirement> = new Map<Method, 
   [sandboxRevert, onSandbox],
   [sandboxSnapshotSave, onSandbox],
   [sandboxSnapshotRestore, onSandbox],
+  [sandboxExec, onSandbox],
   [
     jobRun,
     {
