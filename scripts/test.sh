@@ -34,6 +34,8 @@ command -v genisoimage >/dev/null 2>&1 || need_apt="$need_apt genisoimage"
 ls /boot/vmlinuz-* >/dev/null 2>&1 || need_apt="$need_apt linux-image-amd64"
 { command -v mkinitramfs || [ -x /usr/sbin/mkinitramfs ]; } >/dev/null 2>&1 || need_apt="$need_apt initramfs-tools"
 command -v ssh >/dev/null 2>&1 || need_apt="$need_apt openssh-client"
+# sandbox exec's test logs in to a real OpenSSH sshd (test/integration/sandbox-exec.test.ts).
+[ -x /usr/sbin/sshd ] || need_apt="$need_apt openssh-server"
 # The real-guest suite's sandbox network (scripts/dev/guest-net): DHCP and DNS on vmbr1 as on a host.
 { command -v dnsmasq || [ -x /usr/sbin/dnsmasq ]; } >/dev/null 2>&1 || need_apt="$need_apt dnsmasq-base"
 if [ -n "$need_apt" ]; then
