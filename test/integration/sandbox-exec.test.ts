@@ -72,6 +72,8 @@ describe("sandbox exec against a real sshd", { skip }, () => {
         "bootstrap_listen: 127.0.0.1:0",
         "agent_subnet: 0.0.0.0/1",
         "phone_home_grace: 10s",
+        // The namespace has its own ports: the remote listener cannot clash with anything outside.
+        "control_listen: 127.0.0.1:8845",
       ].join("\n"),
       { PATH: s.env.PATH, PVESIM_DIR: s.dir, PVESIM_NODE_BIN: process.execPath },
     );
@@ -294,6 +296,49 @@ describe("sandbox exec against a real sshd", { skip }, () => {
       "sleep 60; echo not reached",
     ]);
     assert.deepEqual([asJson.body.exit_code, asJson.body.signal, asJson.body.timed_out], [137, "KILL", true]);
+  });
+
+  test("through agentlab connect: the same streams and exit code over the WebSocket", async () => {
+    const token = await json<{ secret: string }>([
+      "token",
+      "create",
+      "--name",
+      "exec",
+      "--scope",
+      "operate",
+      "--all",
+    ]);
+    assert.equal(token.code, 0, token.stderr);
+    const home = join(dir, "client-home");
+    mkdirSync(home);
+    // The CLI runs in the daemon's namespace too, where the listener's loopback address is.
+    const remote = (args: string[]) =>
+      runCli(args, {
+        command: ["ip", "netns", "exec", NS, process.execPath],
+        env: { XDG_CONFIG_HOME: home, AGENTLAB_ENDPOINT: "", AGENTLAB_TOKEN: "", AGENTLAB_SOCKET: "" },
+      });
+    const connected = await remote([
+      "connect",
+      "--endpoint",
+      "https://127.0.0.1:8845",
+      "--token",
+      token.body.secret,
+    ]);
+    assert.equal(connected.code, 0, connected.stderr);
+    const run = await remote([
+      "sandbox",
+      "exec",
+      String(vmid),
+      "--user",
+      "root",
+      "--",
+      "sh",
+      "-c",
+      "echo remote; echo err >&2; exit 5",
+    ]);
+    assert.equal(run.code, 5, run.stderr);
+    assert.equal(run.stdout, "remote\n");
+    assert.equal(run.stderr, "err\n");
   });
 
   test("a user the daemon's key is not authorized for: refused, and what to do", async () => {
