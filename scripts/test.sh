@@ -34,7 +34,8 @@ command -v genisoimage >/dev/null 2>&1 || need_apt="$need_apt genisoimage"
 ls /boot/vmlinuz-* >/dev/null 2>&1 || need_apt="$need_apt linux-image-amd64"
 { command -v mkinitramfs || [ -x /usr/sbin/mkinitramfs ]; } >/dev/null 2>&1 || need_apt="$need_apt initramfs-tools"
 command -v ssh >/dev/null 2>&1 || need_apt="$need_apt openssh-client"
-# agentlab ssh's system test (test/system/ssh.test.ts) runs real sshd processes as the sandbox and the jump host.
+# Real OpenSSH sshd processes: agentlab ssh's system test (test/system/ssh.test.ts: the sandbox and the
+# jump host) and sandbox exec's test (test/integration/sandbox-exec.test.ts).
 { command -v sshd || [ -x /usr/sbin/sshd ]; } >/dev/null 2>&1 || need_apt="$need_apt openssh-server"
 # The real-guest suite's sandbox network (scripts/dev/guest-net): DHCP and DNS on vmbr1 as on a host.
 { command -v dnsmasq || [ -x /usr/sbin/dnsmasq ]; } >/dev/null 2>&1 || need_apt="$need_apt dnsmasq-base"

@@ -83,13 +83,21 @@ export interface Outcome {
 }
 
 /** For calls that stream (job logs --follow): their own notification handler, silence limit and stop. */
+/** What a command may set for one call instead of the defaults. */
 export interface CallOptions {
-  /** Replaces the progress printer: every $/progress value of the call goes here. */
+  /** Replaces the progress printer: every $/progress value of the call goes here (job logs, exec output). */
   onProgress?: (value: ProgressValue) => void;
-  /** Longest silence from the daemon, unless --timeout is given. */
+  /** Longest silence from the daemon when --timeout is not given. */
   timeoutMs?: number;
+  /**
+   * Longest silence from the daemon even when --timeout is given: for sandbox exec, whose --timeout is
+   * the command's own limit and not the wait for the daemon.
+   */
+  waitMs?: number;
   /** Stops the call (sent to the daemon as a cancellation). */
   signal?: AbortSignal;
+  /** What the first Ctrl-C prints (the default speaks of a rollback). */
+  cancelMessage?: string;
 }
 
 export interface CommandContext {
@@ -112,9 +120,10 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
     out,
     async call(method, params, options = {}) {
       const timeoutMs =
-        args.timeout !== undefined
+        options.waitMs ??
+        (args.timeout !== undefined
           ? parseTimeout(args.timeout)
-          : (options.timeoutMs ?? (method.progress ? DEFAULT_PROGRESS_TIMEOUT_MS : DEFAULT_TIMEOUT_MS));
+          : (options.timeoutMs ?? (method.progress ? DEFAULT_PROGRESS_TIMEOUT_MS : DEFAULT_TIMEOUT_MS)));
       const abort = new AbortController();
       const onStop = () => abort.abort();
       if (options.signal?.aborted) abort.abort();
@@ -124,7 +133,8 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
         interrupts++;
         if (interrupts === 1) {
           out.stderr(
-            "cancelling… (press Ctrl-C again to stop waiting; the daemon then finishes the rollback alone)\n",
+            options.cancelMessage ??
+              "cancelling… (press Ctrl-C again to stop waiting; the daemon then finishes the rollback alone)\n",
           );
           abort.abort();
         } else {

@@ -5,6 +5,7 @@ import type { GuestReadiness } from "./guest/ready-waiters.js";
 import type { Logger } from "./log.js";
 import type { ProxmoxBackend } from "./proxmox/types.js";
 import type { SandboxNetworking } from "./services/sandbox-network.js";
+import type { SshIdentity } from "./ssh/identity.js";
 import type { Store } from "./store/db.js";
 
 // Clock lives in its own module so that modules the context names (guest/*) need not import the context.
@@ -47,6 +48,8 @@ export interface DaemonContext {
   guestReady?: GuestReadiness;
   log: Logger;
   clock: Clock;
+  /** The daemon's SSH key for guests (exec, cp); absent in tests that build a bare context. */
+  sshIdentity?: SshIdentity;
   /** The remote control listener once it listens (control_listen), for daemon.status. */
   control?: { url: string; fingerprint: string };
   startedAt: Date;

@@ -18,6 +18,7 @@ import { registerHandlers } from "./rpc/handlers.js";
 import { RpcServer } from "./rpc/server.js";
 import { claimSocketPath } from "./rpc/socket.js";
 import { SandboxNetworking } from "./services/sandbox-network.js";
+import { loadSshIdentity } from "./ssh/identity.js";
 import { createBootstrapTokenRepo } from "./store/bootstrap-tokens.js";
 import { openStore, type Store } from "./store/db.js";
 
@@ -74,6 +75,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         { findPort: bridgePortFinder(execaRunner()) },
       ),
       guestReady,
+      sshIdentity: loadSshIdentity(config.data_dir),
       log,
       clock,
       startedAt: clock.now(),

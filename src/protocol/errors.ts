@@ -256,6 +256,22 @@ export const ERROR_CODES = {
     exit: 1,
     hint: "fix control_listen (or control_tls_cert / control_tls_key) in the config file, then restart the daemon: systemctl restart agentlabd",
   },
+  // sandbox exec: raised by the daemon, which connects to the guest over SSH with its own key.
+  GUEST_UNREACHABLE: {
+    rpc: 2000,
+    exit: 1,
+    hint: "check that the sandbox is RUNNING with an IP (agentlab sandbox show <vmid>) and that its sshd is up",
+  },
+  GUEST_AUTH_FAILED: {
+    rpc: 2001,
+    exit: 1,
+    hint: "the guest refused agentlabd's SSH key; a sandbox created before agentlabd had its key does not carry it: recreate it",
+  },
+  HOST_KEY_MISMATCH: {
+    rpc: 2002,
+    exit: 1,
+    hint: "the guest's SSH host key is not the one it reported when it booted; if the guest was rebuilt on purpose, recreate the sandbox",
+  },
   // agentlab ssh: raised by the CLI itself (it connects to the sandbox, not the daemon).
   SSH_UNREACHABLE: {
     rpc: 2200,

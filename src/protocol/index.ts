@@ -4,6 +4,7 @@
  */
 import { daemonStatus } from "./daemon.js";
 import { jobDoctor, sandboxDoctor, sessionDoctor } from "./doctor.js";
+import { sandboxExec } from "./exec.js";
 import { daemonChecks } from "./init.js";
 import {
   jobArtifactRead,
@@ -68,6 +69,7 @@ import {
 export * from "./daemon.js";
 export * from "./doctor.js";
 export * from "./errors.js";
+export * from "./exec.js";
 export * from "./init.js";
 export * from "./job.js";
 export * from "./maintenance.js";
@@ -105,6 +107,7 @@ export const METHODS: readonly Method[] = [
   sandboxSnapshotSave,
   sandboxSnapshotList,
   sandboxSnapshotRestore,
+  sandboxExec,
   workspaceCreate,
   workspaceList,
   workspaceShow,

@@ -11,6 +11,8 @@ export const ProgressValue = z.object({
   message: z.string(),
   done: z.number().int().nonnegative().optional(),
   total: z.number().int().nonnegative().optional(),
+  /** base64 bytes a step carries: sandbox exec's output (steps stdout and stderr). */
+  data: z.string().optional(),
 });
 export type ProgressValue = z.infer<typeof ProgressValue>;
 

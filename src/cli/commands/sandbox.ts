@@ -39,6 +39,7 @@ import { type CommandContext, execute, type GlobalArgs } from "../context.js";
 import { doctorCommand } from "../doctor.js";
 import { ttlOption, vmidArg } from "../options.js";
 import { fields, table } from "../render.js";
+import { execCommand } from "./sandbox-exec.js";
 import { inventoryCommand, reconcileCommand } from "./sandbox-maintenance.js";
 
 type Args<T> = GlobalArgs & T;
@@ -795,6 +796,7 @@ export const sandboxCommand: CommandModule<GlobalArgs, GlobalArgs> = {
       .command(reconcileCommand)
       .command(leaseCommand)
       .command(logsCommand("logs"))
+      .command(execCommand)
       .command(doctorCommand("sandbox"))
       .demandCommand(1, "name a sandbox command"),
   handler: () => {},

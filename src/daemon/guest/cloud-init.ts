@@ -8,6 +8,8 @@ export interface UserDataInput {
   vmid: number;
   hostname: string;
   sshPublicKey?: string;
+  /** agentlabd's own key (sandbox exec, sandbox cp): authorized for `agent` next to sshPublicKey. */
+  daemonPublicKey?: string;
   /** The phone-home: the guest reports to `<controllerUrl>/v1/guest/ready` with this token once booted. */
   bootstrap?: { token: string; controllerUrl: string };
   /**
@@ -120,7 +122,8 @@ export function renderUserData(input: UserDataInput): string {
     sudo: "ALL=(ALL) NOPASSWD:ALL",
     lock_passwd: true,
   };
-  if (input.sshPublicKey) user.ssh_authorized_keys = [input.sshPublicKey];
+  const keys = [input.sshPublicKey, input.daemonPublicKey].filter((key): key is string => Boolean(key));
+  if (keys.length > 0) user.ssh_authorized_keys = keys;
   if (input.job && !input.bootstrap) {
     throw new Error("a job sandbox needs the bootstrap controller URL: render it with bootstrap too");
   }

@@ -25,6 +25,7 @@ import {
   sandboxCreate,
   sandboxDestroy,
   sandboxDoctor,
+  sandboxExec,
   sandboxInventory,
   sandboxLeaseRenew,
   sandboxList,
@@ -152,6 +153,7 @@ export const REMOTE_METHODS: ReadonlyMap<Method, Requirement> = new Map<Method, 
   [sandboxRevert, onSandbox],
   [sandboxSnapshotSave, onSandbox],
   [sandboxSnapshotRestore, onSandbox],
+  [sandboxExec, onSandbox],
   [
     jobRun,
     {

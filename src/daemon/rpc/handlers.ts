@@ -36,6 +36,7 @@ import { daemonStatus as statusOf } from "../services/status.js";
 import { WorkspaceService } from "../services/workspaces/service.js";
 import { createApiTokenRepo } from "../store/api-tokens.js";
 import { registerDoctorHandlers } from "./doctor-handlers.js";
+import { registerExecHandlers } from "./exec-handlers.js";
 import { registerJobHandlers } from "./job-handlers.js";
 import { operation } from "./operation.js";
 import type { RpcServer } from "./server.js";
@@ -78,6 +79,7 @@ export function registerHandlers(
   );
   server.register(sandboxPrune, (_params, call) => sandboxes.prune(operation(call)));
   server.register(sandboxStart, (params, call) => sandboxes.start(params.vmid, operation(call)));
+  registerExecHandlers(server, ctx);
   server.register(sandboxStop, (params, call) => sandboxes.stop(params.vmid, operation(call)));
   server.register(sandboxLeaseRenew, (params) => sandboxes.leaseRenew(params.vmid, params.ttl_minutes));
   server.register(sandboxLogs, (params) => sandboxes.logs(params.vmid, params));

@@ -366,6 +366,7 @@ async function prepare(run: Run, cleanNow: boolean): Promise<void> {
       vmid: row.vmid,
       hostname: row.name,
       ...(config.ssh_public_key ? { sshPublicKey: config.ssh_public_key } : {}),
+      ...(ctx.sshIdentity ? { daemonPublicKey: ctx.sshIdentity.publicKey } : {}),
       ...(phoneHome ? { bootstrap: phoneHome } : {}),
       ...(job ? { job } : {}),
     }),

@@ -1,0 +1,67 @@
+/**
+ * `sandbox exec`: the daemon runs a command in a guest over SSH (its own key, the guest's recorded host
+ * keys) and streams the command's output back as `$/progress` notifications while it runs.
+ */
+import { z } from "zod";
+import { defineMethod } from "./method.js";
+import { progressToken } from "./progress.js";
+
+const vmid = z.number().int().min(100).max(999_999_999).describe("Proxmox VMID of the sandbox");
+
+/** stdin travels inside the request, so it must fit a frame (MAX_FRAME_BYTES) with room for the rest. */
+export const EXEC_MAX_STDIN_BYTES = 512 * 1024;
+
+/** Progress steps that carry the command's output (`data`: base64 bytes, in the order they came). */
+export const EXEC_STDOUT_STEP = "stdout";
+export const EXEC_STDERR_STEP = "stderr";
+
+/** A login name as useradd accepts it. */
+export const GUEST_USER_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
+
+export const sandboxExec = defineMethod({
+  method: "sandbox.exec",
+  summary:
+    "Run a command in a running sandbox (over SSH from the daemon, the guest's host key checked); stdout and stderr stream as progress notifications with base64 `data`, and the result is the exit code.",
+  params: z
+    .object({
+      vmid,
+      command: z
+        .array(z.string().max(64 * 1024))
+        .min(1, "give the command to run")
+        .max(4096)
+        .describe("argv: each element is quoted for the guest's shell"),
+      user: z.string().regex(GUEST_USER_RE, "a login name (lowercase letters, digits, _ and -)").optional(),
+      cwd: z.string().min(1).max(4096).optional().describe("directory to run in (default: the user's home)"),
+      env: z
+        .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "an environment variable name"), z.string())
+        .optional(),
+      timeout_ms: z
+        .number()
+        .int()
+        .positive()
+        .optional()
+        .describe("kill the command after this long (the result then says timed_out)"),
+      stdin: z
+        .string()
+        .max(Math.ceil(EXEC_MAX_STDIN_BYTES / 3) * 4)
+        .optional()
+        .describe("base64: the command's stdin, then end of file; absent: no input (EOF at once)"),
+      progress_token: progressToken,
+    })
+    .strict(),
+  result: z.object({
+    exit_code: z.number().int().describe("the command's exit status; 128+N when signal N ended it"),
+    signal: z.string().optional().describe("the signal that ended the command (e.g. KILL)"),
+    timed_out: z.boolean().optional().describe("timeout_ms passed and the command was killed"),
+    duration_ms: z.number().int().nonnegative(),
+  }),
+  progress: true,
+  errors: [
+    "SANDBOX_NOT_FOUND",
+    "INVALID_STATE",
+    "GUEST_UNREACHABLE",
+    "GUEST_AUTH_FAILED",
+    "HOST_KEY_MISMATCH",
+    "CANCELLED",
+  ],
+});
