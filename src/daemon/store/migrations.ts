@@ -258,6 +258,18 @@ ALTER TABLE workspaces ADD COLUMN owner_token TEXT;
 ALTER TABLE jobs ADD COLUMN owner_token TEXT;
 `;
 
+/**
+ * Credentials split off a job's repository URL at `job run` (https://user:pass@host/repo): the jobs row
+ * keeps the URL without them; the runner gets them in its one job fetch. Deleted when the job ends.
+ */
+const ADD_JOB_SECRETS = `
+CREATE TABLE job_secrets (
+  job_id        TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+  repo_username TEXT NOT NULL,
+  repo_password TEXT NOT NULL
+);
+`;
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
@@ -291,6 +303,14 @@ export const MIGRATIONS: readonly Migration[] = [
     name: "add_api_tokens",
     up(db) {
       db.exec(ADD_API_TOKENS);
+    },
+  },
+  // 5 and 6 are taken by work on other branches; the list only needs to ascend.
+  {
+    version: 7,
+    name: "add_job_secrets",
+    up(db) {
+      db.exec(ADD_JOB_SECRETS);
     },
   },
 ];

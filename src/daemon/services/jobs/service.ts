@@ -16,7 +16,9 @@ import { AgentlabError } from "../../../protocol/errors.js";
 import type { JobDetail, Job as JobJson, jobList, jobRun } from "../../../protocol/job.js";
 import type { DaemonContext } from "../../context.js";
 import type { GuestJobEndpoints } from "../../guest/listener.js";
+import { redacted, redactString } from "../../redact.js";
 import { transitionSandbox } from "../../state/sandbox.js";
+import { createJobSecretRepo, type JobSecretRepo, secretValues } from "../../store/job-secrets.js";
 import type { Job, JobStatus } from "../../store/jobs.js";
 import { describe } from "../maintenance-steps.js";
 import { backgroundOperation, type Operation } from "../operation.js";
@@ -24,6 +26,7 @@ import { templateNodeRefusal } from "../placement.js";
 import { resolveProfile } from "../sandbox/provision.js";
 import type { SandboxService } from "../sandboxes.js";
 import { jobJson } from "./json.js";
+import { type SplitRepoUrl, splitRepoCredentials } from "./repo-url.js";
 import { RunnerApi } from "./runner-api.js";
 
 type RunParams = z.output<typeof jobRun.params>;
@@ -36,18 +39,24 @@ export class JobService {
   readonly #inFlight = new Set<Promise<void>>();
   readonly #stop = new AbortController();
   readonly #runner: RunnerApi;
+  readonly #secrets: JobSecretRepo;
 
   constructor(
     private readonly ctx: DaemonContext,
     private readonly sandboxes: SandboxService,
   ) {
-    this.#runner = new RunnerApi(ctx, {
-      started: (job) => this.#event(job, "job.running", "the runner reported the job running"),
-      ended: (job) => {
-        this.#event(job, `job.${job.status.toLowerCase()}`, `the runner reported ${job.status}`);
-        this.#track(this.#finishSandbox(job));
+    this.#secrets = createJobSecretRepo(ctx.store);
+    this.#runner = new RunnerApi(
+      ctx,
+      {
+        started: (job) => this.#event(job, "job.running", "the runner reported the job running"),
+        ended: (job) => {
+          this.#event(job, `job.${job.status.toLowerCase()}`, `the runner reported ${job.status}`);
+          this.#track(this.#finishSandbox(job));
+        },
       },
-    });
+      this.#secrets,
+    );
   }
 
   /** The runner's endpoints on the guest listener. */
@@ -84,8 +93,10 @@ export class JobService {
     }
     await this.#refuseTemplateElsewhere(profile);
     const ttl = params.ttl_minutes ?? profile.behavior.ttl_minutes_default;
-    const job = this.#insertQueued({
-      repo_url: params.repo_url,
+    // Credentials in the URL never reach the jobs row: they wait in job_secrets for the runner's fetch.
+    const repo = splitRepoCredentials(params.repo_url);
+    const job = this.#insertQueued(repo, {
+      repo_url: repo.url,
       ref: params.ref ?? "main",
       profile: profile.name,
       status: "QUEUED",
@@ -97,7 +108,7 @@ export class JobService {
     });
     this.#event(job, "job.queued", `queued: ${job.repo_url}@${job.ref} with profile ${job.profile}`);
     this.#track(this.#provision(job));
-    return jobJson(job);
+    return jobJson(job, this.#secretValues(job.id));
   }
 
   /**
@@ -118,15 +129,21 @@ export class JobService {
 
   show(id: string, eventsTail: number = DEFAULT_EVENTS_TAIL): JobDetail {
     const job = this.#get(id);
-    const detail: JobDetail = jobJson(job);
+    const values = this.#secretValues(job.id);
+    const detail: JobDetail = jobJson(job, values);
     if (eventsTail > 0) {
-      detail.events = this.ctx.store.events.listForJob(job.id, { tail: eventsTail }).map((e) => ({
-        id: e.id,
-        ts: e.ts.toISOString(),
-        kind: e.kind,
-        ...(e.msg !== null ? { msg: e.msg } : {}),
-        ...(e.payload !== undefined && e.payload !== null ? { payload: e.payload } : {}),
-      }));
+      detail.events = this.ctx.store.events.listForJob(job.id, { tail: eventsTail }).map((e) =>
+        redacted(
+          {
+            id: e.id,
+            ts: e.ts.toISOString(),
+            kind: e.kind,
+            ...(e.msg !== null ? { msg: e.msg } : {}),
+            ...(e.payload !== undefined && e.payload !== null ? { payload: e.payload } : {}),
+          },
+          values,
+        ),
+      );
     }
     return detail;
   }
@@ -136,7 +153,7 @@ export class JobService {
       ...(params.status !== undefined ? { status: params.status } : {}),
       limit: params.limit ?? 100,
     });
-    return { jobs: rows.map(jobJson) };
+    return { jobs: rows.map((job) => jobJson(job, this.#secretValues(job.id))) };
   }
 
   /**
@@ -161,6 +178,8 @@ export class JobService {
         if (running) this.#event(running, "job.running", `sandbox ${sandbox.vmid} is running`);
       }
     }
+    // Jobs that ended while the daemon was away (reaper, recovery) need their credentials no more.
+    this.#secrets.deleteForEndedJobs();
     const live = [
       ...ctx.store.sandboxes.list({ state: "READY" }),
       ...ctx.store.sandboxes.list({ state: "RUNNING" }),
@@ -186,6 +205,11 @@ export class JobService {
     }
   }
 
+  /** The exact secret values of a job still running (its repository credentials), for redaction. */
+  #secretValues(jobId: string): string[] {
+    return secretValues(this.#secrets.get(jobId));
+  }
+
   #get(id: string): Job {
     const job = this.ctx.store.jobs.get(id);
     if (!job) {
@@ -195,10 +219,17 @@ export class JobService {
   }
 
   /** Insert with a fresh `job_<16 hex>` id; a clash (astronomically unlikely) draws again. */
-  #insertQueued(fields: Omit<Parameters<DaemonContext["store"]["jobs"]["insert"]>[0], "id">): Job {
+  #insertQueued(
+    repo: SplitRepoUrl,
+    fields: Omit<Parameters<DaemonContext["store"]["jobs"]["insert"]>[0], "id">,
+  ): Job {
     for (let attempt = 1; ; attempt++) {
       try {
-        return this.ctx.store.jobs.insert({ ...fields, id: `job_${randomBytes(8).toString("hex")}` });
+        return this.ctx.store.tx(() => {
+          const job = this.ctx.store.jobs.insert({ ...fields, id: `job_${randomBytes(8).toString("hex")}` });
+          if (repo.credentials) this.#secrets.set(job.id, repo.credentials);
+          return job;
+        });
       } catch (error) {
         if (attempt >= 5 || !(error instanceof AgentlabError) || error.code !== "CONFLICT") throw error;
       }
@@ -244,9 +275,13 @@ export class JobService {
       const running = ctx.store.jobs.markRunning(job.id);
       if (running) this.#event(running, "job.running", `sandbox ${sandbox.vmid} is running`);
     } catch (error) {
-      const reason = `could not provision the job's sandbox: ${describe(error)}`;
+      const reason = redactString(
+        `could not provision the job's sandbox: ${describe(error)}`,
+        this.#secretValues(job.id),
+      );
       const ended = ctx.store.jobs.end(job.id, "FAILED", reason);
       if (ended) this.#event(ended, "job.failed", reason);
+      this.#secrets.deleteForEndedJobs();
       ctx.log.warn({ job_id: job.id, err: error }, reason);
     }
   }
