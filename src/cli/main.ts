@@ -7,6 +7,7 @@ import { completionCommand } from "./commands/completion.js";
 import { connectCommand, disconnectCommand } from "./commands/connect.js";
 import { initCommand } from "./commands/init.js";
 import { jobCommand } from "./commands/job.js";
+import { maintenanceCommand } from "./commands/maintenance.js";
 import { profileCommand } from "./commands/profile.js";
 import { sandboxCommand, sandboxShortcuts } from "./commands/sandbox.js";
 import { sessionCommand } from "./commands/session.js";
@@ -125,6 +126,7 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
     .command(connectCommand)
     .command(disconnectCommand)
     .command(tokenCommand)
+    .command(maintenanceCommand)
     .command(versionCommand)
     .command(completionCommand)
     .completion("__complete", false)

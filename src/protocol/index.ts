@@ -6,7 +6,7 @@ import { daemonStatus } from "./daemon.js";
 import { jobDoctor, sandboxDoctor, sessionDoctor } from "./doctor.js";
 import { daemonChecks } from "./init.js";
 import { jobList, jobRun, jobShow } from "./job.js";
-import { sandboxInventory, sandboxReconcile } from "./maintenance.js";
+import { maintenanceRun, sandboxInventory, sandboxReconcile } from "./maintenance.js";
 import type { Method } from "./method.js";
 import { profileList } from "./profile.js";
 import {
@@ -126,6 +126,7 @@ export const METHODS: readonly Method[] = [
   tokenCreate,
   tokenList,
   tokenRevoke,
+  maintenanceRun,
 ];
 
 /** Frames larger than this close the connection: no legitimate request comes near it. */

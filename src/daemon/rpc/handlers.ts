@@ -1,6 +1,7 @@
 import {
   daemonChecks,
   daemonStatus,
+  maintenanceRun,
   profileList,
   sandboxCreate,
   sandboxDestroy,
@@ -26,6 +27,7 @@ import type { DaemonContext } from "../context.js";
 import { TokenService } from "../remote/tokens.js";
 import { daemonChecks as checksOf } from "../services/checks.js";
 import { DoctorService } from "../services/doctor.js";
+import { HousekeepingService } from "../services/housekeeping.js";
 import { JobService } from "../services/jobs/service.js";
 import { type MaintenanceOptions, MaintenanceService } from "../services/maintenance.js";
 import { listProfiles } from "../services/profiles.js";
@@ -51,6 +53,7 @@ export function registerHandlers(
 ): {
   sandboxes: SandboxService;
   maintenance: MaintenanceService;
+  housekeeping: HousekeepingService;
   workspaces: WorkspaceService;
   jobs: JobService;
   tokens: TokenService;
@@ -77,6 +80,10 @@ export function registerHandlers(
     sandboxes.destroy(params.vmid, params.force === true, operation(call)),
   );
   server.register(sandboxPrune, (_params, call) => sandboxes.prune(operation(call)));
+  const housekeeping = new HousekeepingService(ctx, sandboxes);
+  server.register(maintenanceRun, (params, call) =>
+    housekeeping.run(params.dry_run === true, operation(call)),
+  );
   server.register(sandboxStart, (params, call) => sandboxes.start(params.vmid, operation(call)));
   server.register(sandboxStop, (params, call) => sandboxes.stop(params.vmid, operation(call)));
   server.register(sandboxLeaseRenew, (params) => sandboxes.leaseRenew(params.vmid, params.ttl_minutes));
@@ -104,5 +111,5 @@ export function registerHandlers(
   registerJobHandlers(server, jobs);
   const tokens = new TokenService(() => createApiTokenRepo(ctx.store), ctx.clock);
   registerTokenHandlers(server, tokens);
-  return { sandboxes, maintenance, workspaces, jobs, tokens };
+  return { sandboxes, maintenance, housekeeping, workspaces, jobs, tokens };
 }

@@ -21,6 +21,8 @@ export interface JobSecretRepo {
   delete(jobId: string): boolean;
   /** Delete the credentials of every job that has ended. Returns how many. */
   deleteForEndedJobs(): number;
+  /** How many deleteForEndedJobs would remove (maintenance's dry run). */
+  countForEndedJobs(): number;
 }
 
 interface Row {
@@ -37,8 +39,10 @@ export function createJobSecretRepo(store: Store): JobSecretRepo {
     "SELECT repo_username, repo_password FROM job_secrets WHERE job_id = ?",
   );
   const deleteStmt = db.prepare<[string]>("DELETE FROM job_secrets WHERE job_id = ?");
-  const deleteEndedStmt = db.prepare(
-    "DELETE FROM job_secrets WHERE job_id IN (SELECT id FROM jobs WHERE status NOT IN ('QUEUED', 'RUNNING'))",
+  const ENDED = "job_id IN (SELECT id FROM jobs WHERE status NOT IN ('QUEUED', 'RUNNING'))";
+  const deleteEndedStmt = db.prepare(`DELETE FROM job_secrets WHERE ${ENDED}`);
+  const countEndedStmt = db.prepare<[], { n: number }>(
+    `SELECT count(*) AS n FROM job_secrets WHERE ${ENDED}`,
   );
   const run = <T>(fn: () => T): T => {
     try {
@@ -60,6 +64,9 @@ export function createJobSecretRepo(store: Store): JobSecretRepo {
     },
     deleteForEndedJobs() {
       return run(() => deleteEndedStmt.run()).changes;
+    },
+    countForEndedJobs() {
+      return run(() => countEndedStmt.get()?.n ?? 0);
     },
   };
 }
