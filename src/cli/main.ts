@@ -5,6 +5,7 @@ import { AgentlabError } from "../protocol/index.js";
 import { VERSION } from "../version.js";
 import { completionCommand } from "./commands/completion.js";
 import { connectCommand, disconnectCommand } from "./commands/connect.js";
+import { dbCommand } from "./commands/db.js";
 import { initCommand } from "./commands/init.js";
 import { jobCommand } from "./commands/job.js";
 import { maintenanceCommand } from "./commands/maintenance.js";
@@ -127,6 +128,7 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
     .command(disconnectCommand)
     .command(tokenCommand)
     .command(maintenanceCommand)
+    .command(dbCommand)
     .command(versionCommand)
     .command(completionCommand)
     .completion("__complete", false)

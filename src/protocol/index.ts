@@ -3,6 +3,7 @@
  * nothing in it imports anything else of ours.
  */
 import { daemonStatus } from "./daemon.js";
+import { dbBackup, dbCheck } from "./database.js";
 import { jobDoctor, sandboxDoctor, sessionDoctor } from "./doctor.js";
 import { daemonChecks } from "./init.js";
 import { jobList, jobRun, jobShow } from "./job.js";
@@ -57,6 +58,7 @@ import {
 } from "./workspace.js";
 
 export * from "./daemon.js";
+export * from "./database.js";
 export * from "./doctor.js";
 export * from "./errors.js";
 export * from "./init.js";
@@ -127,6 +129,8 @@ export const METHODS: readonly Method[] = [
   tokenList,
   tokenRevoke,
   maintenanceRun,
+  dbBackup,
+  dbCheck,
 ];
 
 /** Frames larger than this close the connection: no legitimate request comes near it. */

@@ -1,6 +1,8 @@
 import {
   daemonChecks,
   daemonStatus,
+  dbBackup,
+  dbCheck,
   maintenanceRun,
   profileList,
   sandboxCreate,
@@ -26,6 +28,7 @@ import { sandboxInventory, sandboxReconcile } from "../../protocol/maintenance.j
 import type { DaemonContext } from "../context.js";
 import { TokenService } from "../remote/tokens.js";
 import { daemonChecks as checksOf } from "../services/checks.js";
+import { DatabaseService } from "../services/database.js";
 import { DoctorService } from "../services/doctor.js";
 import { HousekeepingService } from "../services/housekeeping.js";
 import { JobService } from "../services/jobs/service.js";
@@ -81,6 +84,9 @@ export function registerHandlers(
   );
   server.register(sandboxPrune, (_params, call) => sandboxes.prune(operation(call)));
   const housekeeping = new HousekeepingService(ctx, sandboxes);
+  const database = new DatabaseService(ctx);
+  server.register(dbBackup, (params) => database.backup(params.out, params.keep));
+  server.register(dbCheck, () => database.check());
   server.register(maintenanceRun, (params, call) =>
     housekeeping.run(params.dry_run === true, operation(call)),
   );
