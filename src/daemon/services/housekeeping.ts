@@ -59,13 +59,17 @@ function step(name: HousekeepingStep["step"]): HousekeepingStep {
 }
 
 export class HousekeepingService {
-  readonly #sql: Housekeeping;
+  #statements: Housekeeping | undefined;
 
   constructor(
     private readonly ctx: DaemonContext,
     private readonly sandboxes: SandboxService,
-  ) {
-    this.#sql = createHousekeeping(ctx.store);
+  ) {}
+
+  /** Prepared on first use: registering the handlers must not touch the database. */
+  get #sql(): Housekeeping {
+    this.#statements ??= createHousekeeping(this.ctx.store);
+    return this.#statements;
   }
 
   /** When the last real run happened, for `agentlab status`. */

@@ -30,6 +30,22 @@ interface Row {
   repo_password: string;
 }
 
+/** Statements are prepared on first use, so a service may hold one before the database is open. */
+export function lazyJobSecretRepo(store: () => Store): JobSecretRepo {
+  let repo: JobSecretRepo | undefined;
+  const get = () => {
+    repo ??= createJobSecretRepo(store());
+    return repo;
+  };
+  return {
+    set: (jobId, credentials) => get().set(jobId, credentials),
+    get: (jobId) => get().get(jobId),
+    delete: (jobId) => get().delete(jobId),
+    deleteForEndedJobs: () => get().deleteForEndedJobs(),
+    countForEndedJobs: () => get().countForEndedJobs(),
+  };
+}
+
 export function createJobSecretRepo(store: Store): JobSecretRepo {
   const db: Database.Database = store.db;
   const setStmt = db.prepare<[string, string, string]>(

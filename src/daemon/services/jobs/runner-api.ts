@@ -11,7 +11,7 @@ import { JOB_STATUSES } from "../../../protocol/job.js";
 import type { DaemonContext } from "../../context.js";
 import { type GuestAnswer, REFUSED, RUNNER_REPORT_PATH } from "../../guest/listener.js";
 import { redacted, redactString } from "../../redact.js";
-import { createJobSecretRepo, type JobSecretRepo, secretValues } from "../../store/job-secrets.js";
+import { type JobSecretRepo, lazyJobSecretRepo, secretValues } from "../../store/job-secrets.js";
 import type { Job, JobStatus } from "../../store/jobs.js";
 
 export const RUNNER_REFUSED = {
@@ -111,7 +111,7 @@ export class RunnerApi {
     private readonly effects: ReportEffects,
     secrets?: JobSecretRepo,
   ) {
-    this.secrets = secrets ?? createJobSecretRepo(ctx.store);
+    this.secrets = secrets ?? lazyJobSecretRepo(() => ctx.store);
   }
 
   fetch(text: string): GuestAnswer {

@@ -18,7 +18,7 @@ import type { DaemonContext } from "../../context.js";
 import type { GuestJobEndpoints } from "../../guest/listener.js";
 import { redacted, redactString } from "../../redact.js";
 import { transitionSandbox } from "../../state/sandbox.js";
-import { createJobSecretRepo, type JobSecretRepo, secretValues } from "../../store/job-secrets.js";
+import { type JobSecretRepo, lazyJobSecretRepo, secretValues } from "../../store/job-secrets.js";
 import type { Job, JobStatus } from "../../store/jobs.js";
 import { describe } from "../maintenance-steps.js";
 import { backgroundOperation, type Operation } from "../operation.js";
@@ -45,7 +45,7 @@ export class JobService {
     private readonly ctx: DaemonContext,
     private readonly sandboxes: SandboxService,
   ) {
-    this.#secrets = createJobSecretRepo(ctx.store);
+    this.#secrets = lazyJobSecretRepo(() => ctx.store);
     this.#runner = new RunnerApi(
       ctx,
       {
