@@ -7,7 +7,9 @@
 #
 # Layout: code in /opt/agentlab, launchers /usr/local/bin/agentlab{,d}, config /etc/agentlab (0750) with
 # config.yaml (0600, written only if missing) and profiles/ (copied only if missing), data
-# /var/lib/agentlab (0750), unit /etc/systemd/system/agentlabd.service, group agentlab.
+# /var/lib/agentlab (0750), unit /etc/systemd/system/agentlabd.service, group agentlab, and the timers
+# agentlab-maintenance.timer (daily `agentlab maintenance run`) and agentlab-backup.timer (daily
+# `agentlab db backup` into /var/backups/agentlab, newest 7 kept) with their services.
 # The unit runs unsandboxed, as the shell backend needs; for the api backend (proxmox_backend: api in
 # config.yaml, or --backend api for a first install) the sandbox drop-in agentlabd.service.d/api-backend.conf is added.
 # Re-run this script after changing proxmox_backend. See docs/runbook.md "Installing: the systemd unit".
@@ -40,6 +42,8 @@ live=0
 [ -z "$root" ] && live=1
 
 say() { printf 'install: %s\n' "$*"; }
+# Housekeeping units (docs/maintenance.md): oneshot services started by their timers.
+timer_units="agentlab-maintenance.service agentlab-maintenance.timer agentlab-backup.service agentlab-backup.timer"
 
 if [ "$live" = 1 ] && [ "$(id -u)" != 0 ]; then
   echo "install: run as root (or use --root DIR to install into a directory)" >&2
@@ -48,8 +52,10 @@ fi
 
 if [ "$action" = uninstall ]; then
   if [ "$live" = 1 ] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now agentlab-maintenance.timer agentlab-backup.timer 2>/dev/null || true
     systemctl disable --now agentlabd.service 2>/dev/null || true
   fi
+  for unit in $timer_units; do rm -f "$root/etc/systemd/system/$unit"; done
   rm -f "$root/etc/systemd/system/agentlabd.service" "$root/usr/local/bin/agentlab" "$root/usr/local/bin/agentlabd"
   rm -f "$root/etc/systemd/system/agentlabd.service.d/api-backend.conf"
   rmdir "$root/etc/systemd/system/agentlabd.service.d" 2>/dev/null || true
@@ -145,6 +151,7 @@ fi
 
 mkdir -p "$root/etc/systemd/system"
 install -m 0644 "$repo/systemd/agentlabd.service" "$root/etc/systemd/system/agentlabd.service"
+for unit in $timer_units; do install -m 0644 "$repo/systemd/$unit" "$root/etc/systemd/system/$unit"; done
 dropin="$root/etc/systemd/system/agentlabd.service.d/api-backend.conf"
 if [ "$backend" = api ]; then
   install -d -m 0755 "$(dirname "$dropin")"
@@ -162,6 +169,8 @@ if [ "$live" = 1 ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/
   systemctl daemon-reload
   systemctl enable agentlabd.service >/dev/null 2>&1 || true
   say "enabled agentlabd.service; start it with: systemctl start agentlabd (or restart it after an upgrade)"
+  systemctl enable --now agentlab-maintenance.timer agentlab-backup.timer >/dev/null 2>&1 || true
+  say "enabled agentlab-maintenance.timer (daily maintenance run) and agentlab-backup.timer (daily backup, 7 kept); see: systemctl list-timers 'agentlab-*'"
 else
-  say "unit in $root/etc/systemd/system/agentlabd.service"
+  say "unit in $root/etc/systemd/system/agentlabd.service; timers agentlab-maintenance.timer and agentlab-backup.timer beside it"
 fi

@@ -274,6 +274,10 @@ jq -r '"Authorization: Bearer " + .report.token' "$CACHE_FILE" >"$AUTH_FILE"
 {
   jq -r '(.token, .job_token) | select(type == "string")' "$BOOTSTRAP_FILE"
   jq -r '.report.token' "$CACHE_FILE"
+  # The repository's password (or lone token), as typed and as it would appear percent-encoded.
+  jq -r '.job.repo_credentials | select(type == "object")
+    | (if (.password // "") == "" then .username else .password end) | select(type == "string")
+    | ., @uri' "$CACHE_FILE"
 } | jq -R -r 'select(length > 0)
   | "s/" + gsub("(?<c>[\\[\\]\\\\/.*^$])"; "\\\(.c)") + "/[REDACTED]/g"' >"$WORK/redact.sed"
 # redact: stdin to stdout with the tokens replaced.
@@ -422,9 +426,21 @@ git_step() {
 case "$REF" in
   -*) fail_early "invalid ref \"$REF\": a ref cannot start with -" ;;
 esac
+# Credentials `job run` split off the repository URL come with the job (never in the URL, so the clone's
+# origin and every message stay clean). git reads them from a 0600 credential-store file made here; the
+# colon is always written, so a lone token is sent with an empty password instead of prompting.
+set -- -c credential.helper=
+if jq -e '.job.repo_credentials | type == "object"' "$CACHE_FILE" >/dev/null 2>&1; then
+  jq -r '(.job.repo_url | capture("^(?<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?<host>[^/]+)")) as $u
+    | .job.repo_credentials
+    | "\($u.scheme)://\(.username // "" | @uri):\(.password // "" | @uri)@\($u.host)"' \
+    "$CACHE_FILE" >"$WORK/git-credentials" 2>/dev/null ||
+    fail_early "the job's repository credentials do not fit its URL (only scheme://host/... URLs take them)"
+  set -- "$@" -c "credential.helper=store --file=$WORK/git-credentials"
+fi
 mkdir -p "$(dirname "$CLONE_DIR")"
-git_step "git clone of $REPO_URL" clone --quiet -- "$REPO_URL" "$CLONE_DIR"
-git_step "git fetch of ref $REF" -C "$CLONE_DIR" fetch --quiet --force -- origin "$REF"
+git_step "git clone of $REPO_URL" "$@" clone --quiet -- "$REPO_URL" "$CLONE_DIR"
+git_step "git fetch of ref $REF" "$@" -C "$CLONE_DIR" fetch --quiet --force -- origin "$REF"
 git_step "git checkout of ref $REF" -C "$CLONE_DIR" checkout --quiet -B agentlab FETCH_HEAD
 FETCHED=$(git -C "$CLONE_DIR" rev-parse HEAD)
 say "repo at $CLONE_DIR, $FETCHED"

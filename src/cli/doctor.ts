@@ -18,7 +18,13 @@ import {
 import { type CommandContext, execute, type GlobalArgs } from "./context.js";
 
 const BLOCK = 512;
+/** Mode of the entries inside the archive (upstream §6: deterministic, 0644). */
 const FILE_MODE = 0o644;
+/**
+ * Mode of the bundle file itself: 0600, not upstream's 0644. A bundle describes a host (VM configs,
+ * events, addresses); even redacted, it is for its owner to hand on, not for every local user.
+ */
+export const BUNDLE_MODE = 0o600;
 const NEW_DIR_MODE = 0o750;
 
 export interface TarEntry {
@@ -145,8 +151,8 @@ export function resolveOut(out: string | undefined, fileName: string, cwd = proc
 function saveFile(path: string, data: Buffer): void {
   const tmp = `${path}.tmp-${process.pid}`;
   try {
-    writeFileSync(tmp, data, { mode: FILE_MODE });
-    chmodSync(tmp, FILE_MODE);
+    writeFileSync(tmp, data, { mode: BUNDLE_MODE });
+    chmodSync(tmp, BUNDLE_MODE);
     renameSync(tmp, path);
   } catch (error) {
     rmSync(tmp, { force: true });

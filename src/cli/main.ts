@@ -5,8 +5,10 @@ import { AgentlabError } from "../protocol/index.js";
 import { VERSION } from "../version.js";
 import { completionCommand } from "./commands/completion.js";
 import { connectCommand, disconnectCommand } from "./commands/connect.js";
+import { dbCommand } from "./commands/db.js";
 import { initCommand } from "./commands/init.js";
 import { jobCommand } from "./commands/job.js";
+import { maintenanceCommand } from "./commands/maintenance.js";
 import { profileCommand } from "./commands/profile.js";
 import { sandboxCommand, sandboxShortcuts } from "./commands/sandbox.js";
 import { sessionCommand } from "./commands/session.js";
@@ -127,6 +129,8 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
     .command(connectCommand)
     .command(disconnectCommand)
     .command(tokenCommand)
+    .command(maintenanceCommand)
+    .command(dbCommand)
     .command(versionCommand)
     .command(completionCommand)
     .completion("__complete", false)

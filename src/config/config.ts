@@ -107,6 +107,10 @@ export interface Config {
   workspace_lease_ttl_ms: number;
   /** e2fsck, zfs, lvchange, qemu-nbd on the workspace's node: auto = when the daemon runs on that node. */
   host_tools: "auto" | "on" | "off";
+  /** `maintenance run` deletes the artifacts of jobs that ended longer ago than this; 0 keeps them. */
+  artifact_retention_days: number;
+  /** `maintenance run` deletes events older than this, never those of live sandboxes/jobs; 0 keeps them. */
+  event_retention_days: number;
   /** The remote control listener (HTTPS + WebSocket, docs/remote.md) as host:port; "" when it is off. */
   control_listen: string;
   /** PEM files of the listener's certificate and key; both "" = a self-signed pair under data_dir. */
@@ -194,6 +198,8 @@ export const ConfigFileSchema = z.strictObject({
   ).default("local-zfs"),
   workspace_lease_ttl: duration().optional(),
   host_tools: oneOf(["auto", "on", "off"]).default("auto"),
+  artifact_retention_days: nonNegativeInt().default(30),
+  event_retention_days: nonNegativeInt().default(90),
   control_listen: matching(
     (value) => controlListenAddress(value) !== undefined,
     "expected host:port such as 100.64.0.10:8845, or a host alone for port 8845",
@@ -469,6 +475,8 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     workspace_storage: file.workspace_storage,
     workspace_lease_ttl_ms: workspaceLeaseTtlMs,
     host_tools: file.host_tools,
+    artifact_retention_days: file.artifact_retention_days,
+    event_retention_days: file.event_retention_days,
     ...control,
   };
 }

@@ -1,6 +1,7 @@
 import { fstatSync } from "node:fs";
 import { type Logger, pino } from "pino";
 import { AgentlabError } from "../protocol/errors.js";
+import { redactString } from "./redact.js";
 
 export type { Logger };
 
@@ -62,7 +63,13 @@ export function createLogger(level: LogLevel, destination: number = 1): Logger {
       base: { service: "agentlabd", pid: process.pid },
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
-      ...(writesToJournal(destination) ? { hooks: { streamWrite: withPriority } } : {}),
+      // Every line passes the redactor (./redact.ts): a failure reason or a Proxmox error that quotes a
+      // token or a URL with credentials must not end up in the journal.
+      hooks: {
+        streamWrite: writesToJournal(destination)
+          ? (line: string) => withPriority(redactString(line))
+          : (line: string) => redactString(line),
+      },
     },
     pino.destination({ fd: destination, sync: true }),
   );

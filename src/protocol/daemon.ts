@@ -38,6 +38,21 @@ export const DaemonStatus = z.object({
     path: z.string(),
     size_bytes: z.number().int().nonnegative().describe("database file plus its write-ahead log"),
   }),
+  artifacts: z
+    .object({
+      path: z.string().describe("artifact_dir"),
+      size_bytes: z.number().int().nonnegative().describe("disk use of everything under it"),
+    })
+    .optional()
+    .describe("absent from older daemons"),
+  maintenance: z
+    .object({
+      last_run_at: z.string().optional().describe("RFC 3339; absent when agentlab maintenance run never ran"),
+      ok: z.boolean().optional().describe("false when that run could not do everything"),
+      freed_bytes: z.number().int().optional(),
+    })
+    .optional()
+    .describe("the last agentlab maintenance run (dry runs are not recorded); absent from older daemons"),
   guest_listener: z
     .object({
       address: z.string().describe("bootstrap_listen"),

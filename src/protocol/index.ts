@@ -3,6 +3,7 @@
  * nothing in it imports anything else of ours.
  */
 import { daemonStatus } from "./daemon.js";
+import { dbBackup, dbCheck } from "./database.js";
 import { jobDoctor, sandboxDoctor, sessionDoctor } from "./doctor.js";
 import { sandboxExec } from "./exec.js";
 import { daemonChecks } from "./init.js";
@@ -16,7 +17,7 @@ import {
   jobShow,
   jobValidate,
 } from "./job.js";
-import { sandboxInventory, sandboxReconcile } from "./maintenance.js";
+import { maintenanceRun, sandboxInventory, sandboxReconcile } from "./maintenance.js";
 import type { Method } from "./method.js";
 import { profileList } from "./profile.js";
 import {
@@ -67,6 +68,7 @@ import {
 } from "./workspace.js";
 
 export * from "./daemon.js";
+export * from "./database.js";
 export * from "./doctor.js";
 export * from "./errors.js";
 export * from "./exec.js";
@@ -143,6 +145,9 @@ export const METHODS: readonly Method[] = [
   tokenCreate,
   tokenList,
   tokenRevoke,
+  maintenanceRun,
+  dbBackup,
+  dbCheck,
 ];
 
 /** Frames larger than this close the connection: no legitimate request comes near it. */

@@ -104,3 +104,40 @@ export const sandboxReconcile = defineMethod({
     "DAEMON_SHUTTING_DOWN",
   ],
 });
+
+/** The steps of `agentlab maintenance run`, in the order they run. */
+export const HOUSEKEEPING_STEPS = ["prune", "tokens", "snippets", "artifacts", "events", "vacuum"] as const;
+
+export const HousekeepingStep = z.object({
+  step: z.enum(HOUSEKEEPING_STEPS),
+  count: z.number().int().describe("what the step removed (or would remove, in a dry run)"),
+  freed_bytes: z.number().int().describe("disk space the step gave back (estimated in a dry run)"),
+  summary: z.string().describe("one line for people"),
+  items: z.array(z.string()).describe("what was removed: VMIDs, files, job ids"),
+  errors: z.array(z.string()).describe("what could not be done, each naming the thing and the reason"),
+});
+export type HousekeepingStep = z.infer<typeof HousekeepingStep>;
+
+export const HousekeepingResult = z.object({
+  dry_run: z.boolean(),
+  started_at: z.string().describe("RFC 3339"),
+  steps: z.array(HousekeepingStep),
+  freed_bytes: z.number().int(),
+  ok: z.boolean().describe("false when any step could not do all it had to; the CLI exits 1"),
+});
+export type HousekeepingResult = z.infer<typeof HousekeepingResult>;
+
+export const maintenanceRun = defineMethod({
+  method: "maintenance.run",
+  summary:
+    "Housekeeping for a long-lived host: prune orphaned and never-created FAILED sandboxes, retire expired tokens and ended jobs' credentials, delete leftover snippets, delete artifacts past artifact_retention_days and events past event_retention_days (never those of live sandboxes, jobs or workspaces), and compact the database when worth it. With dry_run, report what would go and change nothing.",
+  params: z
+    .object({
+      dry_run: z.boolean().optional().describe("report what would be removed; change nothing"),
+      progress_token: progressToken,
+    })
+    .strict(),
+  result: HousekeepingResult,
+  progress: true,
+  errors: ["DAEMON_SHUTTING_DOWN"],
+});

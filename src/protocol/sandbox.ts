@@ -157,9 +157,22 @@ export const sandboxDestroy = defineMethod({
 export const sandboxPrune = defineMethod({
   method: "sandbox.prune",
   summary:
-    "Remove orphaned entries: TIMEOUT sandboxes and sandboxes whose VM no longer exists in Proxmox are destroyed and marked DESTROYED.",
+    "Remove orphaned entries: TIMEOUT sandboxes, sandboxes whose VM no longer exists in Proxmox and FAILED sandboxes whose VM was never created are destroyed and marked DESTROYED. Those that could not be removed are listed in failed with the reason.",
   params: z.object({}).strict(),
-  result: z.object({ count: z.number().int(), vmids: z.array(z.number().int()) }),
+  result: z.object({
+    count: z.number().int().describe("sandboxes removed"),
+    vmids: z.array(z.number().int()).describe("the sandboxes removed"),
+    failed: z
+      .array(
+        z.object({
+          vmid: z.number().int(),
+          state: SandboxStateName,
+          message: z.string(),
+          hint: z.string().optional(),
+        }),
+      )
+      .describe("sandboxes that could not be removed, each with the reason; the CLI exits 1 when any"),
+  }),
   progress: false,
   errors: [],
 });

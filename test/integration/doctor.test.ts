@@ -77,7 +77,7 @@ describe("doctor bundles (shell backend)", () => {
     rmSync(root, { recursive: true, force: true });
   });
 
-  test("sandbox doctor --out FILE: records, events and live Proxmox view, 0644, one line printed", async () => {
+  test("sandbox doctor --out FILE: records, events and live Proxmox view, 0600, one line printed", async () => {
     // Credentials an operator set by hand in the VM config must not reach the bundle.
     const set = await runTool(h.sim, "qm", ["set", String(vmid), "--cipassword", "hunter2-doctor"]);
     assert.equal(set.code, 0, set.stderr);
@@ -85,7 +85,7 @@ describe("doctor bundles (shell backend)", () => {
     const result = await h.cli(["sandbox", "doctor", String(vmid), "--out", out]);
     assert.equal(result.code, 0, result.stderr);
     assert.equal(result.stdout, `doctor bundle saved to ${out}\n`);
-    assert.equal(statSync(out).mode & 0o777, 0o644);
+    assert.equal(statSync(out).mode & 0o777, 0o600, "a bundle describes a host: its owner only");
 
     const b = unpack(out);
     assert.equal(b.top, `agentlab-doctor-sandbox-${vmid}`);

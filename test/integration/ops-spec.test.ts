@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { copyFileSync, mkdirSync, readdirSync, rmSync, statSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { startDaemon } from "../helpers/daemon.js";
 import { type SimHost, startSimHost } from "../helpers/simhost.js";
 
 /**
@@ -16,6 +19,8 @@ describe("maintenance steps from the troubleshooting guide", () => {
     assert.equal(created.code, 0, created.stderr);
   });
   after(async () => {
+    // The restore test replaces h.daemon; h.stop() only knows the first one.
+    await h.daemon.stop();
     await h.stop();
   });
 
@@ -38,6 +43,66 @@ describe("maintenance steps from the troubleshooting guide", () => {
     );
     const created = await h.cli(["new", "--profile", "yolo-ephemeral"]);
     assert.equal(created.code, 0, "the daemon still writes after the VACUUM");
+  });
+
+  test("agentlab maintenance run --dry-run, then run: each step reported, exit 0, recorded", async () => {
+    const dry = await h.cli(["maintenance", "run", "--dry-run"]);
+    assert.equal(dry.code, 0, dry.stdout + dry.stderr);
+    for (const step of ["prune", "tokens", "snippets", "artifacts", "events", "vacuum"]) {
+      assert.match(dry.stdout, new RegExp(`^${step}: `, "m"));
+    }
+    assert.match(dry.stdout, /^dry run: nothing was changed; would free /m);
+    const run = await h.cli(["maintenance", "run"]);
+    assert.equal(run.code, 0, run.stdout + run.stderr);
+    assert.match(run.stdout, /^freed \d/m);
+    const status = await h.cli(["status"]);
+    assert.match(status.stdout, /^last maintenance: +\S+ \(ok, freed /m);
+  });
+
+  test("db check: integrity ok on the running daemon's database", async () => {
+    const check = await h.cli(["db", "check"]);
+    assert.equal(check.code, 0, check.stderr);
+    assert.equal(check.stdout, `database ${h.host.dbPath}: integrity ok\n`);
+  });
+
+  test("db backup while the daemon writes: consistent 0600 copies, --keep rotates; a restore opens", async () => {
+    const dir = join(h.host.root, "backups");
+    mkdirSync(dir);
+    // Three sandboxes being created (rows and events written) while three backups are taken.
+    const writes = [1, 2, 3].map(() => h.cli(["new", "--profile", "yolo-ephemeral"]));
+    const backups: string[] = [];
+    for (let i = 1; i <= 3; i++) {
+      const out = join(dir, `agentlab-2026120${i}-000000.db`);
+      const b = await h.cli(["db", "backup", "--out", out, "--keep", "2"]);
+      assert.equal(b.code, 0, b.stderr);
+      assert.match(b.stdout, new RegExp(`^database backed up to ${out} \\(.*integrity ok\\)$`, "m"));
+      backups.push(out);
+    }
+    for (const w of await Promise.all(writes)) assert.equal(w.code, 0, w.stderr);
+    assert.deepEqual(
+      readdirSync(dir).sort(),
+      backups.slice(1).map((p) => p.slice(dir.length + 1)),
+    );
+    for (const p of backups.slice(1)) {
+      assert.equal(statSync(p).mode & 0o777, 0o600);
+      assert.equal(sh(`sqlite3 ${p} "PRAGMA integrity_check;"`).stdout.trim(), "ok");
+    }
+    // One more after the writes, into the directory (default name); then restore it as the guide would.
+    const last = await h.json<{ path: string; removed: string[] }>(["db", "backup", "--out", `${dir}/`]);
+    assert.equal(last.code, 0);
+    assert.match(last.body.path, /\/agentlab-\d{8}-\d{6}\.db$/);
+    const before = await h.json<{ sandboxes: Array<{ vmid: number; state: string }> }>(["ls"]);
+    await h.daemon.stop();
+    for (const suffix of ["", "-wal", "-shm"]) rmSync(`${h.host.dbPath}${suffix}`, { force: true });
+    copyFileSync(last.body.path, h.host.dbPath);
+    h.daemon = await startDaemon(h.host);
+    const after = await h.json<{ sandboxes: Array<{ vmid: number; state: string }> }>(["ls"]);
+    assert.equal(after.code, 0, "the daemon opens the restored backup");
+    assert.deepEqual(
+      after.body.sandboxes.map((s) => s.vmid),
+      before.body.sandboxes.map((s) => s.vmid),
+    );
+    assert.ok(after.body.sandboxes.length >= 4, "the first sandbox and the three made during the backups");
   });
 
   test("weekly cleanup: agentlab sandbox prune exits 0 and says how many", async () => {

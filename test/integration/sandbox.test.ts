@@ -230,7 +230,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       const forced = await h.json<SandboxBody>(["sandbox", "destroy", "--force", String(a.body.vmid)]);
       assert.equal(forced.body.state, "DESTROYED");
       const pruned = await h.cli(["sandbox", "prune"]);
-      assert.equal(pruned.code, 0, pruned.stderr);
+      assert.equal(pruned.code, 0, pruned.stdout + pruned.stderr);
       // The TIMEOUT one, and the FAILED one from the earlier test whose VM the rollback removed.
       const count = Number(/^pruned (\d+) sandbox/m.exec(pruned.stdout)?.[1]);
       assert.ok(count >= 1, pruned.stdout);
@@ -277,6 +277,43 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       assert.match(show.body.proxmox.error, /no longer exists/);
       const pruned = await h.json<{ count: number; vmids: number[] }>(["sandbox", "prune"]);
       assert.deepEqual(pruned.body.vmids, [s.body.vmid]);
+    });
+
+    test("prune exits 1 naming each sandbox it could not remove and why; never-created FAILED rows go", async () => {
+      await setControl(h.sim.dir, {}, ["fail_clone=no space left"]);
+      let failedVmid: number;
+      try {
+        const result = await h.json<ErrorBody>(["new", "--profile", "yolo-ephemeral"]);
+        failedVmid = Number(result.body.details.vmid);
+      } finally {
+        await clearFaults(h.sim.dir);
+      }
+      const stuck = await h.json<SandboxBody>(["new", "--profile", "yolo-ephemeral"]);
+      forceState(h, stuck.body.vmid, "TIMEOUT");
+      await setControl(h.sim.dir, {}, [`fail_task=qmdestroy,vmid=${stuck.body.vmid}`]);
+      try {
+        const pruned = await h.cli(["sandbox", "prune"]);
+        assert.equal(pruned.code, 1, "cron must see the failure");
+        assert.match(pruned.stdout, new RegExp(`^pruned 1 sandbox \\(${failedVmid}\\)$`, "m"));
+        assert.match(
+          pruned.stdout,
+          new RegExp(
+            `^could not prune sandbox ${stuck.body.vmid} \\(TIMEOUT\\): failed to destroy sandbox: .*dataset is busy`,
+            "m",
+          ),
+        );
+        assert.match(
+          pruned.stdout,
+          new RegExp(`^  hint: Proxmox refused to remove VM ${stuck.body.vmid}`, "m"),
+        );
+      } finally {
+        await clearFaults(h.sim.dir);
+      }
+      const again = await h.json<{ vmids: number[]; failed: unknown[] }>(["sandbox", "prune"]);
+      assert.equal(again.code, 0);
+      assert.deepEqual(again.body, { count: 1, vmids: [stuck.body.vmid], failed: [] });
+      const gone = await h.json<SandboxBody>(["show", String(failedVmid)]);
+      assert.equal(gone.body.state, "DESTROYED");
     });
 
     test("Ctrl-C during sandbox new cancels it and the daemon rolls back what it created", async () => {

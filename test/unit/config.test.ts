@@ -88,6 +88,8 @@ describe("config: defaults and derived values", () => {
       workspace_storage: "local-zfs",
       workspace_lease_ttl_ms: 1_800_000,
       host_tools: "auto",
+      artifact_retention_days: 30,
+      event_retention_days: 90,
       control_listen: "",
       control_tls_cert: "",
       control_tls_key: "",

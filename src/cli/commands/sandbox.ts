@@ -366,14 +366,20 @@ const destroyCommand = (
 
 const pruneCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: "prune",
-  describe: "Remove orphaned entries: TIMEOUT sandboxes and sandboxes whose VM no longer exists",
+  describe:
+    "Remove orphaned entries: TIMEOUT sandboxes, sandboxes whose VM no longer exists and FAILED ones whose VM was never created. Exits 1 naming each sandbox it could not remove",
   handler: (argv) =>
     execute(argv, async (ctx) => {
       const result = await ctx.call(sandboxPrune, {});
       const list = result.vmids.length > 0 ? ` (${result.vmids.join(", ")})` : "";
+      const failures = result.failed.map(
+        (f) =>
+          `could not prune sandbox ${f.vmid} (${f.state}): ${f.message}${f.hint ? `\n  hint: ${f.hint}` : ""}\n`,
+      );
       return {
         data: result,
-        text: `pruned ${result.count} sandbox${result.count === 1 ? "" : "es"}${list}\n`,
+        text: `pruned ${result.count} sandbox${result.count === 1 ? "" : "es"}${list}\n${failures.join("")}`,
+        exitCode: result.failed.length > 0 ? 1 : 0,
       };
     }),
 };

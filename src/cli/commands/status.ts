@@ -42,6 +42,14 @@ export function statusText(status: DaemonStatus, connection?: string): string {
     ["privileges", privilegesLine(status.privileges)],
     ["guests", guestLine(status.guest_listener)],
     ["database", `${status.database.path} (${formatBytes(status.database.size_bytes)})`],
+    ...(status.artifacts
+      ? ([["artifacts", `${status.artifacts.path} (${formatBytes(status.artifacts.size_bytes)})`]] as Array<
+          [string, string]
+        >)
+      : []),
+    ...(status.maintenance
+      ? ([["last maintenance", maintenanceLine(status.maintenance)]] as Array<[string, string]>)
+      : []),
     ["socket", status.socket_path],
     ...(status.control_listener
       ? ([
@@ -57,6 +65,12 @@ export function statusText(status: DaemonStatus, connection?: string): string {
     ["profiles", String(status.profiles)],
     ["sandboxes", counts.length > 0 ? counts.join(", ") : "none"],
   ]);
+}
+
+function maintenanceLine(m: NonNullable<DaemonStatus["maintenance"]>): string {
+  if (m.last_run_at === undefined) return "never (agentlab maintenance run; docs/maintenance.md)";
+  const outcome = m.ok === false ? "with errors: run agentlab maintenance run --dry-run" : "ok";
+  return `${m.last_run_at} (${outcome}, freed ${formatBytes(m.freed_bytes ?? 0)})`;
 }
 
 export const statusCommand: CommandModule<GlobalArgs, GlobalArgs> = {

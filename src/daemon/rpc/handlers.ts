@@ -1,6 +1,9 @@
 import {
   daemonChecks,
   daemonStatus,
+  dbBackup,
+  dbCheck,
+  maintenanceRun,
   profileList,
   sandboxCreate,
   sandboxDestroy,
@@ -25,7 +28,9 @@ import { sandboxInventory, sandboxReconcile } from "../../protocol/maintenance.j
 import type { DaemonContext } from "../context.js";
 import { TokenService } from "../remote/tokens.js";
 import { daemonChecks as checksOf } from "../services/checks.js";
+import { DatabaseService } from "../services/database.js";
 import { DoctorService } from "../services/doctor.js";
+import { HousekeepingService } from "../services/housekeeping.js";
 import { JobService } from "../services/jobs/service.js";
 import { type MaintenanceOptions, MaintenanceService } from "../services/maintenance.js";
 import { listProfiles } from "../services/profiles.js";
@@ -52,6 +57,7 @@ export function registerHandlers(
 ): {
   sandboxes: SandboxService;
   maintenance: MaintenanceService;
+  housekeeping: HousekeepingService;
   workspaces: WorkspaceService;
   jobs: JobService;
   tokens: TokenService;
@@ -78,6 +84,13 @@ export function registerHandlers(
     sandboxes.destroy(params.vmid, params.force === true, operation(call)),
   );
   server.register(sandboxPrune, (_params, call) => sandboxes.prune(operation(call)));
+  const housekeeping = new HousekeepingService(ctx, sandboxes);
+  const database = new DatabaseService(ctx);
+  server.register(dbBackup, (params) => database.backup(params.out, params.keep));
+  server.register(dbCheck, () => database.check());
+  server.register(maintenanceRun, (params, call) =>
+    housekeeping.run(params.dry_run === true, operation(call)),
+  );
   server.register(sandboxStart, (params, call) => sandboxes.start(params.vmid, operation(call)));
   registerExecHandlers(server, ctx);
   server.register(sandboxStop, (params, call) => sandboxes.stop(params.vmid, operation(call)));
@@ -106,5 +119,5 @@ export function registerHandlers(
   registerJobHandlers(server, jobs);
   const tokens = new TokenService(() => createApiTokenRepo(ctx.store), ctx.clock);
   registerTokenHandlers(server, tokens);
-  return { sandboxes, maintenance, workspaces, jobs, tokens };
+  return { sandboxes, maintenance, housekeeping, workspaces, jobs, tokens };
 }

@@ -7,6 +7,7 @@
 import type { DoctorBundle, DoctorFile, DoctorKind } from "../../protocol/doctor.js";
 import { AgentlabError } from "../../protocol/errors.js";
 import type { DaemonContext } from "../context.js";
+import { redact } from "../redact.js";
 import type { Job } from "../store/jobs.js";
 import type { Sandbox } from "../store/sandboxes.js";
 import type { Session } from "../store/sessions.js";
@@ -21,65 +22,9 @@ import { workspaceJson } from "./workspaces/core.js";
 /** How many of the most recent events each events/*.json holds. */
 export const DOCTOR_EVENTS_TAIL = 200;
 
-export const REDACTED = "[REDACTED]";
-
-/**
- * Keys whose values are secrets wherever they appear (spec §6), plus the Proxmox config keys that carry
- * credentials (cloud-init password and SSH keys). Matched case-insensitively.
- */
-const SECRET_KEYS = [
-  "token",
-  "access_token",
-  "refresh_token",
-  "bootstrap_token",
-  "artifact_token",
-  "report_token",
-  "report_token_hash",
-  "token_hash",
-  "openai_api_key",
-  "anthropic_api_key",
-  "claude_api_key",
-  "github_token",
-  "gitlab_token",
-  "bitbucket_token",
-  "gitea_token",
-  "git_token",
-  "ssh_private_key",
-  "private_key",
-  "password",
-  "cipassword",
-  "sshkeys",
-];
-const SECRET_KEY_SET = new Set(SECRET_KEYS);
-/**
- * The same keys inside free text (a failure reason quoting a command line, a VM description):
- * `"key": "value"`, `key="value"`, `key='value'`, `key=value`, `key: value`.
- */
-const SECRET_IN_TEXT = new RegExp(
-  `(["']?)\\b(${SECRET_KEYS.join("|")})\\1(\\s*[:=]\\s*)("[^"]*"|'[^']*'|[^\\s,;"']+)`,
-  "gi",
-);
-
-function redactText(text: string): string {
-  return text.replace(SECRET_IN_TEXT, (_m, q: string, key: string, sep: string, value: string) => {
-    const quote = value.startsWith('"') || value.startsWith("'") ? value[0] : "";
-    return `${q}${key}${q}${sep}${quote}${REDACTED}${quote}`;
-  });
-}
-
-/** A deep copy with secret-keyed values and secrets inside strings replaced by [REDACTED]. */
-export function redact(value: unknown): unknown {
-  if (typeof value === "string") return redactText(value);
-  if (Array.isArray(value)) return value.map(redact);
-  if (value !== null && typeof value === "object") {
-    const out: Record<string, unknown> = {};
-    for (const [key, inner] of Object.entries(value)) {
-      out[key] = SECRET_KEY_SET.has(key.toLowerCase()) ? REDACTED : redact(inner);
-    }
-    return out;
-  }
-  return value;
-}
+// The redactor lives in ../redact.ts (agent output, job output and the daemon log use it too); these
+// names stay importable from here for callers that found it beside the bundles.
+export { REDACTED, redact } from "../redact.js";
 
 interface SectionError {
   section: string;

@@ -154,7 +154,7 @@ export class SandboxService {
     return destroySandbox(this.scope, vmid, force, op);
   }
 
-  prune(op: Operation): Promise<{ count: number; vmids: number[] }> {
+  prune(op: Operation): ReturnType<typeof pruneSandboxes> {
     return pruneSandboxes(this.scope, op);
   }
 

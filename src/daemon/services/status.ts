@@ -1,6 +1,8 @@
 import type { DaemonStatus } from "../../protocol/index.js";
 import { AgentlabError } from "../../protocol/index.js";
 import type { DaemonContext } from "../context.js";
+import { createHousekeeping } from "../store/housekeeping.js";
+import { directoryBytes } from "./housekeeping.js";
 import { privilegesCheckFresh } from "./privileges.js";
 
 /** Ask Proxmox who it is; a failure is part of the answer, not an error of the status call. */
@@ -85,6 +87,8 @@ export async function daemonStatus(ctx: DaemonContext): Promise<DaemonStatus> {
       ? await privilegesStatus(ctx)
       : { name: "privileges", status: "warn", detail: "not checked: Proxmox is unreachable (see backend)" },
     database: { path: ctx.store.path, size_bytes: ctx.store.sizeBytes() },
+    artifacts: { path: ctx.config.artifact_dir, size_bytes: directoryBytes(ctx.config.artifact_dir) },
+    maintenance: lastMaintenance(ctx),
     guest_listener: ctx.guestReady?.listener() ?? {
       address: ctx.config.bootstrap_listen,
       listening: false,
@@ -95,5 +99,17 @@ export async function daemonStatus(ctx: DaemonContext): Promise<DaemonStatus> {
     config_path: ctx.configPath,
     profiles: ctx.profiles.length,
     sandboxes: ctx.store.sandboxes.countByState(),
+  };
+}
+
+/** The last `maintenance run`, from its event (services/housekeeping.ts). */
+function lastMaintenance(ctx: DaemonContext): DaemonStatus["maintenance"] {
+  const last = createHousekeeping(ctx.store).lastRun();
+  if (!last) return {};
+  const summary = (last.summary ?? {}) as { ok?: unknown; freed_bytes?: unknown };
+  return {
+    last_run_at: last.at.toISOString(),
+    ...(typeof summary.ok === "boolean" ? { ok: summary.ok } : {}),
+    ...(typeof summary.freed_bytes === "number" ? { freed_bytes: summary.freed_bytes } : {}),
   };
 }

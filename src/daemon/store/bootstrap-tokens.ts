@@ -45,6 +45,8 @@ export interface BootstrapTokenRepo {
   deleteUnconsumed(vmid: number, purpose: BootstrapTokenPurpose): number;
   /** Remove every token that expired before `at`, used or not. Returns how many. */
   deleteExpired(at: Date): number;
+  /** How many deleteExpired(at) would remove (maintenance's dry run). */
+  countExpired(at: Date): number;
 }
 
 interface TokenDbRow {
@@ -87,6 +89,9 @@ export function createBootstrapTokenRepo(store: Store): BootstrapTokenRepo {
     "DELETE FROM bootstrap_tokens WHERE vmid = ? AND purpose = ? AND consumed_at IS NULL",
   );
   const deleteExpiredStmt = db.prepare<[string]>("DELETE FROM bootstrap_tokens WHERE expires_at <= ?");
+  const countExpiredStmt = db.prepare<[string], { n: number }>(
+    "SELECT count(*) AS n FROM bootstrap_tokens WHERE expires_at <= ?",
+  );
 
   // Statements outside store.tx() still need SQLite's errors turned into the store's own.
   const run = <T>(fn: () => T): T => {
@@ -130,6 +135,10 @@ export function createBootstrapTokenRepo(store: Store): BootstrapTokenRepo {
 
     deleteExpired(at) {
       return run(() => deleteExpiredStmt.run(toDbTime(at))).changes;
+    },
+
+    countExpired(at) {
+      return run(() => countExpiredStmt.get(toDbTime(at))?.n ?? 0);
     },
   };
 }

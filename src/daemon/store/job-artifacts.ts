@@ -25,6 +25,8 @@ export interface JobArtifactRepo {
   get(jobId: string, name: string): JobArtifact | undefined;
   /** Count and total size of a job's artifacts, for the upload limits. */
   totals(jobId: string): { count: number; bytes: number };
+  /** Forget a job's artifacts (their files were deleted by `maintenance run`); returns how many rows. */
+  deleteForJob(jobId: string): number;
 }
 
 interface Row {
@@ -53,6 +55,7 @@ export function createJobArtifactRepo(db: Database.Database, now: () => Date): J
   const totalsStmt = db.prepare<[string], { count: number; bytes: number }>(
     "SELECT count(*) AS count, coalesce(sum(size_bytes), 0) AS bytes FROM artifacts WHERE job_id = ?",
   );
+  const deleteJobStmt = db.prepare<[string]>("DELETE FROM artifacts WHERE job_id = ?");
   const put = db.transaction((artifact: Omit<JobArtifact, "created_at"> & { vmid: number | null }) => {
     deleteStmt.run(artifact.job_id, artifact.name);
     return insertStmt.get({ ...artifact, created_at: toDbTime(now()) })!;
@@ -70,6 +73,9 @@ export function createJobArtifactRepo(db: Database.Database, now: () => Date): J
     },
     totals(jobId) {
       return totalsStmt.get(jobId) ?? { count: 0, bytes: 0 };
+    },
+    deleteForJob(jobId) {
+      return deleteJobStmt.run(jobId).changes;
     },
   };
 }

@@ -270,7 +270,7 @@ ALTER TABLE sandboxes ADD COLUMN ssh_host_keys TEXT;
  * The agent's output as the runner streams it while a job runs (docs/jobs.md): one row per chunk keyed
  * by its byte offset in the job's log, so a chunk the runner sends again after a lost answer is stored
  * once and the log is the chunks in offset order. (Uploaded files use migration 1's artifacts table.)
- * Version 6: versions 5 and 7 belong to other changes made at the same time.
+ * Version 6: version 5 belongs to another change made at the same time.
  */
 const ADD_JOB_LOG_CHUNKS = `
 CREATE TABLE job_log_chunks (
@@ -308,6 +308,18 @@ INSERT INTO workspace_ops_new (id, workspace_id, session_id, kind, step, params_
 DROP TABLE workspace_ops;
 ALTER TABLE workspace_ops_new RENAME TO workspace_ops;
 CREATE UNIQUE INDEX workspace_ops_one ON workspace_ops(workspace_id);
+`;
+
+/**
+ * Credentials split off a job's repository URL at `job run` (https://user:pass@host/repo): the jobs row
+ * keeps the URL without them; the runner gets them in its one job fetch. Deleted when the job ends.
+ */
+const ADD_JOB_SECRETS = `
+CREATE TABLE job_secrets (
+  job_id        TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+  repo_username TEXT NOT NULL,
+  repo_password TEXT NOT NULL
+);
 `;
 
 export const MIGRATIONS: readonly Migration[] = [
@@ -365,6 +377,13 @@ export const MIGRATIONS: readonly Migration[] = [
     foreignKeysOff: true,
     up(db) {
       db.exec(ADD_WORKSPACE_OP_REVERT);
+    },
+  },
+  {
+    version: 9,
+    name: "add_job_secrets",
+    up(db) {
+      db.exec(ADD_JOB_SECRETS);
     },
   },
 ];

@@ -1,8 +1,13 @@
 /** A job row as the protocol shows it: nulls left out, the runner's last report parsed. */
 import type { Job as JobJson } from "../../../protocol/job.js";
+import { redacted } from "../../redact.js";
 import type { Job } from "../../store/jobs.js";
 
-export function jobJson(job: Job): JobJson {
+/**
+ * Redacted (../../redact.ts) with the job's own secret `values` on top: a report stored before the
+ * redactor learnt a shape, or a task quoting a token, is still shown without it.
+ */
+export function jobJson(job: Job, values: readonly string[] = []): JobJson {
   const out: JobJson = {
     id: job.id,
     repo_url: job.repo_url,
@@ -26,5 +31,5 @@ export function jobJson(job: Job): JobJson {
       // Written by this daemon only; a row that does not parse is shown without it rather than failing.
     }
   }
-  return out;
+  return redacted(out, values);
 }

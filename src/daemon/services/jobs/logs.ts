@@ -4,9 +4,10 @@
  * and handed at once to whoever follows the job. Followers are told when the job ends, so
  * `job logs --follow` needs no polling.
  */
+
+import { redactString } from "../../redact.js";
 import type { JobLogChunk } from "../../store/job-logs.js";
 import type { Job } from "../../store/jobs.js";
-import { redact } from "../doctor.js";
 
 /** What a follower hears: a chunk, or the end of the job. */
 export type LogUpdate = { kind: "chunk"; chunk: JobLogChunk } | { kind: "end"; job: Job };
@@ -18,8 +19,8 @@ export const MAX_LOG_READ = 1024 * 1024;
  * Text of stored chunks as people see it: the redaction doctor bundles use (the runner already replaced
  * its own tokens). Bytes are decoded per read, so a character cut at a chunk edge shows as U+FFFD.
  */
-export function logText(chunks: readonly JobLogChunk[]): string {
-  return redact(Buffer.concat(chunks.map((c) => c.data)).toString("utf8")) as string;
+export function logText(chunks: readonly JobLogChunk[], secretValues: readonly string[] = []): string {
+  return redactString(Buffer.concat(chunks.map((c) => c.data)).toString("utf8"), secretValues);
 }
 
 export class LogFollowers {

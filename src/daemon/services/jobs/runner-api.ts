@@ -16,6 +16,8 @@ import {
   RUNNER_LOG_PATH,
   RUNNER_REPORT_PATH,
 } from "../../guest/listener.js";
+import { redacted, redactString } from "../../redact.js";
+import { type JobSecretRepo, lazyJobSecretRepo, secretValues } from "../../store/job-secrets.js";
 import type { Job, JobStatus } from "../../store/jobs.js";
 
 export const RUNNER_REFUSED = {
@@ -108,10 +110,15 @@ export interface ReportEffects {
 }
 
 export class RunnerApi {
+  private readonly secrets: JobSecretRepo;
+
   constructor(
     private readonly ctx: DaemonContext,
     private readonly effects: ReportEffects,
-  ) {}
+    secrets?: JobSecretRepo,
+  ) {
+    this.secrets = secrets ?? lazyJobSecretRepo(() => ctx.store);
+  }
 
   fetch(text: string): GuestAnswer {
     const body = objectBody(text, FETCH_SHAPE);
@@ -146,6 +153,9 @@ export class RunnerApi {
       ctx.log.info({ vmid: id, job_id: job.id }, `job fetch refused: ${REFUSED.token}`);
       return bad(REFUSED.token, 403);
     }
+    // The credentials split off the repository URL at `job run`: handed to the runner here only, which
+    // gives them to git through a 0600 credential file, never on a command line or in the clone's config.
+    const credentials = this.secrets.get(job.id);
     return {
       status: 200,
       body: {
@@ -158,6 +168,7 @@ export class RunnerApi {
           profile: job.profile,
           keepalive: job.keepalive,
           ttl_minutes: job.ttl_minutes,
+          ...(credentials ? { repo_credentials: credentials } : {}),
         },
         report: { url: `${readiness.controllerUrl()}${RUNNER_REPORT_PATH}`, token: reportToken },
         // Both take the report token too.
@@ -215,6 +226,11 @@ export class RunnerApi {
     const { job } = authed;
     if (job.sandbox_vmid !== parsed.vmid) return bad(RUNNER_REFUSED.mismatch, 409);
     const reportedAt = ctx.clock.now();
+    // Agent output is stored redacted, by the redactor the doctor bundles use, with this job's own
+    // credentials as exact values: nothing read back from the row (job show, events, bundles) has them.
+    const values = secretValues(this.secrets.get(job.id));
+    if (parsed.message !== undefined) parsed.message = redactString(parsed.message, values);
+    if (parsed.result !== undefined) parsed.result = redacted(parsed.result, values);
     const resultJson = JSON.stringify({
       status: parsed.status,
       ...(parsed.message !== undefined ? { message: parsed.message } : {}),
@@ -238,6 +254,7 @@ export class RunnerApi {
       return moved;
     });
     if (!updated) return bad(RUNNER_REFUSED.finalized, 409);
+    if (updated.status !== "RUNNING") this.secrets.delete(job.id);
     if (job.status === "QUEUED" && updated.status === "RUNNING") this.effects.started(updated);
     if (updated.status !== "RUNNING") this.effects.ended(updated);
     const sandbox = ctx.store.sandboxes.get(parsed.vmid);

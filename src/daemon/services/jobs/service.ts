@@ -27,7 +27,9 @@ import {
 import type { ProgressValue } from "../../../protocol/progress.js";
 import type { DaemonContext } from "../../context.js";
 import type { GuestJobEndpoints } from "../../guest/listener.js";
+import { redacted, redactString } from "../../redact.js";
 import { transitionSandbox } from "../../state/sandbox.js";
+import { type JobSecretRepo, lazyJobSecretRepo, secretValues } from "../../store/job-secrets.js";
 import type { Job, JobStatus } from "../../store/jobs.js";
 import { describe } from "../maintenance-steps.js";
 import { backgroundOperation, type Operation } from "../operation.js";
@@ -37,6 +39,7 @@ import type { SandboxService } from "../sandboxes.js";
 import { ArtifactStore, artifactJson } from "./artifacts.js";
 import { jobJson } from "./json.js";
 import { LogFollowers, type LogUpdate, logText, MAX_LOG_READ } from "./logs.js";
+import { type SplitRepoUrl, splitRepoCredentials } from "./repo-url.js";
 import { RunnerApi } from "./runner-api.js";
 
 type RunParams = z.output<typeof JobRequest>;
@@ -66,18 +69,24 @@ export class JobService {
   readonly #runner: RunnerApi;
   readonly #artifacts: ArtifactStore;
   readonly #followers = new LogFollowers();
+  readonly #secrets: JobSecretRepo;
 
   constructor(
     private readonly ctx: DaemonContext,
     private readonly sandboxes: SandboxService,
   ) {
-    this.#runner = new RunnerApi(ctx, {
-      started: (job) => this.#event(job, "job.running", "the runner reported the job running"),
-      ended: (job) => {
-        this.#event(job, `job.${job.status.toLowerCase()}`, `the runner reported ${job.status}`);
-        this.#ended(job);
+    this.#secrets = lazyJobSecretRepo(() => ctx.store);
+    this.#runner = new RunnerApi(
+      ctx,
+      {
+        started: (job) => this.#event(job, "job.running", "the runner reported the job running"),
+        ended: (job) => {
+          this.#event(job, `job.${job.status.toLowerCase()}`, `the runner reported ${job.status}`);
+          this.#ended(job);
+        },
       },
-    });
+      this.#secrets,
+    );
     this.#artifacts = new ArtifactStore(ctx);
   }
 
@@ -115,8 +124,10 @@ export class JobService {
   /** Queue a job and start provisioning its sandbox in the background. */
   async run(params: RunParams): Promise<JobJson> {
     const checked = await this.#check(params);
-    const job = this.#insertQueued({
-      repo_url: params.repo_url,
+    // Credentials in the URL never reach the jobs row: they wait in job_secrets for the runner's fetch.
+    const repo = splitRepoCredentials(params.repo_url);
+    const job = this.#insertQueued(repo, {
+      repo_url: repo.url,
       ref: checked.ref,
       profile: checked.profile,
       status: "QUEUED",
@@ -128,7 +139,7 @@ export class JobService {
     });
     this.#event(job, "job.queued", `queued: ${job.repo_url}@${job.ref} with profile ${job.profile}`);
     this.#track(this.#provision(job));
-    return jobJson(job);
+    return jobJson(job, this.#secretValues(job.id));
   }
 
   /** Everything run checks, nothing recorded: what the job would be. */
@@ -203,7 +214,7 @@ export class JobService {
     }
     this.#event(ended, "job.cancelled", "cancelled: the runner stops the agent");
     this.#ended(ended);
-    return jobJson(ended);
+    return jobJson(ended, this.#secretValues(ended.id));
   }
 
   /** The runner's output; with follow, streamed as notifications until the job ends. */
@@ -225,7 +236,7 @@ export class JobService {
       const chunks = store.jobLogs.read(job.id, offset, MAX_LOG_READ);
       const last = chunks.at(-1);
       if (last) offset = last.pos + last.data.length;
-      return chunks.length > 0 ? logText(chunks) : "";
+      return chunks.length > 0 ? logText(chunks, this.#secretValues(job.id)) : "";
     };
     if (!params.follow) return answer(readMore());
 
@@ -287,6 +298,7 @@ export class JobService {
 
   /** A job ended (runner report, cancel): followers hear it, the sandbox follows. */
   #ended(job: Job): void {
+    this.#secrets.delete(job.id);
     this.#followers.publish(job.id, { kind: "end", job });
     this.#track(this.#finishSandbox(job));
   }
@@ -309,15 +321,21 @@ export class JobService {
 
   show(id: string, eventsTail: number = DEFAULT_EVENTS_TAIL): JobDetail {
     const job = this.#get(id);
-    const detail: JobDetail = jobJson(job);
+    const values = this.#secretValues(job.id);
+    const detail: JobDetail = jobJson(job, values);
     if (eventsTail > 0) {
-      detail.events = this.ctx.store.events.listForJob(job.id, { tail: eventsTail }).map((e) => ({
-        id: e.id,
-        ts: e.ts.toISOString(),
-        kind: e.kind,
-        ...(e.msg !== null ? { msg: e.msg } : {}),
-        ...(e.payload !== undefined && e.payload !== null ? { payload: e.payload } : {}),
-      }));
+      detail.events = this.ctx.store.events.listForJob(job.id, { tail: eventsTail }).map((e) =>
+        redacted(
+          {
+            id: e.id,
+            ts: e.ts.toISOString(),
+            kind: e.kind,
+            ...(e.msg !== null ? { msg: e.msg } : {}),
+            ...(e.payload !== undefined && e.payload !== null ? { payload: e.payload } : {}),
+          },
+          values,
+        ),
+      );
     }
     return detail;
   }
@@ -327,7 +345,7 @@ export class JobService {
       ...(params.status !== undefined ? { status: params.status } : {}),
       limit: params.limit ?? 100,
     });
-    return { jobs: rows.map(jobJson) };
+    return { jobs: rows.map((job) => jobJson(job, this.#secretValues(job.id))) };
   }
 
   /**
@@ -352,6 +370,8 @@ export class JobService {
         if (running) this.#event(running, "job.running", `sandbox ${sandbox.vmid} is running`);
       }
     }
+    // Jobs that ended while the daemon was away (reaper, recovery) need their credentials no more.
+    this.#secrets.deleteForEndedJobs();
     const live = [
       ...ctx.store.sandboxes.list({ state: "READY" }),
       ...ctx.store.sandboxes.list({ state: "RUNNING" }),
@@ -377,6 +397,11 @@ export class JobService {
     }
   }
 
+  /** The exact secret values of a job still running (its repository credentials), for redaction. */
+  #secretValues(jobId: string): string[] {
+    return secretValues(this.#secrets.get(jobId));
+  }
+
   #get(id: string): Job {
     const job = this.ctx.store.jobs.get(id);
     if (!job) {
@@ -386,10 +411,17 @@ export class JobService {
   }
 
   /** Insert with a fresh `job_<16 hex>` id; a clash (astronomically unlikely) draws again. */
-  #insertQueued(fields: Omit<Parameters<DaemonContext["store"]["jobs"]["insert"]>[0], "id">): Job {
+  #insertQueued(
+    repo: SplitRepoUrl,
+    fields: Omit<Parameters<DaemonContext["store"]["jobs"]["insert"]>[0], "id">,
+  ): Job {
     for (let attempt = 1; ; attempt++) {
       try {
-        return this.ctx.store.jobs.insert({ ...fields, id: `job_${randomBytes(8).toString("hex")}` });
+        return this.ctx.store.tx(() => {
+          const job = this.ctx.store.jobs.insert({ ...fields, id: `job_${randomBytes(8).toString("hex")}` });
+          if (repo.credentials) this.#secrets.set(job.id, repo.credentials);
+          return job;
+        });
       } catch (error) {
         if (attempt >= 5 || !(error instanceof AgentlabError) || error.code !== "CONFLICT") throw error;
       }
@@ -440,12 +472,16 @@ export class JobService {
         if (now && TERMINAL.includes(now.status)) this.#track(this.#finishSandbox(now));
       }
     } catch (error) {
-      const reason = `could not provision the job's sandbox: ${describe(error)}`;
+      const reason = redactString(
+        `could not provision the job's sandbox: ${describe(error)}`,
+        this.#secretValues(job.id),
+      );
       const ended = ctx.store.jobs.end(job.id, "FAILED", reason);
       if (ended) {
         this.#event(ended, "job.failed", reason);
         this.#followers.publish(ended.id, { kind: "end", job: ended });
       }
+      this.#secrets.deleteForEndedJobs();
       ctx.log.warn({ job_id: job.id, err: error }, reason);
     }
   }

@@ -7,7 +7,7 @@ import type { DaemonContext } from "../../context.js";
 import { removeSnippet } from "../../guest/cloud-init.js";
 import type { VmRef } from "../../proxmox/types.js";
 import { transitionSandbox } from "../../state/sandbox.js";
-import type { SandboxState } from "../../store/sandboxes.js";
+import type { Sandbox, SandboxState } from "../../store/sandboxes.js";
 import {
   describe,
   finalizeJobs,
@@ -143,29 +143,53 @@ export function destroySandbox(
   });
 }
 
+/** A sandbox prune could not remove, and why (the error's message and hint). */
+export interface PruneFailure {
+  vmid: number;
+  state: SandboxState;
+  message: string;
+  hint?: string;
+}
+
+/** Which rows prune takes, with the reason shown for each (exported for maintenance's dry run). */
+export function pruneCandidates(
+  ctx: DaemonContext,
+  present: ReadonlySet<number>,
+): Array<{ row: Sandbox; why: string }> {
+  const out: Array<{ row: Sandbox; why: string }> = [];
+  for (const row of ctx.store.sandboxes.list()) {
+    if (row.state === "TIMEOUT") out.push({ row, why: "lease expired (TIMEOUT)" });
+    else if (row.vm_created && !present.has(row.vmid) && !isProvisioning(row.state))
+      out.push({ row, why: "its VM no longer exists in Proxmox" });
+    // A provisioning that failed before its clone: nothing in Proxmox, nothing to keep for debugging.
+    else if (row.state === "FAILED" && !row.vm_created)
+      out.push({ row, why: "FAILED before its VM was created" });
+  }
+  return out;
+}
+
 /**
- * Remove orphaned entries in one pass over one cluster-wide VM list: TIMEOUT sandboxes, and live
- * rows whose VM no longer exists in Proxmox. Each goes through a forced destroy, under its own lock.
+ * Remove orphaned entries in one pass over one cluster-wide VM list: TIMEOUT sandboxes, live rows whose
+ * VM no longer exists in Proxmox, and FAILED rows whose VM was never created. Each goes through a forced
+ * destroy, under its own lock. One that cannot be removed is reported with the reason (upstream counted
+ * only the successes, so its weekly cron line never showed a failure).
  */
 export async function pruneSandboxes(
   { ctx, locks }: SandboxScope,
   op: Operation,
-): Promise<{ count: number; vmids: number[] }> {
+): Promise<{ count: number; vmids: number[]; failed: PruneFailure[] }> {
   const present = new Set((await ctx.backend.listVms()).map((vm) => vm.vmid));
-  const candidates = ctx.store.sandboxes
-    .list()
-    .filter(
-      (row) =>
-        row.state === "TIMEOUT" || (row.vm_created && !present.has(row.vmid) && !isProvisioning(row.state)),
-    );
   const vmids: number[] = [];
-  for (const row of candidates) {
+  const failed: PruneFailure[] = [];
+  for (const { row } of pruneCandidates(ctx, present)) {
     try {
       await destroySandbox({ ctx, locks }, row.vmid, true, op);
       vmids.push(row.vmid);
     } catch (error) {
       op.log.warn({ vmid: row.vmid, err: error }, `prune could not remove sandbox ${row.vmid}`);
+      const hint = error instanceof AgentlabError ? error.hint : undefined;
+      failed.push({ vmid: row.vmid, state: row.state, message: describe(error), ...(hint ? { hint } : {}) });
     }
   }
-  return { count: vmids.length, vmids };
+  return { count: vmids.length, vmids, failed };
 }

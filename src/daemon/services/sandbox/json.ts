@@ -2,8 +2,10 @@
  * The wire forms (protocol/sandbox.ts) of what the store and the backend hold: optional fields left
  * out rather than null, times as RFC 3339.
  */
+
 import type { SandboxEvent, Sandbox as SandboxJson, SandboxSnapshot } from "../../../protocol/sandbox.js";
 import type { SnapshotInfo } from "../../proxmox/types.js";
+import { redacted } from "../../redact.js";
 import type { EventRecord } from "../../store/events.js";
 import type { Sandbox } from "../../store/sandboxes.js";
 
@@ -33,7 +35,8 @@ export function eventJson(event: EventRecord): SandboxEvent {
   const json: SandboxEvent = { id: event.id, ts: event.ts.toISOString(), kind: event.kind };
   if (event.msg) json.msg = event.msg;
   if (event.payload !== undefined && event.payload !== null) json.payload = event.payload;
-  return json;
+  // Events quote agent output and failure reasons; shown through the one redactor like everything else.
+  return redacted(json);
 }
 
 export function snapshotJson(snapshot: SnapshotInfo): SandboxSnapshot {
