@@ -54,6 +54,7 @@ const EXPECTED_TABLES = [
   "bootstrap_tokens",
   "events",
   "job_log_chunks",
+  "job_secrets",
   "jobs",
   "sandboxes",
   "schema_migrations",
