@@ -74,6 +74,24 @@ export const DaemonStatus = z.object({
     })
     .optional()
     .describe("the remote control listener (control_listen); absent from older daemons"),
+  isolation: z
+    .object({
+      mode: z.enum(["auto", "on", "off"]).describe("network_isolation from config.yaml"),
+      in_force: z
+        .boolean()
+        .describe("true when the agentlab nftables ruleset is loaded and agentlabd binds sandboxes to it"),
+      reason: z.string(),
+      hint: z.string().optional(),
+      ruleset: z.object({
+        loaded: z.boolean(),
+        tables: z.array(z.string()).describe('nftables tables found, e.g. "inet agentlab"'),
+        error: z.string().optional().describe("why the ruleset could not be read"),
+      }),
+      bound: z.number().int().nonnegative().describe("sandboxes with an address that are bound"),
+      unbound_vmids: z.array(z.number().int()).describe("sandboxes with an address but no binding"),
+    })
+    .optional()
+    .describe("host network isolation as it is now (nftables, not iptables); absent from older daemons"),
   config_path: z.string(),
   profiles: z.number().int().nonnegative().describe("number of profiles loaded"),
   sandboxes: SandboxCounts,

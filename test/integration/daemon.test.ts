@@ -48,6 +48,11 @@ describe("agentlabd and agentlab over a real Unix socket", () => {
     assert.match(result.stdout, /^backend: +shell: unreachable: pvesh not found/m);
     assert.match(result.stdout, new RegExp(`^database: +${host.dbPath} \\(`, "m"));
     assert.match(result.stdout, /^sandboxes: +none$/m);
+    // Isolation is nftables: status says whether it is in force (no ruleset here) and how to load it.
+    assert.match(
+      result.stdout,
+      /^isolation: +NOT in force \(network_isolation: auto\): agentlab nftables ruleset not loaded.*\n +hint: load the ruleset: sudo scripts\/net\/apply\.sh --apply/m,
+    );
 
     const json = await runCli(["status", "--json"], { env: { AGENTLAB_SOCKET: host.socketPath } });
     assert.equal(json.code, 0, json.stderr);
@@ -60,6 +65,8 @@ describe("agentlabd and agentlab over a real Unix socket", () => {
     assert.equal(status.backend.kind, "shell");
     assert.equal(status.backend.reachable, false);
     assert.equal(status.backend.error.code, "PROXMOX_UNREACHABLE");
+    assert.equal(status.isolation.in_force, false);
+    assert.equal(status.isolation.ruleset.loaded, false);
   });
 
   test("each RPC call is logged with its own request id", async () => {

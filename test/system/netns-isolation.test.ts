@@ -674,6 +674,17 @@ describe("netns isolation: the rendered ruleset in real namespaces", { skip, tim
     // The names that are not these VMs' ports are not left registered (sb3's tap would drop sb3's own
     // traffic inside its firewall bridge as an unbound port using a bound address).
     for (const stale of ["tap102i0", "fwpr103p0"]) assert.ok(!state.sandboxPorts.includes(stale), stale);
+    // What `agentlab status` says, read from the real ruleset: both bound, one with no binding named.
+    const report = await net.report([
+      { vmid: SB3.vmid, ip: SB3.ip },
+      { vmid: SB4.vmid, ip: SB4.ip },
+      { vmid: 104, ip: "10.77.0.14" },
+      { vmid: 106, ip: null },
+    ]);
+    assert.equal(report.in_force, true, report.reason);
+    assert.deepEqual(report.ruleset, { loaded: true, tables: ["inet agentlab", "bridge agentlab_l2"] });
+    assert.equal(report.bound, 2);
+    assert.deepEqual(report.unbound_vmids, [104]);
   });
 
   it("daemon restart: resync looks the ports up again and binds the same ones", async () => {

@@ -314,6 +314,17 @@ describe("the firewall hole", () => {
     });
   });
 
+  test("not root but agentlabd says no ruleset is loaded: no hole needed, no error (issue 16 item 7)", async () => {
+    const denied = recorder([{ code: 1, stderr: "Error: Operation not permitted" }]);
+    assert.deepEqual(await openHole(denied.nft, spec, false), {
+      opened: false,
+      reason: "agentlabd reports the agentlab nftables ruleset is not loaded: no firewall hole needed",
+    });
+    // When agentlabd says it is loaded, a non-root user still cannot open it.
+    const loaded = recorder([{ code: 1, stderr: "Error: Operation not permitted" }]);
+    await assert.rejects(openHole(loaded.nft, spec, true), /needs root/);
+  });
+
   test("opened: inserted at the top, stale rules of dead smoke tests removed, deleted by handle", async () => {
     // pid 7 is not a process of this test run's making; pick a pid that surely does not exist.
     const dead = 2 ** 22 + 17;

@@ -320,3 +320,57 @@ test("daemon start: a live sandbox whose port is gone gets a sandbox.network.unb
     [["sandbox.network.unbound", 1021]],
   );
 });
+
+describe("isolation as agentlab status reports it", () => {
+  /** An nft stand-in whose tables can be loaded or flushed between calls. */
+  function switchableNft(loaded: boolean) {
+    const state = { loaded };
+    const run: CommandRunner = async (_file, args) =>
+      args[1] !== "list" || state.loaded
+        ? { exitCode: 0, stdout: EMPTY, stderr: "" }
+        : { exitCode: 1, stdout: "", stderr: "Error: No such file or directory" };
+    return { state, firewall: new SandboxFirewall({ run, subnet: "10.77.0.0/16" }) };
+  }
+  const live = [{ vmid: 1000, ip: "10.77.4.2" }];
+
+  test("off: not in force, nothing read", async () => {
+    const net = new SandboxNetworking("off", switchableNft(true).firewall, log, FWPR);
+    await net.init();
+    const report = await net.report(live);
+    assert.equal(report.in_force, false);
+    assert.match(report.reason, /^network_isolation: off/);
+  });
+
+  test("auto without the ruleset: not in force, with the start-up reason and how to load it", async () => {
+    const net = new SandboxNetworking("auto", switchableNft(false).firewall, log, FWPR);
+    await net.init();
+    const report = await net.report(live);
+    assert.equal(report.in_force, false);
+    assert.equal(report.ruleset.loaded, false);
+    assert.match(report.reason, /agentlab nftables ruleset not loaded/);
+    assert.match(report.hint ?? "", /scripts\/net\/apply\.sh --apply/);
+  });
+
+  test("a ruleset loaded after start is found, and the fix is a restart (nothing is bound yet)", async () => {
+    const nft = switchableNft(false);
+    const net = new SandboxNetworking("auto", nft.firewall, log, FWPR);
+    await net.init();
+    nft.state.loaded = true;
+    const report = await net.report(live);
+    assert.equal(report.in_force, false);
+    assert.equal(report.ruleset.loaded, true);
+    assert.match(report.reason, /started without it/);
+    assert.equal(report.hint, "sudo systemctl restart agentlabd");
+  });
+
+  test("a ruleset flushed after start is no longer in force, though agentlabd started with it", async () => {
+    const nft = switchableNft(true);
+    const net = new SandboxNetworking("auto", nft.firewall, log, FWPR);
+    await net.init();
+    assert.equal((await net.report(live)).in_force, true);
+    nft.state.loaded = false;
+    const report = await net.report(live);
+    assert.equal(report.in_force, false);
+    assert.match(report.reason, /was loaded when agentlabd started but cannot be read now/);
+  });
+});

@@ -29,6 +29,16 @@ function guestLine(listener: DaemonStatus["guest_listener"]): string {
   return `phone-home off: ${listener.error ?? "not listening"} (guest agent only)${hint}`;
 }
 
+/** nftables is what isolates sandboxes: say what is in force, so nobody greps iptables and concludes none. */
+export function isolationLine(iso: NonNullable<DaemonStatus["isolation"]>): string {
+  const pad = `\n${" ".repeat(VALUE_COLUMN)}`;
+  const hint = iso.hint ? `${pad}hint: ${iso.hint}` : "";
+  if (!iso.in_force) return `NOT in force (network_isolation: ${iso.mode}): ${iso.reason}${hint}`;
+  const total = iso.bound + iso.unbound_vmids.length;
+  const unbound = iso.unbound_vmids.length > 0 ? `; NOT bound: ${iso.unbound_vmids.join(", ")}` : "";
+  return `in force: nftables ${iso.ruleset.tables.join(", ")}; ${iso.bound} of ${total} sandboxes with an address bound${unbound}${hint}`;
+}
+
 export function statusText(status: DaemonStatus, connection?: string): string {
   const counts = Object.entries(status.sandboxes)
     .sort(([a], [b]) => a.localeCompare(b))
@@ -41,6 +51,9 @@ export function statusText(status: DaemonStatus, connection?: string): string {
     ["backend", backendLine(status.backend)],
     ["privileges", privilegesLine(status.privileges)],
     ["guests", guestLine(status.guest_listener)],
+    ...(status.isolation
+      ? ([["isolation", isolationLine(status.isolation)]] as Array<[string, string]>)
+      : []),
     ["database", `${status.database.path} (${formatBytes(status.database.size_bytes)})`],
     ...(status.artifacts
       ? ([["artifacts", `${status.artifacts.path} (${formatBytes(status.artifacts.size_bytes)})`]] as Array<

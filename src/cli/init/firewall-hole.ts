@@ -95,13 +95,27 @@ function rootError(what: string, result: RunResult): HoleError {
   );
 }
 
-async function listChain(nft: NftCall): Promise<{ rules: ChainRule[] } | { absent: string }> {
+/**
+ * `daemonSaysLoaded` is agentlabd's answer (agentlab status: it reads the ruleset as root). A member of
+ * the agentlab group cannot read nftables, but needs no root when there is no ruleset to open.
+ */
+async function listChain(
+  nft: NftCall,
+  daemonSaysLoaded?: boolean,
+): Promise<{ rules: ChainRule[] } | { absent: string }> {
   const result = await nft(["-a", "list", "chain", ...TABLE, CHAIN]);
   if (result.spawnError === "ENOENT") return { absent: "nft is not installed: no agentlab firewall to open" };
   if (result.spawnError)
     throw new HoleError(`cannot run nft: ${result.spawnError}`, "apt-get install nftables");
   if (result.code === 0) return { rules: parseChainRules(result.stdout) };
-  if (NOT_PERMITTED.test(result.stderr)) throw rootError("reading the agentlab firewall", result);
+  if (NOT_PERMITTED.test(result.stderr)) {
+    if (daemonSaysLoaded === false) {
+      return {
+        absent: "agentlabd reports the agentlab nftables ruleset is not loaded: no firewall hole needed",
+      };
+    }
+    throw rootError("reading the agentlab firewall", result);
+  }
   if (NOT_LOADED.test(result.stderr)) {
     return { absent: "nftables table inet agentlab (input chain) is not loaded: no firewall hole needed" };
   }
@@ -124,10 +138,14 @@ async function removeStale(nft: NftCall, rules: readonly ChainRule[]): Promise<n
 
 /**
  * Open the hole when the agentlab ruleset is loaded; say why not otherwise. Needs root (nft's error says
- * so and the HoleError explains).
+ * so and the HoleError explains) unless agentlabd says there is no ruleset.
  */
-export async function openHole(nft: NftCall, spec: HoleSpec): Promise<Hole & { staleRemoved?: number[] }> {
-  const listing = await listChain(nft);
+export async function openHole(
+  nft: NftCall,
+  spec: HoleSpec,
+  daemonSaysLoaded?: boolean,
+): Promise<Hole & { staleRemoved?: number[] }> {
+  const listing = await listChain(nft, daemonSaysLoaded);
   if ("absent" in listing) return { opened: false, reason: listing.absent };
   const staleRemoved = await removeStale(nft, listing.rules);
   const args = ["--echo", "--handle", "insert", "rule", ...TABLE, CHAIN, ...holeRuleArgs(spec)];

@@ -272,6 +272,8 @@ export async function runSmokeTest(env: SmokeEnv): Promise<SmokeReport> {
   let profile = "";
   let repo: SmokeRepo | undefined;
   let marker = "";
+  /** What agentlabd (root) saw of the nftables ruleset; undefined from older daemons. */
+  let rulesetLoaded: boolean | undefined;
 
   const plan: Array<[SmokeStepName, string, () => Promise<boolean>]> = [
     [
@@ -293,6 +295,7 @@ export async function runSmokeTest(env: SmokeEnv): Promise<SmokeReport> {
           return false;
         }
         endpoint = found;
+        rulesetLoaded = status.isolation?.ruleset.loaded;
         log.ok(
           "daemon",
           `agentlabd ${status.version}, Proxmox ${status.backend.version ?? "reachable"}, guest listener ${status.guest_listener.url}`,
@@ -358,13 +361,17 @@ export async function runSmokeTest(env: SmokeEnv): Promise<SmokeReport> {
         }
         report.repo_url = made.server.url;
         checkAbort();
-        made.hole = await openHole(nft, {
-          bridge: env.settings.bridge,
-          subnet: env.settings.agent_subnet,
-          host: endpoint!.host,
-          port: made.server.port,
-          pid: process.pid,
-        });
+        made.hole = await openHole(
+          nft,
+          {
+            bridge: env.settings.bridge,
+            subnet: env.settings.agent_subnet,
+            host: endpoint!.host,
+            port: made.server.port,
+            pid: process.pid,
+          },
+          rulesetLoaded,
+        );
         const hole = made.hole;
         const firewall = hole.opened
           ? `firewall: temporary rule (handle ${hole.handle}) accepts TCP ${made.server.port} from ${env.settings.agent_subnet} on ${env.settings.bridge}`

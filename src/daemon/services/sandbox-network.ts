@@ -2,6 +2,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { NetworkMode } from "../../config/profiles.js";
 import { AgentlabError } from "../../protocol/errors.js";
 import type { Logger } from "../log.js";
+import { NFT } from "../network/nft.js";
 import { bridgePortCandidates, type PortFinder, type PortLookup } from "../network/ports.js";
 import {
   egressPolicyForMode,
@@ -51,6 +52,23 @@ export class BridgePortMissingError extends AgentlabError {
   }
 }
 
+/** What `agentlab status` says about isolation: what is in force now, not what the config asks for. */
+export interface IsolationReport {
+  mode: IsolationMode;
+  in_force: boolean;
+  reason: string;
+  hint?: string;
+  ruleset: { loaded: boolean; tables: string[]; error?: string };
+  /** Sandboxes with an address that should be bound: how many are, and which are not. */
+  bound: number;
+  unbound_vmids: number[];
+}
+
+/** The tables agentlabd reads and writes (the NAT table is apply.sh's alone). */
+const TABLES = [NFT.filterTable, NFT.l2Table].map((t) => `${t.family} ${t.name}`);
+const RELOAD =
+  "sudo scripts/net/apply.sh --apply, then sudo systemctl restart agentlabd (it binds the running sandboxes again at start)";
+
 /** What resync could not bind, for the caller to record on each sandbox. */
 export interface ResyncResult {
   unbound: Array<{ vmid: number; reason: string }>;
@@ -58,6 +76,7 @@ export interface ResyncResult {
 
 export class SandboxNetworking {
   private enabled = false;
+  private startReason = "not initialised";
 
   constructor(
     private readonly mode: IsolationMode,
@@ -93,8 +112,67 @@ export class SandboxNetworking {
     return this.enabled;
   }
 
+  /**
+   * The isolation in force now, for `agentlab status`: the ruleset is read again (it may have been
+   * flushed or loaded since start), and each sandbox with an address is looked for among the bindings.
+   * The spec's firewall checks grep iptables; this is the nftables answer an operator needs.
+   */
+  async report(live: ReadonlyArray<{ vmid: number; ip: string | null }>): Promise<IsolationReport> {
+    const base = { mode: this.mode, bound: 0, unbound_vmids: [] as number[] };
+    if (this.mode === "off" || !this.firewall) {
+      return {
+        ...base,
+        in_force: false,
+        reason: "network_isolation: off: agentlabd does not bind sandboxes to their addresses",
+        ruleset: { loaded: false, tables: [], error: "not checked (network_isolation: off)" },
+      };
+    }
+    let bindings: string[];
+    try {
+      bindings = (await this.firewall.state()).bindings.map((b) => b.ip);
+    } catch (error) {
+      const message = (error as Error).message;
+      return {
+        ...base,
+        in_force: false,
+        reason: this.enabled
+          ? `the agentlab ruleset was loaded when agentlabd started but cannot be read now: ${message}`
+          : this.startReason,
+        hint: `load the ruleset: ${RELOAD}`,
+        ruleset: { loaded: false, tables: [], error: message },
+      };
+    }
+    const ruleset = { loaded: true, tables: TABLES };
+    if (!this.enabled) {
+      return {
+        ...base,
+        in_force: false,
+        reason: "the agentlab ruleset is loaded, but agentlabd started without it and binds no sandbox",
+        hint: "sudo systemctl restart agentlabd",
+        ruleset,
+      };
+    }
+    const addressed = live.filter((s): s is { vmid: number; ip: string } => s.ip !== null);
+    const bound = new Set(bindings);
+    const unbound = addressed.filter((s) => !bound.has(s.ip)).map((s) => s.vmid);
+    return {
+      mode: this.mode,
+      in_force: true,
+      reason: "agentlab nftables ruleset loaded; sandboxes are bound to their bridge port, MAC and address",
+      ...(unbound.length > 0
+        ? {
+            hint: 'sandbox show <vmid> has the event that says why; docs/troubleshooting.md "anti-spoofing not in place for sandbox N"; a restart of agentlabd binds running sandboxes again',
+          }
+        : {}),
+      ruleset,
+      bound: addressed.length - unbound.length,
+      unbound_vmids: unbound,
+    };
+  }
+
   private set(enabled: boolean, reason: string): { enabled: boolean; reason: string } {
     this.enabled = enabled;
+    this.startReason = reason;
     (enabled ? this.log.info.bind(this.log) : this.log.warn.bind(this.log))(
       { network_isolation: this.mode },
       reason,

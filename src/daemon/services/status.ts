@@ -74,7 +74,7 @@ async function privilegesStatus(ctx: DaemonContext): Promise<DaemonStatus["privi
 
 export async function daemonStatus(ctx: DaemonContext): Promise<DaemonStatus> {
   const now = ctx.clock.now();
-  const backend = await backendStatus(ctx);
+  const [backend, isolation] = await Promise.all([backendStatus(ctx), isolationStatus(ctx)]);
   return {
     version: ctx.version,
     pid: process.pid,
@@ -96,10 +96,21 @@ export async function daemonStatus(ctx: DaemonContext): Promise<DaemonStatus> {
     },
     socket_path: ctx.config.socket_path,
     control_listener: ctx.control ? { listening: true, ...ctx.control } : { listening: false },
+    ...(isolation ? { isolation } : {}),
     config_path: ctx.configPath,
     profiles: ctx.profiles.length,
     sandboxes: ctx.store.sandboxes.countByState(),
   };
+}
+
+/** Sandboxes that have an address and should be bound to it, as the ruleset is now. */
+async function isolationStatus(ctx: DaemonContext): Promise<DaemonStatus["isolation"]> {
+  if (!ctx.network) return undefined;
+  const live = [
+    ...ctx.store.sandboxes.list({ state: "READY" }),
+    ...ctx.store.sandboxes.list({ state: "RUNNING" }),
+  ].map((s) => ({ vmid: s.vmid, ip: s.ip }));
+  return ctx.network.report(live);
 }
 
 /** The last `maintenance run`, from its event (services/housekeeping.ts). */
