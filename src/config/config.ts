@@ -557,7 +557,10 @@ function resolveSshKey(
   return fromFile ?? "";
 }
 
-/** Refuse a config others could read (it may hold the API token) or change (it decides what runs as root). */
+/**
+ * Refuse a config others could read (it may hold the API token) or change (it decides what runs as root),
+ * by its mode or by owning it.
+ */
 function checkConfigFile(source: string): void {
   let stat: fs.Stats;
   try {
@@ -580,6 +583,15 @@ function checkConfigFile(source: string): void {
       details: { file: source },
       hint: "point AGENTLAB_CONFIG at the config.yaml file itself",
     });
+  }
+  // Mode alone is not enough: whoever owns the file can chmod it and rewrite what agentlabd runs as root.
+  const euid = process.geteuid?.();
+  if (euid !== undefined && stat.uid !== 0 && stat.uid !== euid) {
+    throw new AgentlabError(
+      "CONFIG_INVALID",
+      `${source} is owned by uid ${stat.uid}, not by root or the user agentlabd runs as (uid ${euid}): its owner could change what agentlabd does`,
+      { details: { file: source, uid: stat.uid }, hint: `chown root:root ${source}` },
+    );
   }
   const mode = stat.mode & 0o777;
   const unsafe: string[] = [];

@@ -500,6 +500,18 @@ describe("config: the file itself", () => {
     assert.equal(loadConfig(writeConfig("", 0o640)).config.log_level, "info");
   });
 
+  it("refuses a file owned by another user, even with mode 0600 (issue 16 item 9)", (t) => {
+    if (process.geteuid?.() !== 0) return t.skip("chown needs root");
+    const file = writeConfig("", 0o600);
+    fs.chownSync(file, 4242, 0);
+    const error = thrown(() => loadConfig(file));
+    assert.equal(error.code, "CONFIG_INVALID");
+    assert.match(error.message, /is owned by uid 4242, not by root or the user agentlabd runs as \(uid 0\)/);
+    assert.equal(error.hint, `chown root:root ${file}`);
+    fs.chownSync(file, 0, 0);
+    assert.equal(loadConfig(file).config.log_level, "info");
+  });
+
   it("a YAML syntax error names the file and the line", () => {
     const { error, file } = loadError("log_level: info\ndata_dir: /x\nlog_level: debug\n");
     assert.equal(error.code, "CONFIG_INVALID");
