@@ -273,6 +273,36 @@ describe("guest listener with jobs: rate limits", () => {
     );
   });
 
+  it("one VMID and one credential have their own buckets, whatever address they come from (issue 16 item 9)", async () => {
+    const fake = fakeJobs();
+    const { port } = await rig({ jobs: fake.endpoints, rateLimit: { qps: 1, burst: 2 } });
+    // Fetches for VMID 101 from three addresses: the third is over the VMID's bucket...
+    const fetch101 = (from: string) =>
+      post(port, JOB_FETCH_PATH, { body: JSON.stringify({ vmid: 101, token: "x" }), from });
+    const statuses = [
+      (await fetch101("127.0.0.2")).status,
+      (await fetch101("127.0.0.3")).status,
+      (await fetch101("127.0.0.4")).status,
+    ];
+    assert.deepEqual(statuses, [200, 200, 429]);
+    // ...while another VMID from a fresh address still gets through.
+    const other = await post(port, JOB_FETCH_PATH, {
+      body: JSON.stringify({ vmid: 102, token: "x" }),
+      from: "127.0.0.5",
+    });
+    assert.equal(other.status, 200);
+    // One report token from many addresses: limited by the token's own bucket (reports: burst 10).
+    const headers = { Authorization: "Bearer r".padEnd(40, "0") };
+    const reports: number[] = [];
+    for (let i = 0; i <= RUNNER_REPORT_RATE_LIMIT.burst; i++) {
+      reports.push(
+        (await post(port, RUNNER_REPORT_PATH, { body: "{}", headers, from: `127.0.1.${i + 1}` })).status,
+      );
+    }
+    assert.deepEqual(reports.slice(-2), [200, 429]);
+    assert.equal(reports.filter((code) => code === 200).length, RUNNER_REPORT_RATE_LIMIT.burst);
+  });
+
   it("reports do not use up the fetch bucket of the same guest", async () => {
     const fake = fakeJobs();
     const { port } = await rig({ jobs: fake.endpoints, rateLimit: { qps: 1, burst: 1 } });

@@ -74,16 +74,24 @@ describe("RunnerApi.fetch: refusals", () => {
     assert.equal(api.fetch(fetchBody(token, 101)).status, 200, "the token survived every bad request");
   });
 
-  it("answers 404 job not found for a VMID that has no job, before looking at the token", () => {
+  it("checks the token first: without it, no job and an ended job both look like a bad token (issue 16 item 9)", () => {
     rig.store.sandboxes.insert({ vmid: 202, name: "plain", profile: "p", state: "RUNNING" });
+    insertJob(rig.store, 101);
+    rig.store.jobs.end(JOB_ID, "FAILED", "provisioning failed");
+    const refused = { status: 403, body: { error: BAD_TOKEN } };
+    assert.deepEqual(api.fetch(fetchBody("0".repeat(32), 202)), refused, "no job");
+    assert.deepEqual(api.fetch(fetchBody("0".repeat(32), 999)), refused, "no sandbox");
+    assert.deepEqual(api.fetch(fetchBody("0".repeat(32), 101)), refused, "an ended job");
+    // With the VMID's own token the answers say what is wrong, and do not spend the token.
     const token = rig.readiness.issueJobToken(202);
     assert.deepEqual(api.fetch(fetchBody(token, 202)), { status: 404, body: { error: "job not found" } });
-    assert.deepEqual(api.fetch(fetchBody("0".repeat(32), 999)), {
-      status: 404,
-      body: { error: "job not found" },
+    const ended = rig.readiness.issueJobToken(101);
+    assert.deepEqual(api.fetch(fetchBody(ended, 101)), {
+      status: 409,
+      body: { error: "job already finalized" },
     });
-    // The token was not used by the 404: once a job is bound, the same token fetches it.
-    insertJob(rig.store, 202);
+    // Once a job is bound, the same token fetches it.
+    insertJob(rig.store, 202, { id: "job_00000000000000bb" });
     assert.equal(api.fetch(fetchBody(token, 202)).status, 200);
   });
 

@@ -8,6 +8,7 @@
  * handler. A listener that cannot bind is reported, not fatal: the daemon then finds guests through the
  * guest agent only.
  */
+import { createHash } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { BlockList, isIP } from "node:net";
 import { parseHostPort } from "../../config/net.js";
@@ -278,22 +279,22 @@ export class GuestListener {
         return;
       }
       if (path === READY_PATH) {
-        void this.#post(req, res, this.#limiter, (body, source) => this.#ready(body, source)).catch((error) =>
-          this.#internal(res, error),
-        );
+        void this.#post(req, res, this.#limiter, (body, source) => this.#ready(body, source), {
+          byVmid: true,
+        }).catch((error) => this.#internal(res, error));
         return;
       }
       const jobs = this.#options.jobs;
       if (jobs && path === JOB_FETCH_PATH) {
-        void this.#post(req, res, this.#limiter, (body) => jobs.fetch(body)).catch((error) =>
-          this.#internal(res, error),
+        void this.#post(req, res, this.#limiter, (body) => jobs.fetch(body), { byVmid: true }).catch(
+          (error) => this.#internal(res, error),
         );
         return;
       }
       if (jobs && path === RUNNER_REPORT_PATH) {
         const bearer = bearerToken(req.headers.authorization);
-        void this.#post(req, res, this.#reportLimiter, (body) => jobs.report(body, bearer)).catch((error) =>
-          this.#internal(res, error),
+        void this.#post(req, res, this.#reportLimiter, (body) => jobs.report(body, bearer), { bearer }).catch(
+          (error) => this.#internal(res, error),
         );
         return;
       }
@@ -301,9 +302,9 @@ export class GuestListener {
         const log = jobs.log.bind(jobs);
         const bearer = bearerToken(req.headers.authorization);
         const query = new URLSearchParams(search ?? "");
-        void this.#post(req, res, this.#streamLimiter, (_body, _source, raw) =>
-          log(query, bearer, raw),
-        ).catch((error) => this.#internal(res, error));
+        void this.#post(req, res, this.#streamLimiter, (_body, _source, raw) => log(query, bearer, raw), {
+          bearer,
+        }).catch((error) => this.#internal(res, error));
         return;
       }
       if (jobs?.upload && path === RUNNER_ARTIFACT_PATH) {
@@ -327,8 +328,9 @@ export class GuestListener {
     res: ServerResponse,
     limiter: RateLimiter,
     answer: (body: string, source: string, raw: Buffer) => Promise<GuestAnswer> | GuestAnswer,
+    keys: { bearer?: string | undefined; byVmid?: boolean } = {},
   ): Promise<void> {
-    const source = this.#admit(req, res, limiter);
+    const source = this.#admit(req, res, limiter, keys.bearer);
     if (source === undefined) return;
     let body: Buffer | undefined;
     try {
@@ -342,12 +344,28 @@ export class GuestListener {
       sendAndDrain(req, res, 400, { error: `request body too large (limit ${MAX_BODY_BYTES} bytes)` });
       return;
     }
-    const { status, body: reply } = await answer(body.toString("utf8"), source, body);
+    const text = body.toString("utf8");
+    // The VMID a request is about has its own bucket too: guessing one sandbox's token from many
+    // addresses is as slow as from one.
+    const vmid = keys.byVmid ? vmidOf(text) : undefined;
+    if (vmid !== undefined && !limiter.allow(`vmid:${vmid}`)) {
+      send(res, 429, { error: REFUSED.rateLimit }, { "Retry-After": "1" });
+      return;
+    }
+    const { status, body: reply } = await answer(text, source, body);
     send(res, status, reply);
   }
 
-  /** Method, source subnet and rate limit; the source address when admitted, else the refusal is sent. */
-  #admit(req: IncomingMessage, res: ServerResponse, limiter: RateLimiter): string | undefined {
+  /**
+   * Method, source subnet and rate limit (per source address, and per credential when the request
+   * carries one); the source address when admitted, else the refusal is sent.
+   */
+  #admit(
+    req: IncomingMessage,
+    res: ServerResponse,
+    limiter: RateLimiter,
+    bearer?: string,
+  ): string | undefined {
     if (req.method !== "POST") {
       send(res, 405, { error: "method not allowed; use POST" }, { Allow: "POST" });
       return undefined;
@@ -357,7 +375,8 @@ export class GuestListener {
       send(res, 403, { error: REFUSED.subnet });
       return undefined;
     }
-    if (!limiter.allow(source)) {
+    const credential = bearer === undefined ? undefined : `credential:${credentialKey(bearer)}`;
+    if (!limiter.allow(source) || (credential !== undefined && !limiter.allow(credential))) {
       send(res, 429, { error: REFUSED.rateLimit }, { "Retry-After": "1" });
       return undefined;
     }
@@ -371,11 +390,12 @@ export class GuestListener {
     upload: NonNullable<GuestJobEndpoints["upload"]>,
     query: URLSearchParams,
   ): Promise<void> {
-    if (this.#admit(req, res, this.#streamLimiter) === undefined) return;
+    const bearer = bearerToken(req.headers.authorization);
+    if (this.#admit(req, res, this.#streamLimiter, bearer) === undefined) return;
     const declared = Number(req.headers["content-length"]);
     const answer = await upload(
       query,
-      bearerToken(req.headers.authorization),
+      bearer,
       Number.isSafeInteger(declared) && declared >= 0 ? declared : undefined,
       req,
     );
@@ -400,6 +420,21 @@ export class GuestListener {
   #internal(res: ServerResponse, error: unknown): void {
     this.#options.log.error({ err: error }, "guest listener: request failed");
     send(res, 500, { error: "internal error; see the agentlabd log" });
+  }
+}
+
+/** A bucket key for a credential: its hash, so the limiter's map holds no secrets. */
+function credentialKey(bearer: string): string {
+  return createHash("sha256").update(bearer).digest("hex").slice(0, 32);
+}
+
+/** The `vmid` of a JSON body when it is a positive whole number; else undefined (the endpoint says why). */
+function vmidOf(text: string): number | undefined {
+  try {
+    const vmid = (JSON.parse(text) as { vmid?: unknown } | null)?.vmid;
+    return typeof vmid === "number" && Number.isSafeInteger(vmid) && vmid > 0 ? vmid : undefined;
+  } catch {
+    return undefined;
   }
 }
 

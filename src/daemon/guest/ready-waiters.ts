@@ -145,6 +145,11 @@ export class GuestReadiness {
     return this.#tokens.consume(vmid, token, "job");
   }
 
+  /** Whether `token` is `vmid`'s unspent job token (not spent by asking). */
+  jobTokenValid(vmid: number, token: string): boolean {
+    return this.#tokens.valid(vmid, token, "job");
+  }
+
   /** Forget an unused job token (the sandbox failed or was destroyed before its runner asked). */
   revokeJobToken(vmid: number): void {
     this.#tokens.revoke(vmid, "job");

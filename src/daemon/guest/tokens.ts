@@ -51,6 +51,22 @@ export class BootstrapTokens {
     return this.repo.consume(hashBootstrapToken(token), vmid, this.clock.now(), purpose);
   }
 
+  /**
+   * Whether `token` is an unspent, unexpired `purpose` token of `vmid`, without spending it: lets an
+   * endpoint check the caller before it says anything about what the caller asks for.
+   */
+  valid(vmid: number, token: string, purpose: BootstrapTokenPurpose = "ready"): boolean {
+    if (!TOKEN.test(token)) return false;
+    const row = this.repo.get(hashBootstrapToken(token));
+    return (
+      row !== undefined &&
+      row.vmid === vmid &&
+      row.purpose === purpose &&
+      row.consumed_at === null &&
+      row.expires_at.getTime() > this.clock.now().getTime()
+    );
+  }
+
   /** Forget the unused `purpose` tokens of `vmid`: that wait ended, so a late request must be refused. */
   revoke(vmid: number, purpose: BootstrapTokenPurpose = "ready"): void {
     this.repo.deleteUnconsumed(vmid, purpose);

@@ -128,13 +128,16 @@ export class RunnerApi {
     const id = positiveVmid(vmid);
     if (id === undefined) return bad("vmid must be positive");
     const { ctx } = this;
+    const readiness = ctx.guestReady;
+    // The token first: without it nobody learns whether a sandbox has a job or whether it ended.
+    if (!readiness?.jobTokenValid(id, token)) {
+      ctx.log.info({ vmid: id }, `job fetch refused: ${REFUSED.token}`);
+      return bad(REFUSED.token, 403);
+    }
     const job = ctx.store.jobs.latestForSandbox(id);
     if (!job) return bad(RUNNER_REFUSED.jobNotFound, 404);
-    // An ended job (failed while its VM was still up) must not start an agent; checked before the
-    // token is used, so the answer does not depend on it.
+    // An ended job (failed while its VM was still up) must not start an agent; the token stays unspent.
     if (job.status !== "QUEUED" && job.status !== "RUNNING") return bad(RUNNER_REFUSED.finalized, 409);
-    const readiness = ctx.guestReady;
-    if (!readiness) return bad(REFUSED.token, 403);
     const reportToken = randomBytes(32).toString("hex");
     // One transaction: a write that fails after the token was used would leave the runner with a
     // spent token and nothing to show for it.
