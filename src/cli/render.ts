@@ -76,7 +76,12 @@ export function table(headers: string[], rows: string[][]): string {
 /** Key/value lines with the values aligned. */
 export function fields(pairs: Array<[string, string]>): string {
   const width = Math.max(...pairs.map(([key]) => key.length)) + 1;
-  return pairs.map(([key, value]) => `${`${key}:`.padEnd(width)} ${value}`).join("\n") + "\n";
+  // The lines after a value's first (a hint, a fix) start under the value, however wide the keys are.
+  const indent = `\n${" ".repeat(width + 1)}`;
+  return (
+    pairs.map(([key, value]) => `${`${key}:`.padEnd(width)} ${value.split("\n").join(indent)}`).join("\n") +
+    "\n"
+  );
 }
 
 export function formatBytes(bytes: number): string {

@@ -140,7 +140,7 @@ describe("api backend with the AgentLab role minus Datastore.Allocate", () => {
     const text = await h.cli(["status"]);
     assert.match(
       text.stdout,
-      /^privileges: fail: token agentlab@pve!agentlabd: \/storage\/local-lvm lacks Datastore\.Allocate/m,
+      /^privileges: +fail: token agentlab@pve!agentlabd: \/storage\/local-lvm lacks Datastore\.Allocate/m,
     );
     assert.match(
       text.stdout,

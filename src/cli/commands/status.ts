@@ -4,35 +4,29 @@ import { connectionOf, execute, type GlobalArgs } from "../context.js";
 import { describeConnection } from "../remote/connection.js";
 import { fields, formatBytes } from "../render.js";
 
-/** Where fields() starts the values: after the longest key, "privileges:", and a space. */
-const VALUE_COLUMN = "privileges:".length + 1;
-
 function backendLine(backend: DaemonStatus["backend"]): string {
   if (backend.reachable) {
     const nodes = (backend.nodes ?? []).map((n) => `${n.node}${n.online ? "" : " (offline)"}`).join(", ");
     return `${backend.kind}: Proxmox VE ${backend.version ?? "?"}, nodes ${nodes || "none"}`;
   }
-  const why = backend.error
-    ? `${backend.error.message}\n${" ".repeat(VALUE_COLUMN)}hint: ${backend.error.hint}`
-    : "no answer";
+  const why = backend.error ? `${backend.error.message}\nhint: ${backend.error.hint}` : "no answer";
   return `${backend.kind}: unreachable: ${why}`;
 }
 
 function privilegesLine(check: DaemonStatus["privileges"]): string {
-  const fix = check.status !== "ok" && check.fix ? `\n${" ".repeat(VALUE_COLUMN)}fix: ${check.fix}` : "";
+  const fix = check.status !== "ok" && check.fix ? `\nfix: ${check.fix}` : "";
   return `${check.status}: ${check.detail}${fix}`;
 }
 
 function guestLine(listener: DaemonStatus["guest_listener"]): string {
   if (listener.listening) return `phone-home on ${listener.url ?? listener.address}`;
-  const hint = listener.hint ? `\n${" ".repeat(VALUE_COLUMN)}hint: ${listener.hint}` : "";
+  const hint = listener.hint ? `\nhint: ${listener.hint}` : "";
   return `phone-home off: ${listener.error ?? "not listening"} (guest agent only)${hint}`;
 }
 
 /** nftables is what isolates sandboxes: say what is in force, so nobody greps iptables and concludes none. */
 export function isolationLine(iso: NonNullable<DaemonStatus["isolation"]>): string {
-  const pad = `\n${" ".repeat(VALUE_COLUMN)}`;
-  const hint = iso.hint ? `${pad}hint: ${iso.hint}` : "";
+  const hint = iso.hint ? `\nhint: ${iso.hint}` : "";
   if (!iso.in_force) return `NOT in force (network_isolation: ${iso.mode}): ${iso.reason}${hint}`;
   const total = iso.bound + iso.unbound_vmids.length;
   const unbound = iso.unbound_vmids.length > 0 ? `; NOT bound: ${iso.unbound_vmids.join(", ")}` : "";
