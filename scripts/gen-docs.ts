@@ -1,5 +1,6 @@
 /**
- * Generates docs/cli.md from the CLI's own --help and docs/rpc.md from the protocol declarations, so
+ * Generates docs/cli.md and the man page docs/agentlab.1 from the CLI's own --help and docs/rpc.md from
+ * the protocol declarations, so
  * the references cannot drift from the code. `--check` compares instead of writing and fails when a
  * file is stale (CI runs it).
  */
@@ -8,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { buildCli } from "../src/cli/main.js";
 import { ERROR_CODES, METHODS } from "../src/protocol/index.js";
+import { manPage } from "./man-page.js";
 
 const root = fileURLToPath(new URL("../../", import.meta.url)).replace(/\/$/, "");
 
@@ -39,15 +41,26 @@ function subcommands(text: string, parent: string[]): string[][] {
   return found;
 }
 
-async function cliDoc(): Promise<string> {
+/** Every command's help text, depth first from the top: the one walk both references render. */
+async function helpTexts(): Promise<Array<{ path: string[]; text: string }>> {
+  const found: Array<{ path: string[]; text: string }> = [];
+  const visit = async (path: string[]): Promise<void> => {
+    const text = await help(path);
+    found.push({ path, text });
+    for (const child of subcommands(text, path)) await visit(child);
+  };
+  await visit([]);
+  return found;
+}
+
+function cliDoc(texts: ReadonlyArray<{ path: string[]; text: string }>): string {
   const parts = [
     "# agentlab CLI reference",
     "",
     "Generated from `agentlab --help` by `npm run docs`; do not edit by hand.",
     "",
   ];
-  const visit = async (path: string[]): Promise<void> => {
-    const text = await help(path);
+  for (const { path, text } of texts) {
     parts.push(
       `## agentlab${path.length > 0 ? ` ${path.join(" ")}` : ""}`,
       "",
@@ -56,9 +69,7 @@ async function cliDoc(): Promise<string> {
       "```",
       "",
     );
-    for (const child of subcommands(text, path)) await visit(child);
-  };
-  await visit([]);
+  }
   return parts.join("\n");
 }
 
@@ -116,8 +127,10 @@ function rpcDoc(): string {
 
 const check = process.argv.includes("--check");
 let stale = false;
+const texts = await helpTexts();
 for (const [file, content] of [
-  ["docs/cli.md", await cliDoc()],
+  ["docs/cli.md", cliDoc(texts)],
+  ["docs/agentlab.1", manPage(texts)],
   ["docs/rpc.md", rpcDoc()],
 ] as const) {
   const path = `${root}/${file}`;

@@ -3,9 +3,12 @@
 #
 #   scripts/install.sh [--root DIR] [--backend shell|api]  install (or upgrade) the code, unit and layout
 #   scripts/install.sh [--root DIR] --uninstall [--purge]  remove the code and unit; --purge also removes
-#                                                         /etc/agentlab and /var/lib/agentlab (all data)
+#                                                         /etc/agentlab, /var/lib/agentlab (all data) and
+#                                                         the agentlab group (backups in /var/backups/agentlab
+#                                                         are kept: remove them yourself)
+#   scripts/install.sh --help                             this text
 #
-# Layout: code in /opt/agentlab, launchers /usr/local/bin/agentlab{,d}, config /etc/agentlab (0750) with
+# Layout: code in /opt/agentlab, launchers /usr/local/bin/agentlab{,d}, man page agentlab(1), config /etc/agentlab (0750) with
 # config.yaml (0600, written only if missing) and profiles/ (copied only if missing), data
 # /var/lib/agentlab (0750), unit /etc/systemd/system/agentlabd.service, group agentlab, and the timers
 # agentlab-maintenance.timer (daily `agentlab maintenance run`) and agentlab-backup.timer (daily
@@ -29,7 +32,7 @@ while [ "$#" -gt 0 ]; do
     --purge) purge=1; shift ;;
     --backend) backend=${2:?--backend needs shell or api}; shift 2 ;;
     --backend=*) backend=${1#--backend=}; shift ;;
-    -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; exit 0 ;;
     *) echo "install: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -57,12 +60,17 @@ if [ "$action" = uninstall ]; then
   fi
   for unit in $timer_units; do rm -f "$root/etc/systemd/system/$unit"; done
   rm -f "$root/etc/systemd/system/agentlabd.service" "$root/usr/local/bin/agentlab" "$root/usr/local/bin/agentlabd"
+  rm -f "$root/usr/local/share/man/man1/agentlab.1"
   rm -f "$root/etc/systemd/system/agentlabd.service.d/api-backend.conf"
   rmdir "$root/etc/systemd/system/agentlabd.service.d" 2>/dev/null || true
   rm -rf "$root/opt/agentlab"
   if [ "$purge" = 1 ]; then
     rm -rf "$root/etc/agentlab" "$root/var/lib/agentlab"
+    if [ "$live" = 1 ] && getent group agentlab >/dev/null 2>&1; then
+      groupdel agentlab && say "removed group agentlab"
+    fi
     say "removed agentlab, its configuration and its data"
+    [ -d "$root/var/backups/agentlab" ] && say "kept the database backups in $root/var/backups/agentlab (rm -r it to remove them)"
   else
     say "removed agentlab; kept $root/etc/agentlab and $root/var/lib/agentlab (--purge removes them)"
   fi
@@ -115,6 +123,7 @@ rm -rf "$dest.old"
 say "code in $dest"
 
 mkdir -p "$root/usr/local/bin"
+install -D -m 0644 "$repo/docs/agentlab.1" "$root/usr/local/share/man/man1/agentlab.1"
 ln -sf /opt/agentlab/bin/agentlab "$root/usr/local/bin/agentlab"
 ln -sf /opt/agentlab/bin/agentlabd "$root/usr/local/bin/agentlabd"
 

@@ -162,6 +162,25 @@ describe("scripts/install.sh into a temporary root", () => {
     assert.match(badFlag.stderr, /--backend must be shell or api, not 'pve'/);
   });
 
+  test("--help prints the whole header: every form of the command, the layout and --root", () => {
+    const help = spawnSync("sh", [INSTALL, "--help"], { encoding: "utf8" });
+    assert.equal(help.status, 0);
+    assert.match(help.stdout, /^Install agentlab on a Proxmox VE host/);
+    assert.match(help.stdout, /--uninstall \[--purge\]/);
+    assert.match(help.stdout, /^--root installs under another directory/m);
+    assert.match(help.stdout, /^systemd is not touched\.$/m, "the last line of the header");
+    assert.doesNotMatch(help.stdout, /set -eu/);
+  });
+
+  test("the man page is installed and renders without a roff warning", (t) => {
+    const page = join(root, "usr/local/share/man/man1/agentlab.1");
+    assert.equal(readFileSync(page, "utf8"), readFileSync(join(REPO_ROOT, "docs/agentlab.1"), "utf8"));
+    if (spawnSync("groff", ["--version"]).status !== 0) return t.skip("groff is not installed");
+    const render = spawnSync("groff", ["-man", "-Tutf8", "-ww", "-z", page], { encoding: "utf8" });
+    assert.equal(render.status, 0);
+    assert.equal(render.stderr, "");
+  });
+
   test("uninstall keeps data unless --purge", () => {
     writeFileSync(join(root, "var/lib/agentlab/agentlab.db"), "data");
     const kept = install(root, "--uninstall");
@@ -171,7 +190,11 @@ describe("scripts/install.sh into a temporary root", () => {
     for (const unit of HOUSEKEEPING_UNITS)
       assert.ok(!existsSync(join(root, "etc/systemd/system", unit)), unit);
     assert.equal(readFileSync(join(root, "var/lib/agentlab/agentlab.db"), "utf8"), "data");
-    install(root, "--uninstall", "--purge");
+    assert.ok(!existsSync(join(root, "usr/local/share/man/man1/agentlab.1")));
+    mkdirSync(join(root, "var/backups/agentlab"), { recursive: true });
+    const purged = install(root, "--uninstall", "--purge");
+    assert.match(purged, /kept the database backups in .*var\/backups\/agentlab/);
+    assert.ok(existsSync(join(root, "var/backups/agentlab")));
     assert.ok(!existsSync(join(root, "var/lib/agentlab")));
     assert.ok(!existsSync(join(root, "etc/agentlab")));
   });
