@@ -14,6 +14,8 @@ command -v ping >/dev/null 2>&1 || need_apt="$need_apt iputils-ping"
 command -v systemd-analyze >/dev/null 2>&1 || need_apt="$need_apt systemd"
 # The man page test renders docs/agentlab.1 with groff (install.test).
 command -v groff >/dev/null 2>&1 || need_apt="$need_apt groff-base"
+# The fish completion script is run by fish itself (integration/completion.test).
+command -v fish >/dev/null 2>&1 || need_apt="$need_apt fish"
 # Workspace fsck runs the real e2fsck/debugfs/mkfs.ext4 (e2fsprogs) and blkid/partx/losetup (util-linux, mount).
 { command -v e2fsck || [ -x /usr/sbin/e2fsck ] || [ -x /sbin/e2fsck ]; } >/dev/null 2>&1 || need_apt="$need_apt e2fsprogs"
 { command -v blkid || [ -x /usr/sbin/blkid ] || [ -x /sbin/blkid ]; } >/dev/null 2>&1 || need_apt="$need_apt util-linux"

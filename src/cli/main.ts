@@ -1,9 +1,9 @@
-import yargs, { type Argv } from "yargs";
+import yargs, { type Argv, type FallbackCompletionFunction } from "yargs";
 import { hideBin } from "yargs/helpers";
 import { editDistance } from "../config/suggest.js";
 import { AgentlabError } from "../protocol/index.js";
 import { VERSION } from "../version.js";
-import { completionCommand } from "./commands/completion.js";
+import { COMPLETION_FLAG, completionCommand } from "./commands/completion.js";
 import { connectCommand, disconnectCommand } from "./commands/connect.js";
 import { dbCommand } from "./commands/db.js";
 import { initCommand } from "./commands/init.js";
@@ -17,6 +17,7 @@ import { statusCommand } from "./commands/status.js";
 import { tokenCommand } from "./commands/token.js";
 import { versionCommand } from "./commands/version.js";
 import { workspaceCommand } from "./commands/workspace.js";
+import { completionNames } from "./completion-names.js";
 import { defaultSocket, type GlobalArgs, parseTimeout } from "./context.js";
 import { processOutput, renderError } from "./render.js";
 
@@ -58,7 +59,8 @@ function usageError(message: string, argv: string[]): AgentlabError {
   return new AgentlabError("USAGE", message, { hint: "run the command with --help to see its usage" });
 }
 
-export function buildCli(argv: string[]): Argv<GlobalArgs> {
+/** `names`: the daemon's names for a completion request (completionNames), added to yargs' own. */
+export function buildCli(argv: string[], names: readonly string[] = []): Argv<GlobalArgs> {
   const wantsJson = argv.includes("--json");
   // yargs translates its own words by the locale it guesses from LANG/LC_ALL: half-German help, a
   // "did you mean" hint usageError() no longer recognises, and docs/cli.md that depends on the host.
@@ -133,7 +135,15 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
     .command(dbCommand)
     .command(versionCommand)
     .command(completionCommand)
-    .completion("__complete", false)
+    .completion("__complete", false, ((
+      _current: string,
+      _args: GlobalArgs,
+      defaults: (onCompleted: (error: Error | null, candidates: string[] | undefined) => void) => void,
+      done: (completions: string[]) => void,
+    ) => {
+      // yargs' own candidates (commands, options), then the daemon's names fetched beforehand.
+      defaults((_error, candidates) => done([...(candidates ?? []), ...names]));
+    }) as FallbackCompletionFunction)
     .demandCommand(1, "name a command; agentlab --help lists them")
     .recommendCommands()
     .strict()
@@ -146,6 +156,8 @@ export function buildCli(argv: string[]): Argv<GlobalArgs> {
     )
     .wrap(HELP_WIDTH)
     .fail((message, error) => {
+      // A half-typed line being completed is not a usage error: the completion still answers.
+      if (argv.includes(COMPLETION_FLAG)) return;
       const failure =
         error instanceof AgentlabError
           ? error
@@ -169,5 +181,6 @@ function quietOnClosedPipe(stream: NodeJS.WriteStream): void {
 export async function main(argv: string[] = hideBin(process.argv)): Promise<void> {
   quietOnClosedPipe(process.stdout);
   quietOnClosedPipe(process.stderr);
-  await buildCli(argv).parseAsync();
+  const names = argv.includes(COMPLETION_FLAG) ? await completionNames(argv, COMPLETION_FLAG) : [];
+  await buildCli(argv, names).parseAsync();
 }

@@ -237,7 +237,7 @@ describe("CLI errors", () => {
   });
 
   test("usage errors exit 2", async () => {
-    for (const args of [["no-such-command"], ["--timeout", "soon", "status"], ["completion", "fish"], []]) {
+    for (const args of [["no-such-command"], ["--timeout", "soon", "status"], ["completion", "tcsh"], []]) {
       const result = await runCli(args);
       assert.equal(result.code, 2, `${args.join(" ")}: ${result.stderr}`);
       assert.match(result.stderr, /^error: /);

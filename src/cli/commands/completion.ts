@@ -33,22 +33,37 @@ fi
 `;
 }
 
+function fishScript(): string {
+  return `# agentlab fish completion. Install: agentlab completion fish > ~/.config/fish/completions/agentlab.fish
+function __agentlab_complete
+    set -l words (commandline -opc) (commandline -ct)
+    agentlab ${COMPLETION_FLAG} $words 2>/dev/null | string replace -r ':.*' ''
+end
+complete -c agentlab -f -a '(__agentlab_complete)'
+`;
+}
+
+const SCRIPTS = { bash: bashScript, zsh: zshScript, fish: fishScript } as const;
+
 export const completionCommand: CommandModule<GlobalArgs, GlobalArgs & { shell: string }> = {
   command: "completion <shell>",
-  describe: "Print a shell completion script (bash or zsh)",
+  describe:
+    "Print a shell completion script (bash, zsh or fish): commands, options, and the daemon's VMIDs, workspace, session and profile names and job ids",
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
       .positional("shell", {
-        choices: ["bash", "zsh"] as const,
+        choices: ["bash", "zsh", "fish"] as const,
         describe: "shell to complete for",
         demandOption: true,
       })
       .example("agentlab completion bash > /etc/bash_completion.d/agentlab", "enable completion for bash")
       // biome-ignore lint/suspicious/noTemplateCurlyInString: a zsh expansion the user types, not a template
-      .example('agentlab completion zsh > "${fpath[1]}/_agentlab"', "enable completion for zsh") as Argv<
-      GlobalArgs & { shell: string }
-    >,
+      .example('agentlab completion zsh > "${fpath[1]}/_agentlab"', "enable completion for zsh")
+      .example(
+        "agentlab completion fish > ~/.config/fish/completions/agentlab.fish",
+        "enable completion for fish",
+      ) as Argv<GlobalArgs & { shell: string }>,
   handler: (argv) => {
-    process.stdout.write(argv.shell === "zsh" ? zshScript() : bashScript());
+    process.stdout.write(SCRIPTS[argv.shell as keyof typeof SCRIPTS]());
   },
 };
