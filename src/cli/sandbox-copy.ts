@@ -145,6 +145,15 @@ function notDirectory(path: string, source: string, guest?: number): AgentlabErr
   );
 }
 
+/** A file named `dir/` whose directory is not there: cp(1) refuses rather than make a file `dir`. */
+function noSuchDirectory(path: string, guest?: number): AgentlabError {
+  return new AgentlabError(
+    "FILE_NOT_FOUND",
+    `${guest !== undefined ? `sandbox ${guest}: ` : ""}${path}: no such directory`,
+    { hint: "make the directory first, or drop the trailing / to name the file" },
+  );
+}
+
 /** Copies local files and directories into a sandbox, and sandbox files out, through the daemon. */
 export class SandboxCopier {
   /** The local partial file of a download in progress: removed on every way out. */
@@ -193,6 +202,7 @@ export class SandboxCopier {
     let target = destination;
     if (dest.exists && dest.type === "directory") target = posix.join(destination, basename(source));
     else if (isDir && dest.exists) throw notDirectory(destination, source, vmid);
+    else if (!isDir && destination.endsWith("/")) throw noSuchDirectory(destination, vmid);
     const plan: Plan = { steps: [], total: 0, skipped: [] };
     if (isDir) await this.planLocalDir(source, target, stats.mode & 0o7777, plan);
     else {
@@ -251,6 +261,7 @@ export class SandboxCopier {
     });
     if (local?.isDirectory()) target = join(destination, posix.basename(src.path));
     else if (isDir && local) throw notDirectory(destination, `${vmid}:${source}`);
+    else if (!isDir && destination.endsWith("/")) throw noSuchDirectory(destination);
     const plan: Plan = { steps: [], total: 0, skipped: [] };
     if (isDir) await this.planGuestDir(vmid, src.path, target, src.mode ?? 0o755, plan);
     else {

@@ -75,17 +75,17 @@ describe("sandbox cp against a real sshd", { skip }, () => {
     }
   });
 
-  test("a multi-chunk binary file up and down: the same bytes, the same SHA-256, the mode kept", async () => {
-    // 5 MiB and a bit: ten chunks and a short one, and large enough to report progress.
-    const data = randomBytes(5 * 1024 * 1024 + 17);
+  test("a 50 MiB binary file up and down: the same bytes, the same SHA-256, the mode kept", async () => {
+    // 50 MiB and a bit (issue 13's round trip): a hundred chunks and a short one, with progress.
+    const data = randomBytes(50 * 1024 * 1024 + 17);
     const source = join(local, "blob.bin");
     writeFileSync(source, data);
     chmodSync(source, 0o750);
 
     const up = await cp([source, `${vmid}:${guest}/blob.bin`]);
     assert.equal(up.code, 0, up.stderr);
-    assert.equal(up.stdout, `copied 1 file, 5.0 MiB to ${vmid}:${guest}/blob.bin\n`);
-    assert.match(up.stderr, /copied 5\.0 MiB \/ 5\.0 MiB \(100%\)\n$/, "progress on stderr");
+    assert.equal(up.stdout, `copied 1 file, 50.0 MiB to ${vmid}:${guest}/blob.bin\n`);
+    assert.match(up.stderr, /copied 50\.0 MiB \/ 50\.0 MiB \(100%\)\n$/, "progress on stderr");
     assert.equal(sha256(readFileSync(join(guest, "blob.bin"))), sha256(data));
     assert.equal(modeOf(join(guest, "blob.bin")), 0o750);
     assert.deepEqual(partials(guest), []);
@@ -215,6 +215,12 @@ describe("sandbox cp against a real sshd", { skip }, () => {
     assert.equal(noDir.code, 1);
     assert.match(noDir.stderr, new RegExp(`error: sandbox ${vmid}: ${guest}/no-dir: no such directory`));
     assert.match(noDir.stderr, /hint: make it first: agentlab sandbox exec/);
+
+    // A trailing / names a directory: one that is not there is not made into a file of that name.
+    const slash = await cp([join(local, "small.txt"), `${vmid}:${guest}/not-yet/`]);
+    assert.equal(slash.code, 1);
+    assert.match(slash.stderr, new RegExp(`error: sandbox ${vmid}: ${guest}/not-yet/: no such directory`));
+    assert.equal(existsSync(join(guest, "not-yet")), false);
 
     // Even root may not write into an immutable directory (ext4's i attribute): EPERM in the guest.
     const locked = join(guest, "locked");

@@ -53,14 +53,6 @@ export class SftpSessions {
     }
   }
 
-  closeAll(): void {
-    for (const [key, entry] of this.entries) {
-      this.entries.delete(key);
-      clearTimeout(entry.timer);
-      entry.ready.then(({ client }) => client.end()).catch(() => {});
-    }
-  }
-
   private async open(key: string, target: GuestTarget, signal: AbortSignal) {
     const client = await connectGuest(target, this.identity, signal);
     // Gone (the guest stopped, sshd restarted, idle close): forget it, so the next request reconnects.

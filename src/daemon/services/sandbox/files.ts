@@ -62,7 +62,7 @@ export class FileService {
     params: ParamsOf<typeof sandboxFileStat>,
     op: Operation,
   ): Promise<ResultOf<typeof sandboxFileStat>> {
-    const { sftp, vmid } = await this.session(params.vmid, params.user, "copy files to or from", op);
+    const { sftp, vmid } = await this.session(params.vmid, params.user, op);
     try {
       const stats = await sftp.stat(params.path);
       return {
@@ -82,7 +82,7 @@ export class FileService {
     params: ParamsOf<typeof sandboxFileList>,
     op: Operation,
   ): Promise<ResultOf<typeof sandboxFileList>> {
-    const { sftp, vmid } = await this.session(params.vmid, params.user, "copy files to or from", op);
+    const { sftp, vmid } = await this.session(params.vmid, params.user, op);
     try {
       const stats = await sftp.stat(params.path);
       if (!stats.isDirectory()) {
@@ -114,7 +114,7 @@ export class FileService {
     params: ParamsOf<typeof sandboxFileRead>,
     op: Operation,
   ): Promise<ResultOf<typeof sandboxFileRead>> {
-    const { sftp, vmid } = await this.session(params.vmid, params.user, "copy files to or from", op);
+    const { sftp, vmid } = await this.session(params.vmid, params.user, op);
     let handle: Buffer | undefined;
     try {
       handle = await sftp.open(params.path, "r");
@@ -147,7 +147,7 @@ export class FileService {
     params: ParamsOf<typeof sandboxFileMkdir>,
     op: Operation,
   ): Promise<ResultOf<typeof sandboxFileMkdir>> {
-    const { sftp, vmid } = await this.session(params.vmid, params.user, "copy files to or from", op);
+    const { sftp, vmid } = await this.session(params.vmid, params.user, op);
     try {
       let created = false;
       try {
@@ -232,12 +232,6 @@ export class FileService {
     return { cancelled: true };
   }
 
-  /** Close the daemon's SFTP sessions (shutdown). Temporaries of uploads still open stay behind. */
-  close(): void {
-    for (const upload of this.uploads.values()) clearTimeout(upload.timer);
-    this.sessionsOf?.closeAll();
-  }
-
   private async begin(params: ParamsOf<typeof sandboxFileWrite>, op: Operation): Promise<Upload> {
     if (params.offset !== 0) {
       throw new AgentlabError("USAGE", "the first chunk of an upload starts at offset 0", {
@@ -245,7 +239,7 @@ export class FileService {
       });
     }
     const user = params.user ?? GUEST_USER;
-    const { sftp, vmid, target } = await this.session(params.vmid, user, "copy files to or from", op);
+    const { sftp, vmid, target } = await this.session(params.vmid, user, op);
     try {
       const stats = await sftp.stat(params.path);
       if (stats.isDirectory()) {
@@ -363,8 +357,8 @@ export class FileService {
     return this.sessionsOf;
   }
 
-  private async session(vmid: number, user: string | undefined, verb: string, op: Operation) {
-    const { target } = guestTarget(this.ctx, vmid, verb, user ?? GUEST_USER);
+  private async session(vmid: number, user: string | undefined, op: Operation) {
+    const { target } = guestTarget(this.ctx, vmid, "copy files to or from", user ?? GUEST_USER);
     try {
       return { sftp: await this.sessions().get(target, op.signal), vmid: target.vmid, target };
     } catch (error) {
