@@ -291,6 +291,41 @@ describe("sandbox cp against a real sshd", { skip }, () => {
     assert.deepEqual(partials(guest), []);
   });
 
+  test("Ctrl-C in the middle of a download: exit 130, the local file intact, no partial file left", async () => {
+    writeFileSync(join(guest, "huge-out.bin"), randomBytes(48 * 1024 * 1024));
+    const into = join(local, "download-here");
+    mkdirSync(into);
+    const target = join(into, "huge-out.bin");
+    writeFileSync(target, "before\n");
+    const child: ChildProcess = spawn(
+      process.execPath,
+      [
+        AGENTLAB_BIN,
+        "--socket",
+        rig.host.socketPath,
+        "sandbox",
+        "cp",
+        "--user",
+        "root",
+        `${vmid}:${guest}/huge-out.bin`,
+        into,
+      ],
+      { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, AGENTLAB_SOCKET: "" } },
+    );
+    let stderr = "";
+    await new Promise<void>((resolve) =>
+      child.stderr?.on("data", (chunk) => {
+        stderr += chunk;
+        if (/copied .* \/ 48\.0 MiB \(1\d%\)/.test(stderr)) resolve();
+      }),
+    );
+    child.kill("SIGINT");
+    const code = await new Promise((resolve) => child.on("close", resolve));
+    assert.equal(code, 130, stderr);
+    assert.equal(readFileSync(target, "utf8"), "before\n");
+    assert.deepEqual(readdirSync(into), ["huge-out.bin"]);
+  });
+
   test("through agentlab connect: an operate token copies both ways, a read token is refused", async () => {
     const operate = await rig.remote("operate", "cp-operate");
     const data = randomBytes(1024 * 1024 + 3);
