@@ -272,6 +272,32 @@ export const ERROR_CODES = {
     exit: 1,
     hint: "the guest's SSH host key is not the one it reported when it booted; if the guest was rebuilt on purpose, recreate the sandbox",
   },
+  // sandbox cp: raised by the daemon (SFTP in the guest) or by the CLI (the local side of a copy).
+  FILE_NOT_FOUND: {
+    rpc: 2010,
+    exit: 1,
+    hint: "check the path: a guest path is absolute or relative to the login user's home (agentlab sandbox exec <vmid> -- ls -la <dir>)",
+  },
+  FILE_PERMISSION: {
+    rpc: 2011,
+    exit: 1,
+    hint: "the user the copy runs as may not read or write that path: pick a path it owns, or copy as another user with --user",
+  },
+  FILE_IS_DIRECTORY: {
+    rpc: 2012,
+    exit: 1,
+    hint: "copy a directory with -r, or name a file path",
+  },
+  FILE_NOT_DIRECTORY: {
+    rpc: 2013,
+    exit: 1,
+    hint: "a directory cannot replace a file: name another destination, or remove the file first",
+  },
+  FILE_TRANSFER_FAILED: {
+    rpc: 2014,
+    exit: 1,
+    hint: "the destination was left as it was; check free space where the file goes (df -h) and retry",
+  },
   // agentlab ssh: raised by the CLI itself (it connects to the sandbox, not the daemon).
   SSH_UNREACHABLE: {
     rpc: 2200,

@@ -6,6 +6,14 @@ import { daemonStatus } from "./daemon.js";
 import { dbBackup, dbCheck } from "./database.js";
 import { jobDoctor, sandboxDoctor, sessionDoctor } from "./doctor.js";
 import { sandboxExec } from "./exec.js";
+import {
+  sandboxFileCancel,
+  sandboxFileList,
+  sandboxFileMkdir,
+  sandboxFileRead,
+  sandboxFileStat,
+  sandboxFileWrite,
+} from "./files.js";
 import { daemonChecks } from "./init.js";
 import {
   jobArtifactRead,
@@ -72,6 +80,7 @@ export * from "./database.js";
 export * from "./doctor.js";
 export * from "./errors.js";
 export * from "./exec.js";
+export * from "./files.js";
 export * from "./init.js";
 export * from "./job.js";
 export * from "./maintenance.js";
@@ -110,6 +119,12 @@ export const METHODS: readonly Method[] = [
   sandboxSnapshotList,
   sandboxSnapshotRestore,
   sandboxExec,
+  sandboxFileStat,
+  sandboxFileList,
+  sandboxFileRead,
+  sandboxFileMkdir,
+  sandboxFileWrite,
+  sandboxFileCancel,
   workspaceCreate,
   workspaceList,
   workspaceShow,

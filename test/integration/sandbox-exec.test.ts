@@ -1,49 +1,26 @@
 import assert from "node:assert/strict";
-import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { makeHostDir, type RunningDaemon, runCli, startDaemon } from "../helpers/daemon.js";
+import { type GuestRig, guestRigSkipReason, startGuestRig } from "../helpers/guest-rig.js";
 import { AGENTLAB_BIN } from "../helpers/paths.js";
-import { FAST_KNOBS, jsonCli } from "../helpers/simhost.js";
-import { createSim, setControl } from "../pvesim/harness.js";
 
 /**
- * `agentlab sandbox exec` against a real OpenSSH sshd. The daemon runs in a network namespace of its
- * own where the whole agent subnet is local (so each simulated sandbox's address reaches the one sshd
- * listening there), with the simulator's shell backend: nothing is added to the machine's namespace.
- * The sshd's host key is what the simulated guest reports at phone-home (guest_ssh_host_keys), and
- * its authorized key is the daemon's own (data_dir/ssh/id_ed25519.pub).
+ * `agentlab sandbox exec` against a real OpenSSH sshd (test/helpers/guest-rig.ts): the daemon in a
+ * network namespace where every sandbox address reaches the one sshd, whose host key is what the
+ * simulated guest reports at phone-home and whose authorized key is the daemon's own.
  */
 
-const NS = `alnt${process.pid}-exec`;
-
-function skipReason(): string | undefined {
-  if (process.getuid?.() !== 0) return "needs root (network namespace, sshd)";
-  if (!existsSync("/usr/sbin/sshd")) return "needs OpenSSH's sshd (apt-get install openssh-server)";
-  if (spawnSync("ip", ["netns", "list"]).status !== 0) return "needs `ip netns` (iproute2)";
-  return undefined;
-}
-
-const skip = skipReason();
-
-interface SandboxBody {
-  vmid: number;
-  state: string;
-  ip?: string;
-  ssh_host_keys?: string[];
-}
+const skip = guestRigSkipReason();
 
 describe("sandbox exec against a real sshd", { skip }, () => {
-  const sim = skip ? undefined : createSim();
-  let host: ReturnType<typeof makeHostDir>;
-  let daemon: RunningDaemon;
-  let sshd: ChildProcess;
+  let rig: GuestRig;
+  let host: GuestRig["host"];
   let dir: string;
   let vmid: number;
-  let sshdLog = "";
-  const cli = (args: string[]) => runCli(["--socket", host.socketPath, ...args]);
-  const json = jsonCli(cli);
+  const cli = (args: string[]) => rig.cli(args);
+  const json: GuestRig["json"] = (args) => rig.json(args);
 
   /** The CLI with stdin piped and output watched, for stdin and Ctrl-C. */
   function spawnCli(args: string[]): ChildProcess {
@@ -54,90 +31,14 @@ describe("sandbox exec against a real sshd", { skip }, () => {
   }
 
   before(async () => {
-    const s = sim!;
-    dir = join(s.dir, "exec-test");
-    mkdirSync(dir);
-    execFileSync("ip", ["netns", "add", NS]);
-    execFileSync("ip", ["-n", NS, "link", "set", "lo", "up"]);
-    // Every address of the agent subnet is this namespace's own: any sandbox IP reaches sshd on lo.
-    execFileSync("ip", ["-n", NS, "route", "add", "local", "10.77.0.0/16", "dev", "lo"]);
-    await setControl(s.dir, FAST_KNOBS);
-    host = makeHostDir(
-      [
-        `snippets_dir: ${join(s.dir, "storage", "local", "snippets")}`,
-        "snippet_storage: local",
-        "provisioning_timeout: 30s",
-        "proxmox_command_timeout: 30s",
-        "proxmox_backend: shell",
-        "bootstrap_listen: 127.0.0.1:0",
-        "agent_subnet: 0.0.0.0/1",
-        "phone_home_grace: 10s",
-        // The namespace has its own ports: the remote listener cannot clash with anything outside.
-        "control_listen: 127.0.0.1:8845",
-      ].join("\n"),
-      { PATH: s.env.PATH, PVESIM_DIR: s.dir, PVESIM_NODE_BIN: process.execPath },
-    );
-    daemon = await startDaemon(host, [], undefined, ["ip", "netns", "exec", NS]);
-
-    // The sshd "in the guest": its own host key, the daemon's key authorized (for root: this test's user).
-    execFileSync("ssh-keygen", [
-      "-q",
-      "-t",
-      "ed25519",
-      "-N",
-      "",
-      "-C",
-      "root@guest",
-      "-f",
-      join(dir, "host_key"),
-    ]);
-    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", join(dir, "other_host_key")]);
-    writeFileSync(
-      join(dir, "authorized_keys"),
-      readFileSync(join(host.root, "data", "ssh", "id_ed25519.pub")),
-    );
-    writeFileSync(
-      join(dir, "sshd_config"),
-      [
-        "Port 22",
-        "ListenAddress 0.0.0.0",
-        `HostKey ${join(dir, "host_key")}`,
-        `AuthorizedKeysFile ${join(dir, "authorized_keys")}`,
-        `PidFile ${join(dir, "sshd.pid")}`,
-        "PermitRootLogin prohibit-password",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "UsePAM no",
-        "StrictModes no",
-        "",
-      ].join("\n"),
-    );
-    mkdirSync("/run/sshd", { recursive: true });
-    sshd = spawn("ip", ["netns", "exec", NS, "/usr/sbin/sshd", "-D", "-e", "-f", join(dir, "sshd_config")], {
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    await new Promise<void>((resolve, reject) => {
-      sshd.stderr?.on("data", (chunk) => {
-        sshdLog += chunk;
-        const log = sshdLog;
-        if (log.includes("Server listening")) resolve();
-      });
-      sshd.on("exit", (code) => reject(new Error(`sshd exited with ${code}: ${sshdLog}`)));
-    });
-
-    await setControl(s.dir, { guest_ssh_host_keys: join(dir, "host_key.pub") });
-    const created = await json<SandboxBody>(["new", "--profile", "yolo-ephemeral"]);
-    assert.equal(created.code, 0, created.stderr);
-    assert.equal(created.body.ssh_host_keys?.length, 1);
-    vmid = created.body.vmid;
+    rig = await startGuestRig("exec");
+    host = rig.host;
+    dir = rig.dir;
+    vmid = (await rig.newSandbox()).vmid;
   });
 
   after(async () => {
-    sshd?.kill();
-    await daemon?.stop();
-    spawnSync("ip", ["netns", "del", NS]);
-    host?.cleanup();
-    sim?.cleanup();
+    await rig?.stop();
   });
 
   test("stdout and stderr apart, in order, and the command's exit code", async () => {
@@ -299,32 +200,7 @@ describe("sandbox exec against a real sshd", { skip }, () => {
   });
 
   test("through agentlab connect: the same streams and exit code over the WebSocket", async () => {
-    const token = await json<{ secret: string }>([
-      "token",
-      "create",
-      "--name",
-      "exec",
-      "--scope",
-      "operate",
-      "--all",
-    ]);
-    assert.equal(token.code, 0, token.stderr);
-    const home = join(dir, "client-home");
-    mkdirSync(home);
-    // The CLI runs in the daemon's namespace too, where the listener's loopback address is.
-    const remote = (args: string[]) =>
-      runCli(args, {
-        command: ["ip", "netns", "exec", NS, process.execPath],
-        env: { XDG_CONFIG_HOME: home, AGENTLAB_ENDPOINT: "", AGENTLAB_TOKEN: "", AGENTLAB_SOCKET: "" },
-      });
-    const connected = await remote([
-      "connect",
-      "--endpoint",
-      "https://127.0.0.1:8845",
-      "--token",
-      token.body.secret,
-    ]);
-    assert.equal(connected.code, 0, connected.stderr);
+    const remote = await rig.remote("operate", "exec");
     const run = await remote([
       "sandbox",
       "exec",
@@ -351,9 +227,7 @@ describe("sandbox exec against a real sshd", { skip }, () => {
   });
 
   test("a guest whose sshd shows another host key than it reported: refused before logging in", async () => {
-    await setControl(sim!.dir, { guest_ssh_host_keys: join(dir, "other_host_key.pub") });
-    const other = await json<SandboxBody>(["new", "--profile", "yolo-ephemeral"]);
-    assert.equal(other.code, 0, other.stderr);
+    const other = { body: await rig.newSandbox(join(dir, "other_host_key.pub")) };
     const run = await cli([
       "sandbox",
       "exec",

@@ -39,6 +39,7 @@ import { type CommandContext, execute, type GlobalArgs } from "../context.js";
 import { doctorCommand } from "../doctor.js";
 import { ttlOption, vmidArg } from "../options.js";
 import { fields, table } from "../render.js";
+import { cpCommand } from "./sandbox-cp.js";
 import { execCommand } from "./sandbox-exec.js";
 import { inventoryCommand, reconcileCommand } from "./sandbox-maintenance.js";
 
@@ -803,6 +804,7 @@ export const sandboxCommand: CommandModule<GlobalArgs, GlobalArgs> = {
       .command(leaseCommand)
       .command(logsCommand("logs"))
       .command(execCommand)
+      .command(cpCommand)
       .command(doctorCommand("sandbox"))
       .demandCommand(1, "name a sandbox command"),
   handler: () => {},

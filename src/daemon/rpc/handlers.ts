@@ -42,6 +42,7 @@ import { WorkspaceService } from "../services/workspaces/service.js";
 import { createApiTokenRepo } from "../store/api-tokens.js";
 import { registerDoctorHandlers } from "./doctor-handlers.js";
 import { registerExecHandlers } from "./exec-handlers.js";
+import { registerFileHandlers } from "./file-handlers.js";
 import { registerJobHandlers } from "./job-handlers.js";
 import { operation } from "./operation.js";
 import type { RpcServer } from "./server.js";
@@ -93,6 +94,7 @@ export function registerHandlers(
   );
   server.register(sandboxStart, (params, call) => sandboxes.start(params.vmid, operation(call)));
   registerExecHandlers(server, ctx);
+  registerFileHandlers(server, ctx);
   server.register(sandboxStop, (params, call) => sandboxes.stop(params.vmid, operation(call)));
   server.register(sandboxLeaseRenew, (params) => sandboxes.leaseRenew(params.vmid, params.ttl_minutes));
   server.register(sandboxLogs, (params) => sandboxes.logs(params.vmid, params));

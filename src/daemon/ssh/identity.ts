@@ -20,15 +20,38 @@ export interface SshIdentity {
 
 export const SSH_IDENTITY_FILE = "id_ed25519";
 
+type KeyPairGenerator = () => { private: string; public: string };
+
+const generateEd25519: KeyPairGenerator = () =>
+  ssh2.utils.generateKeyPairSync("ed25519", { comment: `agentlabd@${hostname()}` });
+
+/** Tries before giving up on the generator: one pair in 256 is unusable, sixteen in a row never are. */
+const GENERATE_TRIES = 16;
+
+/**
+ * A pair that ssh2 can read back. ssh2 1.17 strips leading zero bytes from an ed25519 public key, so
+ * about one pair in 256 (a public key starting with 0x00) comes out malformed and parseKey refuses it
+ * (mscdex/ssh2#1390, #1513). Written to disk, such a key would stop every later start of the daemon.
+ */
+function generateUsablePair(generate: KeyPairGenerator): { private: string; public: string } {
+  for (let attempt = 1; ; attempt++) {
+    const pair = generate();
+    const usable = [pair.private, pair.public].every((text) => !(ssh2.utils.parseKey(text) instanceof Error));
+    if (usable) return pair;
+    if (attempt >= GENERATE_TRIES)
+      throw new Error(`ssh2 made ${GENERATE_TRIES} unreadable key pairs in a row`);
+  }
+}
+
 /** Read the identity under `dataDir`/ssh, making it first when there is none. */
-export function loadSshIdentity(dataDir: string): SshIdentity {
+export function loadSshIdentity(dataDir: string, generate: KeyPairGenerator = generateEd25519): SshIdentity {
   const dir = join(dataDir, "ssh");
   const path = join(dir, SSH_IDENTITY_FILE);
   try {
     if (!existsSync(path)) {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       chmodSync(dir, 0o700);
-      const pair = ssh2.utils.generateKeyPairSync("ed25519", { comment: `agentlabd@${hostname()}` });
+      const pair = generateUsablePair(generate);
       // Written aside and renamed, so a crash never leaves a half key that the next start would trust.
       const tmp = `${path}.tmp-${process.pid}`;
       writeFileSync(tmp, pair.private, { mode: 0o600 });

@@ -7,8 +7,9 @@
 import { AgentlabError } from "../../../protocol/errors.js";
 import type { ParamsOf, ResultOf, sandboxExec } from "../../../protocol/index.js";
 import type { DaemonContext } from "../../context.js";
-import { connectGuest } from "../../ssh/client.js";
+import { connectGuest, type GuestTarget } from "../../ssh/client.js";
 import { commandLine, runCommand } from "../../ssh/exec.js";
+import type { SshIdentity } from "../../ssh/identity.js";
 import type { Operation } from "../operation.js";
 import { getSandbox, requireState } from "./guards.js";
 
@@ -18,14 +19,18 @@ export const GUEST_USER = "agent";
 export type ExecParams = Omit<ParamsOf<typeof sandboxExec>, "progress_token">;
 export type ExecResult = ResultOf<typeof sandboxExec>;
 
-export async function execInSandbox(
+/**
+ * The guest to log in to for `verb` (exec in, copy to or from): the sandbox must be up, with an address,
+ * and the daemon must have its key. Shared by exec and cp so both refuse in the same words.
+ */
+export function guestTarget(
   ctx: DaemonContext,
-  params: ExecParams,
-  op: Operation,
-  output: (stream: "stdout" | "stderr", chunk: Buffer) => void,
-): Promise<ExecResult> {
-  const row = getSandbox(ctx, params.vmid);
-  requireState(row, "exec in", ["RUNNING", "READY"], {
+  vmid: number,
+  verb: string,
+  user: string = GUEST_USER,
+): { target: GuestTarget; identity: SshIdentity } {
+  const row = getSandbox(ctx, vmid);
+  requireState(row, verb, ["RUNNING", "READY"], {
     hint:
       row.state === "STOPPED"
         ? `start it first: agentlab sandbox start ${row.vmid}`
@@ -41,19 +46,25 @@ export async function execInSandbox(
   }
   const identity = ctx.sshIdentity;
   if (!identity) throw new AgentlabError("INTERNAL", "agentlabd has no SSH identity loaded");
-  const started = ctx.clock.now().getTime();
+  return { target: { vmid: row.vmid, host: row.ip, user, hostKeys: row.ssh_host_keys ?? [] }, identity };
+}
+
+export async function execInSandbox(
+  ctx: DaemonContext,
+  params: ExecParams,
+  op: Operation,
+  output: (stream: "stdout" | "stderr", chunk: Buffer) => void,
+): Promise<ExecResult> {
   const user = params.user ?? GUEST_USER;
-  const client = await connectGuest(
-    { vmid: row.vmid, host: row.ip, user, hostKeys: row.ssh_host_keys ?? [] },
-    identity,
-    op.signal,
-  );
+  const { target, identity } = guestTarget(ctx, params.vmid, "exec in", user);
+  const started = ctx.clock.now().getTime();
+  const client = await connectGuest(target, identity, op.signal);
   try {
     const line = commandLine(params.command, {
       ...(params.cwd !== undefined ? { cwd: params.cwd } : {}),
       ...(params.env !== undefined ? { env: params.env } : {}),
     });
-    op.log.info({ vmid: row.vmid, user, argv0: params.command[0] }, "sandbox exec");
+    op.log.info({ vmid: target.vmid, user, argv0: params.command[0] }, "sandbox exec");
     const run = await runCommand(client, line, {
       ...(params.stdin !== undefined ? { stdin: Buffer.from(params.stdin, "base64") } : {}),
       onStdout: (chunk) => output("stdout", chunk),
@@ -64,9 +75,9 @@ export async function execInSandbox(
     if (run.cancelled) {
       throw new AgentlabError(
         "CANCELLED",
-        `the command in sandbox ${row.vmid} was interrupted (SIGINT sent)`,
+        `the command in sandbox ${target.vmid} was interrupted (SIGINT sent)`,
         {
-          details: { vmid: row.vmid, exit_code: run.exitCode },
+          details: { vmid: target.vmid, exit_code: run.exitCode },
         },
       );
     }
