@@ -144,8 +144,12 @@ export class MaintenanceHost {
     let stderr = "";
     child.stderr.on("data", (chunk) => (stderr += chunk));
     const closed = new Promise<number | null>((resolve) => child.on("close", resolve));
-    await until(`the step to kill in (${args.join(" ")})`, async () =>
-      (await ready(stderr)) ? true : undefined,
+    // Reaching the step takes seconds idle but much longer on a loaded machine (CI beside other work
+    // failed at 20 s): the deadline only bounds a step that never comes.
+    await until(
+      `the step to kill in (${args.join(" ")})`,
+      async () => ((await ready(stderr)) ? true : undefined),
+      120_000,
     );
     const seen = stderr;
     this.daemon.proc.kill("SIGKILL");
