@@ -215,6 +215,25 @@ for (const [kind, storage] of [
       await assertAttached(s1);
     });
 
+    test("a bare workspace detach of a running session's workspace is refused, naming the session commands", async () => {
+      const refused = await h.json<{ code: string; message: string; hint: string }>([
+        "workspace",
+        "detach",
+        "s1ws",
+      ]);
+      assert.equal(refused.code, 1);
+      assert.equal(refused.body.code, "CONFLICT");
+      assert.equal(
+        refused.body.message,
+        `workspace s1ws is attached to sandbox ${s1.sandbox.vmid} of session s1; detaching it would leave the session without its workspace`,
+      );
+      assert.match(refused.body.hint, /^agentlab session stop s1 /);
+      // Nothing changed: the session runs with its workspace under its lease.
+      const shown = await h.json<{ session: SessionBody }>(["session", "show", "s1"]);
+      assert.equal(shown.body.session.state, "running");
+      await assertAttached(s1);
+    });
+
     test("fork copies a stopped session's workspace into a new session; the two are independent", async () => {
       const stopped = await h.json(["session", "stop", "s1"]);
       assert.equal(stopped.code, 0, stopped.stderr);

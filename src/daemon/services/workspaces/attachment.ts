@@ -255,6 +255,20 @@ export async function detachWorkspace(
         message: `workspace ${ws.name} is not attached`,
       };
     }
+    // A session's workspace leaves its sandbox only through the session (session stop) or a rebind,
+    // which moves the session first: a bare detach would leave a "running" session without its
+    // workspace and the lease with nobody (issue 16 item 6).
+    const session = store.sessions.byCurrentVmid(vmid);
+    if (session) {
+      throw new AgentlabError(
+        "CONFLICT",
+        `workspace ${ws.name} is attached to sandbox ${vmid} of session ${session.name}; detaching it would leave the session without its workspace`,
+        {
+          hint: `agentlab session stop ${session.name} (stops the sandbox and detaches the workspace; session resume ${session.name} brings both back), or agentlab workspace rebind ${ws.name} --profile P to move the session to a new sandbox`,
+          details: { workspace: ws.name, attached_vmid: vmid, session: session.name },
+        },
+      );
+    }
     const sandbox = store.sandboxes.get(vmid);
     const vm: VmRef = { vmid, node: sandbox?.node ?? ws.node ?? ctx.config.proxmox_node };
     let status: Awaited<ReturnType<typeof backend.status>> | undefined;

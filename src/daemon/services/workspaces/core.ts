@@ -157,7 +157,7 @@ export class WorkspaceCore {
         ? `workspace is attached to sandbox ${row.attached_vmid}; detach it before destroying`
         : `workspace must be detached for ${verb === "restore" ? "snapshots" : verb}: attached to sandbox ${row.attached_vmid}${session ? ` (session ${session.name})` : ""}`;
     const hint = session
-      ? `stop the session: agentlab session stop ${session.name} (or agentlab workspace detach ${row.name})`
+      ? `stop the session: agentlab session stop ${session.name}`
       : `detach it first: agentlab workspace detach ${row.name}`;
     throw new AgentlabError("WORKSPACE_ATTACHED", message, {
       hint,
