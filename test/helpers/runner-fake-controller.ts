@@ -26,6 +26,8 @@ export interface FakeJob {
   profile: string;
   keepalive: boolean;
   ttl_minutes: number | null;
+  /** job run --branch: the git branch the runner works on. */
+  branch?: string;
 }
 
 /**
