@@ -689,7 +689,7 @@ git_quiet() {
     </dev/null >"$WORK/git.log" 2>&1; then
     return 0
   fi
-  PUSH_ERROR="$q_what failed: $(tail -n 3 "$WORK/git.log" | tr '\n' ' ' | tail -c 600 | redact)"
+  PUSH_ERROR="$q_what failed: $(tail -n 8 "$WORK/git.log" | tr '\n' ' ' | tail -c 600 | redact)"
   PUSH_ERROR="${PUSH_ERROR% }"
   return 1
 }

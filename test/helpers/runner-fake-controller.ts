@@ -128,4 +128,10 @@ export interface RunnerResult {
   commit: string | null;
   mode: string;
   output_tail: string;
+  fetched_commit?: string | null;
+  /** Only for a job with a branch. */
+  branch?: string;
+  base_commit?: string | null;
+  pushed?: boolean;
+  push_error?: string;
 }
