@@ -55,7 +55,7 @@ describe("git branch names (job run --branch)", () => {
   });
 
   it("refuses @ too, which git takes but reads as HEAD wherever a revision goes (git checkout @)", () => {
-    assert.equal(gitBranchNameError("@"), "it is the single character @");
+    assert.equal(gitBranchNameError("@"), "it is the single character @, which git reads as HEAD");
   });
 
   it("job requests with a bad branch are refused with the reason", () => {
