@@ -12,7 +12,11 @@
 #   2. trades job_token for the job and a report token at POST <controller>/v1/bootstrap/fetch
 #      (single use, so the answer is cached in $STATE_DIR/secrets/bootstrap.json and reused);
 #   3. reports RUNNING "bootstrap fetched", clones the job's repo and checks out its ref on branch
-#      `agentlab`, reports RUNNING "repo ready" and RUNNING "agent starting";
+#      `agentlab`, reports RUNNING "repo ready" and RUNNING "agent starting". A job with a branch
+#      (job run --branch B) works on git branch B instead: when the repo directory already holds a
+#      clone of the same repository (an earlier job of the branch, in the branch session's workspace)
+#      that clone is reused: the ref is fetched, B checked out as the earlier job left it (created from
+#      the fetched ref when missing), never reset;
 #   4. runs the agent in the repo with the task on stdin, under `timeout` when a limit exists, and
 #      streams its output (redacted) to <controller>/v1/runner/log while it runs; a 409 there means
 #      the job was cancelled (or ended otherwise): the agent is stopped and the runner exits 0;
@@ -23,9 +27,13 @@
 #      regular file the agent left in $AGENTLAB_ARTIFACTS_DIR under its relative path, in byte order
 #      (symlinks and other non-files are skipped, and so is the agent's own agentlab/ directory);
 #      a refused upload (413 over the limits, 400 for a bad name) is logged and the next one tried;
-#   6. sends the final report (COMPLETED / FAILED / TIMEOUT) with the result JSON
+#   6. with a branch, after the agent: commits what it left on B (author "agentlab runner", message
+#      "agentlab job <id>", hooks off) and, only when the agent exited 0, pushes B to origin with the
+#      job's credentials; a refused push (any non-zero `git push`) is reported, not a failure: the
+#      commit stays on B in the checkout;
+#   7. sends the final report (COMPLETED / FAILED / TIMEOUT) with the result JSON
 #      {exit_code, duration_seconds, commit, fetched_commit, mode, output_tail, artifacts_uploaded,
-#      artifacts_refused}.
+#      artifacts_refused}, plus {branch, base_commit, pushed, push_error} with a branch.
 #
 # Needs: POSIX sh, curl, jq (1.6+), git, timeout, sed, coreutils.
 #
@@ -39,7 +47,8 @@
 #   AGENTLAB_REPO_DIR               where the repo is cloned; default $ROOT/work/repo if $ROOT/work is
 #                                   a writable directory, else $ROOT/tmp/agentlab-repo. A non-empty
 #                                   existing directory is never reused (it may be residue from an
-#                                   earlier job): <dir>-<job id> is used instead.
+#                                   earlier job): <dir>-<job id> is used instead; except by a branch
+#                                   job, for a clone of the same repository (see 3.).
 #   AGENTLAB_AGENT_COMMAND          command line run with `sh -c` in the repo; when unset the repo's
 #                                   executable .agentlab/run.sh runs, else `agentlab-agent --agent
 #                                   $AGENTLAB_AGENT` if it is on PATH
@@ -266,6 +275,7 @@ JOB_ID=$(jq -r '.job.id' "$CACHE_FILE")
 REPO_URL=$(jq -r '.job.repo_url' "$CACHE_FILE")
 REF=$(jq -r '.job.ref | if type == "string" and length > 0 then . else "main" end' "$CACHE_FILE")
 MODE=$(jq -r '.job.mode | if type == "string" and length > 0 then . else "dangerous" end' "$CACHE_FILE")
+BRANCH=$(jq -r '.job.branch | if type == "string" and length > 0 then . else empty end' "$CACHE_FILE")
 TASK=$(jq -r '.job.task // ""' "$CACHE_FILE")
 jq -j '.job.task // ""' "$CACHE_FILE" >"$WORK/task"
 TTL_SECONDS=$(jq -r '.job.ttl_minutes | if type == "number" and . > 0 then (. * 60 | ceil | tostring) else empty end' "$CACHE_FILE")
@@ -293,7 +303,7 @@ REPORT_URL=$(jq -r '.report.url' "$CACHE_FILE")
 # Older controllers had neither endpoint: output then stays in the guest log and nothing is uploaded.
 LOG_URL=$(jq -r '.log.url | if type == "string" and test("^https?://") then . else empty end' "$CACHE_FILE")
 ARTIFACT_URL=$(jq -r '.artifact.url | if type == "string" and test("^https?://") then . else empty end' "$CACHE_FILE")
-say "job $JOB_ID: repo $REPO_URL, ref $REF, mode $MODE"
+say "job $JOB_ID: repo $REPO_URL, ref $REF, mode $MODE${BRANCH:+, branch $BRANCH}"
 
 # --- reports --------------------------------------------------------------------------------------
 
@@ -368,10 +378,15 @@ build_result() {
   jq -n --argjson exit_code "$1" --argjson duration "$2" --arg commit "$3" --arg mode "$MODE" \
     --arg fetched "${FETCHED:-}" --rawfile output_tail "$4" \
     --argjson uploaded "${UPLOADED:-0}" --argjson refused "${REFUSED_UPLOADS:-0}" \
+    --arg branch "$BRANCH" --arg base "${BASE:-}" --argjson pushed "${PUSHED:-false}" \
+    --arg push_error "${PUSH_ERROR:-}" \
     '{exit_code: $exit_code, duration_seconds: $duration,
       commit: (if $commit == "" then null else $commit end),
       fetched_commit: (if $fetched == "" then null else $fetched end), mode: $mode,
-      output_tail: $output_tail, artifacts_uploaded: $uploaded, artifacts_refused: $refused}' \
+      output_tail: $output_tail, artifacts_uploaded: $uploaded, artifacts_refused: $refused}
+      + (if $branch == "" then {} else
+          {branch: $branch, base_commit: (if $base == "" then null else $base end), pushed: $pushed}
+          + (if $push_error == "" then {} else {push_error: $push_error} end) end)' \
     >"$WORK/result.json"
 }
 
@@ -406,8 +421,20 @@ usable_dir() {
   fi
 }
 
+# reusable_clone DIR: DIR is a clone of this job's repository (a branch job continues it).
+reusable_clone() {
+  [ -d "$1/.git" ] && [ "$(git -C "$1" config --get remote.origin.url 2>/dev/null)" = "$REPO_URL" ]
+}
+
+if [ -n "$BRANCH" ] && ! git check-ref-format --branch "$BRANCH" >/dev/null 2>&1; then
+  fail_early "invalid branch \"$BRANCH\": git check-ref-format --branch refuses it"
+fi
 CLONE_DIR="$REPO_DIR"
-if ! usable_dir "$CLONE_DIR"; then
+REUSED=0
+if [ -n "$BRANCH" ] && reusable_clone "$CLONE_DIR"; then
+  REUSED=1
+  say "continuing in the existing checkout $CLONE_DIR (branch $BRANCH)"
+elif ! usable_dir "$CLONE_DIR"; then
   CLONE_DIR="$REPO_DIR-$JOB_ID"
   say "$REPO_DIR is not empty; cloning into $CLONE_DIR instead (an existing checkout is never reused)"
   usable_dir "$CLONE_DIR" ||
@@ -430,20 +457,35 @@ esac
 # origin and every message stay clean). git reads them from a 0600 credential-store file made here; the
 # colon is always written, so a lone token is sent with an empty password instead of prompting.
 set -- -c credential.helper=
+CRED_HELPER=""
 if jq -e '.job.repo_credentials | type == "object"' "$CACHE_FILE" >/dev/null 2>&1; then
   jq -r '(.job.repo_url | capture("^(?<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?<host>[^/]+)")) as $u
     | .job.repo_credentials
     | "\($u.scheme)://\(.username // "" | @uri):\(.password // "" | @uri)@\($u.host)"' \
     "$CACHE_FILE" >"$WORK/git-credentials" 2>/dev/null ||
     fail_early "the job's repository credentials do not fit its URL (only scheme://host/... URLs take them)"
-  set -- "$@" -c "credential.helper=store --file=$WORK/git-credentials"
+  CRED_HELPER="store --file=$WORK/git-credentials"
+  set -- "$@" -c "credential.helper=$CRED_HELPER"
 fi
-mkdir -p "$(dirname "$CLONE_DIR")"
-git_step "git clone of $REPO_URL" "$@" clone --quiet -- "$REPO_URL" "$CLONE_DIR"
+# A reused checkout was left by an earlier agent: none of its hooks or fsmonitor runs in the runner's git.
+set -- "$@" -c core.hooksPath=/dev/null -c core.fsmonitor=false
+if [ "$REUSED" -eq 0 ]; then
+  mkdir -p "$(dirname "$CLONE_DIR")"
+  git_step "git clone of $REPO_URL" "$@" clone --quiet -- "$REPO_URL" "$CLONE_DIR"
+fi
 git_step "git fetch of ref $REF" "$@" -C "$CLONE_DIR" fetch --quiet --force -- origin "$REF"
-git_step "git checkout of ref $REF" -C "$CLONE_DIR" checkout --quiet -B agentlab FETCH_HEAD
-FETCHED=$(git -C "$CLONE_DIR" rev-parse HEAD)
-say "repo at $CLONE_DIR, $FETCHED"
+FETCHED=$(git -C "$CLONE_DIR" rev-parse --verify --quiet 'FETCH_HEAD^{commit}')
+if [ -z "$BRANCH" ]; then
+  git_step "git checkout of ref $REF" "$@" -C "$CLONE_DIR" checkout --quiet -B agentlab FETCH_HEAD
+elif git -C "$CLONE_DIR" rev-parse --verify --quiet "refs/heads/$BRANCH" >/dev/null; then
+  # The branch as the earlier job left it: the fetched ref is not merged into it, nor B reset to it.
+  git_step "git checkout of branch $BRANCH" "$@" -C "$CLONE_DIR" checkout --quiet "$BRANCH" --
+else
+  git_step "git checkout of ref $REF as branch $BRANCH" "$@" -C "$CLONE_DIR" checkout --quiet -b "$BRANCH" FETCH_HEAD
+fi
+# What this job starts from: the fetched commit, or where the branch's earlier jobs left it.
+BASE=$(git -C "$CLONE_DIR" rev-parse HEAD)
+say "repo at $CLONE_DIR, $BASE${BRANCH:+ on branch $BRANCH (fetched $FETCHED)}"
 progress "repo ready"
 
 # --- agent ----------------------------------------------------------------------------------------
@@ -570,7 +612,7 @@ upload_all() {
   upload agentlab/agent-runner.log "$WORK/agent-runner.log"
   # The diff through a private index: the checkout's own index and files are left as the agent left them.
   if GIT_INDEX_FILE="$WORK/diff.index" git -C "$CLONE_DIR" add -A >/dev/null 2>&1 &&
-    GIT_INDEX_FILE="$WORK/diff.index" git -C "$CLONE_DIR" diff --cached --binary "$FETCHED" >"$WORK/repo.diff" 2>"$WORK/diff.err"; then
+    GIT_INDEX_FILE="$WORK/diff.index" git -C "$CLONE_DIR" diff --cached --binary "$BASE" >"$WORK/repo.diff" 2>"$WORK/diff.err"; then
     upload agentlab/repo.diff "$WORK/repo.diff"
   else
     warn "no repo.diff: $(tail -n 1 "$WORK/diff.err" 2>/dev/null)"
@@ -628,14 +670,70 @@ fi
 # Only this run's output: the log keeps earlier attempts too. The log is already redacted, so a
 # token cut in half at the 4000-byte edge cannot leak.
 tail -c +"$((LOG_START + 1))" "$LOG_FILE" | tail -c 4000 >"$WORK/output_tail"
-COMMIT=$(git -C "$CLONE_DIR" rev-parse --verify --quiet HEAD 2>/dev/null) || COMMIT=""
-
 case "$EXIT_CODE" in
   0) STATUS=COMPLETED ;;
   124) STATUS=TIMEOUT ;;
   *) STATUS=FAILED ;;
 esac
+
+# --- branch ---------------------------------------------------------------------------------------
+
+PUSHED=false
+PUSH_ERROR=""
+# git_quiet WHAT ARGS...: git in the checkout with hooks and fsmonitor off; on failure PUSH_ERROR says
+# what failed, in git's last words.
+git_quiet() {
+  q_what=$1
+  shift
+  if GIT_TERMINAL_PROMPT=0 timeout 600 git -c core.hooksPath=/dev/null -c core.fsmonitor=false -C "$CLONE_DIR" "$@" \
+    </dev/null >"$WORK/git.log" 2>&1; then
+    return 0
+  fi
+  PUSH_ERROR="$q_what failed: $(tail -n 8 "$WORK/git.log" | tr '\n' ' ' | tail -c 600 | redact)"
+  PUSH_ERROR="${PUSH_ERROR% }"
+  return 1
+}
+
+# keep_branch: commit what the agent left on $BRANCH; push it when the agent exited 0. Sets PUSHED
+# and, when it did not push, PUSH_ERROR. Nothing here fails the job: the commit stays in the checkout.
+keep_branch() {
+  k_head=$(git -C "$CLONE_DIR" symbolic-ref --quiet HEAD 2>/dev/null) || k_head="a detached HEAD"
+  if [ "$k_head" != "refs/heads/$BRANCH" ]; then
+    PUSH_ERROR="the agent left the checkout on ${k_head#refs/heads/}, not on branch $BRANCH: nothing committed or pushed"
+    return 0
+  fi
+  git_quiet "git add" add -A || return 0
+  if ! git -C "$CLONE_DIR" diff --cached --quiet --no-ext-diff 2>/dev/null; then
+    git_quiet "git commit" -c user.name="agentlab runner" -c user.email=runner@agentlab.invalid \
+      -c commit.gpgsign=false commit --quiet --no-verify -m "agentlab job $JOB_ID" \
+      -m "What the agent left when it ended with exit status $EXIT_CODE ($STATUS)." || return 0
+  fi
+  if [ "$STATUS" != COMPLETED ]; then
+    PUSH_ERROR="not pushed: the job ended $STATUS"
+    return 0
+  fi
+  if [ -n "$CRED_HELPER" ]; then
+    set -- -c credential.helper= -c "credential.helper=$CRED_HELPER"
+  else
+    set -- -c credential.helper=
+  fi
+  git_quiet "git push of $BRANCH" "$@" push --quiet --no-verify origin "refs/heads/$BRANCH:refs/heads/$BRANCH" ||
+    return 0
+  PUSHED=true
+}
+
+MESSAGE="agent finished"
+if [ -n "$BRANCH" ]; then
+  keep_branch
+  if [ "$PUSHED" = true ]; then
+    MESSAGE="agent finished; branch $BRANCH pushed"
+  else
+    warn "branch $BRANCH: $PUSH_ERROR"
+    MESSAGE="agent finished; branch $BRANCH kept in the workspace, not pushed ($PUSH_ERROR)"
+  fi
+fi
+COMMIT=$(git -C "$CLONE_DIR" rev-parse --verify --quiet HEAD 2>/dev/null) || COMMIT=""
 build_result "$EXIT_CODE" "$DURATION" "$COMMIT" "$WORK/output_tail"
 upload_all "$WORK/result.json"
 build_result "$EXIT_CODE" "$DURATION" "$COMMIT" "$WORK/output_tail"
-finish "$STATUS" "agent finished"
+finish "$STATUS" "$MESSAGE"

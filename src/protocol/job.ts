@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { gitBranchNameError } from "./git-branch.js";
 import { defineMethod } from "./method.js";
 import { progressToken } from "./progress.js";
 import { SandboxEvent } from "./sandbox.js";
@@ -33,6 +34,8 @@ export const Job = z.object({
   status: z.enum(JOB_STATUSES),
   sandbox_vmid: z.number().int().optional(),
   workspace_id: z.string().optional(),
+  session_id: z.string().optional().describe("the branch session a --branch job runs in"),
+  branch: z.string().optional().describe("the git branch the runner works on (job run --branch)"),
   result: JobResult.optional(),
   failure_reason: z
     .string()
@@ -91,6 +94,20 @@ export const JobRequest = z
       .describe(
         "existing, detached workspace (name or id) attached as /work before the first boot; detached again when the sandbox is destroyed",
       ),
+    branch: z
+      .string()
+      .superRefine((name, ctx) => {
+        const why = gitBranchNameError(name);
+        if (why)
+          ctx.addIssue({
+            code: "custom",
+            message: `branch "${name}" is not a valid git branch name: ${why}`,
+          });
+      })
+      .optional()
+      .describe(
+        "git branch the runner works on, in the workspace of the branch session branch-<slug> (created with its 80 GiB workspace when missing); not with workspace",
+      ),
   })
   .strict();
 
@@ -101,15 +118,17 @@ const JOB_REQUEST_ERRORS = [
   "WORKSPACE_ATTACHED",
   "WORKSPACE_LEASE_HELD",
   "WORKSPACE_BUSY",
+  "CONFLICT",
+  "INVALID_PARAMS",
 ] as const;
 
 export const jobRun = defineMethod({
   method: "job.run",
   summary:
-    "Queue a job: a sandbox is provisioned from the profile, its runner clones repo_url at ref and runs the agent on task. Returns at once (status QUEUED).",
-  params: JobRequest,
+    "Queue a job: a sandbox is provisioned from the profile, its runner clones repo_url at ref and runs the agent on task. Returns once the job is recorded (status QUEUED); with branch, after the branch session (and its workspace) exists, reporting that as progress.",
+  params: JobRequest.extend({ progress_token: progressToken }),
   result: Job,
-  progress: false,
+  progress: true,
   errors: JOB_REQUEST_ERRORS,
 });
 
@@ -126,6 +145,15 @@ export const jobValidate = defineMethod({
     ttl_minutes: z.number().int().optional(),
     keepalive: z.boolean(),
     workspace_id: z.string().optional(),
+    branch: z.string().optional(),
+    session: z
+      .object({
+        name: z.string(),
+        exists: z.boolean().describe("false: job run creates it, with a new workspace of the same name"),
+        id: z.string().optional(),
+      })
+      .optional()
+      .describe("with branch: the branch session the job runs in"),
   }),
   progress: false,
   errors: JOB_REQUEST_ERRORS,

@@ -26,6 +26,8 @@ export interface FakeJob {
   profile: string;
   keepalive: boolean;
   ttl_minutes: number | null;
+  /** job run --branch: the git branch the runner works on. */
+  branch?: string;
 }
 
 /**
@@ -126,4 +128,10 @@ export interface RunnerResult {
   commit: string | null;
   mode: string;
   output_tail: string;
+  fetched_commit?: string | null;
+  /** Only for a job with a branch. */
+  branch?: string;
+  base_commit?: string | null;
+  pushed?: boolean;
+  push_error?: string;
 }

@@ -6,13 +6,23 @@
  */
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { appendFileSync, chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  appendFileSync,
+  chmodSync,
+  mkdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { dirname, join, posix } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { gunzipSync } from "node:zlib";
 import { load } from "js-yaml";
 import type { Ctx } from "./context.js";
+import { guestWorkDir } from "./paths.js";
 import type { VmRec } from "./types.js";
+import { parseDrive } from "./vmconfig.js";
 
 /** Where a booted guest's cloud-init finds the daemon and its tokens (see src/daemon/guest/cloud-init.ts). */
 export const BOOTSTRAP_JSON = "/etc/agentlab/bootstrap.json";
@@ -82,6 +92,11 @@ export interface RunnerPlan {
    */
   vm: string;
   files: WriteFile[];
+  /**
+   * The workspace's files when a volume is the VM's scsi1 (the disk a real guest mounts at /work):
+   * the guest's /work is a symlink to it.
+   */
+  work?: string;
   /** False when the `runner` knob is 0: the files are written, the runner is not started. */
   run: boolean;
   /** The instance: the job token, or (no job token) a hash of the snippet. */
@@ -125,10 +140,13 @@ export function runnerPlan(
   } catch {
     // never ran
   }
+  const workspace = vm.config["scsi1"] !== undefined ? parseDrive(vm.config["scsi1"]).file : "";
   return {
     vmid: vm.vmid,
     root: guestRoot(ctx.dir, vm.vmid),
     vm: `${vm.node}/${vm.vmid}/${vm.createdAt}`,
+    // A volume id (`storage:volname`), not `none` or a cdrom.
+    ...(workspace.includes(":") ? { work: guestWorkDir(ctx.dir, vm.node, workspace) } : {}),
     files,
     run: ctx.control.runner !== 0,
     key,
@@ -213,6 +231,12 @@ function claimRoot(plan: RunnerPlan): void {
     writeFileSync(owner, plan.vm);
   }
   mkdirSync(plan.root, { recursive: true });
+  const work = join(plan.root, "work");
+  rmSync(work, { recursive: true, force: true });
+  if (plan.work) {
+    mkdirSync(plan.work, { recursive: true });
+    symlinkSync(plan.work, work);
+  }
 }
 
 /** write_files: each entry under the root with its mode; a bad entry is logged and skipped, as cloud-init does. */

@@ -18,6 +18,14 @@ export const snapshotRoot = (dir: string, storage: string): string =>
  */
 export const devRoot = (dir: string): string => join(dir, "dev");
 
+/**
+ * What a job guest sees at /work when a workspace volume is its scsi1: the files of the filesystem on
+ * that disk (a real guest mounts its ext4). A directory per volume, so a later VM given the same volume
+ * finds what an earlier one left; freeing the volume removes it.
+ */
+export const guestWorkDir = (dir: string, node: string, volid: string): string =>
+  join(dir, "guests", "work", node, volid.replace(/[^A-Za-z0-9._-]/g, "_"));
+
 /** The simulator directory from the environment, as the fake CLIs find it. */
 export function dirFromEnv(): string {
   const dir = process.env["PVESIM_DIR"];

@@ -18,7 +18,7 @@ import { dirname, join } from "node:path";
 import type { Ctx } from "./context.js";
 import { devicePath, deviceShown, isLvm, removeDevice, syncDevice, vgName, zfsPool } from "./devices.js";
 import { CommandError, fail, type PveError, paramError } from "./errors.js";
-import { snapshotRoot, storageRoot } from "./paths.js";
+import { guestWorkDir, snapshotRoot, storageRoot } from "./paths.js";
 import {
   copyQcow2,
   createOverlay,
@@ -374,6 +374,8 @@ export function freeVolume(ctx: Ctx, node: string, volid: string): void {
   removeDevice(dir, storage, v.name);
   rmSync(volumeFile(dir, storage, volname), { force: true });
   for (const snap of rec.snapshots) rmSync(snapshotFile(dir, storage, rec, snap), { force: true });
+  // The files a job guest kept on it as /work (guest-runner.ts) go with the disk.
+  rmSync(guestWorkDir(dir, node, volid), { recursive: true, force: true });
   delete state.volumes[volKey(node, sid, volname)];
 }
 

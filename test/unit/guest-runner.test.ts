@@ -482,3 +482,144 @@ describe("guest agent runner (real sh, curl, jq, git)", () => {
     assert.equal(controller.requests.length, 0);
   });
 });
+
+describe("guest agent runner on a branch (job run --branch; real sh, git)", () => {
+  const BRANCH = "feature/login";
+  const SECOND_ID = "job_fedcba9876543210";
+
+  /** One checkout shared by the jobs of a branch, as the branch session's workspace holds it at /work/repo. */
+  function sharedRepoDir(): string {
+    return path.join(freshDir("workspace"), "repo");
+  }
+
+  it("the first job creates the branch from the ref, commits what the agent left and pushes it", async () => {
+    const repo = makeRepo(runSh('echo "step one" >> notes.txt\necho first-agent'));
+    const repoDir = sharedRepoDir();
+    const { controller, root } = await setup(job(repo.url, { branch: BRANCH }));
+    const run = await runRunner(root, { AGENTLAB_REPO_DIR: repoDir });
+    assert.equal(run.code, 0, run.stderr);
+    const final = finalReport(controller);
+    assert.equal(final.status, "COMPLETED");
+    assert.equal(final.message, `agent finished; branch ${BRANCH} pushed`);
+    const { result } = final;
+    assert.equal(result.branch, BRANCH);
+    assert.equal(result.pushed, true);
+    assert.equal(result.push_error, undefined);
+    assert.equal(result.fetched_commit, repo.head("main"));
+    assert.equal(result.base_commit, repo.head("main"));
+    // The runner's commit is on the branch, in the checkout and at origin.
+    assert.equal(result.commit, git(repoDir, "rev-parse", BRANCH));
+    assert.equal(result.commit, repo.head(BRANCH));
+    assert.equal(git(repoDir, "rev-parse", "--abbrev-ref", "HEAD"), BRANCH);
+    assert.equal(
+      git(repoDir, "log", "-1", "--format=%an|%s", BRANCH),
+      `agentlab runner|agentlab job ${JOB_ID}`,
+    );
+    assert.equal(git(repoDir, "show", `${BRANCH}:notes.txt`), "step one");
+    assert.equal(git(repoDir, "status", "--porcelain"), "", "nothing left uncommitted");
+  });
+
+  it("a later job continues the branch in the same checkout: it sees the earlier commit, never reset to the ref", async () => {
+    const repo = makeRepo(
+      runSh('cat notes.txt 2>/dev/null || echo "no notes"\necho "step $AGENTLAB_JOB_ID" >> notes.txt'),
+    );
+    const repoDir = sharedRepoDir();
+    const first = await setup(job(repo.url, { branch: BRANCH }));
+    assert.equal((await runRunner(first.root, { AGENTLAB_REPO_DIR: repoDir })).code, 0);
+    const firstCommit = finalReport(first.controller).result.commit as string;
+    // origin's main moves on meanwhile: the second job fetches it but stays on the branch.
+    const origin = new URL(repo.url).pathname;
+    fs.writeFileSync(path.join(origin, "later.txt"), "later\n");
+    git(origin, "add", "-A");
+    git(origin, "commit", "-q", "-m", "later on main");
+
+    const second = await setup(job(repo.url, { id: SECOND_ID, branch: BRANCH }));
+    const run = await runRunner(second.root, { AGENTLAB_REPO_DIR: repoDir });
+    assert.equal(run.code, 0, run.stderr);
+    assert.ok(
+      run.stdout.includes(`continuing in the existing checkout ${repoDir} (branch ${BRANCH})`),
+      run.stdout,
+    );
+    const { result } = finalReport(second.controller);
+    assert.equal(result.output_tail, `step ${JOB_ID}\n`, "the second agent read what the first one wrote");
+    assert.equal(result.base_commit, firstCommit);
+    assert.equal(result.fetched_commit, repo.head("main"));
+    assert.equal(result.pushed, true);
+    assert.equal(git(repoDir, "rev-parse", `${result.commit as string}~1`), firstCommit);
+    assert.equal(repo.head(BRANCH), result.commit);
+    assert.equal(git(repoDir, "show", `${BRANCH}:notes.txt`), `step ${JOB_ID}\nstep ${SECOND_ID}`);
+    assert.ok(!fs.existsSync(path.join(repoDir, "later.txt")), "main was not merged into the branch");
+  });
+
+  it("a push the origin refuses: COMPLETED, pushed false with git's reason, the commit kept on the branch", async () => {
+    const repo = makeRepo(runSh("echo change > change.txt"));
+    const origin = new URL(repo.url).pathname;
+    fs.writeFileSync(
+      path.join(origin, ".git/hooks/pre-receive"),
+      "#!/bin/sh\necho 'this origin is read-only' >&2\nexit 1\n",
+      {
+        mode: 0o755,
+      },
+    );
+    const repoDir = sharedRepoDir();
+    const { controller, root } = await setup(job(repo.url, { branch: BRANCH }));
+    const run = await runRunner(root, { AGENTLAB_REPO_DIR: repoDir });
+    assert.equal(run.code, 0, run.stderr);
+    const final = finalReport(controller);
+    assert.equal(final.status, "COMPLETED");
+    assert.equal(final.result.pushed, false);
+    assert.match(
+      final.result.push_error as string,
+      /^git push of feature\/login failed: .*this origin is read-only/,
+    );
+    assert.match(
+      final.message,
+      /^agent finished; branch feature\/login kept in the workspace, not pushed \(git push/,
+    );
+    assert.equal(final.result.commit, git(repoDir, "rev-parse", BRANCH));
+    assert.equal(git(repoDir, "show", `${BRANCH}:change.txt`), "change");
+    assert.throws(() => repo.head(BRANCH), "origin has no such branch");
+  });
+
+  it("an agent that fails: its work is committed on the branch but not pushed", async () => {
+    const repo = makeRepo(runSh("echo half > half.txt\nexit 4"));
+    const repoDir = sharedRepoDir();
+    const { controller, root } = await setup(job(repo.url, { branch: BRANCH }));
+    assert.equal((await runRunner(root, { AGENTLAB_REPO_DIR: repoDir })).code, 0);
+    const final = finalReport(controller);
+    assert.equal(final.status, "FAILED");
+    assert.equal(final.result.pushed, false);
+    assert.equal(final.result.push_error, "not pushed: the job ended FAILED");
+    assert.equal(git(repoDir, "show", `${BRANCH}:half.txt`), "half");
+    assert.throws(() => repo.head(BRANCH));
+  });
+
+  it("hooks an earlier agent planted in the checkout do not run in the runner's git", async () => {
+    const repo = makeRepo(runSh("echo x >> x.txt"));
+    const repoDir = sharedRepoDir();
+    const first = await setup(job(repo.url, { branch: BRANCH }));
+    assert.equal((await runRunner(first.root, { AGENTLAB_REPO_DIR: repoDir })).code, 0);
+    const marker = path.join(dir, `hook-ran-${++counter}`);
+    for (const hook of ["post-checkout", "pre-commit", "pre-push", "reference-transaction"]) {
+      fs.writeFileSync(path.join(repoDir, ".git/hooks", hook), `#!/bin/sh\necho ${hook} >> ${marker}\n`, {
+        mode: 0o755,
+      });
+    }
+    const second = await setup(job(repo.url, { id: SECOND_ID, branch: BRANCH }));
+    assert.equal((await runRunner(second.root, { AGENTLAB_REPO_DIR: repoDir })).code, 0);
+    assert.equal(finalReport(second.controller).result.pushed, true);
+    assert.ok(
+      !fs.existsSync(marker),
+      `a hook ran: ${fs.existsSync(marker) ? fs.readFileSync(marker, "utf8") : ""}`,
+    );
+  });
+
+  it("refuses a branch name git would not create", async () => {
+    const repo = makeRepo(runSh("echo never"));
+    const { controller, root } = await setup(job(repo.url, { branch: "bad..name" }));
+    assert.equal((await runRunner(root)).code, 0);
+    const final = finalReport(controller);
+    assert.equal(final.status, "FAILED");
+    assert.equal(final.message, 'invalid branch "bad..name": git check-ref-format --branch refuses it');
+  });
+});

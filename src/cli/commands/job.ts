@@ -55,6 +55,14 @@ function resultPairs(job: Job): Array<[string, string]> {
     if (result.exit_code !== undefined && result.exit_code !== null)
       pairs.push(["exit code", String(result.exit_code)]);
     if (typeof result.commit === "string") pairs.push(["commit", result.commit]);
+    if (typeof result.branch === "string") {
+      // A --branch job: where the runner's commit went (docs/jobs.md, "On a branch").
+      const pushed =
+        result.pushed === true
+          ? `pushed to origin`
+          : `not pushed${typeof result.push_error === "string" ? `: ${result.push_error}` : ""}; the commit stays on the branch in the session's workspace`;
+      pairs.push(["branch", `${result.branch} (${pushed})`]);
+    }
     if (typeof result.duration_seconds === "number") pairs.push(["duration", `${result.duration_seconds} s`]);
   }
   return pairs;
@@ -68,6 +76,9 @@ function jobText(job: Job | JobDetail): string {
     ["profile", job.profile],
     ["sandbox", job.sandbox_vmid !== undefined ? String(job.sandbox_vmid) : "not yet reserved"],
     ...(job.workspace_id !== undefined ? ([["workspace", job.workspace_id]] as Array<[string, string]>) : []),
+    ...(job.branch !== undefined
+      ? ([["on branch", `${job.branch} (session ${job.session_id ?? "?"})`]] as Array<[string, string]>)
+      : []),
     ["keepalive", job.keepalive ? "yes (the sandbox stays when the job ends)" : "no"],
   ];
   if (job.ttl_minutes !== undefined) pairs.push(["time limit", `${job.ttl_minutes} min`]);
@@ -129,6 +140,7 @@ interface RunArgs {
   workspace?: string;
   "workspace-size"?: string;
   "workspace-storage"?: string;
+  branch?: string;
   wait?: boolean;
   "wait-timeout"?: string;
 }
@@ -169,11 +181,21 @@ function requestOptions<T>(yargs: Argv<T>) {
     .option("workspace-storage", {
       type: "string",
       describe: "with --workspace new:NAME: its Proxmox storage (default: config workspace_storage)",
+    })
+    .option("branch", {
+      type: "string",
+      describe:
+        "git branch the agent works on, in the workspace of the branch session branch-<slug> (created with an 80G workspace when missing): the first job creates the branch from --ref, later ones continue it; the runner commits what the agent left and pushes the branch when origin accepts it. Not with --workspace",
     });
 }
 
 /** `--workspace new:NAME` with its size and storage, or undefined for an existing workspace (or none). */
 function newWorkspace(argv: RunArgs): { name: string; size_gb: number; storage?: string } | undefined {
+  if (argv.branch !== undefined && argv.workspace !== undefined) {
+    throw new AgentlabError("USAGE", "--branch and --workspace do not go together", {
+      hint: "a --branch job runs in the workspace of its branch session (branch-<slug>); drop --workspace, or drop --branch",
+    });
+  }
   const create = argv.workspace?.startsWith("new:") ? argv.workspace.slice(4) : undefined;
   if (create === undefined) {
     for (const flag of ["workspace-size", "workspace-storage"] as const) {
@@ -208,6 +230,7 @@ function requestParams(argv: RunArgs) {
     ...(ttl !== undefined ? { ttl_minutes: ttl } : {}),
     ...(argv.keepalive !== undefined ? { keepalive: argv.keepalive } : {}),
     ...(argv.workspace !== undefined ? { workspace: argv.workspace } : {}),
+    ...(argv.branch !== undefined ? { branch: argv.branch } : {}),
   };
 }
 
@@ -255,6 +278,10 @@ const runCommand: CommandModule<GlobalArgs, Args<RunArgs>> = {
       .example(
         "agentlab job run --repo https://github.com/acme/app.git --task 'fix the failing test' --profile yolo-ephemeral --wait",
         "run a job and follow it to the end",
+      )
+      .example(
+        "agentlab job run --repo https://github.com/acme/app.git --task 'add the login page' --profile yolo-workspace --branch feature/login --wait",
+        "work on branch feature/login in the workspace of session branch-feature-login; run it again to continue the branch",
       )
       .epilogue(
         "The sandbox's runner clones the repository and runs, in order of preference: the command in " +
@@ -358,10 +385,15 @@ const validateCommand: CommandModule<GlobalArgs, Args<RunArgs>> = {
   command: "validate",
   describe: "Check a job request as job run would, without running it (nothing is recorded or created)",
   builder: (yargs) =>
-    requestOptions(yargs).example(
-      "agentlab job validate --repo https://github.com/acme/app.git --task 'fix the failing test' --profile yolo-ephemeral",
-      "exit 0 when job run would accept it",
-    ) as Argv<Args<RunArgs>>,
+    requestOptions(yargs)
+      .example(
+        "agentlab job validate --repo https://github.com/acme/app.git --task 'fix the failing test' --profile yolo-ephemeral",
+        "exit 0 when job run would accept it",
+      )
+      .example(
+        "agentlab job validate --repo https://github.com/acme/app.git --task 'next step' --profile yolo-workspace --branch feature/login",
+        "check a branch job: the branch name, its session's profile and that no job of the branch is running",
+      ) as Argv<Args<RunArgs>>,
   handler: (argv) =>
     execute(argv, async (ctx) => {
       const create = newWorkspace(argv);
@@ -378,6 +410,14 @@ const validateCommand: CommandModule<GlobalArgs, Args<RunArgs>> = {
           ["keepalive", checked.keepalive ? "yes" : "no"],
           ...(checked.workspace_id !== undefined
             ? ([["workspace", checked.workspace_id]] as Array<[string, string]>)
+            : []),
+          ...(checked.branch !== undefined && checked.session !== undefined
+            ? ([
+                [
+                  "branch",
+                  `${checked.branch}, in session ${checked.session.name} (${checked.session.exists ? "exists" : "job run creates it, with a new 80G workspace of that name"})`,
+                ],
+              ] as Array<[string, string]>)
             : []),
         ])}`,
       };

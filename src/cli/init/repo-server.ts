@@ -141,7 +141,13 @@ export function accepts(host: string, port: number, timeoutMs = 1000): Promise<b
   });
 }
 
-function command(kind: RepoServerKind, serve: string, host: string, port: number): [string, string[]] {
+function command(
+  kind: RepoServerKind,
+  serve: string,
+  host: string,
+  port: number,
+  push: boolean,
+): [string, string[]] {
   if (kind === "git-daemon") {
     return [
       "git",
@@ -150,6 +156,8 @@ function command(kind: RepoServerKind, serve: string, host: string, port: number
         "--reuseaddr",
         "--export-all",
         "--informative-errors",
+        // Pushes are refused unless asked for (tests of job run --branch push to it).
+        ...(push ? ["--enable=receive-pack"] : []),
         `--base-path=${serve}`,
         `--listen=${host}`,
         `--port=${port}`,
@@ -181,12 +189,13 @@ export async function startRepoServer(
   kind: RepoServerKind,
   repo: SmokeRepo,
   host: string,
+  options: { push?: boolean } = {},
 ): Promise<RepoServer> {
   const serve = path.dirname(repo.bare);
   let lastError = "";
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort(host);
-    const [file, args] = command(kind, serve, host, port);
+    const [file, args] = command(kind, serve, host, port, options.push === true);
     const child = spawn(file, args, { stdio: ["ignore", "ignore", "pipe"] });
     let stderr = "";
     let spawnError: string | undefined;

@@ -117,7 +117,7 @@ export function registerHandlers(
   const sessions = new SessionService(ctx, sandboxes, workspaces);
   registerSessionHandlers(server, sessions);
   registerDoctorHandlers(server, new DoctorService(ctx, sessions));
-  const jobs = new JobService(ctx, sandboxes);
+  const jobs = new JobService(ctx, sandboxes, sessions);
   registerJobHandlers(server, jobs);
   const tokens = new TokenService(() => createApiTokenRepo(ctx.store), ctx.clock);
   registerTokenHandlers(server, tokens);

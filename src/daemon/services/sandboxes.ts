@@ -215,9 +215,20 @@ export class SandboxService {
   /**
    * The refusal `sandbox new --workspace` would meet before cloning (the node is not compared: no
    * template was looked up yet), for callers that queue work first (job run). WORKSPACE_NOT_FOUND throws.
+   * A lease held by `leaseOwner` (a session's, for its own job) is no refusal.
    */
-  workspaceRefusal(ref: string, profile: string): { workspace: Workspace; error?: AgentlabError } {
-    return workspaceRefusal(this.ctx, this.workspaces, { ref }, undefined, profile);
+  workspaceRefusal(
+    ref: string,
+    profile: string,
+    leaseOwner?: string,
+  ): { workspace: Workspace; error?: AgentlabError } {
+    return workspaceRefusal(
+      this.ctx,
+      this.workspaces,
+      { ref, ...(leaseOwner !== undefined ? { leaseOwner } : {}) },
+      undefined,
+      profile,
+    );
   }
 
   /** sandbox.validate, plus the workspace checks sandbox new --workspace would make before cloning. */

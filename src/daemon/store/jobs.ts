@@ -73,6 +73,8 @@ export interface JobRepo {
   latestForSandbox(vmid: number): Job | undefined;
   /** Jobs in `status`, oldest first (start-up sweeps). */
   listByStatus(status: JobStatus): Job[];
+  /** The oldest QUEUED or RUNNING job of a session (job run --branch: one job per branch at a time). */
+  activeForSession(sessionId: string): Job | undefined;
   /** Bind the job to its sandbox. */
   bindSandbox(id: string, vmid: number): Job;
   setReportTokenHash(id: string, hash: string): Job;
@@ -172,6 +174,10 @@ export function createJobRepo(db: Database.Database, now: () => Date): JobRepo {
   );
   const byStatusStmt = db.prepare<[string], JobDbRow>(
     `SELECT ${COLUMNS} FROM jobs WHERE status = ? ORDER BY created_at, id`,
+  );
+  const activeSessionStmt = db.prepare<[string], JobDbRow>(
+    `SELECT ${COLUMNS} FROM jobs WHERE session_id = ? AND status IN ('QUEUED', 'RUNNING')
+     ORDER BY created_at, id LIMIT 1`,
   );
   const latestStmt = db.prepare<[number], JobDbRow>(
     `SELECT ${COLUMNS} FROM jobs WHERE sandbox_vmid = ? ORDER BY created_at DESC, id DESC LIMIT 1`,
@@ -274,6 +280,10 @@ export function createJobRepo(db: Database.Database, now: () => Date): JobRepo {
 
     listByStatus(status) {
       return byStatusStmt.all(status).map(fromRow);
+    },
+
+    activeForSession(sessionId) {
+      return maybe(activeSessionStmt.get(sessionId));
     },
 
     bindSandbox(id, vmid) {

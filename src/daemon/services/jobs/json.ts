@@ -7,7 +7,7 @@ import type { Job } from "../../store/jobs.js";
  * Redacted (../../redact.ts) with the job's own secret `values` on top: a report stored before the
  * redactor learnt a shape, or a task quoting a token, is still shown without it.
  */
-export function jobJson(job: Job, values: readonly string[] = []): JobJson {
+export function jobJson(job: Job, values: readonly string[] = [], branch?: string): JobJson {
   const out: JobJson = {
     id: job.id,
     repo_url: job.repo_url,
@@ -23,6 +23,8 @@ export function jobJson(job: Job, values: readonly string[] = []): JobJson {
   if (job.ttl_minutes !== null) out.ttl_minutes = job.ttl_minutes;
   if (job.sandbox_vmid !== null) out.sandbox_vmid = job.sandbox_vmid;
   if (job.workspace_id !== null) out.workspace_id = job.workspace_id;
+  if (job.session_id !== null) out.session_id = job.session_id;
+  if (branch !== undefined) out.branch = branch;
   if (job.failure_reason !== null) out.failure_reason = job.failure_reason;
   if (job.result_json !== null) {
     try {

@@ -159,6 +159,8 @@ export class RunnerApi {
     // The credentials split off the repository URL at `job run`: handed to the runner here only, which
     // gives them to git through a 0600 credential file, never on a command line or in the clone's config.
     const credentials = this.secrets.get(job.id);
+    // A --branch job's branch is its session's label (job run makes them agree).
+    const branch = job.session_id !== null ? ctx.store.sessions.get(job.session_id)?.branch : undefined;
     return {
       status: 200,
       body: {
@@ -172,6 +174,7 @@ export class RunnerApi {
           keepalive: job.keepalive,
           ttl_minutes: job.ttl_minutes,
           ...(credentials ? { repo_credentials: credentials } : {}),
+          ...(branch ? { branch } : {}),
         },
         report: { url: `${readiness.controllerUrl()}${RUNNER_REPORT_PATH}`, token: reportToken },
         // Both take the report token too.

@@ -31,11 +31,14 @@ import { redacted, redactString } from "../../redact.js";
 import { transitionSandbox } from "../../state/sandbox.js";
 import { type JobSecretRepo, lazyJobSecretRepo, secretValues } from "../../store/job-secrets.js";
 import type { Job, JobStatus } from "../../store/jobs.js";
+import { sessionLeaseOwner } from "../../store/leases.js";
+import type { Session } from "../../store/sessions.js";
 import { describe } from "../maintenance-steps.js";
 import { backgroundOperation, type Operation } from "../operation.js";
 import { templateNodeRefusal } from "../placement.js";
 import { resolveProfile } from "../sandbox/provision.js";
 import type { SandboxService } from "../sandboxes.js";
+import type { SessionService } from "../sessions/service.js";
 import { ArtifactStore, artifactJson } from "./artifacts.js";
 import { jobJson } from "./json.js";
 import { LogFollowers, type LogUpdate, logText, MAX_LOG_READ } from "./logs.js";
@@ -43,6 +46,7 @@ import { type SplitRepoUrl, splitRepoCredentials } from "./repo-url.js";
 import { RunnerApi } from "./runner-api.js";
 
 type RunParams = z.output<typeof JobRequest>;
+type ValidateResult = z.output<typeof jobValidate.result>;
 type LogsParams = z.output<typeof jobLogs.params>;
 type LogsResult = z.output<typeof jobLogs.result>;
 type ArtifactReadParams = z.output<typeof jobArtifactRead.params>;
@@ -74,6 +78,7 @@ export class JobService {
   constructor(
     private readonly ctx: DaemonContext,
     private readonly sandboxes: SandboxService,
+    private readonly sessions: SessionService,
   ) {
     this.#secrets = lazyJobSecretRepo(() => ctx.store);
     this.#runner = new RunnerApi(
@@ -121,12 +126,22 @@ export class JobService {
     return { status: 200, body: { stored, job_status: job.status } };
   }
 
-  /** Queue a job and start provisioning its sandbox in the background. */
-  async run(params: RunParams): Promise<JobJson> {
+  /**
+   * Queue a job and start provisioning its sandbox in the background. With a branch, its branch session
+   * is found or created first (with its workspace: that is what `op` reports), and the job is the
+   * session's: its sandbox becomes the session's sandbox.
+   */
+  async run(params: RunParams, op: Operation): Promise<JobJson> {
     const checked = await this.#check(params);
     // Credentials in the URL never reach the jobs row: they wait in job_secrets for the runner's fetch.
     const repo = splitRepoCredentials(params.repo_url);
-    const job = this.#insertQueued(repo, {
+    const session =
+      params.branch !== undefined
+        ? await this.sessions.branchForJob(params.branch, checked.profile, op)
+        : undefined;
+    // Checked again in the transaction that records the job: one job per branch session at a time.
+    const guard = session ? () => this.#refuseBusy(session) : undefined;
+    const job = this.#insertQueued(repo, guard, {
       repo_url: repo.url,
       ref: checked.ref,
       profile: checked.profile,
@@ -135,16 +150,38 @@ export class JobService {
       mode: checked.mode,
       ttl_minutes: checked.ttl_minutes ?? null,
       keepalive: checked.keepalive,
-      workspace_id: checked.workspace_id ?? null,
+      workspace_id: session?.workspace_id ?? checked.workspace_id ?? null,
+      session_id: session?.id ?? null,
     });
-    this.#event(job, "job.queued", `queued: ${job.repo_url}@${job.ref} with profile ${job.profile}`);
+    this.#event(
+      job,
+      "job.queued",
+      `queued: ${job.repo_url}@${job.ref} with profile ${job.profile}${session ? ` on branch ${params.branch} (session ${session.name})` : ""}`,
+    );
     this.#track(this.#provision(job));
-    return jobJson(job, this.#secretValues(job.id));
+    return this.#json(job);
   }
 
   /** Everything run checks, nothing recorded: what the job would be. */
-  async validate(params: RunParams): Promise<z.output<typeof jobValidate.result>> {
+  async validate(params: RunParams): Promise<ValidateResult> {
     return { valid: true, ...(await this.#check(params)) };
+  }
+
+  /**
+   * A branch session runs one job at a time: its workspace is leased to that job's sandbox until the
+   * sandbox goes. Refused naming the job, so the caller knows what to wait for.
+   */
+  #refuseBusy(session: Session): void {
+    const active = this.ctx.store.jobs.activeForSession(session.id);
+    if (!active) return;
+    throw new AgentlabError(
+      "CONFLICT",
+      `branch session ${session.name} is busy: job ${active.id} is ${active.status} in its workspace${active.sandbox_vmid !== null ? ` (sandbox ${active.sandbox_vmid})` : ""}`,
+      {
+        hint: `wait for it: agentlab job show ${active.id} --wait, or stop it: agentlab job cancel ${active.id}`,
+        details: { session: session.name, job_id: active.id, status: active.status },
+      },
+    );
   }
 
   /**
@@ -152,14 +189,7 @@ export class JobService {
    * runner needs, the workspace, the template's node. Refusals that can be known now come back to the
    * caller, not as a FAILED job later.
    */
-  async #check(params: RunParams): Promise<{
-    profile: string;
-    ref: string;
-    mode: string;
-    ttl_minutes?: number;
-    keepalive: boolean;
-    workspace_id?: string;
-  }> {
+  async #check(params: RunParams): Promise<Omit<ValidateResult, "valid">> {
     const { ctx } = this;
     const profile = resolveProfile(ctx, params.profile);
     const listener = ctx.guestReady?.listener();
@@ -177,10 +207,40 @@ export class JobService {
     // Refusals that can be known now come back to the caller, not as a FAILED job later. Two jobs
     // racing for one workspace both pass here; the second fails at its reservation (lease held).
     let workspaceId: string | null = null;
+    if (params.workspace !== undefined && params.branch !== undefined) {
+      throw new AgentlabError(
+        "INVALID_PARAMS",
+        "branch and workspace do not go together: a --branch job runs in the workspace of its branch session",
+        {
+          hint: "drop --workspace (the branch session branch-<slug> has its own workspace), or drop --branch",
+          details: { branch: params.branch, workspace: params.workspace },
+        },
+      );
+    }
     if (params.workspace !== undefined) {
       const checked = this.sandboxes.workspaceRefusal(params.workspace, profile.name);
       if (checked.error) throw checked.error;
       workspaceId = checked.workspace.id;
+    }
+    let session: ValidateResult["session"];
+    if (params.branch !== undefined) {
+      const found = this.sessions.branchForJobCheck(params.branch, profile.name);
+      if (found.session) {
+        this.#refuseBusy(found.session);
+        // The session's own lease is no refusal: it is the lease the job's sandbox takes.
+        const checked = this.sandboxes.workspaceRefusal(
+          found.session.workspace_id,
+          profile.name,
+          sessionLeaseOwner(found.session.id),
+        );
+        if (checked.error) throw checked.error;
+        workspaceId = checked.workspace.id;
+      }
+      session = {
+        name: found.name,
+        exists: found.session !== undefined,
+        ...(found.session ? { id: found.session.id } : {}),
+      };
     }
     await this.#refuseTemplateElsewhere(profile);
     const ttl = params.ttl_minutes ?? profile.behavior.ttl_minutes_default;
@@ -191,6 +251,8 @@ export class JobService {
       ...(ttl !== undefined && ttl > 0 ? { ttl_minutes: ttl } : {}),
       keepalive: params.keepalive ?? profile.behavior.keepalive_default,
       ...(workspaceId !== null ? { workspace_id: workspaceId } : {}),
+      ...(params.branch !== undefined ? { branch: params.branch } : {}),
+      ...(session ? { session } : {}),
     };
   }
 
@@ -214,7 +276,7 @@ export class JobService {
     }
     this.#event(ended, "job.cancelled", "cancelled: the runner stops the agent");
     this.#ended(ended);
-    return jobJson(ended, this.#secretValues(ended.id));
+    return this.#json(ended);
   }
 
   /** The runner's output; with follow, streamed as notifications until the job ends. */
@@ -322,7 +384,7 @@ export class JobService {
   show(id: string, eventsTail: number = DEFAULT_EVENTS_TAIL): JobDetail {
     const job = this.#get(id);
     const values = this.#secretValues(job.id);
-    const detail: JobDetail = jobJson(job, values);
+    const detail: JobDetail = this.#json(job);
     if (eventsTail > 0) {
       detail.events = this.ctx.store.events.listForJob(job.id, { tail: eventsTail }).map((e) =>
         redacted(
@@ -345,7 +407,7 @@ export class JobService {
       ...(params.status !== undefined ? { status: params.status } : {}),
       limit: params.limit ?? 100,
     });
-    return { jobs: rows.map((job) => jobJson(job, this.#secretValues(job.id))) };
+    return { jobs: rows.map((job) => this.#json(job)) };
   }
 
   /**
@@ -397,6 +459,15 @@ export class JobService {
     }
   }
 
+  /** The wire form, with the branch of a --branch job (its session's label). */
+  #json(job: Job): JobJson {
+    const branch =
+      job.session_id !== null
+        ? (this.ctx.store.sessions.get(job.session_id)?.branch ?? undefined)
+        : undefined;
+    return jobJson(job, this.#secretValues(job.id), branch);
+  }
+
   /** The exact secret values of a job still running (its repository credentials), for redaction. */
   #secretValues(jobId: string): string[] {
     return secretValues(this.#secrets.get(jobId));
@@ -413,11 +484,13 @@ export class JobService {
   /** Insert with a fresh `job_<16 hex>` id; a clash (astronomically unlikely) draws again. */
   #insertQueued(
     repo: SplitRepoUrl,
+    guard: (() => void) | undefined,
     fields: Omit<Parameters<DaemonContext["store"]["jobs"]["insert"]>[0], "id">,
   ): Job {
     for (let attempt = 1; ; attempt++) {
       try {
         return this.ctx.store.tx(() => {
+          guard?.();
           const job = this.ctx.store.jobs.insert({ ...fields, id: `job_${randomBytes(8).toString("hex")}` });
           if (repo.credentials) this.#secrets.set(job.id, repo.credentials);
           return job;
@@ -451,19 +524,33 @@ export class JobService {
   /** Provision the job's sandbox; the job is RUNNING once it runs, FAILED with the reason if it cannot. */
   async #provision(job: Job): Promise<void> {
     const { ctx } = this;
+    const name = `job-${job.id.slice(4, 12)}`;
     try {
-      const sandbox = await this.sandboxes.create(
-        {
-          profile: job.profile,
-          name: `job-${job.id.slice(4, 12)}`,
-          keepalive: job.keepalive,
-          ...(job.ttl_minutes !== null ? { ttl_minutes: job.ttl_minutes } : {}),
-          // Attached before the first boot; its lease is the sandbox's, released when it is destroyed.
-          ...(job.workspace_id !== null ? { workspace: job.workspace_id } : {}),
-          jobId: job.id,
-        },
-        this.#operation(job),
-      );
+      const sandbox =
+        job.session_id !== null
+          ? // The session's sandbox: its workspace under the session's lease, current_vmid = the sandbox.
+            await this.sessions.startJobSandbox(
+              job.session_id,
+              {
+                name,
+                keepalive: job.keepalive,
+                ...(job.ttl_minutes !== null ? { ttl_minutes: job.ttl_minutes } : {}),
+                jobId: job.id,
+              },
+              this.#operation(job),
+            )
+          : await this.sandboxes.create(
+              {
+                profile: job.profile,
+                name,
+                keepalive: job.keepalive,
+                ...(job.ttl_minutes !== null ? { ttl_minutes: job.ttl_minutes } : {}),
+                // Attached before the first boot; its lease is the sandbox's, released when it is destroyed.
+                ...(job.workspace_id !== null ? { workspace: job.workspace_id } : {}),
+                jobId: job.id,
+              },
+              this.#operation(job),
+            );
       const running = ctx.store.jobs.markRunning(job.id);
       if (running) this.#event(running, "job.running", `sandbox ${sandbox.vmid} is running`);
       else {

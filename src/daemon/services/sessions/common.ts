@@ -11,6 +11,7 @@ import type { KeyedMutex } from "../../locks.js";
 import { sessionLeaseOwner } from "../../store/leases.js";
 import type { Session } from "../../store/sessions.js";
 import type { Operation } from "../operation.js";
+import type { CreateParams } from "../sandbox/provision.js";
 import type { SandboxService } from "../sandboxes.js";
 import type { WorkspaceService } from "../workspaces/service.js";
 
@@ -78,17 +79,23 @@ export function requireProfile(deps: SessionDeps, name: string): void {
  * Provision a sandbox of the session's profile with its workspace attached as scsi1 before the first
  * boot. The session's lease `session:<id>` is taken in the transaction that records the sandbox, and the
  * session points at the sandbox from then on, so `session stop` can always find what to take down. A
- * failed provisioning is rolled back, and the rollback lets go of the lease and of current_vmid.
+ * failed provisioning is rolled back, and the rollback lets go of the lease and of current_vmid. `extra`
+ * carries what a job's sandbox has besides (job run --branch: its name, keepalive and the job to bind).
  */
 export function startSessionSandbox(
   deps: SessionDeps,
   session: Session,
   ttlMinutes: number | undefined,
   op: Operation,
+  extra: Pick<CreateParams, "name" | "keepalive" | "jobId"> = {},
 ): Promise<SandboxJson> {
   const { store } = deps.ctx;
   return deps.sandboxes.create(
-    { profile: session.profile, ...(ttlMinutes !== undefined ? { ttl_minutes: ttlMinutes } : {}) },
+    {
+      ...extra,
+      profile: session.profile,
+      ...(ttlMinutes !== undefined ? { ttl_minutes: ttlMinutes } : {}),
+    },
     op,
     {
       ref: session.workspace_id,

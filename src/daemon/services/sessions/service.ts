@@ -3,12 +3,19 @@ import type { Session as SessionJson } from "../../../protocol/session.js";
 import type { Workspace as WorkspaceJson } from "../../../protocol/workspace.js";
 import type { DaemonContext } from "../../context.js";
 import { KeyedMutex } from "../../locks.js";
+import type { Session } from "../../store/sessions.js";
 import type { Operation } from "../operation.js";
 import { sandboxJson } from "../sandbox/json.js";
 import type { SandboxService } from "../sandboxes.js";
 import { workspaceJson } from "../workspaces/core.js";
 import type { WorkspaceService } from "../workspaces/service.js";
-import { type BranchResult, branchSession } from "./branch.js";
+import {
+  type BranchResult,
+  branchSession,
+  branchSessionForJob,
+  branchSessionForJobCheck,
+  startJobSandbox,
+} from "./branch.js";
 import { currentSandbox, type SessionDeps, sessionJson } from "./common.js";
 import { type CreateSessionParams, createSession, type SessionStarted } from "./create.js";
 import { type ForkSessionParams, forkSession } from "./fork.js";
@@ -66,5 +73,24 @@ export class SessionService {
 
   branch(branch: string, profile: string, op: Operation): Promise<BranchResult> {
     return branchSession(this.deps, branch, profile, op);
+  }
+
+  /** job run --branch, checks only: the branch session if it exists (job validate). */
+  branchForJobCheck(branch: string, profile: string): { name: string; session?: Session } {
+    return branchSessionForJobCheck(this.deps, branch, profile);
+  }
+
+  /** job run --branch: the branch session, created with its workspace (no sandbox) when missing. */
+  branchForJob(branch: string, profile: string, op: Operation): Promise<Session> {
+    return branchSessionForJob(this.deps, branch, profile, op);
+  }
+
+  /** A --branch job's sandbox, started as the session's sandbox. */
+  startJobSandbox(
+    sessionId: string,
+    params: { name: string; keepalive: boolean; ttl_minutes?: number | undefined; jobId: string },
+    op: Operation,
+  ): Promise<SandboxJson> {
+    return startJobSandbox(this.deps, sessionId, params, op);
   }
 }
