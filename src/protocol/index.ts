@@ -74,6 +74,7 @@ export * from "./errors.js";
 export * from "./exec.js";
 export * from "./init.js";
 export * from "./job.js";
+export * from "./limits.js";
 export * from "./maintenance.js";
 export * from "./method.js";
 export * from "./profile.js";
