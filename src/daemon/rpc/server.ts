@@ -352,7 +352,15 @@ export class RpcServer {
     };
     transport.reader.onError((error) => drop(`unreadable message: ${error.message}`, error));
     transport.reader.onClose(() => drop("closed"));
-    conn.onError(([error]) => drop("connection error", error));
+    // The reader's decode errors arrive here: say which, so the log explains the closed connection.
+    conn.onError(([error]) =>
+      drop(
+        error instanceof SyntaxError
+          ? `message is not JSON (${error.message})`
+          : `connection error: ${error.message}`,
+        error,
+      ),
+    );
 
     for (const { method, handler } of this.handlers.values()) {
       conn.onRequest(method.type, async (params: unknown, token: CancellationToken) => {
