@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { buildCli } from "../src/cli/main.js";
-import { ERROR_CODES, METHODS } from "../src/protocol/index.js";
+import { ERROR_CODES, LIMITS, METHODS } from "../src/protocol/index.js";
 import { manPage } from "./man-page.js";
 
 const root = fileURLToPath(new URL("../../", import.meta.url)).replace(/\/$/, "");
@@ -79,6 +79,26 @@ function schemaBlock(schema: z.ZodType): string {
   return ["```json", JSON.stringify(json, null, 2), "```"].join("\n");
 }
 
+/** The table of input limits (src/protocol/limits.ts), so the reference states what is refused. */
+function limitsSection(): string[] {
+  return [
+    "## Input limits",
+    "",
+    "Every string, array and number in params has a bound; a request over one is refused with",
+    "`INVALID_PARAMS` before any work, naming the field and the limit (`task is 1048576 characters; the",
+    "limit is 65536`) and quoting at most the first 64 characters of anything it echoes. Limits on the",
+    "connection itself (frame size, clients at once, idle time, unread answers) are in docs/reliability.md.",
+    "",
+    "| limit | at most | used for |",
+    "|---|---|---|",
+    ...Object.entries(LIMITS).map(
+      ([name, limit]) =>
+        `| \`${name}\` | ${limit.max.toLocaleString("en-US")}${limit.unit ? ` ${limit.unit}` : ""} | ${limit.why} |`,
+    ),
+    "",
+  ];
+}
+
 function rpcDoc(): string {
   const parts = [
     "# agentlabd JSON-RPC reference",
@@ -94,6 +114,7 @@ function rpcDoc(): string {
     "`$/progress` notifications `{token, value: {step, message, done?, total?}}`; `$/cancelRequest`",
     "cancels a call, which then answers `CANCELLED`.",
     "",
+    ...limitsSection(),
     "## Methods",
     "",
     ...METHODS.map((m) => `- [\`${m.method}\`](#${m.method.replace(/\./g, "")}): ${m.summary}`),

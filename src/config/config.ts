@@ -101,6 +101,12 @@ export interface Config {
   bootstrap_rate_limit_burst: number;
   /** How long the daemon lets in-flight calls finish after SIGTERM. */
   shutdown_timeout_ms: number;
+  /** RPC clients served at once, Unix socket and remote listener together; more are refused. */
+  rpc_max_connections: number;
+  /** An RPC connection with no call running and nothing received for this long is closed. */
+  rpc_idle_timeout_ms: number;
+  /** Answers a client has not read yet, in bytes; past this its connection is closed. */
+  rpc_max_unsent_bytes: number;
   /** Storage for new workspaces when `workspace create` names none. */
   workspace_storage: string;
   /** TTL of attachment leases (sandbox:<vmid>, session:<id>); the daemon renews them while the owner lives. */
@@ -192,6 +198,9 @@ export const ConfigFileSchema = z.strictObject({
   bootstrap_rate_limit_qps: positiveNumber().default(1),
   bootstrap_rate_limit_burst: positiveInt().default(3),
   shutdown_timeout: duration().optional(),
+  rpc_max_connections: positiveInt().default(256),
+  rpc_idle_timeout: duration().optional(),
+  rpc_max_unsent_bytes: positiveInt().default(16 * 1024 * 1024),
   workspace_storage: name(
     /^[A-Za-z0-9._-]{1,64}$/,
     "expected a Proxmox storage name: at most 64 characters from A-Z a-z 0-9 . _ -",
@@ -472,6 +481,9 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     bootstrap_rate_limit_qps: file.bootstrap_rate_limit_qps,
     bootstrap_rate_limit_burst: file.bootstrap_rate_limit_burst,
     shutdown_timeout_ms: file.shutdown_timeout ?? 10_000,
+    rpc_max_connections: file.rpc_max_connections,
+    rpc_idle_timeout_ms: file.rpc_idle_timeout ?? 10 * MINUTE_MS,
+    rpc_max_unsent_bytes: file.rpc_max_unsent_bytes,
     workspace_storage: file.workspace_storage,
     workspace_lease_ttl_ms: workspaceLeaseTtlMs,
     host_tools: file.host_tools,

@@ -82,7 +82,14 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       version: VERSION,
     };
     await ctx.network?.init();
-    const server = new RpcServer({ log });
+    const server = new RpcServer({
+      log,
+      limits: {
+        maxConnections: config.rpc_max_connections,
+        idleTimeoutMs: config.rpc_idle_timeout_ms,
+        maxUnsentBytes: config.rpc_max_unsent_bytes,
+      },
+    });
     const { maintenance, sandboxes, workspaces, jobs, tokens } = registerHandlers(server, ctx, {
       maintenance: { scheduler: options.scheduler ?? systemScheduler },
     });

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { boundedString, LIMITS, numberLimit } from "./limits.js";
 import { defineMethod } from "./method.js";
 
 /**
@@ -20,14 +21,14 @@ export const dbBackup = defineMethod({
     "Copy the database with SQLite's online backup API (consistent while the daemon writes) to out, a file or a directory (then agentlab-YYYYMMDD-HHMMSS.db in it), mode 0600, checked before it is kept. With keep, only the newest keep backups named like it stay.",
   params: z
     .object({
-      out: z
-        .string()
+      out: boundedString(LIMITS.PATH)
         .min(1)
         .refine((p) => p.startsWith("/"), "out must be an absolute path (the daemon writes it)"),
       keep: z
         .number()
         .int()
         .positive()
+        .max(LIMITS.COUNT.max, numberLimit(LIMITS.COUNT))
         .optional()
         .describe("keep only the newest N backups named like this one"),
     })

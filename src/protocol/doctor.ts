@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { boundedString, LIMITS } from "./limits.js";
 import { defineMethod } from "./method.js";
 
 /**
@@ -39,7 +40,7 @@ export const jobDoctor = defineMethod({
   method: "job.doctor",
   summary:
     "Debug bundle of a job: its record, sandbox, session and workspace, recent events, live Proxmox status and config. Read-only.",
-  params: z.object({ id: z.string().min(1) }).strict(),
+  params: z.object({ id: boundedString(LIMITS.REF).min(1) }).strict(),
   result: DoctorBundle,
   progress: false,
   errors: ["JOB_NOT_FOUND"],
@@ -49,7 +50,7 @@ export const sessionDoctor = defineMethod({
   method: "session.doctor",
   summary:
     "Debug bundle of a session: its record, workspace, current sandbox and that sandbox's latest job, recent events, live Proxmox status and config. Read-only.",
-  params: z.object({ session: z.string().min(1).describe("session name or id") }).strict(),
+  params: z.object({ session: boundedString(LIMITS.REF).min(1).describe("session name or id") }).strict(),
   result: DoctorBundle,
   progress: false,
   errors: ["SESSION_NOT_FOUND"],

@@ -87,6 +87,11 @@ export const ERROR_CODES = {
     hint: "the daemon answered something this CLI does not understand: make sure agentlab and agentlabd are the same version",
   },
   NODE_UNSUPPORTED: { rpc: 1306, exit: 1, hint: "install Node.js 20.19 or newer" },
+  DAEMON_BUSY: {
+    rpc: 1307,
+    exit: 1,
+    hint: "too many clients are connected: retry shortly, or raise rpc_max_connections in the daemon's config",
+  },
   PROXMOX_ERROR: { rpc: 1400, exit: 1, hint: "check the Proxmox task log: pvesh get /nodes/<node>/tasks" },
   PROXMOX_VM_NOT_FOUND: { rpc: 1401, exit: 1, hint: "the VM no longer exists in Proxmox: check qm list" },
   PROXMOX_LOCKED: {

@@ -3,13 +3,11 @@
  * keys) and streams the command's output back as `$/progress` notifications while it runs.
  */
 import { z } from "zod";
+import { boundedArray, boundedRecord, boundedString, LIMITS, numberLimit } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { progressToken } from "./progress.js";
 
 const vmid = z.number().int().min(100).max(999_999_999).describe("Proxmox VMID of the sandbox");
-
-/** stdin travels inside the request, so it must fit a frame (MAX_FRAME_BYTES) with room for the rest. */
-export const EXEC_MAX_STDIN_BYTES = 512 * 1024;
 
 /** Progress steps that carry the command's output (`data`: base64 bytes, in the order they came). */
 export const EXEC_STDOUT_STEP = "stdout";
@@ -25,25 +23,29 @@ export const sandboxExec = defineMethod({
   params: z
     .object({
       vmid,
-      command: z
-        .array(z.string().max(64 * 1024))
+      command: boundedArray(boundedString(LIMITS.ARG), LIMITS.ARGS)
         .min(1, "give the command to run")
-        .max(4096)
         .describe("argv: each element is quoted for the guest's shell"),
-      user: z.string().regex(GUEST_USER_RE, "a login name (lowercase letters, digits, _ and -)").optional(),
-      cwd: z.string().min(1).max(4096).optional().describe("directory to run in (default: the user's home)"),
-      env: z
-        .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "an environment variable name"), z.string())
+      user: boundedString(LIMITS.WORD)
+        .regex(GUEST_USER_RE, "a login name (lowercase letters, digits, _ and -)")
         .optional(),
+      cwd: boundedString(LIMITS.PATH)
+        .min(1)
+        .optional()
+        .describe("directory to run in (default: the user's home)"),
+      env: boundedRecord(
+        boundedString(LIMITS.ENV_NAME).regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "an environment variable name"),
+        boundedString(LIMITS.ENV_VALUE),
+        LIMITS.ENV,
+      ).optional(),
       timeout_ms: z
         .number()
         .int()
         .positive()
+        .max(LIMITS.TIMEOUT_MS.max, numberLimit(LIMITS.TIMEOUT_MS))
         .optional()
         .describe("kill the command after this long (the result then says timed_out)"),
-      stdin: z
-        .string()
-        .max(Math.ceil(EXEC_MAX_STDIN_BYTES / 3) * 4)
+      stdin: boundedString(LIMITS.STDIN)
         .optional()
         .describe("base64: the command's stdin, then end of file; absent: no input (EOF at once)"),
       progress_token: progressToken,

@@ -83,6 +83,7 @@ export * from "./exec.js";
 export * from "./files.js";
 export * from "./init.js";
 export * from "./job.js";
+export * from "./limits.js";
 export * from "./maintenance.js";
 export * from "./method.js";
 export * from "./profile.js";

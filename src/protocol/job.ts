@@ -1,14 +1,20 @@
 import { z } from "zod";
 import { gitBranchNameError } from "./git-branch.js";
+import { boundedString, LIMITS, numberLimit, preview } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { progressToken } from "./progress.js";
-import { SandboxEvent } from "./sandbox.js";
+import { ProfileName, SandboxEvent, TtlMinutes } from "./sandbox.js";
 
 /**
  * Jobs: a repository and a task, run unattended by the guest runner inside a sandbox of their own.
  * QUEUED → RUNNING → COMPLETED | FAILED | TIMEOUT (spec §4.2). `job run` returns at once; the sandbox is
  * provisioned in the background and destroyed when the job ends unless keepalive is set.
  */
+
+/** A job id as params take it (job_<16 hex>; bounded like every reference). */
+const jobRef = boundedString(LIMITS.REF).min(1);
+/** A byte offset into a job's log or an artifact. */
+const offset = z.number().int().nonnegative().max(LIMITS.OFFSET.max, numberLimit(LIMITS.OFFSET));
 
 export const JOB_STATUSES = ["QUEUED", "RUNNING", "COMPLETED", "FAILED", "TIMEOUT"] as const;
 export const TERMINAL_JOB_STATUSES: readonly string[] = ["COMPLETED", "FAILED", "TIMEOUT"];
@@ -62,46 +68,35 @@ const GIT_REF = /^(?!-)[^\s\x00-\x1f\x7f~^:?*[\\]{1,200}$/;
 /** What job.run and job.validate take. */
 export const JobRequest = z
   .object({
-    repo_url: z
-      .string()
-      .regex(
-        REPO_URL,
-        "repo_url must be a URL the sandbox can clone: https://, http://, git://, ssh:// or user@host:path",
-      ),
-    task: z.string().min(1, "task must not be empty").max(65536, "task must be at most 64 KiB"),
-    profile: z.string().min(1, "profile must not be empty"),
-    ref: z
-      .string()
+    repo_url: boundedString(LIMITS.URL).regex(
+      REPO_URL,
+      "repo_url must be a URL the sandbox can clone: https://, http://, git://, ssh:// or user@host:path",
+    ),
+    task: boundedString(LIMITS.TASK).min(1, "task must not be empty"),
+    profile: ProfileName,
+    ref: boundedString(LIMITS.GIT_REF)
       .regex(GIT_REF, "ref must be a branch, tag or commit name (no spaces, no leading -)")
       .optional()
       .describe("default main"),
-    mode: z
-      .string()
+    mode: boundedString(LIMITS.WORD)
       .regex(/^[a-z][a-z0-9_-]{0,31}$/, "mode is a short lower-case word, e.g. dangerous")
       .optional()
       .describe("agent permission mode passed to the runner; default dangerous"),
-    ttl_minutes: z
-      .number()
-      .int()
-      .positive("ttl_minutes must be positive")
-      .optional()
-      .describe("default: the profile's ttl; also the agent's time limit"),
+    ttl_minutes: TtlMinutes.optional().describe("default: the profile's ttl; also the agent's time limit"),
     keepalive: z.boolean().optional().describe("keep the sandbox when the job ends (default: the profile's)"),
-    workspace: z
-      .string()
+    workspace: boundedString(LIMITS.REF)
       .min(1)
       .optional()
       .describe(
         "existing, detached workspace (name or id) attached as /work before the first boot; detached again when the sandbox is destroyed",
       ),
-    branch: z
-      .string()
+    branch: boundedString(LIMITS.GIT_REF)
       .superRefine((name, ctx) => {
         const why = gitBranchNameError(name);
         if (why)
           ctx.addIssue({
             code: "custom",
-            message: `branch "${name}" is not a valid git branch name: ${why}`,
+            message: `branch "${preview(name)}" is not a valid git branch name: ${why}`,
           });
       })
       .optional()
@@ -164,7 +159,7 @@ export const jobShow = defineMethod({
   summary: "One job with its sandbox, the runner's last report and its recent events.",
   params: z
     .object({
-      id: z.string().min(1),
+      id: jobRef,
       events_tail: z
         .number()
         .int()
@@ -197,7 +192,7 @@ export const jobCancel = defineMethod({
   method: "job.cancel",
   summary:
     'Cancel a QUEUED or RUNNING job: it ends FAILED with failure_reason "cancelled", the runner stops the agent, and the sandbox follows its keepalive rule (destroyed unless keepalive).',
-  params: z.object({ id: z.string().min(1) }).strict(),
+  params: z.object({ id: jobRef }).strict(),
   result: Job,
   progress: false,
   errors: ["JOB_NOT_FOUND", "JOB_NOT_ACTIVE"],
@@ -211,8 +206,8 @@ export const jobLogs = defineMethod({
     'The agent\'s output as the runner streamed it, from byte `offset` (default 0). With follow, each new chunk is sent as a $/progress notification (step "log", message the text) until the job ends; the answer then says where the log ends.',
   params: z
     .object({
-      id: z.string().min(1),
-      offset: z.number().int().nonnegative().optional(),
+      id: jobRef,
+      offset: offset.optional(),
       follow: z.boolean().optional(),
       progress_token: progressToken,
     })
@@ -241,7 +236,7 @@ export type JobArtifact = z.infer<typeof JobArtifact>;
 export const jobArtifacts = defineMethod({
   method: "job.artifacts",
   summary: "The files a job's runner uploaded: name, size and SHA-256.",
-  params: z.object({ id: z.string().min(1) }).strict(),
+  params: z.object({ id: jobRef }).strict(),
   result: z.object({ job_id: z.string(), artifacts: z.array(JobArtifact) }),
   progress: false,
   errors: ["JOB_NOT_FOUND"],
@@ -256,9 +251,9 @@ export const jobArtifactRead = defineMethod({
     "Up to `length` bytes (at most 1 MiB, the default) of one artifact from `offset`, base64: downloads go in bounded chunks over the socket or a remote endpoint alike.",
   params: z
     .object({
-      id: z.string().min(1),
-      name: z.string().min(1),
-      offset: z.number().int().nonnegative(),
+      id: jobRef,
+      name: boundedString(LIMITS.PATH).min(1),
+      offset,
       length: z.number().int().positive().max(ARTIFACT_READ_MAX).optional(),
     })
     .strict(),

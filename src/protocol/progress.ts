@@ -1,5 +1,6 @@
 import { ProgressType } from "vscode-jsonrpc";
 import { z } from "zod";
+import { boundedString, LIMITS, numberLimit } from "./limits.js";
 
 /**
  * Long operations report each step through `$/progress` notifications addressed by the token the
@@ -20,6 +21,9 @@ export const progressType = new ProgressType<ProgressValue>();
 
 /** The param every progress-reporting method accepts. */
 export const progressToken = z
-  .union([z.string().min(1).max(128), z.number().int()])
+  .union([
+    boundedString(LIMITS.PROGRESS_TOKEN).min(1),
+    z.number().int().max(LIMITS.OFFSET.max, numberLimit(LIMITS.OFFSET)),
+  ])
   .optional()
   .describe("token the daemon addresses $/progress notifications to");

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { boundedArray, boundedString, LIMITS, numberLimit } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { DNS_NAME_RE, DNS_NAME_RULE } from "./names.js";
 import { progressToken } from "./progress.js";
@@ -20,13 +21,21 @@ export const SandboxStateName = z.enum(SANDBOX_STATE_NAMES);
 
 const vmid = z.number().int().min(100).max(999_999_999).describe("Proxmox VMID of the sandbox");
 /** A VM tag as Proxmox accepts it; the daemon stores and applies tags lower-cased. */
-export const SandboxTag = z
-  .string()
-  .regex(/^[a-z0-9_][a-z0-9_+.-]*$/i, "tags use letters, digits and _ + . - (Proxmox's tag rule)")
-  .max(64);
+export const SandboxTag = boundedString(LIMITS.TAG).regex(
+  /^[a-z0-9_][a-z0-9_+.-]*$/i,
+  "tags use letters, digits and _ + . - (Proxmox's tag rule)",
+);
 const tag = SandboxTag;
 /** A sandbox name: it becomes the VM's name (Proxmox's dns-name) and the guest's hostname (at most 63). */
-export const SandboxName = z.string().max(63, "at most 63 characters").regex(DNS_NAME_RE, DNS_NAME_RULE);
+export const SandboxName = boundedString(LIMITS.NAME).regex(DNS_NAME_RE, DNS_NAME_RULE);
+/** A profile name as the daemon's profile loader accepts it. */
+export const ProfileName = boundedString(LIMITS.PROFILE).min(1, "profile must not be empty");
+/** ttl_minutes of any request: positive whole minutes, at most a year. */
+export const TtlMinutes = z
+  .number()
+  .int()
+  .positive("ttl_minutes must be positive")
+  .max(LIMITS.TTL_MINUTES.max, numberLimit(LIMITS.TTL_MINUTES));
 
 export const Sandbox = z.object({
   vmid: z.number().int(),
@@ -87,14 +96,13 @@ export const sandboxCreate = defineMethod({
     "Provision a sandbox: reserve a VMID, clone the profile's template, configure and start it, wait for the guest, take the clean snapshot. Blocks until RUNNING or FAILED; reports each step as progress; cancellation rolls back.",
   params: z
     .object({
-      profile: z.string().min(1).describe("profile name (the CLI resolves +modifiers to one)"),
+      profile: ProfileName.describe("profile name (the CLI resolves +modifiers to one)"),
       name: SandboxName.optional(),
-      ttl_minutes: z.number().int().positive("ttl_minutes must be positive").optional(),
+      ttl_minutes: TtlMinutes.optional(),
       keepalive: z.boolean().optional(),
       vmid: vmid.optional(),
-      tags: z.array(tag).max(16).optional(),
-      workspace: z
-        .string()
+      tags: boundedArray(tag, LIMITS.TAGS).optional(),
+      workspace: boundedString(LIMITS.REF)
         .min(1)
         .optional()
         .describe(
@@ -126,7 +134,7 @@ export const sandboxList = defineMethod({
   params: z
     .object({
       state: SandboxStateName.optional(),
-      profile: z.string().optional(),
+      profile: boundedString(LIMITS.PROFILE).optional(),
       all: z.boolean().optional(),
     })
     .strict(),
@@ -198,7 +206,7 @@ export const sandboxStop = defineMethod({
 export const sandboxLeaseRenew = defineMethod({
   method: "sandbox.lease.renew",
   summary: "Set a RUNNING sandbox's lease to expire ttl_minutes from now.",
-  params: z.object({ vmid, ttl_minutes: z.number().int().positive("ttl_minutes must be positive") }).strict(),
+  params: z.object({ vmid, ttl_minutes: TtlMinutes }).strict(),
   result: z.object({ vmid: z.number().int(), lease_expires_at: z.string() }),
   progress: false,
   errors: ["SANDBOX_NOT_FOUND", "LEASE_NOT_RENEWABLE"],
@@ -211,7 +219,7 @@ export const sandboxLogs = defineMethod({
     .object({
       vmid,
       tail: z.number().int().min(1).max(1000).optional(),
-      after_id: z.number().int().min(0).optional(),
+      after_id: z.number().int().min(0).max(LIMITS.OFFSET.max, numberLimit(LIMITS.OFFSET)).optional(),
     })
     .strict(),
   result: z.object({ events: z.array(SandboxEvent), last_id: z.number().int() }),
@@ -248,8 +256,15 @@ export const sandboxUpdate = defineMethod({
     .object({
       vmid,
       cores: z.number().int().min(1).max(8192).optional(),
-      memory_mb: z.number().int().min(16, "memory_mb must be at least 16 (Proxmox's minimum)").optional(),
-      tags: z.array(tag).max(16).optional().describe("the new tag list, lower-cased; [] removes every tag"),
+      memory_mb: z
+        .number()
+        .int()
+        .min(16, "memory_mb must be at least 16 (Proxmox's minimum)")
+        .max(LIMITS.MEMORY_MB.max, numberLimit(LIMITS.MEMORY_MB))
+        .optional(),
+      tags: boundedArray(tag, LIMITS.TAGS)
+        .optional()
+        .describe("the new tag list, lower-cased; [] removes every tag"),
     })
     .strict()
     .refine((p) => SANDBOX_UPDATE_FIELDS.some((field) => p[field] !== undefined), {
@@ -292,8 +307,7 @@ export function snapshotNameProblem(name: string, purpose: "save" | "restore"): 
 }
 
 const snapshotName = (purpose: "save" | "restore") =>
-  z
-    .string()
+  boundedString(LIMITS.SNAPSHOT)
     .superRefine((name, ctx) => {
       const problem = snapshotNameProblem(name, purpose);
       if (problem) ctx.addIssue({ code: "custom", message: problem });
@@ -439,13 +453,16 @@ export const sandboxValidate = defineMethod({
     "Check a sandbox.create request without creating anything: the plan (profile, template, node, VMID, resources, lease) and every problem found. ok is false when a create would be refused or fail.",
   params: z
     .object({
-      profile: z.string().min(1),
-      name: z.string().optional(),
-      ttl_minutes: z.number().int().optional(),
+      profile: ProfileName,
+      name: boundedString(LIMITS.NAME).optional(),
+      ttl_minutes: z.number().int().max(LIMITS.TTL_MINUTES.max, numberLimit(LIMITS.TTL_MINUTES)).optional(),
       keepalive: z.boolean().optional(),
-      vmid: z.number().int().optional(),
-      tags: z.array(z.string()).optional(),
-      workspace: z.string().min(1).optional().describe("workspace name or id sandbox new would attach"),
+      vmid: z.number().int().max(LIMITS.VMID.max, numberLimit(LIMITS.VMID)).optional(),
+      tags: boundedArray(boundedString(LIMITS.TAG), LIMITS.TAGS).optional(),
+      workspace: boundedString(LIMITS.REF)
+        .min(1)
+        .optional()
+        .describe("workspace name or id sandbox new would attach"),
     })
     .strict(),
   result: z.object({

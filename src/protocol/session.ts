@@ -1,7 +1,8 @@
 import { z } from "zod";
+import { boundedString, LIMITS } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { progressToken } from "./progress.js";
-import { Sandbox } from "./sandbox.js";
+import { ProfileName, Sandbox, TtlMinutes } from "./sandbox.js";
 import { Workspace, WorkspaceName } from "./workspace.js";
 
 /**
@@ -9,14 +10,15 @@ import { Workspace, WorkspaceName } from "./workspace.js";
  * is running while it has a live sandbox with its workspace attached, stopped otherwise.
  */
 
-export const SessionName = z
-  .string()
-  .regex(
-    /^[a-z0-9][a-z0-9._-]{0,62}$/,
-    "session names use lower-case letters, digits, . _ and -, at most 63",
-  );
+export const SessionName = boundedString(LIMITS.NAME).regex(
+  /^[a-z0-9][a-z0-9._-]{0,62}$/,
+  "session names use lower-case letters, digits, . _ and -, at most 63",
+);
 
-const sessionRef = z.string().min(1).describe("session name or id");
+/** A session's branch label (git ref names: see LIMITS.GIT_REF). */
+const branch = boundedString(LIMITS.GIT_REF).min(1);
+
+const sessionRef = boundedString(LIMITS.REF).min(1).describe("session name or id");
 
 export const Session = z.object({
   id: z.string(),
@@ -41,13 +43,13 @@ export const sessionCreate = defineMethod({
   params: z
     .object({
       name: SessionName,
-      profile: z.string().min(1),
-      workspace: z.string().min(1).optional().describe("existing workspace name or id"),
+      profile: ProfileName,
+      workspace: boundedString(LIMITS.REF).min(1).optional().describe("existing workspace name or id"),
       workspace_create: WorkspaceName.optional().describe("name of a workspace to create for the session"),
       workspace_size_gb: sizeGb.optional(),
-      workspace_storage: z.string().min(1).optional(),
-      branch: z.string().min(1).max(200).optional(),
-      ttl_minutes: z.number().int().positive("ttl_minutes must be positive").optional(),
+      workspace_storage: boundedString(LIMITS.STORAGE).min(1).optional(),
+      branch: branch.optional(),
+      ttl_minutes: TtlMinutes.optional(),
       progress_token: progressToken,
     })
     .strict()
@@ -99,7 +101,7 @@ export const sessionResume = defineMethod({
   params: z
     .object({
       session: sessionRef,
-      ttl_minutes: z.number().int().positive("ttl_minutes must be positive").optional(),
+      ttl_minutes: TtlMinutes.optional(),
       progress_token: progressToken,
     })
     .strict(),
@@ -122,8 +124,8 @@ export const sessionFork = defineMethod({
     .object({
       session: sessionRef,
       name: SessionName,
-      profile: z.string().min(1).optional().describe("default: the source session's profile"),
-      branch: z.string().min(1).max(200).optional(),
+      profile: ProfileName.optional().describe("default: the source session's profile"),
+      branch: branch.optional(),
       progress_token: progressToken,
     })
     .strict(),
@@ -136,9 +138,7 @@ export const sessionBranch = defineMethod({
   method: "session.branch",
   summary:
     "The session for a branch, named branch-<slug>: resumed if it exists and is stopped, otherwise created with a new 80 GiB workspace of the same name on the default storage.",
-  params: z
-    .object({ branch: z.string().min(1).max(200), profile: z.string().min(1), progress_token: progressToken })
-    .strict(),
+  params: z.object({ branch, profile: ProfileName, progress_token: progressToken }).strict(),
   result: z.object({
     session: Session,
     workspace: Workspace,

@@ -1,5 +1,7 @@
 import { z } from "zod";
+import { boundedString, LIMITS } from "./limits.js";
 import { defineMethod } from "./method.js";
+import { TtlMinutes } from "./sandbox.js";
 
 /**
  * Tokens for the remote control listener (docs/remote.md). A token's secret is shown once, at create;
@@ -17,9 +19,10 @@ export function scopeCovers(held: TokenScope, needed: TokenScope): boolean {
   return TOKEN_SCOPES.indexOf(held) >= TOKEN_SCOPES.indexOf(needed);
 }
 
-export const TokenName = z
-  .string()
-  .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, "token names use lower-case letters, digits, . _ and -, at most 63");
+export const TokenName = boundedString(LIMITS.NAME).regex(
+  /^[a-z0-9][a-z0-9._-]{0,62}$/,
+  "token names use lower-case letters, digits, . _ and -, at most 63",
+);
 
 export const ApiToken = z.object({
   id: z.string(),
@@ -52,7 +55,7 @@ export const tokenCreate = defineMethod({
         .boolean()
         .optional()
         .describe("operate scope: act on every sandbox, job and workspace, not only the token's own"),
-      ttl_minutes: z.number().int().positive("ttl_minutes must be positive").optional(),
+      ttl_minutes: TtlMinutes.optional(),
     })
     .strict()
     .refine((p) => p.all !== true || p.scope === "operate", {
@@ -76,7 +79,7 @@ export const tokenList = defineMethod({
 export const tokenRevoke = defineMethod({
   method: "token.revoke",
   summary: "Revoke a token by name or id: every later call with it is refused, open connections included.",
-  params: z.object({ token: z.string().min(1).describe("token name or id") }).strict(),
+  params: z.object({ token: boundedString(LIMITS.REF).min(1).describe("token name or id") }).strict(),
   result: ApiToken,
   progress: false,
   errors: ["NOT_FOUND"],

@@ -1,7 +1,8 @@
 import { z } from "zod";
+import { boundedString, LIMITS } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { progressToken } from "./progress.js";
-import { Sandbox } from "./sandbox.js";
+import { ProfileName, Sandbox, TtlMinutes } from "./sandbox.js";
 
 /**
  * Workspaces: persistent disks that outlive sandboxes. Each one is a volume owned by a stopped
@@ -17,8 +18,7 @@ const vmid = z.number().int().min(100).max(999_999_999).describe("Proxmox VMID o
 export const WORKSPACE_NAME_RE = /^[a-z0-9](?:[a-z0-9-]{0,58}[a-z0-9])?$/;
 export const WORKSPACE_ID_RE = /^workspace-[0-9a-f]{16}$/;
 
-export const WorkspaceName = z
-  .string()
+export const WorkspaceName = boundedString(LIMITS.NAME)
   .regex(
     WORKSPACE_NAME_RE,
     "workspace names use lower-case letters, digits and -, start and end with a letter or digit, at most 60",
@@ -28,7 +28,7 @@ export const WorkspaceName = z
     "a workspace name may not look like a workspace id (workspace-<16 hex>)",
   );
 
-const workspaceRef = z.string().min(1).describe("workspace name or id");
+const workspaceRef = boundedString(LIMITS.REF).min(1).describe("workspace name or id");
 
 export const WORKSPACE_STATES = ["creating", "ready", "destroying", "broken"] as const;
 
@@ -98,7 +98,7 @@ export const workspaceCreate = defineMethod({
     .object({
       name: WorkspaceName,
       size_gb: z.number().int().positive("size_gb must be a positive whole number of GiB").max(65536),
-      storage: z.string().min(1).optional(),
+      storage: boundedString(LIMITS.STORAGE).min(1).optional(),
       progress_token: progressToken,
     })
     .strict(),
@@ -239,8 +239,7 @@ export const workspaceFsck = defineMethod({
   ],
 });
 
-const snapshotName = z
-  .string()
+const snapshotName = boundedString(LIMITS.SNAPSHOT)
   .regex(/^[a-z][a-z0-9_-]+$/i, "snapshot names: a letter, then letters, digits, _ or - (2 to 40)")
   .max(40, "snapshot names: a letter, then letters, digits, _ or - (2 to 40)")
   .describe("snapshot name");
@@ -335,8 +334,8 @@ export const workspaceRebind = defineMethod({
   params: z
     .object({
       workspace: workspaceRef,
-      profile: z.string().min(1),
-      ttl_minutes: z.number().int().positive("ttl_minutes must be positive").optional(),
+      profile: ProfileName,
+      ttl_minutes: TtlMinutes.optional(),
       keep_old: z.boolean().optional(),
       progress_token: progressToken,
     })

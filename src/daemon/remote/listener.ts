@@ -246,6 +246,16 @@ export class ControlListener {
       );
       return;
     }
+    // Before the token check: a full daemon says so to every client alike, and spends nothing on it.
+    const busy = this.options.server.atCapacity;
+    if (busy) {
+      this.options.log.warn(
+        { remote: address },
+        "control listener: refusing a client, rpc_max_connections reached",
+      );
+      refuseUpgrade(socket, 503, busy);
+      return;
+    }
     const secret = bearer(req);
     let token: VerifiedToken;
     try {

@@ -15,10 +15,17 @@ import {
 } from "vscode-jsonrpc/node.js";
 import type { z } from "zod";
 import { AgentlabError } from "../../protocol/errors.js";
-import { MAX_FRAME_BYTES } from "../../protocol/index.js";
+import { MAX_FRAME_BYTES, preview } from "../../protocol/index.js";
 import type { Method, ParamsOf, ResultOf } from "../../protocol/method.js";
 import { type ProgressValue, progressType } from "../../protocol/progress.js";
 import type { Logger } from "../log.js";
+import {
+  BoundedWriter,
+  busyError,
+  type ConnectionLimits,
+  DEFAULT_CONNECTION_LIMITS,
+  IdleTimer,
+} from "./connection-limits.js";
 import { FrameError, FrameGuard } from "./frame-guard.js";
 import { claimSocketPath, restrictSocket } from "./socket.js";
 import { toRpcError } from "./to-rpc-error.js";
@@ -86,13 +93,47 @@ interface InFlight {
 export interface RpcServerOptions {
   log: Logger;
   maxFrameBytes?: number;
+  /** Connection count, idle time and unread-answer bounds (config rpc_*); defaults when absent. */
+  limits?: Partial<ConnectionLimits>;
+}
+
+/** Issues named in one INVALID_PARAMS answer; a request with thousands of bad fields gets the first few. */
+const MAX_ISSUES_SHOWN = 5;
+
+/** A field's path as messages show it: each part shortened, since a key can be as long as a frame. */
+function issuePath(issue: z.core.$ZodIssue): string {
+  return issue.path.length > 0 ? issue.path.map((part) => preview(String(part))).join(".") : "(params)";
+}
+
+/**
+ * One issue as `field: problem`, or `field is N characters; the limit is M` for the protocol's limits
+ * (their messages start with "is"/"has" to read on from the field's name). Nothing of the value is
+ * echoed beyond preview()'s first characters: unknown keys are shortened too.
+ */
+function issueText(issue: z.core.$ZodIssue): string {
+  const path = issuePath(issue);
+  if (issue.code === "unrecognized_keys") {
+    const keys = issue.keys.slice(0, MAX_ISSUES_SHOWN).map((key) => JSON.stringify(preview(key)));
+    const more =
+      issue.keys.length > MAX_ISSUES_SHOWN ? ` and ${issue.keys.length - MAX_ISSUES_SHOWN} more` : "";
+    return `${path}: unknown key${issue.keys.length === 1 ? "" : "s"} ${keys.join(", ")}${more}`;
+  }
+  if (issue.code === "too_big" && /^(is|has) /.test(issue.message)) return `${path} ${issue.message}`;
+  return `${path}: ${preview(issue.message, 200)}`;
 }
 
 /** Render zod issues as `field.path: problem` lines, so a bad param names its field. */
 export function describeIssues(error: z.ZodError): string {
+  const shown = error.issues.slice(0, MAX_ISSUES_SHOWN).map(issueText);
+  const more = error.issues.length - shown.length;
+  return `${shown.join("; ")}${more > 0 ? `; and ${more} more` : ""}`;
+}
+
+/** The issues as INVALID_PARAMS details carry them: the same few, each with its path and text. */
+function issueDetails(error: z.ZodError): { path: string; message: string }[] {
   return error.issues
-    .map((issue) => `${issue.path.length > 0 ? issue.path.join(".") : "(params)"}: ${issue.message}`)
-    .join("; ");
+    .slice(0, MAX_ISSUES_SHOWN)
+    .map((issue) => ({ path: issuePath(issue), message: issueText(issue) }));
 }
 
 /** A reader that refuses JSON that is not a JSON-RPC 2.0 message, so the connection closes on it. */
@@ -141,6 +182,9 @@ export class RpcServer {
   private readonly inFlight = new Set<InFlight>();
   private readonly log: Logger;
   private readonly maxFrameBytes: number;
+  private readonly limits: ConnectionLimits;
+  /** Connections over the cap that are being told so (answered DAEMON_BUSY, then closed). */
+  private refusing = 0;
   private server: Server | undefined;
   private draining = false;
   private nextConnection = 0;
@@ -149,6 +193,14 @@ export class RpcServer {
   constructor(options: RpcServerOptions) {
     this.log = options.log;
     this.maxFrameBytes = options.maxFrameBytes ?? MAX_FRAME_BYTES;
+    this.limits = { ...DEFAULT_CONNECTION_LIMITS, ...options.limits };
+  }
+
+  /** Whether a new client would be refused now: the remote listener asks before its WebSocket upgrade. */
+  get atCapacity(): AgentlabError | undefined {
+    return this.connections.size >= this.limits.maxConnections
+      ? busyError(this.limits.maxConnections)
+      : undefined;
   }
 
   register<M extends Method>(method: M, handler: Handler<M>): void {
@@ -261,6 +313,7 @@ export class RpcServer {
       transport.destroy();
       return { drop: () => {} };
     }
+    if (this.connections.size >= this.limits.maxConnections) return this.refuseBusy(transport);
     const connectionId = ++this.nextConnection;
     const log = this.log.child({
       conn: connectionId,
@@ -268,31 +321,60 @@ export class RpcServer {
         ? { remote: transport.caller.address, token: transport.caller.token.name }
         : {}),
     });
-    const conn = createMessageConnection(transport.reader, transport.writer, jsonRpcLogger(log));
+    let drop = (_reason: string, _error?: unknown) => {};
+    const writer = new BoundedWriter(transport.writer, this.limits.maxUnsentBytes, (unsent) =>
+      drop(
+        `client is not reading its answers: ${unsent} bytes unsent, over the ${this.limits.maxUnsentBytes}-byte limit (rpc_max_unsent_bytes)`,
+        new Error("unread answers over rpc_max_unsent_bytes"),
+      ),
+    );
+    const conn = createMessageConnection(transport.reader, writer, jsonRpcLogger(log));
     const entry = { conn, transport };
     this.connections.add(entry);
     log.debug("client connected");
+    const idle = new IdleTimer(this.limits.idleTimeoutMs, () => {
+      log.info(
+        `closing connection: idle for ${this.limits.idleTimeoutMs} ms with no call running (rpc_idle_timeout)`,
+      );
+      drop("idle");
+    });
 
     let closed = false;
-    const drop = (reason: string, error?: unknown) => {
+    drop = (reason: string, error?: unknown) => {
       if (closed) return;
       closed = true;
       if (error) log.warn({ err: error }, `closing connection: ${reason}`);
       else log.debug(`client disconnected`);
+      idle.dispose();
       this.connections.delete(entry);
       conn.dispose();
       transport.destroy();
     };
     transport.reader.onError((error) => drop(`unreadable message: ${error.message}`, error));
     transport.reader.onClose(() => drop("closed"));
-    conn.onError(([error]) => drop("connection error", error));
+    // The reader's decode errors arrive here: say which, so the log explains the closed connection.
+    conn.onError(([error]) =>
+      drop(
+        error instanceof SyntaxError
+          ? `message is not JSON (${error.message})`
+          : `connection error: ${error.message}`,
+        error,
+      ),
+    );
 
     for (const { method, handler } of this.handlers.values()) {
-      conn.onRequest(method.type, (params: unknown, token: CancellationToken) =>
-        this.dispatch(conn, log, transport, method, handler, params, token),
-      );
+      conn.onRequest(method.type, async (params: unknown, token: CancellationToken) => {
+        idle.begin();
+        try {
+          return await this.dispatch(conn, log, transport, method, handler, params, token);
+        } finally {
+          idle.end();
+        }
+      });
     }
-    conn.onRequest((method: string) => {
+    conn.onRequest((rawMethod: string) => {
+      // The name is the client's: quote only its start, or a 1 MB name would come back twice.
+      const method = preview(rawMethod);
       transport.gate?.finished(method, undefined, {
         error: new AgentlabError("METHOD_NOT_FOUND", `unknown method "${method}"`),
       });
@@ -302,6 +384,52 @@ export class RpcServer {
         "-",
       );
     });
+    conn.listen();
+    return { drop: (reason, error) => drop(reason, error) };
+  }
+
+  /**
+   * A client over rpc_max_connections: each request it sends is answered DAEMON_BUSY, and the
+   * connection ends after that first answer (or after a few seconds of silence). Refusals in progress
+   * are capped too, so a flood of connections is dropped outright rather than answered one by one.
+   */
+  private refuseBusy(transport: RpcTransport): { drop(reason: string, error?: unknown): void } {
+    if (this.refusing >= this.limits.maxConnections) {
+      transport.destroy();
+      return { drop: () => {} };
+    }
+    this.refusing++;
+    this.log.warn(
+      { max_connections: this.limits.maxConnections },
+      "refusing a client: rpc_max_connections reached",
+    );
+    const writer = new BoundedWriter(transport.writer, 64 * 1024, () => transport.destroy());
+    const conn = createMessageConnection(transport.reader, writer, jsonRpcLogger(this.log));
+    let closed = false;
+    const drop = () => {
+      if (closed) return;
+      closed = true;
+      this.refusing--;
+      clearTimeout(silence);
+      conn.dispose();
+      transport.destroy();
+    };
+    const silence = setTimeout(drop, 5_000);
+    silence.unref();
+    writer.afterWrite = () => {
+      if (closed) return;
+      closed = true;
+      this.refusing--;
+      clearTimeout(silence);
+      conn.dispose();
+      transport.end();
+    };
+    conn.onRequest(() => {
+      throw toRpcError(busyError(this.limits.maxConnections), "-", "-");
+    });
+    transport.reader.onError(drop);
+    transport.reader.onClose(drop);
+    conn.onError(drop);
     conn.listen();
     return { drop };
   }
@@ -336,7 +464,7 @@ export class RpcServer {
           {
             details: {
               method: method.method,
-              issues: parsed.error.issues.map((i) => ({ path: i.path.join("."), message: i.message })),
+              issues: issueDetails(parsed.error),
             },
           },
         );
