@@ -6,6 +6,7 @@
  */
 import { z } from "zod";
 import { GUEST_USER_RE } from "./exec.js";
+import { boundedString, LIMITS, numberLimit } from "./limits.js";
 import { defineMethod } from "./method.js";
 
 /**
@@ -18,17 +19,17 @@ export const FILE_CHUNK_BYTES = 512 * 1024;
 export const FILE_LIST_PAGE = 1000;
 
 const vmid = z.number().int().min(100).max(999_999_999).describe("Proxmox VMID of the sandbox");
-const user = z
-  .string()
+const user = boundedString(LIMITS.WORD)
   .regex(GUEST_USER_RE, "a login name (lowercase letters, digits, _ and -)")
   .optional()
   .describe("guest user the SFTP session logs in as (default: agent)");
-const guestPath = z
-  .string()
+const guestPath = boundedString(LIMITS.PATH)
   .min(1, "give a guest path")
-  .max(4096)
   .refine((path) => !path.includes("\0"), "a path cannot contain a NUL byte")
   .describe("absolute, or relative to the user's home");
+/** An upload's id: 32 hex characters (bounded before the pattern runs). */
+const transferId = boundedString(LIMITS.WORD);
+const offset = z.number().int().nonnegative().max(LIMITS.OFFSET.max, numberLimit(LIMITS.OFFSET));
 const mode = z.number().int().min(0).max(0o7777).describe("permission bits, e.g. 420 (0644)");
 
 export const FILE_TYPES = ["file", "directory", "symlink", "other"] as const;
@@ -65,7 +66,7 @@ export const sandboxFileList = defineMethod({
       vmid,
       user,
       path: guestPath,
-      offset: z.number().int().nonnegative().optional().describe("skip this many entries (the next page)"),
+      offset: offset.optional().describe("skip this many entries (the next page)"),
     })
     .strict(),
   result: z.object({
@@ -101,7 +102,7 @@ export const sandboxFileRead = defineMethod({
       vmid,
       user,
       path: guestPath,
-      offset: z.number().int().nonnegative(),
+      offset: offset,
       length: z.number().int().positive().max(FILE_CHUNK_BYTES),
     })
     .strict(),
@@ -152,12 +153,11 @@ export const sandboxFileWrite = defineMethod({
       vmid,
       user,
       path: guestPath,
-      transfer: z
-        .string()
+      transfer: transferId
         .regex(/^[0-9a-f]{32}$/, "the transfer id the first chunk returned")
         .optional()
         .describe("absent on the first chunk; then the id its answer gave"),
-      offset: z.number().int().nonnegative().describe("bytes written before this chunk"),
+      offset: offset.describe("bytes written before this chunk"),
       data: z
         .string()
         .max(Math.ceil(FILE_CHUNK_BYTES / 3) * 4)
@@ -198,7 +198,7 @@ export const sandboxFileCancel = defineMethod({
   params: z
     .object({
       vmid,
-      transfer: z.string().regex(/^[0-9a-f]{32}$/, "the transfer id file_write returned"),
+      transfer: transferId.regex(/^[0-9a-f]{32}$/, "the transfer id file_write returned"),
     })
     .strict(),
   result: z.object({ cancelled: z.boolean().describe("false: no such upload was open (already over)") }),
