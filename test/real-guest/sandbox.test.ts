@@ -8,7 +8,8 @@
  * serves several checks where that proves the same thing.
  */
 import assert from "node:assert/strict";
-import { existsSync, readFileSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { type GuestRig, guestRigSkipReason, INET, INET_NAME, LAN, startGuestRig, waitFor } from "./rig.js";
@@ -140,6 +141,40 @@ describe("real guests: sandboxes are real QEMU VMs", { skip, timeout: 3_600_000 
     );
     assert.equal(result.code, 5, result.stderr);
     assert.equal(result.stdout, "agent\n");
+  });
+
+  test("sandbox exec and sandbox cp in the real guest: output and exit status, a file round trip byte for byte", async () => {
+    const exec = await rig.h.cli([
+      "sandbox",
+      "exec",
+      String(first.vmid),
+      "--",
+      "sh",
+      "-c",
+      "id -un; echo to-stderr >&2; exit 3",
+    ]);
+    assert.equal(exec.code, 3, exec.stderr);
+    assert.equal(exec.stdout, "agent\n");
+    assert.match(exec.stderr, /to-stderr/);
+    // 3 MiB of random bytes up and down again (several chunks each way), through the guest's own sshd.
+    const local = join(rig.dir, "cp-payload.bin");
+    writeFileSync(local, randomBytes(3 * 1024 * 1024 + 7));
+    const up = await rig.h.cli(["sandbox", "cp", local, `${first.vmid}:/tmp/payload.bin`]);
+    assert.equal(up.code, 0, up.stderr);
+    const back = join(rig.dir, "cp-back.bin");
+    const down = await rig.h.cli(["sandbox", "cp", `${first.vmid}:/tmp/payload.bin`, back]);
+    assert.equal(down.code, 0, down.stderr);
+    const sha = (path: string) => createHash("sha256").update(readFileSync(path)).digest("hex");
+    assert.equal(sha(back), sha(local));
+    const remote = await rig.h.cli([
+      "sandbox",
+      "exec",
+      String(first.vmid),
+      "--",
+      "sha256sum",
+      "/tmp/payload.bin",
+    ]);
+    assert.equal(remote.stdout.split(" ")[0], sha(local), "the guest holds the same bytes");
   });
 
   test("isolation from inside a real guest: the Internet yes; the LAN, the host's 8006 and 22 no; spoofing dropped", async () => {
