@@ -35,19 +35,43 @@ describe("UPIDs and tasks", () => {
     assert.ok(!taskSucceeded({ status: "stopped", exitstatus: "VM 101 already running" }));
   });
 
-  test("waiting backs off 0.5 s doubling to 5 s", async () => {
+  test("waiting backs off from 100 ms doubling to 500 ms; a started task is first asked after 50 ms", async () => {
     const time = fakeTime();
     let polls = 0;
     const status = await waitForTask(
       async () => (++polls < 8 ? { status: "running" } : { status: "stopped", exitstatus: "OK" }),
       "U",
-      {
-        ...time,
-        timeoutMs: 60_000,
-      },
+      { ...time, timeoutMs: 60_000, firstPollAfterMs: 50 },
     );
     assert.equal(status.exitstatus, "OK");
-    assert.deepEqual(time.sleeps, [500, 1000, 2000, 4000, 5000, 5000, 5000]);
+    assert.deepEqual(time.sleeps, [50, 100, 200, 400, 500, 500, 500, 500]);
+  });
+
+  test("a 2 s task is noticed within 500 ms of its end, in at most 7 polls (it was 3.5 s and 4 polls)", async () => {
+    for (const endsAt of [2000, 1000, 300, 10_000]) {
+      const time = fakeTime();
+      let polls = 0;
+      await waitForTask(
+        async () => {
+          polls++;
+          return time.now() >= endsAt ? { status: "stopped", exitstatus: "OK" } : { status: "running" };
+        },
+        "U",
+        { ...time, timeoutMs: 60_000, firstPollAfterMs: 50 },
+      );
+      const late = time.now() - endsAt;
+      assert.ok(late >= 0 && late <= 500, `a task ending at ${endsAt} ms noticed ${late} ms late`);
+      if (endsAt === 2000) assert.ok(polls <= 7, `${polls} polls for a 2 s task`);
+    }
+  });
+
+  test("a task known to be over (pvesh ran it) is asked at once", async () => {
+    const time = fakeTime();
+    await waitForTask(async () => ({ status: "stopped", exitstatus: "OK" }), "U", {
+      ...time,
+      timeoutMs: 1000,
+    });
+    assert.deepEqual(time.sleeps, []);
   });
 
   test("waiting gives up at the bound", async () => {

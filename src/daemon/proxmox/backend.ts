@@ -6,6 +6,7 @@ import { retryOnLock } from "./retry.js";
 import {
   abortableSleep,
   parseUpid,
+  TASK_POLL,
   type TaskStatus,
   TaskTimeoutError,
   taskSucceeded,
@@ -324,6 +325,9 @@ export class PveBackend implements ProxmoxBackend {
               ...(vm.vmid !== undefined ? { vmid: vm.vmid } : {}),
               ...(this.tokenId ? { tokenId: this.tokenId } : {}),
             });
+          } finally {
+            // The task has ended (or was given up on): reads kept from while it ran are stale now.
+            this.transport.invalidate?.();
           }
         },
         {
@@ -387,6 +391,8 @@ export class PveBackend implements ProxmoxBackend {
         sleep: this.sleep,
         now: this.now,
         timeoutMs: limit.ms,
+        // pvesh returned only after running the task, so it is over: ask at once. The API only started it.
+        ...(this.kind === "api" ? { firstPollAfterMs: TASK_POLL.firstPollAfterMs } : {}),
         ...(signal ? { signal } : {}),
       });
     } catch (error) {

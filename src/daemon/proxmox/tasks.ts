@@ -1,6 +1,8 @@
 /**
- * Proxmox worker tasks: UPID parsing and waiting for a task to end. Waiting backs off from 0.5 s,
- * doubling to 5 s, so a fast task costs one or two polls and a slow one does not hammer the API.
+ * Proxmox worker tasks: UPID parsing and waiting for a task to end. Waiting polls soon (a task the API
+ * just started is asked about after 50 ms) and backs off, doubling from 100 ms to a cap of 500 ms, so
+ * a 2 s clone is noticed at most half a second after it ended with 7 polls (it used to be 0.5 s
+ * doubling to 5 s: 4 polls, the same clone noticed 1.5 s late) and a long task costs two polls a second.
  */
 
 export interface Upid {
@@ -56,9 +58,18 @@ export interface WaitOptions {
   now: () => number;
   timeoutMs: number;
   signal?: AbortSignal;
+  /**
+   * How long to wait before the first poll. 0 (the default) polls at once: right for a task that is
+   * known to be over or nearly so (pvesh ran it in the foreground, a task that was told to stop).
+   */
+  firstPollAfterMs?: number;
+  /** The wait after the first poll; it doubles up to maxDelayMs. */
   initialDelayMs?: number;
   maxDelayMs?: number;
 }
+
+/** Defaults of WaitOptions for a task that has just been started through the API. */
+export const TASK_POLL = { firstPollAfterMs: 50, initialDelayMs: 100, maxDelayMs: 500 } as const;
 
 export class TaskTimeoutError extends Error {
   constructor(
@@ -76,8 +87,10 @@ export async function waitForTask(
   options: WaitOptions,
 ): Promise<TaskStatus> {
   const started = options.now();
-  let delay = options.initialDelayMs ?? 500;
-  const maxDelay = options.maxDelayMs ?? 5000;
+  let delay = options.initialDelayMs ?? TASK_POLL.initialDelayMs;
+  const maxDelay = options.maxDelayMs ?? TASK_POLL.maxDelayMs;
+  const first = Math.min(options.firstPollAfterMs ?? 0, options.timeoutMs);
+  if (first > 0) await options.sleep(first, options.signal);
   for (;;) {
     const status = await poll();
     if (status.status === "stopped") return status;
