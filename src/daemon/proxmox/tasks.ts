@@ -66,6 +66,41 @@ export interface WaitOptions {
   /** The wait after the first poll; it doubles up to maxDelayMs. */
   initialDelayMs?: number;
   maxDelayMs?: number;
+  /** Told, once the task is seen stopped, when the polls were sent (for TaskDurations). */
+  onStopped?: (trace: PollTrace) => void;
+}
+
+/** When (ms after waiting began) the last poll that found the task running was sent, and the one that found it stopped. */
+export interface PollTrace {
+  lastRunningMs?: number;
+  stoppedMs: number;
+  polls: number;
+}
+
+/**
+ * How long tasks of a kind took, so that the first poll of the next one lands near its end: Proxmox's
+ * API has no call that waits for a task, and polling a 2 s clone from 50 ms on costs 7 calls. A task
+ * of a known kind is asked about first when the last one of its kind ended (at most maxFirstPollMs, so
+ * a misjudged task is noticed at most that late), then as usual (100 ms doubling to 500 ms). The
+ * estimate is the midpoint between the last "running" and the "stopped" answer; a task already over at
+ * the first poll moves the estimate earlier, so it cannot only grow.
+ */
+export class TaskDurations {
+  private readonly expected = new Map<string, number>();
+
+  constructor(private readonly maxFirstPollMs = 2000) {}
+
+  firstPollAfter(kind: string): number {
+    const estimate = this.expected.get(kind);
+    if (estimate === undefined) return TASK_POLL.firstPollAfterMs;
+    return Math.round(Math.min(Math.max(estimate, TASK_POLL.firstPollAfterMs), this.maxFirstPollMs));
+  }
+
+  learn(kind: string, trace: PollTrace): void {
+    const end =
+      trace.lastRunningMs === undefined ? trace.stoppedMs * 0.8 : (trace.lastRunningMs + trace.stoppedMs) / 2;
+    this.expected.set(kind, end);
+  }
 }
 
 /** Defaults of WaitOptions for a task that has just been started through the API. */
@@ -91,9 +126,19 @@ export async function waitForTask(
   const maxDelay = options.maxDelayMs ?? TASK_POLL.maxDelayMs;
   const first = Math.min(options.firstPollAfterMs ?? 0, options.timeoutMs);
   if (first > 0) await options.sleep(first, options.signal);
-  for (;;) {
+  let lastRunningMs: number | undefined;
+  for (let polls = 1; ; polls++) {
+    const sentMs = options.now() - started;
     const status = await poll();
-    if (status.status === "stopped") return status;
+    if (status.status === "stopped") {
+      options.onStopped?.({
+        stoppedMs: sentMs,
+        polls,
+        ...(lastRunningMs !== undefined ? { lastRunningMs } : {}),
+      });
+      return status;
+    }
+    lastRunningMs = sentMs;
     const waited = options.now() - started;
     if (waited >= options.timeoutMs) throw new TaskTimeoutError(upid, waited);
     await options.sleep(Math.min(delay, options.timeoutMs - waited), options.signal);
