@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { retryOnLock } from "../../src/daemon/proxmox/retry.js";
-import { parseUpid, TaskTimeoutError, taskSucceeded, waitForTask } from "../../src/daemon/proxmox/tasks.js";
+import {
+  parseUpid,
+  TaskDurations,
+  TaskTimeoutError,
+  taskSucceeded,
+  waitForTask,
+} from "../../src/daemon/proxmox/tasks.js";
 import { AgentlabError } from "../../src/protocol/errors.js";
 
 /** A clock that only moves when the code under test sleeps. */
@@ -72,6 +78,42 @@ describe("UPIDs and tasks", () => {
       timeoutMs: 1000,
     });
     assert.deepEqual(time.sleeps, []);
+  });
+
+  test("a task of a kind seen before is first asked about when the last one ended: one or two polls, noticed within 100 ms", async () => {
+    const durations = new TaskDurations();
+    assert.equal(durations.firstPollAfter("qmclone:9000:0"), 50, "an unknown kind: after 50 ms");
+    const endsAt = 2000;
+    const noticed: number[] = [];
+    const polls: number[] = [];
+    for (let run = 0; run < 6; run++) {
+      const time = fakeTime();
+      let count = 0;
+      await waitForTask(
+        async () => {
+          count++;
+          return time.now() >= endsAt ? { status: "stopped", exitstatus: "OK" } : { status: "running" };
+        },
+        "U",
+        {
+          ...time,
+          timeoutMs: 60_000,
+          firstPollAfterMs: durations.firstPollAfter("qmclone:9000:0"),
+          onStopped: (trace) => durations.learn("qmclone:9000:0", trace),
+        },
+      );
+      noticed.push(time.now() - endsAt);
+      polls.push(count);
+    }
+    // The first run knows nothing (7 polls); from the second on the estimate holds.
+    assert.equal(polls[0], 7);
+    for (const [i, n] of polls.slice(1).entries()) assert.ok(n <= 2, `run ${i + 1}: ${n} polls`);
+    for (const [i, late] of noticed.slice(1).entries())
+      assert.ok(late <= 100, `run ${i + 1}: ${late} ms late`);
+    // Other kinds are not affected, and no estimate makes the first poll later than 2 s.
+    assert.equal(durations.firstPollAfter("qmstart:"), 50);
+    durations.learn("vzdump:", { lastRunningMs: 60_000, stoppedMs: 60_500, polls: 3 });
+    assert.equal(durations.firstPollAfter("vzdump:"), 2000);
   });
 
   test("waiting gives up at the bound", async () => {

@@ -83,7 +83,8 @@ export interface PollTrace {
  * of a known kind is asked about first when the last one of its kind ended (at most maxFirstPollMs, so
  * a misjudged task is noticed at most that late), then as usual (100 ms doubling to 500 ms). The
  * estimate is the midpoint between the last "running" and the "stopped" answer; a task already over at
- * the first poll moves the estimate earlier, so it cannot only grow.
+ * the first poll moves the estimate 100 ms earlier, so it cannot only grow. A task that keeps its
+ * duration then costs one or two polls and is noticed within 100 ms of its end.
  */
 export class TaskDurations {
   private readonly expected = new Map<string, number>();
@@ -97,8 +98,11 @@ export class TaskDurations {
   }
 
   learn(kind: string, trace: PollTrace): void {
+    // Already over at the first poll: it may end sooner, so ask one step (100 ms) earlier next time.
     const end =
-      trace.lastRunningMs === undefined ? trace.stoppedMs * 0.8 : (trace.lastRunningMs + trace.stoppedMs) / 2;
+      trace.lastRunningMs === undefined
+        ? trace.stoppedMs - TASK_POLL.initialDelayMs
+        : (trace.lastRunningMs + trace.stoppedMs) / 2;
     this.expected.set(kind, end);
   }
 }
