@@ -181,6 +181,16 @@ describe("config: defaults and derived values", () => {
     assert.equal(load("proxmox_command_timeout: 5m\n").config.proxmox_task_timeout_ms, 1_800_000);
   });
 
+  it("the Proxmox call pool's limits and the cluster list's reuse are configurable; a limit of 0 is refused", () => {
+    const { config } = load("proxmox_max_reads: 2\nproxmox_max_writes: 3\nproxmox_cluster_list_ttl: 0s\n");
+    assert.equal(config.proxmox_max_reads, 2);
+    assert.equal(config.proxmox_max_writes, 3);
+    assert.equal(config.proxmox_cluster_list_ttl_ms, 0);
+    const { error } = loadError("proxmox_max_reads: 0\n");
+    assert.equal(error.details["key"], "proxmox_max_reads");
+    assert.match(error.message, /proxmox_max_reads/);
+  });
+
   it("clamps the derived orphan grace period to [5m, 2h], and an explicit one wins", () => {
     assert.equal(load("provisioning_timeout: 1m\n").config.orphan_grace_period_ms, 300_000);
     assert.equal(load("provisioning_timeout: 0\n").config.orphan_grace_period_ms, 300_000);
