@@ -467,7 +467,7 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     proxmox_task_timeout_ms: taskTimeoutMs,
     proxmox_max_reads: file.proxmox_max_reads,
     proxmox_max_writes: file.proxmox_max_writes,
-    proxmox_cluster_list_ttl_ms: file.proxmox_cluster_list_ttl ?? 1000,
+    proxmox_cluster_list_ttl_ms: file.proxmox_cluster_list_ttl ?? 0,
     provisioning_timeout_ms: provisioningTimeoutMs,
     phone_home_grace_ms: file.phone_home_grace ?? 3 * MINUTE_MS,
     // Orphans are VMs whose provisioning never finished; give a slow provisioning time to end first.

@@ -74,7 +74,7 @@ describe("config: defaults and derived values", () => {
       proxmox_task_timeout_ms: 1_800_000,
       proxmox_max_reads: 8,
       proxmox_max_writes: 16,
-      proxmox_cluster_list_ttl_ms: 1000,
+      proxmox_cluster_list_ttl_ms: 0,
       provisioning_timeout_ms: 600_000,
       phone_home_grace_ms: 180_000,
       orphan_grace_period_ms: 1_200_000,
