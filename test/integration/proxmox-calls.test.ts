@@ -106,9 +106,11 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
     });
 
     test("sandbox.list answers from the database while every Proxmox call is stuck", async () => {
+      // A running sandbox to show (the tests before may have made one, or run alone, not).
+      const made = await h.json<{ vmid: number }>(["new", "--profile", "yolo-ephemeral"]);
+      assert.equal(made.code, 0, JSON.stringify(made.body));
+      const vmid = made.body.vmid;
       const listed = await call(rpc(), sandboxList, {});
-      const vmid = listed.sandboxes.find((s) => s.state === "RUNNING")?.vmid;
-      assert.ok(vmid !== undefined, "a running sandbox to show");
       await setControl(h.sim.dir, { hang_calls: "." });
       const shows: Array<Promise<unknown>> = [];
       let settled = 0;
