@@ -82,6 +82,12 @@ export interface Config {
   proxmox_command_timeout_ms: number;
   /** How long one Proxmox task (clone, create, start, destroy, ...) may run before it is stopped. */
   proxmox_task_timeout_ms: number;
+  /** Proxmox reads (GET: a pvesh process or an HTTPS request) in flight at once; more wait in line. */
+  proxmox_max_reads: number;
+  /** Proxmox changes (clone, start, config, ...) in flight at once; on pvesh each holds its slot for its task. */
+  proxmox_max_writes: number;
+  /** How long a cluster VM list (/cluster/resources) is reused; 0 = read it for every caller not already waiting. */
+  proxmox_cluster_list_ttl_ms: number;
   provisioning_timeout_ms: number;
   /** After the guest agent reports the address, how long to wait for the phone-home (cloud-init's end). */
   phone_home_grace_ms: number;
@@ -185,6 +191,9 @@ export const ConfigFileSchema = z.strictObject({
   proxmox_tls_ca_path: filePath().optional(),
   proxmox_command_timeout: duration().optional(),
   proxmox_task_timeout: duration().optional(),
+  proxmox_max_reads: positiveInt().default(8),
+  proxmox_max_writes: positiveInt().default(16),
+  proxmox_cluster_list_ttl: duration().optional(),
   provisioning_timeout: duration().optional(),
   phone_home_grace: duration().optional(),
   orphan_grace_period: duration().optional(),
@@ -465,6 +474,9 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     proxmox_tls_ca_path: optionalPath(file.proxmox_tls_ca_path),
     proxmox_command_timeout_ms: commandTimeoutMs,
     proxmox_task_timeout_ms: taskTimeoutMs,
+    proxmox_max_reads: file.proxmox_max_reads,
+    proxmox_max_writes: file.proxmox_max_writes,
+    proxmox_cluster_list_ttl_ms: file.proxmox_cluster_list_ttl ?? 0,
     provisioning_timeout_ms: provisioningTimeoutMs,
     phone_home_grace_ms: file.phone_home_grace ?? 3 * MINUTE_MS,
     // Orphans are VMs whose provisioning never finished; give a slow provisioning time to end first.

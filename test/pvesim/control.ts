@@ -29,6 +29,13 @@ export interface Knobs {
   auth_fail_delay_ms: number;
   /** Added to every HTTPS request. */
   api_latency_ms: number;
+  /** Added to every call of either face, a `pvesh` run or an HTTPS request (call-log.ts). */
+  call_latency_ms: number;
+  /**
+   * A regular expression over `METHOD /path`: a matching call of either face waits, after it was
+   * logged as begun, until the knob no longer matches it (Proxmox stuck). Empty: none.
+   */
+  hang_calls: string;
   /**
    * pvestatd's lag in /cluster/resources: a new VM shows `status: "unknown"` without name/template,
    * and a start/stop/suspend shows up, this long after it happened (real: up to ~10 s).
@@ -85,6 +92,8 @@ export const DEFAULT_KNOBS: Knobs = {
   agent_ping_timeout_ms: 0,
   auth_fail_delay_ms: 0,
   api_latency_ms: 0,
+  call_latency_ms: 0,
+  hang_calls: "",
   resources_lag_ms: 0,
   task_archive_ms: 0,
   cpu_load: 0.02,

@@ -1,4 +1,5 @@
 /** The fake `pvesh`: the API through the same route table, as root@pam, with pvesh's output formats. */
+import { beginCall } from "./call-log.js";
 import { type Io, localNode, parseArgs, reportError, rootCall, specOf, waitForTask } from "./cli-common.js";
 import { PveError } from "./errors.js";
 import { canonicalJson, perlPrettyJson, pveshText } from "./format.js";
@@ -71,6 +72,26 @@ function render(data: unknown, format: string): string {
  * the handler's result is `null`, which a proxying pvesh needs to print as the real one does.
  */
 export async function pveshMain(
+  dir: string,
+  argvIn: string[],
+  io: Io,
+  here?: string,
+  seen: { returnsNull?: boolean } = {},
+): Promise<number> {
+  // The call log counts what the caller ran: a proxying pvesh's inner `--noproxy` run is the same call.
+  if (argvIn[0] === "--noproxy") return pveshRun(dir, argvIn, io, here, seen);
+  const method = VERBS[argvIn[0] ?? ""] ?? argvIn[0] ?? "?";
+  const rest = argvIn.slice(1);
+  const path = rest.find((a) => a.startsWith("/")) ?? rest.find((a) => !a.startsWith("-")) ?? "/";
+  const end = await beginCall(dir, "pvesh", method, `/${path.replace(/^\/+|\/+$/g, "")}`);
+  try {
+    return await pveshRun(dir, argvIn, io, here, seen);
+  } finally {
+    end();
+  }
+}
+
+async function pveshRun(
   dir: string,
   argvIn: string[],
   io: Io,

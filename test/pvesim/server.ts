@@ -7,6 +7,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer, type Server } from "node:https";
 import { createServer as createNetServer, type Socket } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
+import { beginCall } from "./call-log.js";
 import { findFault, readControl } from "./control.js";
 import { PveError } from "./errors.js";
 import { apiInfoPath, tokenPath } from "./paths.js";
@@ -135,6 +136,23 @@ async function handle(
   if (down === "hang") return;
   const url = new URL(req.url ?? "/", "https://localhost");
   const method = req.method ?? "GET";
+  // The end is logged once the answer is handed to the socket, before any later request is read.
+  const end = await beginCall(dir, "api", method, uriUnescape(url.pathname.slice(API_PREFIX.length)) || "/");
+  try {
+    await serve(dir, localNode, req, res, url, method);
+  } finally {
+    end();
+  }
+}
+
+async function serve(
+  dir: string,
+  localNode: string,
+  req: IncomingMessage,
+  res: ServerResponse,
+  url: URL,
+  method: string,
+): Promise<void> {
   const control = readControl(dir);
   if (control.api_latency_ms > 0) await sleep(control.api_latency_ms);
   if (!url.pathname.startsWith(API_PREFIX)) {

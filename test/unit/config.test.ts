@@ -72,6 +72,9 @@ describe("config: defaults and derived values", () => {
       proxmox_tls_ca_path: "",
       proxmox_command_timeout_ms: 120_000,
       proxmox_task_timeout_ms: 1_800_000,
+      proxmox_max_reads: 8,
+      proxmox_max_writes: 16,
+      proxmox_cluster_list_ttl_ms: 0,
       provisioning_timeout_ms: 600_000,
       phone_home_grace_ms: 180_000,
       orphan_grace_period_ms: 1_200_000,
@@ -179,6 +182,16 @@ describe("config: defaults and derived values", () => {
     assert.equal(config.proxmox_command_timeout_ms, 30_000);
     assert.equal(config.proxmox_task_timeout_ms, 5_400_000);
     assert.equal(load("proxmox_command_timeout: 5m\n").config.proxmox_task_timeout_ms, 1_800_000);
+  });
+
+  it("the Proxmox call pool's limits and the cluster list's reuse are configurable; a limit of 0 is refused", () => {
+    const { config } = load("proxmox_max_reads: 2\nproxmox_max_writes: 3\nproxmox_cluster_list_ttl: 0s\n");
+    assert.equal(config.proxmox_max_reads, 2);
+    assert.equal(config.proxmox_max_writes, 3);
+    assert.equal(config.proxmox_cluster_list_ttl_ms, 0);
+    const { error } = loadError("proxmox_max_reads: 0\n");
+    assert.equal(error.details["key"], "proxmox_max_reads");
+    assert.match(error.message, /proxmox_max_reads/);
   });
 
   it("clamps the derived orphan grace period to [5m, 2h], and an explicit one wins", () => {

@@ -468,6 +468,25 @@ describe("guest readiness: the race against the guest agent", () => {
     assert.equal(readiness.isWaiting(101), false);
   });
 
+  it("with a grace period the agent is not asked at all when the guest phones home first", async () => {
+    const { port, readiness } = await rig();
+    const { token } = readiness.issue(101);
+    let agentCalls = 0;
+    const race = firstGuestAddress(
+      readiness,
+      101,
+      new AbortController().signal,
+      async () => {
+        agentCalls++;
+        return "10.77.0.9";
+      },
+      { graceMs: 60_000 },
+    );
+    await report(port, { vmid: 101, token, ip: "127.0.0.42" });
+    assert.deepEqual(await race, { ip: "127.0.0.42", via: "phone-home" });
+    assert.equal(agentCalls, 0, "no guest agent call for a guest that phoned home");
+  });
+
   it("guest agent first: its address wins and the unused token is revoked", async () => {
     const { port, readiness } = await rig();
     const { token } = readiness.issue(101);

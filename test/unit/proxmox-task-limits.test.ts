@@ -95,7 +95,8 @@ describe("task limits in the backend (fake API)", () => {
   test("a task that runs longer than the per-call timeout but within the task limit succeeds", async () => {
     let polls = 0;
     const { transport, sent } = fakeApi(() =>
-      ++polls < 6 ? { status: "running" } : { status: "stopped", exitstatus: "OK" },
+      // Nine polls running: 50 ms, then 100 ms doubling to 500 ms between them, so past 2 s.
+      ++polls < 10 ? { status: "running" } : { status: "stopped", exitstatus: "OK" },
     );
     const time = fakeTime();
     const backend = new PveBackend({ transport, log, timeoutMs: 2000, taskTimeoutMs: 60_000, ...time });
@@ -106,9 +107,10 @@ describe("task limits in the backend (fake API)", () => {
 
   test("a task that finished just as it was given up on counts as done: nothing is stopped", async () => {
     let polls = 0;
-    // Running for every poll of the wait, stopped OK at the look before the stop.
+    // Running for every poll of the wait (at 50, 150, 350, 750 ms, then every 500 ms up to the 3 s
+    // limit: nine), stopped OK at the look before the stop.
     const { transport, sent } = fakeApi(() =>
-      ++polls <= 4 ? { status: "running" } : { status: "stopped", exitstatus: "OK" },
+      ++polls <= 9 ? { status: "running" } : { status: "stopped", exitstatus: "OK" },
     );
     const backend = new PveBackend({ transport, log, timeoutMs: 1000, taskTimeoutMs: 3000, ...fakeTime() });
     await backend.clone(VM, 101, { name: "x", full: true });

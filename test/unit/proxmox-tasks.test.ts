@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { retryOnLock } from "../../src/daemon/proxmox/retry.js";
-import { parseUpid, TaskTimeoutError, taskSucceeded, waitForTask } from "../../src/daemon/proxmox/tasks.js";
+import {
+  parseUpid,
+  TaskDurations,
+  TaskTimeoutError,
+  taskSucceeded,
+  waitForTask,
+} from "../../src/daemon/proxmox/tasks.js";
 import { AgentlabError } from "../../src/protocol/errors.js";
 
 /** A clock that only moves when the code under test sleeps. */
@@ -35,19 +41,79 @@ describe("UPIDs and tasks", () => {
     assert.ok(!taskSucceeded({ status: "stopped", exitstatus: "VM 101 already running" }));
   });
 
-  test("waiting backs off 0.5 s doubling to 5 s", async () => {
+  test("waiting backs off from 100 ms doubling to 500 ms; a started task is first asked after 50 ms", async () => {
     const time = fakeTime();
     let polls = 0;
     const status = await waitForTask(
       async () => (++polls < 8 ? { status: "running" } : { status: "stopped", exitstatus: "OK" }),
       "U",
-      {
-        ...time,
-        timeoutMs: 60_000,
-      },
+      { ...time, timeoutMs: 60_000, firstPollAfterMs: 50 },
     );
     assert.equal(status.exitstatus, "OK");
-    assert.deepEqual(time.sleeps, [500, 1000, 2000, 4000, 5000, 5000, 5000]);
+    assert.deepEqual(time.sleeps, [50, 100, 200, 400, 500, 500, 500, 500]);
+  });
+
+  test("a 2 s task is noticed within 500 ms of its end, in at most 7 polls (it was 3.5 s and 4 polls)", async () => {
+    for (const endsAt of [2000, 1000, 300, 10_000]) {
+      const time = fakeTime();
+      let polls = 0;
+      await waitForTask(
+        async () => {
+          polls++;
+          return time.now() >= endsAt ? { status: "stopped", exitstatus: "OK" } : { status: "running" };
+        },
+        "U",
+        { ...time, timeoutMs: 60_000, firstPollAfterMs: 50 },
+      );
+      const late = time.now() - endsAt;
+      assert.ok(late >= 0 && late <= 500, `a task ending at ${endsAt} ms noticed ${late} ms late`);
+      if (endsAt === 2000) assert.ok(polls <= 7, `${polls} polls for a 2 s task`);
+    }
+  });
+
+  test("a task known to be over (pvesh ran it) is asked at once", async () => {
+    const time = fakeTime();
+    await waitForTask(async () => ({ status: "stopped", exitstatus: "OK" }), "U", {
+      ...time,
+      timeoutMs: 1000,
+    });
+    assert.deepEqual(time.sleeps, []);
+  });
+
+  test("a task of a kind seen before is first asked about when the last one ended: one or two polls, noticed within 100 ms", async () => {
+    const durations = new TaskDurations();
+    assert.equal(durations.firstPollAfter("qmclone:9000:0"), 50, "an unknown kind: after 50 ms");
+    const endsAt = 2000;
+    const noticed: number[] = [];
+    const polls: number[] = [];
+    for (let run = 0; run < 6; run++) {
+      const time = fakeTime();
+      let count = 0;
+      await waitForTask(
+        async () => {
+          count++;
+          return time.now() >= endsAt ? { status: "stopped", exitstatus: "OK" } : { status: "running" };
+        },
+        "U",
+        {
+          ...time,
+          timeoutMs: 60_000,
+          firstPollAfterMs: durations.firstPollAfter("qmclone:9000:0"),
+          onStopped: (trace) => durations.learn("qmclone:9000:0", trace),
+        },
+      );
+      noticed.push(time.now() - endsAt);
+      polls.push(count);
+    }
+    // The first run knows nothing (7 polls); from the second on the estimate holds.
+    assert.equal(polls[0], 7);
+    for (const [i, n] of polls.slice(1).entries()) assert.ok(n <= 2, `run ${i + 1}: ${n} polls`);
+    for (const [i, late] of noticed.slice(1).entries())
+      assert.ok(late <= 100, `run ${i + 1}: ${late} ms late`);
+    // Other kinds are not affected, and no estimate makes the first poll later than 2 s.
+    assert.equal(durations.firstPollAfter("qmstart:"), 50);
+    durations.learn("vzdump:", { lastRunningMs: 60_000, stoppedMs: 60_500, polls: 3 });
+    assert.equal(durations.firstPollAfter("vzdump:"), 2000);
   });
 
   test("waiting gives up at the bound", async () => {

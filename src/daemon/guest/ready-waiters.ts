@@ -7,6 +7,7 @@
 import { AgentlabError } from "../../protocol/errors.js";
 import type { Clock } from "../clock.js";
 import type { Logger } from "../log.js";
+import { abortableSleep } from "../proxmox/tasks.js";
 import { type BootstrapTokens, hashBootstrapToken } from "./tokens.js";
 
 export type GuestAddressSource = "phone-home" | "guest-agent";
@@ -263,7 +264,14 @@ export class GuestReadiness {
  * address is used and `phoneHomeMissed` says so. Without a phone-home, the agent's answer is the end.
  * An error of the agent poll ends the wait (it is also how the provisioning deadline arrives); the
  * phone-home path only ever ends it with an address. The loser is aborted and the token revoked.
+ *
+ * With a phone-home awaited and a grace period, the agent is first asked only after
+ * min(graceMs, AGENT_FALLBACK_AFTER_MS): its early answer could not make the sandbox READY anyway (the
+ * report is awaited after it), and a guest that phones home in that time costs no agent call at all. A
+ * silent guest is then READY by the agent at most that much later than before.
  */
+export const AGENT_FALLBACK_AFTER_MS = 10_000;
+
 export async function firstGuestAddress(
   readiness: GuestReadiness | undefined,
   vmid: number,
@@ -282,7 +290,11 @@ export async function firstGuestAddress(
   });
   aborted.catch(() => {});
   try {
-    const agent = agentPoll(race.signal).then((ip) => ({ ip, via: "guest-agent" as const }));
+    const graceMs = options.graceMs ?? 0;
+    const agentAfterMs = phoneHome ? Math.min(graceMs, AGENT_FALLBACK_AFTER_MS) : 0;
+    const agent = (agentAfterMs > 0 ? abortableSleep(agentAfterMs, race.signal) : Promise.resolve())
+      .then(() => agentPoll(race.signal))
+      .then((ip) => ({ ip, via: "guest-agent" as const }));
     if (!readiness || !phoneHome) return await Promise.race([agent, aborted]);
     const report = readiness.wait(vmid, race.signal).then(
       (r) => ({ ip: r.ip, via: "phone-home" as const, ...(r.hostKeys ? { hostKeys: r.hostKeys } : {}) }),
@@ -290,7 +302,6 @@ export async function firstGuestAddress(
       () => new Promise<never>(() => {}),
     );
     const first = await Promise.race([agent, report, aborted]);
-    const graceMs = options.graceMs ?? 0;
     if (first.via === "phone-home" || graceMs <= 0) return first;
     const graceOver = new Promise<GuestAddress>((resolve) => {
       const timer = setTimeout(() => resolve({ ...first, phoneHomeMissed: true }), graceMs);

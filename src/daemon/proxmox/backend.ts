@@ -5,7 +5,9 @@ import { classifyProxmoxError } from "./errors.js";
 import { retryOnLock } from "./retry.js";
 import {
   abortableSleep,
+  type PollTrace,
   parseUpid,
+  TaskDurations,
   type TaskStatus,
   TaskTimeoutError,
   taskSucceeded,
@@ -214,6 +216,7 @@ export class PveBackend implements ProxmoxBackend {
   private readonly sleep: (ms: number, signal?: AbortSignal) => Promise<void>;
   private readonly now: () => number;
   private readonly random: () => number;
+  private readonly taskDurations = new TaskDurations();
 
   constructor(options: PveBackendOptions) {
     this.transport = options.transport;
@@ -311,7 +314,15 @@ export class PveBackend implements ProxmoxBackend {
             }
             const upid = workerUpid(data);
             if (upid)
-              await this.awaitTask(method, path, upid, call.signal, limit ?? this.commandLimit(), action);
+              await this.awaitTask(
+                method,
+                path,
+                upid,
+                call.signal,
+                limit ?? this.commandLimit(),
+                action,
+                params,
+              );
             else if (limit !== null)
               throw new PveRequestError(
                 method,
@@ -324,6 +335,9 @@ export class PveBackend implements ProxmoxBackend {
               ...(vm.vmid !== undefined ? { vmid: vm.vmid } : {}),
               ...(this.tokenId ? { tokenId: this.tokenId } : {}),
             });
+          } finally {
+            // The task has ended (or was given up on): reads kept from while it ran are stale now.
+            this.transport.invalidate?.();
           }
         },
         {
@@ -377,16 +391,27 @@ export class PveBackend implements ProxmoxBackend {
     signal: AbortSignal | undefined,
     limit: TaskLimit,
     action: string,
+    params?: Params,
   ): Promise<void> {
     const upid = parseUpid(upidText);
     if (!upid) throw new PveRequestError(method, path, `unexpected task id ${JSON.stringify(upidText)}`);
     const statusPath = apiPath`${taskPath(upid)}/status`;
+    // Clones of one template (linked or full) take alike; other tasks are alike per type.
+    const kind = `${upid.type}:${upid.type === "qmclone" ? `${upid.id}:${String(params?.full ?? "")}` : ""}`;
     let status: TaskStatus;
     try {
       status = await waitForTask(() => this.taskStatus(statusPath, signal), upid.upid, {
         sleep: this.sleep,
         now: this.now,
         timeoutMs: limit.ms,
+        // pvesh returned only after running the task, so it is over: ask at once. The API only started
+        // it: ask about when the last task of its kind ended.
+        ...(this.kind === "api"
+          ? {
+              firstPollAfterMs: this.taskDurations.firstPollAfter(kind),
+              onStopped: (trace: PollTrace) => this.taskDurations.learn(kind, trace),
+            }
+          : {}),
         ...(signal ? { signal } : {}),
       });
     } catch (error) {

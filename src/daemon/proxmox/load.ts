@@ -1,8 +1,24 @@
 import type { Config } from "../../config/config.js";
 import type { Logger } from "../log.js";
 import { PveBackend } from "./backend.js";
+import { CallPool, PooledTransport } from "./call-pool.js";
+import { SharedReadsTransport } from "./shared-reads.js";
+import type { PveTransport } from "./transport.js";
 import { ApiTransport } from "./transport-api.js";
 import { ShellTransport } from "./transport-shell.js";
+
+/**
+ * The layers every call goes through: identical reads shared (and the cluster list kept briefly), then
+ * a slot in the bounded pool, then the transport itself. Sharing comes first so that callers who join
+ * a read in flight take no slot.
+ */
+export function boundedTransport(config: Config, transport: PveTransport): SharedReadsTransport {
+  const pool = new CallPool({ read: config.proxmox_max_reads, write: config.proxmox_max_writes });
+  return new SharedReadsTransport(new PooledTransport(transport, pool), {
+    listTtlMs: config.proxmox_cluster_list_ttl_ms,
+  });
+}
+
 import type { ProxmoxBackend } from "./types.js";
 
 /** The backend the config names. Building one makes no call: reachability is checked by status. */
@@ -18,7 +34,7 @@ export function createBackend(config: Config, log: Logger): ProxmoxBackend {
       tlsInsecure: config.proxmox_tls_insecure,
     });
     return new PveBackend({
-      transport,
+      transport: boundedTransport(config, transport),
       log: log.child({ backend: "api" }),
       timeoutMs,
       taskTimeoutMs,
@@ -26,7 +42,7 @@ export function createBackend(config: Config, log: Logger): ProxmoxBackend {
     });
   }
   return new PveBackend({
-    transport: new ShellTransport({ timeoutMs }),
+    transport: boundedTransport(config, new ShellTransport({ timeoutMs })),
     log: log.child({ backend: "shell" }),
     timeoutMs,
     taskTimeoutMs,

@@ -78,6 +78,11 @@ export interface PveTransport {
   ): Promise<unknown>;
   /** Spawns (shell) or HTTP requests (api) made so far. */
   readonly calls: { count: number };
+  /**
+   * Something changed in Proxmox that no call of this transport shows (a task the API only started has
+   * ended): answers kept from before must not be given out again (shared-reads.ts).
+   */
+  invalidate?(): void;
 }
 
 /**

@@ -1,0 +1,139 @@
+/**
+ * The bound on Proxmox calls in flight. Every status or show used to open its own `pvesh` process (or
+ * HTTPS request) at once, so 200 clients made 127 processes on a 2-core host and starved everything,
+ * database-only requests included. Calls now wait for a slot, first come first served, with separate
+ * limits per kind: reads never wait behind long worker calls (on the shell backend a worker call holds
+ * its slot for the whole task), and a burst of reads cannot hold up a create's clone. A call whose
+ * caller gives up while it waits leaves the queue without ever running.
+ */
+import { AgentlabError } from "../../protocol/errors.js";
+import type { ApiPath, HttpMethod, Params, PveTransport } from "./transport.js";
+
+/** `read`: GET; `write`: everything that changes something (and, on pvesh, runs its task). */
+export type CallKind = "read" | "write";
+
+export type CallLimits = Record<CallKind, number>;
+
+export const DEFAULT_CALL_LIMITS: CallLimits = { read: 8, write: 16 };
+
+interface Waiter {
+  start: () => void;
+}
+
+class Lane {
+  active = 0;
+  readonly queue: Waiter[] = [];
+
+  constructor(readonly limit: number) {}
+
+  release(): void {
+    const next = this.queue.shift();
+    if (next) next.start();
+    else this.active--;
+  }
+}
+
+export interface LaneState {
+  limit: number;
+  active: number;
+  queued: number;
+}
+
+/** A FIFO slot pool per call kind. */
+export class CallPool {
+  private readonly lanes: Record<CallKind, Lane>;
+
+  constructor(limits: CallLimits = DEFAULT_CALL_LIMITS) {
+    for (const [kind, limit] of Object.entries(limits)) {
+      if (!Number.isInteger(limit) || limit < 1)
+        throw new Error(`CallPool: the ${kind} limit must be a positive integer, got ${limit}`);
+    }
+    this.lanes = { read: new Lane(limits.read), write: new Lane(limits.write) };
+  }
+
+  /** Run `work` once a slot of `kind` is free; `signal` aborting while it waits takes it out of the queue. */
+  async run<T>(
+    kind: CallKind,
+    work: () => Promise<T>,
+    signal?: AbortSignal,
+    what: string = kind,
+  ): Promise<T> {
+    const lane = this.lanes[kind];
+    await this.acquire(lane, signal, what);
+    try {
+      return await work();
+    } finally {
+      lane.release();
+    }
+  }
+
+  state(): Record<CallKind, LaneState> {
+    const of = (lane: Lane): LaneState => ({
+      limit: lane.limit,
+      active: lane.active,
+      queued: lane.queue.length,
+    });
+    return { read: of(this.lanes.read), write: of(this.lanes.write) };
+  }
+
+  private acquire(lane: Lane, signal: AbortSignal | undefined, what: string): Promise<void> {
+    if (signal?.aborted) return Promise.reject(cancelled(what, signal));
+    if (lane.active < lane.limit && lane.queue.length === 0) {
+      lane.active++;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        const at = lane.queue.indexOf(waiter);
+        if (at >= 0) lane.queue.splice(at, 1);
+        reject(cancelled(what, signal!));
+      };
+      // A released slot passes straight to the next waiter: `active` stays as it is.
+      const waiter: Waiter = {
+        start: () => {
+          signal?.removeEventListener("abort", onAbort);
+          resolve();
+        },
+      };
+      lane.queue.push(waiter);
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+}
+
+function cancelled(what: string, signal: AbortSignal): AgentlabError {
+  return new AgentlabError("CANCELLED", `${what}: cancelled while waiting for a free Proxmox call slot`, {
+    cause: signal.reason,
+  });
+}
+
+/** A transport whose calls go through a CallPool: GETs as reads, every other method as a write. */
+export class PooledTransport implements PveTransport {
+  readonly kind: "shell" | "api";
+
+  constructor(
+    private readonly inner: PveTransport,
+    readonly pool: CallPool,
+  ) {
+    this.kind = inner.kind;
+  }
+
+  get calls(): { count: number } {
+    return this.inner.calls;
+  }
+
+  request(
+    method: HttpMethod,
+    path: ApiPath,
+    params?: Params,
+    signal?: AbortSignal,
+    taskTimeoutMs?: number,
+  ): Promise<unknown> {
+    return this.pool.run(
+      method === "GET" ? "read" : "write",
+      () => this.inner.request(method, path, params, signal, taskTimeoutMs),
+      signal,
+      `${method} ${path}`,
+    );
+  }
+}
