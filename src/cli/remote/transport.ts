@@ -6,7 +6,7 @@
  */
 import { request } from "node:https";
 import { type PeerCertificate, rootCertificates, connect as tlsConnect } from "node:tls";
-import { WebSocket } from "ws";
+import type { WebSocket } from "ws";
 import { AgentlabError, type ErrorCode, isErrorCode, MAX_FRAME_BYTES } from "../../protocol/index.js";
 import { HEALTH_PATH, RPC_PATH } from "../../protocol/websocket.js";
 import type { CertificatePin, Connection } from "./connection.js";
@@ -201,8 +201,11 @@ export function httpFailure(endpoint: string, status: number, body: string): Age
 }
 
 /** Open the JSON-RPC WebSocket, authenticated; refusals come back as the daemon's own errors. */
-export function openRemote(remote: Remote, timeoutMs: number): Promise<WebSocket> {
+export async function openRemote(remote: Remote, timeoutMs: number): Promise<WebSocket> {
   const url = `${remote.endpoint.replace(/^https:/, "wss:")}${RPC_PATH}`;
+  // Loaded here, not at start: only remote connections need it, and it is a tenth of a second of
+  // every local command's start-up otherwise (issue 15's CLI cold start).
+  const { WebSocket } = await import("ws");
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, {
       headers: { Authorization: `Bearer ${remote.token}` },
