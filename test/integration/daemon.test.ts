@@ -251,6 +251,12 @@ describe("CLI errors", () => {
     const version = await runCli(["--version"]);
     assert.equal(version.code, 0);
     assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/);
+    // The launcher's short path for --version alone says what yargs says with other flags beside it.
+    for (const args of [["-v"], ["--version", "--json"], ["--json", "-v"]]) {
+      const other = await runCli(args);
+      assert.equal(other.code, 0, args.join(" "));
+      assert.equal(other.stdout, version.stdout, args.join(" "));
+    }
   });
 
   test("completion scripts for bash and zsh, and the completions they ask for", async () => {
