@@ -7,7 +7,18 @@ import { boundedArray, boundedRecord, boundedString, LIMITS, numberLimit } from 
 import { defineMethod } from "./method.js";
 import { progressToken } from "./progress.js";
 
-const vmid = z.number().int().min(100).max(999_999_999).describe("Proxmox VMID of the sandbox");
+/** A sandbox's VMID in the methods that reach into its guest (exec, and the file methods in files.ts). */
+export const guestVmid = z.number().int().min(100).max(999_999_999).describe("Proxmox VMID of the sandbox");
+const vmid = guestVmid;
+
+/** What any call into a running sandbox's guest over ssh can fail with (exec and the file methods). */
+export const GUEST_ACCESS_ERRORS = [
+  "SANDBOX_NOT_FOUND",
+  "INVALID_STATE",
+  "GUEST_UNREACHABLE",
+  "GUEST_AUTH_FAILED",
+  "HOST_KEY_MISMATCH",
+] as const;
 
 /** Progress steps that carry the command's output (`data`: base64 bytes, in the order they came). */
 export const EXEC_STDOUT_STEP = "stdout";
@@ -58,12 +69,5 @@ export const sandboxExec = defineMethod({
     duration_ms: z.number().int().nonnegative(),
   }),
   progress: true,
-  errors: [
-    "SANDBOX_NOT_FOUND",
-    "INVALID_STATE",
-    "GUEST_UNREACHABLE",
-    "GUEST_AUTH_FAILED",
-    "HOST_KEY_MISMATCH",
-    "CANCELLED",
-  ],
+  errors: [...GUEST_ACCESS_ERRORS, "CANCELLED"],
 });

@@ -5,7 +5,7 @@
  * Uploads go to a temporary beside the target, renamed over it on the last chunk.
  */
 import { z } from "zod";
-import { GUEST_USER_RE } from "./exec.js";
+import { GUEST_ACCESS_ERRORS, GUEST_USER_RE, guestVmid } from "./exec.js";
 import { boundedString, LIMITS, numberLimit } from "./limits.js";
 import { defineMethod } from "./method.js";
 
@@ -18,7 +18,7 @@ export const FILE_CHUNK_BYTES = 512 * 1024;
 /** Directory entries per file_list answer; a larger directory is read in pages (offset). */
 export const FILE_LIST_PAGE = 1000;
 
-const vmid = z.number().int().min(100).max(999_999_999).describe("Proxmox VMID of the sandbox");
+const vmid = guestVmid;
 const user = boundedString(LIMITS.WORD)
   .regex(GUEST_USER_RE, "a login name (lowercase letters, digits, _ and -)")
   .optional()
@@ -48,14 +48,7 @@ export const sandboxFileStat = defineMethod({
     mode: z.number().int().optional(),
   }),
   progress: false,
-  errors: [
-    "SANDBOX_NOT_FOUND",
-    "INVALID_STATE",
-    "GUEST_UNREACHABLE",
-    "GUEST_AUTH_FAILED",
-    "HOST_KEY_MISMATCH",
-    "FILE_PERMISSION",
-  ],
+  errors: [...GUEST_ACCESS_ERRORS, "FILE_PERMISSION"],
 });
 
 export const sandboxFileList = defineMethod({
@@ -82,16 +75,7 @@ export const sandboxFileList = defineMethod({
     more: z.boolean().describe("more entries follow: ask again with offset + entries.length"),
   }),
   progress: false,
-  errors: [
-    "SANDBOX_NOT_FOUND",
-    "INVALID_STATE",
-    "GUEST_UNREACHABLE",
-    "GUEST_AUTH_FAILED",
-    "HOST_KEY_MISMATCH",
-    "FILE_NOT_FOUND",
-    "FILE_NOT_DIRECTORY",
-    "FILE_PERMISSION",
-  ],
+  errors: [...GUEST_ACCESS_ERRORS, "FILE_NOT_FOUND", "FILE_NOT_DIRECTORY", "FILE_PERMISSION"],
 });
 
 export const sandboxFileRead = defineMethod({
@@ -114,11 +98,7 @@ export const sandboxFileRead = defineMethod({
   }),
   progress: false,
   errors: [
-    "SANDBOX_NOT_FOUND",
-    "INVALID_STATE",
-    "GUEST_UNREACHABLE",
-    "GUEST_AUTH_FAILED",
-    "HOST_KEY_MISMATCH",
+    ...GUEST_ACCESS_ERRORS,
     "FILE_NOT_FOUND",
     "FILE_IS_DIRECTORY",
     "FILE_PERMISSION",
@@ -132,16 +112,7 @@ export const sandboxFileMkdir = defineMethod({
   params: z.object({ vmid, user, path: guestPath, mode: mode.optional() }).strict(),
   result: z.object({ path: z.string(), created: z.boolean() }),
   progress: false,
-  errors: [
-    "SANDBOX_NOT_FOUND",
-    "INVALID_STATE",
-    "GUEST_UNREACHABLE",
-    "GUEST_AUTH_FAILED",
-    "HOST_KEY_MISMATCH",
-    "FILE_NOT_FOUND",
-    "FILE_NOT_DIRECTORY",
-    "FILE_PERMISSION",
-  ],
+  errors: [...GUEST_ACCESS_ERRORS, "FILE_NOT_FOUND", "FILE_NOT_DIRECTORY", "FILE_PERMISSION"],
 });
 
 export const sandboxFileWrite = defineMethod({
@@ -177,11 +148,7 @@ export const sandboxFileWrite = defineMethod({
   }),
   progress: false,
   errors: [
-    "SANDBOX_NOT_FOUND",
-    "INVALID_STATE",
-    "GUEST_UNREACHABLE",
-    "GUEST_AUTH_FAILED",
-    "HOST_KEY_MISMATCH",
+    ...GUEST_ACCESS_ERRORS,
     "NOT_FOUND",
     "CONFLICT",
     "FILE_NOT_FOUND",
