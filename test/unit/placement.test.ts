@@ -25,6 +25,32 @@ describe("daemonNode", () => {
     assert.equal(await daemonNode(ctxWith(["a"]), "elsewhere"), "a");
   });
 
+  test("the node list is asked once per daemon; doctor's check asks afresh", async () => {
+    let asked = 0;
+    const nodes = ["a", "b"];
+    const ctx = ctxWith(nodes);
+    (ctx.backend as { listNodes: () => Promise<unknown> }).listNodes = async () => {
+      asked++;
+      return nodes.map((node) => ({ node, online: true }));
+    };
+    assert.equal(await daemonNode(ctx, "b.lan"), "b");
+    assert.equal(await daemonNode(ctx, "b.lan"), "b");
+    assert.equal(asked, 1, "the second create must not list the nodes again");
+    assert.equal(await daemonNode(ctx, "b.lan", { fresh: true }), "b");
+    assert.equal(asked, 2, "doctor's check asks Proxmox afresh");
+    const solo = ["solo"];
+    const offHost = ctxWith(solo);
+    (offHost.backend as { listNodes: () => Promise<unknown> }).listNodes = async () => {
+      asked++;
+      return solo.map((node) => ({ node, online: true }));
+    };
+    assert.equal(await daemonNode(offHost, "elsewhere"), "solo");
+    solo.push("zzz");
+    assert.equal(await daemonNode(offHost, "elsewhere"), "solo", "the daemon stays on the node it found");
+    assert.equal(asked, 3);
+    await assert.rejects(daemonNode(offHost, "elsewhere", { fresh: true }), /cannot tell which node/);
+  });
+
   test("a cluster of several nodes that does not list this host: CONFIG_INVALID naming proxmox_node", async () => {
     await assert.rejects(daemonNode(ctxWith(["b", "a"]), "ci-runner.lan"), (error: unknown) => {
       assert.ok(error instanceof AgentlabError);

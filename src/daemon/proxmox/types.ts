@@ -35,8 +35,9 @@ export interface ClusterVm {
    */
   state: PowerState;
   /**
-   * Also from pvestatd: false while the VM is unreported. Never decide anything from it that must be
-   * right (linked vs full clone): read `template` in the VM's config.
+   * Also from pvestatd: false while the VM is unreported, so false proves nothing: where it must be
+   * right (linked vs full clone), read `template` in the VM's config. True can be trusted: a template
+   * cannot be turned back into a plain VM.
    */
   template: boolean;
   lock?: string;

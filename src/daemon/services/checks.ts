@@ -234,7 +234,7 @@ export async function daemonChecks(ctx: DaemonContext): Promise<DaemonChecks> {
   try {
     version = await withTimeout("the version request", ctx.backend.version());
     cluster = await withTimeout("the VM list", ctx.backend.listVms());
-    if (node === "") node = await withTimeout("the node list", daemonNode(ctx));
+    if (node === "") node = await withTimeout("the node list", daemonNode(ctx, undefined, { fresh: true }));
     backend = {
       name: "backend",
       status: "ok",

@@ -19,17 +19,35 @@ export function nodeNameOfHost(host: string): string {
 }
 
 /**
+ * The node each daemon found it runs on, and for which host name. Found once, it stands for the daemon's
+ * life, so a create does not ask `GET /nodes` each time (issue 15 counted it per create): a host's node
+ * name is fixed while it runs (renaming a node means a reboot and a re-join), and the one-node guess
+ * stays where the daemon's snippets and templates already are when a node joins later; `agentlab
+ * doctor` asks afresh (`fresh`) and reports a cluster that no longer names this host.
+ */
+const foundNodes = new WeakMap<DaemonContext, { host: string; node: string }>();
+
+/**
  * The node agentlabd runs on: `proxmox_node` when set; else this host's node name when it is a node of
  * the cluster (the shell backend always is: pvesh runs here); else the only node of a one-node cluster
  * (an API-backend daemon off the host, whose snippets_dir must then be that node's, e.g. a mount).
  * On a cluster of several nodes that does not list this host, there is no safe guess.
  */
-export async function daemonNode(ctx: DaemonContext, host: string = hostname()): Promise<string> {
+export async function daemonNode(
+  ctx: DaemonContext,
+  host: string = hostname(),
+  { fresh = false }: { fresh?: boolean } = {},
+): Promise<string> {
   if (ctx.config.proxmox_node) return ctx.config.proxmox_node;
   const own = nodeNameOfHost(host);
+  const found = foundNodes.get(ctx);
+  if (!fresh && found?.host === own) return found.node;
   const nodes = (await ctx.backend.listNodes()).map((n) => n.node).sort();
-  if (nodes.includes(own)) return own;
-  if (nodes.length === 1) return nodes[0]!;
+  const node = nodes.includes(own) ? own : nodes.length === 1 ? nodes[0] : undefined;
+  if (node !== undefined) {
+    foundNodes.set(ctx, { host: own, node });
+    return node;
+  }
   throw new AgentlabError(
     "CONFIG_INVALID",
     `agentlabd cannot tell which node of the cluster it runs on: this host is ${own}, the nodes are ${nodes.join(", ") || "none"}`,

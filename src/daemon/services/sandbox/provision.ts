@@ -339,11 +339,15 @@ async function prepare(run: Run, cleanNow: boolean): Promise<void> {
   const { backend, config } = ctx;
   transitionSandbox(ctx.store, row.vmid, "PROVISIONING");
   op.signal.throwIfAborted();
-  // Linked or full from the template's config: /cluster/resources leaves `template` out until
-  // pvestatd has reported the VM (API2Tools.pm:84-116), which would silently make a full clone.
+  // Linked or full: /cluster/resources says `template: 1` once pvestatd has reported the VM, and a
+  // template cannot become a plain VM again, so that answer is trusted as it is. Its absence proves
+  // nothing (the key is left out until pvestatd has reported, API2Tools.pm:84-116, which would silently
+  // make a full clone), so then the template's own config decides: one call fewer per create for the
+  // common case of a long-standing template (issue 15).
   const full =
     config.proxmox_clone_mode === "full" ||
-    !isTemplateConfig(await backend.getConfig({ vmid: template.vmid, node: template.node }));
+    (!template.template &&
+      !isTemplateConfig(await backend.getConfig({ vmid: template.vmid, node: template.node })));
   op.signal.throwIfAborted();
   reportStep(op, row.vmid, "clone", `cloning template ${template.vmid} (${full ? "full" : "linked"} clone)`);
   await backend.clone(
