@@ -3,6 +3,8 @@ import { spawnSync } from "node:child_process";
 import { copyFileSync, mkdirSync, readdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { CHECKPOINT_EVERY_MS } from "../../src/daemon/store/db.js";
 import { startDaemon } from "../helpers/daemon.js";
 import { type SimHost, startSimHost } from "../helpers/simhost.js";
 
@@ -24,10 +26,18 @@ describe("maintenance steps from the troubleshooting guide", () => {
     await h.stop();
   });
 
-  test("backup: a plain cp of the database while the daemon runs holds every committed sandbox", () => {
+  test("backup: a plain cp of the database while the daemon runs holds every committed sandbox", async () => {
+    // The daemon copies its write-ahead log into the file a quarter second after a commit at most
+    // (CHECKPOINT_EVERY_MS): a cp made after that holds the sandbox. Without checkpoints a database this
+    // small never reaches its file (SQLite's own wait for 1000 pages) and this never passes.
     const backup = `${h.host.root}/agentlab-backup.db`;
-    assert.equal(sh(`cp ${h.host.dbPath} ${backup}`).status, 0);
-    const rows = sh(`sqlite3 ${backup} "SELECT vmid, state FROM sandboxes;"`);
+    let rows = { status: 1, stdout: "", stderr: "" } as ReturnType<typeof sh>;
+    for (let tries = 0; tries < 200; tries++) {
+      assert.equal(sh(`cp ${h.host.dbPath} ${backup}`).status, 0);
+      rows = sh(`sqlite3 ${backup} "SELECT vmid, state FROM sandboxes;"`);
+      if (rows.status === 0 && rows.stdout.trim() === "1000|RUNNING") break;
+      await sleep(CHECKPOINT_EVERY_MS);
+    }
     assert.equal(rows.status, 0, rows.stderr);
     assert.equal(rows.stdout.trim(), "1000|RUNNING");
     assert.equal(sh(`sqlite3 ${backup} "PRAGMA integrity_check;"`).stdout.trim(), "ok");
