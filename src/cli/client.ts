@@ -10,17 +10,10 @@ import {
   StreamMessageReader,
   StreamMessageWriter,
 } from "vscode-jsonrpc/node.js";
-import {
-  AgentlabError,
-  type ErrorCode,
-  formatDuration,
-  isErrorCode,
-  type Method,
-  type ParamsOf,
-  type ProgressValue,
-  progressType,
-  type ResultOf,
-} from "../protocol/index.js";
+import { AgentlabError, type ErrorCode, isErrorCode } from "../protocol/errors.js";
+import type { Method, ParamsOf, ResultOf } from "../protocol/method.js";
+import { type ProgressValue, progressType } from "../protocol/progress.js";
+import { formatDuration } from "../protocol/units.js";
 import { WebSocketMessageReader, WebSocketMessageWriter } from "../protocol/websocket.js";
 import type { Connection } from "./remote/connection.js";
 import { openRemote } from "./remote/transport.js";
