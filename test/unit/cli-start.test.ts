@@ -35,7 +35,13 @@ describe("CLI start-up loads only what the command needs", () => {
   /** The CLI's output without the hook's lines, and the repository paths (or package names) loaded. */
   async function loaded(
     args: string[],
-  ): Promise<{ code: number | null; stderr: string; ours: string[]; packages: Set<string> }> {
+  ): Promise<{
+    code: number | null;
+    stderr: string;
+    ours: string[];
+    packages: Set<string>;
+    builtins: string[];
+  }> {
     const result = await runCli(args, {
       command: hookArgs,
       env: { AGENTLAB_SOCKET: join(dir, "nobody-listens.sock"), HOME: dir },
@@ -56,7 +62,8 @@ describe("CLI start-up loads only what the command needs", () => {
       .split("\n")
       .filter((line) => !line.startsWith("LOADED "))
       .join("\n");
-    return { code: result.code, stderr, ours, packages };
+    const builtins = urls.filter((u) => u.startsWith("node:"));
+    return { code: result.code, stderr, ours, packages, builtins };
   }
 
   test("agentlab status loads its command and the status schema: no other command, protocol index or daemon code", async () => {
@@ -78,6 +85,8 @@ describe("CLI start-up loads only what the command needs", () => {
       assert.ok(!run.ours.includes(`dist/src/protocol/${other}.js`), `protocol/${other}.js is not status's`);
     }
     for (const lazy of ["ws", "ssh2", "js-yaml", "execa"]) assert.ok(!run.packages.has(lazy), lazy);
+    // A local socket needs no TLS: node:tls and node:https come in only for a remote daemon.
+    for (const builtin of ["node:tls", "node:https"]) assert.ok(!run.builtins.includes(builtin), builtin);
   });
 
   test("agentlab --version loads none of the CLI: no yargs, no zod", async () => {
