@@ -22,7 +22,7 @@ describe("CLI start-up loads only what the command needs", () => {
     // Every module URL Node loads goes to stderr, one "LOADED url" line each.
     writeFileSync(
       join(dir, "hooks.mjs"),
-      "export async function load(url, context, next) { process.stderr.write(`LOADED ${url}\\n`); return next(url, context); }\n",
+      "export async function load(url, context, next) { process.stderr.write('LOADED ' + url + '\\n'); return next(url, context); }\n",
     );
     writeFileSync(
       join(dir, "register.mjs"),
@@ -33,9 +33,7 @@ describe("CLI start-up loads only what the command needs", () => {
   after(() => rmSync(dir, { recursive: true, force: true }));
 
   /** The CLI's output without the hook's lines, and the repository paths (or package names) loaded. */
-  async function loaded(
-    args: string[],
-  ): Promise<{
+  async function loaded(args: string[]): Promise<{
     code: number | null;
     stderr: string;
     ours: string[];
