@@ -20,7 +20,7 @@ const root = fileURLToPath(new URL("../../", import.meta.url)).replace(/\/$/, ""
  */
 async function help(path: string[]): Promise<string> {
   let text: string | undefined;
-  await buildCli([...path, "--help"]).parseAsync([...path, "--help"], {}, (_error, _argv, output) => {
+  await (await buildCli([...path, "--help"])).parseAsync([...path, "--help"], {}, (_error, _argv, output) => {
     text = output;
   });
   if (text === undefined) throw new Error(`agentlab ${path.join(" ")} --help printed nothing`);

@@ -10,20 +10,11 @@ import {
   StreamMessageReader,
   StreamMessageWriter,
 } from "vscode-jsonrpc/node.js";
-import {
-  AgentlabError,
-  type ErrorCode,
-  formatDuration,
-  isErrorCode,
-  type Method,
-  type ParamsOf,
-  type ProgressValue,
-  progressType,
-  type ResultOf,
-} from "../protocol/index.js";
-import { WebSocketMessageReader, WebSocketMessageWriter } from "../protocol/websocket.js";
+import { AgentlabError, type ErrorCode, isErrorCode } from "../protocol/errors.js";
+import type { Method, ParamsOf, ResultOf } from "../protocol/method.js";
+import { type ProgressValue, progressType } from "../protocol/progress.js";
+import { formatDuration } from "../protocol/units.js";
 import type { Connection } from "./remote/connection.js";
-import { openRemote } from "./remote/transport.js";
 
 type RemoteConnection = Extract<Connection, { kind: "remote" }>;
 
@@ -38,6 +29,12 @@ interface OpenTransport {
 async function openTransport(options: CallOptions): Promise<OpenTransport> {
   if (options.remote) {
     const remote = options.remote;
+    // Only a remote daemon needs TLS and the WebSocket adapters: loading node:tls and node:https is a
+    // noticeable part of a local command's start-up, so they come in here, not at import.
+    const [{ openRemote }, { WebSocketMessageReader, WebSocketMessageWriter }] = await Promise.all([
+      import("./remote/transport.js"),
+      import("../protocol/websocket.js"),
+    ]);
     const ws = await openRemote(remote, options.timeoutMs);
     return {
       conn: createMessageConnection(new WebSocketMessageReader(ws), new WebSocketMessageWriter(ws)),

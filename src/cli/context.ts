@@ -1,12 +1,8 @@
-import {
-  AgentlabError,
-  DEFAULT_SOCKET_PATH,
-  type Method,
-  type ParamsOf,
-  type ProgressValue,
-  parseDuration,
-  type ResultOf,
-} from "../protocol/index.js";
+import { AgentlabError } from "../protocol/errors.js";
+import type { Method, ParamsOf, ResultOf } from "../protocol/method.js";
+import type { ProgressValue } from "../protocol/progress.js";
+import { DEFAULT_SOCKET_PATH } from "../protocol/socket.js";
+import { parseDuration } from "../protocol/units.js";
 import { call } from "./client.js";
 import { type Connection, resolveConnection } from "./remote/connection.js";
 import {

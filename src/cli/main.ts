@@ -1,23 +1,9 @@
-import yargs, { type Argv, type FallbackCompletionFunction } from "yargs";
+import yargs, { type Argv, type CommandModule, type FallbackCompletionFunction } from "yargs";
 import { hideBin } from "yargs/helpers";
 import { editDistance } from "../config/suggest.js";
-import { AgentlabError } from "../protocol/index.js";
+import { AgentlabError } from "../protocol/errors.js";
 import { VERSION } from "../version.js";
-import { COMPLETION_FLAG, completionCommand } from "./commands/completion.js";
-import { connectCommand, disconnectCommand } from "./commands/connect.js";
-import { dbCommand } from "./commands/db.js";
-import { initCommand } from "./commands/init.js";
-import { jobCommand } from "./commands/job.js";
-import { maintenanceCommand } from "./commands/maintenance.js";
-import { profileCommand } from "./commands/profile.js";
-import { sandboxCommand, sandboxShortcuts } from "./commands/sandbox.js";
-import { sessionCommand } from "./commands/session.js";
-import { sshCommand } from "./commands/ssh.js";
-import { statusCommand } from "./commands/status.js";
-import { tokenCommand } from "./commands/token.js";
-import { versionCommand } from "./commands/version.js";
-import { workspaceCommand } from "./commands/workspace.js";
-import { completionNames } from "./completion-names.js";
+import { COMPLETION_FLAG } from "./commands/completion.js";
 import { defaultSocket, type GlobalArgs, parseTimeout } from "./context.js";
 import { processOutput, renderError } from "./render.js";
 
@@ -26,6 +12,101 @@ export const HELP_WIDTH = 100;
 
 /** Global flags whose next argument is their value, not a command word. */
 const VALUE_FLAGS = new Set(["--socket", "--timeout", "--endpoint", "--token"]);
+
+type AnyCommand = CommandModule<GlobalArgs, never>;
+
+/**
+ * The top-level commands in the order `agentlab --help` lists them, each with the words that select it
+ * and the module that defines it. A module is imported only when its command runs (or when every
+ * command is needed: the top-level help, completion, a word that is no command): each one pulls in the
+ * protocol schemas it calls, and loading them all was most of the CLI's start-up (docs/performance.md).
+ */
+const COMMANDS: ReadonlyArray<{ words: readonly string[]; load: () => Promise<AnyCommand[]> }> = [
+  {
+    words: ["status"],
+    load: async () => [(await import("./commands/status.js")).statusCommand as AnyCommand],
+  },
+  { words: ["init"], load: async () => [(await import("./commands/init.js")).initCommand as AnyCommand] },
+  {
+    words: ["sandbox", "new", "ls", "show", "start", "stop", "rm", "logs"],
+    load: async () => {
+      const { sandboxCommand, sandboxShortcuts } = await import("./commands/sandbox.js");
+      return [sandboxCommand as AnyCommand, ...sandboxShortcuts];
+    },
+  },
+  {
+    words: ["workspace"],
+    load: async () => [(await import("./commands/workspace.js")).workspaceCommand as AnyCommand],
+  },
+  {
+    words: ["session"],
+    load: async () => [(await import("./commands/session.js")).sessionCommand as AnyCommand],
+  },
+  { words: ["ssh"], load: async () => [(await import("./commands/ssh.js")).sshCommand as AnyCommand] },
+  { words: ["job"], load: async () => [(await import("./commands/job.js")).jobCommand as AnyCommand] },
+  {
+    words: ["profile"],
+    load: async () => [(await import("./commands/profile.js")).profileCommand as AnyCommand],
+  },
+  {
+    words: ["connect", "disconnect"],
+    load: async () => {
+      const { connectCommand, disconnectCommand } = await import("./commands/connect.js");
+      return [connectCommand as AnyCommand, disconnectCommand as AnyCommand];
+    },
+  },
+  { words: ["token"], load: async () => [(await import("./commands/token.js")).tokenCommand as AnyCommand] },
+  {
+    words: ["maintenance"],
+    load: async () => [(await import("./commands/maintenance.js")).maintenanceCommand as AnyCommand],
+  },
+  { words: ["db"], load: async () => [(await import("./commands/db.js")).dbCommand as AnyCommand] },
+  {
+    words: ["version"],
+    load: async () => [(await import("./commands/version.js")).versionCommand as AnyCommand],
+  },
+  {
+    words: ["completion"],
+    load: async () => [(await import("./commands/completion.js")).completionCommand as AnyCommand],
+  },
+];
+
+/** Every top-level command word, for the test that checks the table against the full CLI. */
+export const COMMAND_WORDS: readonly string[] = COMMANDS.flatMap((c) => c.words);
+
+/**
+ * The command word yargs will dispatch on: the first argument that is neither an option nor the value
+ * of a global option that takes one. Undefined when there is none, or after `--` (yargs takes no
+ * command from there).
+ */
+export function commandWord(argv: readonly string[]): string | undefined {
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "--") return undefined;
+    if (arg.startsWith("-")) {
+      if (VALUE_FLAGS.has(arg)) i++;
+      continue;
+    }
+    return arg;
+  }
+  return undefined;
+}
+
+/**
+ * The command modules this invocation needs: the one its command word selects, else all of them (the
+ * top-level help lists every command, completion walks them, and "did you mean" compares a typo with
+ * every name). Loading one command instead of all changes nothing yargs prints: a command's own help
+ * and errors never mention its siblings.
+ */
+export async function commandsFor(argv: readonly string[]): Promise<AnyCommand[]> {
+  const word = commandWord(argv);
+  const chosen =
+    word === undefined || argv.includes(COMPLETION_FLAG)
+      ? undefined
+      : COMMANDS.find((c) => c.words.includes(word));
+  const groups = await Promise.all((chosen ? [chosen] : COMMANDS).map((c) => c.load()));
+  return groups.flat();
+}
 
 /** yargs' own complaints, reworded so the error names the problem and the hint the way out. */
 function usageError(message: string, argv: string[]): AgentlabError {
@@ -60,11 +141,12 @@ function usageError(message: string, argv: string[]): AgentlabError {
 }
 
 /** `names`: the daemon's names for a completion request (completionNames), added to yargs' own. */
-export function buildCli(argv: string[], names: readonly string[] = []): Argv<GlobalArgs> {
+export async function buildCli(argv: string[], names: readonly string[] = []): Promise<Argv<GlobalArgs>> {
   const wantsJson = argv.includes("--json");
+  const commands = await commandsFor(argv);
   // yargs translates its own words by the locale it guesses from LANG/LC_ALL: half-German help, a
   // "did you mean" hint usageError() no longer recognises, and docs/cli.md that depends on the host.
-  return yargs(argv)
+  const cli = yargs(argv)
     .locale("en")
     .scriptName("agentlab")
     .usage("$0 <command> [options]\n\nRun and manage network-isolated Proxmox sandboxes for coding agents.")
@@ -118,23 +200,9 @@ export function buildCli(argv: string[], names: readonly string[] = []): Argv<Gl
       }
       if (args.timeout !== undefined) parseTimeout(args.timeout);
       return true;
-    })
-    .command(statusCommand)
-    .command(initCommand)
-    .command(sandboxCommand)
-    .command(sandboxShortcuts)
-    .command(workspaceCommand)
-    .command(sessionCommand)
-    .command(sshCommand)
-    .command(jobCommand)
-    .command(profileCommand)
-    .command(connectCommand)
-    .command(disconnectCommand)
-    .command(tokenCommand)
-    .command(maintenanceCommand)
-    .command(dbCommand)
-    .command(versionCommand)
-    .command(completionCommand)
+    });
+  for (const command of commands) cli.command(command);
+  return cli
     .completion("__complete", false, ((
       _current: string,
       _args: GlobalArgs,
@@ -181,6 +249,8 @@ function quietOnClosedPipe(stream: NodeJS.WriteStream): void {
 export async function main(argv: string[] = hideBin(process.argv)): Promise<void> {
   quietOnClosedPipe(process.stdout);
   quietOnClosedPipe(process.stderr);
-  const names = argv.includes(COMPLETION_FLAG) ? await completionNames(argv, COMPLETION_FLAG) : [];
-  await buildCli(argv, names).parseAsync();
+  const names = argv.includes(COMPLETION_FLAG)
+    ? await (await import("./completion-names.js")).completionNames(argv, COMPLETION_FLAG)
+    : [];
+  await (await buildCli(argv, names)).parseAsync();
 }

@@ -1,4 +1,5 @@
-import { AgentlabError, type ProgressValue } from "../protocol/index.js";
+import { AgentlabError } from "../protocol/errors.js";
+import type { ProgressValue } from "../protocol/progress.js";
 
 /**
  * Everything the CLI writes goes through here: results as text or as the raw protocol JSON, errors as

@@ -90,6 +90,7 @@ export * from "./profile.js";
 export * from "./progress.js";
 export * from "./sandbox.js";
 export * from "./session.js";
+export * from "./socket.js";
 export * from "./token.js";
 export * from "./units.js";
 export * from "./workspace.js";
@@ -165,8 +166,3 @@ export const METHODS: readonly Method[] = [
   dbBackup,
   dbCheck,
 ];
-
-/** Frames larger than this close the connection: no legitimate request comes near it. */
-export const MAX_FRAME_BYTES = 1024 * 1024;
-
-export const DEFAULT_SOCKET_PATH = "/run/agentlab/agentlabd.sock";

@@ -1,4 +1,3 @@
-import { spawn } from "node:child_process";
 import { type Stats, statSync } from "node:fs";
 import path from "node:path";
 import type { Argv, CommandModule } from "yargs";
@@ -23,6 +22,7 @@ import {
   SMOKE_ONLY_FLAGS,
   type SmokeOptions,
 } from "../init/smoke-plan.js";
+import { runCommand } from "../init/spawn.js";
 import { asAgentlabError } from "../render.js";
 
 interface InitArgs extends GlobalArgs {
@@ -177,13 +177,9 @@ export function requireRoot(host: HostEnv, uid: number | undefined = process.get
   });
 }
 
-function runScript(script: string, args: string[], json: boolean): Promise<number> {
-  return new Promise((resolve) => {
-    // Under --json the scripts' narration goes to stderr, so stdout stays one JSON document.
-    const child = spawn("sh", [script, ...args], { stdio: ["ignore", json ? 2 : 1, 2] });
-    child.on("error", () => resolve(127));
-    child.on("close", (code) => resolve(code ?? 1));
-  });
+async function runScript(script: string, args: string[], json: boolean): Promise<number> {
+  // Under --json the scripts' narration goes to stderr, so stdout stays one JSON document.
+  return (await runCommand("sh", [script, ...args], { output: json ? 2 : 1 })).code;
 }
 
 /** Run the network scripts for the failing bridge/ip_forward/nftables checks. */

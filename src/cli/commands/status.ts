@@ -1,5 +1,6 @@
 import type { CommandModule } from "yargs";
-import { type DaemonStatus, daemonStatus, formatDuration } from "../../protocol/index.js";
+import { type DaemonStatus, daemonStatus } from "../../protocol/daemon.js";
+import { formatDuration } from "../../protocol/units.js";
 import { connectionOf, execute, type GlobalArgs } from "../context.js";
 import { describeConnection } from "../remote/connection.js";
 import { fields, formatBytes } from "../render.js";

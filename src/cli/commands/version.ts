@@ -1,5 +1,6 @@
 import type { CommandModule } from "yargs";
-import { AgentlabError, daemonStatus } from "../../protocol/index.js";
+import { daemonStatus } from "../../protocol/daemon.js";
+import { AgentlabError } from "../../protocol/errors.js";
 import { VERSION } from "../../version.js";
 import { execute, type GlobalArgs } from "../context.js";
 

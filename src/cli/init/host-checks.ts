@@ -3,23 +3,17 @@
  * host. Everything they touch goes through HostEnv, so tests point them at a temp root and fake
  * commands.
  */
-import { spawn } from "node:child_process";
 import { existsSync, readFileSync, statfsSync } from "node:fs";
 import { isIPv4 } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { checkNftParams, DEFAULT_NFT_PARAMS } from "../../config/nft-params.js";
 import type { DaemonChecks, InitCheck } from "../../protocol/index.js";
+import { type RunResult, runCommand } from "./spawn.js";
+
+export type { RunResult } from "./spawn.js";
 
 export type HostSettings = DaemonChecks["host"];
-
-export interface RunResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-  /** Set when the command could not be started at all (e.g. ENOENT: not installed). */
-  spawnError?: string;
-}
 
 export type CommandRunner = (command: string, args: readonly string[]) => Promise<RunResult>;
 
@@ -38,18 +32,7 @@ export interface HostEnv {
   cwd: string;
 }
 
-export const execRunner: CommandRunner = (command, args) =>
-  new Promise((resolve) => {
-    const child = spawn(command, [...args], { stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk) => (stdout += chunk));
-    child.stderr.on("data", (chunk) => (stderr += chunk));
-    child.on("error", (error: NodeJS.ErrnoException) =>
-      resolve({ code: 127, stdout, stderr, spawnError: error.code ?? error.message }),
-    );
-    child.on("close", (code) => resolve({ code: code ?? 1, stdout, stderr }));
-  });
+export const execRunner: CommandRunner = (command, args) => runCommand(command, args);
 
 /** scripts/net of this installation: dist/src/cli/init/ is four levels below the repository root. */
 export const SCRIPTS_DIR = fileURLToPath(new URL("../../../../scripts/net", import.meta.url));

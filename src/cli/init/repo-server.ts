@@ -3,13 +3,13 @@
  * `git daemon` (git://), else `python3 -m http.server` over the bare repository (git's dumb HTTP). The
  * server binds only the address guests reach and lives as a child of the CLI until stop().
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type CommandRunner, execRunner } from "./host-checks.js";
 import { urlHost } from "./smoke-plan.js";
+import { startBackground } from "./spawn.js";
 
 export type RepoServerKind = "git-daemon" | "http";
 
@@ -168,19 +168,6 @@ function command(
   return ["python3", ["-m", "http.server", String(port), "--bind", host, "--directory", serve]];
 }
 
-function exited(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => child.once("exit", () => resolve()));
-}
-
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), 3000);
-  await exited(child);
-  clearTimeout(timer);
-}
-
 /**
  * Serve repo.bare's parent on host at a free port. Resolves once the port accepts connections; throws
  * with the server's own words when it exits first (after three tries when the port was taken meanwhile).
@@ -196,15 +183,16 @@ export async function startRepoServer(
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort(host);
     const [file, args] = command(kind, serve, host, port, options.push === true);
-    const child = spawn(file, args, { stdio: ["ignore", "ignore", "pipe"] });
-    let stderr = "";
-    let spawnError: string | undefined;
-    // Keep only the tail: http.server logs every request, and an unread pipe would block it.
-    child.stderr?.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4000)));
-    child.once("error", (error: NodeJS.ErrnoException) => (spawnError = error.code ?? error.message));
+    const server = startBackground(file, args);
+    const child = server.child;
     const deadline = Date.now() + 10_000;
     let ready = false;
-    while (Date.now() < deadline && child.exitCode === null && child.signalCode === null && !spawnError) {
+    while (
+      Date.now() < deadline &&
+      child.exitCode === null &&
+      child.signalCode === null &&
+      !server.spawnError()
+    ) {
       if (await accepts(host, port, 500)) {
         ready = true;
         break;
@@ -216,12 +204,14 @@ export async function startRepoServer(
         kind === "git-daemon"
           ? `git://${urlHost(host)}:${port}/${repo.name}`
           : `http://${urlHost(host)}:${port}/${repo.name}`;
-      return { kind, url, port, pid: child.pid, stop: () => stopChild(child) };
+      return { kind, url, port, pid: child.pid, stop: server.stop };
     }
-    await stopChild(child);
+    await server.stop();
+    const spawnError = server.spawnError();
     lastError = spawnError
       ? `cannot start ${file}: ${spawnError}`
-      : stderr.trim().split("\n").slice(-3).join("; ") || `it did not accept connections on ${host}:${port}`;
+      : server.stderrTail().trim().split("\n").slice(-3).join("; ") ||
+        `it did not accept connections on ${host}:${port}`;
     if (!/address already in use|EADDRINUSE/i.test(lastError)) break;
   }
   const name = kind === "git-daemon" ? "git daemon" : "python3 -m http.server";

@@ -9,7 +9,6 @@
  * is no longer needed: the network check sees the production ruleset) -> network (smoke_test.sh inside
  * the sandbox) -> destroy.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -53,6 +52,7 @@ import {
   smokeTestArgs,
   smokeTtlMinutes,
 } from "./smoke-plan.js";
+import { runCommand } from "./spawn.js";
 
 export const SMOKE_STEPS = ["daemon", "profile", "repo", "job", "cleanup", "network", "destroy"] as const;
 export type SmokeStepName = (typeof SMOKE_STEPS)[number];
@@ -153,52 +153,6 @@ interface Made {
   hole?: Hole;
   jobId?: string;
   vmid?: number;
-}
-
-/** A script run with its lines passed on as they come; killed (its whole process group) on abort. */
-function runStreaming(
-  file: string,
-  args: readonly string[],
-  onLine: (line: string) => void,
-  signal: AbortSignal,
-): Promise<{ code: number; lines: string[]; spawnError?: string }> {
-  return new Promise((resolve) => {
-    // Its own process group, so an abort also stops the probes it started (ip netns exec, ssh, timeout).
-    const child: ChildProcess = spawn(file, [...args], { stdio: ["ignore", "pipe", "pipe"], detached: true });
-    const lines: string[] = [];
-    let partial = "";
-    const take = (chunk: Buffer) => {
-      partial += chunk.toString();
-      const parts = partial.split("\n");
-      partial = parts.pop() ?? "";
-      for (const line of parts) {
-        lines.push(line);
-        onLine(line);
-      }
-    };
-    child.stdout?.on("data", take);
-    child.stderr?.on("data", take);
-    const onAbort = () => {
-      try {
-        if (child.pid !== undefined) process.kill(-child.pid, "SIGTERM");
-      } catch {
-        // already gone
-      }
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
-    child.once("error", (error: NodeJS.ErrnoException) => {
-      signal.removeEventListener("abort", onAbort);
-      resolve({ code: 127, lines, spawnError: error.code ?? error.message });
-    });
-    child.once("close", (code) => {
-      signal.removeEventListener("abort", onAbort);
-      if (partial !== "") {
-        lines.push(partial);
-        onLine(partial);
-      }
-      resolve({ code: code ?? 1, lines });
-    });
-  });
 }
 
 export async function runSmokeTest(env: SmokeEnv): Promise<SmokeReport> {
@@ -511,22 +465,29 @@ export async function runSmokeTest(env: SmokeEnv): Promise<SmokeReport> {
         ...args.map((a) => (/\s/.test(a) ? `"${a}"` : a)),
       ].join(" ");
       say(`  ${shown}`);
-      const result = await runStreaming("sh", [script, ...args], (line) => say(`  ${line}`), abort.signal);
+      const lines: string[] = [];
+      const result = await runCommand("sh", [script, ...args], {
+        onLine: (line) => {
+          lines.push(line);
+          say(`  ${line}`);
+        },
+        signal: abort.signal,
+      });
       checkAbort();
       if (result.spawnError) throw new Error(`cannot run sh ${script}: ${result.spawnError}`);
-      const summary = [...result.lines].reverse().find((l) => /^(PASS|FAIL) \(/.test(l));
+      const summary = [...lines].reverse().find((l) => /^(PASS|FAIL) \(/.test(l));
       if (result.code === 0) {
-        log.ok("network", summary ?? "smoke_test.sh passed", result.lines);
+        log.ok("network", summary ?? "smoke_test.sh passed", lines);
         return true;
       }
-      const failedChecks = result.lines
+      const failedChecks = lines
         .filter((l) => l.startsWith("FAIL ") && !/^FAIL \(/.test(l))
         .map((l) => l.split(/\s+/)[1]);
       log.fail(
         "network",
         `${summary ?? `smoke_test.sh exited ${result.code}`}${failedChecks.length ? `: ${failedChecks.join(", ")}` : ""}`,
         `run it again: ${shown}; docs/networking.md explains each check`,
-        result.lines,
+        lines,
       );
       return false;
     });

@@ -4,7 +4,7 @@
  * same level the flag that names a transport wins, so `--socket` still reaches the local daemon of a
  * user who has connected elsewhere.
  */
-import { AgentlabError } from "../../protocol/index.js";
+import { AgentlabError } from "../../protocol/errors.js";
 import { clientConfigPath, loadSaved } from "./saved.js";
 
 export interface CertificatePin {

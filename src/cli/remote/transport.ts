@@ -7,7 +7,8 @@
 import { request } from "node:https";
 import { type PeerCertificate, rootCertificates, connect as tlsConnect } from "node:tls";
 import type { WebSocket } from "ws";
-import { AgentlabError, type ErrorCode, isErrorCode, MAX_FRAME_BYTES } from "../../protocol/index.js";
+import { AgentlabError, type ErrorCode, isErrorCode } from "../../protocol/errors.js";
+import { MAX_FRAME_BYTES } from "../../protocol/socket.js";
 import { HEALTH_PATH, RPC_PATH } from "../../protocol/websocket.js";
 import type { CertificatePin, Connection } from "./connection.js";
 
