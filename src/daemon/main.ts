@@ -54,6 +54,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   let control: RunningControl | undefined;
   try {
     store = openStore(config.db_path, { now: () => clock.now() });
+    const openedStore = store;
     const guestLog = log.child({ component: "guest" });
     const guestReady = new GuestReadiness({
       tokens: new BootstrapTokens(createBootstrapTokenRepo(store), clock),
@@ -67,7 +68,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       configPath: options.configPath,
       profiles,
       store,
-      backend: createBackend(config, log),
+      // Intent first, on disk: the store's commits are made durable before any change in Proxmox.
+      backend: createBackend(config, log, { beforeWrite: () => openedStore.flush() }),
       network: new SandboxNetworking(
         config.network_isolation,
         new SandboxFirewall({ run: execaRunner(), subnet: config.agent_subnet }),

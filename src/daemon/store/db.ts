@@ -8,6 +8,7 @@
  */
 
 import fs from "node:fs";
+import type { FileHandle } from "node:fs/promises";
 import nodePath from "node:path";
 import Database from "better-sqlite3";
 import { AgentlabError } from "../../protocol/errors.js";
@@ -43,6 +44,8 @@ export interface StoreOptions {
   readonly?: boolean;
   /** Clock for every timestamp the store writes; injected by tests. */
   now?: () => Date;
+  /** Makes the write-ahead log durable (fsync of the -wal file); injected by tests to observe it. */
+  syncWal?: (walPath: string) => Promise<void>;
 }
 
 export interface Store {
@@ -66,6 +69,12 @@ export interface Store {
   readonly vmidAllocator: VmidAllocatorRepo;
   /** Run fn in one IMMEDIATE transaction (the write lock is taken up front, so no upgrade deadlock). */
   tx<T>(fn: () => T): T;
+  /**
+   * Resolves once every commit made so far survives a power loss (docs/reliability.md, "Durability").
+   * Called before every Proxmox call that changes something, so the intent a change depends on is on
+   * disk before the change is made. Costs nothing when nothing was committed since the last one.
+   */
+  flush(): Promise<void>;
   /** Highest applied migration version. */
   schemaVersion(): number;
   /** Size of the database file plus its write-ahead log, in bytes. */
@@ -81,9 +90,27 @@ export interface Store {
  * pages, so a small database might never reach its main file. A checkpoint after every commit
  * (`wal_autocheckpoint = 1`, what this replaced) cost three fsyncs per commit, 19 ms instead of 7.5 on
  * this project's CI machine, a dozen times per `sandbox new` (issue 15). A timer keeps `cp` at most this
- * far behind the last commit, and every commit is still durable in the WAL (`synchronous = FULL`).
+ * far behind the last commit; with `synchronous = NORMAL` each checkpoint also makes the commits before
+ * it durable (it syncs the WAL before copying it).
  */
 export const CHECKPOINT_EVERY_MS = 250;
+
+/** fsync of a file that may not exist (no -wal yet, or a read-only open): nothing to make durable. */
+async function fsyncFile(file: string): Promise<void> {
+  let handle: FileHandle;
+  try {
+    handle = await fs.promises.open(file, "r");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
+    throw err;
+  }
+  try {
+    // Linux syncs the inode whatever the descriptor's mode: SQLite's own write()s to -wal included.
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
 
 class SqliteStore implements Store {
   readonly sandboxes: SandboxRepo;
@@ -99,12 +126,18 @@ class SqliteStore implements Store {
   readonly vmidAllocator: VmidAllocatorRepo;
   readonly #versionStmt: Database.Statement<[], { version: number }>;
   readonly #checkpointTimer: NodeJS.Timeout | undefined;
+  readonly #totalChanges: Database.Statement<[], number>;
+  /** total_changes() that the last finished flush made durable. */
+  #flushed = 0;
+  /** Flushes run one after another, so a caller never returns before the fsync its commits need. */
+  #flushing: Promise<void> = Promise.resolve();
 
   constructor(
     readonly db: Database.Database,
     readonly path: string,
     readonly readonly: boolean,
     readonly now: () => Date,
+    private readonly syncWal: (walPath: string) => Promise<void> = fsyncFile,
   ) {
     this.sandboxes = createSandboxRepo(db, now);
     this.events = createEventRepo(db, now);
@@ -118,10 +151,28 @@ class SqliteStore implements Store {
     this.workspaceOps = createWorkspaceOpRepo(db, now);
     this.sessions = createSessionRepo(db, now);
     this.#versionStmt = db.prepare("SELECT coalesce(max(version), 0) AS version FROM schema_migrations");
+    this.#totalChanges = db.prepare<[], number>("SELECT total_changes()").pluck();
+    // openStore checkpointed (and so synced) everything the migrations wrote before building this.
+    this.#flushed = this.#totalChanges.get()!;
     if (!readonly) {
       this.#checkpointTimer = setInterval(() => this.#checkpoint(), CHECKPOINT_EVERY_MS);
       this.#checkpointTimer.unref();
     }
+  }
+
+  flush(): Promise<void> {
+    if (this.readonly || !this.db.open) return Promise.resolve();
+    // Row changes by this connection since it opened: a commit since the last flush raised it.
+    const upTo = this.#totalChanges.get()!;
+    if (upTo <= this.#flushed) return Promise.resolve();
+    const run = async () => {
+      if (upTo <= this.#flushed) return; // a flush queued before this one covered it
+      const changes = this.#totalChanges.get()!;
+      await this.syncWal(`${this.path}-wal`);
+      this.#flushed = Math.max(this.#flushed, changes);
+    };
+    this.#flushing = this.#flushing.then(run, run);
+    return this.#flushing;
   }
 
   /**
@@ -236,8 +287,11 @@ export function openStore(path: string, opts: StoreOptions = {}): Store {
     }
     db.pragma(`busy_timeout = ${busyTimeoutMs}`);
     db.pragma("foreign_keys = ON");
-    // FULL makes every commit durable across power loss; our write rate is a few rows per second.
-    db.pragma("synchronous = FULL");
+    // NORMAL: a commit is written to the WAL but not fsynced; flush() makes it durable before any
+    // Proxmox change that depends on it, and each checkpoint (every CHECKPOINT_EVERY_MS) syncs the
+    // rest. A kill -9 loses nothing either way (the kernel has the writes); see "Durability" in
+    // docs/reliability.md for what a power loss can take back.
+    db.pragma("synchronous = NORMAL");
     quickCheck(db, dbPath);
     pendingMigrations(readAppliedMigrations(db), MIGRATIONS, dbPath);
     if (!readonly) {
@@ -260,7 +314,7 @@ export function openStore(path: string, opts: StoreOptions = {}): Store {
       db.exec("BEGIN IMMEDIATE");
       db.exec("ROLLBACK");
     }
-    return new SqliteStore(db, dbPath, readonly, now);
+    return new SqliteStore(db, dbPath, readonly, now, opts.syncWal);
   } catch (err) {
     db.close();
     const translated = translateSqliteError(err, dbPath, { readonly });
