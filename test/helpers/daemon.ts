@@ -23,10 +23,9 @@ export function makeHostDir(extraConfig = "", env: NodeJS.ProcessEnv = {}): Host
   cpSync(PROFILES_DIR, profilesDir, { recursive: true });
   mkdirSync(join(root, "data"));
   const configPath = join(root, "config.yaml");
-  writeConfig(
-    configPath,
-    `profiles_dir: profiles\ndata_dir: data\nrun_dir: run\nlog_level: debug\n${extraConfig}`,
-  );
+  // Debug logs unless the caller sets a level (a benchmark: debug lines cost the daemon time).
+  const logLevel = /^log_level:/m.test(extraConfig) ? "" : "log_level: debug\n";
+  writeConfig(configPath, `profiles_dir: profiles\ndata_dir: data\nrun_dir: run\n${logLevel}${extraConfig}`);
   return {
     root,
     configPath,
