@@ -9,25 +9,11 @@ import { loadavg } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { REPO_ROOT } from "../test/helpers/paths.js";
-import type { Benchmark, Scale } from "./bench.js";
+import type { Scale } from "./bench.js";
 import { SCALES } from "./bench.js";
-import { callsBench } from "./calls.js";
-import { cliStartBench } from "./cli-start.js";
-import { overheadBench } from "./overhead.js";
-import { parallelBench } from "./parallel.js";
+import { BENCHMARKS } from "./benchmarks.js";
 import { type BenchResult, check, machineFacts, renderTable, round, writeResults } from "./report.js";
-import { rowsBench } from "./rows.js";
-import { rpcLoadBench } from "./rpc-load.js";
 import { nowMs } from "./stats.js";
-
-export const BENCHMARKS: readonly Benchmark[] = [
-  callsBench,
-  overheadBench,
-  parallelBench,
-  rowsBench,
-  cliStartBench,
-  rpcLoadBench,
-];
 
 const USAGE = `usage: npm run bench -- [--only NAME[,NAME...]] [--quick | --tiny] [--out FILE]
 
