@@ -9,7 +9,7 @@ import { REALISTIC_KNOBS, splitCalls } from "../test/helpers/proxmox-calls.js";
 import { FAST_KNOBS } from "../test/helpers/simhost.js";
 import { callStats, resetCalls, setControl } from "../test/pvesim/harness.js";
 import type { Benchmark } from "./bench.js";
-import { createSandbox, destroySandbox, withHost } from "./host.js";
+import { createSandbox, destroySandbox, warmUp, withHost } from "./host.js";
 import type { Figure } from "./report.js";
 import { median } from "./stats.js";
 
@@ -27,8 +27,7 @@ export const callsBench: Benchmark = {
       await withHost(kind, LATENCIES.zero, async (h) => {
         for (const [latency, knobs] of Object.entries(LATENCIES)) {
           await setControl(h.sim.dir, knobs);
-          const warm = await createSandbox(h);
-          await destroySandbox(h, warm.vmid);
+          await warmUp(h);
           const creates: Array<ReturnType<typeof splitCalls> & { total: number }> = [];
           const destroys: Array<ReturnType<typeof splitCalls> & { total: number }> = [];
           for (let i = 0; i < scale.callRepeats; i++) {

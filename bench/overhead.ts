@@ -19,7 +19,7 @@ import { openStore } from "../src/daemon/store/db.js";
 import { FAST_KNOBS, type SimHost } from "../test/helpers/simhost.js";
 import { callSpans, resetCalls } from "../test/pvesim/harness.js";
 import type { Benchmark } from "./bench.js";
-import { createSandbox, destroySandbox, withHost } from "./host.js";
+import { createSandbox, destroySandbox, warmUp, withHost } from "./host.js";
 import type { Figure } from "./report.js";
 import { percentile, unionLength } from "./stats.js";
 
@@ -94,8 +94,7 @@ export const overheadBench: Benchmark = {
     for (const kind of ["api"] as const) {
       const creates = scale.overheadCreates;
       await withHost(kind, KNOBS, async (h) => {
-        const warm = await createSandbox(h);
-        await destroySandbox(h, warm.vmid);
+        await warmUp(h);
         const samples: Sample[] = [];
         for (let i = 0; i < creates; i++) {
           const sample = await measureCreate(h);

@@ -17,7 +17,7 @@ import { REALISTIC_KNOBS } from "../test/helpers/proxmox-calls.js";
 import { inspect } from "../test/pvesim/harness.js";
 import { isTemplate } from "../test/pvesim/vms.js";
 import type { Benchmark } from "./bench.js";
-import { createSandbox, destroySandbox, withHost } from "./host.js";
+import { createSandbox, destroySandbox, warmUp, withHost } from "./host.js";
 import type { Figure } from "./report.js";
 import { nowMs } from "./stats.js";
 
@@ -32,8 +32,7 @@ export const parallelBench: Benchmark = {
     const figures: Figure[] = [];
     for (const kind of ["api", "shell"] as const) {
       await withHost(kind, REALISTIC_KNOBS, async (h) => {
-        const warm = await createSandbox(h);
-        await destroySandbox(h, warm.vmid);
+        await warmUp(h);
         let singleMs = Number.NaN;
         for (const n of scale.parallel.filter((size) => kind === "api" || size <= SHELL_MAX)) {
           const begin = nowMs();

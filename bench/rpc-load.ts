@@ -7,7 +7,7 @@
 import { REALISTIC_KNOBS } from "../test/helpers/proxmox-calls.js";
 import { RawRpcClient } from "../test/helpers/raw-rpc.js";
 import type { Benchmark } from "./bench.js";
-import { createSandbox, destroySandbox, withHost } from "./host.js";
+import { createSandbox, destroySandbox, warmUp, withHost } from "./host.js";
 import type { Figure } from "./report.js";
 import { median, nowMs, percentile } from "./stats.js";
 
@@ -21,8 +21,7 @@ export const rpcLoadBench: Benchmark = {
   title: "RPC under many clients",
   async run(scale, log) {
     return withHost("api", REALISTIC_KNOBS, async (h) => {
-      const warm = await createSandbox(h);
-      await destroySandbox(h, warm.vmid);
+      await warmUp(h);
       const shown = await Promise.all(Array.from({ length: SHOWN }, () => createSandbox(h)));
       const unloaded: number[] = [];
       for (let i = 0; i < scale.loadedCreates; i++) {

@@ -129,11 +129,21 @@ export function runCli(
   options: { env?: NodeJS.ProcessEnv; command?: string[] } = {},
 ): Promise<CliResult> {
   const [cmd, ...prefix] = options.command ?? [process.execPath];
+  return runProcess(cmd!, [...prefix, AGENTLAB_BIN, ...args], {
+    ...process.env,
+    AGENTLAB_SOCKET: "",
+    ...options.env,
+  });
+}
+
+/** Run a program to its end, collecting its exit code and output. */
+export function runProcess(
+  cmd: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd!, [...prefix, AGENTLAB_BIN, ...args], {
-      stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, AGENTLAB_SOCKET: "", ...options.env },
-    });
+    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (chunk) => (stdout += chunk));

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { BENCHMARKS } from "../../bench/benchmarks.js";
 import type { ResultsFile } from "../../bench/report.js";
+import { runProcess } from "../helpers/daemon.js";
 import { REPO_ROOT } from "../helpers/paths.js";
 
 /**
@@ -17,19 +17,8 @@ import { REPO_ROOT } from "../helpers/paths.js";
 const dir = mkdtempSync(join(tmpdir(), "agentlab-bench-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-function runBench(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(REPO_ROOT, "dist", "bench", "run.js"), ...args], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk) => (stdout += chunk));
-    child.stderr.on("data", (chunk) => (stderr += chunk));
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const runBench = (args: string[]) =>
+  runProcess(process.execPath, [join(REPO_ROOT, "dist", "bench", "run.js"), ...args]);
 
 test("npm run bench -- --tiny runs every benchmark and writes finite figures", {
   timeout: 30 * 60_000,
