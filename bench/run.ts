@@ -20,7 +20,7 @@ const USAGE = `usage: npm run bench -- [--only NAME[,NAME...]] [--quick | --tiny
 Runs agentlab's benchmarks against the Proxmox simulator and prints a table; writes the figures to
 bench/results.json (or FILE).
   --only   run only these benchmarks: ${BENCHMARKS.map((b) => b.name).join(", ")}
-  --quick  small sizes (a minute or two) instead of the full ones (about ten minutes on 2 cores)
+  --quick  small sizes instead of the full ones (the full run took 20 min on 2 cores at load 10-17)
   --tiny   the smallest sizes, to check that every benchmark still runs (its figures mean little)
   --out    where to write the results (default bench/results.json)`;
 
