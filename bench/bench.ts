@@ -38,7 +38,7 @@ export const SCALES: Record<Scale["name"], Scale> = {
     name: "quick",
     callRepeats: 1,
     overheadCreates: 10,
-    parallel: [1, 5, 10],
+    parallel: [1, 5],
     rows: 2_000,
     listCalls: 50,
     cliRuns: 6,
