@@ -23,10 +23,9 @@ export function makeHostDir(extraConfig = "", env: NodeJS.ProcessEnv = {}): Host
   cpSync(PROFILES_DIR, profilesDir, { recursive: true });
   mkdirSync(join(root, "data"));
   const configPath = join(root, "config.yaml");
-  writeConfig(
-    configPath,
-    `profiles_dir: profiles\ndata_dir: data\nrun_dir: run\nlog_level: debug\n${extraConfig}`,
-  );
+  // Debug logs unless the caller sets a level (a benchmark: debug lines cost the daemon time).
+  const logLevel = /^log_level:/m.test(extraConfig) ? "" : "log_level: debug\n";
+  writeConfig(configPath, `profiles_dir: profiles\ndata_dir: data\nrun_dir: run\n${logLevel}${extraConfig}`);
   return {
     root,
     configPath,
@@ -130,11 +129,21 @@ export function runCli(
   options: { env?: NodeJS.ProcessEnv; command?: string[] } = {},
 ): Promise<CliResult> {
   const [cmd, ...prefix] = options.command ?? [process.execPath];
+  return runProcess(cmd!, [...prefix, AGENTLAB_BIN, ...args], {
+    ...process.env,
+    AGENTLAB_SOCKET: "",
+    ...options.env,
+  });
+}
+
+/** Run a program to its end, collecting its exit code and output. */
+export function runProcess(
+  cmd: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd!, [...prefix, AGENTLAB_BIN, ...args], {
-      stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, AGENTLAB_SOCKET: "", ...options.env },
-    });
+    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (chunk) => (stdout += chunk));

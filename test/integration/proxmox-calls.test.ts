@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { call } from "../../src/cli/client.js";
 import { sandboxList, sandboxShow } from "../../src/protocol/sandbox.js";
+import { REALISTIC_KNOBS, splitCalls as split } from "../helpers/proxmox-calls.js";
 import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { callStats, resetCalls, setControl } from "../pvesim/harness.js";
 
@@ -21,29 +22,11 @@ import { callStats, resetCalls, setControl } from "../pvesim/harness.js";
  */
 const MAX_OTHER_CALLS: Record<"create" | "destroy", number> = { create: 8, destroy: 6 };
 const BACKGROUND = 2;
-const TASK_POLL = "GET /nodes/{node}/tasks/{upid}/status";
 /** The api backend polls at 50 ms, then 100 ms doubling to 500 ms: a 2 s task slowed to 4 s is ~10. */
 const MAX_POLLS_PER_TASK = 12;
 const MAX_READS = 3;
 
-/** Calls that are not task-status polls, polls, and the calls that start a task (POST/PUT/DELETE). */
-function split(stats: { total: number; byRoute: Record<string, number> }) {
-  const polls = stats.byRoute[TASK_POLL] ?? 0;
-  const writes = Object.entries(stats.byRoute)
-    .filter(([route]) => !route.startsWith("GET "))
-    .reduce((sum, [, n]) => sum + n, 0);
-  return { other: stats.total - polls, polls, writes };
-}
-
-const REALISTIC = {
-  call_latency_ms: 50,
-  clone_ms: 2000,
-  start_ms: 1000,
-  stop_ms: 1000,
-  shutdown_ms: 1000,
-  task_ms: 1000,
-  agent_ready_ms: 1000,
-};
+const REALISTIC = REALISTIC_KNOBS;
 
 function describeCalls(dir: string): string {
   const stats = callStats(dir);

@@ -24,6 +24,8 @@ interface Line {
   face?: "pvesh" | "api";
   method?: string;
   path?: string;
+  /** Epoch ms when the line was written (begin: before the latency knob; end: after the answer). */
+  t?: number;
 }
 
 function hangs(dir: string, call: string): boolean {
@@ -42,7 +44,8 @@ export async function beginCall(
   path: string,
 ): Promise<() => void> {
   const id = randomBytes(6).toString("hex");
-  const write = (line: Line) => appendFileSync(callLogPath(dir), `${JSON.stringify(line)}\n`);
+  const write = (line: Line) =>
+    appendFileSync(callLogPath(dir), `${JSON.stringify({ ...line, t: Date.now() })}\n`);
   write({ e: "b", id, face, method, path });
   let ended = false;
   const end = () => {
@@ -81,15 +84,43 @@ export function callStats(dir: string): CallStats {
       continue;
     }
     stats.total++;
-    const method = line.method ?? "?";
-    const route = matchRoute(method, line.path ?? "/")?.route.path ?? line.path ?? "?";
-    const key = `${method} ${route}`;
+    const key = routeKey(line);
     stats.byRoute[key] = (stats.byRoute[key] ?? 0) + 1;
     open.add(line.id);
     stats.maxInFlight = Math.max(stats.maxInFlight, open.size);
   }
   stats.inFlight = open.size;
   return stats;
+}
+
+/** One call's route (as in `byRoute`) and when it began and ended (epoch ms; `end` undefined while in flight). */
+export interface CallSpan {
+  route: string;
+  begin: number;
+  end: number | undefined;
+}
+
+/** Every call of the log with its times, in the order the calls began (for time spent inside Proxmox). */
+export function callSpans(dir: string): CallSpan[] {
+  const path = callLogPath(dir);
+  if (!existsSync(path)) return [];
+  const spans = new Map<string, CallSpan>();
+  for (const text of readFileSync(path, "utf8").split("\n")) {
+    if (text === "") continue;
+    const line = JSON.parse(text) as Line;
+    const span = spans.get(line.id);
+    if (line.e === "e") {
+      if (span) span.end = line.t;
+      continue;
+    }
+    spans.set(line.id, { route: routeKey(line), begin: line.t ?? 0, end: undefined });
+  }
+  return [...spans.values()];
+}
+
+function routeKey(line: Line): string {
+  const method = line.method ?? "?";
+  return `${method} ${matchRoute(method, line.path ?? "/")?.route.path ?? line.path ?? "?"}`;
 }
 
 /** Starts counting afresh (calls in flight then are not counted when they end). */

@@ -1,0 +1,73 @@
+/**
+ * Proxmox calls per `sandbox new` and `sandbox destroy`, counted by the simulator's call log (both faces:
+ * `pvesh` runs and HTTPS requests), per backend, at zero latency (fast tasks) and at a realistic one.
+ * Each series starts with one create and destroy that is not counted: the daemon has then seen how
+ * long each kind of task takes, as it has after its first sandbox.
+ */
+
+import { REALISTIC_KNOBS, splitCalls } from "../test/helpers/proxmox-calls.js";
+import { FAST_KNOBS } from "../test/helpers/simhost.js";
+import { callStats, resetCalls, setControl } from "../test/pvesim/harness.js";
+import type { Benchmark } from "./bench.js";
+import { createSandbox, destroySandbox, warmUp, withHost } from "./host.js";
+import type { Figure } from "./report.js";
+import { median } from "./stats.js";
+
+const LATENCIES = {
+  zero: { ...FAST_KNOBS, call_latency_ms: 0 },
+  realistic: REALISTIC_KNOBS,
+} as const;
+
+export const callsBench: Benchmark = {
+  name: "calls",
+  title: "Proxmox calls per create/destroy",
+  async run(scale, log) {
+    const figures: Figure[] = [];
+    for (const kind of ["shell", "api"] as const) {
+      await withHost(kind, LATENCIES.zero, async (h) => {
+        for (const [latency, knobs] of Object.entries(LATENCIES)) {
+          await setControl(h.sim.dir, knobs);
+          await warmUp(h);
+          const creates: Array<ReturnType<typeof splitCalls> & { total: number }> = [];
+          const destroys: Array<ReturnType<typeof splitCalls> & { total: number }> = [];
+          for (let i = 0; i < scale.callRepeats; i++) {
+            resetCalls(h.sim.dir);
+            const made = await createSandbox(h);
+            const c = callStats(h.sim.dir);
+            resetCalls(h.sim.dir);
+            await destroySandbox(h, made.vmid);
+            const d = callStats(h.sim.dir);
+            creates.push({ total: c.total, ...splitCalls(c) });
+            destroys.push({ total: d.total, ...splitCalls(d) });
+            log(
+              `${kind} ${latency}: create ${JSON.stringify(c.byRoute)}; destroy ${JSON.stringify(d.byRoute)}`,
+            );
+          }
+          for (const [op, runs] of [
+            ["create", creates],
+            ["destroy", destroys],
+          ] as const) {
+            const total = median(runs.map((r) => r.total));
+            figures.push({
+              name: `${op} ${kind} ${latency}: calls`,
+              value: total,
+              unit: "calls",
+              ...(op === "create" && latency === "realistic"
+                ? {
+                    goal: { op: "<=", target: 8, text: "<= 8 Proxmox calls per create at realistic latency" },
+                  }
+                : {}),
+              note: `median of ${runs.length}; range ${Math.min(...runs.map((r) => r.total))}-${Math.max(...runs.map((r) => r.total))}`,
+            });
+            figures.push({
+              name: `${op} ${kind} ${latency}: task polls`,
+              value: median(runs.map((r) => r.polls)),
+              unit: "calls",
+            });
+          }
+        }
+      });
+    }
+    return figures;
+  },
+};
