@@ -13,7 +13,8 @@ import { randomBytes } from "node:crypto";
 import { appendFileSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { readControl } from "./control.js";
+import { armCallFaults, disarmCallFaults } from "./call-faults.js";
+import { type Fault, readControl } from "./control.js";
 import { matchRoute } from "./routes.js";
 
 export const callLogPath = (dir: string): string => join(dir, "calls.log");
@@ -33,30 +34,39 @@ function hangs(dir: string, call: string): boolean {
   return pattern !== "" && new RegExp(pattern).test(call);
 }
 
+export interface BegunCall {
+  /** Logs the call's end and spends the faults it armed. */
+  end(): Promise<void>;
+  /** Faults aimed at this very call (call-faults.ts); the face acts on `http500` and `api_down`. */
+  faults: Fault[];
+}
+
 /**
- * Logs the beginning of a call, then applies the latency and hang knobs; the returned function logs
- * its end. Call it before the call does anything, and its end after the answer was written.
+ * Logs the beginning of a call, arms the faults aimed at it, then applies the latency and hang knobs.
+ * Call it before the call does anything, and `end` after the answer was written.
  */
 export async function beginCall(
   dir: string,
   face: "pvesh" | "api",
   method: string,
   path: string,
-): Promise<() => void> {
+): Promise<BegunCall> {
   const id = randomBytes(6).toString("hex");
   const write = (line: Line) =>
     appendFileSync(callLogPath(dir), `${JSON.stringify({ ...line, t: Date.now() })}\n`);
   write({ e: "b", id, face, method, path });
+  const faults = await armCallFaults(dir, id, method, path);
   let ended = false;
-  const end = () => {
+  const end = async () => {
     if (ended) return;
     ended = true;
+    await disarmCallFaults(dir, id, faults);
     write({ e: "e", id });
   };
   const latency = readControl(dir).call_latency_ms;
   if (latency > 0) await sleep(latency);
   while (hangs(dir, `${method} ${path}`)) await sleep(25);
-  return end;
+  return { end, faults };
 }
 
 export interface CallStats {
@@ -126,4 +136,17 @@ function routeKey(line: Line): string {
 /** Starts counting afresh (calls in flight then are not counted when they end). */
 export function resetCalls(dir: string): void {
   writeFileSync(callLogPath(dir), "");
+}
+
+/** The calls begun since the last reset, in order, as `METHOD /path` (the path as the face received it). */
+export function callSequence(dir: string): string[] {
+  const path = callLogPath(dir);
+  if (!existsSync(path)) return [];
+  const calls: string[] = [];
+  for (const text of readFileSync(path, "utf8").split("\n")) {
+    if (text === "") continue;
+    const line = JSON.parse(text) as Line;
+    if (line.e === "b") calls.push(`${line.method ?? "?"} ${line.path ?? "?"}`);
+  }
+  return calls;
 }

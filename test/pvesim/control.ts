@@ -120,6 +120,8 @@ export const FAULT_NAMES = [
   "agent_never_ready",
   "api_down",
   "shutdown_timeout",
+  "slow_task",
+  "vm_vanish",
 ] as const;
 export type FaultName = (typeof FAULT_NAMES)[number];
 
@@ -131,6 +133,8 @@ const MAIN_ARG: Record<FaultName, string> = {
   agent_never_ready: "vmid",
   api_down: "mode",
   shutdown_timeout: "vmid",
+  slow_task: "type",
+  vm_vanish: "vmid",
 };
 
 const ALIASES: Record<string, { name: FaultName; args: Record<string, string> }> = {
@@ -203,8 +207,17 @@ export function parseFault(spec: string, now = Date.now()): Fault {
   // "The next clone fails": a failed-task fault fires once unless told otherwise.
   if (faultName === "fail_task" && args["times"] === undefined && args["ms"] === undefined)
     args["times"] = "1";
+  if (args["call"] !== undefined) {
+    try {
+      new RegExp(args["call"]);
+    } catch (err) {
+      throw new Error(`fault ${faultName}: call= is not a regular expression: ${(err as Error).message}`);
+    }
+    if (args["nth"] !== undefined && !/^[1-9]\d*$/.test(args["nth"]))
+      throw new Error(`fault ${faultName}: nth= wants a number >= 1, got '${args["nth"]}'`);
+  }
   if (
-    faultName === "fail_task" &&
+    (faultName === "fail_task" || faultName === "slow_task") &&
     args["type"] &&
     !args["type"].startsWith("qm") &&
     args["type"] !== "resize"
@@ -220,6 +233,8 @@ export function parseFault(spec: string, now = Date.now()): Fault {
 }
 
 function isActive(state: SimState, fault: Fault, now: number): boolean {
+  // A call-selected fault applies only while the call that armed it is in flight (call-faults.ts).
+  if (fault.args["call"] !== undefined && state.callFaults?.[fault.id]?.live === undefined) return false;
   const ms = fault.args["ms"];
   if (ms !== undefined && now >= fault.since + Number(ms)) return false;
   const times = fault.args["times"];
@@ -238,7 +253,8 @@ export function findFault(
   const now = opts.now ?? Date.now();
   for (const fault of control.faults) {
     if (fault.name !== name || !isActive(state, fault, now) || !match(fault.args)) continue;
-    if (opts.consume && fault.args["times"] !== undefined) {
+    // Uses of call-selected faults are counted too, so a test can tell whether its call met the fault.
+    if (opts.consume && (fault.args["times"] !== undefined || fault.args["call"] !== undefined)) {
       state.faultUse[fault.id] = (state.faultUse[fault.id] ?? 0) + 1;
     }
     return fault;

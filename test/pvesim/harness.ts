@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { type AuthId, ROOT } from "./access.js";
-import { type CallSpan, type CallStats, callSpans, callStats, resetCalls } from "./call-log.js";
+import { type CallSpan, type CallStats, callSequence, callSpans, callStats, resetCalls } from "./call-log.js";
 import type { Ctx } from "./context.js";
 import { type Control, type Knobs, parseFault, updateControl } from "./control.js";
 import { rebootNodes } from "./host-cli.js";
@@ -106,7 +106,7 @@ export async function clearFaults(dir: string): Promise<void> {
 }
 
 /** Calls per route and peak concurrency since the last reset (call-log.ts). */
-export { type CallSpan, type CallStats, callSpans, callStats, resetCalls };
+export { type CallSpan, type CallStats, callSequence, callSpans, callStats, resetCalls };
 
 /** Reads or changes the model directly (settled, under the lock). */
 export function inspect<T>(dir: string, fn: (ctx: Ctx) => T): Promise<T> {

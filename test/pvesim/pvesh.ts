@@ -1,4 +1,5 @@
 /** The fake `pvesh`: the API through the same route table, as root@pam, with pvesh's output formats. */
+import { countCallFault } from "./call-faults.js";
 import { beginCall } from "./call-log.js";
 import { type Io, localNode, parseArgs, reportError, rootCall, specOf, waitForTask } from "./cli-common.js";
 import { PveError } from "./errors.js";
@@ -83,11 +84,18 @@ export async function pveshMain(
   const method = VERBS[argvIn[0] ?? ""] ?? argvIn[0] ?? "?";
   const rest = argvIn.slice(1);
   const path = rest.find((a) => a.startsWith("/")) ?? rest.find((a) => !a.startsWith("-")) ?? "/";
-  const end = await beginCall(dir, "pvesh", method, `/${path.replace(/^\/+|\/+$/g, "")}`);
+  const call = await beginCall(dir, "pvesh", method, `/${path.replace(/^\/+|\/+$/g, "")}`);
   try {
+    // An internal error of the handler (a plain `die`): pvesh prints the message and exits 255. An
+    // `api_down` fault has no pvesh form (pvesh does not go through pveproxy) and is left unused.
+    const internal = call.faults.find((f) => f.name === "http500");
+    if (internal) {
+      await countCallFault(dir, internal);
+      return reportError(new PveError(500, internal.args["message"] || "simulated internal error"), io);
+    }
     return await pveshRun(dir, argvIn, io, here, seen);
   } finally {
-    end();
+    await call.end();
   }
 }
 

@@ -7,8 +7,9 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer, type Server } from "node:https";
 import { createServer as createNetServer, type Socket } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
+import { countCallFault } from "./call-faults.js";
 import { beginCall } from "./call-log.js";
-import { findFault, readControl } from "./control.js";
+import { type Fault, findFault, readControl } from "./control.js";
 import { PveError } from "./errors.js";
 import { apiInfoPath, tokenPath } from "./paths.js";
 import { AuthFailure, callApi } from "./runner.js";
@@ -137,11 +138,18 @@ async function handle(
   const url = new URL(req.url ?? "/", "https://localhost");
   const method = req.method ?? "GET";
   // The end is logged once the answer is handed to the socket, before any later request is read.
-  const end = await beginCall(dir, "api", method, uriUnescape(url.pathname.slice(API_PREFIX.length)) || "/");
+  const call = await beginCall(dir, "api", method, uriUnescape(url.pathname.slice(API_PREFIX.length)) || "/");
   try {
-    await serve(dir, localNode, req, res, url, method);
+    const down = call.faults.find((f) => f.name === "api_down");
+    if (down) {
+      // pveproxy went away while this request was in flight: the connection drops, nothing is answered.
+      await countCallFault(dir, down);
+      req.socket.destroy();
+      return;
+    }
+    await serve(dir, localNode, req, res, url, method, call.faults);
   } finally {
-    end();
+    await call.end();
   }
 }
 
@@ -152,6 +160,7 @@ async function serve(
   res: ServerResponse,
   url: URL,
   method: string,
+  armed: Fault[],
 ): Promise<void> {
   const control = readControl(dir);
   if (control.api_latency_ms > 0) await sleep(control.api_latency_ms);
@@ -163,24 +172,34 @@ async function serve(
   // pve-http-server unescapes the whole path before routing (AnyEvent.pm:1452); pvesh never does.
   const path = uriUnescape(url.pathname.slice(API_PREFIX.length)) || "/";
   try {
-    const injected = !control.faults.some((f) => f.name === "http500")
-      ? undefined
-      : await withState(dir, (state) =>
-          findFault(
-            state,
-            control,
-            "http500",
-            (a) => {
-              if (a["method"] && a["method"].toUpperCase() !== method) return false;
-              const pattern = a["path"] ?? "";
-              if (pattern.startsWith("/") && pattern.endsWith("/") && pattern.length > 1 && pattern !== "/") {
-                return new RegExp(pattern.slice(1, -1)).test(path);
-              }
-              return path.includes(pattern);
-            },
-            { consume: true },
-          ),
-        );
+    const aimed = armed.find((f) => f.name === "http500");
+    if (aimed) await countCallFault(dir, aimed);
+    const injected = aimed
+      ? aimed
+      : !control.faults.some((f) => f.name === "http500" && f.args["call"] === undefined)
+        ? undefined
+        : await withState(dir, (state) =>
+            findFault(
+              state,
+              control,
+              "http500",
+              (a) => {
+                if (a["call"] !== undefined) return false;
+                if (a["method"] && a["method"].toUpperCase() !== method) return false;
+                const pattern = a["path"] ?? "";
+                if (
+                  pattern.startsWith("/") &&
+                  pattern.endsWith("/") &&
+                  pattern.length > 1 &&
+                  pattern !== "/"
+                ) {
+                  return new RegExp(pattern.slice(1, -1)).test(path);
+                }
+                return path.includes(pattern);
+              },
+              { consume: true },
+            ),
+          );
     if (injected) throw new PveError(500, injected.args["message"] || "simulated internal error");
     const params = await requestParams(req, url);
     const result = await callApi(dir, {
@@ -229,7 +248,10 @@ function apiDownMode(dir: string): "close" | "hang" | undefined {
   try {
     const now = Date.now();
     const fault = readControl(dir).faults.find(
-      (f) => f.name === "api_down" && (f.args["ms"] === undefined || now < f.since + Number(f.args["ms"])),
+      (f) =>
+        f.name === "api_down" &&
+        f.args["call"] === undefined &&
+        (f.args["ms"] === undefined || now < f.since + Number(f.args["ms"])),
     );
     if (!fault) return undefined;
     return fault.args["mode"] === "hang" ? "hang" : "close";

@@ -157,9 +157,28 @@ function begin(ctx: Ctx, task: TaskRec, at: number): void {
   const kind = kinds.get(task.op.kind);
   try {
     if (!kind) throw fail(`simulator has no implementation for task kind '${task.op.kind}'`);
+    // A `lock kind=flock` fault: the worker's own lock_config times out (qemu-server takes the config
+    // flock inside the start/stop/destroy workers), which is the task's exit status.
+    const flock = findFault(
+      ctx.state,
+      ctx.control,
+      "lock",
+      (a) => a["kind"] === "flock" && task.locks.some((l) => matchesVmid(a, l.vmid)),
+      { consume: true, now: at },
+    );
+    if (flock) throw lockTimeout(task.locks[0]!.vmid);
     const result = kind.begin(sub, task);
     task.scratch["began"] = true;
     task.endAt = at + result.durationMs;
+    // A task slower than the caller's patience (a full clone of a big disk, a stuck storage): `by=` ms more.
+    const slow = findFault(
+      ctx.state,
+      ctx.control,
+      "slow_task",
+      (a) => (a["type"] === undefined || a["type"] === task.type) && matchesVmid(a, task.op.vmid),
+      { consume: true, now: at },
+    );
+    if (slow) task.endAt += Number(slow.args["by"] ?? 600_000);
     if (result.failAtEnd) task.failAtEnd = result.failAtEnd;
     const fault = findFault(
       ctx.state,

@@ -184,5 +184,10 @@ export interface SimState {
   roles?: Record<string, string[]>;
   /** How often each counted fault (by its id) has fired. */
   faultUse: Record<string, number>;
+  /**
+   * Faults with a call selector (`call=`, `nth=`), by id: how many matching calls began, and the call
+   * that armed the fault while it is in flight (`spent` once that call ended). Absent in older files.
+   */
+  callFaults?: Record<string, { seen: number; live?: string; spent?: boolean }>;
   createdAt: number;
 }

@@ -22,7 +22,7 @@ import { transitionSandbox } from "../../state/sandbox.js";
 import { leaseHeldError, sandboxLeaseOwner } from "../../store/leases.js";
 import type { Sandbox } from "../../store/sandboxes.js";
 import type { Workspace } from "../../store/workspaces.js";
-import { describe } from "../maintenance-steps.js";
+import { describe, isVmNotFound } from "../maintenance-steps.js";
 import type { Operation } from "../operation.js";
 import { templateNodeRefusal } from "../placement.js";
 import { removeVm } from "./destroy.js";
@@ -319,6 +319,8 @@ interface Run {
   /** When waiting for the guest gives up: the whole provisioning budget, counted from the reservation. */
   deadline: number;
   vmCreated?: boolean;
+  /** The clone was sent: if its answer was lost (a failed task poll, a dropped connection), the VM may exist. */
+  cloneSent?: boolean;
   snippetPath?: string | null;
   /** The clone's config as read before the changes: net0's MAC for the network binding. */
   cloned?: VmConfig;
@@ -350,6 +352,7 @@ async function prepare(run: Run, cleanNow: boolean): Promise<void> {
       !isTemplateConfig(await backend.getConfig({ vmid: template.vmid, node: template.node })));
   op.signal.throwIfAborted();
   reportStep(op, row.vmid, "clone", `cloning template ${template.vmid} (${full ? "full" : "linked"} clone)`);
+  run.cloneSent = true;
   await backend.clone(
     { vmid: template.vmid, node: template.node },
     row.vmid,
@@ -524,6 +527,22 @@ async function failed(run: Run, error: unknown, leaseOwner?: string): Promise<Ag
 }
 
 /**
+ * Whether a clone whose outcome the daemon never learned made this sandbox's VM: a VM with its VMID and
+ * its name. The name tells it from a VM someone else made with that VMID (the clone was then refused
+ * with `VM N already exists`, and that VM is not ours to remove). When Proxmox cannot be asked, the VM
+ * is taken as made: the rollback's removal then fails and leaves the row for destroy --force, instead of
+ * forgetting a VM that may exist.
+ */
+async function cloneLanded(run: Run): Promise<boolean> {
+  try {
+    const config = await run.ctx.backend.getConfig(run.vm);
+    return config.name === run.row.name;
+  } catch (error) {
+    return !isVmNotFound(error);
+  }
+}
+
+/**
  * Undo a failed or cancelled provisioning: FAILED with the reason first (so the row is never left
  * in a provisioning state), then the VM is destroyed only if its clone succeeded for this row. Once no
  * VM references the workspace any more, its records let go of the sandbox too (attachment, lease,
@@ -532,7 +551,11 @@ async function failed(run: Run, error: unknown, leaseOwner?: string): Promise<Ag
 async function rollback(run: Run, reason: string, leaseOwner?: string): Promise<void> {
   const { ctx, row, vm, op } = run;
   const vmid = row.vmid;
-  const vmCreated = run.vmCreated === true;
+  const vmCreated = run.vmCreated === true || (run.cloneSent === true && (await cloneLanded(run)));
+  if (vmCreated && !run.vmCreated) {
+    run.vmCreated = true;
+    ctx.store.sandboxes.update(vmid, { vm_created: true });
+  }
   try {
     transitionSandbox(ctx.store, vmid, "FAILED", { reason });
   } catch (error) {
