@@ -5,12 +5,7 @@
  * CLI's socket and WebSocket client and the daemon's own MCP endpoint both send through here.
  */
 import { randomUUID } from "node:crypto";
-import {
-  CancellationTokenSource,
-  ErrorCodes,
-  type MessageConnection,
-  ResponseError,
-} from "vscode-jsonrpc";
+import { CancellationTokenSource, ErrorCodes, type MessageConnection, ResponseError } from "vscode-jsonrpc";
 import { AgentlabError, type ErrorCode, isErrorCode } from "./errors.js";
 import type { Method, ParamsOf, ResultOf } from "./method.js";
 import { type ProgressValue, progressType } from "./progress.js";
