@@ -9,6 +9,7 @@ import { dbCommand } from "./commands/db.js";
 import { initCommand } from "./commands/init.js";
 import { jobCommand } from "./commands/job.js";
 import { maintenanceCommand } from "./commands/maintenance.js";
+import { mcpCommand } from "./commands/mcp.js";
 import { profileCommand } from "./commands/profile.js";
 import { sandboxCommand, sandboxShortcuts } from "./commands/sandbox.js";
 import { sessionCommand } from "./commands/session.js";
@@ -131,6 +132,7 @@ export function buildCli(argv: string[], names: readonly string[] = []): Argv<Gl
     .command(connectCommand)
     .command(disconnectCommand)
     .command(tokenCommand)
+    .command(mcpCommand)
     .command(maintenanceCommand)
     .command(dbCommand)
     .command(versionCommand)
