@@ -157,6 +157,12 @@ describe("agentlab mcp over stdio and /mcp over Streamable HTTP", () => {
       events: Array<{ kind: string }>;
     };
     assert.ok(body.events.length > 0);
+    const destroyed = await client.callTool(
+      { name: "sandbox_destroy", arguments: { vmid: sandbox.vmid } },
+      undefined,
+      LONG,
+    );
+    assert.equal(structured(destroyed).state, "DESTROYED", text(destroyed));
   });
 
   test("a daemon error comes back as a tool error with its message and hint", async () => {
@@ -257,6 +263,35 @@ describe("agentlab mcp over stdio and /mcp over Streamable HTTP", () => {
         const listed = await remote.callTool({ name: "sandbox_list", arguments: {} });
         assert.notEqual(listed.isError, true, text(listed));
         assert.ok(Array.isArray(structured(listed).sandboxes));
+        // Progress crosses the HTTP answer (Server-Sent Events) as it does stdio.
+        const steps: string[] = [];
+        const created = await remote.callTool(
+          { name: "sandbox_create", arguments: { profile: "yolo-ephemeral", name: "mcp-remote" } },
+          undefined,
+          { ...LONG, onprogress: (p) => steps.push(p.message ?? "") },
+        );
+        assert.notEqual(created.isError, true, text(created));
+        assert.equal(structured(created).state, "RUNNING");
+        assert.ok(steps.length >= 3, JSON.stringify(steps));
+        const vmid = structured(created).vmid as number;
+        const gone = await remote.callTool({ name: "sandbox_destroy", arguments: { vmid } }, undefined, LONG);
+        assert.equal(structured(gone).state, "DESTROYED", text(gone));
+        // Recorded as the token's calls, as over /rpc.
+        // sandbox logs --json prints one event per line.
+        const logs = await h.cli(["--json", "sandbox", "logs", String(vmid)]);
+        assert.equal(logs.code, 0, logs.stderr);
+        const events = logs.stdout
+          .trim()
+          .split("\n")
+          .map((line) => JSON.parse(line) as { kind: string; msg: string });
+        for (const method of ["sandbox.create", "sandbox.destroy"]) {
+          assert.ok(
+            events.some(
+              (e) => e.kind === "remote.call" && e.msg.startsWith(`${method} by token "mcp-operate"`),
+            ),
+            `${method}: ${logs.stdout}`,
+          );
+        }
       } finally {
         await remote.close();
       }
@@ -288,6 +323,26 @@ describe("agentlab mcp over stdio and /mcp over Streamable HTTP", () => {
       const after = (await h.json<{ sandboxes: unknown[] }>(["sandbox", "list", "--all"])).body.sandboxes
         .length;
       assert.equal(after, before);
+    });
+
+    test("GET is 405, a body that is not JSON is 400, and the endpoint still serves afterwards", async () => {
+      const auth = { authorization: `Bearer ${await token("mcp-probe", "read")}` };
+      const get = await fetchVia(endpoint, { headers: auth });
+      assert.equal(get.status, 405);
+      assert.equal(((await get.json()) as { code: string }).code, "USAGE");
+      const garbage = await fetchVia(endpoint, {
+        method: "POST",
+        headers: { ...auth, "content-type": "application/json" },
+        body: "{not json",
+      });
+      assert.equal(garbage.status, 400);
+      assert.equal(((await garbage.json()) as { code: string }).code, "INVALID_PARAMS");
+      const remote = await httpClient(auth.authorization.slice("Bearer ".length));
+      try {
+        assert.ok((await remote.listTools()).tools.length > 10);
+      } finally {
+        await remote.close();
+      }
     });
 
     test("no token, or a wrong one, is a 401 with the daemon's error body", async () => {
