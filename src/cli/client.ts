@@ -1,18 +1,15 @@
-import { randomUUID } from "node:crypto";
 import { statSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import {
-  CancellationTokenSource,
   createMessageConnection,
-  ErrorCodes,
   type MessageConnection,
-  ResponseError,
   StreamMessageReader,
   StreamMessageWriter,
 } from "vscode-jsonrpc/node.js";
-import { AgentlabError, type ErrorCode, isErrorCode } from "../protocol/errors.js";
+import { AgentlabError } from "../protocol/errors.js";
 import type { Method, ParamsOf, ResultOf } from "../protocol/method.js";
-import { type ProgressValue, progressType } from "../protocol/progress.js";
+import type { ProgressValue } from "../protocol/progress.js";
+import { fromResponseError, sendRequest } from "../protocol/request.js";
 import { formatDuration } from "../protocol/units.js";
 import type { Connection } from "./remote/connection.js";
 
@@ -122,25 +119,7 @@ function openSocket(path: string): Promise<Socket> {
   });
 }
 
-/** Rebuild the daemon's error from a JSON-RPC error response, so the CLI renders code + hint. */
-export function fromResponseError(error: ResponseError<unknown>, method: string): AgentlabError {
-  const data = error.data as { code?: unknown; hint?: unknown; details?: unknown } | undefined;
-  if (data && isErrorCode(data.code)) {
-    return new AgentlabError(data.code, error.message, {
-      ...(typeof data.hint === "string" ? { hint: data.hint } : {}),
-      ...(data.details && typeof data.details === "object"
-        ? { details: data.details as Record<string, unknown> }
-        : {}),
-    });
-  }
-  const standard: Partial<Record<number, ErrorCode>> = {
-    [ErrorCodes.MethodNotFound]: "METHOD_NOT_FOUND",
-    [ErrorCodes.InvalidParams]: "INVALID_PARAMS",
-  };
-  return new AgentlabError(standard[error.code] ?? "PROTOCOL_MISMATCH", error.message, {
-    details: { method, rpc_code: error.code },
-  });
-}
+export { fromResponseError };
 
 /**
  * One request to the daemon over a fresh connection: connect, send, wait for the answer with an
@@ -154,14 +133,15 @@ export async function call<M extends Method>(
 ): Promise<ResultOf<M>> {
   const transport = await openTransport(options);
   const conn = transport.conn;
-  const cancel = new CancellationTokenSource();
+  // The timeout cancels the call on the daemon as Ctrl-C does, and answers at once.
+  const abort = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   let rejectCall: (error: AgentlabError) => void = () => {};
   const failed = new Promise<never>((_, reject) => (rejectCall = reject));
   const armTimer = () => {
     clearTimeout(timer);
     timer = setTimeout(() => {
-      cancel.cancel();
+      abort.abort();
       rejectCall(
         new AgentlabError("DAEMON_TIMEOUT", "timeout waiting for daemon response", {
           details: {
@@ -182,34 +162,25 @@ export async function call<M extends Method>(
       ),
     ),
   );
-  const onAbort = () => cancel.cancel();
+  const onAbort = () => abort.abort();
+  if (options.signal?.aborted) abort.abort();
   options.signal?.addEventListener("abort", onAbort);
-  const wire: Record<string, unknown> = { ...params };
-  if (method.progress && options.onProgress) {
-    const token = randomUUID();
-    wire.progress_token = token;
-    conn.onProgress(progressType, token, (value) => {
-      armTimer();
-      options.onProgress?.(value);
-    });
-  }
+  const onProgress = options.onProgress;
   conn.listen();
   armTimer();
   try {
-    const raw = await Promise.race([conn.sendRequest(method.type, wire, cancel.token), failed]);
-    const parsed = method.result.safeParse(raw);
-    if (!parsed.success) {
-      throw new AgentlabError("PROTOCOL_MISMATCH", `unexpected answer from agentlabd to ${method.method}`, {
-        details: {
-          method: method.method,
-          issues: parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`),
-        },
-      });
-    }
-    return raw as ResultOf<M>;
-  } catch (error) {
-    if (error instanceof ResponseError) throw fromResponseError(error, method.method);
-    throw error;
+    return await sendRequest(conn, method, params, {
+      signal: abort.signal,
+      failed,
+      ...(onProgress
+        ? {
+            onProgress: (value: ProgressValue) => {
+              armTimer();
+              onProgress(value);
+            },
+          }
+        : {}),
+    });
   } finally {
     clearTimeout(timer);
     options.signal?.removeEventListener("abort", onAbort);

@@ -56,6 +56,7 @@ const COMMANDS: ReadonlyArray<{ words: readonly string[]; load: () => Promise<An
     },
   },
   { words: ["token"], load: async () => [(await import("./commands/token.js")).tokenCommand as AnyCommand] },
+  { words: ["mcp"], load: async () => [(await import("./commands/mcp.js")).mcpCommand as AnyCommand] },
   {
     words: ["maintenance"],
     load: async () => [(await import("./commands/maintenance.js")).maintenanceCommand as AnyCommand],

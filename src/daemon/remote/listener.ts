@@ -2,7 +2,8 @@
  * The remote control listener (control_listen): HTTPS with two routes. `GET /health` is the only one
  * without a token (upstream left whole route groups unauthenticated: security review F6, F12/F13); the
  * WebSocket at `/rpc` carries the same JSON-RPC messages as the Unix socket and is opened only with
- * `Authorization: Bearer <token>`. Clients outside control_allow_cidrs get a 403 that says so, and every
+ * `Authorization: Bearer <token>`; `/mcp` serves the MCP tools over Streamable HTTP with the same tokens
+ * (mcp-endpoint.ts). Clients outside control_allow_cidrs get a 403 that says so, and every
  * refusal carries {code, message, hint} so the CLI shows the same errors as for a local call.
  */
 
@@ -23,6 +24,7 @@ import {
 import type { Logger } from "../log.js";
 import type { CallGate, RpcServer } from "../rpc/server.js";
 import type { EventRepo } from "../store/events.js";
+import { MCP_PATH, serveMcp } from "./mcp-endpoint.js";
 import type { ControlCertificate } from "./tls.js";
 import type { TokenService, VerifiedToken } from "./tokens.js";
 
@@ -221,12 +223,63 @@ export class ControlListener {
       );
       return;
     }
+    if (path === MCP_PATH) {
+      const token = this.authenticate(req, address);
+      if (token instanceof AgentlabError) {
+        // RFC 6750: a bearer-protected resource names its scheme when it refuses.
+        res.setHeader("www-authenticate", 'Bearer realm="agentlabd"');
+        respond(res, token.code === "INTERNAL" ? 500 : 401, errorBody(token));
+        return;
+      }
+      await serveMcp({
+        req,
+        res,
+        server: this.options.server,
+        token,
+        address,
+        gate: this.options.gate(token, address),
+        log: this.options.log,
+        refuse: (status, error) => respond(res, status, errorBody(error)),
+      });
+      return;
+    }
     const error = new AgentlabError(
       "NOT_FOUND",
-      `no route ${req.method} ${path}: this listener serves GET ${HEALTH_PATH} and JSON-RPC over a WebSocket at ${RPC_PATH}`,
+      `no route ${req.method} ${path}: this listener serves GET ${HEALTH_PATH}, JSON-RPC over a WebSocket at ${RPC_PATH} and MCP (Streamable HTTP) at ${MCP_PATH}`,
       { hint: "use the agentlab CLI: agentlab connect --endpoint <url> --token <token>" },
     );
     respond(res, 404, errorBody(error));
+  }
+
+  /** The caller's token, or the refusal to answer with (recorded in the events, never with the secret). */
+  private authenticate(req: IncomingMessage, address: string): VerifiedToken | AgentlabError {
+    const secret = bearer(req);
+    try {
+      if (secret === undefined) {
+        throw new AgentlabError(
+          "TOKEN_INVALID",
+          "no token: the control listener needs Authorization: Bearer <token>",
+        );
+      }
+      return this.options.tokens.verify(secret);
+    } catch (error) {
+      const known = error instanceof AgentlabError ? error : new AgentlabError("INTERNAL", String(error));
+      this.options.log.info({ remote: address, code: known.code }, "control listener: token refused");
+      try {
+        this.options.events.append({
+          kind: "remote.refused",
+          msg: `connection from ${address} refused: ${known.code}`,
+          payload: {
+            address,
+            outcome: known.code,
+            ...(known.details.token ? { token: known.details.token } : {}),
+          },
+        });
+      } catch (recordError) {
+        this.options.log.error({ err: recordError }, "could not record a refused remote connection");
+      }
+      return known;
+    }
   }
 
   private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
@@ -256,33 +309,9 @@ export class ControlListener {
       refuseUpgrade(socket, 503, busy);
       return;
     }
-    const secret = bearer(req);
-    let token: VerifiedToken;
-    try {
-      if (secret === undefined) {
-        throw new AgentlabError(
-          "TOKEN_INVALID",
-          "no token: the control listener needs Authorization: Bearer <token>",
-        );
-      }
-      token = this.options.tokens.verify(secret);
-    } catch (error) {
-      const known = error instanceof AgentlabError ? error : new AgentlabError("INTERNAL", String(error));
-      this.options.log.info({ remote: address, code: known.code }, "control listener: token refused");
-      try {
-        this.options.events.append({
-          kind: "remote.refused",
-          msg: `connection from ${address} refused: ${known.code}`,
-          payload: {
-            address,
-            outcome: known.code,
-            ...(known.details.token ? { token: known.details.token } : {}),
-          },
-        });
-      } catch (recordError) {
-        this.options.log.error({ err: recordError }, "could not record a refused remote connection");
-      }
-      refuseUpgrade(socket, known.code === "INTERNAL" ? 500 : 401, known);
+    const token = this.authenticate(req, address);
+    if (token instanceof AgentlabError) {
+      refuseUpgrade(socket, token.code === "INTERNAL" ? 500 : 401, token);
       return;
     }
     this.wss.handleUpgrade(req, socket, head, (ws) => {

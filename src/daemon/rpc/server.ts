@@ -154,7 +154,7 @@ class StrictMessageReader extends StreamMessageReader {
  * A writer that remembers the writes still in progress, so shutdown can let the last answers reach
  * their clients before the sockets close.
  */
-class TrackingMessageWriter extends StreamMessageWriter {
+export class TrackingMessageWriter extends StreamMessageWriter {
   private readonly pending = new Set<Promise<void>>();
 
   override write(message: Message): Promise<void> {
