@@ -1,5 +1,6 @@
 import type { Config } from "../../config/config.js";
 import type { Logger } from "../log.js";
+import type { DaemonMetrics } from "../metrics/observer.js";
 import { PveBackend } from "./backend.js";
 import { CallPool, PooledTransport } from "./call-pool.js";
 import { SharedReadsTransport } from "./shared-reads.js";
@@ -12,9 +13,13 @@ import { ShellTransport } from "./transport-shell.js";
  * a slot in the bounded pool, then the transport itself. Sharing comes first so that callers who join
  * a read in flight take no slot.
  */
-export function boundedTransport(config: Config, transport: PveTransport): SharedReadsTransport {
+export function boundedTransport(
+  config: Config,
+  transport: PveTransport,
+  metrics?: DaemonMetrics,
+): SharedReadsTransport {
   const pool = new CallPool({ read: config.proxmox_max_reads, write: config.proxmox_max_writes });
-  return new SharedReadsTransport(new PooledTransport(transport, pool), {
+  return new SharedReadsTransport(new PooledTransport(transport, pool, metrics), {
     listTtlMs: config.proxmox_cluster_list_ttl_ms,
   });
 }
@@ -22,7 +27,7 @@ export function boundedTransport(config: Config, transport: PveTransport): Share
 import type { ProxmoxBackend } from "./types.js";
 
 /** The backend the config names. Building one makes no call: reachability is checked by status. */
-export function createBackend(config: Config, log: Logger): ProxmoxBackend {
+export function createBackend(config: Config, log: Logger, metrics?: DaemonMetrics): ProxmoxBackend {
   const timeoutMs = config.proxmox_command_timeout_ms;
   const taskTimeoutMs = config.proxmox_task_timeout_ms;
   if (config.proxmox_backend === "api") {
@@ -34,17 +39,19 @@ export function createBackend(config: Config, log: Logger): ProxmoxBackend {
       tlsInsecure: config.proxmox_tls_insecure,
     });
     return new PveBackend({
-      transport: boundedTransport(config, transport),
+      transport: boundedTransport(config, transport, metrics),
       log: log.child({ backend: "api" }),
       timeoutMs,
       taskTimeoutMs,
       tokenId: transport.tokenId,
+      ...(metrics ? { metrics } : {}),
     });
   }
   return new PveBackend({
-    transport: boundedTransport(config, new ShellTransport({ timeoutMs })),
+    transport: boundedTransport(config, new ShellTransport({ timeoutMs }), metrics),
     log: log.child({ backend: "shell" }),
     timeoutMs,
     taskTimeoutMs,
+    ...(metrics ? { metrics } : {}),
   });
 }
