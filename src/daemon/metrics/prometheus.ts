@@ -206,7 +206,7 @@ export class PrometheusMetrics implements DaemonMetrics {
       this.#drift.set({ code }, 0);
       this.#driftFound.inc({ code }, 0);
     }
-    for (const outcome of ["success", "INTERNAL"]) this.#reconcilePasses.inc({ outcome }, 0);
+    this.#reconcilePasses.inc({ outcome: "success" }, 0);
     for (const profile of source.profiles)
       this.#creates.inc({ profile: profile.name, outcome: "success" }, 0);
   }
