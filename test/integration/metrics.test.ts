@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { createSmokeRepo, type RepoServer, startRepoServer } from "../../src/cli/init/repo-server.js";
 import { makeHostDir, spawnDaemon } from "../helpers/daemon.js";
 import { REPO_ROOT } from "../helpers/paths.js";
 import { freePort } from "../helpers/ports.js";
@@ -174,6 +177,57 @@ for (const kind of ["api", "shell"] as BackendKind[])
       }
     });
   });
+
+describe("metrics_listen: a job's end and its runner's requests are counted", () => {
+  let h: SimHost;
+  let root: string;
+  let server: RepoServer | undefined;
+  let url: string;
+
+  before(async () => {
+    root = mkdtempSync(join(tmpdir(), "agentlab-metrics-job-"));
+    const repo = await createSmokeRepo(join(root, "repo"), "#!/bin/sh\nset -eu\necho metrics job done\n");
+    server = await startRepoServer("git-daemon", repo, "127.0.0.1");
+    const port = await freePort();
+    url = `http://127.0.0.1:${port}/metrics`;
+    h = await startSimHost(
+      "api",
+      `metrics_listen: 127.0.0.1:${port}\nbootstrap_listen: 127.0.0.1:0\nagent_subnet: 0.0.0.0/1\n`,
+    );
+  });
+  after(async () => {
+    await server?.stop();
+    await h?.stop();
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  test("a COMPLETED job shows in the job histogram, the runner's fetch and report in the guest routes", async () => {
+    const run = await h.json<{ status: string }>([
+      "job",
+      "run",
+      "--repo",
+      server!.url,
+      "--task",
+      "count me",
+      "--profile",
+      "yolo-ephemeral",
+      "--wait",
+    ]);
+    assert.equal(run.code, 0, `${run.stderr}\n${JSON.stringify(run.body)}`);
+    assert.equal(run.body.status, "COMPLETED");
+    const text = await (await fetch(url)).text();
+    assert.equal(sample(text, "agentlab_job_duration_seconds_count", { outcome: "COMPLETED" }), 1);
+    assert.equal(sample(text, "agentlab_jobs", { status: "RUNNING" }), 0);
+    assert.ok(
+      (sample(text, "agentlab_guest_requests_total", { route: "/v1/bootstrap/fetch", status: "200" }) ?? 0) >=
+        1,
+    );
+    assert.ok(
+      (sample(text, "agentlab_guest_requests_total", { route: "/v1/runner/report", status: "200" }) ?? 0) >=
+        1,
+    );
+  });
+});
 
 describe("example alert rules", () => {
   test("promtool check rules accepts examples/prometheus/agentlab-alerts.yml", () => {
