@@ -43,12 +43,31 @@ command -v ssh >/dev/null 2>&1 || need_apt="$need_apt openssh-client"
 { command -v sshd || [ -x /usr/sbin/sshd ]; } >/dev/null 2>&1 || need_apt="$need_apt openssh-server"
 # The real-guest suite's sandbox network (scripts/dev/guest-net): DHCP and DNS on vmbr1 as on a host.
 { command -v dnsmasq || [ -x /usr/sbin/dnsmasq ]; } >/dev/null 2>&1 || need_apt="$need_apt dnsmasq-base"
+# The metrics test checks a real scrape and the example alert rules with promtool, from Debian's
+# prometheus package (whose server is not wanted: see policy-rc.d below).
+command -v promtool >/dev/null 2>&1 || need_apt="$need_apt prometheus"
 if [ -n "$need_apt" ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test: installing system packages:$need_apt"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    # No package's service may start during the install (prometheus' server would hold port 9090):
+    # invoke-rc.d and deb-systemd-invoke ask policy-rc.d, and 101 means "not allowed". Only a
+    # policy-rc.d this script wrote is removed again.
+    own_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+      chmod 755 /usr/sbin/policy-rc.d
+      own_policy=1
+    fi
+    installed=0
     # shellcheck disable=SC2086
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need_apt >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need_apt >/dev/null || installed=$?
+    [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
+    [ "$installed" = 0 ] || exit "$installed"
+    # Nor start at the next boot: only promtool is wanted (node-exporter comes as a recommendation).
+    case "$need_apt" in *prometheus*)
+      for unit in prometheus prometheus-node-exporter; do systemctl disable "$unit" >/dev/null 2>&1 || true; done ;;
+    esac
   else
     echo "test: missing system packages:$need_apt (run as root once, or install them)" >&2
     exit 1

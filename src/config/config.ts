@@ -63,6 +63,8 @@ export interface Config {
   artifact_upload_url: string;
   /** "" when the metrics listener is disabled. */
   metrics_listen: string;
+  /** Whether metrics_listen may name a host other than loopback (the scrape carries no token). */
+  metrics_allow_remote: boolean;
   snippets_dir: string;
   snippet_storage: string;
   /** The key injected into guests: inline, or read from ssh_public_key_path at load. "" when neither is set. */
@@ -168,6 +170,7 @@ export const ConfigFileSchema = z.strictObject({
   controller_url: httpUrl().optional(),
   artifact_upload_url: httpUrl().optional(),
   metrics_listen: listen().optional(),
+  metrics_allow_remote: bool().default(false),
   snippets_dir: filePath().default("/var/lib/vz/snippets"),
   snippet_storage: name(
     /^[A-Za-z0-9._-]{1,64}$/,
@@ -387,10 +390,11 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
 
   const metricsListen = file.metrics_listen ?? "";
   const metrics = parseHostPort(metricsListen);
-  if (metrics && !isLoopbackHost(metrics.host)) {
+  if (metrics && !isLoopbackHost(metrics.host) && !file.metrics_allow_remote) {
     problems.add(
       "metrics_listen",
-      `metrics_listen must be localhost-only (127.0.0.1, ::1 or localhost), got ${describeValue(metricsListen)}`,
+      `metrics_listen must be localhost-only (127.0.0.1, ::1 or localhost), got ${describeValue(metricsListen)}; ` +
+        "metrics carry no authentication: to serve them to other hosts anyway, also set metrics_allow_remote: true",
     );
   }
 
@@ -458,6 +462,7 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     controller_url: file.controller_url?.trim() ?? `http://${file.bootstrap_listen.trim()}`,
     artifact_upload_url: file.artifact_upload_url?.trim() ?? `http://${file.artifact_listen.trim()}/upload`,
     metrics_listen: metricsListen.trim(),
+    metrics_allow_remote: file.metrics_allow_remote,
     snippets_dir: absolute(file.snippets_dir),
     snippet_storage: file.snippet_storage,
     ssh_public_key: resolveSshKey(file.ssh_public_key, sshKeyPath, source, problems, warnings),

@@ -3,6 +3,7 @@ import type { Profile } from "../config/profiles.js";
 import type { Clock } from "./clock.js";
 import type { GuestReadiness } from "./guest/ready-waiters.js";
 import type { Logger } from "./log.js";
+import type { DaemonMetrics } from "./metrics/observer.js";
 import type { ProxmoxBackend } from "./proxmox/types.js";
 import type { SandboxNetworking } from "./services/sandbox-network.js";
 import type { SshIdentity } from "./ssh/identity.js";
@@ -54,4 +55,6 @@ export interface DaemonContext {
   control?: { url: string; fingerprint: string };
   startedAt: Date;
   version: string;
+  /** Where services report what they did (metrics_listen); absent when metrics are off. */
+  metrics?: DaemonMetrics;
 }

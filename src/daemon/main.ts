@@ -9,6 +9,8 @@ import { GuestListener } from "./guest/listener.js";
 import { GuestReadiness } from "./guest/ready-waiters.js";
 import { BootstrapTokens } from "./guest/tokens.js";
 import { createLogger, type Logger } from "./log.js";
+import { MetricsListener } from "./metrics/listener.js";
+import type { PrometheusMetrics } from "./metrics/prometheus.js";
 import { bridgePortFinder } from "./network/ports.js";
 import { execaRunner, SandboxFirewall } from "./network/sandbox-firewall.js";
 import { createBackend } from "./proxmox/load.js";
@@ -52,9 +54,16 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   let store: Store | undefined;
   let guestListener: GuestListener | undefined;
   let control: RunningControl | undefined;
+  let metricsListener: MetricsListener | undefined;
   try {
     store = openStore(config.db_path, { now: () => clock.now() });
     const openedStore = store;
+    // prom-client is loaded only when metrics are served: without metrics_listen nothing is counted.
+    let metrics: PrometheusMetrics | undefined;
+    if (config.metrics_listen !== "") {
+      const { PrometheusMetrics } = await import("./metrics/prometheus.js");
+      metrics = new PrometheusMetrics({ store, profiles, clock, version: VERSION });
+    }
     const guestLog = log.child({ component: "guest" });
     const guestReady = new GuestReadiness({
       tokens: new BootstrapTokens(createBootstrapTokenRepo(store), clock),
@@ -69,7 +78,10 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       profiles,
       store,
       // Intent first, on disk: the store's commits are made durable before any change in Proxmox.
-      backend: createBackend(config, log, { beforeWrite: () => openedStore.flush() }),
+      backend: createBackend(config, log, {
+        beforeWrite: () => openedStore.flush(),
+        ...(metrics ? { metrics } : {}),
+      }),
       network: new SandboxNetworking(
         config.network_isolation,
         new SandboxFirewall({ run: execaRunner(), subnet: config.agent_subnet }),
@@ -82,6 +94,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       clock,
       startedAt: clock.now(),
       version: VERSION,
+      ...(metrics ? { metrics } : {}),
     };
     await ctx.network?.init();
     const server = new RpcServer({
@@ -91,6 +104,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         idleTimeoutMs: config.rpc_idle_timeout_ms,
         maxUnsentBytes: config.rpc_max_unsent_bytes,
       },
+      ...(metrics ? { metrics } : {}),
     });
     const { maintenance, sandboxes, workspaces, jobs, tokens } = registerHandlers(server, ctx, {
       maintenance: { scheduler: options.scheduler ?? systemScheduler },
@@ -104,6 +118,17 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     // stops the start-up with its reason instead of leaving a daemon that looks alive.
     control = await startControl(ctx, server, tokens);
     if (control) ctx.control = { url: control.url, fingerprint: control.fingerprint };
+    // Likewise: a metrics address that cannot be bound stops the start-up (METRICS_LISTEN_FAILED).
+    let metricsUrl: string | undefined;
+    if (metrics) {
+      const scraped = metrics;
+      metricsListener = new MetricsListener({
+        listen: config.metrics_listen,
+        scrape: () => scraped.scrape(),
+        log: log.child({ component: "metrics" }),
+      });
+      metricsUrl = (await metricsListener.start()).url;
+    }
     const socket = await server.listen(config.socket_path);
     // After the socket, as upstream binds. A bind failure is logged with its fix and does not stop the
     // daemon: readiness then comes from the guest agent alone.
@@ -114,6 +139,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       readiness: guestReady,
       jobs: jobs.guestEndpoints(),
       log: guestLog,
+      ...(metrics ? { metrics } : {}),
     });
     const guest = await guestListener.start();
     log.info(
@@ -129,6 +155,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         guest_listener: guest.listening ? guest.url : null,
         control_listener: control ? control.url : null,
         control_fingerprint: control ? control.fingerprint : null,
+        metrics_listener: metricsUrl ?? null,
       },
       "agentlabd ready",
     );
@@ -139,6 +166,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     const openStoreRef = store;
     const openGuestListener = guestListener;
     const openControl = control;
+    const openMetrics = metricsListener;
     let stopping: Promise<void> | undefined;
     return {
       ctx,
@@ -154,6 +182,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
           // Only after the drain: a provisioning call still finishing may be waiting for its guest's report.
           await openGuestListener.close();
           await openControl?.listener.close();
+          // Before the database closes: a scrape reads it.
+          await openMetrics?.close();
           openStoreRef.close();
           log.info(
             { drained, cancelled, maintenance_finished: maintenanceDone, jobs_finished: jobsDone },
@@ -166,6 +196,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   } catch (error) {
     await guestListener?.close();
     await control?.listener.close();
+    await metricsListener?.close();
     store?.close();
     throw error;
   }

@@ -261,6 +261,11 @@ export const ERROR_CODES = {
     exit: 1,
     hint: "fix control_listen (or control_tls_cert / control_tls_key) in the config file, then restart the daemon: systemctl restart agentlabd",
   },
+  METRICS_LISTEN_FAILED: {
+    rpc: 1911,
+    exit: 1,
+    hint: "fix metrics_listen in the config file (or leave it empty to serve no metrics), then restart the daemon: systemctl restart agentlabd",
+  },
   // sandbox exec: raised by the daemon, which connects to the guest over SSH with its own key.
   GUEST_UNREACHABLE: {
     rpc: 2000,

@@ -58,6 +58,7 @@ describe("config: defaults and derived values", () => {
       controller_url: "http://10.77.0.1:8844",
       artifact_upload_url: "http://10.77.0.1:8846/upload",
       metrics_listen: "",
+      metrics_allow_remote: false,
       snippets_dir: "/var/lib/vz/snippets",
       snippet_storage: "local",
       ssh_public_key: "",
@@ -303,6 +304,15 @@ describe("config: validation of single keys", () => {
     for (const ok of ["127.0.0.1:8847", "localhost:9090", "'[::1]:8847'"]) {
       assert.equal(load(`metrics_listen: ${ok}\n`).config.metrics_listen, ok.replaceAll("'", ""));
     }
+  });
+
+  it("metrics_allow_remote lets metrics_listen bind another host, and only when set", () => {
+    const { error } = loadError("metrics_listen: 0.0.0.0:8847\nmetrics_allow_remote: false\n");
+    assert.match(error.message, /set metrics_allow_remote: true/);
+    const { config } = load("metrics_listen: 0.0.0.0:8847\nmetrics_allow_remote: true\n");
+    assert.equal(config.metrics_listen, "0.0.0.0:8847");
+    assert.equal(config.metrics_allow_remote, true);
+    assert.equal(load("").config.metrics_allow_remote, false);
   });
 
   it("idle_stop_interval must be > 0 while idle stop is enabled", () => {

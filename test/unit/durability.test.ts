@@ -140,10 +140,12 @@ describe("the daemon's Proxmox transport: every write waits for the barrier", ()
     let done = 0;
     let started = 0;
     const inner = new RecordingTransport(() => done);
-    const transport = boundedTransport(config, inner, async () => {
-      started++;
-      await new Promise((resolve) => setImmediate(resolve));
-      done++;
+    const transport = boundedTransport(config, inner, {
+      beforeWrite: async () => {
+        started++;
+        await new Promise((resolve) => setImmediate(resolve));
+        done++;
+      },
     });
     await transport.request("GET", apiPath`/cluster/resources`);
     await transport.request("POST", apiPath`/nodes/${"pve"}/qemu/${100}/clone`);
@@ -163,8 +165,10 @@ describe("the daemon's Proxmox transport: every write waits for the barrier", ()
 
   test("a barrier that fails stops the write: Proxmox is never asked", async () => {
     const inner = new RecordingTransport(() => 0);
-    const transport = boundedTransport(config, inner, async () => {
-      throw new Error("EIO: fsync failed");
+    const transport = boundedTransport(config, inner, {
+      beforeWrite: async () => {
+        throw new Error("EIO: fsync failed");
+      },
     });
     await assert.rejects(transport.request("POST", apiPath`/nodes/${"pve"}/qemu/${100}/clone`), /EIO/);
     assert.equal(inner.calls.count, 0);

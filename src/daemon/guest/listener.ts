@@ -13,6 +13,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { BlockList, isIP } from "node:net";
 import { parseHostPort } from "../../config/net.js";
 import type { Logger } from "../log.js";
+import type { DaemonMetrics } from "../metrics/observer.js";
 import { parseHostKeys } from "./host-keys.js";
 import { DEFAULT_GUEST_RATE_LIMIT, type RateLimit, RateLimiter } from "./rate-limit.js";
 import type { GuestListenerState, GuestReadiness } from "./ready-waiters.js";
@@ -59,7 +60,19 @@ export interface GuestListenerOptions {
   now?: () => number;
   /** The job runner's endpoints; without it they answer 404 like any unknown path. */
   jobs?: GuestJobEndpoints;
+  /** Told each request's route and status (metrics_listen). */
+  metrics?: Pick<DaemonMetrics, "guestRequest">;
 }
+
+/** The routes requests are counted by; anything else is `other`, so a scanner cannot add series. */
+const ROUTES: ReadonlySet<string> = new Set([
+  "/healthz",
+  READY_PATH,
+  JOB_FETCH_PATH,
+  RUNNER_REPORT_PATH,
+  RUNNER_LOG_PATH,
+  RUNNER_ARTIFACT_PATH,
+]);
 
 /** An answer to a guest: HTTP status and JSON body. */
 export interface GuestAnswer {
@@ -270,6 +283,11 @@ export class GuestListener {
   #handle(req: IncomingMessage, res: ServerResponse): void {
     try {
       const [path, search] = (req.url ?? "/").split("?", 2) as [string, string | undefined];
+      const metrics = this.#options.metrics;
+      if (metrics) {
+        const route = ROUTES.has(path) ? path : "other";
+        res.once("finish", () => metrics.guestRequest(route, res.statusCode));
+      }
       if (path === "/healthz") {
         if (req.method !== "GET" && req.method !== "HEAD") {
           send(res, 405, { error: "method not allowed; use GET" }, { Allow: "GET, HEAD" });

@@ -1,6 +1,7 @@
 import { AgentlabError } from "../../protocol/errors.js";
 import { formatDuration } from "../../protocol/units.js";
 import type { Logger } from "../log.js";
+import { type DaemonMetrics, observed } from "../metrics/observer.js";
 import { classifyProxmoxError } from "./errors.js";
 import { retryOnLock } from "./retry.js";
 import {
@@ -62,6 +63,8 @@ export interface PveBackendOptions {
   lockRetryBudgetMs?: number;
   /** The API token id (USER@REALM!TOKEN), named in permission hints. */
   tokenId?: string;
+  /** Told how long each worker task took, by its type (metrics_listen). */
+  metrics?: Pick<DaemonMetrics, "proxmoxTask">;
   sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
   now?: () => number;
   random?: () => number;
@@ -217,8 +220,10 @@ export class PveBackend implements ProxmoxBackend {
   private readonly now: () => number;
   private readonly random: () => number;
   private readonly taskDurations = new TaskDurations();
+  private readonly metrics: Pick<DaemonMetrics, "proxmoxTask"> | undefined;
 
   constructor(options: PveBackendOptions) {
+    this.metrics = options.metrics;
     this.transport = options.transport;
     this.kind = options.transport.kind;
     this.log = options.log;
@@ -302,6 +307,8 @@ export class PveBackend implements ProxmoxBackend {
         async () => {
           try {
             let data: unknown;
+            // A task's time runs from the call that starts it: pvesh runs the worker within the call.
+            const sent = performance.now();
             try {
               data = await this.request(method, path, params, call.signal, limit?.ms);
             } catch (error) {
@@ -314,14 +321,8 @@ export class PveBackend implements ProxmoxBackend {
             }
             const upid = workerUpid(data);
             if (upid)
-              await this.awaitTask(
-                method,
-                path,
-                upid,
-                call.signal,
-                limit ?? this.commandLimit(),
-                action,
-                params,
+              await this.timedTask(upid, sent, () =>
+                this.awaitTask(method, path, upid, call.signal, limit ?? this.commandLimit(), action, params),
               );
             else if (limit !== null)
               throw new PveRequestError(
@@ -356,6 +357,14 @@ export class PveBackend implements ProxmoxBackend {
         },
       ),
     );
+  }
+
+  /** Report a task's time and outcome by its UPID's type (qmclone, qmstart, ...), a bounded set. */
+  private async timedTask(upid: string, sentMs: number, wait: () => Promise<void>): Promise<void> {
+    const metrics = this.metrics;
+    const type = parseUpid(upid)?.type;
+    if (!metrics || type === undefined) return wait();
+    return observed((outcome, seconds) => metrics.proxmoxTask(type, outcome, seconds), wait, sentMs);
   }
 
   /** For an endpoint documented as synchronous that answers with a task all the same. */

@@ -7,6 +7,8 @@
  * caller gives up while it waits leaves the queue without ever running.
  */
 import { AgentlabError } from "../../protocol/errors.js";
+import { type DaemonMetrics, outcomeOf, secondsSince } from "../metrics/observer.js";
+import { classifyProxmoxError } from "./errors.js";
 import type { ApiPath, HttpMethod, Params, PveTransport } from "./transport.js";
 
 /** `read`: GET; `write`: everything that changes something (and, on pvesh, runs its task). */
@@ -107,13 +109,18 @@ function cancelled(what: string, signal: AbortSignal): AgentlabError {
   });
 }
 
-/** A transport whose calls go through a CallPool: GETs as reads, every other method as a write. */
+/**
+ * A transport whose calls go through a CallPool: GETs as reads, every other method as a write. Each
+ * call that ran is reported to `metrics` with its time in the slot (the wait for a slot is not
+ * Proxmox's latency) and its outcome as the daemon classifies it.
+ */
 export class PooledTransport implements PveTransport {
   readonly kind: "shell" | "api";
 
   constructor(
     private readonly inner: PveTransport,
     readonly pool: CallPool,
+    private readonly metrics?: Pick<DaemonMetrics, "proxmoxCall">,
   ) {
     this.kind = inner.kind;
   }
@@ -129,11 +136,27 @@ export class PooledTransport implements PveTransport {
     signal?: AbortSignal,
     taskTimeoutMs?: number,
   ): Promise<unknown> {
+    const call = () => this.inner.request(method, path, params, signal, taskTimeoutMs);
     return this.pool.run(
       method === "GET" ? "read" : "write",
-      () => this.inner.request(method, path, params, signal, taskTimeoutMs),
+      this.metrics ? () => this.timed(method, path, call) : call,
       signal,
       `${method} ${path}`,
     );
+  }
+
+  /** Run `call` and report it; the error (raw, as callers expect it) passes through unchanged. */
+  private async timed(method: HttpMethod, path: ApiPath, call: () => Promise<unknown>): Promise<unknown> {
+    const started = performance.now();
+    const report = (outcome: string) =>
+      this.metrics?.proxmoxCall(`${method} ${path.template()}`, outcome, secondsSince(started));
+    try {
+      const data = await call();
+      report("success");
+      return data;
+    } catch (error) {
+      report(outcomeOf(classifyProxmoxError(error, { action: `${method} ${path}` })));
+      throw error;
+    }
   }
 }

@@ -1,5 +1,6 @@
 import type { Config } from "../../config/config.js";
 import type { Logger } from "../log.js";
+import type { DaemonMetrics } from "../metrics/observer.js";
 import { PveBackend } from "./backend.js";
 import { CallPool, PooledTransport } from "./call-pool.js";
 import { SharedReadsTransport } from "./shared-reads.js";
@@ -17,10 +18,11 @@ import { WriteBarrierTransport } from "./write-barrier.js";
 export function boundedTransport(
   config: Config,
   transport: PveTransport,
-  beforeWrite?: () => Promise<void>,
+  options: BackendOptions = {},
 ): SharedReadsTransport {
   const pool = new CallPool({ read: config.proxmox_max_reads, write: config.proxmox_max_writes });
-  const pooled = new PooledTransport(transport, pool);
+  const pooled = new PooledTransport(transport, pool, options.metrics);
+  const { beforeWrite } = options;
   return new SharedReadsTransport(beforeWrite ? new WriteBarrierTransport(pooled, beforeWrite) : pooled, {
     listTtlMs: config.proxmox_cluster_list_ttl_ms,
   });
@@ -29,6 +31,8 @@ export function boundedTransport(
 export interface BackendOptions {
   /** Run before every call that changes something in Proxmox (the store's flush: intent first, on disk). */
   beforeWrite?: () => Promise<void>;
+  /** Where Proxmox calls are counted (metrics_listen); none: nothing is counted. */
+  metrics?: DaemonMetrics;
 }
 
 import type { ProxmoxBackend } from "./types.js";
@@ -46,17 +50,19 @@ export function createBackend(config: Config, log: Logger, options: BackendOptio
       tlsInsecure: config.proxmox_tls_insecure,
     });
     return new PveBackend({
-      transport: boundedTransport(config, transport, options.beforeWrite),
+      transport: boundedTransport(config, transport, options),
       log: log.child({ backend: "api" }),
       timeoutMs,
       taskTimeoutMs,
       tokenId: transport.tokenId,
+      ...(options.metrics ? { metrics: options.metrics } : {}),
     });
   }
   return new PveBackend({
-    transport: boundedTransport(config, new ShellTransport({ timeoutMs }), options.beforeWrite),
+    transport: boundedTransport(config, new ShellTransport({ timeoutMs }), options),
     log: log.child({ backend: "shell" }),
     timeoutMs,
     taskTimeoutMs,
+    ...(options.metrics ? { metrics: options.metrics } : {}),
   });
 }

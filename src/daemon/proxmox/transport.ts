@@ -16,13 +16,45 @@ export type Params = Record<string, string | number | boolean | undefined>;
  * transport therefore renders the segments for its own face.
  */
 export class ApiPath {
-  constructor(readonly segments: readonly string[]) {}
+  /**
+   * @param variable which segments came (wholly or in part) from an interpolated value; apiPath sets
+   *   it, so `template()` can name the call without the VMIDs, node and volume names in it.
+   */
+  constructor(
+    readonly segments: readonly string[],
+    readonly variable: readonly boolean[] = [],
+  ) {}
 
   /** The path as pvesh takes it and as messages show it: raw segments joined by '/'. */
   toString(): string {
     return `/${this.segments.join("/")}`;
   }
+
+  /**
+   * The path with each interpolated segment replaced by a placeholder named after the collection it
+   * follows, as Proxmox's API schema names it (`/nodes/{node}/qemu/{vmid}/status/current`): one name
+   * per kind of call, whichever VM it was for (metrics label calls by it).
+   */
+  template(): string {
+    const parts = this.segments.map((segment, i) => {
+      if (!this.variable[i]) return segment;
+      const before = i > 0 && !this.variable[i - 1] ? this.segments[i - 1]! : "";
+      return `{${PLACEHOLDERS[before] ?? "param"}}`;
+    });
+    return `/${parts.join("/")}`;
+  }
 }
+
+/** The parameter names of Proxmox's API schema after each collection agentlab calls into. */
+const PLACEHOLDERS: Record<string, string> = {
+  nodes: "node",
+  qemu: "vmid",
+  lxc: "vmid",
+  tasks: "upid",
+  storage: "storage",
+  content: "volume",
+  snapshot: "snapname",
+};
 
 /**
  * Builds an ApiPath: `apiPath\`/nodes/${node}/tasks/${upid}/status\``. Each interpolated value stays
@@ -32,15 +64,22 @@ export class ApiPath {
  */
 export function apiPath(strings: TemplateStringsArray, ...values: Array<string | number | ApiPath>): ApiPath {
   const segments: string[] = [];
+  const variable: boolean[] = [];
   // `open` is the segment being built: text and values not separated by a literal '/'.
   let open: string | undefined;
+  let openVariable = false;
+  const close = () => {
+    if (open !== undefined && open !== "") {
+      segments.push(open);
+      variable.push(openVariable);
+    }
+    open = undefined;
+    openVariable = false;
+  };
   const addText = (text: string) => {
     const parts = text.split("/");
     parts.forEach((part, i) => {
-      if (i > 0) {
-        if (open !== undefined && open !== "") segments.push(open);
-        open = undefined;
-      }
+      if (i > 0) close();
       if (part !== "") open = (open ?? "") + part;
     });
   };
@@ -51,14 +90,16 @@ export function apiPath(strings: TemplateStringsArray, ...values: Array<string |
     if (value instanceof ApiPath) {
       if (open !== undefined) throw new Error(`apiPath: a path cannot continue the segment "${open}"`);
       segments.push(...value.segments);
+      variable.push(...value.segments.map((_, at) => value.variable[at] ?? false));
     } else {
       const raw = String(value);
       if (raw === "") throw new Error("apiPath: an empty path segment");
       open = (open ?? "") + raw;
+      openVariable = true;
     }
   });
-  if (open !== undefined && open !== "") segments.push(open);
-  return new ApiPath(segments);
+  close();
+  return new ApiPath(segments, variable);
 }
 
 export interface PveTransport {

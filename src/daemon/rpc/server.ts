@@ -19,6 +19,7 @@ import { MAX_FRAME_BYTES, preview } from "../../protocol/index.js";
 import type { Method, ParamsOf, ResultOf } from "../../protocol/method.js";
 import { type ProgressValue, progressType } from "../../protocol/progress.js";
 import type { Logger } from "../log.js";
+import { type DaemonMetrics, secondsSince } from "../metrics/observer.js";
 import {
   BoundedWriter,
   busyError,
@@ -95,6 +96,8 @@ export interface RpcServerOptions {
   maxFrameBytes?: number;
   /** Connection count, idle time and unread-answer bounds (config rpc_*); defaults when absent. */
   limits?: Partial<ConnectionLimits>;
+  /** Told each call's method, outcome and time (metrics_listen). */
+  metrics?: Pick<DaemonMetrics, "rpcCall">;
 }
 
 /** Issues named in one INVALID_PARAMS answer; a request with thousands of bad fields gets the first few. */
@@ -183,6 +186,7 @@ export class RpcServer {
   private readonly log: Logger;
   private readonly maxFrameBytes: number;
   private readonly limits: ConnectionLimits;
+  private readonly metrics: Pick<DaemonMetrics, "rpcCall"> | undefined;
   /** Connections over the cap that are being told so (answered DAEMON_BUSY, then closed). */
   private refusing = 0;
   private server: Server | undefined;
@@ -194,6 +198,7 @@ export class RpcServer {
     this.log = options.log;
     this.maxFrameBytes = options.maxFrameBytes ?? MAX_FRAME_BYTES;
     this.limits = { ...DEFAULT_CONNECTION_LIMITS, ...options.limits };
+    this.metrics = options.metrics;
   }
 
   /** Whether a new client would be refused now: the remote listener asks before its WebSocket upgrade. */
@@ -485,11 +490,13 @@ export class RpcServer {
       };
       const result = await handler(parsed.data, ctx);
       log.info({ ms: Math.round(performance.now() - started) }, "rpc ok");
+      this.metrics?.rpcCall(method.method, "success", secondsSince(started));
       transport.gate?.finished(method.method, parsed.data, { result });
       return result;
     } catch (error) {
       transport.gate?.finished(method.method, validParams, { error });
       const rpcError = toRpcError(error, method.method, requestId);
+      this.metrics?.rpcCall(method.method, String(rpcError.data?.code ?? "INTERNAL"), secondsSince(started));
       const level = rpcError.data?.code === "INTERNAL" ? "error" : "info";
       log[level](
         { ms: Math.round(performance.now() - started), code: rpcError.data?.code, err: error },

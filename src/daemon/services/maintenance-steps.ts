@@ -3,6 +3,7 @@
  */
 import { AgentlabError } from "../../protocol/errors.js";
 import type { DaemonContext, Scheduler } from "../context.js";
+import { secondsBetween } from "../metrics/observer.js";
 import { pickGuestIp } from "../network/guest-ip.js";
 import type { ClusterVm, VmRef } from "../proxmox/types.js";
 import type { Job } from "../store/jobs.js";
@@ -55,6 +56,7 @@ export function finalizeJobs(
 ): Job[] {
   const ended = ctx.store.jobs.finalizeForSandbox(vmid, status, reason);
   for (const job of ended) {
+    ctx.metrics?.jobEnded(status, secondsBetween(job.created_at, job.updated_at));
     ctx.store.events.append({
       kind: status === "TIMEOUT" ? "job.timeout" : "job.failed",
       sandbox_vmid: vmid,

@@ -8,6 +8,7 @@ import type { Inventory, ReconcileChange, ReconcileResult } from "../../protocol
 import type { DaemonContext, Scheduler } from "../context.js";
 import { removeSnippet } from "../guest/cloud-init.js";
 import { KeyedMutex } from "../locks.js";
+import { outcomeOf } from "../metrics/observer.js";
 import type { ClusterVm } from "../proxmox/types.js";
 import { transitionSandbox } from "../state/sandbox.js";
 import type { Sandbox } from "../store/sandboxes.js";
@@ -103,6 +104,28 @@ export class Reconciler {
    * followed by qm start) costs nothing. `sandbox reconcile --apply` is a person asking: it acts at once.
    */
   async pass(
+    op: Operation,
+    options: { apply: boolean; stopping?: AbortSignal; skipIfIdle?: boolean; confirm?: boolean },
+  ): Promise<ReconcileResult> {
+    const metrics = this.ctx.metrics;
+    const pass = this.onePass(op, options);
+    if (!metrics) return pass;
+    return pass.then(
+      (result) => {
+        metrics.reconcilePass(
+          "success",
+          result.findings.map((finding) => finding.code),
+        );
+        return result;
+      },
+      (error: unknown) => {
+        metrics.reconcilePass(outcomeOf(error));
+        throw error;
+      },
+    );
+  }
+
+  private onePass(
     op: Operation,
     options: { apply: boolean; stopping?: AbortSignal; skipIfIdle?: boolean; confirm?: boolean },
   ): Promise<ReconcileResult> {

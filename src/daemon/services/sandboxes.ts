@@ -7,6 +7,7 @@ import type {
 } from "../../protocol/sandbox.js";
 import type { DaemonContext } from "../context.js";
 import { KeyedMutex } from "../locks.js";
+import { observed } from "../metrics/observer.js";
 import type { VmRef } from "../proxmox/types.js";
 import type { Sandbox, SandboxState } from "../store/sandboxes.js";
 import type { Workspace } from "../store/workspaces.js";
@@ -81,7 +82,12 @@ export class SandboxService {
    * attached as scsi1 before the first boot, after the `clean` snapshot.
    */
   create(params: CreateParams, op: Operation, plan?: WorkspacePlan): Promise<SandboxJson> {
-    return createSandbox(this.scope, this.vmids, this.workspaces, params, op, plan);
+    const work = () => createSandbox(this.scope, this.vmids, this.workspaces, params, op, plan);
+    const metrics = this.ctx.metrics;
+    if (!metrics) return work();
+    // A profile that does not exist is no label: the set of label values stays the configured profiles.
+    const profile = this.ctx.profiles.some((p) => p.name === params.profile) ? params.profile : "unknown";
+    return observed((outcome, seconds) => metrics.sandboxCreate(profile, outcome, seconds), work);
   }
 
   /**
@@ -151,7 +157,9 @@ export class SandboxService {
   }
 
   destroy(vmid: number, force: boolean, op: Operation): Promise<SandboxJson> {
-    return destroySandbox(this.scope, vmid, force, op);
+    const work = () => destroySandbox(this.scope, vmid, force, op);
+    const metrics = this.ctx.metrics;
+    return metrics ? observed((outcome) => metrics.sandboxDestroy(outcome), work) : work();
   }
 
   prune(op: Operation): ReturnType<typeof pruneSandboxes> {

@@ -92,6 +92,8 @@ export interface SandboxPatch {
 export interface SandboxRepo {
   /** Row count per state, for states that have at least one row. */
   countByState(): Record<string, number>;
+  /** Row count per state and profile, for the pairs that have at least one row (metrics). */
+  countByStateAndProfile(): Array<{ state: string; profile: string; n: number }>;
   /** Insert a new row. A taken vmid or live guest IP → CONFLICT; an unknown workspace → NOT_FOUND. */
   insert(row: NewSandbox): Sandbox;
   get(vmid: number): Sandbox | undefined;
@@ -209,6 +211,9 @@ export function createSandboxRepo(db: Database.Database, now: () => Date): Sandb
   const countStmt = db.prepare<[], { state: string; n: number }>(
     "SELECT state, count(*) AS n FROM sandboxes GROUP BY state ORDER BY state",
   );
+  const countByProfileStmt = db.prepare<[], { state: string; profile: string; n: number }>(
+    "SELECT state, profile, count(*) AS n FROM sandboxes GROUP BY state, profile ORDER BY state, profile",
+  );
   const insertStmt = db.prepare<SandboxInsertParams, SandboxDbRow>(
     `INSERT INTO sandboxes (${COLUMNS}) VALUES (@vmid, @name, @profile, @state, @node, @ip, @workspace_id, ` +
       "@keepalive, @lease_expires_at, @tags, @failure_reason, @vm_created, @snippet_path, @ssh_host_keys, @created_at, " +
@@ -249,6 +254,9 @@ export function createSandboxRepo(db: Database.Database, now: () => Date): Sandb
       const counts: Record<string, number> = {};
       for (const { state, n } of countStmt.all()) counts[state] = n;
       return counts;
+    },
+    countByStateAndProfile() {
+      return countByProfileStmt.all();
     },
 
     insert(row) {

@@ -27,6 +27,7 @@ import {
 import type { ProgressValue } from "../../../protocol/progress.js";
 import type { DaemonContext } from "../../context.js";
 import type { GuestJobEndpoints } from "../../guest/listener.js";
+import { secondsBetween } from "../../metrics/observer.js";
 import { redacted, redactString } from "../../redact.js";
 import { transitionSandbox } from "../../state/sandbox.js";
 import { type JobSecretRepo, lazyJobSecretRepo, secretValues } from "../../store/job-secrets.js";
@@ -360,6 +361,7 @@ export class JobService {
 
   /** A job ended (runner report, cancel): followers hear it, the sandbox follows. */
   #ended(job: Job): void {
+    this.#countEnd(job);
     this.#secrets.delete(job.id);
     this.#followers.publish(job.id, { kind: "end", job });
     this.#track(this.#finishSandbox(job));
@@ -426,7 +428,10 @@ export class JobService {
           "FAILED",
           "agentlabd restarted before a sandbox was reserved for the job; run it again",
         );
-        if (ended) this.#event(ended, "job.failed", ended.failure_reason ?? "failed");
+        if (ended) {
+          this.#countEnd(ended);
+          this.#event(ended, "job.failed", ended.failure_reason ?? "failed");
+        }
       } else if (sandbox.state === "RUNNING") {
         const running = ctx.store.jobs.markRunning(job.id);
         if (running) this.#event(running, "job.running", `sandbox ${sandbox.vmid} is running`);
@@ -565,12 +570,19 @@ export class JobService {
       );
       const ended = ctx.store.jobs.end(job.id, "FAILED", reason);
       if (ended) {
+        this.#countEnd(ended);
         this.#event(ended, "job.failed", reason);
         this.#followers.publish(ended.id, { kind: "end", job: ended });
       }
       this.#secrets.deleteForEndedJobs();
       ctx.log.warn({ job_id: job.id, err: error }, reason);
     }
+  }
+
+  /** Metrics: a job ended, by how (a cancel is FAILED with its own reason) and how long since it was queued. */
+  #countEnd(job: Job): void {
+    const outcome = job.failure_reason === CANCELLED_REASON ? "cancelled" : job.status;
+    this.ctx.metrics?.jobEnded(outcome, secondsBetween(job.created_at, job.updated_at));
   }
 
   /**

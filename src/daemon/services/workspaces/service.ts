@@ -1,6 +1,7 @@
 import type { FsckResult, WorkspaceDetail, Workspace as WorkspaceJson } from "../../../protocol/workspace.js";
 import type { DaemonContext } from "../../context.js";
 import { KeyedMutex } from "../../locks.js";
+import { observed } from "../../metrics/observer.js";
 import type { Operation } from "../operation.js";
 import type { VmidAllocator } from "../sandbox/vmid-allocator.js";
 import { acrossRevert, type RevertGuard, recoverRevert } from "./across-revert.js";
@@ -50,18 +51,29 @@ export class WorkspaceService {
     return acrossRevert(this.core, this.recovery, vmid, work);
   }
 
-  /** Run `work` unless start-up recovery still holds the workspace (WORKSPACE_BUSY, design §10.1). */
-  private idle<T>(ref: string, work: () => Promise<T>): Promise<T> {
-    try {
+  /**
+   * Run `work` unless start-up recovery still holds the workspace (WORKSPACE_BUSY, design §10.1);
+   * `operation` names it in metrics, refusals included.
+   */
+  private idle<T>(operation: string, ref: string, work: () => Promise<T>): Promise<T> {
+    return this.counted(operation, () => {
       this.recovery.guard(ref);
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    return work();
+      return work();
+    });
+  }
+
+  /** An operation that changes a workspace, reported to metrics by name and outcome. */
+  private counted<T>(operation: string, work: () => Promise<T>): Promise<T> {
+    const metrics = this.ctx.metrics;
+    if (!metrics) return (async () => work())();
+    return observed(
+      (outcome, seconds) => metrics.workspaceOperation(operation, outcome, seconds),
+      async () => work(),
+    );
   }
 
   create(params: CreateWorkspaceParams, op: Operation): Promise<WorkspaceJson> {
-    return createWorkspace(this.core, this.vmids, params, op);
+    return this.counted("create", () => createWorkspace(this.core, this.vmids, params, op));
   }
 
   list(): { workspaces: WorkspaceJson[] } {
@@ -78,11 +90,11 @@ export class WorkspaceService {
     op: Operation,
     options: { leaseOwner?: string; sessionId?: string } = {},
   ): Promise<AttachResult> {
-    return this.idle(ref, () => attachWorkspace(this.core, this.sandboxes, ref, vmid, op, options));
+    return this.idle("attach", ref, () => attachWorkspace(this.core, this.sandboxes, ref, vmid, op, options));
   }
 
   detach(ref: string, hot: boolean, op: Operation): Promise<DetachResult> {
-    return this.idle(ref, () => detachWorkspace(this.core, this.sandboxes, ref, hot, op));
+    return this.idle("detach", ref, () => detachWorkspace(this.core, this.sandboxes, ref, hot, op));
   }
 
   leaseClear(ref: string): ReturnType<typeof clearWorkspaceLease> {
@@ -90,11 +102,11 @@ export class WorkspaceService {
   }
 
   destroy(ref: string, op: Operation): Promise<DestroyResult> {
-    return this.idle(ref, () => destroyWorkspace(this.core, ref, op));
+    return this.idle("destroy", ref, () => destroyWorkspace(this.core, ref, op));
   }
 
   snapshotCreate(ref: string, name: string, op: Operation): Promise<SnapshotCreateResult> {
-    return this.idle(ref, () => createWorkspaceSnapshot(this.core, ref, name, op));
+    return this.idle("snapshot_create", ref, () => createWorkspaceSnapshot(this.core, ref, name, op));
   }
 
   snapshotList(ref: string): Promise<SnapshotListResult> {
@@ -102,19 +114,19 @@ export class WorkspaceService {
   }
 
   snapshotRestore(ref: string, name: string, op: Operation): Promise<SnapshotRestoreResult> {
-    return this.idle(ref, () => restoreWorkspaceSnapshot(this.core, ref, name, op));
+    return this.idle("snapshot_restore", ref, () => restoreWorkspaceSnapshot(this.core, ref, name, op));
   }
 
   fork(ref: string, params: ForkParams, op: Operation): Promise<WorkspaceJson> {
-    return this.idle(ref, () => forkWorkspace(this.core, this.vmids, ref, params, op));
+    return this.idle("fork", ref, () => forkWorkspace(this.core, this.vmids, ref, params, op));
   }
 
   rebind(ref: string, params: RebindParams, op: Operation): Promise<RebindResult> {
-    return this.idle(ref, () => rebindWorkspace(this, this.sandboxes, ref, params, op));
+    return this.idle("rebind", ref, () => rebindWorkspace(this, this.sandboxes, ref, params, op));
   }
 
   fsck(ref: string, repair: boolean, op: Operation): Promise<FsckResult> {
-    return this.idle(ref, () => fsckWorkspace(this.core, ref, repair, op));
+    return this.idle("fsck", ref, () => fsckWorkspace(this.core, ref, repair, op));
   }
 
   /** `workspace check` (design §5.4): read-only, so it runs during recovery too. */
