@@ -1,6 +1,8 @@
 /**
  * Maintenance: what keeps the database and Proxmox in agreement without anyone asking.
  * - start-up recovery (recovery.ts): provisionings a crash interrupted are finished or rolled back;
+ *   sandbox operations on existing VMs (sandbox/recovery/) are finished or undone from their intents,
+ *   and live rows whose VM is gone are settled, in the first pass;
  * - the lease reaper (reaper.ts): expired sandboxes are destroyed and their jobs finalised;
  * - the reconciler (reconciler.ts): drift found with one cluster-wide VM list is corrected;
  * plus the read-only drift report behind `sandbox inventory` and `sandbox reconcile`.
