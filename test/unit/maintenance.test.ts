@@ -386,7 +386,8 @@ describe("reconciler", () => {
   test("in the background a record is ended only when two passes in a row see the same drift", async () => {
     const h = harness();
     try {
-      row(h, 1000, "RUNNING", { ip: "10.77.4.2" }); // VM gone
+      await makeVm(h, 1000, { start: true });
+      row(h, 1000, "RUNNING", { ip: "10.77.4.2" }); // its VM goes after the start-up pass
       await makeVm(h, 1001);
       row(h, 1001, "RUNNING", { ip: "10.77.4.3" }); // VM stopped for good
       await makeVm(h, 1002);
@@ -396,13 +397,16 @@ describe("reconciler", () => {
       await h.maintenance.idle();
       assert.deepEqual(reconciled(), [], "seen once: nothing is ended yet");
       for (const vmid of [1000, 1001, 1002]) assert.equal(h.store.sandboxes.get(vmid)?.state, "RUNNING");
+      await apiTask(h.sim, "POST", "/nodes/pve/qemu/1000/status/stop");
+      await apiTask(h.sim, "DELETE", "/nodes/pve/qemu/1000");
       await apiTask(h.sim, "POST", "/nodes/pve/qemu/1002/status/start");
       h.scheduler.advance(30_000);
       await h.maintenance.idle();
-      assert.deepEqual(reconciled(), [
-        [1000, "DESTROYED"],
-        [1001, "FAILED"],
-      ]);
+      assert.deepEqual(reconciled(), [[1001, "FAILED"]]);
+      assert.equal(h.store.sandboxes.get(1000)?.state, "RUNNING", "VM gone, seen once: kept");
+      h.scheduler.advance(30_000);
+      await h.maintenance.idle();
+      assert.deepEqual(reconciled(), [[1000, "DESTROYED"]]);
       assert.equal(h.store.sandboxes.get(1002)?.state, "RUNNING");
     } finally {
       await h.maintenance.stop(1000);
@@ -559,6 +563,51 @@ describe("start-up recovery", () => {
         h.store.sandboxes.list().filter((s) => ["REQUESTED", "PROVISIONING", "BOOTING"].includes(s.state)),
         [],
       );
+    } finally {
+      await h.maintenance.stop(1000);
+      h.cleanup();
+    }
+  });
+
+  test("a live row whose VM went while the daemon was down is settled by the start-up pass, with an event", async () => {
+    const h = harness();
+    try {
+      row(h, 1000, "RUNNING", { ip: "10.77.4.2" }); // its VM was removed while the daemon was down
+      job(h, "job_1000", 1000);
+      await makeVm(h, 1001, { start: true });
+      row(h, 1001, "RUNNING", { ip: "10.77.4.3" }); // fine
+      h.maintenance.prepare();
+      h.maintenance.start();
+      await h.maintenance.idle();
+      assert.equal(h.store.sandboxes.get(1000)?.state, "DESTROYED");
+      assert.equal(h.store.jobs.get("job_1000")?.status, "FAILED");
+      const recovered = h.store.events.listForSandbox(1000).filter((e) => e.kind === "sandbox.recovered");
+      assert.equal(recovered.length, 1);
+      assert.match(
+        recovered[0]!.msg ?? "",
+        /RUNNING -> DESTROYED: its VM no longer exists in Proxmox \(found at daemon start-up\)/,
+      );
+      assert.equal(h.store.sandboxes.get(1001)?.state, "RUNNING");
+    } finally {
+      await h.maintenance.stop(1000);
+      h.cleanup();
+    }
+  });
+
+  test("a BOOTING row with a start intent is a start, not a provisioning: finished, its VM kept", async () => {
+    const h = harness();
+    try {
+      await makeVm(h, 1000, { start: true });
+      row(h, 1000, "BOOTING");
+      h.store.sandboxOps.begin(1000, "start");
+      h.store.sandboxOps.setStep(1000, "booting");
+      h.maintenance.prepare();
+      assert.deepEqual([...h.maintenance.recovery.interrupted], [], "not taken for a provisioning");
+      h.maintenance.start();
+      await h.maintenance.idle();
+      assert.equal(h.store.sandboxes.get(1000)?.state, "RUNNING");
+      assert.ok((await simVms(h))["1000"], "the VM is kept");
+      assert.deepEqual(h.store.sandboxOps.list(), []);
     } finally {
       await h.maintenance.stop(1000);
       h.cleanup();

@@ -56,6 +56,7 @@ const EXPECTED_TABLES = [
   "job_log_chunks",
   "job_secrets",
   "jobs",
+  "sandbox_ops",
   "sandboxes",
   "schema_migrations",
   "sessions",

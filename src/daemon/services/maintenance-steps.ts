@@ -5,7 +5,7 @@ import { AgentlabError } from "../../protocol/errors.js";
 import type { DaemonContext, Scheduler } from "../context.js";
 import { secondsBetween } from "../metrics/observer.js";
 import { pickGuestIp } from "../network/guest-ip.js";
-import type { ClusterVm, VmRef } from "../proxmox/types.js";
+import type { ClusterVm, ProxmoxBackend, VmRef } from "../proxmox/types.js";
 import type { Job } from "../store/jobs.js";
 import type { Sandbox, SandboxState } from "../store/sandboxes.js";
 
@@ -115,5 +115,42 @@ export async function askGuestIpOnce(
     if (error instanceof AgentlabError && ["GUEST_AGENT_NOT_READY", "PROXMOX_TIMEOUT"].includes(error.code))
       return undefined;
     throw error;
+  }
+}
+
+/**
+ * Wait until no Proxmox task runs on the VM: one a dead daemon started (a stop, a rollback, a destroy)
+ * keeps running in Proxmox, and recovery must read the VM after it, not race it. Throws PROXMOX_TIMEOUT
+ * after `waitMs`; recovery then tries again at the next maintenance pass.
+ */
+export async function waitForVmTasks(
+  backend: ProxmoxBackend,
+  vm: VmRef,
+  options: {
+    waitMs: number;
+    sleep: (ms: number, signal?: AbortSignal) => Promise<void>;
+    signal: AbortSignal;
+  },
+): Promise<void> {
+  const deadline = Date.now() + options.waitMs;
+  let delay = 200;
+  for (;;) {
+    // The active list also holds finished tasks not yet archived (Tasks.pm:228-236).
+    const active = (await backend.listTasks(vm.node, { vmid: vm.vmid, source: "active" })).filter(
+      (t) => t.running,
+    );
+    if (active.length === 0) return;
+    if (Date.now() >= deadline) {
+      throw new AgentlabError(
+        "PROXMOX_TIMEOUT",
+        `Proxmox task ${active[0]!.upid} on VM ${vm.vmid} is still running`,
+        {
+          hint: "recovery waits for it and tries again at the next maintenance pass",
+          details: { vmid: vm.vmid, upid: active[0]!.upid },
+        },
+      );
+    }
+    await options.sleep(delay, options.signal);
+    delay = Math.min(delay * 2, 2000);
   }
 }

@@ -1,6 +1,8 @@
 /**
  * Maintenance: what keeps the database and Proxmox in agreement without anyone asking.
  * - start-up recovery (recovery.ts): provisionings a crash interrupted are finished or rolled back;
+ *   sandbox operations on existing VMs (sandbox/recovery/) are finished or undone from their intents,
+ *   and live rows whose VM is gone are settled, in the first pass;
  * - the lease reaper (reaper.ts): expired sandboxes are destroyed and their jobs finalised;
  * - the reconciler (reconciler.ts): drift found with one cluster-wide VM list is corrected;
  * plus the read-only drift report behind `sandbox inventory` and `sandbox reconcile`.
@@ -22,6 +24,7 @@ import { type PassSignals, PeriodicTask } from "./periodic.js";
 import { type DetachWorkspaceHook, LeaseReaper } from "./reaper.js";
 import { Reconciler } from "./reconciler.js";
 import { Recovery } from "./recovery.js";
+import { SandboxOpRecovery } from "./sandbox/recovery/index.js";
 import type { SandboxService } from "./sandboxes.js";
 import { LeaseKeeper } from "./workspaces/lease-keeper.js";
 import type { WorkspaceRecovery } from "./workspaces/recovery.js";
@@ -53,6 +56,8 @@ export interface PassReport {
 
 export class MaintenanceService {
   readonly recovery: Recovery;
+  /** Sandbox operations on existing VMs (destroy, stop, revert, ...) a crash interrupted. */
+  readonly opRecovery: SandboxOpRecovery;
   readonly reaper: LeaseReaper;
   readonly reconciler: Reconciler;
   /** Renews the workspace leases of live owners, releases those of gone ones (design §9.3). */
@@ -65,7 +70,7 @@ export class MaintenanceService {
 
   constructor(
     private readonly ctx: DaemonContext,
-    sandboxes: SandboxService,
+    private readonly sandboxes: SandboxService,
     options: MaintenanceOptions = {},
   ) {
     const scheduler = options.scheduler ?? systemScheduler;
@@ -74,6 +79,9 @@ export class MaintenanceService {
       scheduler,
       sleep: options.sleep ?? abortableSleep,
       guestIpBudgetMs,
+    });
+    this.opRecovery = new SandboxOpRecovery(ctx, (vmid, work) => sandboxes.exclusive(vmid, work), {
+      sleep: options.sleep ?? abortableSleep,
     });
     this.reaper = new LeaseReaper(ctx, sandboxes, {
       isInterrupted: (vmid) => this.recovery.interrupted.has(vmid),
@@ -102,6 +110,7 @@ export class MaintenanceService {
    * extended again before any client can ask for them.
    */
   prepare(): void {
+    this.opRecovery.prepare();
     this.recovery.prepare();
     this.workspaceRecovery?.prepare();
     this.keeper.pass();
@@ -141,14 +150,39 @@ export class MaintenanceService {
       reconciled: [],
       errors: [],
     };
+    // Interrupted sandbox operations first (retried every pass until settled): a provisioning's VMID
+    // never has one, and the vanished-VM check below must see their outcome.
+    if (this.opRecovery.pending.size > 0 && !signals.stopping.aborted) {
+      try {
+        const { recovered, errors } = await this.opRecovery.run(op);
+        report.recovered += recovered.length;
+        report.errors.push(...errors.map((e) => ({ step: "sandbox recovery", ...e })));
+      } catch (error) {
+        report.errors.push({ step: "sandbox recovery", message: describe(error) });
+        op.log.warn({ err: error }, "sandbox operation recovery could not run; the next pass retries it");
+      }
+    }
     if (!this.recoveryDone) {
       try {
         const { changes, errors } = await this.recovery.run(op);
-        report.recovered = changes.length;
+        report.recovered += changes.length;
         report.errors.push(...errors.map((e) => ({ step: "recovery", ...e })));
       } catch (error) {
         report.errors.push({ step: "recovery", message: describe(error) });
         op.log.warn({ err: error }, "start-up recovery could not run; the reconciler retries it every pass");
+      }
+      try {
+        // A live row whose VM went while the daemon was down is settled now, not after the
+        // reconciler's two confirming passes.
+        const { recovered, errors } = await this.opRecovery.settleVanished(
+          op,
+          (vmid) => this.recovery.interrupted.has(vmid) || this.sandboxes.isBusy(vmid),
+        );
+        report.recovered += recovered.length;
+        report.errors.push(...errors.map((e) => ({ step: "recovery", ...e })));
+      } catch (error) {
+        report.errors.push({ step: "recovery", message: describe(error) });
+        op.log.warn({ err: error }, "start-up check for vanished VMs failed; the reconciler covers them");
       }
       this.recoveryDone = true;
     }

@@ -6,7 +6,6 @@
  */
 import type { Inventory, ReconcileChange, ReconcileResult } from "../../protocol/maintenance.js";
 import type { DaemonContext, Scheduler } from "../context.js";
-import { removeSnippet } from "../guest/cloud-init.js";
 import { KeyedMutex } from "../locks.js";
 import { outcomeOf } from "../metrics/observer.js";
 import type { ClusterVm } from "../proxmox/types.js";
@@ -23,8 +22,8 @@ import {
 } from "./maintenance-steps.js";
 import type { Operation } from "./operation.js";
 import { type Recovery, sameVersion } from "./recovery.js";
+import { JOB_VM_MISSING_REASON, recordDestroyed } from "./sandbox/destroy.js";
 import { bindDiscoveredAddress } from "./sandbox/network-binding.js";
-import { releaseSandboxWorkspace } from "./sandbox/workspace.js";
 import type { SandboxService } from "./sandboxes.js";
 
 export interface ReconcilerOptions {
@@ -36,7 +35,7 @@ export interface ReconcilerOptions {
 /** Plans that end a sandbox's record on the strength of one observation; see `confirm`. */
 const ENDS_RECORD: ReadonlySet<Plan["kind"]> = new Set(["destroy_record", "fail", "rollback"]);
 
-export const JOB_VM_MISSING_REASON = "its sandbox's VM disappeared from Proxmox";
+export { JOB_VM_MISSING_REASON };
 
 interface Survey {
   inventory: Inventory;
@@ -65,10 +64,12 @@ export class Reconciler {
     const now = ctx.clock.now();
     const rows = ctx.store.sandboxes.list();
     const vms = await ctx.backend.listVms();
+    // An intent left for recovery (one it could not settle yet) holds its sandbox as an operation does.
+    const intents = new Set(ctx.store.sandboxOps.list().map((intent) => intent.vmid));
     const { assessments, busy } = assessDrift({
       rows,
       vms,
-      busy: (vmid) => this.sandboxes.isBusy(vmid),
+      busy: (vmid) => this.sandboxes.isBusy(vmid) || intents.has(vmid),
       interrupted: this.recovery.interrupted,
       now,
       orphanGraceMs: ctx.config.orphan_grace_period_ms,
@@ -228,18 +229,14 @@ export class Reconciler {
         switch (plan.kind) {
           case "destroy_record": {
             if ((await liveState()) !== "missing") return undefined;
-            removeSnippet(row.snippet_path);
-            ctx.store.tx(() => {
-              transitionSandbox(ctx.store, vmid, "DESTROYED", { patch: { snippet_path: null } });
-              this.event(
-                vmid,
-                "sandbox.reconcile",
-                `${row.state} -> DESTROYED: its VM no longer exists in Proxmox`,
-              );
-              finalizeJobs(ctx, vmid, "FAILED", JOB_VM_MISSING_REASON);
-              // The VM never owned its workspace's volume: the workspace is intact, only detached now.
-              releaseSandboxWorkspace(ctx, vmid);
-            });
+            // The VM never owned its workspace's volume: the workspace is intact, only detached now.
+            await recordDestroyed(
+              ctx,
+              row,
+              `${row.state} -> DESTROYED: its VM no longer exists in Proxmox`,
+              "sandbox.reconcile",
+              { jobReason: JOB_VM_MISSING_REASON },
+            );
             return {
               vmid,
               action: "destroyed",

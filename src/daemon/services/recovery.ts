@@ -60,7 +60,11 @@ export class Recovery {
    * leftover snippets. Database and files only, no Proxmox call.
    */
   prepare(): void {
+    // A BOOTING row with an intent is a start or revert, not a provisioning: sandbox/recovery/ owns it
+    // (rolling it back here would remove the VM of a sandbox that was only being started).
+    const withIntent = new Set(this.ctx.store.sandboxOps.list().map((intent) => intent.vmid));
     for (const row of this.ctx.store.sandboxes.list()) {
+      if (withIntent.has(row.vmid)) continue;
       const unfinishedRollback =
         row.state === "FAILED" && row.vm_created && row.failure_reason === INTERRUPTED_REASON;
       if (isProvisioning(row.state) || unfinishedRollback) this.interrupted.add(row.vmid);

@@ -25,6 +25,7 @@ import { createJobLogRepo, type JobLogRepo } from "./job-logs.js";
 import { createJobRepo, type JobRepo } from "./jobs.js";
 import { createWorkspaceLeaseRepo, type WorkspaceLeaseRepo } from "./leases.js";
 import { MIGRATIONS, migrate, pendingMigrations, readAppliedMigrations } from "./migrations.js";
+import { createSandboxOpRepo, type SandboxOpRepo } from "./sandbox-ops.js";
 import { createSandboxRepo, type SandboxRepo } from "./sandboxes.js";
 import { createSessionRepo, type SessionRepo } from "./sessions.js";
 import { createVmidAllocatorRepo, type VmidAllocatorRepo } from "./vmid-allocator.js";
@@ -64,6 +65,8 @@ export interface Store {
   readonly workspaceLeases: WorkspaceLeaseRepo;
   readonly workspaceSnapshots: WorkspaceSnapshotRepo;
   readonly workspaceOps: WorkspaceOpRepo;
+  /** Intents of sandbox operations in flight (or interrupted: start-up recovery's work list). */
+  readonly sandboxOps: SandboxOpRepo;
   readonly sessions: SessionRepo;
   /** The VMID high-water mark shared by sandboxes and workspace holders. */
   readonly vmidAllocator: VmidAllocatorRepo;
@@ -122,6 +125,7 @@ class SqliteStore implements Store {
   readonly workspaceLeases: WorkspaceLeaseRepo;
   readonly workspaceSnapshots: WorkspaceSnapshotRepo;
   readonly workspaceOps: WorkspaceOpRepo;
+  readonly sandboxOps: SandboxOpRepo;
   readonly sessions: SessionRepo;
   readonly vmidAllocator: VmidAllocatorRepo;
   readonly #versionStmt: Database.Statement<[], { version: number }>;
@@ -149,6 +153,7 @@ class SqliteStore implements Store {
     this.workspaceLeases = createWorkspaceLeaseRepo(db, now);
     this.workspaceSnapshots = createWorkspaceSnapshotRepo(db, now);
     this.workspaceOps = createWorkspaceOpRepo(db, now);
+    this.sandboxOps = createSandboxOpRepo(db, now);
     this.sessions = createSessionRepo(db, now);
     this.#versionStmt = db.prepare("SELECT coalesce(max(version), 0) AS version FROM schema_migrations");
     this.#totalChanges = db.prepare<[], number>("SELECT total_changes()").pluck();

@@ -322,6 +322,19 @@ CREATE TABLE job_secrets (
 );
 `;
 
+// One intent row per sandbox operation on its VM (destroy, stop, start, revert, snapshot save/restore), written
+// before the first Proxmox call and deleted by the transaction that records the outcome: a row left
+// behind is an operation a crash interrupted, which start-up recovery finishes or undoes after reading
+// Proxmox. One per sandbox, since the sandbox's operation lock allows one at a time.
+const ADD_SANDBOX_OPS = `
+CREATE TABLE sandbox_ops (
+  vmid        INTEGER PRIMARY KEY REFERENCES sandboxes(vmid) ON DELETE CASCADE,
+  kind        TEXT NOT NULL CHECK (kind IN ('destroy', 'stop', 'start', 'revert', 'snapshot_save', 'snapshot_restore')),
+  params_json TEXT NOT NULL DEFAULT '{}',
+  created_at  TEXT NOT NULL CHECK (created_at ${TS})
+);
+`;
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
@@ -384,6 +397,13 @@ export const MIGRATIONS: readonly Migration[] = [
     name: "add_job_secrets",
     up(db) {
       db.exec(ADD_JOB_SECRETS);
+    },
+  },
+  {
+    version: 10,
+    name: "add_sandbox_ops",
+    up(db) {
+      db.exec(ADD_SANDBOX_OPS);
     },
   },
 ];

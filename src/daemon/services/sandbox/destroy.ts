@@ -45,6 +45,9 @@ export async function removeVm(ctx: DaemonContext, recorded: VmRef): Promise<voi
   }
 }
 
+/** Why a job ends when its sandbox's VM disappeared from Proxmox behind agentlab's back. */
+export const JOB_VM_MISSING_REASON = "its sandbox's VM disappeared from Proxmox";
+
 /** How long a sandbox with a workspace gets to shut down cleanly before it is stopped hard. */
 export const WORKSPACE_SHUTDOWN_SECONDS = 120;
 
@@ -90,6 +93,8 @@ export function destroySandbox(
       );
     }
     if (row.vm_created) {
+      // Intent first (one commit): a kill -9 from here on leaves a row start-up recovery finishes from.
+      ctx.store.sandboxOps.begin(vmid, "destroy", { force });
       reportStep(op, vmid, "destroy", `destroying VM ${vmid}`);
       try {
         if (force) await removeVm(ctx, vmRefOf(ctx, row));
@@ -102,7 +107,11 @@ export function destroySandbox(
           await ctx.backend.destroy(vm, { purge: true }, { signal: op.signal });
         }
       } catch (error) {
-        recordEvent(ctx, vmid, "sandbox.destroy.failed", describe(error));
+        // The caller sees the failure and decides; a later restart must not finish it behind their back.
+        ctx.store.tx(() => {
+          ctx.store.sandboxOps.finish(vmid);
+          recordEvent(ctx, vmid, "sandbox.destroy.failed", describe(error));
+        });
         throw new AgentlabError("DESTROY_FAILED", `failed to destroy sandbox: ${describe(error)}`, {
           hint: isVmNotFound(error)
             ? `the VM is already gone; clear the entry with agentlab sandbox destroy --force ${vmid} (or agentlab sandbox prune)`
@@ -119,27 +128,51 @@ export function destroySandbox(
         });
       }
     }
-    removeSnippet(row.snippet_path);
-    // A runner that never asked for its job must not get it from a VM that is gone.
-    ctx.guestReady?.revokeJobToken(vmid);
-    await ctx.network?.release(vmid, row.ip);
-    // A job bound to a destroyed sandbox can never finish; end it in the same transaction
-    // (upstream left such jobs RUNNING forever). The workspace, its lease and the session let go of the
-    // sandbox in it too: the VM and every reference it held are gone.
-    const destroyed = ctx.store.tx(() => {
-      const moved = transitionSandbox(ctx.store, vmid, "DESTROYED", { patch: { snippet_path: null } });
-      finalizeJobs(
+    return sandboxJson(
+      await recordDestroyed(
         ctx,
-        vmid,
-        row.state === "TIMEOUT" ? "TIMEOUT" : "FAILED",
-        `sandbox ${vmid} was destroyed`,
-      );
-      releaseSandboxWorkspace(ctx, vmid);
-      // Read again: the release cleared the row's workspace_id after the move.
-      return ctx.store.sandboxes.get(vmid) ?? moved;
-    });
-    recordEvent(ctx, vmid, "sandbox.destroy.completed", force ? "destroyed (forced)" : "destroyed");
-    return sandboxJson(destroyed);
+        row,
+        force ? "destroyed (forced)" : "destroyed",
+        "sandbox.destroy.completed",
+      ),
+    );
+  });
+}
+
+/**
+ * The database side of a destroy once the VM is gone: snippet, job token and network binding released,
+ * then one transaction moves the row to DESTROYED, ends its jobs, lets its workspace go, closes the
+ * destroy intent and records `kind` with `msg`. Safe to repeat: each release is idempotent and a row
+ * already DESTROYED stays so. Start-up recovery finishes an interrupted destroy with it.
+ */
+export async function recordDestroyed(
+  ctx: DaemonContext,
+  row: Sandbox,
+  msg: string,
+  kind: string,
+  options: { payload?: Record<string, unknown>; jobReason?: string } = {},
+): Promise<Sandbox> {
+  const { vmid } = row;
+  removeSnippet(row.snippet_path);
+  // A runner that never asked for its job must not get it from a VM that is gone.
+  ctx.guestReady?.revokeJobToken(vmid);
+  await ctx.network?.release(vmid, row.ip);
+  // A job bound to a destroyed sandbox can never finish; end it in the same transaction
+  // (upstream left such jobs RUNNING forever). The workspace, its lease and the session let go of the
+  // sandbox in it too: the VM and every reference it held are gone.
+  return ctx.store.tx(() => {
+    const moved = transitionSandbox(ctx.store, vmid, "DESTROYED", { patch: { snippet_path: null } });
+    finalizeJobs(
+      ctx,
+      vmid,
+      row.state === "TIMEOUT" ? "TIMEOUT" : "FAILED",
+      options.jobReason ?? `sandbox ${vmid} was destroyed`,
+    );
+    releaseSandboxWorkspace(ctx, vmid);
+    ctx.store.sandboxOps.finish(vmid);
+    recordEvent(ctx, vmid, kind, msg, options.payload);
+    // Read again: the release cleared the row's workspace_id after the move.
+    return ctx.store.sandboxes.get(vmid) ?? moved;
   });
 }
 

@@ -7,7 +7,8 @@ import { AgentlabError } from "../../../protocol/errors.js";
 import type { Sandbox as SandboxJson } from "../../../protocol/sandbox.js";
 import type { DaemonContext } from "../../context.js";
 import type { VmRef } from "../../proxmox/types.js";
-import { transitionSandbox } from "../../state/sandbox.js";
+import { type TransitionOptions, transitionSandbox } from "../../state/sandbox.js";
+import type { SandboxOpKind } from "../../store/sandbox-ops.js";
 import type { Sandbox, SandboxState } from "../../store/sandboxes.js";
 import { describe, vmRefOf } from "../maintenance-steps.js";
 import { mapLimit } from "../map-limit.js";
@@ -47,7 +48,12 @@ export async function bootSandbox(
   op: Operation,
   what: string,
 ): Promise<Sandbox> {
-  transitionSandbox(ctx.store, vmid, "BOOTING");
+  // The intent (start, or a revert whose rollback is done) moves to "booting" with the row: from here a
+  // restart finishes the boot rather than redoing what came before.
+  ctx.store.tx(() => {
+    transitionSandbox(ctx.store, vmid, "BOOTING");
+    ctx.store.sandboxOps.setStep(vmid, "booting");
+  });
   try {
     reportStep(op, vmid, "start", `starting VM ${vmid}`);
     await ctx.network?.beforeStart(vmid);
@@ -59,9 +65,40 @@ export async function bootSandbox(
       const mode = networkModeOf(ctx, ready.profile);
       await ctx.network.bind(vmid, netMac((await ctx.backend.getConfig(vm)).net0), ip, mode);
     }
-    return transitionSandbox(ctx.store, vmid, "RUNNING");
+    return settleSandbox(ctx, vmid, "RUNNING");
   } catch (error) {
-    transitionSandbox(ctx.store, vmid, "FAILED", { reason: `${what} failed: ${describe(error)}` });
+    settleSandbox(ctx, vmid, "FAILED", { reason: `${what} failed: ${describe(error)}` });
+    throw error;
+  }
+}
+
+/** Move the sandbox and close its operation's intent in one transaction (the operation's last commit). */
+export function settleSandbox(
+  ctx: DaemonContext,
+  vmid: number,
+  to: SandboxState,
+  options: TransitionOptions = {},
+): Sandbox {
+  return ctx.store.tx(() => {
+    const moved = transitionSandbox(ctx.store, vmid, to, options);
+    ctx.store.sandboxOps.finish(vmid);
+    return moved;
+  });
+}
+
+/** Run `work` after recording `kind`'s intent; a failure closes the intent (the caller sees it). */
+export async function withIntent<T>(
+  ctx: DaemonContext,
+  vmid: number,
+  kind: SandboxOpKind,
+  params: Record<string, unknown>,
+  work: () => Promise<T>,
+): Promise<T> {
+  ctx.store.sandboxOps.begin(vmid, kind, params);
+  try {
+    return await work();
+  } catch (error) {
+    ctx.store.sandboxOps.finish(vmid);
     throw error;
   }
 }
@@ -69,10 +106,12 @@ export async function bootSandbox(
 /** Hard-stop the VM and mark the sandbox STOPPED, with events. The caller holds the VMID's lock. */
 async function powerOff(ctx: DaemonContext, row: Sandbox, op: Operation, progress = ""): Promise<Sandbox> {
   reportStep(op, row.vmid, "stop", `stopping VM ${row.vmid}${progress}`);
-  await recorded(ctx, row.vmid, "sandbox.stop", "stopped", () =>
-    ctx.backend.stop(vmRefOf(ctx, row), { signal: op.signal }),
-  );
-  return transitionSandbox(ctx.store, row.vmid, "STOPPED");
+  return withIntent(ctx, row.vmid, "stop", {}, async () => {
+    await recorded(ctx, row.vmid, "sandbox.stop", "stopped", () =>
+      ctx.backend.stop(vmRefOf(ctx, row), { signal: op.signal }),
+    );
+    return settleSandbox(ctx, row.vmid, "STOPPED");
+  });
 }
 
 export function startSandbox(
@@ -91,7 +130,9 @@ export function startSandbox(
         },
       );
     }
-    return sandboxJson(await bootSandbox(ctx, vmid, vmRefOf(ctx, row), op, "start"));
+    return sandboxJson(
+      await withIntent(ctx, vmid, "start", {}, () => bootSandbox(ctx, vmid, vmRefOf(ctx, row), op, "start")),
+    );
   });
 }
 

@@ -139,13 +139,27 @@ function revertHolding(
     const restart = options.restart ?? wasRunning;
     const force = options.force === true;
     const payload = { snapshot: CLEAN_SNAPSHOT, was_running: wasRunning, force, restart };
-    recordEvent(ctx, vmid, "sandbox.revert.started", `reverting to "${CLEAN_SNAPSHOT}"`, payload);
+    // Intent first, in the commit that records the start: from here a kill -9 leaves a row start-up
+    // recovery finishes (the rollback is redone, which is safe: the VM has not run since any earlier one).
+    ctx.store.tx(() => {
+      ctx.store.sandboxOps.begin(vmid, "revert", {
+        restart,
+        guarded: guard !== undefined,
+        // What reapplySettings puts back after the rollback, kept for a recovery that redoes it.
+        cores: config.cores ?? null,
+        memory: config.memory ?? null,
+      });
+      recordEvent(ctx, vmid, "sandbox.revert.started", `reverting to "${CLEAN_SNAPSHOT}"`, payload);
+    });
     const started = ctx.clock.now().getTime();
     const failed = (error: unknown, what = "") => {
-      recordEvent(ctx, vmid, "sandbox.revert.failed", `${what}${describe(error)}`, {
-        ...payload,
-        error: `${what}${describe(error)}`,
-        duration_ms: ctx.clock.now().getTime() - started,
+      ctx.store.tx(() => {
+        ctx.store.sandboxOps.finish(vmid);
+        recordEvent(ctx, vmid, "sandbox.revert.failed", `${what}${describe(error)}`, {
+          ...payload,
+          error: `${what}${describe(error)}`,
+          duration_ms: ctx.clock.now().getTime() - started,
+        });
       });
     };
     try {
@@ -182,9 +196,12 @@ function revertHolding(
         throw error;
       }
     }
-    recordEvent(ctx, vmid, "sandbox.revert.completed", `reverted to "${CLEAN_SNAPSHOT}"`, {
-      ...payload,
-      duration_ms: ctx.clock.now().getTime() - started,
+    ctx.store.tx(() => {
+      ctx.store.sandboxOps.finish(vmid); // already closed by the restart's RUNNING; without one, here
+      recordEvent(ctx, vmid, "sandbox.revert.completed", `reverted to "${CLEAN_SNAPSHOT}"`, {
+        ...payload,
+        duration_ms: ctx.clock.now().getTime() - started,
+      });
     });
     return {
       sandbox: sandboxJson(sandbox),

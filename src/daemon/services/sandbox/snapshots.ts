@@ -5,6 +5,7 @@
 import { AgentlabError } from "../../../protocol/errors.js";
 import type { Sandbox as SandboxJson, SandboxSnapshot } from "../../../protocol/sandbox.js";
 import type { DaemonContext } from "../../context.js";
+import type { VmRef } from "../../proxmox/types.js";
 import { canTransition, transitionSandbox } from "../../state/sandbox.js";
 import type { Sandbox } from "../../store/sandboxes.js";
 import { describe, vmRefOf } from "../maintenance-steps.js";
@@ -117,13 +118,21 @@ export function saveSnapshot(
       });
     }
     reportStep(op, vmid, "snapshot", `taking snapshot "${name}" of VM ${vmid}`);
+    // Intent first: a kill -9 during the snapshot leaves a row recovery settles from the snapshot list.
+    ctx.store.sandboxOps.begin(vmid, "snapshot_save", { name });
     try {
       await ctx.backend.snapshotCreate(vm, name, undefined, { signal: op.signal });
     } catch (error) {
-      recordEvent(ctx, vmid, "sandbox.snapshot.failed", describe(error), { name, error: describe(error) });
+      ctx.store.tx(() => {
+        ctx.store.sandboxOps.finish(vmid);
+        recordEvent(ctx, vmid, "sandbox.snapshot.failed", describe(error), { name, error: describe(error) });
+      });
       throw error;
     }
-    recordEvent(ctx, vmid, "sandbox.snapshot.created", `snapshot "${name}" taken`, { name, force });
+    ctx.store.tx(() => {
+      ctx.store.sandboxOps.finish(vmid);
+      recordEvent(ctx, vmid, "sandbox.snapshot.created", `snapshot "${name}" taken`, { name, force });
+    });
     return { vmid, name, created_at: ctx.clock.now().toISOString() };
   });
 }
@@ -159,38 +168,66 @@ export function restoreSnapshot(
     if (!snapshots.some((snapshot) => snapshot.name === name)) throw snapshotMissing(vmid, name);
     await requireRollbackable(ctx, vm, await backend.getConfig(vm), snapshots, name);
     reportStep(op, vmid, "rollback", `rolling VM ${vmid} back to snapshot "${name}"`);
+    // Intent first: a kill -9 from here leaves a row recovery finishes (the rollback is redone).
+    ctx.store.sandboxOps.begin(vmid, "snapshot_restore", { name });
     try {
       await backend.snapshotRollback(vm, name, { signal: op.signal });
       await reapplySettings(ctx, vm, undefined, row.tags);
     } catch (error) {
-      recordEvent(ctx, vmid, "sandbox.snapshot.restore_failed", describe(error), {
-        name,
-        error: describe(error),
+      ctx.store.tx(() => {
+        ctx.store.sandboxOps.finish(vmid);
+        recordEvent(ctx, vmid, "sandbox.snapshot.restore_failed", describe(error), {
+          name,
+          error: describe(error),
+        });
       });
       throw isSnapshotMissing(error) ? snapshotMissing(vmid, name, error) : error;
     }
-    const status = await backend.status(vm);
-    let sandbox: Sandbox;
-    if (status.state === "running" || status.state === "paused") {
+    const sandbox = await settleAfterRollback(ctx, vm, op, (settled) =>
+      recordEvent(ctx, vmid, "sandbox.snapshot.restored", `restored snapshot "${name}"`, {
+        name,
+        force,
+        running: settled.state === "RUNNING",
+      }),
+    );
+    return { sandbox: sandboxJson(sandbox), snapshot: name };
+  });
+}
+
+/**
+ * After a snapshot rollback the VM is as the snapshot left it: a disk-only snapshot leaves it stopped
+ * (STOPPED, address cleared), one with RAM resumes it (RUNNING, address asked again). The row moves,
+ * `record` runs and the restore's intent closes in one transaction. Start-up recovery of an interrupted
+ * restore ends with it too.
+ */
+export async function settleAfterRollback(
+  ctx: DaemonContext,
+  vm: VmRef,
+  op: Operation,
+  record: (settled: Sandbox) => void,
+): Promise<Sandbox> {
+  const { vmid } = vm;
+  const status = await ctx.backend.status(vm);
+  let ip: string | null = null;
+  const running = status.state === "running" || status.state === "paused";
+  if (running) {
+    try {
+      ip = await waitForIp(ctx, vm, ctx.clock.now().getTime() + RESTORE_IP_BUDGET_MS, op);
+    } catch (error) {
+      op.log.info({ vmid, err: error }, "no guest address yet after the restore");
+    }
+  }
+  return ctx.store.tx(() => {
+    let settled: Sandbox;
+    if (running) {
       if (!canTransition(getSandbox(ctx, vmid).state, "RUNNING"))
         transitionSandbox(ctx.store, vmid, "STOPPED");
-      let ip: string | null = null;
-      try {
-        ip = await waitForIp(ctx, vm, ctx.clock.now().getTime() + RESTORE_IP_BUDGET_MS, op);
-      } catch (error) {
-        op.log.info({ vmid, err: error }, "no guest address yet after the restore");
-      }
-      sandbox = transitionSandbox(ctx.store, vmid, "RUNNING", { patch: { ip, failure_reason: null } });
+      settled = transitionSandbox(ctx.store, vmid, "RUNNING", { patch: { ip, failure_reason: null } });
     } else {
-      sandbox = transitionSandbox(ctx.store, vmid, "STOPPED", {
-        patch: { ip: null, failure_reason: null },
-      });
+      settled = transitionSandbox(ctx.store, vmid, "STOPPED", { patch: { ip: null, failure_reason: null } });
     }
-    recordEvent(ctx, vmid, "sandbox.snapshot.restored", `restored snapshot "${name}"`, {
-      name,
-      force,
-      running: sandbox.state === "RUNNING",
-    });
-    return { sandbox: sandboxJson(sandbox), snapshot: name };
+    record(settled);
+    ctx.store.sandboxOps.finish(vmid);
+    return settled;
   });
 }

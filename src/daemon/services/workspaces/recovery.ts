@@ -20,7 +20,7 @@ import type { VmConfig, VmRef, VmStatus } from "../../proxmox/types.js";
 import { leaseHeldError, sandboxLeaseOwner, sessionLeaseOwner } from "../../store/leases.js";
 import type { WorkspaceOp, WorkspaceOpKind } from "../../store/workspace-ops.js";
 import type { Workspace } from "../../store/workspaces.js";
-import { describe, isVmNotFound } from "../maintenance-steps.js";
+import { describe, isVmNotFound, waitForVmTasks } from "../maintenance-steps.js";
 import type { Operation } from "../operation.js";
 import { recordDetached, type SandboxPort, workspaceDrive } from "./attachment.js";
 import { driveVolid, HOLDER_TAG, referencingKeys, WORKSPACE_SLOT, type WorkspaceCore } from "./core.js";
@@ -298,27 +298,11 @@ export class WorkspaceRecovery {
    * `vm` before reading what they did. Bounded; past the bound the row waits for the next pass.
    */
   async waitForTasks(vm: VmRef, operation: Operation): Promise<void> {
-    const deadline = Date.now() + this.taskWaitMs;
-    let delay = 200;
-    for (;;) {
-      // The active list also holds finished tasks not yet archived (Tasks.pm:228-236).
-      const active = (await this.backend.listTasks(vm.node, { vmid: vm.vmid, source: "active" })).filter(
-        (t) => t.running,
-      );
-      if (active.length === 0) return;
-      if (Date.now() >= deadline) {
-        throw new AgentlabError(
-          "PROXMOX_TIMEOUT",
-          `Proxmox task ${active[0]!.upid} on VM ${vm.vmid} is still running`,
-          {
-            hint: "recovery waits for it and tries again at the next maintenance pass",
-            details: { vmid: vm.vmid, upid: active[0]!.upid },
-          },
-        );
-      }
-      await this.sleep(delay, operation.signal);
-      delay = Math.min(delay * 2, 2000);
-    }
+    await waitForVmTasks(this.backend, vm, {
+      waitMs: this.taskWaitMs,
+      sleep: this.sleep,
+      signal: operation.signal,
+    });
   }
 
   /** Close the row (releasing its temporary lease) in the final transaction, after `commit`. */
