@@ -62,6 +62,43 @@ export const FLAG_KINDS: Readonly<Record<string, NameKind>> = {
 };
 
 /**
+ * Options that take no value, so the word after one is an argument. Every other option is taken to
+ * carry the next word as its value (`--ttl 1h`, `--socket PATH`): counting `1h` as the command's
+ * argument would stop `sandbox lease renew --ttl 1h <TAB>` from offering VMIDs. An option missing here
+ * only makes completion offer names once too often, never hide them.
+ */
+const BOOLEAN_FLAGS = new Set(
+  [
+    "all",
+    "apply",
+    "clear-tags",
+    "dry-run",
+    "events",
+    "follow",
+    "force",
+    "help",
+    "hot",
+    "json",
+    "keep-old",
+    "keepalive",
+    "print",
+    "recursive",
+    "repair",
+    "restart",
+    "smoke-test",
+    "version",
+    "wait",
+    "yes",
+  ].map((name) => `--${name}`),
+);
+
+function takesValue(option: string): boolean {
+  if (option.includes("=") || option.startsWith("--no-")) return false;
+  // Short options (-f, -r) are all switches.
+  return option.startsWith("--") && !BOOLEAN_FLAGS.has(option);
+}
+
+/**
  * What the word being completed names, from the words before it (without the program name), or
  * undefined. Only the first positional of a command is completed: once a word follows the command,
  * its argument is there.
@@ -69,8 +106,13 @@ export const FLAG_KINDS: Readonly<Record<string, NameKind>> = {
 export function nameKind(before: readonly string[]): NameKind | undefined {
   const last = before.at(-1);
   if (last !== undefined && last in FLAG_KINDS) return FLAG_KINDS[last];
-  // The command words are the leading words that are not options.
-  const words = before.filter((word) => !word.startsWith("-"));
+  // The positional words, in order: options and the values they carry left out.
+  const words: string[] = [];
+  for (let i = 0; i < before.length; i++) {
+    const word = before[i]!;
+    if (!word.startsWith("-")) words.push(word);
+    else if (takesValue(word)) i++;
+  }
   for (let length = Math.min(3, words.length); length > 0; length--) {
     const kind = POSITIONAL_KINDS[words.slice(0, length).join(" ")];
     if (kind === undefined) continue;

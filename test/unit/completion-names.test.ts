@@ -8,7 +8,20 @@ import { REPO_ROOT } from "../helpers/paths.js";
 describe("which words completion fills from the daemon", () => {
   test("the first positional of a command, and the value of --profile/--workspace", () => {
     assert.equal(nameKind(["sandbox", "show"]), "vmid");
-    assert.equal(nameKind(["--json", "sandbox", "lease", "renew", "--ttl", "1h"]), undefined);
+    assert.equal(
+      nameKind(["--json", "sandbox", "lease", "renew", "--ttl", "1h"]),
+      "vmid",
+      "1h is --ttl's value",
+    );
+    assert.equal(
+      nameKind(["--socket", "/run/x.sock", "sandbox", "show"]),
+      "vmid",
+      "the socket path is no command word",
+    );
+    assert.equal(nameKind(["sandbox", "destroy", "--force"]), "vmid");
+    assert.equal(nameKind(["sandbox", "destroy", "--force", "1001"]), undefined, "--force takes no value");
+    assert.equal(nameKind(["sandbox", "show", "--json", "1001"]), undefined);
+    assert.equal(nameKind(["workspace", "fsck", "--repair=true"]), "workspace");
     assert.equal(nameKind(["sandbox", "lease", "renew"]), "vmid");
     assert.equal(nameKind(["sandbox", "show", "1001"]), undefined, "the VMID is there already");
     assert.equal(nameKind(["workspace", "snapshot", "restore"]), "workspace");
