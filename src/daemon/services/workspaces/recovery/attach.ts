@@ -5,15 +5,14 @@
  */
 import type { VmRef } from "../../../proxmox/types.js";
 import { sandboxLeaseOwner } from "../../../store/leases.js";
+import type { Workspace } from "../../../store/workspaces.js";
 import { workspaceDrive } from "../attachment.js";
 import { referencingKeys, WORKSPACE_SLOT } from "../core.js";
 import { holderStopped, type RecoveryResult, type RecoveryScope, readVm, settle } from "./common.js";
 
-export async function recoverAttach(scope: RecoveryScope): Promise<RecoveryResult> {
+export async function recoverAttach(scope: RecoveryScope, ws: Workspace): Promise<RecoveryResult> {
   const { core, op, operation } = scope;
   const { store, backend } = core.ctx;
-  const ws = store.workspaces.get(op.workspace_id);
-  if (!ws) return { outcome: "closed", message: "the workspace record is gone" };
   const vmid = Number(op.params.vmid);
   const vm: VmRef = {
     vmid,

@@ -50,6 +50,20 @@ export interface RecoveryScope {
 
 export type Recoverer = (scope: RecoveryScope) => Promise<RecoveryResult>;
 
+/**
+ * The recovery of a kind that works on the op's own workspace: with no workspace record left there
+ * is nothing to finish or undo, and the row is closed.
+ */
+export function onWorkspace(
+  recover: (scope: RecoveryScope, ws: Workspace) => Promise<RecoveryResult>,
+): Recoverer {
+  return async (scope) => {
+    const ws = scope.core.ctx.store.workspaces.get(scope.op.workspace_id);
+    if (!ws) return { outcome: "closed", message: "the workspace record is gone" };
+    return recover(scope, ws);
+  };
+}
+
 export interface VmView {
   config: VmConfig;
   status: VmStatus;

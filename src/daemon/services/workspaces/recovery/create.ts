@@ -4,16 +4,14 @@
  * with); no holder, or one that is not this workspace's, removes the unfinished record; a locked or
  * diskless holder needs an operator.
  */
-
+import type { Workspace } from "../../../store/workspaces.js";
 import { driveVolid } from "../core.js";
 import { formatIfPossible } from "../create.js";
 import { broken, holderRef, type RecoveryResult, type RecoveryScope, readVm, settle } from "./common.js";
 
-export async function recoverCreate(scope: RecoveryScope): Promise<RecoveryResult> {
+export async function recoverCreate(scope: RecoveryScope, ws: Workspace): Promise<RecoveryResult> {
   const { core, op } = scope;
   const { store, backend } = core.ctx;
-  const ws = store.workspaces.get(op.workspace_id);
-  if (!ws) return { outcome: "closed", message: "the workspace record is gone" };
   const holder = holderRef(core, ws, op);
   if (!holder) {
     store.tx(() => store.workspaces.delete(ws.id));

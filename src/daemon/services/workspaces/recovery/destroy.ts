@@ -1,14 +1,13 @@
 /**
  * Recovery of an interrupted `workspace destroy` (design §5.6): rolled forward, the user confirmed.
  */
+import type { Workspace } from "../../../store/workspaces.js";
 import { isVmNotFound } from "../../maintenance-steps.js";
 import { holderRef, lockedHolder, type RecoveryResult, type RecoveryScope, readVm } from "./common.js";
 
-export async function recoverDestroy(scope: RecoveryScope): Promise<RecoveryResult> {
+export async function recoverDestroy(scope: RecoveryScope, ws: Workspace): Promise<RecoveryResult> {
   const { core, op, operation } = scope;
   const { store, backend } = core.ctx;
-  const ws = store.workspaces.get(op.workspace_id);
-  if (!ws) return { outcome: "closed", message: "the workspace record is gone" };
   const holder = holderRef(core, ws, op);
   if (holder) {
     await scope.waitForTasks(holder);

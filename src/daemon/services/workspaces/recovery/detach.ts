@@ -4,15 +4,14 @@
  */
 import { AgentlabError } from "../../../../protocol/errors.js";
 import type { VmRef } from "../../../proxmox/types.js";
+import type { Workspace } from "../../../store/workspaces.js";
 import { recordDetached } from "../attachment.js";
 import { referencingKeys } from "../core.js";
 import { type RecoveryResult, type RecoveryScope, readVm, settle } from "./common.js";
 
-export async function recoverDetach(scope: RecoveryScope): Promise<RecoveryResult> {
+export async function recoverDetach(scope: RecoveryScope, ws: Workspace): Promise<RecoveryResult> {
   const { core, op, operation } = scope;
   const { store, backend } = core.ctx;
-  const ws = store.workspaces.get(op.workspace_id);
-  if (!ws) return { outcome: "closed", message: "the workspace record is gone" };
   const vmid = Number(op.params.vmid);
   if (ws.attached_vmid !== vmid) {
     settle(core, op);

@@ -6,17 +6,16 @@ import { readdirSync, readFileSync } from "node:fs";
 import { basename } from "node:path";
 import { AgentlabError } from "../../../../protocol/errors.js";
 import { undoActivations } from "../../../host/device.js";
+import type { Workspace } from "../../../store/workspaces.js";
 import { hostToolsFor } from "../host.js";
 import { type RecoveryResult, type RecoveryScope, settle } from "./common.js";
 
 /** How long an e2fsck the last daemon started may keep running before recovery gives up waiting. */
 const FSCK_WAIT_MS = 60 * 60_000;
 
-export async function recoverFsck(scope: RecoveryScope): Promise<RecoveryResult> {
+export async function recoverFsck(scope: RecoveryScope, ws: Workspace): Promise<RecoveryResult> {
   const { core, op } = scope;
   const { store } = core.ctx;
-  const ws = store.workspaces.get(op.workspace_id);
-  if (!ws) return { outcome: "closed", message: "the workspace record is gone" };
   const device = typeof op.params.device === "string" ? op.params.device : undefined;
   const activations = Array.isArray(op.params.activations)
     ? (op.params.activations as Parameters<typeof undoActivations>[0])

@@ -22,6 +22,7 @@ import type { WorkspaceCore } from "../core.js";
 import { recoverAttach } from "./attach.js";
 import {
   abandon,
+  onWorkspace,
   type Recoverer,
   type RecoveryHandler,
   type RecoveryOutcome,
@@ -47,15 +48,15 @@ export type {
 
 /** The built-in recovery of each kind the workspace service runs; other modules register() theirs. */
 const RECOVERERS: Partial<Record<WorkspaceOpKind, Recoverer>> = {
-  create: recoverCreate,
-  attach: recoverAttach,
-  detach: recoverDetach,
-  snapshot: recoverSnapshot,
-  restore: recoverRestore,
+  create: onWorkspace(recoverCreate),
+  attach: onWorkspace(recoverAttach),
+  detach: onWorkspace(recoverDetach),
+  snapshot: onWorkspace(recoverSnapshot),
+  restore: onWorkspace(recoverRestore),
   fork: recoverFork,
-  fsck: recoverFsck,
-  destroy: recoverDestroy,
-  rebind: recoverRebind,
+  fsck: onWorkspace(recoverFsck),
+  destroy: onWorkspace(recoverDestroy),
+  rebind: onWorkspace(recoverRebind),
 };
 
 export interface WorkspaceRecoveryOptions {

@@ -7,16 +7,15 @@
 import { AgentlabError } from "../../../../protocol/errors.js";
 import type { VmRef } from "../../../proxmox/types.js";
 import { leaseHeldError, sandboxLeaseOwner, sessionLeaseOwner } from "../../../store/leases.js";
+import type { Workspace } from "../../../store/workspaces.js";
 import { describe } from "../../maintenance-steps.js";
 import { workspaceDrive } from "../attachment.js";
 import { referencingKeys, WORKSPACE_SLOT } from "../core.js";
 import { abandon, holderStopped, type RecoveryResult, type RecoveryScope, readVm, settle } from "./common.js";
 
-export async function recoverRebind(scope: RecoveryScope): Promise<RecoveryResult> {
+export async function recoverRebind(scope: RecoveryScope, ws: Workspace): Promise<RecoveryResult> {
   const { core, op, operation } = scope;
   const { store, backend } = core.ctx;
-  const ws = store.workspaces.get(op.workspace_id);
-  if (!ws) return { outcome: "closed", message: "the workspace record is gone" };
   const { old, new: next } = op.params;
   if (typeof old !== "number" || typeof next !== "number") return abandon(core, op);
   const session = op.session_id ? store.sessions.get(op.session_id) : undefined;

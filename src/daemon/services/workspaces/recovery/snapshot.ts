@@ -4,6 +4,7 @@
  * repeated, which is idempotent on a detached, leased volume).
  */
 import { AgentlabError } from "../../../../protocol/errors.js";
+import type { Workspace } from "../../../store/workspaces.js";
 import { describe } from "../../maintenance-steps.js";
 import {
   broken,
@@ -16,11 +17,9 @@ import {
   unbreak,
 } from "./common.js";
 
-export async function recoverSnapshot(scope: RecoveryScope): Promise<RecoveryResult> {
+export async function recoverSnapshot(scope: RecoveryScope, ws: Workspace): Promise<RecoveryResult> {
   const { core, op, operation } = scope;
   const { store, backend } = core.ctx;
-  const ws = store.workspaces.get(op.workspace_id);
-  if (!ws) return { outcome: "closed", message: "the workspace record is gone" };
   const name = String(op.params.name);
   const holder = holderRef(core, ws, op);
   const dropRow = () => {
@@ -122,11 +121,9 @@ export async function recoverSnapshot(scope: RecoveryScope): Promise<RecoveryRes
   return { outcome: "rolled_back", message: `the half-made snapshot ${name} was removed` };
 }
 
-export async function recoverRestore(scope: RecoveryScope): Promise<RecoveryResult> {
+export async function recoverRestore(scope: RecoveryScope, ws: Workspace): Promise<RecoveryResult> {
   const { core, op, operation } = scope;
-  const { store, backend } = core.ctx;
-  const ws = store.workspaces.get(op.workspace_id);
-  if (!ws) return { outcome: "closed", message: "the workspace record is gone" };
+  const { backend } = core.ctx;
   const name = String(op.params.name);
   const holder = holderRef(core, ws, op);
   const failed = (why: string): RecoveryResult => {
