@@ -27,7 +27,7 @@ import { Recovery } from "./recovery.js";
 import { SandboxOpRecovery } from "./sandbox/recovery/index.js";
 import type { SandboxService } from "./sandboxes.js";
 import { LeaseKeeper } from "./workspaces/lease-keeper.js";
-import type { WorkspaceRecovery } from "./workspaces/recovery.js";
+import type { WorkspaceRecovery } from "./workspaces/recovery/index.js";
 
 /** Spec 11: lease reaper and reconciler every 30 s. */
 export const MAINTENANCE_INTERVAL_MS = 30_000;

@@ -16,7 +16,7 @@ import type { Session } from "../../store/sessions.js";
 import type { WorkspaceOp } from "../../store/workspace-ops.js";
 import { isProvisioning } from "../maintenance-steps.js";
 import type { Operation } from "../operation.js";
-import type { RecoveryResult } from "../workspaces/recovery.js";
+import type { RecoveryResult } from "../workspaces/recovery/index.js";
 import { exclusiveSession, releaseSessionLease, type SessionDeps, sessionJson } from "./common.js";
 
 export interface SessionStopped {

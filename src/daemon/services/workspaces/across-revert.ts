@@ -17,7 +17,7 @@ import { describe, isVmNotFound } from "../maintenance-steps.js";
 import type { Operation } from "../operation.js";
 import { recordDetached, workspaceDrive } from "./attachment.js";
 import { referencingKeys, WORKSPACE_SLOT, type WorkspaceCore } from "./core.js";
-import type { RecoveryResult, WorkspaceRecovery } from "./recovery.js";
+import type { RecoveryResult, WorkspaceRecovery } from "./recovery/index.js";
 
 /** What a revert holds while it rolls the root disk back under an attached workspace. */
 export interface RevertGuard {

@@ -14,7 +14,7 @@ import { type ForkParams, forkWorkspace } from "./fork.js";
 import { fsckWorkspace } from "./fsck.js";
 import { clearWorkspaceLease, listWorkspaces, showWorkspace } from "./queries.js";
 import { type RebindParams, type RebindResult, type RebindSandboxes, rebindWorkspace } from "./rebind.js";
-import { WorkspaceRecovery } from "./recovery.js";
+import { WorkspaceRecovery } from "./recovery/index.js";
 import {
   createWorkspaceSnapshot,
   listWorkspaceSnapshots,
