@@ -5,9 +5,8 @@
  * control_listen's does, rather than leaving a daemon whose scrapes silently fail.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { parseHostPort } from "../../config/net.js";
-import { AgentlabError } from "../../protocol/errors.js";
 import type { Logger } from "../log.js";
+import { listenTcp } from "../tcp-listen.js";
 
 export const METRICS_PATH = "/metrics";
 
@@ -37,73 +36,21 @@ export class MetricsListener {
   constructor(private readonly options: MetricsListenerOptions) {}
 
   async start(): Promise<{ url: string }> {
-    const { host, port } = parseHostPort(this.options.listen)!;
     const server = createServer(
       // A scraper that stalls must not hold a socket for long (upstream: 5 s header timeout).
       { headersTimeout: 5_000, requestTimeout: 30_000, keepAliveTimeout: 5_000 },
       (req, res) => void this.request(req, res),
     );
-    await new Promise<void>((resolve, reject) => {
-      const onError = (error: NodeJS.ErrnoException) => reject(this.listenError(error));
-      server.once("error", onError);
-      server.listen({ port, ...(host === "" ? {} : { host }) }, () => {
-        server.off("error", onError);
-        resolve();
-      });
+    const { host, port } = await listenTcp(server, {
+      key: "metrics_listen",
+      listen: this.options.listen,
+      code: "METRICS_LISTEN_FAILED",
+      addressHint: "use 127.0.0.1 (the default bind for metrics) or an address of this host (ip -br addr)",
+      permissionHint: "ports below 1024 need root or CAP_NET_BIND_SERVICE; use the conventional 8847",
     });
     server.on("error", (error) => this.options.log.error({ err: error }, "metrics listener error"));
     this.server = server;
-    const bound = server.address();
-    const shown = typeof bound === "object" && bound ? bound.port : port;
-    const urlHost = host === "" ? "0.0.0.0" : host.includes(":") ? `[${host}]` : host;
-    return { url: `http://${urlHost}:${shown}${METRICS_PATH}` };
-  }
-
-  private listenError(error: NodeJS.ErrnoException): AgentlabError {
-    const listen = this.options.listen;
-    const port = parseHostPort(listen)?.port;
-    const details = { key: "metrics_listen", listen };
-    switch (error.code) {
-      case "EADDRINUSE":
-        return new AgentlabError(
-          "METRICS_LISTEN_FAILED",
-          `metrics_listen: address ${listen} is already in use`,
-          {
-            hint: `stop what holds it (ss -ltnp 'sport = :${port}' names it), or set metrics_listen to another port`,
-            details,
-            cause: error,
-          },
-        );
-      case "EADDRNOTAVAIL":
-        return new AgentlabError(
-          "METRICS_LISTEN_FAILED",
-          `metrics_listen: ${listen}: no interface of this host has that address`,
-          {
-            hint: "use 127.0.0.1 (the default bind for metrics) or an address of this host (ip -br addr)",
-            details,
-            cause: error,
-          },
-        );
-      case "EACCES":
-        return new AgentlabError(
-          "METRICS_LISTEN_FAILED",
-          `metrics_listen: permission denied binding ${listen}`,
-          {
-            hint: "ports below 1024 need root or CAP_NET_BIND_SERVICE; use the conventional 8847",
-            details,
-            cause: error,
-          },
-        );
-      default:
-        return new AgentlabError(
-          "METRICS_LISTEN_FAILED",
-          `metrics_listen: cannot listen on ${listen}: ${error.message}`,
-          {
-            details,
-            cause: error,
-          },
-        );
-    }
+    return { url: `http://${host}:${port}${METRICS_PATH}` };
   }
 
   private async request(req: IncomingMessage, res: ServerResponse): Promise<void> {

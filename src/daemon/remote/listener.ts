@@ -12,7 +12,6 @@ import { createServer, type Server } from "node:https";
 import { BlockList, isIPv4, isIPv6 } from "node:net";
 import type { Duplex } from "node:stream";
 import { WebSocketServer } from "ws";
-import { parseHostPort } from "../../config/net.js";
 import { AgentlabError } from "../../protocol/errors.js";
 import { MAX_FRAME_BYTES } from "../../protocol/index.js";
 import {
@@ -24,6 +23,7 @@ import {
 import type { Logger } from "../log.js";
 import type { CallGate, RpcServer } from "../rpc/server.js";
 import type { EventRepo } from "../store/events.js";
+import { listenTcp } from "../tcp-listen.js";
 import { MCP_PATH, serveMcp } from "./mcp-endpoint.js";
 import type { ControlCertificate } from "./tls.js";
 import type { TokenService, VerifiedToken } from "./tokens.js";
@@ -125,7 +125,6 @@ export class ControlListener {
   }
 
   async start(): Promise<{ url: string }> {
-    const { host, port } = parseHostPort(this.options.listen)!;
     const server = createServer(
       {
         cert: this.options.certificate.cert,
@@ -143,66 +142,16 @@ export class ControlListener {
     server.on("tlsClientError", (error) =>
       this.options.log.debug({ err: error }, "control listener: TLS handshake failed"),
     );
-    await new Promise<void>((resolve, reject) => {
-      const onError = (error: NodeJS.ErrnoException) => reject(this.listenError(error));
-      server.once("error", onError);
-      server.listen({ port, ...(host === "" ? {} : { host }) }, () => {
-        server.off("error", onError);
-        resolve();
-      });
+    const { host, port } = await listenTcp(server, {
+      key: "control_listen",
+      listen: this.options.listen,
+      code: "CONTROL_LISTEN_FAILED",
+      addressHint: "use an address of this host (ip -br addr), e.g. its tailnet address (tailscale ip -4)",
+      permissionHint: "ports below 1024 need root or CAP_NET_BIND_SERVICE; use the default 8845",
     });
     server.on("error", (error) => this.options.log.error({ err: error }, "control listener error"));
     this.server = server;
-    const bound = server.address();
-    const shown = typeof bound === "object" && bound ? bound.port : port;
-    const urlHost = host === "" ? "0.0.0.0" : host.includes(":") ? `[${host}]` : host;
-    return { url: `https://${urlHost}:${shown}` };
-  }
-
-  private listenError(error: NodeJS.ErrnoException): AgentlabError {
-    const listen = this.options.listen;
-    const port = parseHostPort(listen)?.port;
-    switch (error.code) {
-      case "EADDRINUSE":
-        return new AgentlabError(
-          "CONTROL_LISTEN_FAILED",
-          `control_listen: address ${listen} is already in use`,
-          {
-            hint: `stop what holds it (ss -ltnp 'sport = :${port}' names it), or set control_listen to another port`,
-            details: { key: "control_listen", listen },
-            cause: error,
-          },
-        );
-      case "EADDRNOTAVAIL":
-        return new AgentlabError(
-          "CONTROL_LISTEN_FAILED",
-          `control_listen: ${listen}: no interface of this host has that address`,
-          {
-            hint: "use an address of this host (ip -br addr), e.g. its tailnet address (tailscale ip -4)",
-            details: { key: "control_listen", listen },
-            cause: error,
-          },
-        );
-      case "EACCES":
-        return new AgentlabError(
-          "CONTROL_LISTEN_FAILED",
-          `control_listen: permission denied binding ${listen}`,
-          {
-            hint: "ports below 1024 need root or CAP_NET_BIND_SERVICE; use the default 8845",
-            details: { key: "control_listen", listen },
-            cause: error,
-          },
-        );
-      default:
-        return new AgentlabError(
-          "CONTROL_LISTEN_FAILED",
-          `control_listen: cannot listen on ${listen}: ${error.message}`,
-          {
-            details: { key: "control_listen", listen },
-            cause: error,
-          },
-        );
-    }
+    return { url: `https://${host}:${port}` };
   }
 
   private async request(req: IncomingMessage, res: ServerResponse): Promise<void> {
