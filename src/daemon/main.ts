@@ -250,22 +250,33 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
     process.stdout.write(`agentlabd ${VERSION}\n`);
     return;
   }
-  let daemon: Daemon;
+  // The handlers go in before start-up: the socket answers before startDaemon returns, so a
+  // supervisor (or a test) may signal as soon as it sees it; without a handler that signal would kill
+  // the process uncleanly. One arriving during start-up stops the daemon as soon as it is up.
+  let daemon: Daemon | undefined;
+  let stopSignal: NodeJS.Signals | undefined;
+  const stop = (signal: NodeJS.Signals, running: Daemon) => {
+    running.stop(signal).then(
+      () => process.exit(0),
+      (error) => fail(error),
+    );
+  };
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    process.on(signal, () => {
+      if (stopSignal !== undefined) return;
+      stopSignal = signal;
+      if (daemon) stop(signal, daemon);
+    });
+  }
+  // Without a handler SIGHUP would end the process silently and leave the socket behind. A reload
+  // during start-up has nothing to do: start-up reads the files it would read.
+  process.on("SIGHUP", () => {
+    if (daemon && stopSignal === undefined) reloadDaemon(daemon.ctx);
+  });
   try {
     daemon = await startDaemon({ configPath: resolve(values.config ?? configPathFromEnv()) });
   } catch (error) {
     fail(error);
   }
-  for (const signal of ["SIGTERM", "SIGINT"] as const) {
-    process.on(signal, () => {
-      daemon.stop(signal).then(
-        () => process.exit(0),
-        (error) => fail(error),
-      );
-    });
-  }
-  // Without a handler SIGHUP would end the process silently and leave the socket behind.
-  process.on("SIGHUP", () => {
-    reloadDaemon(daemon.ctx);
-  });
+  if (stopSignal !== undefined) stop(stopSignal, daemon);
 }
