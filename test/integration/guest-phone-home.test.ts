@@ -246,11 +246,13 @@ describe("guest phone-home: what a guest does across stops and reboots (shell ba
 
   it("a VM stopped before it booted never reports; the next boot does, and a reboot does not again", async () => {
     const vm = { vmid: 110, node: "pve" };
-    // The boot takes 4 s, so the stop surely lands before it even on a loaded machine.
-    const bootMs = 4000;
+    // The boot takes 15 s, so the stop lands before it even on a loaded machine, where one `qm stop`
+    // through the shell backend has taken more than 4 s (the stopped guest must then stay silent
+    // past the moment it would have booted, so the wait costs what the boot takes).
+    const bootMs = 15_000;
     await setControl(rig.sim.dir, { agent_ready_ms: bootMs });
     const { startedAt } = await bootWithPhoneHome(rig, 110);
-    const waiting = rig.readiness.wait(110, AbortSignal.timeout(30_000));
+    const waiting = rig.readiness.wait(110, AbortSignal.timeout(60_000));
     await rig.backend.stop(vm);
     assert.ok(Date.now() - startedAt < bootMs, "the VM was stopped before its guest booted");
     await sleep(Math.max(0, startedAt + bootMs + 500 - Date.now()));
