@@ -115,7 +115,9 @@ cp -r "$repo/scripts/install.sh" "$dest.new/scripts/"
 # The guest runner: the daemon puts it into every job sandbox's cloud-init snippet.
 cp -r "$repo/scripts/guest" "$dest.new/scripts/guest"
 cp -r "$repo/node_modules" "$dest.new/node_modules"
-(cd "$dest.new" && npm prune --omit=dev --no-audit --no-fund >/dev/null 2>&1) || say "warning: could not prune dev dependencies"
+# --ignore-scripts: the copied modules are already built for this host; without it npm 11 rebuilds
+# better-sqlite3 from source (minutes, and a compiler a Proxmox host need not have).
+(cd "$dest.new" && npm prune --omit=dev --ignore-scripts --no-audit --no-fund >/dev/null 2>&1) || say "warning: could not prune dev dependencies"
 rm -rf "$dest.old"
 [ -d "$dest" ] && mv "$dest" "$dest.old"
 mv "$dest.new" "$dest"
