@@ -102,7 +102,10 @@ export async function startDaemon(
   wrapper: string[] = [],
 ): Promise<RunningDaemon> {
   const daemon = spawnDaemon(host, args, {}, bin, wrapper);
-  const deadline = Date.now() + 15_000;
+  // Loading the daemon takes under a second idle, but several seconds on a machine shared with other
+  // test runs (15 s was too short with several daemons starting at once): only a daemon that never
+  // becomes ready reaches this bound.
+  const deadline = Date.now() + 60_000;
   let exitedEarly: number | string | undefined;
   void daemon.exited.then((code) => (exitedEarly = code));
   while (Date.now() < deadline) {
@@ -114,7 +117,7 @@ export async function startDaemon(
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
   await daemon.stop("SIGKILL");
-  throw new Error(`agentlabd did not become ready in 15s:\n${JSON.stringify(daemon.output())}`);
+  throw new Error(`agentlabd did not become ready in 60s:\n${JSON.stringify(daemon.output())}`);
 }
 
 export interface CliResult {

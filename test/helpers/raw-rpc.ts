@@ -82,3 +82,13 @@ export class RawRpcClient {
     }
   }
 }
+
+/** One request on a connection of its own (closed after the answer): for a test's set-up and checks. */
+export async function rpcOnce(socketPath: string, method: string, params: unknown = {}): Promise<RawAnswer> {
+  const client = await RawRpcClient.open(socketPath);
+  try {
+    return await client.request(method, params);
+  } finally {
+    client.destroy();
+  }
+}

@@ -67,8 +67,12 @@ export class MaintenanceHost {
   /** Start the daemon again and wait for its first maintenance pass (start-up recovery included). */
   async restart(): Promise<void> {
     this.daemon = await startDaemon(this.h.host);
-    await until("the first maintenance pass", () =>
-      logLine(this.daemon, "maintenance pass finished") ? true : undefined,
+    // The pass makes Proxmox calls (a pvesh start each on the shell backend): seconds idle, but past
+    // 20 s on a machine shared with other test runs; the bound only stops a pass that never ends.
+    await until(
+      "the first maintenance pass",
+      () => (logLine(this.daemon, "maintenance pass finished") ? true : undefined),
+      120_000,
     );
   }
 

@@ -27,6 +27,11 @@ interface Line {
   path?: string;
   /** Epoch ms when the line was written (begin: before the latency knob; end: after the answer). */
   t?: number;
+  /**
+   * Begin lines: the process serving the call (a `pvesh` run, or the HTTPS server), so a test can tell
+   * a call that ended unlogged (its pvesh died) from one still running.
+   */
+  pid?: number;
 }
 
 function hangs(dir: string, call: string): boolean {
@@ -54,7 +59,7 @@ export async function beginCall(
   const id = randomBytes(6).toString("hex");
   const write = (line: Line) =>
     appendFileSync(callLogPath(dir), `${JSON.stringify({ ...line, t: Date.now() })}\n`);
-  write({ e: "b", id, face, method, path });
+  write({ e: "b", id, face, method, path, pid: process.pid });
   const faults = await armCallFaults(dir, id, method, path);
   let ended = false;
   const end = async () => {

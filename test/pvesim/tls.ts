@@ -4,7 +4,8 @@
  */
 import { execFileSync } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
-import { existsSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { tlsDir } from "./paths.js";
 import { acquireLock } from "./store.js";
@@ -28,6 +29,37 @@ function openssl(args: string[], cwd: string): void {
   execFileSync("openssl", args, { cwd, stdio: ["ignore", "ignore", "pipe"] });
 }
 
+/**
+ * RSA-2048 keys (what a PVE install makes), generated once per machine and user and reused by every
+ * simulator: a key costs about 0.3 s of CPU (seconds on a loaded machine), and an API start needs two.
+ * Each simulator still signs its own CA (a subject of its own) and server certificate, so one
+ * simulator's CA does not verify another's server.
+ */
+async function sharedKeys(): Promise<{ ca: string; server: string }> {
+  const root = join(tmpdir(), `pvesim-tls-keys-${process.getuid?.() ?? 0}`);
+  const keys = { ca: join(root, "ca.key"), server: join(root, "server.key") };
+  if (existsSync(keys.server)) return keys;
+  const lock = await acquireLock(`${root}.lock`);
+  try {
+    if (existsSync(keys.server)) return keys;
+    const work = mkdtempSync(`${root}.tmp-`);
+    try {
+      for (const name of ["ca.key", "server.key"]) {
+        openssl(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", name], work);
+      }
+      rmSync(root, { recursive: true, force: true });
+      renameSync(work, root);
+    } catch (err) {
+      rmSync(work, { recursive: true, force: true });
+      const stderr = (err as { stderr?: Buffer }).stderr?.toString() ?? "";
+      throw new Error(`openssl failed: ${(err as Error).message}\n${stderr}`);
+    }
+    return keys;
+  } finally {
+    lock.release();
+  }
+}
+
 /** Creates DIR/tls once (built in a temp dir and renamed into place, so it is never half there). */
 export async function ensureTls(dir: string): Promise<TlsFiles> {
   const files = tlsFiles(dir);
@@ -35,16 +67,16 @@ export async function ensureTls(dir: string): Promise<TlsFiles> {
   const lock = await acquireLock(join(dir, "tls.lock"));
   try {
     if (existsSync(files.certPath)) return files;
+    const keys = await sharedKeys();
     const work = mkdtempSync(join(dir, ".tls-"));
     try {
+      copyFileSync(keys.ca, join(work, "ca.key"));
+      copyFileSync(keys.server, join(work, "server.key"));
       openssl(
         [
           "req",
           "-x509",
-          "-newkey",
-          "rsa:2048",
-          "-nodes",
-          "-keyout",
+          "-key",
           "ca.key",
           "-out",
           "ca.pem",
@@ -62,10 +94,8 @@ export async function ensureTls(dir: string): Promise<TlsFiles> {
       openssl(
         [
           "req",
-          "-newkey",
-          "rsa:2048",
-          "-nodes",
-          "-keyout",
+          "-new",
+          "-key",
           "server.key",
           "-out",
           "server.csr",

@@ -2,12 +2,18 @@
  * Proxmox faults at every call of `sandbox new` and `sandbox destroy`, against the real daemon on the
  * simulator. One run without faults records the calls each operation makes (the simulator's call log);
  * then, for each call position and each fault kind that can happen there, the operation runs again on
- * a fresh sandbox with the fault aimed at exactly that call (`call=`/`nth=`, test/pvesim/call-faults.ts).
+ * a sandbox of its own with the fault aimed at exactly that call (`call=`/`nth=`,
+ * test/pvesim/call-faults.ts). The runs are shared out among several simulator hosts per backend
+ * (SHARDS), each with its own daemon, one run at a time on each: a fault selects calls of its own
+ * simulator only, so runs on different hosts cannot meet each other's faults. A destroy run takes the
+ * sandbox an earlier `new` run on its host created cleanly, else it creates one.
  *
- * What is asserted after every run is the end state a user would see: the CLI succeeded, or failed
- * with a reason that names what Proxmox said; no sandbox stays in a transitional state; no VM exists in
- * Proxmox without a live sandbox row, and no live row lacks its VM; no VM is left locked and no task
- * runs on; the daemon keeps answering. Never how long anything took.
+ * What is asserted after every run is the end state a user would see: the operation succeeded, or
+ * failed (CLI exit 1) with a reason that names what Proxmox said; no sandbox stays in a transitional
+ * state; no VM exists in Proxmox without a live sandbox row, and no live row lacks its VM; no VM is left
+ * locked and no task runs on; the daemon keeps answering. The CLI runs the first run of each operation
+ * and fault kind and every third run besides; the others send the CLI's RPC over the socket and take the
+ * exit code the CLI derives from the error code. Never how long anything took.
  *
  * Fault kinds per backend, to keep the run to a few minutes on 2 cores (the two backends run at once):
  * the api backend gets http500, api_down, vm_vanish, lock and slow_task; the shell backend fail_task
@@ -16,7 +22,8 @@
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { RawRpcClient } from "../helpers/raw-rpc.js";
+import { ERROR_CODES, type ErrorCode } from "../../src/protocol/errors.js";
+import { rpcOnce } from "../helpers/raw-rpc.js";
 import { type BackendKind, FAST_KNOBS, type SimHost, startSimHost } from "../helpers/simhost.js";
 import { type Fault, parseFault, updateControl } from "../pvesim/control.js";
 import { callSequence, inspect, resetCalls } from "../pvesim/harness.js";
@@ -121,14 +128,7 @@ function faultFor(kind: Kind, at: Position, run: number): Fault {
   return fault;
 }
 
-async function rpc(h: SimHost, method: string, params: unknown = {}) {
-  const client = await RawRpcClient.open(h.host.socketPath);
-  try {
-    return await client.request(method, params);
-  } finally {
-    client.destroy();
-  }
-}
+const rpc = (h: SimHost, method: string, params: unknown = {}) => rpcOnce(h.host.socketPath, method, params);
 
 interface Row {
   vmid: number;
@@ -175,7 +175,7 @@ async function settled(h: SimHost, what: string): Promise<void> {
   while (Date.now() < deadline) {
     last = await problems(h);
     if (last.length === 0) return;
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    await new Promise((resolve) => setTimeout(resolve, 100));
   }
   assert.fail(`${what}: no defined end state: ${last.join("; ")}`);
 }
@@ -195,10 +195,12 @@ interface Tally {
   fired: number;
   failed: number;
   succeeded: number;
+  /** Runs whose operation went through the CLI (the rest through the RPC the CLI sends). */
+  viaCli: number;
   lines: string[];
 }
 
-/** Set-up and clean-up go over the socket (quicker than a CLI process); the faulted operation uses the CLI. */
+/** Set-up and clean-up go over the socket (quicker than a CLI process). */
 async function viaRpc(h: SimHost, method: string, params: unknown): Promise<Record<string, unknown>> {
   const answer = await rpc(h, method, params);
   assert.ok(answer.result, `${method} ${JSON.stringify(params)}: ${JSON.stringify(answer.error)}`);
@@ -207,12 +209,182 @@ async function viaRpc(h: SimHost, method: string, params: unknown): Promise<Reco
 
 const newSandbox = (h: SimHost) => viaRpc(h, "sandbox.create", { profile: "yolo-ephemeral" });
 
-async function runBackend(kind: BackendKind, tally: Tally, log: (line: string) => void): Promise<void> {
+type Op = "new" | "destroy";
+
+/** One faulted run: the operation, the call it is aimed at, the fault, and whether the CLI runs it. */
+interface Job {
+  op: Op;
+  at: Position;
+  fault: Kind;
+  run: number;
+  cli: boolean;
+}
+
+/**
+ * Simulator hosts per backend, each with its own daemon (and API process), each taking every Nth run:
+ * faults are selected by a call pattern over one simulator's calls, so runs on separate hosts cannot
+ * meet each other's faults. Most of a run is waiting (task polls, a 5 s task timeout, retry back-off),
+ * so hosts side by side overlap it even on 2 cores.
+ */
+const SHARDS: Record<BackendKind, number> = { api: 3, shell: 2 };
+
+/** The operation's outcome as the CLI reports it: its exit code and the result or error envelope. */
+interface Outcome {
+  code: number | null;
+  body: Record<string, unknown>;
+}
+
+/**
+ * Runs the operation through the CLI, or straight over the socket (the RPC the CLI sends): then the
+ * exit code is the one the CLI derives from the error's code (ERROR_CODES), and the body the envelope
+ * it prints. The CLI runs a share of every op and fault kind, so its exit codes and output stay covered.
+ */
+async function operate(h: SimHost, job: Job, target: number | undefined): Promise<Outcome> {
+  if (job.cli) {
+    return job.op === "new"
+      ? h.json(["new", "--profile", "yolo-ephemeral"])
+      : h.json(["sandbox", "destroy", String(target)]);
+  }
+  const answer =
+    job.op === "new"
+      ? await rpc(h, "sandbox.create", { profile: "yolo-ephemeral" })
+      : await rpc(h, "sandbox.destroy", { vmid: target });
+  if (answer.result) return { code: 0, body: answer.result as Record<string, unknown> };
+  const code = answer.error?.data?.code as ErrorCode | undefined;
+  assert.ok(code && code in ERROR_CODES, `an error with a known code: ${JSON.stringify(answer.error)}`);
+  return {
+    code: ERROR_CODES[code].exit,
+    body: { code, message: answer.error?.message, details: answer.error?.data?.details },
+  };
+}
+
+/**
+ * One faulted run on a host, with every check. A destroy run takes `given` (a sandbox a clean-ended
+ * `new` run left) or creates its sandbox first. Clean-up then leaves the host empty, except that with
+ * `keep` the sandbox a `new` run made and left RUNNING is kept and returned, for the next destroy run.
+ */
+async function runJob(
+  h: SimHost,
+  kind: BackendKind,
+  job: Job,
+  tally: Tally,
+  given: number | undefined,
+  keep: boolean,
+): Promise<number | undefined> {
+  const { op, at, fault, run } = job;
+  const what = `${kind} ${op}: ${fault} at ${at.call} (#${at.nth})${job.cli ? " [cli]" : ""}`;
+  let target: number | undefined;
+  if (op === "destroy") {
+    target = given ?? Number((await newSandbox(h))["vmid"]);
+  }
+  const injected = faultFor(fault, at, run);
+  await setFault(h, injected);
+  const result = await operate(h, job, target);
+  const met = await fired(h, injected);
+  await setFault(h, undefined);
+  tally.tried++;
+  if (job.cli) tally.viaCli++;
+  if (met) tally.fired++;
+  const message = String(result.body["message"] ?? "");
+  if (result.code === 0) {
+    tally.succeeded++;
+  } else {
+    tally.failed++;
+    assert.equal(result.code, 1, `${what}: exit 1 for a failure: ${JSON.stringify(result.body)}`);
+    assert.ok(
+      met,
+      `${what}: the operation failed although the fault never fired: ${JSON.stringify(result.body)}`,
+    );
+    assert.match(message, SAYS[fault], `${what}: the reason names what Proxmox said`);
+  }
+  await settled(h, what);
+  const details = result.body["details"] as { vmid?: number } | undefined;
+  const subject = target ?? Number(result.body["vmid"] ?? details?.vmid ?? -1);
+  const left = (await rows(h)).filter((r) => r.state !== "DESTROYED");
+  const row = (await rows(h)).find((r) => r.vmid === subject);
+  tally.lines.push(
+    `${what}: ${met ? "fired" : "not met"}; ${result.code === 0 ? "succeeded" : `failed: ${message}`}${row ? `; row ${row.state}` : ""}`,
+  );
+  const spare =
+    keep &&
+    op === "new" &&
+    result.code === 0 &&
+    left.length === 1 &&
+    left[0]!.vmid === subject &&
+    left[0]!.state === "RUNNING"
+      ? subject
+      : undefined;
+  // Clean up what the run left, so the next one starts from an empty host (or from the spare sandbox).
+  for (const r of left) {
+    if (r.vmid === spare) continue;
+    await viaRpc(h, "sandbox.destroy", { vmid: r.vmid, force: true });
+  }
+  await settled(h, `${what} (after cleanup)`);
+  return spare;
+}
+
+/**
+ * A host's runs in order, except that a sandbox a `new` run created cleanly goes straight to the next
+ * destroy run (which would otherwise create one, and the clean-up destroy that one): the host never
+ * holds more than one sandbox.
+ */
+async function runHost(h: SimHost, kind: BackendKind, jobs: Job[], tally: Tally): Promise<void> {
+  const queue = [...jobs];
+  let spare: number | undefined;
+  while (queue.length > 0) {
+    const next = spare === undefined ? 0 : queue.findIndex((j) => j.op === "destroy");
+    const [job] = queue.splice(Math.max(0, next), 1);
+    spare = await runJob(
+      h,
+      kind,
+      job!,
+      tally,
+      job!.op === "destroy" ? spare : undefined,
+      queue.some((j) => j.op === "destroy"),
+    );
+  }
+}
+
+/** A host ready for faulted runs: started, and warmed up (the daemon's start-up reads are done). */
+async function readyHost(kind: BackendKind): Promise<SimHost> {
   const h = await startSimHost(kind, CONFIG[kind], { knobs: FAST_KNOBS });
   try {
-    // Warm up (start-up reads), then record one clean create and destroy.
     const warm = await newSandbox(h);
     await viaRpc(h, "sandbox.destroy", { vmid: warm["vmid"] });
+    return h;
+  } catch (error) {
+    await h.stop();
+    throw error;
+  }
+}
+
+/** Every run for a backend: each call position of each operation, with each fault kind that applies there. */
+function jobsFor(kind: BackendKind, recorded: Record<Op, string[]>, vmid: number): Job[] {
+  const jobs: Job[] = [];
+  const seen = new Set<string>();
+  for (const op of ["new", "destroy"] as const) {
+    for (const at of positions(recorded[op], vmid)) {
+      for (const fault of KINDS[kind]) {
+        if (!applies(fault, at.call)) continue;
+        const run = jobs.length + 1;
+        // The CLI runs the first of each op and fault kind, and every third run besides.
+        const first = !seen.has(`${op} ${fault}`);
+        seen.add(`${op} ${fault}`);
+        jobs.push({ op, at, fault, run, cli: first || run % 3 === 0 });
+      }
+    }
+  }
+  return jobs;
+}
+
+async function runBackend(kind: BackendKind, tally: Tally, log: (line: string) => void): Promise<void> {
+  const started = Promise.allSettled(Array.from({ length: SHARDS[kind] }, () => readyHost(kind)));
+  const hosts = (await started).flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
+  try {
+    const failedStart = (await started).find((s) => s.status === "rejected");
+    if (failedStart) throw (failedStart as PromiseRejectedResult).reason;
+    // Record one clean create and destroy (every host makes the same calls: same simulator, same config).
+    const h = hosts[0]!;
     resetCalls(h.sim.dir);
     const vmid = Number((await newSandbox(h))["vmid"]);
     const createCalls = callSequence(h.sim.dir);
@@ -222,76 +394,38 @@ async function runBackend(kind: BackendKind, tally: Tally, log: (line: string) =
     log(`${kind}: sandbox new makes ${createCalls.length} calls: ${createCalls.join(", ")}`);
     log(`${kind}: sandbox destroy makes ${destroyCalls.length} calls: ${destroyCalls.join(", ")}`);
 
-    let run = 0;
-    for (const [op, calls] of [
-      ["new", createCalls],
-      ["destroy", destroyCalls],
-    ] as const) {
-      for (const at of positions(calls, vmid)) {
-        for (const fault of KINDS[kind]) {
-          if (!applies(fault, at.call)) continue;
-          run++;
-          const what = `${kind} ${op}: ${fault} at ${at.call} (#${at.nth})`;
-          let target: number | undefined;
-          if (op === "destroy") {
-            target = Number((await newSandbox(h))["vmid"]);
-          }
-          const injected = faultFor(fault, at, run);
-          await setFault(h, injected);
-          const result =
-            op === "new"
-              ? await h.json(["new", "--profile", "yolo-ephemeral"])
-              : await h.json(["sandbox", "destroy", String(target)]);
-          const met = await fired(h, injected);
-          await setFault(h, undefined);
-          tally.tried++;
-          if (met) tally.fired++;
-          const message = String(result.body["message"] ?? "");
-          if (result.code === 0) {
-            tally.succeeded++;
-          } else {
-            tally.failed++;
-            assert.equal(result.code, 1, `${what}: exit 1 for a failure: ${JSON.stringify(result.body)}`);
-            assert.ok(
-              met,
-              `${what}: the operation failed although the fault never fired: ${JSON.stringify(result.body)}`,
-            );
-            assert.match(message, SAYS[fault], `${what}: the reason names what Proxmox said`);
-          }
-          await settled(h, what);
-          const details = result.body["details"] as { vmid?: number } | undefined;
-          const subject = target ?? Number(result.body["vmid"] ?? details?.vmid ?? -1);
-          const row = (await rows(h)).find((r) => r.vmid === subject);
-          tally.lines.push(
-            `${what}: ${met ? "fired" : "not met"}; ${result.code === 0 ? "succeeded" : `failed: ${message}`}${row ? `; row ${row.state}` : ""}`,
-          );
-          // Clean up what the run left, so the next one starts from an empty host.
-          for (const r of await rows(h)) {
-            if (r.state === "DESTROYED") continue;
-            await viaRpc(h, "sandbox.destroy", { vmid: r.vmid, force: true });
-          }
-          await settled(h, `${what} (after cleanup)`);
-        }
-      }
+    const jobs = jobsFor(kind, { new: createCalls, destroy: destroyCalls }, vmid);
+    await Promise.all(
+      hosts.map(async (host, i) => {
+        await runHost(
+          host,
+          kind,
+          jobs.filter((_, j) => j % hosts.length === i),
+          tally,
+        );
+      }),
+    );
+    assert.equal(tally.tried, jobs.length, "every run was made");
+    for (const host of hosts) {
+      const status = await rpc(host, "daemon.status");
+      assert.ok(status.result, "the daemon still answers after every fault");
+      assert.equal(host.daemon.proc.exitCode, null, "the daemon never exited");
     }
-    const status = await rpc(h, "daemon.status");
-    assert.ok(status.result, "the daemon still answers after every fault");
-    assert.equal(h.daemon.proc.exitCode, null, "the daemon never exited");
   } finally {
-    await h.stop();
+    await Promise.all(hosts.map((host) => host.stop()));
   }
 }
 
 describe("Proxmox faults at every call of sandbox new and destroy", { concurrency: 2 }, () => {
   for (const kind of ["api", "shell"] as BackendKind[]) {
     test(`${kind} backend: ${KINDS[kind].join(", ")}`, async (t) => {
-      const tally: Tally = { tried: 0, fired: 0, failed: 0, succeeded: 0, lines: [] };
+      const tally: Tally = { tried: 0, fired: 0, failed: 0, succeeded: 0, viaCli: 0, lines: [] };
       try {
         await runBackend(kind, tally, (line) => t.diagnostic(line));
       } finally {
         for (const line of tally.lines) t.diagnostic(line);
         t.diagnostic(
-          `${kind}: ${tally.tried} runs, ${tally.fired} faults met their call, ${tally.failed} operations failed with a reason, ${tally.succeeded} succeeded; all ended in a defined state`,
+          `${kind}: ${tally.tried} runs (${tally.viaCli} through the CLI) on ${SHARDS[kind]} hosts, ${tally.fired} faults met their call, ${tally.failed} operations failed with a reason, ${tally.succeeded} succeeded; all ended in a defined state`,
         );
       }
       assert.ok(tally.fired > 0, "faults were met");

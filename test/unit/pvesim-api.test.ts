@@ -123,6 +123,28 @@ describe("pvesim HTTPS: TLS, authentication, envelope and error shapes", () => {
     assert.equal((await call(api, "GET", "/version", { host: "localhost" })).status, 200);
   });
 
+  it("has a CA of its own: another simulator's CA does not verify its server (the RSA keys are shared)", async () => {
+    const other = createSim({ knobs: FAST });
+    const otherApi = await startApi(other);
+    try {
+      assert.notEqual(otherApi.ca, api.ca);
+      await assert.rejects(
+        call(api, "GET", "/version", { ca: otherApi.ca }),
+        (err: NodeJS.ErrnoException) => {
+          assert.match(
+            String(err.code),
+            /UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY|CERT_SIGNATURE_FAILURE/,
+          );
+          return true;
+        },
+      );
+      assert.equal((await call(otherApi, "GET", "/version")).status, 200);
+    } finally {
+      await otherApi.stop();
+      other.cleanup();
+    }
+  });
+
   it("wraps data in the envelope with PVE's exact content type", async () => {
     const r = await call(api, "GET", "/cluster/nextid");
     assert.equal(r.status, 200);
