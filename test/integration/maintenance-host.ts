@@ -29,12 +29,12 @@ export interface CallLine {
   path?: string;
 }
 
-/** A CLI command (or a request) held inside a Proxmox call (MaintenanceHost.holdCli, holdRequest). */
-export interface HeldCli {
+/** A request held inside a Proxmox call (MaintenanceHost.holdRequest). */
+export interface Held {
   args: string[];
-  /** What the CLI printed on stderr so far (a request: its error). */
+  /** Its error, once it failed. */
   readonly stderr: string;
-  /** The CLI's exit code (a request: 1 when it failed). */
+  /** 1 when it failed, 0 when it was answered. */
   closed: Promise<number | null>;
   /** The held calls it began (matching the pattern it was held with). */
   calls: CallLine[];
@@ -193,45 +193,19 @@ export class MaintenanceHost {
   }
 
   /**
-   * Run the CLI with `args` while Proxmox calls whose `METHOD /path` matches `hang` are held (the
-   * simulator's `hang_calls`: logged as begun, not carried out), and return once one has begun and
-   * `ready`, if given, agrees (it gets the held calls' `METHOD /path`). The knob is left set: several
-   * operations can be held at once (`hang` an alternation), then killHeldAndRestart() ends them all.
-   */
-  async holdCli(
-    args: string[],
-    hang: string,
-    ready?: (held: string[]) => Promise<boolean> | boolean,
-  ): Promise<HeldCli> {
-    return this.hold(
-      args.join(" "),
-      () => {
-        const child = spawn(process.execPath, [AGENTLAB_BIN, "--socket", this.h.host.socketPath, ...args], {
-          stdio: ["ignore", "pipe", "pipe"],
-        });
-        let stderr = "";
-        child.stderr.on("data", (chunk) => (stderr += chunk));
-        return {
-          closed: new Promise<number | null>((resolve) => child.on("close", resolve)),
-          output: () => stderr,
-        };
-      },
-      hang,
-      ready,
-    );
-  }
-
-  /**
-   * holdCli() for a request sent straight to the socket (`send`, e.g. the client's call()): no CLI to
-   * start, which costs seconds on a busy host when many operations are held. `closed` is 1 when the
-   * request failed (the lost daemon), 0 when it was answered.
+   * Send a request straight to the socket (`send`, e.g. the client's call(); no CLI to start, which
+   * costs seconds on a busy host when many operations are held) while Proxmox calls whose `METHOD
+   * /path` matches `hang` are held (the simulator's `hang_calls`: logged as begun, not carried out),
+   * and return once one has begun and `ready`, if given, agrees (it gets the held calls' `METHOD
+   * /path`). The knob is left set: several operations can be held at once (`hang` an alternation), then
+   * killHeldAndRestart() interrupts them all. `closed` is 1 when the request failed (the lost daemon).
    */
   holdRequest(
     label: string,
     send: () => Promise<unknown>,
     hang: string,
     ready?: (held: string[]) => Promise<boolean> | boolean,
-  ): Promise<HeldCli> {
+  ): Promise<Held> {
     return this.hold(
       label,
       () => {
@@ -255,7 +229,7 @@ export class MaintenanceHost {
     start: () => { closed: Promise<number | null>; output: () => string },
     hang: string,
     ready?: (held: string[]) => Promise<boolean> | boolean,
-  ): Promise<HeldCli> {
+  ): Promise<Held> {
     const from = this.calls().length;
     const pattern = new RegExp(hang);
     const begun = () =>
@@ -264,7 +238,7 @@ export class MaintenanceHost {
         .filter((line) => line.e === "b" && pattern.test(`${line.method} ${line.path}`));
     await setControl(this.h.sim.dir, { hang_calls: hang });
     const started = start();
-    const held: HeldCli = {
+    const held: Held = {
       args: [label],
       get stderr() {
         return started.output();
@@ -294,14 +268,14 @@ export class MaintenanceHost {
    * lost daemon, clear `hang_calls`, let the calls the dead daemon began end (within a bound: Proxmox
    * carries out what it received, as far as the face does), and restart.
    */
-  async killHeldAndRestart(held: HeldCli[]): Promise<void> {
+  async killHeldAndRestart(held: Held[]): Promise<void> {
     this.daemon.proc.kill("SIGKILL");
     assert.equal(await this.daemon.exited, "SIGKILL");
     for (const cli of held) {
       assert.equal(
         await cli.closed,
         1,
-        `${cli.args.join(" ")}: the CLI reports the lost daemon (${cli.stderr})`,
+        `${cli.args.join(" ")}: the client sees the lost daemon (${cli.stderr})`,
       );
     }
     await setControl(this.h.sim.dir, { hang_calls: "" });
@@ -319,17 +293,6 @@ export class MaintenanceHost {
       30_000,
     ).catch(() => undefined);
     await this.restart();
-  }
-
-  /** holdCli() then killHeldAndRestart(): kill -9 inside one Proxmox call of one CLI command. */
-  async killInsideCall(
-    args: string[],
-    hang: string,
-    ready?: (held: string[]) => Promise<boolean> | boolean,
-  ): Promise<{ call: string; stderr: string }> {
-    const held = await this.holdCli(args, hang, ready);
-    await this.killHeldAndRestart([held]);
-    return { call: `${held.calls[0]!.method} ${held.calls[0]!.path}`, stderr: held.stderr };
   }
 
   /**

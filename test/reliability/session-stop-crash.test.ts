@@ -16,7 +16,7 @@ import { after, before, describe, test } from "node:test";
 import { call } from "../../src/cli/client.js";
 import { sessionCreate, sessionResume, sessionStop } from "../../src/protocol/session.js";
 import { workspaceCheck } from "../../src/protocol/workspace.js";
-import { type HeldCli, MaintenanceHost, STUCK_STATES } from "../integration/maintenance-host.js";
+import { type Held, MaintenanceHost, STUCK_STATES } from "../integration/maintenance-host.js";
 import { volumeBackingFile } from "../integration/workspace-volume.js";
 import { setControl } from "../pvesim/harness.js";
 
@@ -43,7 +43,7 @@ interface Run {
   workspace: string;
   vmid: number;
   digest: string;
-  held?: HeldCli;
+  held?: Held;
 }
 
 describe("kill -9 inside each Proxmox call of session stop, then restart (api backend)", () => {

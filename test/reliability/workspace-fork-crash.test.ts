@@ -20,7 +20,7 @@ import { closeSync, openSync, readSync, writeSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { call } from "../../src/cli/client.js";
 import { workspaceCheck, workspaceCreate, workspaceFork } from "../../src/protocol/workspace.js";
-import { type HeldCli, MaintenanceHost } from "../integration/maintenance-host.js";
+import { type Held, MaintenanceHost } from "../integration/maintenance-host.js";
 import { volumeBackingFile } from "../integration/workspace-volume.js";
 import { inspect, setControl } from "../pvesim/harness.js";
 import { findVolume } from "../pvesim/storage.js";
@@ -149,7 +149,7 @@ interface Run {
   /** sha256 of the source's bytes before the fork (see digest()). */
   digest: string;
   fork: string;
-  held?: HeldCli;
+  held?: Held;
   /** The fork's holder VMID once reserved. */
   forkVmid?: number;
 }
