@@ -5,11 +5,13 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import Database from "better-sqlite3";
 import { type RunningDaemon, startDaemon } from "../helpers/daemon.js";
 import { AGENTLAB_BIN } from "../helpers/paths.js";
 import { type BackendKind, type SimHost, startSimHost } from "../helpers/simhost.js";
+import { callLogPath } from "../pvesim/call-log.js";
 import { inspect, setControl } from "../pvesim/harness.js";
 
 export interface SandboxBody {
@@ -17,6 +19,25 @@ export interface SandboxBody {
   state: string;
   ip?: string;
   failure_reason?: string;
+}
+
+/** One line of the simulator's call log (test/pvesim/call-log.ts). */
+export interface CallLine {
+  e: "b" | "e";
+  id: string;
+  method?: string;
+  path?: string;
+}
+
+/** A request held inside a Proxmox call (MaintenanceHost.holdRequest). */
+export interface Held {
+  args: string[];
+  /** Its error, once it failed. */
+  readonly stderr: string;
+  /** 1 when it failed, 0 when it was answered. */
+  closed: Promise<number | null>;
+  /** The held calls it began (matching the pattern it was held with). */
+  calls: CallLine[];
 }
 
 export const STUCK_STATES = ["REQUESTED", "PROVISIONING", "BOOTING"];
@@ -55,8 +76,9 @@ export class MaintenanceHost {
     this.daemon = h.daemon;
   }
 
-  static async start(kind: BackendKind): Promise<MaintenanceHost> {
-    return new MaintenanceHost(await startSimHost(kind));
+  /** `extraConfig`: more lines of the daemon's config (e.g. `host_tools: on\n`). */
+  static async start(kind: BackendKind, extraConfig = ""): Promise<MaintenanceHost> {
+    return new MaintenanceHost(await startSimHost(kind, extraConfig));
   }
 
   async stop(): Promise<void> {
@@ -162,6 +184,119 @@ export class MaintenanceHost {
     await setControl(this.h.sim.dir, restore);
     await this.restart();
     return seen;
+  }
+
+  /** The simulator's call log, one parsed line per begin (`e: "b"`) or end (`e: "e"`) of a call. */
+  calls(): CallLine[] {
+    const path = callLogPath(this.h.sim.dir);
+    if (!existsSync(path)) return [];
+    return readFileSync(path, "utf8")
+      .split("\n")
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as CallLine);
+  }
+
+  /**
+   * Send a request straight to the socket (`send`, e.g. the client's call(); no CLI to start, which
+   * costs seconds on a busy host when many operations are held) while Proxmox calls whose `METHOD
+   * /path` matches `hang` are held (the simulator's `hang_calls`: logged as begun, not carried out),
+   * and return once one has begun and `ready`, if given, agrees (it gets the held calls' `METHOD
+   * /path`). The knob is left set: several operations can be held at once (`hang` an alternation), then
+   * killHeldAndRestart() interrupts them all. `closed` is 1 when the request failed (the lost daemon).
+   */
+  holdRequest(
+    label: string,
+    send: () => Promise<unknown>,
+    hang: string,
+    ready?: (held: string[]) => Promise<boolean> | boolean,
+  ): Promise<Held> {
+    return this.hold(
+      label,
+      () => {
+        let error = "";
+        const closed = send().then(
+          () => 0,
+          (failure: Error) => {
+            error = failure.message;
+            return 1;
+          },
+        );
+        return { closed, output: () => error };
+      },
+      hang,
+      ready,
+    );
+  }
+
+  private async hold(
+    label: string,
+    start: () => { closed: Promise<number | null>; output: () => string },
+    hang: string,
+    ready?: (held: string[]) => Promise<boolean> | boolean,
+  ): Promise<Held> {
+    const from = this.calls().length;
+    const pattern = new RegExp(hang);
+    const begun = () =>
+      this.calls()
+        .slice(from)
+        .filter((line) => line.e === "b" && pattern.test(`${line.method} ${line.path}`));
+    await setControl(this.h.sim.dir, { hang_calls: hang });
+    const started = start();
+    const held: Held = {
+      args: [label],
+      get stderr() {
+        return started.output();
+      },
+      closed: started.closed,
+      calls: [],
+    };
+    try {
+      await until(
+        `a call matching ${hang} (${label})`,
+        async () => {
+          held.calls = begun();
+          const names = held.calls.map((line) => `${line.method} ${line.path}`);
+          return names.length > 0 && (ready === undefined || (await ready(names))) ? true : undefined;
+        },
+        120_000,
+      );
+    } catch (error) {
+      await setControl(this.h.sim.dir, { hang_calls: "" });
+      throw new Error(`${(error as Error).message}; the client printed: ${held.stderr}`);
+    }
+    return held;
+  }
+
+  /**
+   * kill -9 the daemon while `held` operations are inside their held calls, check each CLI reports the
+   * lost daemon, clear `hang_calls`, let the calls the dead daemon began end (within a bound: Proxmox
+   * carries out what it received, as far as the face does), and restart.
+   */
+  async killHeldAndRestart(held: Held[]): Promise<void> {
+    this.daemon.proc.kill("SIGKILL");
+    assert.equal(await this.daemon.exited, "SIGKILL");
+    for (const cli of held) {
+      assert.equal(
+        await cli.closed,
+        1,
+        `${cli.args.join(" ")}: the client sees the lost daemon (${cli.stderr})`,
+      );
+    }
+    await setControl(this.h.sim.dir, { hang_calls: "" });
+    const ids = held.flatMap((cli) => cli.calls.map((line) => line.id));
+    await until(
+      "the dead daemon's held calls to end",
+      () => {
+        const ended = new Set(
+          this.calls()
+            .filter((line) => line.e === "e")
+            .map((line) => line.id),
+        );
+        return ids.every((id) => ended.has(id)) ? true : undefined;
+      },
+      30_000,
+    ).catch(() => undefined);
+    await this.restart();
   }
 
   /**
