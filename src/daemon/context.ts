@@ -5,6 +5,7 @@ import type { GuestReadiness } from "./guest/ready-waiters.js";
 import type { Logger } from "./log.js";
 import type { DaemonMetrics } from "./metrics/observer.js";
 import type { ProxmoxBackend } from "./proxmox/types.js";
+import type { Probes } from "./services/probes.js";
 import type { SandboxNetworking } from "./services/sandbox-network.js";
 import type { SshIdentity } from "./ssh/identity.js";
 import type { Store } from "./store/db.js";
@@ -55,6 +56,11 @@ export interface DaemonContext {
   control?: { url: string; fingerprint: string };
   startedAt: Date;
   version: string;
+  /**
+   * Views of Proxmox and the host shared between callers for a moment (services/probes.ts); absent in
+   * tests that build a bare context: then every status and show probes afresh.
+   */
+  probes?: Probes;
   /** Where services report what they did (metrics_listen); absent when metrics are off. */
   metrics?: DaemonMetrics;
 }

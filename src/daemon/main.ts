@@ -19,6 +19,7 @@ import { type RunningControl, startControl } from "./remote/control.js";
 import { registerHandlers } from "./rpc/handlers.js";
 import { RpcServer } from "./rpc/server.js";
 import { claimSocketPath } from "./rpc/socket.js";
+import { createProbes } from "./services/probes.js";
 import { SandboxNetworking } from "./services/sandbox-network.js";
 import { loadSshIdentity } from "./ssh/identity.js";
 import { createBootstrapTokenRepo } from "./store/bootstrap-tokens.js";
@@ -96,6 +97,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       version: VERSION,
       ...(metrics ? { metrics } : {}),
     };
+    ctx.probes = createProbes(ctx.backend);
     await ctx.network?.init();
     const server = new RpcServer({
       log,
