@@ -2,6 +2,7 @@ import type { Config } from "../config/config.js";
 import type { Profile } from "../config/profiles.js";
 import type { Clock } from "./clock.js";
 import type { GuestReadiness } from "./guest/ready-waiters.js";
+import type { HostToolPool } from "./host/tool-pool.js";
 import type { Logger } from "./log.js";
 import type { DaemonMetrics } from "./metrics/observer.js";
 import type { ProxmoxBackend } from "./proxmox/types.js";
@@ -56,6 +57,8 @@ export interface DaemonContext {
   control?: { url: string; fingerprint: string };
   startedAt: Date;
   version: string;
+  /** Where host programs (nft, e2fsck, ...) wait for a slot (host_max_tools); absent in bare test contexts. */
+  hostToolPool?: HostToolPool;
   /**
    * Views of Proxmox and the host shared between callers for a moment (services/probes.ts); absent in
    * tests that build a bare context: then every status and show probes afresh.
