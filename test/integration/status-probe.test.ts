@@ -40,18 +40,24 @@ describe("shared probes of status and show", () => {
       statuses.every((s) => s.backend.reachable),
       JSON.stringify(answers.find((a) => !a.result) ?? {}),
     );
+    // One probe per distinct checked_at. A probe starts only when none runs and the last is older than
+    // the TTL, so a loaded machine stretching the burst past it may add one, never one per caller.
     const checked = new Set(statuses.map((s) => s.backend.checked_at));
-    assert.equal(checked.size, 1, `one probe answered everyone: ${[...checked].join(", ")}`);
-    assert.ok(!Number.isNaN(Date.parse([...checked][0]!)), "checked_at is a time");
+    assert.ok(
+      [...checked].every((at) => at !== undefined && !Number.isNaN(Date.parse(at))),
+      "checked_at is a time",
+    );
+    assert.ok(checked.size <= 5, `100 callers shared ${checked.size} probes`);
     const burst = versionCalls();
-    assert.ok(burst > 0, "the probe asked Proxmox its version");
 
-    // Once the answer is older than the TTL, the next caller probes again, alone: the same calls.
+    // Once the answer is older than the TTL, the next caller probes again, alone.
     await sleep(1_700);
     resetCalls(h.sim.dir);
     const single = (await clients[0]!.request("daemon.status")).result as StatusAnswer;
-    assert.notEqual(single.backend.checked_at, [...checked][0], "a new probe after the TTL");
-    assert.equal(versionCalls(), burst, "100 callers cost what one caller costs");
+    assert.ok(!checked.has(single.backend.checked_at), "a new probe after the TTL");
+    const perProbe = versionCalls();
+    assert.ok(perProbe > 0, "the probe asked Proxmox its version");
+    assert.equal(burst, perProbe * checked.size, "100 callers cost Proxmox the calls of their probes only");
   });
 
   test("sandbox.show after the daemon stopped the VM shows it stopped, never the kept `running`", async () => {
