@@ -8,7 +8,6 @@
  */
 import type { DaemonStatus } from "../../protocol/daemon.js";
 import type { SandboxDetail } from "../../protocol/sandbox.js";
-import type { DaemonContext } from "../context.js";
 import { ProbeCache } from "../proxmox/probe-cache.js";
 import type { ProxmoxBackend } from "../proxmox/types.js";
 
@@ -48,6 +47,6 @@ export function createProbes(backend: ProxmoxBackend, ttlMs = PROBE_TTL_MS, now?
 }
 
 /** The context's probes; a bare test context without them probes afresh on every call. */
-export function probesOf(ctx: DaemonContext): Probes {
+export function probesOf(ctx: { probes?: Probes; backend: ProxmoxBackend }): Probes {
   return ctx.probes ?? createProbes(ctx.backend, 0);
 }
