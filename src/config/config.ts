@@ -90,6 +90,8 @@ export interface Config {
   proxmox_max_writes: number;
   /** How long a cluster VM list (/cluster/resources) is reused; 0 = read it for every caller not already waiting. */
   proxmox_cluster_list_ttl_ms: number;
+  /** Host programs (nft, ip, e2fsck, blkid, ...) the daemon runs at once; more wait in line. */
+  host_max_tools: number;
   provisioning_timeout_ms: number;
   /** After the guest agent reports the address, how long to wait for the phone-home (cloud-init's end). */
   phone_home_grace_ms: number;
@@ -196,6 +198,7 @@ export const ConfigFileSchema = z.strictObject({
   proxmox_task_timeout: duration().optional(),
   proxmox_max_reads: positiveInt().default(8),
   proxmox_max_writes: positiveInt().default(16),
+  host_max_tools: positiveInt().default(4),
   proxmox_cluster_list_ttl: duration().optional(),
   provisioning_timeout: duration().optional(),
   phone_home_grace: duration().optional(),
@@ -481,6 +484,7 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     proxmox_task_timeout_ms: taskTimeoutMs,
     proxmox_max_reads: file.proxmox_max_reads,
     proxmox_max_writes: file.proxmox_max_writes,
+    host_max_tools: file.host_max_tools,
     proxmox_cluster_list_ttl_ms: file.proxmox_cluster_list_ttl ?? 0,
     provisioning_timeout_ms: provisioningTimeoutMs,
     phone_home_grace_ms: file.phone_home_grace ?? 3 * MINUTE_MS,

@@ -2,9 +2,11 @@ import type { Config } from "../config/config.js";
 import type { Profile } from "../config/profiles.js";
 import type { Clock } from "./clock.js";
 import type { GuestReadiness } from "./guest/ready-waiters.js";
+import type { HostToolPool } from "./host/tool-pool.js";
 import type { Logger } from "./log.js";
 import type { DaemonMetrics } from "./metrics/observer.js";
 import type { ProxmoxBackend } from "./proxmox/types.js";
+import type { Probes } from "./services/probes.js";
 import type { SandboxNetworking } from "./services/sandbox-network.js";
 import type { SshIdentity } from "./ssh/identity.js";
 import type { Store } from "./store/db.js";
@@ -55,6 +57,13 @@ export interface DaemonContext {
   control?: { url: string; fingerprint: string };
   startedAt: Date;
   version: string;
+  /** Where host programs (nft, e2fsck, ...) wait for a slot (host_max_tools); absent in bare test contexts. */
+  hostToolPool?: HostToolPool;
+  /**
+   * Views of Proxmox and the host shared between callers for a moment (services/probes.ts); absent in
+   * tests that build a bare context: then every status and show probes afresh.
+   */
+  probes?: Probes;
   /** Where services report what they did (metrics_listen); absent when metrics are off. */
   metrics?: DaemonMetrics;
 }

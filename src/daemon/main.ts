@@ -8,6 +8,7 @@ import { type Clock, type DaemonContext, type Scheduler, systemClock, systemSche
 import { GuestListener } from "./guest/listener.js";
 import { GuestReadiness } from "./guest/ready-waiters.js";
 import { BootstrapTokens } from "./guest/tokens.js";
+import { createHostToolPool } from "./host/tool-pool.js";
 import { createLogger, type Logger } from "./log.js";
 import { MetricsListener } from "./metrics/listener.js";
 import type { PrometheusMetrics } from "./metrics/prometheus.js";
@@ -19,6 +20,7 @@ import { type RunningControl, startControl } from "./remote/control.js";
 import { registerHandlers } from "./rpc/handlers.js";
 import { RpcServer } from "./rpc/server.js";
 import { claimSocketPath } from "./rpc/socket.js";
+import { createProbes } from "./services/probes.js";
 import { SandboxNetworking } from "./services/sandbox-network.js";
 import { loadSshIdentity } from "./ssh/identity.js";
 import { createBootstrapTokenRepo } from "./store/bootstrap-tokens.js";
@@ -72,6 +74,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       listenAddress: config.bootstrap_listen,
       log: guestLog,
     });
+    const hostToolPool = createHostToolPool(config.host_max_tools);
     const ctx: DaemonContext = {
       config,
       configPath: options.configPath,
@@ -84,11 +87,12 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       }),
       network: new SandboxNetworking(
         config.network_isolation,
-        new SandboxFirewall({ run: execaRunner(), subnet: config.agent_subnet }),
+        new SandboxFirewall({ run: execaRunner({ pool: hostToolPool }), subnet: config.agent_subnet }),
         log.child({ component: "network" }),
-        { findPort: bridgePortFinder(execaRunner()) },
+        { findPort: bridgePortFinder(execaRunner({ pool: hostToolPool })) },
       ),
       guestReady,
+      hostToolPool,
       sshIdentity: loadSshIdentity(config.data_dir),
       log,
       clock,
@@ -96,6 +100,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       version: VERSION,
       ...(metrics ? { metrics } : {}),
     };
+    ctx.probes = createProbes(ctx.backend);
     await ctx.network?.init();
     const server = new RpcServer({
       log,

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { CheckedAt } from "./checked-at.js";
 import { InitCheck } from "./init.js";
 import { defineMethod } from "./method.js";
 
@@ -15,7 +16,7 @@ export const DaemonStatus = z.object({
   schema_version: z.number().int().describe("database schema version (newest migration applied)"),
   backend: z.object({
     kind: z.enum(["shell", "api"]).describe("configured Proxmox backend"),
-    reachable: z.boolean().describe("whether Proxmox answered this status call"),
+    reachable: z.boolean().describe("whether Proxmox answered the probe of checked_at"),
     calls: z
       .number()
       .int()
@@ -30,6 +31,7 @@ export const DaemonStatus = z.object({
       .object({ code: z.string(), message: z.string(), hint: z.string() })
       .optional()
       .describe("why Proxmox could not be reached"),
+    checked_at: CheckedAt,
   }),
   privileges: InitCheck.describe(
     "the api backend token's effective privileges against what agentlabd uses (not applicable on the shell backend)",
@@ -42,6 +44,7 @@ export const DaemonStatus = z.object({
     .object({
       path: z.string().describe("artifact_dir"),
       size_bytes: z.number().int().nonnegative().describe("disk use of everything under it"),
+      checked_at: CheckedAt,
     })
     .optional()
     .describe("absent from older daemons"),
@@ -89,6 +92,7 @@ export const DaemonStatus = z.object({
       }),
       bound: z.number().int().nonnegative().describe("sandboxes with an address that are bound"),
       unbound_vmids: z.array(z.number().int()).describe("sandboxes with an address but no binding"),
+      checked_at: CheckedAt,
     })
     .optional()
     .describe("host network isolation as it is now (nftables, not iptables); absent from older daemons"),

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { CheckedAt } from "./checked-at.js";
 import { boundedArray, boundedString, LIMITS, numberLimit } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { DNS_NAME_RE, DNS_NAME_RULE } from "./names.js";
@@ -84,6 +85,7 @@ export const SandboxDetail = Sandbox.extend({
       cores: z.number().optional(),
       memory_mb: z.number().optional(),
       error: z.string().optional().describe("why live data could not be read"),
+      checked_at: CheckedAt,
     })
     .describe("live view from Proxmox"),
   events: z.array(SandboxEvent).describe("most recent events, oldest first"),

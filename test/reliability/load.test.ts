@@ -1,7 +1,7 @@
 /**
  * Load: 200 clients on the daemon's real Unix socket for 60 s, each with its own connection, mixing
- * database-only reads (sandbox.list), daemon.status (its Proxmox probe is one version and node-list read
- * shared by every caller at the time), Proxmox-touching reads (sandbox.show), lease
+ * database-only reads (sandbox.list), daemon.status (its Proxmox probe is shared by every caller while it
+ * runs and for PROBE_TTL_MS after it), Proxmox-touching reads (sandbox.show), lease
  * renewals, and five clients that create and destroy sandboxes the whole time; a real daemon on the
  * simulator (api backend, 20 ms per call, short tasks).
  *
@@ -15,8 +15,10 @@
 import assert from "node:assert/strict";
 import { availableParallelism, loadavg } from "node:os";
 import { test } from "node:test";
+import { PROBE_TTL_MS } from "../../src/daemon/services/probes.js";
 import { type RawAnswer, RawRpcClient } from "../helpers/raw-rpc.js";
 import { startSimHost } from "../helpers/simhost.js";
+import { callStats, resetCalls } from "../pvesim/call-log.js";
 import { inspect } from "../pvesim/harness.js";
 
 const CLIENTS = 200;
@@ -88,6 +90,7 @@ test("200 clients mixing reads and writes for 60 s: no errors, no `database is l
       const vmids = [...live];
       return vmids[Math.floor(Math.random() * vmids.length)] ?? created[0]!;
     };
+    resetCalls(h.sim.dir);
     const deadline = Date.now() + DURATION_MS;
     const loadStarted = performance.now();
     await Promise.all(
@@ -113,6 +116,7 @@ test("200 clients mixing reads and writes for 60 s: no errors, no `database is l
       }),
     );
     const loadSeconds = (performance.now() - loadStarted) / 1000;
+    const versionReads = callStats(h.sim.dir).byRoute["GET /version"] ?? 0;
     for (const client of clients) client.destroy();
 
     const errors = samples.filter((s) => s.answer.error && !DOCUMENTED.has(s.answer.error.data?.code ?? ""));
@@ -149,6 +153,13 @@ test("200 clients mixing reads and writes for 60 s: no errors, no `database is l
       `${errors.length} errors under load`,
     );
     assert.ok(creates.length > 0, "sandboxes were created under load");
+    // Every daemon.status shares the last probe of Proxmox: a new one starts only once the last is older
+    // than PROBE_TTL_MS (each probe reads /version twice: status, then the privilege check).
+    const probes = Math.ceil((loadSeconds * 1000) / PROBE_TTL_MS) + 1;
+    assert.ok(
+      versionReads <= 2 * probes,
+      `${statuses.length} daemon.status calls read /version ${versionReads} times, more than ${2 * probes}`,
+    );
     assert.ok(
       !samples.some((s) => LOCKED.test(JSON.stringify(s.answer))),
       "no answer says the database is locked",

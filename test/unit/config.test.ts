@@ -75,6 +75,7 @@ describe("config: defaults and derived values", () => {
       proxmox_task_timeout_ms: 1_800_000,
       proxmox_max_reads: 8,
       proxmox_max_writes: 16,
+      host_max_tools: 4,
       proxmox_cluster_list_ttl_ms: 0,
       provisioning_timeout_ms: 600_000,
       phone_home_grace_ms: 180_000,

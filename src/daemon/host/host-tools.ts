@@ -12,6 +12,7 @@ import { accessSync, constants, statSync } from "node:fs";
 import { delimiter, isAbsolute, join } from "node:path";
 import { execa } from "execa";
 import { AgentlabError } from "../../protocol/errors.js";
+import type { HostToolPool } from "./tool-pool.js";
 
 /** e2fsck's two ways of running: `-f -n` (read-only, answers no) or `-f -y` (repair, answers yes). */
 export type E2fsckMode = "check" | "repair";
@@ -195,6 +196,8 @@ export interface ExecaHostToolsOptions {
   env?: NodeJS.ProcessEnv;
   /** Bound for the quick commands (blkid, lvs, lvchange, zfs, partx, losetup). */
   timeoutMs?: number;
+  /** Where every run waits for a slot (the daemon's one host tool pool); none: runs start at once. */
+  pool?: HostToolPool;
 }
 
 interface RunOptions {
@@ -214,8 +217,10 @@ interface Ran {
 export class ExecaHostTools implements HostTools {
   private readonly env: NodeJS.ProcessEnv;
   private readonly timeoutMs: number;
+  private readonly pool: HostToolPool | undefined;
 
   constructor(options: ExecaHostToolsOptions = {}) {
+    this.pool = options.pool;
     // LC_ALL=C keeps the programs' messages in the English the docs and parsers expect.
     this.env = { ...(options.env ?? process.env), LC_ALL: "C" };
     this.timeoutMs = options.timeoutMs ?? QUICK_TIMEOUT_MS;
@@ -260,17 +265,19 @@ export class ExecaHostTools implements HostTools {
     // Output is streamed into a bounded tail instead of execa's buffer: a badly damaged filesystem can
     // make e2fsck print far more than any buffer, and execa kills a program that overflows its buffer,
     // which in the middle of a repair would do real harm.
-    const subprocess = execa("e2fsck", args, {
-      env: this.env,
-      reject: false,
-      stdin: "ignore",
-      all: true,
-      buffer: false,
-      ...(signal ? { cancelSignal: signal } : {}),
-    });
     const tail = new TailBuffer(FSCK_OUTPUT_LIMIT);
-    subprocess.all?.on("data", (chunk: Buffer) => tail.push(chunk));
-    const result = await subprocess;
+    const result = await this.slot("e2fsck", signal, async () => {
+      const subprocess = execa("e2fsck", args, {
+        env: this.env,
+        reject: false,
+        stdin: "ignore",
+        all: true,
+        buffer: false,
+        ...(signal ? { cancelSignal: signal } : {}),
+      });
+      subprocess.all?.on("data", (chunk: Buffer) => tail.push(chunk));
+      return await subprocess;
+    });
     if (result.isCanceled) {
       throw new AgentlabError("CANCELLED", `${command}: cancelled`, {
         cause: signal?.reason,
@@ -370,12 +377,14 @@ export class ExecaHostTools implements HostTools {
 
   private async run(program: string, args: string[], options: RunOptions = {}): Promise<Ran> {
     const command = renderCommand([program, ...args]);
-    const result = await execa(program, args, {
-      env: this.env,
-      reject: false,
-      stdin: "ignore",
-      ...(options.timeout === false ? {} : { timeout: this.timeoutMs }),
-    });
+    const result = await this.slot(program, undefined, () =>
+      execa(program, args, {
+        env: this.env,
+        reject: false,
+        stdin: "ignore",
+        ...(options.timeout === false ? {} : { timeout: this.timeoutMs }),
+      }),
+    );
     if (result.timedOut) {
       throw new AgentlabError("INTERNAL", `${command} did not finish within ${this.timeoutMs} ms`, {
         hint: "the host may be overloaded or the storage stuck: check dmesg and the storage status",
@@ -390,6 +399,11 @@ export class ExecaHostTools implements HostTools {
       stdout: String(result.stdout ?? ""),
       stderr: String(result.stderr ?? ""),
     };
+  }
+
+  /** Run `work` in a host tool slot when the daemon bounds them. */
+  private slot<T>(program: string, signal: AbortSignal | undefined, work: () => Promise<T>): Promise<T> {
+    return this.pool ? this.pool.run("host", work, signal, program) : work();
   }
 
   /** The program could not be started at all: missing (HOST_TOOLS_UNAVAILABLE) or not runnable. */

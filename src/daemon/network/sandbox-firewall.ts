@@ -20,6 +20,7 @@ import { isIPv4 } from "node:net";
 import { execa } from "execa";
 import type { NetworkMode } from "../../config/profiles.js";
 import { AgentlabError } from "../../protocol/errors.js";
+import type { HostToolPool } from "../host/tool-pool.js";
 import { IFNAME, intToIpv4, ipv4ToInt, NFT, parseCidr4 } from "./nft.js";
 
 // ---------------------------------------------------------------------------------------------------
@@ -50,18 +51,22 @@ export type CommandRunner = (
  * nft inside a network namespace (the system test does).
  */
 export function execaRunner(
-  options: { prefix?: readonly string[]; env?: NodeJS.ProcessEnv } = {},
+  options: { prefix?: readonly string[]; env?: NodeJS.ProcessEnv; pool?: HostToolPool } = {},
 ): CommandRunner {
   return async (file, args, runOptions = {}) => {
     const argv = [...(options.prefix ?? []), file, ...args];
     const [command, ...rest] = argv as [string, ...string[]];
-    const result = await execa(command, rest, {
-      reject: false,
-      ...(runOptions.input === undefined ? { stdin: "ignore" as const } : { input: runOptions.input }),
-      ...(runOptions.timeoutMs === undefined ? {} : { timeout: runOptions.timeoutMs }),
-      ...(runOptions.signal ? { cancelSignal: runOptions.signal } : {}),
-      ...(options.env ? { env: options.env } : {}),
-    });
+    const spawn = () =>
+      execa(command, rest, {
+        reject: false,
+        ...(runOptions.input === undefined ? { stdin: "ignore" as const } : { input: runOptions.input }),
+        ...(runOptions.timeoutMs === undefined ? {} : { timeout: runOptions.timeoutMs }),
+        ...(runOptions.signal ? { cancelSignal: runOptions.signal } : {}),
+        ...(options.env ? { env: options.env } : {}),
+      });
+    const result = options.pool
+      ? await options.pool.run("host", spawn, runOptions.signal, file)
+      : await spawn();
     if (result.isCanceled) {
       throw new AgentlabError("CANCELLED", `${file}: cancelled`, { cause: runOptions.signal?.reason });
     }

@@ -241,6 +241,10 @@ export class PveBackend implements ProxmoxBackend {
     return this.transport.calls;
   }
 
+  get changes(): number {
+    return this.transport.changes ?? 0;
+  }
+
   /** One logged, classified call; `vmid` names the VM in errors. */
   private async call<T>(action: string, vmid: number | undefined, work: () => Promise<T>): Promise<T> {
     const started = performance.now();

@@ -41,25 +41,28 @@ export interface LaneState {
   queued: number;
 }
 
-/** A FIFO slot pool per call kind. */
-export class CallPool {
-  private readonly lanes: Record<CallKind, Lane>;
+/**
+ * A FIFO slot pool per call kind. The Proxmox calls use `read` and `write`; the host tools (nft, e2fsck,
+ * blkid, ...) use the same pool class with one kind of their own (host/tool-pool.ts).
+ */
+export class CallPool<K extends string = CallKind> {
+  private readonly lanes: Record<K, Lane>;
+  /** What a slot is, for the cancellation message: "Proxmox call" or "host tool". */
+  private readonly slot: string;
 
-  constructor(limits: CallLimits = DEFAULT_CALL_LIMITS) {
-    for (const [kind, limit] of Object.entries(limits)) {
+  constructor(limits: Record<K, number> = DEFAULT_CALL_LIMITS as Record<K, number>, slot = "Proxmox call") {
+    const lanes = {} as Record<K, Lane>;
+    for (const [kind, limit] of Object.entries(limits) as [K, number][]) {
       if (!Number.isInteger(limit) || limit < 1)
         throw new Error(`CallPool: the ${kind} limit must be a positive integer, got ${limit}`);
+      lanes[kind] = new Lane(limit);
     }
-    this.lanes = { read: new Lane(limits.read), write: new Lane(limits.write) };
+    this.lanes = lanes;
+    this.slot = slot;
   }
 
   /** Run `work` once a slot of `kind` is free; `signal` aborting while it waits takes it out of the queue. */
-  async run<T>(
-    kind: CallKind,
-    work: () => Promise<T>,
-    signal?: AbortSignal,
-    what: string = kind,
-  ): Promise<T> {
+  async run<T>(kind: K, work: () => Promise<T>, signal?: AbortSignal, what: string = kind): Promise<T> {
     const lane = this.lanes[kind];
     await this.acquire(lane, signal, what);
     try {
@@ -69,17 +72,15 @@ export class CallPool {
     }
   }
 
-  state(): Record<CallKind, LaneState> {
-    const of = (lane: Lane): LaneState => ({
-      limit: lane.limit,
-      active: lane.active,
-      queued: lane.queue.length,
-    });
-    return { read: of(this.lanes.read), write: of(this.lanes.write) };
+  state(): Record<K, LaneState> {
+    const out = {} as Record<K, LaneState>;
+    for (const [kind, lane] of Object.entries(this.lanes) as [K, Lane][])
+      out[kind] = { limit: lane.limit, active: lane.active, queued: lane.queue.length };
+    return out;
   }
 
   private acquire(lane: Lane, signal: AbortSignal | undefined, what: string): Promise<void> {
-    if (signal?.aborted) return Promise.reject(cancelled(what, signal));
+    if (signal?.aborted) return Promise.reject(cancelled(what, this.slot, signal));
     if (lane.active < lane.limit && lane.queue.length === 0) {
       lane.active++;
       return Promise.resolve();
@@ -88,7 +89,7 @@ export class CallPool {
       const onAbort = () => {
         const at = lane.queue.indexOf(waiter);
         if (at >= 0) lane.queue.splice(at, 1);
-        reject(cancelled(what, signal!));
+        reject(cancelled(what, this.slot, signal!));
       };
       // A released slot passes straight to the next waiter: `active` stays as it is.
       const waiter: Waiter = {
@@ -103,8 +104,8 @@ export class CallPool {
   }
 }
 
-function cancelled(what: string, signal: AbortSignal): AgentlabError {
-  return new AgentlabError("CANCELLED", `${what}: cancelled while waiting for a free Proxmox call slot`, {
+function cancelled(what: string, slot: string, signal: AbortSignal): AgentlabError {
+  return new AgentlabError("CANCELLED", `${what}: cancelled while waiting for a free ${slot} slot`, {
     cause: signal.reason,
   });
 }

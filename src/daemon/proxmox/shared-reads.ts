@@ -52,6 +52,10 @@ export class SharedReadsTransport implements PveTransport {
     return this.inner.calls;
   }
 
+  get changes(): number {
+    return this.generation;
+  }
+
   /** Something changed in Proxmox (a write was sent, a task ended): no later read may use an older answer. */
   invalidate(): void {
     this.generation++;

@@ -124,6 +124,11 @@ export interface PveTransport {
    * ended): answers kept from before must not be given out again (shared-reads.ts).
    */
   invalidate?(): void;
+  /**
+   * How many changes (writes sent, tasks ended) the daemon made through this transport so far: a view
+   * kept from a smaller count is older than one of the daemon's own changes (probe-cache.ts).
+   */
+  readonly changes?: number;
 }
 
 /**

@@ -191,6 +191,11 @@ export interface CallOptions {
 
 export interface ProxmoxBackend {
   readonly kind: "shell" | "api";
+  /**
+   * Changes the daemon made in Proxmox so far (writes sent, tasks ended; shared-reads.ts): a view kept
+   * from a smaller count may predate one of them. Absent: every view is probed afresh.
+   */
+  readonly changes?: number;
   version(): Promise<{ version: string; release: string }>;
   /**
    * `GET /access/permissions?path=`: the caller's effective privileges on one path (for a privilege

@@ -4,13 +4,17 @@ import type { DaemonContext } from "../context.js";
 import { createHousekeeping } from "../store/housekeeping.js";
 import { directoryBytes } from "./housekeeping.js";
 import { privilegesCheckFresh } from "./privileges.js";
+import { type HostProbe, type ProxmoxProbe, probesOf } from "./probes.js";
 
-/** Ask Proxmox who it is; a failure is part of the answer, not an error of the status call. */
 /** Longest the status call waits for Proxmox, well inside the CLI's default 30 s. */
 export const BACKEND_PROBE_MS = 10_000;
 
-async function backendStatus(ctx: DaemonContext): Promise<DaemonStatus["backend"]> {
-  const kind = ctx.backend.kind;
+/**
+ * Ask Proxmox who it is, then check the token's privileges: one probe, shared by every status call
+ * while it runs and for PROBE_TTL_MS after it succeeded (services/probes.ts). It throws when Proxmox
+ * does not answer, so an unreachable Proxmox is never kept and the next status asks again.
+ */
+async function probeProxmox(ctx: DaemonContext): Promise<ProxmoxProbe> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(
@@ -23,17 +27,41 @@ async function backendStatus(ctx: DaemonContext): Promise<DaemonStatus["backend"
       BACKEND_PROBE_MS,
     );
   });
+  let version: { version: string };
+  let nodes: Awaited<ReturnType<DaemonContext["backend"]["listNodes"]>>;
   try {
-    const [version, nodes] = await Promise.race([
+    [version, nodes] = await Promise.race([
       Promise.all([ctx.backend.version(), ctx.backend.listNodes()]),
       timeout,
     ]);
+  } finally {
+    clearTimeout(timer);
+  }
+  return {
+    version: version.version,
+    nodes: nodes.map((n) => ({ node: n.node, online: n.online })),
+    privileges: await privilegesStatus(ctx),
+  };
+}
+
+/** What Proxmox said, from the last probe or a new one; a failure is part of the answer, not an error. */
+async function proxmoxStatus(
+  ctx: DaemonContext,
+): Promise<{ backend: DaemonStatus["backend"]; privileges: DaemonStatus["privileges"] }> {
+  const kind = ctx.backend.kind;
+  const asked = ctx.clock.now();
+  try {
+    const { value, checkedAt } = await probesOf(ctx).proxmox.get("proxmox", () => probeProxmox(ctx));
     return {
-      kind,
-      reachable: true,
-      calls: ctx.backend.calls.count,
-      version: version.version,
-      nodes: nodes.map((n) => ({ node: n.node, online: n.online })),
+      backend: {
+        kind,
+        reachable: true,
+        calls: ctx.backend.calls.count,
+        version: value.version,
+        nodes: value.nodes,
+        checked_at: new Date(checkedAt).toISOString(),
+      },
+      privileges: value.privileges,
     };
   } catch (error) {
     const known =
@@ -41,13 +69,19 @@ async function backendStatus(ctx: DaemonContext): Promise<DaemonStatus["backend"
         ? error
         : new AgentlabError("PROXMOX_ERROR", (error as Error)?.message ?? String(error));
     return {
-      kind,
-      reachable: false,
-      calls: ctx.backend.calls.count,
-      error: { code: known.code, message: known.message, hint: known.hint },
+      backend: {
+        kind,
+        reachable: false,
+        calls: ctx.backend.calls.count,
+        error: { code: known.code, message: known.message, hint: known.hint },
+        checked_at: asked.toISOString(),
+      },
+      privileges: {
+        name: "privileges",
+        status: "warn",
+        detail: "not checked: Proxmox is unreachable (see backend)",
+      },
     };
-  } finally {
-    clearTimeout(timer);
   }
 }
 
@@ -74,7 +108,12 @@ async function privilegesStatus(ctx: DaemonContext): Promise<DaemonStatus["privi
 
 export async function daemonStatus(ctx: DaemonContext): Promise<DaemonStatus> {
   const now = ctx.clock.now();
-  const [backend, isolation] = await Promise.all([backendStatus(ctx), isolationStatus(ctx)]);
+  const [{ backend, privileges }, host] = await Promise.all([
+    proxmoxStatus(ctx),
+    probesOf(ctx).host.get("host", () => probeHost(ctx)),
+  ]);
+  const checked_at = new Date(host.checkedAt).toISOString();
+  const { isolation } = host.value;
   return {
     version: ctx.version,
     pid: process.pid,
@@ -83,11 +122,9 @@ export async function daemonStatus(ctx: DaemonContext): Promise<DaemonStatus> {
     node_version: process.versions.node,
     schema_version: ctx.store.schemaVersion(),
     backend,
-    privileges: backend.reachable
-      ? await privilegesStatus(ctx)
-      : { name: "privileges", status: "warn", detail: "not checked: Proxmox is unreachable (see backend)" },
+    privileges,
     database: { path: ctx.store.path, size_bytes: ctx.store.sizeBytes() },
-    artifacts: { path: ctx.config.artifact_dir, size_bytes: directoryBytes(ctx.config.artifact_dir) },
+    artifacts: { path: ctx.config.artifact_dir, size_bytes: host.value.artifactsBytes, checked_at },
     maintenance: lastMaintenance(ctx),
     guest_listener: ctx.guestReady?.listener() ?? {
       address: ctx.config.bootstrap_listen,
@@ -96,10 +133,18 @@ export async function daemonStatus(ctx: DaemonContext): Promise<DaemonStatus> {
     },
     socket_path: ctx.config.socket_path,
     control_listener: ctx.control ? { listening: true, ...ctx.control } : { listening: false },
-    ...(isolation ? { isolation } : {}),
+    ...(isolation ? { isolation: { ...isolation, checked_at } } : {}),
     config_path: ctx.configPath,
     profiles: ctx.profiles.length,
     sandboxes: ctx.store.sandboxes.countByState(),
+  };
+}
+
+/** The host's part of the status: the nftables ruleset (an `nft` run) and the artifacts' disk use (a walk). */
+async function probeHost(ctx: DaemonContext): Promise<HostProbe> {
+  return {
+    isolation: await isolationStatus(ctx),
+    artifactsBytes: directoryBytes(ctx.config.artifact_dir),
   };
 }
 

@@ -4,8 +4,9 @@
  */
 import type { SandboxDetail, SandboxEvent, Sandbox as SandboxJson } from "../../../protocol/sandbox.js";
 import type { DaemonContext } from "../../context.js";
-import type { SandboxState } from "../../store/sandboxes.js";
+import type { Sandbox as SandboxRow, SandboxState } from "../../store/sandboxes.js";
 import { describe, isVmNotFound, vmRefOf } from "../maintenance-steps.js";
+import { probesOf, type VmProbe } from "../probes.js";
 import { getSandbox } from "./guards.js";
 import { eventJson, sandboxJson } from "./json.js";
 
@@ -40,21 +41,34 @@ export async function showSandbox(ctx: DaemonContext, vmid: number, eventCount =
     );
   }
   if (row.vm_created && row.state !== "DESTROYED") {
+    const asked = ctx.clock.now();
     try {
-      const vm = vmRefOf(ctx, row);
-      const [status, vmConfig] = await Promise.all([ctx.backend.status(vm), ctx.backend.getConfig(vm)]);
-      detail.proxmox = { found: true, status: status.state };
-      if (status.lock) detail.proxmox.lock = status.lock;
-      if (typeof vmConfig.cores === "number") detail.proxmox.cores = vmConfig.cores;
-      const memory = Number(vmConfig.memory);
-      if (Number.isFinite(memory)) detail.proxmox.memory_mb = memory;
+      const { value, checkedAt } = await probesOf(ctx).vms.get(String(vmid), () => probeVm(ctx, row));
+      detail.proxmox = { ...value, checked_at: new Date(checkedAt).toISOString() };
     } catch (error) {
-      detail.proxmox = isVmNotFound(error)
-        ? { found: false, error: `VM ${vmid} no longer exists in Proxmox` }
-        : { found: false, error: describe(error) };
+      detail.proxmox = {
+        found: false,
+        error: isVmNotFound(error) ? `VM ${vmid} no longer exists in Proxmox` : describe(error),
+        checked_at: asked.toISOString(),
+      };
     }
   }
   return detail;
+}
+
+/**
+ * What Proxmox says of the sandbox's VM now: its status and config, one probe shared by concurrent
+ * shows of the same sandbox and kept briefly unless the daemon changed something since (probes.ts).
+ */
+async function probeVm(ctx: DaemonContext, row: SandboxRow): Promise<VmProbe> {
+  const vm = vmRefOf(ctx, row);
+  const [status, vmConfig] = await Promise.all([ctx.backend.status(vm), ctx.backend.getConfig(vm)]);
+  const view: VmProbe = { found: true, status: status.state };
+  if (status.lock) view.lock = status.lock;
+  if (typeof vmConfig.cores === "number") view.cores = vmConfig.cores;
+  const memory = Number(vmConfig.memory);
+  if (Number.isFinite(memory)) view.memory_mb = memory;
+  return view;
 }
 
 /** A sandbox's events: the last `tail`, or (for following) all after `after_id`. */

@@ -22,7 +22,7 @@ export type HostToolsAccess = { tools: HostTools } | { tools?: undefined; reason
 export async function hostToolsFor(
   ctx: DaemonContext,
   node: string,
-  tools: HostTools = new ExecaHostTools(),
+  tools: HostTools = new ExecaHostTools(ctx.hostToolPool ? { pool: ctx.hostToolPool } : {}),
 ): Promise<HostToolsAccess> {
   const mode = ctx.config.host_tools;
   if (mode === "off") return { reason: "host_tools is off in the daemon's config" };
