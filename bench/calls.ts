@@ -5,29 +5,31 @@
  * long each kind of task takes, as it has after its first sandbox.
  */
 
-import { REALISTIC_KNOBS, splitCalls } from "../test/helpers/proxmox-calls.js";
+import { splitCalls } from "../test/helpers/proxmox-calls.js";
 import { FAST_KNOBS } from "../test/helpers/simhost.js";
 import { callStats, resetCalls, setControl } from "../test/pvesim/harness.js";
-import type { Benchmark } from "./bench.js";
+import { type Benchmark, realisticKnobs, type Scale } from "./bench.js";
 import { createSandbox, destroySandbox, warmUp, withHost } from "./host.js";
 import type { Figure } from "./report.js";
 import { median } from "./stats.js";
 
-const LATENCIES = {
+const latencies = (scale: Scale) => ({
   zero: { ...FAST_KNOBS, call_latency_ms: 0 },
-  realistic: REALISTIC_KNOBS,
-} as const;
+  realistic: realisticKnobs(scale),
+});
 
 export const callsBench: Benchmark = {
   name: "calls",
   title: "Proxmox calls per create/destroy",
   async run(scale, log) {
     const figures: Figure[] = [];
+    const byLatency = latencies(scale);
+    const paced = scale.pace === 1 ? "" : ` (the realistic pace x${scale.pace})`;
     for (const kind of ["shell", "api"] as const) {
-      await withHost(kind, LATENCIES.zero, async (h) => {
-        for (const [latency, knobs] of Object.entries(LATENCIES)) {
+      await withHost(kind, byLatency.zero, async (h) => {
+        for (const [latency, knobs] of Object.entries(byLatency)) {
           await setControl(h.sim.dir, knobs);
-          await warmUp(h);
+          await warmUp(h, scale);
           const creates: Array<ReturnType<typeof splitCalls> & { total: number }> = [];
           const destroys: Array<ReturnType<typeof splitCalls> & { total: number }> = [];
           for (let i = 0; i < scale.callRepeats; i++) {
@@ -57,7 +59,7 @@ export const callsBench: Benchmark = {
                     goal: { op: "<=", target: 8, text: "<= 8 Proxmox calls per create at realistic latency" },
                   }
                 : {}),
-              note: `median of ${runs.length}; range ${Math.min(...runs.map((r) => r.total))}-${Math.max(...runs.map((r) => r.total))}`,
+              note: `median of ${runs.length}; range ${Math.min(...runs.map((r) => r.total))}-${Math.max(...runs.map((r) => r.total))}${latency === "realistic" ? paced : ""}`,
             });
             figures.push({
               name: `${op} ${kind} ${latency}: task polls`,

@@ -6,6 +6,7 @@ import { call } from "../src/cli/client.js";
 import { type Sandbox, sandboxCreate, sandboxDestroy } from "../src/protocol/sandbox.js";
 import { type BackendKind, type SimHost, startSimHost } from "../test/helpers/simhost.js";
 import { setControl } from "../test/pvesim/harness.js";
+import type { Scale } from "./bench.js";
 
 export const PROFILE = "yolo-ephemeral";
 
@@ -40,8 +41,10 @@ export async function destroySandbox(h: SimHost, vmid: number): Promise<void> {
 /**
  * One create and destroy that no figure counts: start-up reads (node discovery, storage checks) are
  * behind the daemon, and it has seen how long each kind of task takes, as after its first sandbox.
+ * Skipped at a scale without warm-ups (tiny).
  */
-export async function warmUp(h: SimHost): Promise<void> {
+export async function warmUp(h: SimHost, scale: Scale): Promise<void> {
+  if (!scale.warmUp) return;
   const warm = await createSandbox(h);
   await destroySandbox(h, warm.vmid);
 }

@@ -94,7 +94,7 @@ export const overheadBench: Benchmark = {
     for (const kind of ["api"] as const) {
       const creates = scale.overheadCreates;
       await withHost(kind, KNOBS, async (h) => {
-        await warmUp(h);
+        await warmUp(h, scale);
         const samples: Sample[] = [];
         for (let i = 0; i < creates; i++) {
           const sample = await measureCreate(h);

@@ -9,19 +9,17 @@
  * of N could therefore finish in the time of one create, and its ratio to the single create (burst of 1)
  * is what the daemon's own lines and locks (VMID reservation, the call pool's bounds) add.
  *
- * The shell backend runs bursts of at most SHELL_MAX: every call is a `pvesh` process, and 50 creates'
- * worth of them (700 Node start-ups here) measure the machine's CPU, not the daemon.
+ * The shell backend runs bursts of at most the scale's shellBurstMax (10; 1 at tiny scale): every call
+ * is a `pvesh` process, and 50 creates' worth of them (700 Node start-ups here) measure the machine's
+ * CPU, not the daemon.
  */
 
-import { REALISTIC_KNOBS } from "../test/helpers/proxmox-calls.js";
 import { inspect } from "../test/pvesim/harness.js";
 import { isTemplate } from "../test/pvesim/vms.js";
-import type { Benchmark } from "./bench.js";
+import { type Benchmark, realisticKnobs } from "./bench.js";
 import { createSandbox, destroySandbox, warmUp, withHost } from "./host.js";
 import type { Figure } from "./report.js";
 import { nowMs } from "./stats.js";
-
-const SHELL_MAX = 10;
 
 const duplicates = (values: readonly unknown[]) => values.length - new Set(values).size;
 
@@ -31,10 +29,10 @@ export const parallelBench: Benchmark = {
   async run(scale, log) {
     const figures: Figure[] = [];
     for (const kind of ["api", "shell"] as const) {
-      await withHost(kind, REALISTIC_KNOBS, async (h) => {
-        await warmUp(h);
+      await withHost(kind, realisticKnobs(scale), async (h) => {
+        await warmUp(h, scale);
         let singleMs = Number.NaN;
-        for (const n of scale.parallel.filter((size) => kind === "api" || size <= SHELL_MAX)) {
+        for (const n of scale.parallel.filter((size) => kind === "api" || size <= scale.shellBurstMax)) {
           const begin = nowMs();
           const outcomes = await Promise.allSettled(Array.from({ length: n }, () => createSandbox(h)));
           const wallMs = nowMs() - begin;

@@ -4,9 +4,8 @@
  * status and config read each) at realistic Proxmox latency. Throughput and p50/p99 per kind, errors, and
  * a `sandbox new` made during the load against the same create made before it, unloaded.
  */
-import { REALISTIC_KNOBS } from "../test/helpers/proxmox-calls.js";
 import { RawRpcClient } from "../test/helpers/raw-rpc.js";
-import type { Benchmark } from "./bench.js";
+import { type Benchmark, realisticKnobs } from "./bench.js";
 import { createSandbox, destroySandbox, warmUp, withHost } from "./host.js";
 import type { Figure } from "./report.js";
 import { median, nowMs, percentile } from "./stats.js";
@@ -20,8 +19,8 @@ export const rpcLoadBench: Benchmark = {
   name: "rpc-load",
   title: "RPC under many clients",
   async run(scale, log) {
-    return withHost("api", REALISTIC_KNOBS, async (h) => {
-      await warmUp(h);
+    return withHost("api", realisticKnobs(scale), async (h) => {
+      await warmUp(h, scale);
       const shown = await Promise.all(Array.from({ length: SHOWN }, () => createSandbox(h)));
       const unloaded: number[] = [];
       for (let i = 0; i < scale.loadedCreates; i++) {

@@ -23,6 +23,9 @@ export const BRIDGE = "10.77.0.1";
 /** A name the rig's dnsmasq resolves to the Internet host (there is no upstream resolver). */
 export const INET_NAME = "inet.agentlab.test";
 
+/** The longest a suite may use the rig: its listeners live this long (the describe's timeout). */
+export const RIG_LIFETIME_MS = 3_600_000;
+
 /** Why the suite cannot run here, or undefined. */
 export function guestRigSkipReason(): string | undefined {
   const netns = netnsSkipReason();
@@ -117,9 +120,13 @@ export async function startGuestRig(knobs: Record<string, unknown> = {}): Promis
     { stdio: "ignore" },
   );
   // Listeners that make every "blocked" probe meaningful: a drop is a timeout, an answer is a leak.
-  await lab.listen(ns.lan, { tcp: [22, 80, 8080] });
-  await lab.listen(ns.inet, { tcp: [8080] });
-  await lab.listen(ns.host, { tcp: [22, 8006] });
+  // They live as long as the suite may (its describe's timeout): on 2 loaded cores its four TCG boots
+  // took 25 min, and the smoke test's egress check found the Internet's 8080 refused once netprobe's
+  // default 10 minutes were up.
+  const listenFor = { maxMs: RIG_LIFETIME_MS };
+  await lab.listen(ns.lan, { tcp: [22, 80, 8080] }, listenFor);
+  await lab.listen(ns.inet, { tcp: [8080] }, listenFor);
+  await lab.listen(ns.host, { tcp: [22, 8006] }, listenFor);
 
   let h: NetnsSimHost;
   try {

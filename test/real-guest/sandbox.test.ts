@@ -4,15 +4,29 @@
  * cloud-init from a NoCloud seed, the real qemu-guest-agent behind the simulator's agent endpoints,
  * and its NIC a tap on vmbr1 in a namespace with the real ruleset and dnsmasq (test/real-guest/rig.ts).
  *
- * The tests share one rig and run in order; each boot costs about a minute of both cores, so a sandbox
- * serves several checks where that proves the same thing.
+ * The tests share one rig and run in order; each boot costs one to two minutes of both cores under TCG,
+ * so a sandbox serves several checks where that proves the same thing. Four boots in all: the first
+ * sandbox (`sandbox new`), the job's sandbox, the smoke test's, and the first sandbox's reboot at its
+ * revert. What passes from one test to the next is named in the describe's state below: `first`
+ * (made by the first test, destroyed by the last) and the workspace `realws` with `jobId` (the job
+ * writes /work/marker; it is then attached to `first`, survives its revert and is detached by its
+ * destroy).
  */
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { type GuestRig, guestRigSkipReason, INET, INET_NAME, LAN, startGuestRig, waitFor } from "./rig.js";
+import {
+  type GuestRig,
+  guestRigSkipReason,
+  INET,
+  INET_NAME,
+  LAN,
+  RIG_LIFETIME_MS,
+  startGuestRig,
+  waitFor,
+} from "./rig.js";
 
 const skip = guestRigSkipReason();
 
@@ -24,12 +38,13 @@ interface SandboxJson {
   events?: { kind: string; msg?: string; payload?: Record<string, unknown> }[];
 }
 
-describe("real guests: sandboxes are real QEMU VMs", { skip, timeout: 3_600_000 }, () => {
+describe("real guests: sandboxes are real QEMU VMs", { skip, timeout: RIG_LIFETIME_MS }, () => {
   let rig: GuestRig;
   /** The first sandbox: checked by most tests, destroyed by the last one. */
   let first: { vmid: number; ip: string; mac: string };
-  /** The job that wrote /work/marker into the workspace. */
+  /** The job that wrote /work/marker into the workspace `realws`. */
   let jobId = "";
+  const WORKSPACE = "realws";
 
   before(async () => {
     rig = await startGuestRig();
@@ -214,7 +229,7 @@ describe("real guests: sandboxes are real QEMU VMs", { skip, timeout: 3_600_000 
   });
 
   test("job run with a workspace: the real runner, started by systemd as agent, clones from the Internet side into /work", async () => {
-    const ws = await rig.h.cli(["--json", "workspace", "create", "--name", "realws", "--size", "1G"]);
+    const ws = await rig.h.cli(["--json", "workspace", "create", "--name", WORKSPACE, "--size", "1G"]);
     assert.equal(ws.code, 0, `${ws.stdout}\n${ws.stderr}`);
     const run = await rig.h.cli([
       "--json",
@@ -227,7 +242,7 @@ describe("real guests: sandboxes are real QEMU VMs", { skip, timeout: 3_600_000 
       "--profile",
       "yolo-ephemeral",
       "--workspace",
-      "realws",
+      WORKSPACE,
       "--wait",
       "--wait-timeout",
       "15m",
@@ -292,8 +307,37 @@ describe("real guests: sandboxes are real QEMU VMs", { skip, timeout: 3_600_000 
     assert.match(out, /^\[smoke\] PASS$/m);
   });
 
-  test("sandbox revert: a file deleted under / after the clean snapshot comes back", async () => {
-    const rm = await rig.ssh(first.ip, "sudo rm /usr/bin/jq && ! test -e /usr/bin/jq && echo gone");
+  test("the workspace's data outlives the job's sandbox: hot-attached to the running first sandbox, it is at /work at once", async () => {
+    // The job's sandbox was destroyed when the job ended (yolo-ephemeral), and its destroy detached
+    // the workspace.
+    await waitFor("the job's sandbox to let go of the workspace", 300_000, async () => {
+      const shown = await json<{ attached_vmid?: number }>(["workspace", "show", WORKSPACE]);
+      return shown.attached_vmid === undefined ? true : undefined;
+    });
+    const attached = await json<{ vmid: number; live: boolean }>([
+      "workspace",
+      "attach",
+      WORKSPACE,
+      String(first.vmid),
+    ]);
+    assert.equal(attached.vmid, first.vmid);
+    assert.equal(attached.live, true, "the running QEMU has the disk now");
+    // The guest's udev rule mounts the workspace as it appears: no reboot.
+    const read = await waitFor("the hot-attached workspace at /work", 120_000, async () => {
+      const r = await rig.ssh(
+        first.ip,
+        "cat /work/marker && test -x /work/repo/.agentlab/run.sh && echo repo-kept",
+      );
+      return r.code === 0 ? r.stdout : undefined;
+    });
+    assert.deepEqual(read.trim().split("\n"), [jobId, "repo-kept"]);
+  });
+
+  test("sandbox revert: a file deleted under / after the clean snapshot comes back; /work is not rolled back", async () => {
+    const rm = await rig.ssh(
+      first.ip,
+      "sudo rm /usr/bin/jq && ! test -e /usr/bin/jq && echo after-the-snapshot > /work/kept && sync && echo gone",
+    );
     assert.equal(rm.stdout.trim(), "gone", rm.stderr);
     const reverted = await rig.h.cli(["--json", "sandbox", "revert", "--force", String(first.vmid)]);
     assert.equal(reverted.code, 0, `${reverted.stdout}\n${reverted.stderr}`);
@@ -305,25 +349,12 @@ describe("real guests: sandboxes are real QEMU VMs", { skip, timeout: 3_600_000 
       return r.stdout.trim() === "back" ? true : undefined;
     });
     assert.equal(back, true);
-  });
-
-  test("the workspace's data outlives the job's sandbox: a new sandbox finds it at /work", async () => {
-    const two = await json<SandboxJson>([
-      "sandbox",
-      "new",
-      "--profile",
-      "yolo-ephemeral",
-      "--workspace",
-      "realws",
-    ]);
-    const read = await rig.ssh(
-      two.ip!,
-      "cat /work/marker; test -x /work/repo/.agentlab/run.sh && echo repo-kept",
-    );
-    assert.equal(read.code, 0, read.stderr);
-    assert.deepEqual(read.stdout.trim().split("\n"), [jobId, "repo-kept"]);
-    const gone = await rig.h.cli(["sandbox", "destroy", String(two.vmid)]);
-    assert.equal(gone.code, 0, gone.stderr);
+    // The workspace went out of the config for the rollback and back in: mounted at boot, untouched.
+    const work = await waitFor("/work after the revert", 120_000, async () => {
+      const r = await rig.ssh(first.ip, "cat /work/kept /work/marker");
+      return r.code === 0 ? r.stdout : undefined;
+    });
+    assert.deepEqual(work.trim().split("\n"), ["after-the-snapshot", jobId]);
   });
 
   test("sandbox destroy: the QEMU process is gone, the disk overlay removed, no tap left", async () => {
@@ -357,5 +388,12 @@ describe("real guests: sandboxes are real QEMU VMs", { skip, timeout: 3_600_000 
     assert.equal(existsSync(disk), false, "the overlay is removed");
     const taps = await rig.lab.must(rig.ns.host, "ip", ["-o", "link", "show"]);
     assert.doesNotMatch(taps, new RegExp(`tap${first.vmid}i0`), "no tap left");
+    const ws = await json<{ attached_vmid?: number; last_attached_vmid?: number }>([
+      "workspace",
+      "show",
+      WORKSPACE,
+    ]);
+    assert.equal(ws.attached_vmid, undefined, "the workspace is detached, not destroyed with the sandbox");
+    assert.equal(ws.last_attached_vmid, first.vmid);
   });
 });

@@ -117,16 +117,23 @@ export class NetnsLab {
     await this.must(ns, process.execPath, [NETPROBE, "sysctl", key, value]);
   }
 
-  /** Start a probe listener in a namespace; resolves once it listens. */
-  async listen(ns: string, ports: { tcp?: number[]; udp?: number[] }): Promise<Probe> {
-    const args = [NETPROBE, "listen", "--max-ms", "600000"];
+  /**
+   * Start a probe listener in a namespace; resolves once it listens. It exits by itself after maxMs
+   * (10 minutes unless given: a suite that needs it longer says so), or when the lab is destroyed.
+   */
+  async listen(
+    ns: string,
+    ports: { tcp?: number[]; udp?: number[] },
+    { maxMs = 600_000 }: { maxMs?: number } = {},
+  ): Promise<Probe> {
+    const args = [NETPROBE, "listen", "--max-ms", String(maxMs)];
     if (ports.tcp?.length) args.push("--tcp", ports.tcp.join(","));
     if (ports.udp?.length) args.push("--udp", ports.udp.join(","));
     const child = execa("ip", ["netns", "exec", ns, process.execPath, ...args], {
       reject: false,
       stdin: "ignore",
       buffer: false,
-      timeout: 600_000,
+      timeout: maxMs,
     });
     const probe: Probe = { ns, child, lines: [] };
     this.probes.push(probe);
