@@ -91,6 +91,8 @@ export interface Config {
   /** How long a cluster VM list (/cluster/resources) is reused; 0 = read it for every caller not already waiting. */
   proxmox_cluster_list_ttl_ms: number;
   provisioning_timeout_ms: number;
+  /** How many warm pool members (all profiles together) may be provisioned at once (docs/warm-pool.md). */
+  warm_pool_concurrency: number;
   /** After the guest agent reports the address, how long to wait for the phone-home (cloud-init's end). */
   phone_home_grace_ms: number;
   orphan_grace_period_ms: number;
@@ -198,6 +200,7 @@ export const ConfigFileSchema = z.strictObject({
   proxmox_max_writes: positiveInt().default(16),
   proxmox_cluster_list_ttl: duration().optional(),
   provisioning_timeout: duration().optional(),
+  warm_pool_concurrency: positiveInt().default(1),
   phone_home_grace: duration().optional(),
   orphan_grace_period: duration().optional(),
   idle_stop_enabled: bool().default(true),
@@ -483,6 +486,7 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     proxmox_max_writes: file.proxmox_max_writes,
     proxmox_cluster_list_ttl_ms: file.proxmox_cluster_list_ttl ?? 0,
     provisioning_timeout_ms: provisioningTimeoutMs,
+    warm_pool_concurrency: file.warm_pool_concurrency,
     phone_home_grace_ms: file.phone_home_grace ?? 3 * MINUTE_MS,
     // Orphans are VMs whose provisioning never finished; give a slow provisioning time to end first.
     orphan_grace_period_ms:
