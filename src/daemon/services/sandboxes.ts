@@ -53,7 +53,7 @@ export class SandboxService {
   private readonly scope: SandboxScope;
   /** Bound once the workspace service exists (it needs this service first, for attach and detach). */
   private workspaces: SandboxWorkspaces | undefined;
-  /** Told when a warm pool member was claimed, so the pool refills (bound by the daemon). */
+  /** Told when a warm pool member was claimed or destroyed, so the pool refills (bound by the daemon). */
   private poolClaimed: (() => void) | undefined;
 
   /**
@@ -188,7 +188,11 @@ export class SandboxService {
   }
 
   destroy(vmid: number, force: boolean, op: Operation): Promise<SandboxJson> {
-    const work = () => destroySandbox(this.scope, vmid, force, op);
+    // A destroyed warm pool member is replaced at once.
+    const work = () =>
+      destroySandbox(this.scope, vmid, force, op).finally(() => {
+        if (this.ctx.store.sandboxes.get(vmid)?.pool) this.poolClaimed?.();
+      });
     const metrics = this.ctx.metrics;
     return metrics ? observed((outcome) => metrics.sandboxDestroy(outcome), work) : work();
   }
