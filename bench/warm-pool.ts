@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { call } from "../src/cli/client.js";
 import { daemonStatus } from "../src/protocol/daemon.js";
+import { sandboxCreate } from "../src/protocol/sandbox.js";
 import { startDaemon } from "../test/helpers/daemon.js";
 import { AGENTLAB_BIN } from "../test/helpers/paths.js";
 import { REALISTIC_KNOBS } from "../test/helpers/proxmox-calls.js";
@@ -17,6 +18,16 @@ import type { Benchmark } from "./bench.js";
 import { PROFILE, withHost } from "./host.js";
 import type { Figure } from "./report.js";
 import { median, nowMs } from "./stats.js";
+
+/** A fresh process, timed from spawn to exit: `node -e 0` and `agentlab sandbox list`, the CLI's floor now. */
+function timeProcess(args: string[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const begin = nowMs();
+    const child = spawn(process.execPath, args, { stdio: "ignore" });
+    child.on("error", reject);
+    child.on("exit", () => resolve(nowMs() - begin));
+  });
+}
 
 const POOLED = "pooled";
 
@@ -61,15 +72,27 @@ export const warmPoolBench: Benchmark = {
             await sleep(100);
           }
         };
-        const runs = Math.max(2, scale.loadedCreates * 3);
+        const runs = scale.name === "tiny" ? 1 : scale.loadedCreates * 3;
         const warm: number[] = [];
         const cold: number[] = [];
+        const rpcClaims: number[] = [];
+        const nodeStarts: number[] = [];
+        const lists: number[] = [];
         for (let i = 0; i < runs; i++) {
           await full();
           const claimed = await timeNew(h.host.socketPath, POOLED);
           if (!claimed.fromPool) throw new Error("a claim found the pool empty after it was full");
           warm.push(claimed.ms);
           cold.push((await timeNew(h.host.socketPath, PROFILE)).ms);
+          nodeStarts.push(await timeProcess(["-e", "0"]));
+          lists.push(await timeProcess([AGENTLAB_BIN, "--socket", h.host.socketPath, "sandbox", "list"]));
+          // The daemon's part alone: the same claim over the socket from this process.
+          await full();
+          const begin = nowMs();
+          const viaRpc = await call(rpc, sandboxCreate, { profile: POOLED });
+          rpcClaims.push(nowMs() - begin);
+          if (viaRpc.from_pool !== true)
+            throw new Error("an RPC claim found the pool empty after it was full");
           log(`run ${i + 1}/${runs}: warm ${claimed.ms.toFixed(0)} ms, cold ${cold.at(-1)!.toFixed(0)} ms`);
         }
         const n = `medians of ${runs} runs, REALISTIC_KNOBS, api backend`;
@@ -86,6 +109,9 @@ export const warmPoolBench: Benchmark = {
             },
           },
           { name: "sandbox new, cold create", value: median(cold), unit: "ms", note: n },
+          { name: "sandbox.create claim over the socket", value: median(rpcClaims), unit: "ms", note: n },
+          { name: "node -e 0 (the CLI's floor now)", value: median(nodeStarts), unit: "ms", note: n },
+          { name: "agentlab sandbox list (any CLI call now)", value: median(lists), unit: "ms", note: n },
         ];
         return figures;
       } finally {
