@@ -6,6 +6,7 @@ import { overheadBench } from "./overhead.js";
 import { parallelBench } from "./parallel.js";
 import { rowsBench } from "./rows.js";
 import { rpcLoadBench } from "./rpc-load.js";
+import { warmPoolBench } from "./warm-pool.js";
 
 export const BENCHMARKS: readonly Benchmark[] = [
   callsBench,
@@ -14,4 +15,5 @@ export const BENCHMARKS: readonly Benchmark[] = [
   rowsBench,
   cliStartBench,
   rpcLoadBench,
+  warmPoolBench,
 ];

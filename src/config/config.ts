@@ -93,6 +93,8 @@ export interface Config {
   /** Host programs (nft, ip, e2fsck, blkid, ...) the daemon runs at once; more wait in line. */
   host_max_tools: number;
   provisioning_timeout_ms: number;
+  /** How many warm pool members (all profiles together) may be provisioned at once (docs/warm-pool.md). */
+  warm_pool_concurrency: number;
   /** After the guest agent reports the address, how long to wait for the phone-home (cloud-init's end). */
   phone_home_grace_ms: number;
   orphan_grace_period_ms: number;
@@ -201,6 +203,7 @@ export const ConfigFileSchema = z.strictObject({
   host_max_tools: positiveInt().default(4),
   proxmox_cluster_list_ttl: duration().optional(),
   provisioning_timeout: duration().optional(),
+  warm_pool_concurrency: positiveInt().default(1),
   phone_home_grace: duration().optional(),
   orphan_grace_period: duration().optional(),
   idle_stop_enabled: bool().default(true),
@@ -487,6 +490,7 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     host_max_tools: file.host_max_tools,
     proxmox_cluster_list_ttl_ms: file.proxmox_cluster_list_ttl ?? 0,
     provisioning_timeout_ms: provisioningTimeoutMs,
+    warm_pool_concurrency: file.warm_pool_concurrency,
     phone_home_grace_ms: file.phone_home_grace ?? 3 * MINUTE_MS,
     // Orphans are VMs whose provisioning never finished; give a slow provisioning time to end first.
     orphan_grace_period_ms:

@@ -15,6 +15,7 @@ import {
   integer,
   matching,
   name,
+  nonNegativeInt,
   nonNegativeNumber,
   oneOf,
   positiveInt,
@@ -211,6 +212,8 @@ export const ProfileSchema = z.strictObject({
   storage: StorageSchema.prefault({}),
   behavior: BehaviorSchema.prefault({}),
   artifacts: ArtifactsSchema.prefault({}),
+  /** Sandboxes of this profile the daemon keeps provisioned ahead, for `sandbox new` to claim (docs/warm-pool.md). */
+  warm_pool: nonNegativeInt("expected how many sandboxes to keep ready: an integer >= 0").default(0),
   /** Ignored by the daemon (spec §8.1). */
   secrets_bundle: text().optional(),
   /** Ignored by the daemon (spec §8.1). */

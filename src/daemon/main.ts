@@ -111,7 +111,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       },
       ...(metrics ? { metrics } : {}),
     });
-    const { maintenance, sandboxes, workspaces, jobs, tokens } = registerHandlers(server, ctx, {
+    const { maintenance, sandboxes, workspaces, jobs, tokens, pool } = registerHandlers(server, ctx, {
       maintenance: { scheduler: options.scheduler ?? systemScheduler },
     });
     maintenance.useWorkspaces(workspaces.recovery);
@@ -179,10 +179,12 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         stopping ??= (async () => {
           log.info({ reason, active_calls: server.activeCalls }, "agentlabd stopping");
           // Background passes finish the sandbox at hand (bounded like the calls), then the calls drain.
-          const [maintenanceDone, { drained, cancelled }, jobsDone] = await Promise.all([
+          const [maintenanceDone, { drained, cancelled }, jobsDone, poolDone] = await Promise.all([
             maintenance.stop(config.shutdown_timeout_ms),
             server.close(config.shutdown_timeout_ms),
             jobs.stop(config.shutdown_timeout_ms),
+            // Fills in flight are cancelled and rolled back; the next start refills.
+            pool.stop(config.shutdown_timeout_ms),
           ]);
           // Only after the drain: a provisioning call still finishing may be waiting for its guest's report.
           await openGuestListener.close();
@@ -191,7 +193,13 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
           await openMetrics?.close();
           openStoreRef.close();
           log.info(
-            { drained, cancelled, maintenance_finished: maintenanceDone, jobs_finished: jobsDone },
+            {
+              drained,
+              cancelled,
+              maintenance_finished: maintenanceDone,
+              jobs_finished: jobsDone,
+              warm_pool_finished: poolDone,
+            },
             "agentlabd stopped",
           );
         })();

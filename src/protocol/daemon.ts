@@ -99,6 +99,23 @@ export const DaemonStatus = z.object({
   config_path: z.string(),
   profiles: z.number().int().nonnegative().describe("number of profiles loaded"),
   sandboxes: SandboxCounts,
+  pools: z
+    .array(
+      z.object({
+        profile: z.string(),
+        wanted: z.number().int().nonnegative().describe("the profile's warm_pool"),
+        ready: z.number().int().nonnegative().describe("members running and free to claim"),
+        filling: z.number().int().nonnegative().describe("members being provisioned"),
+        last_error: z
+          .string()
+          .optional()
+          .describe("why the last fill failed; the pool retries after a wait that doubles up to 10 min"),
+      }),
+    )
+    .optional()
+    .describe(
+      "each warm pool's fill (profiles with warm_pool > 0, or with members left); absent from older daemons",
+    ),
 });
 export type DaemonStatus = z.infer<typeof DaemonStatus>;
 

@@ -59,6 +59,14 @@ export const Sandbox = z.object({
   created_at: z.string(),
   updated_at: z.string(),
   last_used_at: z.string().optional(),
+  pool: z
+    .string()
+    .optional()
+    .describe("a warm pool member of this profile, not yet claimed (sandbox list shows them only with all)"),
+  from_pool: z
+    .boolean()
+    .optional()
+    .describe("sandbox.create only: true when the sandbox was claimed from its profile's warm pool"),
 });
 export type Sandbox = z.infer<typeof Sandbox>;
 

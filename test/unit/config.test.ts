@@ -78,6 +78,7 @@ describe("config: defaults and derived values", () => {
       host_max_tools: 4,
       proxmox_cluster_list_ttl_ms: 0,
       provisioning_timeout_ms: 600_000,
+      warm_pool_concurrency: 1,
       phone_home_grace_ms: 180_000,
       orphan_grace_period_ms: 1_200_000,
       idle_stop_enabled: true,

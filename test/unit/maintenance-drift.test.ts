@@ -26,6 +26,7 @@ function row(vmid: number, state: SandboxState, extra: Partial<Sandbox> = {}): S
     created_at: new Date(NOW.getTime() - 10 * MINUTE),
     updated_at: new Date(NOW.getTime() - MINUTE),
     last_used_at: null,
+    pool: null,
     ...extra,
   };
 }

@@ -81,6 +81,7 @@ describe("store: sandboxes", () => {
         created_at: new Date("2026-02-14T13:00:00.000Z"),
         updated_at: new Date("2026-02-14T13:00:00.000Z"),
         last_used_at: null,
+        pool: null,
       });
       assert.deepEqual(store.sandboxes.get(1001), inserted);
       assert.equal(store.sandboxes.get(9999), undefined);
@@ -92,6 +93,42 @@ describe("store: sandboxes", () => {
         lease_expires_at: "2026-02-14T14:00:00.000000000Z",
         tags: "team-a,nightly",
       });
+    } finally {
+      store.close();
+    }
+  });
+
+  it("warm pool members: listed apart, claimed by clearing pool with the new name, pool_claim intents", () => {
+    const store = freshStore();
+    try {
+      store.sandboxes.insert({ vmid: 1001, name: "mine", profile: "yolo", state: "RUNNING" });
+      store.sandboxes.insert({
+        vmid: 1002,
+        name: "sandbox-1002",
+        profile: "yolo",
+        state: "RUNNING",
+        pool: "yolo",
+      });
+      store.sandboxes.insert({
+        vmid: 1003,
+        name: "sandbox-1003",
+        profile: "dev",
+        state: "BOOTING",
+        pool: "dev",
+      });
+      const vmids = (rows: { vmid: number }[]) => rows.map((r) => r.vmid);
+      assert.deepEqual(vmids(store.sandboxes.list({ excludePool: true })), [1001]);
+      assert.deepEqual(vmids(store.sandboxes.list({ poolOf: "yolo" })), [1002]);
+      assert.deepEqual(vmids(store.sandboxes.list()), [1001, 1002, 1003], "internal callers see members");
+      const claimed = store.sandboxes.update(1002, { pool: null, name: "claimed" }, "RUNNING");
+      assert.equal(claimed?.pool, null);
+      assert.equal(claimed?.name, "claimed");
+      assert.deepEqual(vmids(store.sandboxes.list({ excludePool: true })), [1001, 1002]);
+      store.sandboxOps.begin(1002, "pool_claim", { name: "claimed", tags: [] });
+      assert.equal(store.sandboxOps.get(1002)?.kind, "pool_claim");
+      assert.throws(() =>
+        store.sandboxes.insert({ vmid: 1004, name: "x", profile: "p", state: "REQUESTED", pool: "" }),
+      );
     } finally {
       store.close();
     }

@@ -313,9 +313,11 @@ const listCommand = (command: string, aliases: string[] = []): CommandModule<Glo
         describe: "only sandboxes in this state",
       })
       .option("profile", { type: "string", describe: "only sandboxes of this profile" })
-      .option("all", { type: "boolean", default: false, describe: "include DESTROYED sandboxes" }) as Argv<
-      Args<ListArgs>
-    >,
+      .option("all", {
+        type: "boolean",
+        default: false,
+        describe: "include DESTROYED sandboxes and warm pool members",
+      }) as Argv<Args<ListArgs>>,
   handler: (argv) =>
     execute(argv, async (ctx) => {
       const result = await ctx.call(sandboxList, {

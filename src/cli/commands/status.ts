@@ -72,7 +72,14 @@ export function statusText(status: DaemonStatus, connection?: string): string {
     ["config", status.config_path],
     ["profiles", String(status.profiles)],
     ["sandboxes", counts.length > 0 ? counts.join(", ") : "none"],
+    ...(status.pools ?? []).map((pool): [string, string] => [`pool ${pool.profile}`, poolLine(pool)]),
   ]);
+}
+
+/** One warm pool's fill: "2/3 ready, 1 filling", and why its last fill failed. */
+function poolLine(pool: NonNullable<DaemonStatus["pools"]>[number]): string {
+  const fill = `${pool.ready}/${pool.wanted} ready, ${pool.filling} filling`;
+  return pool.last_error ? `${fill} (last fill failed: ${pool.last_error})` : fill;
 }
 
 function maintenanceLine(m: NonNullable<DaemonStatus["maintenance"]>): string {

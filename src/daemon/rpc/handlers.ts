@@ -33,6 +33,7 @@ import { DoctorService } from "../services/doctor.js";
 import { HousekeepingService } from "../services/housekeeping.js";
 import { JobService } from "../services/jobs/service.js";
 import { type MaintenanceOptions, MaintenanceService } from "../services/maintenance.js";
+import { WarmPool } from "../services/pool/filler.js";
 import { listProfiles } from "../services/profiles.js";
 import { VmidAllocator } from "../services/sandbox/vmid-allocator.js";
 import { SandboxService } from "../services/sandboxes.js";
@@ -62,6 +63,7 @@ export function registerHandlers(
   workspaces: WorkspaceService;
   jobs: JobService;
   tokens: TokenService;
+  pool: WarmPool;
 } {
   // One VMID allocator per daemon: every service that creates VMs reserves through it, under one lock.
   const vmids = new VmidAllocator(ctx);
@@ -75,7 +77,11 @@ export function registerHandlers(
   server.register(sandboxReconcile, (params, call) =>
     maintenance.reconcile(params.apply === true, operation(call)),
   );
-  server.register(daemonStatus, () => statusOf(ctx));
+  // The warm pool fills after each maintenance pass (the first one settles what a crash left) and claims.
+  const pool = new WarmPool(ctx, sandboxes);
+  maintenance.afterEachPass(() => pool.start());
+  sandboxes.onPoolClaim(() => pool.kick());
+  server.register(daemonStatus, () => statusOf(ctx, pool));
   server.register(daemonChecks, () => checksOf(ctx));
   server.register(profileList, () => listProfiles(ctx));
   server.register(sandboxCreate, (params, call) => sandboxes.create(params, operation(call)));
@@ -121,5 +127,5 @@ export function registerHandlers(
   registerJobHandlers(server, jobs);
   const tokens = new TokenService(() => createApiTokenRepo(ctx.store), ctx.clock);
   registerTokenHandlers(server, tokens);
-  return { sandboxes, maintenance, housekeeping, workspaces, jobs, tokens };
+  return { sandboxes, maintenance, housekeeping, workspaces, jobs, tokens, pool };
 }

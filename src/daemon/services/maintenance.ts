@@ -65,6 +65,8 @@ export class MaintenanceService {
   private workspaceRecovery: WorkspaceRecovery | undefined;
   private readonly loop: PeriodicTask;
   private recoveryDone = false;
+  /** Told after every background pass (the warm pool tops up then). */
+  private passListener: (() => void) | undefined;
   /** The last background pass's report, for tests and status. */
   lastPass: PassReport | undefined;
 
@@ -96,6 +98,11 @@ export class MaintenanceService {
       log: ctx.log,
       run: (signals) => this.backgroundPass(signals).then(() => undefined),
     });
+  }
+
+  /** Run `listener` after every background pass, the first one included (after start-up recovery). */
+  afterEachPass(listener: () => void): void {
+    this.passListener = listener;
   }
 
   /** The workspace service's recovery, so background passes settle interrupted workspace operations. */
@@ -244,6 +251,13 @@ export class MaintenanceService {
     }
     this.lastPass = report;
     op.log.debug({ ...report }, "maintenance pass finished");
+    if (!signals.stopping.aborted) {
+      try {
+        this.passListener?.();
+      } catch (error) {
+        op.log.warn({ err: error }, `after the maintenance pass: ${describe(error)}`);
+      }
+    }
     return report;
   }
 

@@ -12,6 +12,7 @@ import type { VmRef } from "../proxmox/types.js";
 import type { Sandbox, SandboxState } from "../store/sandboxes.js";
 import type { Workspace } from "../store/workspaces.js";
 import type { Operation } from "./operation.js";
+import { claimPoolMember, poolRefusal } from "./pool/claim.js";
 import { destroySandbox, pruneSandboxes, removeVm } from "./sandbox/destroy.js";
 import { getSandbox, type SandboxScope } from "./sandbox/guards.js";
 import { renewLease } from "./sandbox/lease.js";
@@ -27,6 +28,7 @@ import {
 import {
   type CreateParams,
   createSandbox,
+  resolveProfile,
   type WorkspacePlan,
   workspaceRefusal,
 } from "./sandbox/provision.js";
@@ -51,6 +53,8 @@ export class SandboxService {
   private readonly scope: SandboxScope;
   /** Bound once the workspace service exists (it needs this service first, for attach and detach). */
   private workspaces: SandboxWorkspaces | undefined;
+  /** Told when a warm pool member was claimed or destroyed, so the pool refills (bound by the daemon). */
+  private poolClaimed: (() => void) | undefined;
 
   /**
    * @param vmids the daemon's one VMID allocator; pass it when another service creates VMs too, so
@@ -77,17 +81,44 @@ export class SandboxService {
     };
   }
 
+  /** Let claims from the warm pool tell it to refill. */
+  onPoolClaim(refill: () => void): void {
+    this.poolClaimed = refill;
+  }
+
   /**
    * Provision a sandbox; with params.workspace (or a session's or rebind's `plan`) the workspace is
-   * attached as scsi1 before the first boot, after the `clean` snapshot.
+   * attached as scsi1 before the first boot, after the `clean` snapshot. A request a warm pool member
+   * can serve claims one when one is ready (pool/claim.ts), else provisions as usual.
    */
   create(params: CreateParams, op: Operation, plan?: WorkspacePlan): Promise<SandboxJson> {
-    const work = () => createSandbox(this.scope, this.vmids, this.workspaces, params, op, plan);
+    const work = async () => {
+      const claimed = this.claim(params, op, plan);
+      return claimed ?? createSandbox(this.scope, this.vmids, this.workspaces, params, op, plan);
+    };
     const metrics = this.ctx.metrics;
     if (!metrics) return work();
     // A profile that does not exist is no label: the set of label values stays the configured profiles.
     const profile = this.ctx.profiles.some((p) => p.name === params.profile) ? params.profile : "unknown";
     return observed((outcome, seconds) => metrics.sandboxCreate(profile, outcome, seconds), work);
+  }
+
+  /** A pool member for this request, or undefined (with the reason as a progress step when it has a pool). */
+  private claim(params: CreateParams, op: Operation, plan?: WorkspacePlan): SandboxJson | undefined {
+    const profile = this.ctx.profiles.find((p) => p.name === params.profile);
+    if (!profile) return undefined;
+    const hasMembers =
+      profile.warm_pool > 0 || this.ctx.store.sandboxes.list({ poolOf: profile.name }).length > 0;
+    if (!hasMembers) return undefined;
+    const refusal = poolRefusal(params, plan);
+    if (refusal !== undefined) {
+      if (params.pool === undefined) op.step("pool", `not from the warm pool of ${profile.name}: ${refusal}`);
+      return undefined;
+    }
+    const claimed = claimPoolMember(this.scope, resolveProfile(this.ctx, profile.name), params, op);
+    if (!claimed) op.step("pool", `the warm pool of ${profile.name} has no ready sandbox: provisioning one`);
+    this.poolClaimed?.();
+    return claimed;
   }
 
   /**
@@ -157,7 +188,11 @@ export class SandboxService {
   }
 
   destroy(vmid: number, force: boolean, op: Operation): Promise<SandboxJson> {
-    const work = () => destroySandbox(this.scope, vmid, force, op);
+    // A destroyed warm pool member is replaced at once.
+    const work = () =>
+      destroySandbox(this.scope, vmid, force, op).finally(() => {
+        if (this.ctx.store.sandboxes.get(vmid)?.pool) this.poolClaimed?.();
+      });
     const metrics = this.ctx.metrics;
     return metrics ? observed((outcome) => metrics.sandboxDestroy(outcome), work) : work();
   }

@@ -3,6 +3,7 @@ import { AgentlabError } from "../../protocol/index.js";
 import type { DaemonContext } from "../context.js";
 import { createHousekeeping } from "../store/housekeeping.js";
 import { directoryBytes } from "./housekeeping.js";
+import type { WarmPool } from "./pool/filler.js";
 import { privilegesCheckFresh } from "./privileges.js";
 import { type HostProbe, type ProxmoxProbe, probesOf } from "./probes.js";
 
@@ -106,7 +107,7 @@ async function privilegesStatus(ctx: DaemonContext): Promise<DaemonStatus["privi
   }
 }
 
-export async function daemonStatus(ctx: DaemonContext): Promise<DaemonStatus> {
+export async function daemonStatus(ctx: DaemonContext, pool?: WarmPool): Promise<DaemonStatus> {
   const now = ctx.clock.now();
   const [{ backend, privileges }, host] = await Promise.all([
     proxmoxStatus(ctx),
@@ -137,6 +138,7 @@ export async function daemonStatus(ctx: DaemonContext): Promise<DaemonStatus> {
     config_path: ctx.configPath,
     profiles: ctx.profiles.length,
     sandboxes: ctx.store.sandboxes.countByState(),
+    ...(pool ? { pools: pool.fill() } : {}),
   };
 }
 

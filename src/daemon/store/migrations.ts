@@ -335,6 +335,28 @@ CREATE TABLE sandbox_ops (
 );
 `;
 
+/**
+ * The warm pool (docs/warm-pool.md): `pool` names the profile whose pool a sandbox is a member of, NULL
+ * for every sandbox a user owns (claiming a member sets it NULL in the claim's transaction); and
+ * sandbox_ops learns the claim's intent (`pool_claim`: the VM's name and tags still to be set in Proxmox).
+ * SQLite cannot change a CHECK constraint in place, so sandbox_ops is rebuilt (foreign keys off around it).
+ */
+const ADD_WARM_POOL = `
+ALTER TABLE sandboxes ADD COLUMN pool TEXT CHECK (pool <> '');
+CREATE INDEX sandboxes_pool ON sandboxes(pool) WHERE pool IS NOT NULL;
+CREATE TABLE sandbox_ops_new (
+  vmid        INTEGER PRIMARY KEY REFERENCES sandboxes(vmid) ON DELETE CASCADE,
+  kind        TEXT NOT NULL CHECK (kind IN ('destroy', 'stop', 'start', 'revert', 'snapshot_save', 'snapshot_restore',
+                'pool_claim')),
+  params_json TEXT NOT NULL DEFAULT '{}',
+  created_at  TEXT NOT NULL CHECK (created_at ${TS})
+);
+INSERT INTO sandbox_ops_new (vmid, kind, params_json, created_at)
+  SELECT vmid, kind, params_json, created_at FROM sandbox_ops;
+DROP TABLE sandbox_ops;
+ALTER TABLE sandbox_ops_new RENAME TO sandbox_ops;
+`;
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
@@ -404,6 +426,14 @@ export const MIGRATIONS: readonly Migration[] = [
     name: "add_sandbox_ops",
     up(db) {
       db.exec(ADD_SANDBOX_OPS);
+    },
+  },
+  {
+    version: 11,
+    name: "add_warm_pool",
+    foreignKeysOff: true,
+    up(db) {
+      db.exec(ADD_WARM_POOL);
     },
   },
 ];

@@ -9,7 +9,7 @@ import { AgentlabError } from "../../protocol/errors.js";
 import { sqliteCode } from "./errors.js";
 import { fromDbTime, toDbTime } from "./time.js";
 
-/** Migration 10 spells the same list out in its CHECK constraint. */
+/** Migrations 10 and 11 spell the same list out in their CHECK constraints. */
 export const SANDBOX_OP_KINDS = [
   "destroy",
   "stop",
@@ -17,6 +17,7 @@ export const SANDBOX_OP_KINDS = [
   "revert",
   "snapshot_save",
   "snapshot_restore",
+  "pool_claim",
 ] as const;
 export type SandboxOpKind = (typeof SANDBOX_OP_KINDS)[number];
 

@@ -44,6 +44,8 @@ export interface Sandbox {
   created_at: Date;
   updated_at: Date;
   last_used_at: Date | null;
+  /** The profile whose warm pool this sandbox is a member of; null for a sandbox someone owns. */
+  pool: string | null;
 }
 
 export interface NewSandbox {
@@ -64,6 +66,8 @@ export interface NewSandbox {
   /** Defaults to the store clock; updated_at starts equal to it. */
   created_at?: Date;
   last_used_at?: Date | null;
+  /** A warm pool member of this profile (docs/warm-pool.md). */
+  pool?: string | null;
 }
 
 export interface SandboxListFilter {
@@ -71,10 +75,19 @@ export interface SandboxListFilter {
   profile?: string;
   /** DESTROYED rows are left out unless asked for, or unless `state` is DESTROYED. */
   includeDestroyed?: boolean;
+  /** Leave warm pool members out (what users list); internal callers see every row. */
+  excludePool?: boolean;
+  /** Only the members of this profile's warm pool. */
+  poolOf?: string;
 }
 
-/** Columns a caller may change after insert; vmid, name, profile and created_at never change. */
+/**
+ * Columns a caller may change after insert; vmid, profile and created_at never change, and name only
+ * when a warm pool member is claimed (with `pool` set to null in the same update).
+ */
 export interface SandboxPatch {
+  name?: string;
+  pool?: string | null;
   state?: SandboxState;
   node?: string | null;
   ip?: string | null;
@@ -130,6 +143,7 @@ interface SandboxDbRow {
   created_at: string;
   updated_at: string;
   last_used_at: string | null;
+  pool: string | null;
 }
 
 /** An insert binds every column, in the row's own encoding. */
@@ -139,11 +153,13 @@ interface SandboxListParams {
   state: string | null;
   profile: string | null;
   all: number;
+  exclude_pool: number;
+  pool_of: string | null;
 }
 
 const COLUMNS =
   "vmid, name, profile, state, node, ip, workspace_id, keepalive, lease_expires_at, tags, failure_reason, " +
-  "vm_created, snippet_path, ssh_host_keys, created_at, updated_at, last_used_at";
+  "vm_created, snippet_path, ssh_host_keys, created_at, updated_at, last_used_at, pool";
 
 function fromRow(row: SandboxDbRow): Sandbox {
   if (!isSandboxState(row.state)) {
@@ -170,6 +186,7 @@ function fromRow(row: SandboxDbRow): Sandbox {
     created_at: fromDbTime(row.created_at),
     updated_at: fromDbTime(row.updated_at),
     last_used_at: fromDbTimeOrNull(row.last_used_at),
+    pool: row.pool,
   };
 }
 
@@ -217,7 +234,7 @@ export function createSandboxRepo(db: Database.Database, now: () => Date): Sandb
   const insertStmt = db.prepare<SandboxInsertParams, SandboxDbRow>(
     `INSERT INTO sandboxes (${COLUMNS}) VALUES (@vmid, @name, @profile, @state, @node, @ip, @workspace_id, ` +
       "@keepalive, @lease_expires_at, @tags, @failure_reason, @vm_created, @snippet_path, @ssh_host_keys, @created_at, " +
-      `@updated_at, @last_used_at) RETURNING ${COLUMNS}`,
+      `@updated_at, @last_used_at, @pool) RETURNING ${COLUMNS}`,
   );
   const getStmt = db.prepare<[number], SandboxDbRow>(`SELECT ${COLUMNS} FROM sandboxes WHERE vmid = ?`);
   const listStmt = db.prepare<SandboxListParams, SandboxDbRow>(
@@ -225,6 +242,8 @@ export function createSandboxRepo(db: Database.Database, now: () => Date): Sandb
      WHERE (@state IS NULL OR state = @state)
        AND (@profile IS NULL OR profile = @profile)
        AND (@all = 1 OR @state IS NOT NULL OR state <> 'DESTROYED')
+       AND (@exclude_pool = 0 OR pool IS NULL)
+       AND (@pool_of IS NULL OR pool = @pool_of)
      ORDER BY vmid`,
   );
   const ipOwnerStmt = db.prepare<[string], { vmid: number }>(
@@ -280,6 +299,7 @@ export function createSandboxRepo(db: Database.Database, now: () => Date): Sandb
         created_at: created,
         updated_at: created,
         last_used_at: toDbTimeOrNull(row.last_used_at),
+        pool: row.pool ?? null,
       };
       let inserted: SandboxDbRow | undefined;
       try {
@@ -384,6 +404,8 @@ export function createSandboxRepo(db: Database.Database, now: () => Date): Sandb
           state: filter.state ?? null,
           profile: filter.profile ?? null,
           all: filter.includeDestroyed ? 1 : 0,
+          exclude_pool: filter.excludePool ? 1 : 0,
+          pool_of: filter.poolOf ?? null,
         })
         .map(fromRow);
     },

@@ -28,6 +28,7 @@ export function sandboxJson(row: Sandbox): SandboxJson {
   if (row.failure_reason) json.failure_reason = row.failure_reason;
   if (row.last_used_at) json.last_used_at = row.last_used_at.toISOString();
   if (row.ssh_host_keys && row.ssh_host_keys.length > 0) json.ssh_host_keys = row.ssh_host_keys;
+  if (row.pool) json.pool = row.pool;
   return json;
 }
 

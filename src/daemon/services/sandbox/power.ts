@@ -145,13 +145,14 @@ export function stopSandbox({ ctx, locks }: SandboxScope, vmid: number, op: Oper
 }
 
 /**
- * Stop every READY and RUNNING sandbox, a few at a time. Each stop takes its VMID's lock and looks
+ * Stop every READY and RUNNING sandbox (warm pool members aside), a few at a time. Each stop takes its VMID's lock and looks
  * again: a sandbox that left READY/RUNNING meanwhile is skipped, a failed stop is reported and the
  * others go on.
  */
 export async function stopAllSandboxes({ ctx, locks }: SandboxScope, op: Operation): Promise<StopAllResult> {
+  // Warm pool members are nobody's sandboxes: a stopped one could not be claimed (docs/warm-pool.md).
   const candidates = ctx.store.sandboxes
-    .list()
+    .list({ excludePool: true })
     .filter((row) => row.state === "READY" || row.state === "RUNNING");
   const total = candidates.length;
   ctx.store.events.append({

@@ -41,6 +41,11 @@ export type CreateParams = ValidateParams & {
   workspace?: string | undefined;
   /** Internal (job run; not an RPC field): the job bound to the sandbox when its VMID is reserved. */
   jobId?: string | undefined;
+  /**
+   * Internal (the warm pool; not an RPC field): provision a member of this profile's pool, with no
+   * lease and its default name, invisible to users until `sandbox new` claims it (pool/claim.ts).
+   */
+  pool?: { onReserved(vmid: number): void } | undefined;
 };
 
 /** How a sandbox gets its workspace while it is provisioned. */
@@ -206,7 +211,9 @@ export async function createSandbox(
     if (checked.error) throw checked.error;
     workspace = checked.workspace;
   }
-  const ttl = params.ttl_minutes ?? profile.behavior.ttl_minutes_default;
+  const pool = params.pool !== undefined;
+  // A pool member has no lease until it is claimed: it counts against nobody's.
+  const ttl = pool ? undefined : (params.ttl_minutes ?? profile.behavior.ttl_minutes_default);
   const created = ctx.clock.now();
   const tags = sandboxTags(params.tags ?? []);
   const row = await vmids.reserve(params.vmid, cluster, (vmid) =>
@@ -221,6 +228,7 @@ export async function createSandbox(
         lease_expires_at: ttl !== undefined && ttl > 0 ? new Date(created.getTime() + ttl * 60_000) : null,
         tags,
         created_at: created,
+        ...(pool ? { pool: profile.name } : {}),
       });
       if (plan && workspace && plan.reserveLease !== false) {
         const owner = plan.leaseOwner ?? sandboxLeaseOwner(vmid);
@@ -234,8 +242,13 @@ export async function createSandbox(
       }
       plan?.onReserved?.(vmid);
       if (params.jobId !== undefined) ctx.store.jobs.bindSandbox(params.jobId, vmid);
-      recordEvent(ctx, vmid, "sandbox.requested", `requested with profile ${profile.name}`, {
+      params.pool?.onReserved(vmid);
+      const what = pool
+        ? `requested for the warm pool of profile ${profile.name}`
+        : `requested with profile ${profile.name}`;
+      recordEvent(ctx, vmid, "sandbox.requested", what, {
         profile: profile.name,
+        ...(pool ? { pool: profile.name } : {}),
         ...(workspace ? { workspace: workspace.name, workspace_id: workspace.id } : {}),
       });
       return inserted;

@@ -22,6 +22,8 @@ export function listSandboxes(
     ...(filter.state ? { state: filter.state } : {}),
     ...(filter.profile ? { profile: filter.profile } : {}),
     includeDestroyed: filter.all === true,
+    // Warm pool members are nobody's sandboxes yet: shown only with all.
+    excludePool: filter.all !== true,
   });
   return { sandboxes: rows.map(sandboxJson) };
 }

@@ -1,6 +1,6 @@
 /**
  * Start-up recovery of sandbox operations on existing VMs (destroy, stop, start, revert, snapshot save
- * and restore): every `sandbox_ops` intent the last daemon left behind is finished or undone after
+ * and restore, a warm pool claim): every `sandbox_ops` intent the last daemon left behind is finished or undone after
  * reading Proxmox, never guessed from the row alone; one module per kind, this class dispatches.
  *
  * prepare() (database only, before the socket opens) adopts the intents; an operation on such a sandbox
@@ -20,6 +20,7 @@ import type { Operation } from "../../operation.js";
 import { recoverBoot } from "./boot.js";
 import { liveStatus, type OpOutcome, type OpRecoverer, settleVmGone } from "./common.js";
 import { recoverDestroy } from "./destroy.js";
+import { recoverPoolClaim } from "./pool-claim.js";
 import { recoverRevert } from "./revert.js";
 import { recoverSnapshotRestore, recoverSnapshotSave } from "./snapshot.js";
 import { recoverStop } from "./stop.js";
@@ -31,6 +32,7 @@ const RECOVERERS: Record<SandboxOpKind, OpRecoverer> = {
   revert: recoverRevert,
   snapshot_save: recoverSnapshotSave,
   snapshot_restore: recoverSnapshotRestore,
+  pool_claim: recoverPoolClaim,
 };
 
 /** States in which a sandbox's VM must exist; a row in one of them with no VM is settled at start-up. */

@@ -1,0 +1,204 @@
+/**
+ * The warm pool (docs/warm-pool.md), through the real daemon and CLI on the simulator (api backend):
+ * a profile with `warm_pool: 2` is filled ahead, `sandbox new` claims a member (name, tags, lease set,
+ * the VM renamed in Proxmox), the pool refills, concurrent claims get different members, an empty pool
+ * falls back to a normal create, and kill -9 during a fill or a claim loses and duplicates nothing.
+ */
+import assert from "node:assert/strict";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { inspect, setControl } from "../pvesim/harness.js";
+import { DEFAULT_KNOBS, MaintenanceHost, until } from "./maintenance-host.js";
+
+interface Body {
+  vmid: number;
+  name: string;
+  state: string;
+  tags: string[];
+  pool?: string;
+  from_pool?: boolean;
+  lease_expires_at?: string;
+}
+interface Pool {
+  profile: string;
+  wanted: number;
+  ready: number;
+  filling: number;
+}
+
+describe("warm pool (api backend)", () => {
+  let m: MaintenanceHost;
+
+  const pools = async (): Promise<Pool[]> => {
+    const r = await m.h.json<{ pools?: Pool[] }>(["status"]);
+    assert.equal(r.code, 0, r.stderr);
+    return r.body.pools ?? [];
+  };
+  const members = async (): Promise<Body[]> => {
+    const r = await m.h.json<{ sandboxes: Body[] }>(["sandbox", "list", "--all"]);
+    assert.equal(r.code, 0, r.stderr);
+    // A fill a kill -9 interrupted stays as a FAILED row (its VM removed), like any provisioning.
+    return r.body.sandboxes.filter(
+      (s) => s.pool === "pooled" && s.state !== "DESTROYED" && s.state !== "FAILED",
+    );
+  };
+  const full = () =>
+    until(
+      "the pool to be full",
+      async () => {
+        const [pool] = await pools();
+        return pool?.ready === 2 && pool.filling === 0 ? pool : undefined;
+      },
+      60_000,
+    );
+  const vmName = (vmid: number) =>
+    inspect(m.h.sim.dir, (ctx) => ({
+      name: ctx.state.vms[vmid]?.config.name,
+      tags: ctx.state.vms[vmid]?.config.tags,
+    }));
+
+  before(async () => {
+    m = await MaintenanceHost.start("api");
+    const base = readFileSync(join(m.h.host.profilesDir, "yolo-ephemeral.yaml"), "utf8");
+    writeFileSync(
+      join(m.h.host.profilesDir, "pooled.yaml"),
+      `${base.replace(/^name: .*$/m, "name: pooled")}warm_pool: 2\n`,
+    );
+    writeFileSync(
+      m.h.host.configPath,
+      `${readFileSync(m.h.host.configPath, "utf8")}\nwarm_pool_concurrency: 2\n`,
+    );
+    await m.daemon.stop();
+    await m.restart();
+  });
+  after(async () => {
+    await m.stop();
+  });
+
+  test("fills to warm_pool; members are nobody's sandboxes; status shows the fill", async () => {
+    const pool = await full();
+    assert.deepEqual(pool, { profile: "pooled", wanted: 2, ready: 2, filling: 0 });
+    const text = await m.h.cli(["status"]);
+    assert.match(text.stdout, /pool pooled:\s+2\/2 ready, 0 filling/);
+    const list = await m.h.json<{ sandboxes: Body[] }>(["sandbox", "list"]);
+    assert.deepEqual(list.body.sandboxes, [], "a plain list shows no pool member");
+    const ready = await members();
+    assert.equal(ready.length, 2);
+    for (const member of ready) {
+      assert.equal(member.state, "RUNNING");
+      assert.equal(member.lease_expires_at, undefined, "a member counts against no lease");
+    }
+    const vms = await m.simVms();
+    for (const member of ready) assert.deepEqual(vms[member.vmid]?.snapshots, ["clean"]);
+  });
+
+  test("sandbox new claims a member: name, tags and lease set, the VM renamed; the pool refills", async () => {
+    await full();
+    const before = new Set((await members()).map((s) => s.vmid));
+    const r = await m.h.json<Body>(["new", "--profile", "pooled", "--name", "mine", "--tag", "team-a"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.body.from_pool, true);
+    assert.ok(before.has(r.body.vmid), "the sandbox is one of the members");
+    assert.equal(r.body.state, "RUNNING");
+    assert.equal(r.body.name, "mine");
+    assert.deepEqual(r.body.tags, ["team-a"]);
+    assert.ok(r.body.lease_expires_at, "the claim starts the profile's lease");
+    assert.equal(r.body.pool, undefined);
+    const list = await m.h.json<{ sandboxes: Body[] }>(["sandbox", "list"]);
+    assert.deepEqual(
+      list.body.sandboxes.map((s) => s.vmid),
+      [r.body.vmid],
+    );
+    await until("the VM's name and tags in Proxmox", async () => {
+      const vm = await vmName(r.body.vmid);
+      return vm.name === "mine" && String(vm.tags).includes("team-a") ? true : undefined;
+    });
+    const logs = await m.h.cli(["logs", String(r.body.vmid)]);
+    assert.match(logs.stdout, /claimed from the warm pool of profile pooled/);
+    await full();
+    const now = await members();
+    assert.ok(!now.some((s) => s.vmid === r.body.vmid), "the claimed sandbox left the pool");
+    const destroyed = await m.h.cli(["sandbox", "destroy", String(r.body.vmid)]);
+    assert.equal(destroyed.code, 0, destroyed.stderr);
+  });
+
+  test("concurrent claims get different members; an empty pool falls back to a normal create", async () => {
+    await full();
+    // Fills take long enough now that none ends while these three requests run.
+    await setControl(m.h.sim.dir, { clone_ms: 3000 });
+    try {
+      const results = await Promise.all([1, 2, 3].map(() => m.h.json<Body>(["new", "--profile", "pooled"])));
+      for (const r of results) assert.equal(r.code, 0, r.stderr);
+      const claimed = results.filter((r) => r.body.from_pool === true).map((r) => r.body.vmid);
+      assert.equal(claimed.length, 2, "two requests got the two members");
+      assert.notEqual(claimed[0], claimed[1]);
+      const cold = results.find((r) => r.body.from_pool !== true)!;
+      assert.equal(cold.body.state, "RUNNING", "the third was created the usual way");
+      assert.ok(!claimed.includes(cold.body.vmid));
+      // Not from the pool by request: an explicit VMID.
+      const own = await m.h.cli(["new", "--profile", "pooled", "--vmid", "777"]);
+      assert.equal(own.code, 0, own.stderr);
+      assert.match(own.stderr, /not from the warm pool of pooled: an explicit VMID was asked for/);
+      assert.match(own.stderr, /cloning template/);
+    } finally {
+      await setControl(m.h.sim.dir, DEFAULT_KNOBS);
+    }
+    await full();
+    const mine = await m.h.json<{ sandboxes: Body[] }>(["sandbox", "list"]);
+    assert.equal(mine.body.sandboxes.length, 4);
+    for (const s of mine.body.sandboxes)
+      assert.equal((await m.h.cli(["sandbox", "destroy", String(s.vmid)])).code, 0);
+    await m.assertNothingStuckOrOrphaned();
+  });
+
+  test("kill -9 after a claim committed, before the VM was renamed: the restart finishes the claim", async () => {
+    await full();
+    // The VM config write after the claim hangs (Proxmox stuck), so the daemon dies with it pending.
+    await setControl(m.h.sim.dir, { hang_calls: "^(PUT|POST) /nodes/[^/]+/qemu/\\d+/config" } as never);
+    const r = await m.h.json<Body>(["new", "--profile", "pooled", "--name", "survivor"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.body.from_pool, true);
+    m.daemon.proc.kill("SIGKILL");
+    assert.equal(await m.daemon.exited, "SIGKILL");
+    await setControl(m.h.sim.dir, { hang_calls: "" } as never);
+    await m.restart();
+    await until("the claim's recovery", async () => {
+      const vm = await vmName(r.body.vmid);
+      return vm.name === "survivor" ? true : undefined;
+    });
+    const show = await m.show(r.body.vmid);
+    assert.equal(show.state, "RUNNING");
+    const logs = await m.h.cli(["logs", String(r.body.vmid)]);
+    assert.match(logs.stdout, /warm pool claim a daemon restart interrupted was finished/);
+    await full();
+    const pool = await members();
+    assert.ok(!pool.some((s) => s.vmid === r.body.vmid), "never handed out twice: it is not a member again");
+    const list = await m.h.json<{ sandboxes: Body[] }>(["sandbox", "list"]);
+    assert.deepEqual(
+      list.body.sandboxes.map((s) => s.vmid),
+      [r.body.vmid],
+    );
+    assert.equal((await m.h.cli(["sandbox", "destroy", String(r.body.vmid)])).code, 0);
+  });
+
+  test("kill -9 during a fill: the restart rolls the member back and refills, nothing orphaned", async () => {
+    await full();
+    const [first] = await members();
+    await setControl(m.h.sim.dir, { clone_ms: 3000 });
+    // Destroying a member makes the pool fill one, whose clone takes 3 s.
+    assert.equal((await m.h.cli(["sandbox", "destroy", String(first!.vmid)])).code, 0);
+    await until("a fill to be cloning", async () =>
+      inspect(m.h.sim.dir, (ctx) =>
+        Object.values(ctx.state.vms).some((vm) => vm.config.lock === "clone") ? true : undefined,
+      ),
+    );
+    m.daemon.proc.kill("SIGKILL");
+    assert.equal(await m.daemon.exited, "SIGKILL");
+    await setControl(m.h.sim.dir, DEFAULT_KNOBS);
+    await m.restart();
+    await full();
+    await m.assertNothingStuckOrOrphaned();
+    assert.equal((await members()).length, 2);
+  });
+});
