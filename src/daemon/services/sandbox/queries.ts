@@ -4,8 +4,9 @@
  */
 import type { SandboxDetail, SandboxEvent, Sandbox as SandboxJson } from "../../../protocol/sandbox.js";
 import type { DaemonContext } from "../../context.js";
-import type { SandboxState } from "../../store/sandboxes.js";
+import type { Sandbox, SandboxState } from "../../store/sandboxes.js";
 import { describe, isVmNotFound, vmRefOf } from "../maintenance-steps.js";
+import { IDLE_STOP_EVENT, idlePolicy } from "./activity.js";
 import { getSandbox } from "./guards.js";
 import { eventJson, sandboxJson } from "./json.js";
 
@@ -31,6 +32,7 @@ export async function showSandbox(ctx: DaemonContext, vmid: number, eventCount =
   const detail: SandboxDetail = {
     ...sandboxJson(row),
     proxmox: { found: false },
+    idle_stop: idleStopView(ctx, row),
     events: ctx.store.events.listForSandbox(vmid, { tail: eventCount }).map(eventJson),
   };
   if (row.lease_expires_at) {
@@ -55,6 +57,26 @@ export async function showSandbox(ctx: DaemonContext, vmid: number, eventCount =
     }
   }
   return detail;
+}
+
+/** How idle stop applies to the sandbox, and when it last stopped it. */
+function idleStopView(ctx: DaemonContext, row: Sandbox): SandboxDetail["idle_stop"] {
+  const policy = idlePolicy(ctx, row);
+  const view: SandboxDetail["idle_stop"] = { after_ms: policy.windowMs };
+  if ("off" in policy) view.off = policy.off;
+  const last = ctx.store.events
+    .listForSandbox(row.vmid)
+    .filter((e) => e.kind === IDLE_STOP_EVENT)
+    .at(-1);
+  if (last) {
+    const payload = (last.payload ?? {}) as { idle_for_minutes?: unknown; cpu_usage?: unknown };
+    view.last = {
+      at: last.ts.toISOString(),
+      idle_for_minutes: Number(payload.idle_for_minutes ?? 0),
+      cpu_usage: Number(payload.cpu_usage ?? 0),
+    };
+  }
+  return view;
 }
 
 /** A sandbox's events: the last `tail`, or (for following) all after `after_id`. */
