@@ -111,7 +111,8 @@ export class IdleStopper {
       try {
         const stopped = await this.sandboxes.idleStop(row.vmid, op, (fresh) => {
           const quietFor = ctx.clock.now().getTime() - lastUse(fresh, since);
-          if (this.inUse(fresh.vmid) || quietFor < windowMs) return undefined;
+          // Under the sandbox's lock now, so only the uses that take no lock are looked at again.
+          if (this.inSessionOrJob(fresh.vmid) || quietFor < windowMs) return undefined;
           const minutes = round1(quietFor / 60_000);
           return {
             msg: `idle for ${minutes} min (guest CPU ${cpu} <= ${threshold}, no job, no exec or ssh through agentlab): stopping`,
@@ -138,9 +139,11 @@ export class IdleStopper {
 
   /** Busy with an operation, an exec, or a queued or running job. */
   private inUse(vmid: number): boolean {
-    return (
-      this.sandboxes.isBusy(vmid) || this.sandboxes.activity.inSession(vmid) || hasActiveJob(this.ctx, vmid)
-    );
+    return this.sandboxes.isBusy(vmid) || this.inSessionOrJob(vmid);
+  }
+
+  private inSessionOrJob(vmid: number): boolean {
+    return this.sandboxes.activity.inSession(vmid) || hasActiveJob(this.ctx, vmid);
   }
 
   private finish(report: IdlePassReport): IdlePassReport {
