@@ -34,7 +34,8 @@ export interface IdlePassReport {
 const round1 = (n: number) => Math.round(n * 10) / 10;
 
 export class IdleStopper {
-  private readonly loop: PeriodicTask;
+  /** Made at start: registering the handlers must not read the config. */
+  private loop: PeriodicTask | undefined;
   /** When each watched sandbox was first seen quiet, in the run of quiet samples going on now. */
   private readonly quietSince = new Map<number, number>();
   lastPass: IdlePassReport | undefined;
@@ -42,28 +43,27 @@ export class IdleStopper {
   constructor(
     private readonly ctx: DaemonContext,
     private readonly sandboxes: SandboxService,
-    options: { scheduler: Scheduler },
-  ) {
-    this.loop = new PeriodicTask({
-      name: "idle stop",
-      intervalMs: ctx.config.idle_stop_interval_ms,
-      scheduler: options.scheduler,
-      log: ctx.log,
-      run: (signals) => this.pass(signals).then(() => undefined),
-    });
-  }
+    private readonly options: { scheduler: Scheduler },
+  ) {}
 
   /** First pass now, then every idle_stop_interval (a pass with idle stop disabled does nothing). */
   start(): void {
+    this.loop ??= new PeriodicTask({
+      name: "idle stop",
+      intervalMs: this.ctx.config.idle_stop_interval_ms,
+      scheduler: this.options.scheduler,
+      log: this.ctx.log,
+      run: (signals) => this.pass(signals).then(() => undefined),
+    });
     this.loop.start();
   }
 
   get completedPasses(): number {
-    return this.loop.completedPasses;
+    return this.loop?.completedPasses ?? 0;
   }
 
-  stop(graceMs: number): Promise<boolean> {
-    return this.loop.stop(graceMs);
+  async stop(graceMs: number): Promise<boolean> {
+    return (await this.loop?.stop(graceMs)) ?? true;
   }
 
   async pass(signals: PassSignals): Promise<IdlePassReport> {
