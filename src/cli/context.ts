@@ -94,6 +94,8 @@ export interface CallOptions {
   signal?: AbortSignal;
   /** What the first Ctrl-C prints (the default speaks of a rollback). */
   cancelMessage?: string;
+  /** A call the command makes in the background (ssh's keep-in-use touches): Ctrl-C is left to the command. */
+  background?: boolean;
 }
 
 export interface CommandContext {
@@ -139,7 +141,7 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
         }
       };
       const connection = connectionOf(args);
-      process.on("SIGINT", onSigint);
+      if (!options.background) process.on("SIGINT", onSigint);
       try {
         const onProgress = options.onProgress ?? progressPrinter(out, args.json);
         return await call(

@@ -12,6 +12,7 @@ import { z } from "zod";
 import { AgentlabError } from "../protocol/errors.js";
 import {
   bool,
+  duration,
   integer,
   matching,
   name,
@@ -214,6 +215,14 @@ export const ProfileSchema = z.strictObject({
   artifacts: ArtifactsSchema.prefault({}),
   /** Sandboxes of this profile the daemon keeps provisioned ahead, for `sandbox new` to claim (docs/warm-pool.md). */
   warm_pool: nonNegativeInt("expected how many sandboxes to keep ready: an integer >= 0").default(0),
+  /**
+   * How long a RUNNING sandbox of this profile may sit idle before the daemon stops it (docs/runbook.md
+   * "Idle stop"); 0 disables it. Another spelling of behavior.idle_stop_minutes_default (upstream's key):
+   * a profile gives one of the two.
+   */
+  idle_stop: duration().optional(),
+  /** Idle stop applies to keepalive sandboxes of this profile too (by default they are never idle-stopped). */
+  idle_stop_keepalive: bool().default(false),
   /** Ignored by the daemon (spec §8.1). */
   secrets_bundle: text().optional(),
   /** Ignored by the daemon (spec §8.1). */
@@ -221,6 +230,17 @@ export const ProfileSchema = z.strictObject({
 });
 
 export type ProfileSpec = z.output<typeof ProfileSchema>;
+
+/**
+ * The profile's own idle window in ms, or undefined when it defers to the daemon's
+ * idle_stop_minutes_default: `idle_stop`, else `behavior.idle_stop_minutes_default` (minutes; negative
+ * defers, as upstream). 0 means idle stop is off for the profile.
+ */
+export function profileIdleStopMs(profile: ProfileSpec): number | undefined {
+  if (profile.idle_stop !== undefined) return profile.idle_stop;
+  const minutes = profile.behavior.idle_stop_minutes_default;
+  return minutes === undefined || minutes < 0 ? undefined : minutes * 60_000;
+}
 
 export interface ProfileSource {
   file: string;
@@ -390,8 +410,16 @@ function parseProfileDocument(
     warnings.push(`${location}: ${unknown.key}: unknown key, ignored${hint}`);
   }
   for (const problem of checked.problems) report(problem.key, problem.message);
-  if (checked.problems.length > 0 || mounts.length > 0 || checked.data === undefined) return undefined;
-  return { ...checked.data, source, raw };
+  const data = checked.data;
+  if (data?.idle_stop !== undefined && data.behavior.idle_stop_minutes_default !== undefined) {
+    report(
+      "idle_stop",
+      "idle_stop: behavior.idle_stop_minutes_default is set too, and both say how long a sandbox may sit idle; keep one (idle_stop: 30m is behavior.idle_stop_minutes_default: 30)",
+    );
+    return undefined;
+  }
+  if (checked.problems.length > 0 || mounts.length > 0 || data === undefined) return undefined;
+  return { ...data, source, raw };
 }
 
 function where(source: ProfileSource, profileName?: string): string {

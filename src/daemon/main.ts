@@ -166,6 +166,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     );
     // Start-up recovery, then the lease reaper and the reconciler, now and every 30 s.
     maintenance.start();
+    // Now and every idle_stop_interval: RUNNING sandboxes nobody uses are stopped (docs/runbook.md).
+    maintenance.idleStop.start();
     // Not awaited: Proxmox may be slow or down at start; the sets are rebuilt as soon as it answers.
     void sandboxes.resyncNetwork().catch((error) => log.warn({ err: error }, "network resync failed"));
     const openStoreRef = store;

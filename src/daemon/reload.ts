@@ -20,6 +20,10 @@ const LIVE_KEYS: ReadonlySet<keyof Config> = new Set<keyof Config>([
   "workspace_storage",
   "proxmox_clone_mode",
   "snippets_dir",
+  // Read by each idle stop pass; idle_stop_interval is the timer's, set at start.
+  "idle_stop_enabled",
+  "idle_stop_minutes_default",
+  "idle_stop_cpu_threshold",
 ]);
 
 export type ReloadResult =

@@ -45,6 +45,7 @@ import {
   sandboxStart,
   sandboxStop,
   sandboxStopAll,
+  sandboxTouch,
   sandboxUpdate,
   sandboxValidate,
 } from "./sandbox.js";
@@ -110,6 +111,7 @@ export const METHODS: readonly Method[] = [
   sandboxInventory,
   sandboxReconcile,
   sandboxLeaseRenew,
+  sandboxTouch,
   sandboxLogs,
   sandboxValidate,
   sandboxStopAll,

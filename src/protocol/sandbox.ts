@@ -96,6 +96,25 @@ export const SandboxDetail = Sandbox.extend({
       checked_at: CheckedAt,
     })
     .describe("live view from Proxmox"),
+  idle_stop: z
+    .object({
+      after_ms: z
+        .number()
+        .int()
+        .describe(
+          "how long the sandbox may sit idle while RUNNING before it is stopped; 0 when idle stop is off for it",
+        ),
+      off: z.string().optional().describe("why idle stop does not apply to this sandbox"),
+      last: z
+        .object({
+          at: z.string(),
+          idle_for_minutes: z.number(),
+          cpu_usage: z.number(),
+        })
+        .optional()
+        .describe("the last time idle stop stopped this sandbox"),
+    })
+    .describe("idle stop as it applies to this sandbox (docs/runbook.md)"),
   events: z.array(SandboxEvent).describe("most recent events, oldest first"),
 });
 export type SandboxDetail = z.infer<typeof SandboxDetail>;
@@ -220,6 +239,25 @@ export const sandboxLeaseRenew = defineMethod({
   result: z.object({ vmid: z.number().int(), lease_expires_at: z.string() }),
   progress: false,
   errors: ["SANDBOX_NOT_FOUND", "LEASE_NOT_RENEWABLE"],
+});
+
+export const sandboxTouch = defineMethod({
+  method: "sandbox.touch",
+  summary:
+    "Record that the sandbox is in use now (its last_used_at), so idle stop leaves it running: agentlab ssh calls it when a session opens and while it lasts. Returns the idle window to touch within (0: idle stop does not apply).",
+  params: z.object({ vmid }).strict(),
+  result: z.object({
+    vmid: z.number().int(),
+    last_used_at: z.string(),
+    idle_stop_after_ms: z
+      .number()
+      .int()
+      .describe(
+        "how long the sandbox may sit unused before idle stop stops it; 0 when idle stop does not apply",
+      ),
+  }),
+  progress: false,
+  errors: ["SANDBOX_NOT_FOUND"],
 });
 
 export const sandboxLogs = defineMethod({

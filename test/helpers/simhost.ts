@@ -1,3 +1,4 @@
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createSim, type Sim, type SimApi, type SimOptions, startApiProcess } from "../pvesim/harness.js";
 import { type HostDir, makeHostDir, type RunningDaemon, runCli, startDaemon } from "./daemon.js";
@@ -42,11 +43,14 @@ export async function startSimHost(
   {
     apiToken,
     daemonEnv = {},
+    profiles = {},
   }: {
     /** Makes the API token the daemon uses instead of root's (api only), e.g. a privilege-separated one. */
     apiToken?: (sim: Sim) => Promise<string>;
     /** More environment for the daemon, e.g. PVESIM_NODE: the node its pvesh runs on. */
     daemonEnv?: NodeJS.ProcessEnv;
+    /** Profile files (name -> YAML) added beside the shipped ones before the daemon starts. */
+    profiles?: Record<string, string>;
   } = {},
 ): Promise<SimHost> {
   const sim = createSim(simOptions);
@@ -72,6 +76,7 @@ export async function startSimHost(
       ? { PATH: sim.env.PATH, PVESIM_DIR: sim.dir, PVESIM_NODE_BIN: process.execPath, ...daemonEnv }
       : daemonEnv,
   );
+  for (const [file, yaml] of Object.entries(profiles)) writeFileSync(join(host.profilesDir, file), yaml);
   const daemon = await startDaemon(host);
   const cli = (args: string[]) => runCli(["--socket", host.socketPath, ...args]);
   return {

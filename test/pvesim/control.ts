@@ -43,7 +43,7 @@ export interface Knobs {
   resources_lag_ms: number;
   /** For how long a finished task is still listed by `GET /nodes/{n}/tasks?source=active`, with its status. */
   task_archive_ms: number;
-  /** `cpu` reported for running VMs (fraction of one core). */
+  /** `cpu` reported for running VMs whose guest has no load set (harness setGuestLoad): its idle background. */
   cpu_load: number;
   /** 1: a booted guest whose cloud-init names the daemon reports readiness to it; 0: it never does. */
   phone_home: number;

@@ -113,6 +113,18 @@ export function inspect<T>(dir: string, fn: (ctx: Ctx) => T): Promise<T> {
   return withModel(dir, fn);
 }
 
+/**
+ * Make VM `vmid`'s guest keep `cores` of its vCPUs busy (0: idle), as work inside the guest would;
+ * `cpu` in status/current and /cluster/resources follows. The VM must be running: a stop ends the load.
+ */
+export function setGuestLoad(dir: string, vmid: number, cores: number): Promise<void> {
+  return withModel(dir, (ctx) => {
+    const vm = ctx.state.vms[String(vmid)];
+    if (vm?.runtime.status !== "running") throw new Error(`VM ${vmid} is not running`);
+    vm.runtime.load = Math.max(0, cores);
+  });
+}
+
 /** One API call in-process (no HTTP), as root@pam unless `auth` says otherwise; `path` is raw, as routed after the HTTP face unescaped it. */
 export function api(
   sim: Sim,

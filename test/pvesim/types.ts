@@ -31,6 +31,11 @@ export interface VmRuntime {
   qemu?: { pid: number };
   /** The guest hook process (its own process group), with the marker used to recognise it again. */
   hook?: { pid: number; marker: string };
+  /**
+   * How many of its vCPUs the guest keeps busy, set by a test (harness setGuestLoad); absent: the idle
+   * background of the cpu_load knob. A stop ends the guest's processes, and with them the load.
+   */
+  load?: number;
 }
 
 export interface VmRec {

@@ -66,6 +66,19 @@ function cpus(vm: VmRec): number {
   return Number(vm.config["sockets"] ?? 1) * Number(vm.config["cores"] ?? 1);
 }
 
+/**
+ * `cpu` of a running VM: the QEMU process's CPU time per second of wall time, as a fraction of the VM's
+ * vCPUs (qemu-server QemuServer.pm vmstatus: `(($dutime / $dtime) * $cpucount) / $d->{cpus}`), so a
+ * guest keeping 1 of 2 vCPUs busy reports 0.5. pvestatd, a long-lived process, samples it every cycle
+ * for /cluster/resources; the per-process sample cache that makes a fresh process (each `pvesh` run)
+ * report 0 is not modelled. A paused guest uses no CPU.
+ */
+function guestCpu(ctx: Ctx, vm: VmRec): number {
+  const load = vm.runtime.load;
+  if (load === undefined) return ctx.control.cpu_load;
+  return Math.min(load, cpus(vm)) / cpus(vm);
+}
+
 interface Stats {
   cpu: number;
   cpus: number;
@@ -86,7 +99,7 @@ function stats(ctx: Ctx, vm: VmRec): Stats {
     running && vm.runtime.startedAt ? Math.max(0, Math.floor((ctx.now - vm.runtime.startedAt) / 1000)) : 0;
   const maxmem = memoryMiB(vm.config) * 1024 * 1024;
   return {
-    cpu: running && vm.runtime.qmpstatus === "running" ? ctx.control.cpu_load : 0,
+    cpu: running && vm.runtime.qmpstatus === "running" ? guestCpu(ctx, vm) : 0,
     cpus: cpus(vm),
     mem: running ? Math.floor(maxmem * 0.3) : 0,
     maxmem,

@@ -728,3 +728,71 @@ describe("periodic task", () => {
     assert.equal(stuck.busy, false);
   });
 });
+
+describe("idle stop", () => {
+  const signals = () => ({ stopping: new AbortController().signal, signal: new AbortController().signal });
+
+  test("an exec in flight keeps a sandbox running however long it takes; its end counts as use; a whole quiet window after it stops the sandbox", async () => {
+    const h = harness();
+    try {
+      const { vmid } = await h.sandboxes.create({ profile: "yolo-ephemeral" }, op());
+      const pass = () => h.maintenance.idleStop.pass(signals());
+      let endExec: () => void = () => {};
+      const exec = h.sandboxes.activity.during(
+        vmid,
+        () => new Promise<void>((resolve) => (endExec = resolve)),
+      );
+      assert.equal((await pass()).watched, 0, "a sandbox with an exec in flight is in use");
+      h.clock.ms += 45 * 60_000;
+      assert.deepEqual((await pass()).stopped, []);
+      endExec();
+      await exec;
+      assert.equal((await pass()).watched, 1);
+      h.clock.ms += 29 * 60_000;
+      assert.deepEqual((await pass()).stopped, [], "29 minutes after the exec ended: not yet");
+      h.clock.ms += 2 * 60_000;
+      assert.deepEqual((await pass()).stopped, [vmid], "past the 30-minute default window: stopped");
+      const row = h.store.sandboxes.get(vmid);
+      assert.equal(row?.state, "STOPPED");
+      const event = h.store.events.listForSandbox(vmid).find((e) => e.kind === "sandbox.idle_stop");
+      assert.equal(event?.payload?.["window_minutes"], 30);
+      assert.ok(Number(event?.payload?.["idle_for_minutes"]) >= 30);
+    } finally {
+      h.cleanup();
+    }
+  });
+
+  test("a warm pool member is never idle-stopped: it waits, unused, for a claim", async () => {
+    const h = harness();
+    try {
+      const { vmid } = await h.sandboxes.create({ profile: "yolo-ephemeral" }, op());
+      h.store.sandboxes.update(vmid, { pool: "yolo-ephemeral" });
+      const pass = () => h.maintenance.idleStop.pass(signals());
+      assert.equal((await pass()).watched, 0);
+      h.clock.ms += 120 * 60_000;
+      assert.deepEqual((await pass()).stopped, []);
+      assert.equal(h.store.sandboxes.get(vmid)?.state, "RUNNING");
+    } finally {
+      h.cleanup();
+    }
+  });
+
+  test("a Proxmox error counts as use: the window starts again", async () => {
+    const h = harness();
+    try {
+      const { vmid } = await h.sandboxes.create({ profile: "yolo-ephemeral" }, op());
+      const pass = () => h.maintenance.idleStop.pass(signals());
+      await pass();
+      h.clock.ms += 20 * 60_000;
+      await setControl(h.sim.dir, {}, ["http500=call=GET /cluster/resources"]);
+      assert.equal((await pass()).errors.length, 1);
+      await clearFaults(h.sim.dir);
+      h.clock.ms += 20 * 60_000;
+      assert.deepEqual((await pass()).stopped, [], "40 minutes quiet, but not seen quiet for the last 20");
+      h.clock.ms += 11 * 60_000;
+      assert.deepEqual((await pass()).stopped, [vmid]);
+    } finally {
+      h.cleanup();
+    }
+  });
+});

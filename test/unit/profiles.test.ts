@@ -8,6 +8,7 @@ import {
   hostMountKeys,
   loadProfiles,
   type Profile,
+  profileIdleStopMs,
 } from "../../src/config/profiles.js";
 import { AgentlabError } from "../../src/protocol/errors.js";
 import { PROFILES_DIR } from "../helpers/paths.js";
@@ -450,5 +451,32 @@ describe("the profiles the docs and --help examples name", () => {
       [],
       `examples name profiles that do not exist (shipped: ${[...shipped].join(", ")})`,
     );
+  });
+});
+
+describe("profiles: the idle window (idle_stop, or upstream's behavior.idle_stop_minutes_default)", () => {
+  it("idle_stop takes a duration; 0 turns idle stop off; neither key defers to the daemon", () => {
+    assert.equal(profileIdleStopMs(loadOne(`${MINIMAL}idle_stop: 45m\n`).profile), 45 * 60_000);
+    assert.equal(profileIdleStopMs(loadOne(`${MINIMAL}idle_stop: 90s\n`).profile), 90_000);
+    assert.equal(profileIdleStopMs(loadOne(`${MINIMAL}idle_stop: 0\n`).profile), 0);
+    assert.equal(profileIdleStopMs(loadOne(MINIMAL).profile), undefined);
+    assert.equal(loadOne(MINIMAL).profile.idle_stop_keepalive, false);
+    assert.equal(loadOne(`${MINIMAL}idle_stop_keepalive: true\n`).profile.idle_stop_keepalive, true);
+  });
+
+  it("upstream's key means the same in minutes; negative defers to the daemon", () => {
+    const minutes = (n: number) =>
+      loadOne(`${MINIMAL}behavior:\n  idle_stop_minutes_default: ${n}\n`).profile;
+    assert.equal(profileIdleStopMs(minutes(30)), 30 * 60_000);
+    assert.equal(profileIdleStopMs(minutes(0)), 0);
+    assert.equal(profileIdleStopMs(minutes(-1)), undefined);
+  });
+
+  it("both keys in one profile, or a bare number, is refused with the fix", () => {
+    const both = loadError(`${MINIMAL}idle_stop: 30m\nbehavior:\n  idle_stop_minutes_default: 30\n`);
+    assert.equal(both.error.code, "PROFILE_INVALID");
+    assert.match(both.error.message, /idle_stop: behavior\.idle_stop_minutes_default is set too.*keep one/);
+    const bare = loadError(`${MINIMAL}idle_stop: 30\n`);
+    assert.match(bare.error.message, /idle_stop: .*expected a duration such as 30s, 5m or 1h30m/);
   });
 });

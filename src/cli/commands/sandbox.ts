@@ -90,6 +90,14 @@ function eventLine(event: SandboxEvent): string {
   return `${event.ts}  ${event.kind}${event.msg ? `  ${event.msg}` : ""}`;
 }
 
+/** `after 30m idle`, or `off (why)`; then when idle stop last stopped the sandbox. */
+function idleStopText(idle: SandboxDetail["idle_stop"]): string {
+  const rule =
+    idle.after_ms > 0 ? `after ${formatDuration(idle.after_ms)} idle` : `off (${idle.off ?? "disabled"})`;
+  if (!idle.last) return rule;
+  return `${rule}; stopped it at ${idle.last.at} after ${idle.last.idle_for_minutes} min idle (guest CPU ${idle.last.cpu_usage})`;
+}
+
 function detailText(d: SandboxDetail): string {
   const pairs = sandboxFields(d);
   const px = d.proxmox;
@@ -97,6 +105,7 @@ function detailText(d: SandboxDetail): string {
     ? `${px.status ?? "?"}${px.lock ? ` (locked: ${px.lock})` : ""}${px.cores !== undefined ? `, ${px.cores} cores` : ""}${px.memory_mb !== undefined ? `, ${px.memory_mb} MB` : ""}`
     : (px.error ?? "no VM");
   pairs.push(["proxmox", live]);
+  pairs.push(["idle stop", idleStopText(d.idle_stop)]);
   const events = d.events.map((e) => `  ${eventLine(e)}`).join("\n");
   return `${fields(pairs)}events:\n${events || "  (none)"}\n`;
 }

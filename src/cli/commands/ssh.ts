@@ -6,6 +6,7 @@ import { vmidArg } from "../options.js";
 import { loadSaved } from "../remote/saved.js";
 import { recordedHostKeys } from "../ssh/host-keys.js";
 import type { Identity } from "../ssh/identities.js";
+import { keepInUse } from "../ssh/in-use.js";
 import { type JumpHost, resolveJumpHost } from "../ssh/jump.js";
 import { opensshArgv, shellQuote, writeSandboxKnownHosts } from "../ssh/openssh.js";
 import { promptHidden } from "../ssh/terminal.js";
@@ -162,7 +163,7 @@ export const sshCommand: CommandModule<GlobalArgs, SshArgs> = {
       )
       .example("$0 ssh 1012 --print", "the same as an ssh command line, for scp, rsync -e or an IDE")
       .epilogue(
-        "The sandbox's SSH host keys are recorded when it boots (cloud-init phone-home) and its sshd must present one of them; a jump host's key must be in ~/.ssh/known_hosts (connect to it once with ssh). Saved --jump-host/--jump-user of agentlab connect apply when its endpoint is in use; flags win. The remote command's exit status is agentlab's; 255 when it ended without one.",
+        "The sandbox's SSH host keys are recorded when it boots (cloud-init phone-home) and its sshd must present one of them; a jump host's key must be in ~/.ssh/known_hosts (connect to it once with ssh). Saved --jump-host/--jump-user of agentlab connect apply when its endpoint is in use; flags win. The remote command's exit status is agentlab's; 255 when it ended without one. While the session is open the sandbox counts as in use, so idle stop leaves it running.",
       ) as unknown as Argv<SshArgs>,
   handler: (argv) =>
     execute(argv, async (ctx) => {
@@ -199,6 +200,8 @@ export const sshCommand: CommandModule<GlobalArgs, SshArgs> = {
       const { collectIdentities } = await import("../ssh/identities.js");
       const identities = collectIdentities({ identity: argv.identity });
       if (argv.print) {
+        // The session opens outside agentlab: this counts as one use, no more.
+        (await keepInUse(ctx, argv.vmid))();
         const knownHostsFile = writeSandboxKnownHosts(argv.vmid, ip, keys);
         const line = opensshArgv({
           user: argv.user,
@@ -227,10 +230,12 @@ export const sshCommand: CommandModule<GlobalArgs, SshArgs> = {
         jumpHostGuess: endpointHost,
         progress,
       });
+      const release = await keepInUse(ctx, argv.vmid);
       try {
         const status = await runSession(client, command.length > 0 ? { command: command.join(" ") } : {});
         return { data: { exit_code: status }, text: "", printed: true, exitCode: status };
       } finally {
+        release();
         close();
       }
     }),

@@ -547,6 +547,8 @@ export class PveBackend implements ProxmoxBackend {
           if (name) vm.name = name;
           const lock = asString(r.lock);
           if (lock) vm.lock = lock;
+          const cpu = asNumber(r.cpu);
+          if (cpu !== undefined) vm.cpu = cpu;
           return vm;
         });
     });

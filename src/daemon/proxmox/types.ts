@@ -42,6 +42,11 @@ export interface ClusterVm {
   template: boolean;
   lock?: string;
   tags: string[];
+  /**
+   * pvestatd's last CPU sample: the VM's CPU use over its last cycle (~10 s) as a fraction of the VM's
+   * vCPUs. Absent until pvestatd has reported the VM.
+   */
+  cpu?: number;
 }
 
 export interface NodeInfo {

@@ -21,6 +21,7 @@ import {
   sandboxStart,
   sandboxStop,
   sandboxStopAll,
+  sandboxTouch,
   sandboxUpdate,
   sandboxValidate,
 } from "../../protocol/index.js";
@@ -99,10 +100,11 @@ export function registerHandlers(
     housekeeping.run(params.dry_run === true, operation(call)),
   );
   server.register(sandboxStart, (params, call) => sandboxes.start(params.vmid, operation(call)));
-  registerExecHandlers(server, ctx);
+  registerExecHandlers(server, ctx, sandboxes.activity);
   registerFileHandlers(server, ctx);
   server.register(sandboxStop, (params, call) => sandboxes.stop(params.vmid, operation(call)));
   server.register(sandboxLeaseRenew, (params) => sandboxes.leaseRenew(params.vmid, params.ttl_minutes));
+  server.register(sandboxTouch, (params) => sandboxes.touch(params.vmid));
   server.register(sandboxLogs, (params) => sandboxes.logs(params.vmid, params));
   server.register(sandboxValidate, (params) => sandboxes.validate(params));
   server.register(sandboxStopAll, (_params, call) => sandboxes.stopAll(operation(call)));

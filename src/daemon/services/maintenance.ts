@@ -12,12 +12,15 @@
  * Workspaces (design §10.1) slot in as: sandbox recovery → workspace operations (retried every pass
  * until settled) → the lease keeper (its own timer, started once they had their first try) → reaper →
  * reconciler → stale workspace snapshot records.
+ * The idle stopper (idle-stop.ts) runs beside them on its own timer (idle_stop_interval), started
+ * by the daemon (idleStop.start()) and stopped with the rest.
  * In the background the reconciler ends a record (DESTROYED, FAILED) only when two passes in a row see
  * the same drift; `sandbox reconcile --apply` acts at once.
  */
 import type { Inventory, ReconcileResult } from "../../protocol/maintenance.js";
 import { type DaemonContext, type Scheduler, systemScheduler } from "../context.js";
 import { abortableSleep } from "../proxmox/tasks.js";
+import { IdleStopper } from "./idle-stop.js";
 import { describe } from "./maintenance-steps.js";
 import { backgroundOperation, type Operation } from "./operation.js";
 import { type PassSignals, PeriodicTask } from "./periodic.js";
@@ -62,6 +65,8 @@ export class MaintenanceService {
   readonly reconciler: Reconciler;
   /** Renews the workspace leases of live owners, releases those of gone ones (design §9.3). */
   readonly keeper: LeaseKeeper;
+  /** Stops RUNNING sandboxes nobody uses (issue 17). */
+  readonly idleStop: IdleStopper;
   private workspaceRecovery: WorkspaceRecovery | undefined;
   private readonly loop: PeriodicTask;
   private recoveryDone = false;
@@ -91,6 +96,7 @@ export class MaintenanceService {
     });
     this.reconciler = new Reconciler(ctx, sandboxes, this.recovery, { scheduler, guestIpBudgetMs });
     this.keeper = new LeaseKeeper(ctx, { scheduler });
+    this.idleStop = new IdleStopper(ctx, sandboxes, { scheduler });
     this.loop = new PeriodicTask({
       name: "maintenance",
       intervalMs: options.intervalMs ?? MAINTENANCE_INTERVAL_MS,
@@ -140,7 +146,11 @@ export class MaintenanceService {
 
   /** No more passes; wait up to `graceMs` for the running one, then abort it. True when it ended in time. */
   async stop(graceMs: number): Promise<boolean> {
-    const [loop] = await Promise.all([this.loop.stop(graceMs), this.keeper.stop(graceMs)]);
+    const [loop] = await Promise.all([
+      this.loop.stop(graceMs),
+      this.keeper.stop(graceMs),
+      this.idleStop.stop(graceMs),
+    ]);
     return loop;
   }
 

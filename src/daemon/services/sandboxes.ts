@@ -13,11 +13,13 @@ import type { Sandbox, SandboxState } from "../store/sandboxes.js";
 import type { Workspace } from "../store/workspaces.js";
 import type { Operation } from "./operation.js";
 import { claimPoolMember, poolRefusal } from "./pool/claim.js";
+import { idlePolicy, SandboxActivity } from "./sandbox/activity.js";
 import { destroySandbox, pruneSandboxes, removeVm } from "./sandbox/destroy.js";
 import { getSandbox, type SandboxScope } from "./sandbox/guards.js";
 import { renewLease } from "./sandbox/lease.js";
 import { resyncNetwork } from "./sandbox/network-binding.js";
 import {
+  idleStopSandbox,
   pauseSandbox,
   resumeSandbox,
   type StopAllResult,
@@ -51,6 +53,8 @@ import type { WorkspaceService } from "./workspaces/service.js";
 export class SandboxService {
   private readonly vmLocks = new KeyedMutex();
   private readonly scope: SandboxScope;
+  /** Use through agentlab (exec sessions, touches) the idle stopper counts. */
+  readonly activity: SandboxActivity;
   /** Bound once the workspace service exists (it needs this service first, for attach and detach). */
   private workspaces: SandboxWorkspaces | undefined;
   /** Told when a warm pool member was claimed or destroyed, so the pool refills (bound by the daemon). */
@@ -65,6 +69,7 @@ export class SandboxService {
     readonly vmids: VmidAllocator = new VmidAllocator(ctx),
   ) {
     this.scope = { ctx, locks: this.vmLocks };
+    this.activity = new SandboxActivity(ctx);
   }
 
   /** The sandbox's row, or SANDBOX_NOT_FOUND. */
@@ -209,6 +214,15 @@ export class SandboxService {
     return stopSandbox(this.scope, vmid, op);
   }
 
+  /** The idle stopper's stop: see idleStopSandbox. */
+  idleStop(
+    vmid: number,
+    op: Operation,
+    stillIdle: Parameters<typeof idleStopSandbox>[3],
+  ): Promise<Sandbox | undefined> {
+    return idleStopSandbox(this.scope, vmid, op, stillIdle);
+  }
+
   stopAll(op: Operation): Promise<StopAllResult> {
     return stopAllSandboxes(this.scope, op);
   }
@@ -305,6 +319,16 @@ export class SandboxService {
     }
     result.ok = result.errors.length === 0;
     return result;
+  }
+
+  /** sandbox.touch: record a use now; says how long idle stop would wait without another. */
+  touch(vmid: number): { vmid: number; last_used_at: string; idle_stop_after_ms: number } {
+    const row = this.activity.touch(vmid);
+    return {
+      vmid,
+      last_used_at: (row.last_used_at ?? this.ctx.clock.now()).toISOString(),
+      idle_stop_after_ms: idlePolicy(this.ctx, row).windowMs,
+    };
   }
 
   leaseRenew(vmid: number, ttlMinutes: number): { vmid: number; lease_expires_at: string } {

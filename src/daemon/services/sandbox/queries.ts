@@ -7,6 +7,7 @@ import type { DaemonContext } from "../../context.js";
 import type { Sandbox as SandboxRow, SandboxState } from "../../store/sandboxes.js";
 import { describe, isVmNotFound, vmRefOf } from "../maintenance-steps.js";
 import { probesOf, type VmProbe } from "../probes.js";
+import { IDLE_STOP_EVENT, idlePolicy } from "./activity.js";
 import { getSandbox } from "./guards.js";
 import { eventJson, sandboxJson } from "./json.js";
 
@@ -34,6 +35,7 @@ export async function showSandbox(ctx: DaemonContext, vmid: number, eventCount =
   const detail: SandboxDetail = {
     ...sandboxJson(row),
     proxmox: { found: false },
+    idle_stop: idleStopView(ctx, row),
     events: ctx.store.events.listForSandbox(vmid, { tail: eventCount }).map(eventJson),
   };
   if (row.lease_expires_at) {
@@ -70,6 +72,26 @@ async function probeVm(ctx: DaemonContext, row: SandboxRow): Promise<VmProbe> {
   if (typeof vmConfig.cores === "number") view.cores = vmConfig.cores;
   const memory = Number(vmConfig.memory);
   if (Number.isFinite(memory)) view.memory_mb = memory;
+  return view;
+}
+
+/** How idle stop applies to the sandbox, and when it last stopped it. */
+function idleStopView(ctx: DaemonContext, row: SandboxRow): SandboxDetail["idle_stop"] {
+  const policy = idlePolicy(ctx, row);
+  const view: SandboxDetail["idle_stop"] = { after_ms: policy.windowMs };
+  if ("off" in policy) view.off = policy.off;
+  const last = ctx.store.events
+    .listForSandbox(row.vmid)
+    .filter((e) => e.kind === IDLE_STOP_EVENT)
+    .at(-1);
+  if (last) {
+    const payload = (last.payload ?? {}) as { idle_for_minutes?: unknown; cpu_usage?: unknown };
+    view.last = {
+      at: last.ts.toISOString(),
+      idle_for_minutes: Number(payload.idle_for_minutes ?? 0),
+      cpu_usage: Number(payload.cpu_usage ?? 0),
+    };
+  }
   return view;
 }
 
