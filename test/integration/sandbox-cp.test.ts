@@ -82,8 +82,15 @@ describe("sandbox cp against a real sshd", { skip }, () => {
     writeFileSync(source, data);
     chmodSync(source, 0o750);
 
+    const before = await rig.json<{ last_used_at?: string }>(["sandbox", "show", String(vmid)]);
     const up = await cp([source, `${vmid}:${guest}/blob.bin`]);
     assert.equal(up.code, 0, up.stderr);
+    // A copy is use of the sandbox: idle stop counts from its end.
+    const after = await rig.json<{ last_used_at?: string }>(["sandbox", "show", String(vmid)]);
+    assert.ok(
+      Date.parse(after.body.last_used_at ?? "") > Date.parse(before.body.last_used_at ?? "0"),
+      `last_used_at moved: ${before.body.last_used_at} -> ${after.body.last_used_at}`,
+    );
     assert.equal(up.stdout, `copied 1 file, 50.0 MiB to ${vmid}:${guest}/blob.bin\n`);
     assert.match(up.stderr, /copied 50\.0 MiB \/ 50\.0 MiB \(100%\)\n$/, "progress on stderr");
     assert.equal(sha256(readFileSync(join(guest, "blob.bin"))), sha256(data));

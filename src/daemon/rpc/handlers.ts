@@ -101,7 +101,7 @@ export function registerHandlers(
   );
   server.register(sandboxStart, (params, call) => sandboxes.start(params.vmid, operation(call)));
   registerExecHandlers(server, ctx, sandboxes.activity);
-  registerFileHandlers(server, ctx);
+  registerFileHandlers(server, ctx, sandboxes.activity);
   server.register(sandboxStop, (params, call) => sandboxes.stop(params.vmid, operation(call)));
   server.register(sandboxLeaseRenew, (params) => sandboxes.leaseRenew(params.vmid, params.ttl_minutes));
   server.register(sandboxTouch, (params) => sandboxes.touch(params.vmid));
