@@ -394,7 +394,11 @@ describe("sandbox_exec and the file tools over stdio against a real sshd", { ski
         arguments: {
           vmid,
           user: "root",
-          command: ["sh", "-c", "echo one; echo two >&2; echo three; exit 7"],
+          // The pause keeps the stderr line's progress apart from the result: the SDK's client runs
+          // progress handlers a microtask after it reads them, so a notification read in the same
+          // chunk as the response finds its handler already gone and is dropped (the result still
+          // carries all of stdout and stderr, which is why the tool returns them).
+          command: ["sh", "-c", "echo one; echo two >&2; sleep 1; echo three; exit 7"],
         },
       },
       undefined,
