@@ -155,6 +155,18 @@ for (const [kind, storage] of [
       const snapshot = await h.json<ErrorBody>(["workspace", "snapshot", "create", "s1ws", "before"]);
       assert.equal(snapshot.body.code, "WORKSPACE_ATTACHED");
       assert.match(snapshot.body.hint, /agentlab session stop s1/);
+
+      // A stopped sandbox (sandbox stop, or idle stop) still is the session's: resume says to start it.
+      const vmid = s1.sandbox.vmid;
+      assert.equal((await h.json(["sandbox", "stop", String(vmid)])).code, 0);
+      const stopped = await h.json<ErrorBody>(["session", "resume", "s1"]);
+      assert.equal(stopped.body.code, "CONFLICT");
+      assert.equal(stopped.body.message, `session is running (sandbox ${vmid})`);
+      assert.match(
+        stopped.body.hint,
+        new RegExp(`^its sandbox ${vmid} is stopped: agentlab sandbox start ${vmid};`),
+      );
+      assert.equal((await h.json(["sandbox", "start", String(vmid)])).code, 0);
     });
 
     test("session stop → workspace snapshot restore → session resume, as the troubleshooting guide has it", async () => {

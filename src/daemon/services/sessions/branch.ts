@@ -203,7 +203,8 @@ export function startJobSandbox(
   const { store } = deps.ctx;
   return exclusiveSession(deps, sessionId, async (session) => {
     const running = currentSandbox(deps, session);
-    if (running !== undefined) throw sessionRunning(session, running);
+    if (running !== undefined)
+      throw sessionRunning(session, running, deps.ctx.store.sandboxes.get(running)?.state);
     if (session.current_vmid !== null) {
       // Its sandbox was destroyed meanwhile (reaper, sandbox destroy): forget it before starting anew.
       store.sessions.update(session.id, { current_vmid: null }, { expectCurrentVmid: session.current_vmid });

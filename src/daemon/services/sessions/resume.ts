@@ -3,6 +3,7 @@
  * the first boot. A running session is refused; a session whose sandbox is gone is stopped.
  */
 import { AgentlabError } from "../../../protocol/errors.js";
+import type { SandboxState } from "../../store/sandboxes.js";
 import type { Session } from "../../store/sessions.js";
 import type { Operation } from "../operation.js";
 import { workspaceJson } from "../workspaces/core.js";
@@ -15,10 +16,16 @@ import {
 } from "./common.js";
 import type { SessionStarted } from "./create.js";
 
-export function sessionRunning(session: Session, vmid: number): AgentlabError {
+export function sessionRunning(session: Session, vmid: number, state?: SandboxState): AgentlabError {
+  const startOver = `agentlab session stop ${session.name}, then agentlab session resume ${session.name}`;
   return new AgentlabError("CONFLICT", `session is running (sandbox ${vmid})`, {
-    hint: `it already has a sandbox; to start over: agentlab session stop ${session.name}, then agentlab session resume ${session.name}`,
-    details: { session: session.name, vmid },
+    // A session runs while it has a sandbox, also a stopped one (sandbox stop, idle stop): starting
+    // that one again is what the user most likely wants, and keeps its root disk.
+    hint:
+      state === "STOPPED"
+        ? `its sandbox ${vmid} is stopped: agentlab sandbox start ${vmid}; to start over instead: ${startOver}`
+        : `it already has a sandbox; to start over: ${startOver}`,
+    details: { session: session.name, vmid, ...(state ? { state } : {}) },
   });
 }
 
@@ -40,7 +47,8 @@ export async function resumeLocked(
 ): Promise<SessionStarted> {
   const { store } = deps.ctx;
   const running = currentSandbox(deps, session);
-  if (running !== undefined) throw sessionRunning(session, running);
+  if (running !== undefined)
+    throw sessionRunning(session, running, deps.ctx.store.sandboxes.get(running)?.state);
   if (session.current_vmid !== null) {
     // Its sandbox was destroyed meanwhile (reaper, sandbox destroy): forget it before starting anew.
     store.sessions.update(session.id, { current_vmid: null }, { expectCurrentVmid: session.current_vmid });
