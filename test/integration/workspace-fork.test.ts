@@ -5,7 +5,7 @@ import { after, before, describe, test } from "node:test";
 import { type SimHost, startSimHost } from "../helpers/simhost.js";
 import { inspect, runTool, setControl } from "../pvesim/harness.js";
 import { findVolume } from "../pvesim/storage.js";
-import { createWorkspace, volumeBackingFile } from "./workspace-volume.js";
+import { createWorkspace, forkDigest, volumeBackingFile, writeForkData } from "./workspace-volume.js";
 
 /**
  * `workspace fork` through the real CLI and daemon on the simulator: per storage type, the fork holds
@@ -38,36 +38,8 @@ interface SnapshotBody {
 }
 
 const MiB = 1024 * 1024;
-/** Where the test's data lives on the 1 GiB volumes: 1 MiB of random bytes. */
-const DATA_AT = 16 * MiB;
-
-async function writeData(h: SimHost, ws: WorkspaceBody, data: Buffer): Promise<void> {
-  const fd = openSync(await volumeBackingFile(h, ws.volid), "r+");
-  try {
-    writeSync(fd, data, 0, data.length, DATA_AT);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** sha256 of the volume's first 8 MiB (where the filesystem's metadata is) and of the test data. */
-async function digest(h: SimHost, ws: WorkspaceBody): Promise<string> {
-  const fd = openSync(await volumeBackingFile(h, ws.volid), "r");
-  try {
-    const hash = createHash("sha256");
-    for (const [at, length] of [
-      [0, 8 * MiB],
-      [DATA_AT, MiB],
-    ] as const) {
-      const bytes = Buffer.alloc(length);
-      readSync(fd, bytes, 0, length, at);
-      hash.update(bytes);
-    }
-    return hash.digest("hex");
-  } finally {
-    closeSync(fd);
-  }
-}
+const writeData = (h: SimHost, ws: WorkspaceBody, data: Buffer) => writeForkData(h, ws.volid, data);
+const digest = (h: SimHost, ws: WorkspaceBody) => forkDigest(h, ws.volid);
 
 async function simVm(h: SimHost, vmid: number) {
   return inspect(h.sim.dir, (ctx) => {

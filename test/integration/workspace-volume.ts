@@ -173,3 +173,36 @@ export async function createWorkspace<T = WorkspaceBody>(
   assert.equal(created.code, 0, `${created.stderr}${JSON.stringify(created.body)}`);
   return created.body;
 }
+
+/** Where the fork tests keep their data on their 1 GiB volumes: 1 MiB at 16 MiB, past the filesystem's start. */
+export const FORK_DATA_AT = 16 * 1024 * 1024;
+
+/** Write the fork tests' data into a workspace's volume. */
+export async function writeForkData(h: SimHost, volid: string, data: Buffer): Promise<void> {
+  const fd = openSync(await volumeBackingFile(h, volid), "r+");
+  try {
+    writeSync(fd, data, 0, data.length, FORK_DATA_AT);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** sha256 of a volume's first 8 MiB (where the filesystem's metadata is) and of the fork tests' data. */
+export async function forkDigest(h: SimHost, volid: string): Promise<string> {
+  const MiB = 1024 * 1024;
+  const fd = openSync(await volumeBackingFile(h, volid), "r");
+  try {
+    const hash = createHash("sha256");
+    for (const [at, length] of [
+      [0, 8 * MiB],
+      [FORK_DATA_AT, MiB],
+    ] as const) {
+      const bytes = Buffer.alloc(length);
+      readSync(fd, bytes, 0, length, at);
+      hash.update(bytes);
+    }
+    return hash.digest("hex");
+  } finally {
+    closeSync(fd);
+  }
+}

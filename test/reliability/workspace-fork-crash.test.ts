@@ -15,19 +15,16 @@
  * zfs on PATH (host_tools: on), one daemon for the file.
  */
 import assert from "node:assert/strict";
-import { createHash, randomBytes } from "node:crypto";
-import { closeSync, openSync, readSync, writeSync } from "node:fs";
+import { randomBytes } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 import { call } from "../../src/cli/client.js";
 import { workspaceCheck, workspaceCreate, workspaceFork } from "../../src/protocol/workspace.js";
 import { type Held, MaintenanceHost } from "../integration/maintenance-host.js";
-import { volumeBackingFile } from "../integration/workspace-volume.js";
+import { forkDigest, writeForkData } from "../integration/workspace-volume.js";
 import { inspect, setControl } from "../pvesim/harness.js";
 import { findVolume } from "../pvesim/storage.js";
 
 const MiB = 1024 * 1024;
-/** Where the test's data lives in the 1 GiB volumes. */
-const DATA_AT = 16 * MiB;
 const TEMPLATE = 9000;
 
 type Path = "lvm" | "zfs" | "dir";
@@ -179,12 +176,7 @@ describe("kill -9 inside each Proxmox call of workspace fork, then restart (api 
             size_gb: 1,
             storage: STORAGE[run.point.path],
           });
-          const fd = openSync(await volumeBackingFile(m.h, ws.volid), "r+");
-          try {
-            writeSync(fd, randomBytes(MiB), 0, MiB, DATA_AT);
-          } finally {
-            closeSync(fd);
-          }
+          await writeForkData(m.h, ws.volid, randomBytes(MiB));
           run.digest = await digest(ws.volid);
         }),
       );
@@ -194,24 +186,7 @@ describe("kill -9 inside each Proxmox call of workspace fork, then restart (api 
     await m.stop();
   });
 
-  /** sha256 of a volume's first 8 MiB and of the test's data. */
-  async function digest(volid: string): Promise<string> {
-    const fd = openSync(await volumeBackingFile(m.h, volid), "r");
-    try {
-      const hash = createHash("sha256");
-      for (const [at, length] of [
-        [0, 8 * MiB],
-        [DATA_AT, MiB],
-      ] as const) {
-        const bytes = Buffer.alloc(length);
-        readSync(fd, bytes, 0, length, at);
-        hash.update(bytes);
-      }
-      return hash.digest("hex");
-    } finally {
-      closeSync(fd);
-    }
-  }
+  const digest = (volid: string) => forkDigest(m.h, volid);
 
   function row(name: string): WsRow | undefined {
     return m.db((d) => d.prepare("SELECT * FROM workspaces WHERE name = ?").get(name)) as WsRow | undefined;

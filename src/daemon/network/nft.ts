@@ -20,13 +20,7 @@
  */
 // The parameters and their derivation from config.yaml live in config/ so the CLI can read them from
 // a config file when the daemon is down; every renderer here takes them from there.
-import {
-  checkNftParams,
-  DEFAULT_NFT_PARAMS,
-  ipv4ToInt,
-  type NftParams,
-  parseCidr4,
-} from "../../config/nft-params.js";
+import { checkNftParams, DEFAULT_NFT_PARAMS, type NftParams } from "../../config/nft-params.js";
 import { AgentlabError } from "../../protocol/errors.js";
 
 export {
