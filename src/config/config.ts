@@ -115,6 +115,8 @@ export interface Config {
   shutdown_timeout_ms: number;
   /** RPC clients served at once, Unix socket and remote listener together; more are refused. */
   rpc_max_connections: number;
+  /** Unix-socket connections one user (not root) may hold at once; 0 is no cap. */
+  rpc_max_connections_per_client: number;
   /** An RPC connection with no call running and nothing received for this long is closed. */
   rpc_idle_timeout_ms: number;
   /** Answers a client has not read yet, in bytes; past this its connection is closed. */
@@ -217,6 +219,7 @@ export const ConfigFileSchema = z.strictObject({
   bootstrap_rate_limit_burst: positiveInt().default(3),
   shutdown_timeout: duration().optional(),
   rpc_max_connections: positiveInt().default(256),
+  rpc_max_connections_per_client: nonNegativeInt("expected an integer >= 0 (0: no cap per user)").default(64),
   rpc_idle_timeout: duration().optional(),
   rpc_max_unsent_bytes: positiveInt().default(16 * 1024 * 1024),
   workspace_storage: name(
@@ -507,6 +510,7 @@ function resolve(file: ConfigFile, source: string, problems: Problems, warnings:
     bootstrap_rate_limit_burst: file.bootstrap_rate_limit_burst,
     shutdown_timeout_ms: file.shutdown_timeout ?? 10_000,
     rpc_max_connections: file.rpc_max_connections,
+    rpc_max_connections_per_client: file.rpc_max_connections_per_client,
     rpc_idle_timeout_ms: file.rpc_idle_timeout ?? 10 * MINUTE_MS,
     rpc_max_unsent_bytes: file.rpc_max_unsent_bytes,
     workspace_storage: file.workspace_storage,

@@ -106,6 +106,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       log,
       limits: {
         maxConnections: config.rpc_max_connections,
+        maxConnectionsPerClient: config.rpc_max_connections_per_client,
         idleTimeoutMs: config.rpc_idle_timeout_ms,
         maxUnsentBytes: config.rpc_max_unsent_bytes,
       },

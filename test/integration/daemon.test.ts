@@ -4,6 +4,7 @@ import { existsSync, readFileSync, statSync, unlinkSync, writeFileSync } from "n
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { pathToFileURL } from "node:url";
 import Database from "better-sqlite3";
 import { groupId } from "../../src/config/socket-group.js";
 import { LATEST_SCHEMA_VERSION } from "../../src/daemon/store/migrations.js";
@@ -16,6 +17,7 @@ import {
   startDaemon,
 } from "../helpers/daemon.js";
 import { AGENTLAB_BIN } from "../helpers/paths.js";
+import { RawRpcClient } from "../helpers/raw-rpc.js";
 
 /** The daemon's stdout is JSON lines; find the ones with a given message. */
 function logLines(daemon: RunningDaemon, msg: string): Array<Record<string, unknown>> {
@@ -477,6 +479,97 @@ describe("daemon start-up and shutdown", () => {
       assert.match(result.stderr, /usermod -aG agentlab nobody/);
       await daemon.stop();
     } finally {
+      host.cleanup();
+    }
+  });
+});
+
+describe("connections per user on the socket", () => {
+  /**
+   * Opens `count` connections to the socket as user 65534 (in the socket's group), one after the other,
+   * each kept open while the next is made, and prints each one's answer to daemon.status.
+   */
+  function connectAsNobody(
+    socketPath: string,
+    count: number,
+    gid: number,
+  ): Promise<Array<{ result?: unknown; error?: { message: string; data?: { code?: string } } }>> {
+    const client = pathToFileURL(join(import.meta.dirname ?? "", "..", "helpers", "raw-rpc.js")).href;
+    const script = `
+      import { RawRpcClient } from ${JSON.stringify(client)};
+      const answers = [];
+      const held = [];
+      for (let i = 0; i < ${count}; i++) {
+        const c = await RawRpcClient.open(${JSON.stringify(socketPath)});
+        held.push(c);
+        answers.push(await c.request("daemon.status").catch((e) => ({ error: { message: String(e) } })));
+      }
+      process.stdout.write(JSON.stringify(answers));
+      process.exit(0);`;
+    return new Promise((resolve, reject) => {
+      const child = spawn(
+        "setpriv",
+        [
+          "--reuid=65534",
+          `--regid=${gid}`,
+          "--clear-groups",
+          process.execPath,
+          "--input-type=module",
+          "-e",
+          script,
+        ],
+        { stdio: ["ignore", "pipe", "pipe"] },
+      );
+      let stdout = "";
+      let stderr = "";
+      child.stdout.on("data", (chunk) => (stdout += chunk));
+      child.stderr.on("data", (chunk) => (stderr += chunk));
+      child.once("error", reject);
+      child.once("close", (code) =>
+        code === 0 ? resolve(JSON.parse(stdout)) : reject(new Error(`client exited ${code}: ${stderr}`)),
+      );
+    });
+  }
+
+  test("one user gets rpc_max_connections_per_client connections, the next is DAEMON_BUSY; root is not capped", async (t) => {
+    if (process.getuid?.() !== 0) return t.skip("needs root to connect as another user");
+    const gid = groupId("agentlab");
+    if (gid === undefined) return t.skip("needs the agentlab group (scripts/test.sh makes it as root)");
+    const host = makeHostDir("rpc_max_connections_per_client: 2\n");
+    const daemon = await startDaemon(host);
+    const { chmodSync } = await import("node:fs");
+    chmodSync(host.root, 0o755);
+    chmodSync(join(host.root, "run"), 0o755);
+    const rootClients: RawRpcClient[] = [];
+    try {
+      // Root holds more than the cap: it is the operator, never held to it.
+      for (let i = 0; i < 3; i++) {
+        const client = await RawRpcClient.open(host.socketPath);
+        rootClients.push(client);
+        assert.ok((await client.request("daemon.status")).result, "root's connection is served");
+      }
+      const answers = await connectAsNobody(host.socketPath, 3, gid);
+      assert.ok(answers[0]?.result, JSON.stringify(answers[0]));
+      assert.ok(answers[1]?.result, JSON.stringify(answers[1]));
+      assert.equal(answers[2]?.error?.data?.code, "DAEMON_BUSY", JSON.stringify(answers[2]));
+      assert.match(
+        answers[2]?.error?.message ?? "",
+        /^user 65534 already has 2 connections open to agentlabd \(rpc_max_connections_per_client\)/,
+      );
+      assert.equal(
+        logLines(daemon, "refusing a client: rpc_max_connections_per_client reached for its user").length,
+        1,
+      );
+      // Its connections closed with its process: the user is served again, and root still is.
+      const again = await connectAsNobody(host.socketPath, 2, gid);
+      assert.ok(
+        again.every((answer) => answer.result),
+        JSON.stringify(again),
+      );
+      assert.ok((await rootClients[0]?.request("daemon.status"))?.result);
+    } finally {
+      for (const client of rootClients) client.socket.destroy();
+      await daemon.stop();
       host.cleanup();
     }
   });

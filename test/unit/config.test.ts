@@ -92,6 +92,7 @@ describe("config: defaults and derived values", () => {
       bootstrap_rate_limit_burst: 3,
       shutdown_timeout_ms: 10_000,
       rpc_max_connections: 256,
+      rpc_max_connections_per_client: 64,
       rpc_idle_timeout_ms: 600_000,
       rpc_max_unsent_bytes: 16_777_216,
       workspace_storage: "local-zfs",

@@ -9,6 +9,11 @@ import { AgentlabError } from "../../protocol/errors.js";
 export interface ConnectionLimits {
   /** Clients served at once (Unix socket and remote listener together). */
   maxConnections: number;
+  /**
+   * Unix-socket connections one user may hold at once (root and the daemon's own user are not held to
+   * it); 0 is no such cap. Keeps one member of the socket's group from taking every slot.
+   */
+  maxConnectionsPerClient: number;
   /** Close a connection with no call running and nothing received for this long; 0 never does. */
   idleTimeoutMs: number;
   /** Bytes of answers written but not yet taken by the client's socket; past this it is dropped. */
@@ -17,6 +22,7 @@ export interface ConnectionLimits {
 
 export const DEFAULT_CONNECTION_LIMITS: ConnectionLimits = {
   maxConnections: 256,
+  maxConnectionsPerClient: 64,
   idleTimeoutMs: 10 * 60_000,
   maxUnsentBytes: 16 * 1024 * 1024,
 };
@@ -27,6 +33,18 @@ export function busyError(maxConnections: number): AgentlabError {
     "DAEMON_BUSY",
     `agentlabd is serving its maximum of ${maxConnections} clients (rpc_max_connections); this connection was refused`,
     { details: { max_connections: maxConnections } },
+  );
+}
+
+/** The refusal a socket client gets when its user already holds rpc_max_connections_per_client. */
+export function clientBusyError(maxPerClient: number, uid: number): AgentlabError {
+  return new AgentlabError(
+    "DAEMON_BUSY",
+    `user ${uid} already has ${maxPerClient} connections open to agentlabd (rpc_max_connections_per_client); this connection was refused`,
+    {
+      hint: "close some of this user's agentlab connections (a stuck script, followed logs), or raise rpc_max_connections_per_client in the daemon's config",
+      details: { max_connections_per_client: maxPerClient, uid },
+    },
   );
 }
 

@@ -24,11 +24,13 @@ import {
   BoundedWriter,
   busyError,
   type ConnectionLimits,
+  clientBusyError,
   DEFAULT_CONNECTION_LIMITS,
   IdleTimer,
 } from "./connection-limits.js";
 import { FrameError, FrameGuard } from "./frame-guard.js";
 import { claimSocketPath, restrictSocket } from "./socket.js";
+import { SocketPeers } from "./socket-peers.js";
 import { toRpcError } from "./to-rpc-error.js";
 
 /** Who is calling: a local socket client (trusted by its group), or a remote client and its token. */
@@ -98,6 +100,8 @@ export interface RpcServerOptions {
   limits?: Partial<ConnectionLimits>;
   /** Told each call's method, outcome and time (metrics_listen). */
   metrics?: Pick<DaemonMetrics, "rpcCall">;
+  /** Finds the user behind a socket connection (rpc_max_connections_per_client); tests replace it. */
+  peers?: SocketPeers;
 }
 
 /** Issues named in one INVALID_PARAMS answer; a request with thousands of bad fields gets the first few. */
@@ -189,6 +193,13 @@ export class RpcServer {
   private readonly metrics: Pick<DaemonMetrics, "rpcCall"> | undefined;
   /** Connections over the cap that are being told so (answered DAEMON_BUSY, then closed). */
   private refusing = 0;
+  /** Unix-socket clients served, and those whose user is being looked up before they are. */
+  private readonly socketClients = new Set<Socket>();
+  private readonly socketsWaiting = new Set<Socket>();
+  /** The user behind each socket client, once a lookup found it (undefined: not known). */
+  private readonly socketUids = new WeakMap<Socket, number | undefined>();
+  private readonly peers: SocketPeers;
+  private peerLookupFailed = false;
   private server: Server | undefined;
   private draining = false;
   private nextConnection = 0;
@@ -199,6 +210,7 @@ export class RpcServer {
     this.maxFrameBytes = options.maxFrameBytes ?? MAX_FRAME_BYTES;
     this.limits = { ...DEFAULT_CONNECTION_LIMITS, ...options.limits };
     this.metrics = options.metrics;
+    this.peers = options.peers ?? new SocketPeers();
   }
 
   /** Whether a new client would be refused now: the remote listener asks before its WebSocket upgrade. */
@@ -286,15 +298,60 @@ export class RpcServer {
     return { drained, cancelled };
   }
 
+  /**
+   * A new socket client. Only when at least rpc_max_connections_per_client socket clients are served can
+   * one user be over that cap, and only then is the user behind each connection looked up (an `ss`
+   * run, ./socket-peers.ts); the new client's requests wait in its socket meanwhile.
+   */
   private accept(socket: Socket): void {
+    const perClient = this.limits.maxConnectionsPerClient;
+    if (perClient <= 0 || this.socketClients.size + this.socketsWaiting.size < perClient) {
+      this.serveSocket(socket);
+      return;
+    }
+    socket.pause();
+    this.socketsWaiting.add(socket);
+    const decide = (uids: Map<Socket, number | undefined>) => {
+      this.socketsWaiting.delete(socket);
+      for (const [known, uid] of uids) this.socketUids.set(known, uid);
+      if (socket.destroyed) return;
+      const uid = uids.get(socket);
+      const exempt = uid === undefined || uid === 0 || uid === process.getuid?.();
+      const held = exempt
+        ? 0
+        : [...this.socketClients].filter((client) => this.socketUids.get(client) === uid).length;
+      if (!exempt && held >= perClient) {
+        this.log.warn(
+          { uid, max_connections_per_client: perClient },
+          "refusing a client: rpc_max_connections_per_client reached for its user",
+        );
+        this.serveSocket(socket, clientBusyError(perClient, uid));
+      } else {
+        this.serveSocket(socket);
+      }
+    };
+    this.peers.uids([socket, ...this.socketClients, ...this.socketsWaiting]).then(decide, (error) => {
+      // Without `ss` (or its permission to read other processes) no user is capped; say so once.
+      if (!this.peerLookupFailed) {
+        this.peerLookupFailed = true;
+        this.log.warn(
+          { err: error },
+          "cannot tell which user holds a socket connection; rpc_max_connections_per_client is not applied",
+        );
+      }
+      decide(new Map());
+    });
+  }
+
+  /** Serve a socket client, or only tell it `refusal` and close: frame guard, reader, writer, events. */
+  private serveSocket(socket: Socket, refusal?: AgentlabError): void {
     const guard = new FrameGuard(this.maxFrameBytes);
     socket.pipe(guard);
     // Before the reader's own listener, so a bad frame is logged with the guard's reason.
     let connection: { drop(reason: string, error?: unknown): void } | undefined;
     guard.on("error", (error) => connection?.drop((error as Error).message, error));
-    const reader = new StrictMessageReader(guard);
-    connection = this.attach({
-      reader,
+    const transport: RpcTransport = {
+      reader: new StrictMessageReader(guard),
       writer: new TrackingMessageWriter(socket),
       destroy: () => socket.destroy(),
       end: () => {
@@ -302,7 +359,14 @@ export class RpcServer {
         socket.destroySoon();
       },
       caller: { transport: "socket" },
-    });
+    };
+    if (refusal) {
+      connection = this.refuseBusy(transport, refusal);
+    } else {
+      connection = this.attach(transport);
+      this.socketClients.add(socket);
+      socket.once("close", () => this.socketClients.delete(socket));
+    }
     const attached = connection;
     socket.on("error", (error) => attached.drop("socket error", error));
     socket.on("close", () => attached.drop("closed"));
@@ -318,7 +382,13 @@ export class RpcServer {
       transport.destroy();
       return { drop: () => {} };
     }
-    if (this.connections.size >= this.limits.maxConnections) return this.refuseBusy(transport);
+    if (this.connections.size >= this.limits.maxConnections) {
+      this.log.warn(
+        { max_connections: this.limits.maxConnections },
+        "refusing a client: rpc_max_connections reached",
+      );
+      return this.refuseBusy(transport, busyError(this.limits.maxConnections));
+    }
     const connectionId = ++this.nextConnection;
     const log = this.log.child({
       conn: connectionId,
@@ -394,20 +464,19 @@ export class RpcServer {
   }
 
   /**
-   * A client over rpc_max_connections: each request it sends is answered DAEMON_BUSY, and the
+   * A client over a connection cap: each request it sends is answered `refusal` (DAEMON_BUSY), and the
    * connection ends after that first answer (or after a few seconds of silence). Refusals in progress
    * are capped too, so a flood of connections is dropped outright rather than answered one by one.
    */
-  private refuseBusy(transport: RpcTransport): { drop(reason: string, error?: unknown): void } {
+  private refuseBusy(
+    transport: RpcTransport,
+    refusal: AgentlabError,
+  ): { drop(reason: string, error?: unknown): void } {
     if (this.refusing >= this.limits.maxConnections) {
       transport.destroy();
       return { drop: () => {} };
     }
     this.refusing++;
-    this.log.warn(
-      { max_connections: this.limits.maxConnections },
-      "refusing a client: rpc_max_connections reached",
-    );
     const writer = new BoundedWriter(transport.writer, 64 * 1024, () => transport.destroy());
     const conn = createMessageConnection(transport.reader, writer, jsonRpcLogger(this.log));
     let closed = false;
@@ -430,7 +499,7 @@ export class RpcServer {
       transport.end();
     };
     conn.onRequest(() => {
-      throw toRpcError(busyError(this.limits.maxConnections), "-", "-");
+      throw toRpcError(refusal, "-", "-");
     });
     transport.reader.onError(drop);
     transport.reader.onClose(drop);
