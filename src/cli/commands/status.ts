@@ -1,6 +1,7 @@
 import type { CommandModule } from "yargs";
-import { type DaemonStatus, daemonStatus } from "../../protocol/daemon.js";
+import type { DaemonStatus } from "../../protocol/daemon.js";
 import { formatDuration } from "../../protocol/units.js";
+import { daemonStatus } from "../../protocol/wire.js";
 import { connectionOf, execute, type GlobalArgs } from "../context.js";
 import { describeConnection } from "../remote/connection.js";
 import { fields, formatBytes } from "../render.js";
