@@ -7,7 +7,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
-import { buildCli } from "../src/cli/main.js";
+import { buildCli } from "../src/cli/parser.js";
 import { ERROR_CODES, LIMITS, METHODS } from "../src/protocol/index.js";
 import { manPage } from "./man-page.js";
 

@@ -7,7 +7,7 @@ import {
   StreamMessageWriter,
 } from "vscode-jsonrpc/node.js";
 import { AgentlabError } from "../protocol/errors.js";
-import type { Method, ParamsOf, ResultOf } from "../protocol/method.js";
+import type { ParamsOf, ResultOf, Wire } from "../protocol/method.js";
 import type { ProgressValue } from "../protocol/progress.js";
 import { fromResponseError, sendRequest } from "../protocol/request.js";
 import { formatDuration } from "../protocol/units.js";
@@ -123,10 +123,10 @@ export { fromResponseError };
 
 /**
  * One request to the daemon over a fresh connection: connect, send, wait for the answer with an
- * inactivity timeout, validate the result against the protocol, close. Failures come back as
- * AgentlabErrors with the troubleshooting guide's wording.
+ * inactivity timeout, check it against the result schema when the method carries one, close. Failures
+ * come back as AgentlabErrors with the troubleshooting guide's wording.
  */
-export async function call<M extends Method>(
+export async function call<M extends Wire>(
   options: CallOptions,
   method: M,
   params: Omit<ParamsOf<M>, "progress_token">,

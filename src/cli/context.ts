@@ -1,5 +1,5 @@
 import { AgentlabError } from "../protocol/errors.js";
-import type { Method, ParamsOf, ResultOf } from "../protocol/method.js";
+import type { ParamsOf, ResultOf, Wire } from "../protocol/method.js";
 import type { ProgressValue } from "../protocol/progress.js";
 import { DEFAULT_SOCKET_PATH } from "../protocol/socket.js";
 import { parseDuration } from "../protocol/units.js";
@@ -101,7 +101,7 @@ export interface CallOptions {
 export interface CommandContext {
   args: GlobalArgs;
   out: Output;
-  call<M extends Method>(
+  call<M extends Wire>(
     method: M,
     params: Omit<ParamsOf<M>, "progress_token">,
     options?: CallOptions,
@@ -112,7 +112,11 @@ export interface CommandContext {
  * Make a context whose calls use the global flags, print progress, and turn the first Ctrl-C into a
  * cancellation the daemon rolls back; a second Ctrl-C leaves at once and says what that means.
  */
-export function commandContext(args: GlobalArgs, out: Output = processOutput): CommandContext {
+export function commandContext(
+  args: GlobalArgs,
+  out: Output = processOutput,
+  answers: Answer[] = [],
+): CommandContext {
   return {
     args,
     out,
@@ -144,7 +148,7 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
       if (!options.background) process.on("SIGINT", onSigint);
       try {
         const onProgress = options.onProgress ?? progressPrinter(out, args.json);
-        return await call(
+        const answer = await call(
           {
             socketPath: connection.kind === "socket" ? connection.path : args.socket,
             ...(connection.kind === "remote" ? { remote: connection } : {}),
@@ -155,6 +159,8 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
           method,
           params,
         );
+        answers.push({ method: method.method, answer });
+        return answer;
       } finally {
         process.off("SIGINT", onSigint);
         options.signal?.removeEventListener("abort", onStop);
@@ -163,12 +169,43 @@ export function commandContext(args: GlobalArgs, out: Output = processOutput): C
   };
 }
 
+/** A daemon's answer as a command received it. */
+interface Answer {
+  method: string;
+  answer: unknown;
+}
+
+/**
+ * Why a command failed to show what the daemon answered, when the answer is not what this CLI's
+ * protocol says (a daemon of another version): PROTOCOL_MISMATCH instead of a crash reported as a CLI
+ * bug. The CLI calls through wire descriptors and does not check every answer (that would load zod and
+ * every method's schemas to start, docs/performance.md); it loads the schemas here, only on the way out
+ * of a failure.
+ */
+async function mismatch(answers: readonly Answer[]): Promise<AgentlabError | undefined> {
+  if (answers.length === 0) return undefined;
+  const [{ METHODS }, { checkAnswer }] = await Promise.all([
+    import("../protocol/index.js"),
+    import("../protocol/request.js"),
+  ]);
+  for (const { method, answer } of answers) {
+    const schema = METHODS.find((m) => m.method === method);
+    try {
+      if (schema) checkAnswer(schema, answer);
+    } catch (error) {
+      if (error instanceof AgentlabError) return error;
+    }
+  }
+  return undefined;
+}
+
 /** Run a command's work and render its outcome or its error; sets the exit code, never throws. */
 export async function execute(
   args: GlobalArgs,
   work: (ctx: CommandContext) => Promise<Outcome>,
 ): Promise<void> {
-  const ctx = commandContext(args);
+  const answers: Answer[] = [];
+  const ctx = commandContext(args, processOutput, answers);
   try {
     const outcome = await work(ctx);
     if (outcome.printed) {
@@ -177,7 +214,8 @@ export async function execute(
     else ctx.out.stdout(outcome.text);
     process.exitCode = outcome.exitCode ?? 0;
   } catch (error) {
-    const failure = asAgentlabError(error);
+    const failure =
+      error instanceof AgentlabError ? error : ((await mismatch(answers)) ?? asAgentlabError(error));
     renderError(ctx.out, failure, args.json);
     process.exitCode = failure.exitCode;
   }

@@ -11,7 +11,6 @@ import { basename, dirname, join, posix } from "node:path";
 import {
   AgentlabError,
   FILE_CHUNK_BYTES,
-  type Method,
   type ParamsOf,
   type ResultOf,
   sandboxFileCancel,
@@ -20,6 +19,7 @@ import {
   sandboxFileRead,
   sandboxFileStat,
   sandboxFileWrite,
+  type Wire,
 } from "../protocol/index.js";
 import type { CallOptions, CommandContext } from "./context.js";
 
@@ -167,10 +167,7 @@ export class SandboxCopier {
     private readonly options: CopyOptions,
   ) {}
 
-  private call<M extends Method>(
-    method: M,
-    params: Omit<ParamsOf<M>, "progress_token">,
-  ): Promise<ResultOf<M>> {
+  private call<M extends Wire>(method: M, params: Omit<ParamsOf<M>, "progress_token">): Promise<ResultOf<M>> {
     const callOptions: CallOptions = {
       signal: this.options.signal,
       cancelMessage: this.options.cancelMessage,

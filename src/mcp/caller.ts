@@ -4,7 +4,7 @@
  * token); the control listener's /mcp passes a connection into the daemon's own dispatcher under the
  * caller's token, so scopes and owners are checked exactly as for /rpc.
  */
-import type { Method, ParamsOf, ResultOf } from "../protocol/method.js";
+import type { ParamsOf, ResultOf, Wire } from "../protocol/method.js";
 import type { ProgressValue } from "../protocol/progress.js";
 
 export interface DaemonCallOptions {
@@ -12,7 +12,7 @@ export interface DaemonCallOptions {
   signal?: AbortSignal | undefined;
 }
 
-export type DaemonCall = <M extends Method>(
+export type DaemonCall = <M extends Wire>(
   method: M,
   params: Omit<ParamsOf<M>, "progress_token">,
   options?: DaemonCallOptions,

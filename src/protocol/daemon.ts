@@ -2,6 +2,7 @@ import { z } from "zod";
 import { CheckedAt } from "./checked-at.js";
 import { InitCheck } from "./init.js";
 import { defineMethod } from "./method.js";
+import * as wire from "./wire.js";
 
 export const SandboxCounts = z
   .record(z.string(), z.number().int().nonnegative())
@@ -119,12 +120,9 @@ export const DaemonStatus = z.object({
 });
 export type DaemonStatus = z.infer<typeof DaemonStatus>;
 
-export const daemonStatus = defineMethod({
-  method: "daemon.status",
+export const daemonStatus = defineMethod(wire.daemonStatus, {
   summary:
     "Daemon health: version, uptime, schema version, backend, database path and size, sandbox counts by state.",
   params: z.object({}).strict(),
   result: DaemonStatus,
-  progress: false,
-  errors: ["INTERNAL"],
 });

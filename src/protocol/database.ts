@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { boundedString, LIMITS, numberLimit } from "./limits.js";
 import { defineMethod } from "./method.js";
+import * as wire from "./wire.js";
 
 /**
  * `agentlab db backup` and `agentlab db check`: the database as a whole, through the daemon's own
@@ -15,8 +16,7 @@ export const DbBackupResult = z.object({
 });
 export type DbBackupResult = z.infer<typeof DbBackupResult>;
 
-export const dbBackup = defineMethod({
-  method: "db.backup",
+export const dbBackup = defineMethod(wire.dbBackup, {
   summary:
     "Copy the database with SQLite's online backup API (consistent while the daemon writes) to out, a file or a directory (then agentlab-YYYYMMDD-HHMMSS.db in it), mode 0600, checked before it is kept. With keep, only the newest keep backups named like it stay.",
   params: z
@@ -34,8 +34,6 @@ export const dbBackup = defineMethod({
     })
     .strict(),
   result: DbBackupResult,
-  progress: false,
-  errors: ["USAGE", "DB_CORRUPT", "DB_UNAVAILABLE"],
 });
 
 export const DbCheckResult = z.object({
@@ -45,12 +43,9 @@ export const DbCheckResult = z.object({
 });
 export type DbCheckResult = z.infer<typeof DbCheckResult>;
 
-export const dbCheck = defineMethod({
-  method: "db.check",
+export const dbCheck = defineMethod(wire.dbCheck, {
   summary:
     "PRAGMA integrity_check of the database on the daemon's connection (reads every page: seconds on a large file).",
   params: z.object({}).strict(),
   result: DbCheckResult,
-  progress: false,
-  errors: [],
 });

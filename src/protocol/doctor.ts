@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { boundedString, LIMITS } from "./limits.js";
 import { defineMethod } from "./method.js";
+import * as wire from "./wire.js";
 
 /**
  * Doctor bundles (upstream §6): a read-only debug snapshot of one sandbox, job or session with the
@@ -26,32 +27,23 @@ export type DoctorBundle = z.infer<typeof DoctorBundle>;
 
 const vmid = z.number().int().min(100).max(999_999_999).describe("Proxmox VMID of the sandbox");
 
-export const sandboxDoctor = defineMethod({
-  method: "sandbox.doctor",
+export const sandboxDoctor = defineMethod(wire.sandboxDoctor, {
   summary:
     "Debug bundle of a sandbox: its record, workspace, latest job and that job's session, recent events, live Proxmox status and config. Read-only.",
   params: z.object({ vmid }).strict(),
   result: DoctorBundle,
-  progress: false,
-  errors: ["SANDBOX_NOT_FOUND"],
 });
 
-export const jobDoctor = defineMethod({
-  method: "job.doctor",
+export const jobDoctor = defineMethod(wire.jobDoctor, {
   summary:
     "Debug bundle of a job: its record, sandbox, session and workspace, recent events, live Proxmox status and config. Read-only.",
   params: z.object({ id: boundedString(LIMITS.REF).min(1) }).strict(),
   result: DoctorBundle,
-  progress: false,
-  errors: ["JOB_NOT_FOUND"],
 });
 
-export const sessionDoctor = defineMethod({
-  method: "session.doctor",
+export const sessionDoctor = defineMethod(wire.sessionDoctor, {
   summary:
     "Debug bundle of a session: its record, workspace, current sandbox and that sandbox's latest job, recent events, live Proxmox status and config. Read-only.",
   params: z.object({ session: boundedString(LIMITS.REF).min(1).describe("session name or id") }).strict(),
   result: DoctorBundle,
-  progress: false,
-  errors: ["SESSION_NOT_FOUND"],
 });

@@ -6,19 +6,11 @@ import { z } from "zod";
 import { boundedArray, boundedRecord, boundedString, LIMITS, numberLimit } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { progressToken } from "./progress.js";
+import * as wire from "./wire.js";
 
 /** A sandbox's VMID in the methods that reach into its guest (exec, and the file methods in files.ts). */
 export const guestVmid = z.number().int().min(100).max(999_999_999).describe("Proxmox VMID of the sandbox");
 const vmid = guestVmid;
-
-/** What any call into a running sandbox's guest over ssh can fail with (exec and the file methods). */
-export const GUEST_ACCESS_ERRORS = [
-  "SANDBOX_NOT_FOUND",
-  "INVALID_STATE",
-  "GUEST_UNREACHABLE",
-  "GUEST_AUTH_FAILED",
-  "HOST_KEY_MISMATCH",
-] as const;
 
 /** Progress steps that carry the command's output (`data`: base64 bytes, in the order they came). */
 export const EXEC_STDOUT_STEP = "stdout";
@@ -27,8 +19,7 @@ export const EXEC_STDERR_STEP = "stderr";
 /** A login name as useradd accepts it. */
 export const GUEST_USER_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
 
-export const sandboxExec = defineMethod({
-  method: "sandbox.exec",
+export const sandboxExec = defineMethod(wire.sandboxExec, {
   summary:
     "Run a command in a running sandbox (over SSH from the daemon, the guest's host key checked); stdout and stderr stream as progress notifications with base64 `data`, and the result is the exit code.",
   params: z
@@ -68,6 +59,4 @@ export const sandboxExec = defineMethod({
     timed_out: z.boolean().optional().describe("timeout_ms passed and the command was killed"),
     duration_ms: z.number().int().nonnegative(),
   }),
-  progress: true,
-  errors: [...GUEST_ACCESS_ERRORS, "CANCELLED"],
 });

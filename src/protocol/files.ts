@@ -5,9 +5,10 @@
  * Uploads go to a temporary beside the target, renamed over it on the last chunk.
  */
 import { z } from "zod";
-import { GUEST_ACCESS_ERRORS, GUEST_USER_RE, guestVmid } from "./exec.js";
+import { GUEST_USER_RE, guestVmid } from "./exec.js";
 import { boundedString, LIMITS, numberLimit } from "./limits.js";
 import { defineMethod } from "./method.js";
+import * as wire from "./wire.js";
 
 /**
  * Bytes per chunk, both ways. Base64 makes 4/3 of it, and a request must fit MAX_FRAME_BYTES (1 MiB)
@@ -35,8 +36,7 @@ const mode = z.number().int().min(0).max(0o7777).describe("permission bits, e.g.
 export const FILE_TYPES = ["file", "directory", "symlink", "other"] as const;
 const fileType = z.enum(FILE_TYPES);
 
-export const sandboxFileStat = defineMethod({
-  method: "sandbox.file_stat",
+export const sandboxFileStat = defineMethod(wire.sandboxFileStat, {
   summary:
     "What is at a guest path (following symlinks): its absolute path, type, size and mode, or exists: false.",
   params: z.object({ vmid, user, path: guestPath }).strict(),
@@ -47,12 +47,9 @@ export const sandboxFileStat = defineMethod({
     size: z.number().int().nonnegative().optional(),
     mode: z.number().int().optional(),
   }),
-  progress: false,
-  errors: [...GUEST_ACCESS_ERRORS, "FILE_PERMISSION"],
 });
 
-export const sandboxFileList = defineMethod({
-  method: "sandbox.file_list",
+export const sandboxFileList = defineMethod(wire.sandboxFileList, {
   summary: `The entries of a guest directory, sorted by name, ${FILE_LIST_PAGE} at a time (symlinks not followed).`,
   params: z
     .object({
@@ -74,12 +71,9 @@ export const sandboxFileList = defineMethod({
     ),
     more: z.boolean().describe("more entries follow: ask again with offset + entries.length"),
   }),
-  progress: false,
-  errors: [...GUEST_ACCESS_ERRORS, "FILE_NOT_FOUND", "FILE_NOT_DIRECTORY", "FILE_PERMISSION"],
 });
 
-export const sandboxFileRead = defineMethod({
-  method: "sandbox.file_read",
+export const sandboxFileRead = defineMethod(wire.sandboxFileRead, {
   summary: `Up to ${FILE_CHUNK_BYTES / 1024} KiB of a guest file from an offset, base64, with the file's size and mode.`,
   params: z
     .object({
@@ -96,27 +90,15 @@ export const sandboxFileRead = defineMethod({
     eof: z.boolean().describe("nothing follows these bytes"),
     mode: z.number().int().describe("the file's permission bits"),
   }),
-  progress: false,
-  errors: [
-    ...GUEST_ACCESS_ERRORS,
-    "FILE_NOT_FOUND",
-    "FILE_IS_DIRECTORY",
-    "FILE_PERMISSION",
-    "FILE_TRANSFER_FAILED",
-  ],
 });
 
-export const sandboxFileMkdir = defineMethod({
-  method: "sandbox.file_mkdir",
+export const sandboxFileMkdir = defineMethod(wire.sandboxFileMkdir, {
   summary: "Make a guest directory (its parent must exist); an existing directory is fine.",
   params: z.object({ vmid, user, path: guestPath, mode: mode.optional() }).strict(),
   result: z.object({ path: z.string(), created: z.boolean() }),
-  progress: false,
-  errors: [...GUEST_ACCESS_ERRORS, "FILE_NOT_FOUND", "FILE_NOT_DIRECTORY", "FILE_PERMISSION"],
 });
 
-export const sandboxFileWrite = defineMethod({
-  method: "sandbox.file_write",
+export const sandboxFileWrite = defineMethod(wire.sandboxFileWrite, {
   summary:
     "Write the next chunk of an upload. The first chunk (no transfer) opens a temporary beside path; the last renames it over path with its mode. A failure or cancel removes the temporary.",
   params: z
@@ -146,21 +128,9 @@ export const sandboxFileWrite = defineMethod({
     path: z.string().describe("the absolute guest path"),
     sha256: z.string().optional().describe("with done: the SHA-256 of what was written, hex"),
   }),
-  progress: false,
-  errors: [
-    ...GUEST_ACCESS_ERRORS,
-    "NOT_FOUND",
-    "CONFLICT",
-    "FILE_NOT_FOUND",
-    "FILE_IS_DIRECTORY",
-    "FILE_PERMISSION",
-    "FILE_TRANSFER_FAILED",
-    "CANCELLED",
-  ],
 });
 
-export const sandboxFileCancel = defineMethod({
-  method: "sandbox.file_cancel",
+export const sandboxFileCancel = defineMethod(wire.sandboxFileCancel, {
   summary: "Abandon an upload: its temporary is removed and the target stays as it was.",
   params: z
     .object({
@@ -169,6 +139,4 @@ export const sandboxFileCancel = defineMethod({
     })
     .strict(),
   result: z.object({ cancelled: z.boolean().describe("false: no such upload was open (already over)") }),
-  progress: false,
-  errors: ["SANDBOX_NOT_FOUND"],
 });

@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { defineMethod } from "./method.js";
+import * as wire from "./wire.js";
 
 export const CHECK_STATUSES = ["ok", "warn", "fail"] as const;
 
@@ -31,12 +32,9 @@ export const DaemonChecks = z.object({
 });
 export type DaemonChecks = z.infer<typeof DaemonChecks>;
 
-export const daemonChecks = defineMethod({
-  method: "daemon.checks",
+export const daemonChecks = defineMethod(wire.daemonChecks, {
   summary:
     "The Proxmox- and config-side checks of agentlab init: profiles, templates, snippets, backend, API token privileges, database.",
   params: z.object({}).strict(),
   result: DaemonChecks,
-  progress: false,
-  errors: ["INTERNAL"],
 });

@@ -4,6 +4,7 @@ import { boundedString, LIMITS, numberLimit, preview } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { progressToken } from "./progress.js";
 import { ProfileName, SandboxEvent, TtlMinutes } from "./sandbox.js";
+import * as wire from "./wire.js";
 
 /**
  * Jobs: a repository and a task, run unattended by the guest runner inside a sandbox of their own.
@@ -106,29 +107,14 @@ export const JobRequest = z
   })
   .strict();
 
-const JOB_REQUEST_ERRORS = [
-  "PROFILE_NOT_FOUND",
-  "PROVISIONING_FAILED",
-  "WORKSPACE_NOT_FOUND",
-  "WORKSPACE_ATTACHED",
-  "WORKSPACE_LEASE_HELD",
-  "WORKSPACE_BUSY",
-  "CONFLICT",
-  "INVALID_PARAMS",
-] as const;
-
-export const jobRun = defineMethod({
-  method: "job.run",
+export const jobRun = defineMethod(wire.jobRun, {
   summary:
     "Queue a job: a sandbox is provisioned from the profile, its runner clones repo_url at ref and runs the agent on task. Returns once the job is recorded (status QUEUED); with branch, after the branch session (and its workspace) exists, reporting that as progress.",
   params: JobRequest.extend({ progress_token: progressToken }),
   result: Job,
-  progress: true,
-  errors: JOB_REQUEST_ERRORS,
 });
 
-export const jobValidate = defineMethod({
-  method: "job.validate",
+export const jobValidate = defineMethod(wire.jobValidate, {
   summary:
     "Check a job request as job.run would (params, profile, guest listener, workspace, template node) without recording or starting anything.",
   params: JobRequest,
@@ -150,12 +136,9 @@ export const jobValidate = defineMethod({
       .optional()
       .describe("with branch: the branch session the job runs in"),
   }),
-  progress: false,
-  errors: JOB_REQUEST_ERRORS,
 });
 
-export const jobShow = defineMethod({
-  method: "job.show",
+export const jobShow = defineMethod(wire.jobShow, {
   summary: "One job with its sandbox, the runner's last report and its recent events.",
   params: z
     .object({
@@ -170,12 +153,9 @@ export const jobShow = defineMethod({
     })
     .strict(),
   result: JobDetail,
-  progress: false,
-  errors: ["JOB_NOT_FOUND"],
 });
 
-export const jobList = defineMethod({
-  method: "job.list",
+export const jobList = defineMethod(wire.jobList, {
   summary: "Jobs, newest first.",
   params: z
     .object({
@@ -184,24 +164,18 @@ export const jobList = defineMethod({
     })
     .strict(),
   result: z.object({ jobs: z.array(Job) }),
-  progress: false,
-  errors: [],
 });
 
-export const jobCancel = defineMethod({
-  method: "job.cancel",
+export const jobCancel = defineMethod(wire.jobCancel, {
   summary:
     'Cancel a QUEUED or RUNNING job: it ends FAILED with failure_reason "cancelled", the runner stops the agent, and the sandbox follows its keepalive rule (destroyed unless keepalive).',
   params: z.object({ id: jobRef }).strict(),
   result: Job,
-  progress: false,
-  errors: ["JOB_NOT_FOUND", "JOB_NOT_ACTIVE"],
 });
 
 export const JobLogChunk = z.object({ offset: z.number().int().nonnegative(), text: z.string() });
 
-export const jobLogs = defineMethod({
-  method: "job.logs",
+export const jobLogs = defineMethod(wire.jobLogs, {
   summary:
     'The agent\'s output as the runner streamed it, from byte `offset` (default 0). With follow, each new chunk is sent as a $/progress notification (step "log", message the text) until the job ends; the answer then says where the log ends.',
   params: z
@@ -221,8 +195,6 @@ export const jobLogs = defineMethod({
     /** Bytes stored in all; next_offset < end means there is more to read. */
     end: z.number().int().nonnegative(),
   }),
-  progress: true,
-  errors: ["JOB_NOT_FOUND"],
 });
 
 export const JobArtifact = z.object({
@@ -233,20 +205,16 @@ export const JobArtifact = z.object({
 });
 export type JobArtifact = z.infer<typeof JobArtifact>;
 
-export const jobArtifacts = defineMethod({
-  method: "job.artifacts",
+export const jobArtifacts = defineMethod(wire.jobArtifacts, {
   summary: "The files a job's runner uploaded: name, size and SHA-256.",
   params: z.object({ id: jobRef }).strict(),
   result: z.object({ job_id: z.string(), artifacts: z.array(JobArtifact) }),
-  progress: false,
-  errors: ["JOB_NOT_FOUND"],
 });
 
 /** Largest chunk job.artifact_read returns. */
 export const ARTIFACT_READ_MAX = 1024 * 1024;
 
-export const jobArtifactRead = defineMethod({
-  method: "job.artifact_read",
+export const jobArtifactRead = defineMethod(wire.jobArtifactRead, {
   summary:
     "Up to `length` bytes (at most 1 MiB, the default) of one artifact from `offset`, base64: downloads go in bounded chunks over the socket or a remote endpoint alike.",
   params: z
@@ -263,6 +231,4 @@ export const jobArtifactRead = defineMethod({
     data_base64: z.string(),
     eof: z.boolean(),
   }),
-  progress: false,
-  errors: ["JOB_NOT_FOUND", "ARTIFACT_NOT_FOUND"],
 });

@@ -2,6 +2,7 @@ import { z } from "zod";
 import { defineMethod } from "./method.js";
 import { progressToken } from "./progress.js";
 import { SandboxStateName } from "./sandbox.js";
+import * as wire from "./wire.js";
 
 /**
  * Drift between the database and Proxmox, as `sandbox inventory` and `sandbox reconcile` report it.
@@ -73,18 +74,14 @@ export const ReconcileResult = Inventory.extend({
 });
 export type ReconcileResult = z.infer<typeof ReconcileResult>;
 
-export const sandboxInventory = defineMethod({
-  method: "sandbox.inventory",
+export const sandboxInventory = defineMethod(wire.sandboxInventory, {
   summary:
     "Compare the database with one cluster-wide Proxmox VM list and report drift, each finding with its severity and the command that fixes it. Read-only.",
   params: z.object({}).strict(),
   result: Inventory,
-  progress: false,
-  errors: ["PROXMOX_ERROR", "PROXMOX_UNREACHABLE", "PROXMOX_TIMEOUT", "PROXMOX_AUTH", "PROXMOX_PERMISSION"],
 });
 
-export const sandboxReconcile = defineMethod({
-  method: "sandbox.reconcile",
+export const sandboxReconcile = defineMethod(wire.sandboxReconcile, {
   summary:
     "The inventory plus what a reconciler pass would change; with apply, run one pass now (the daemon also runs one every 30 s) and return what it changed.",
   params: z
@@ -94,15 +91,6 @@ export const sandboxReconcile = defineMethod({
     })
     .strict(),
   result: ReconcileResult,
-  progress: true,
-  errors: [
-    "PROXMOX_ERROR",
-    "PROXMOX_UNREACHABLE",
-    "PROXMOX_TIMEOUT",
-    "PROXMOX_AUTH",
-    "PROXMOX_PERMISSION",
-    "DAEMON_SHUTTING_DOWN",
-  ],
 });
 
 /** The steps of `agentlab maintenance run`, in the order they run. */
@@ -127,8 +115,7 @@ export const HousekeepingResult = z.object({
 });
 export type HousekeepingResult = z.infer<typeof HousekeepingResult>;
 
-export const maintenanceRun = defineMethod({
-  method: "maintenance.run",
+export const maintenanceRun = defineMethod(wire.maintenanceRun, {
   summary:
     "Housekeeping for a long-lived host: prune orphaned and never-created FAILED sandboxes, retire expired tokens and ended jobs' credentials, delete leftover snippets, delete artifacts past artifact_retention_days and events past event_retention_days (never those of live sandboxes, jobs or workspaces), and compact the database when worth it. With dry_run, report what would go and change nothing.",
   params: z
@@ -138,6 +125,4 @@ export const maintenanceRun = defineMethod({
     })
     .strict(),
   result: HousekeepingResult,
-  progress: true,
-  errors: ["DAEMON_SHUTTING_DOWN"],
 });

@@ -1,31 +1,53 @@
 import { ParameterStructures, RequestType } from "vscode-jsonrpc";
 import type { z } from "zod";
 import type { ErrorCode } from "./errors.js";
+import type * as protocol from "./index.js";
 
 /**
- * One RPC method, declared once: its wire name, what it is for, the zod schemas of its params and
- * result, whether it reports progress, and the error codes it may answer with. The daemon registers
- * handlers from these declarations and the CLI calls through them, so a method name never appears as a
- * string literal anywhere else.
+ * One RPC method as it travels, without schemas (wire.ts declares every one): its name, whether it
+ * reports progress, and the error codes it may answer with. A client calls through these; the name
+ * never appears as a string literal anywhere else.
  */
-export interface MethodSpec<P extends z.ZodType, R extends z.ZodType> {
-  method: string;
-  summary: string;
-  params: P;
-  result: R;
+export interface Wire<N extends string = string> {
+  method: N;
   /** True when the method sends `$/progress` notifications for the request's progress token. */
   progress: boolean;
   errors: readonly ErrorCode[];
+  type: RequestType<unknown, unknown, unknown>;
 }
 
-export interface Method<P extends z.ZodType = z.ZodType, R extends z.ZodType = z.ZodType>
-  extends MethodSpec<P, R> {
-  type: RequestType<z.input<P>, z.output<R>, unknown>;
+export function wire<N extends string>(
+  method: N,
+  spec: { progress: boolean; errors: readonly ErrorCode[] },
+): Wire<N> {
+  return { method, ...spec, type: new RequestType(method, ParameterStructures.byName) };
 }
 
-export function defineMethod<P extends z.ZodType, R extends z.ZodType>(spec: MethodSpec<P, R>): Method<P, R> {
-  return { ...spec, type: new RequestType(spec.method, ParameterStructures.byName) };
+/**
+ * A method with what it is for and the zod schemas of its params and result. The daemon registers
+ * handlers from these and validates params with them; MCP derives its tools from them.
+ */
+export interface Method<
+  P extends z.ZodType = z.ZodType,
+  R extends z.ZodType = z.ZodType,
+  N extends string = string,
+> extends Wire<N> {
+  summary: string;
+  params: P;
+  result: R;
 }
 
-export type ParamsOf<M> = M extends Method<infer P, z.ZodType> ? z.output<P> : never;
-export type ResultOf<M> = M extends Method<z.ZodType, infer R> ? z.output<R> : never;
+export function defineMethod<N extends string, P extends z.ZodType, R extends z.ZodType>(
+  wire: Wire<N>,
+  spec: { summary: string; params: P; result: R },
+): Method<P, R, N> {
+  return { ...wire, ...spec };
+}
+
+/** The method with schemas that a wire name belongs to: where a wire descriptor's types come from. */
+type Named<N extends string> = Extract<(typeof protocol)[keyof typeof protocol], Method & { method: N }>;
+
+export type ParamsOf<M> =
+  M extends Method<infer P, z.ZodType> ? z.output<P> : M extends Wire<infer N> ? ParamsOf<Named<N>> : never;
+export type ResultOf<M> =
+  M extends Method<z.ZodType, infer R> ? z.output<R> : M extends Wire<infer N> ? ResultOf<Named<N>> : never;

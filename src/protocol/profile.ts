@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { defineMethod } from "./method.js";
+import * as wire from "./wire.js";
 
 export const ProfileSummary = z.object({
   name: z.string(),
@@ -15,11 +16,8 @@ export const ProfileSummary = z.object({
 });
 export type ProfileSummary = z.infer<typeof ProfileSummary>;
 
-export const profileList = defineMethod({
-  method: "profile.list",
+export const profileList = defineMethod(wire.profileList, {
   summary: "Profiles loaded from profiles_dir at daemon start, sorted by name.",
   params: z.object({}).strict(),
   result: z.object({ profiles: z.array(ProfileSummary) }),
-  progress: false,
-  errors: ["INTERNAL"],
 });

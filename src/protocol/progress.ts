@@ -1,4 +1,3 @@
-import { ProgressType } from "vscode-jsonrpc";
 import { z } from "zod";
 import { boundedString, LIMITS, numberLimit } from "./limits.js";
 
@@ -17,7 +16,7 @@ export const ProgressValue = z.object({
 });
 export type ProgressValue = z.infer<typeof ProgressValue>;
 
-export const progressType = new ProgressType<ProgressValue>();
+export { progressType } from "./wire.js";
 
 /** The param every progress-reporting method accepts. */
 export const progressToken = z

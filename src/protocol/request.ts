@@ -1,14 +1,16 @@
 /**
  * One request over an open JSON-RPC connection, as every client of the daemon makes it: a progress token
  * when the caller listens for progress, cancellation from an AbortSignal, the answer checked against the
- * method's result schema, and a failure rebuilt as the daemon's AgentlabError (code, message, hint). The
- * CLI's socket and WebSocket client and the daemon's own MCP endpoint both send through here.
+ * method's result schema when the caller holds it, and a failure rebuilt as the daemon's AgentlabError
+ * (code, message, hint). The CLI's socket and WebSocket client and the daemon's own MCP endpoint both
+ * send through here.
  */
 import { randomUUID } from "node:crypto";
 import { CancellationTokenSource, ErrorCodes, type MessageConnection, ResponseError } from "vscode-jsonrpc";
 import { AgentlabError, type ErrorCode, isErrorCode } from "./errors.js";
-import type { Method, ParamsOf, ResultOf } from "./method.js";
-import { type ProgressValue, progressType } from "./progress.js";
+import type { Method, ParamsOf, ResultOf, Wire } from "./method.js";
+import type { ProgressValue } from "./progress.js";
+import { progressType } from "./wire.js";
 
 /** Rebuild the daemon's error from a JSON-RPC error response, so clients show code + hint. */
 export function fromResponseError(error: ResponseError<unknown>, method: string): AgentlabError {
@@ -39,7 +41,7 @@ export interface RequestOptions {
 }
 
 /** Send one request on a listening connection and wait for its checked answer. */
-export async function sendRequest<M extends Method>(
+export async function sendRequest<M extends Wire>(
   conn: MessageConnection,
   method: M,
   params: Omit<ParamsOf<M>, "progress_token">,
@@ -60,15 +62,9 @@ export async function sendRequest<M extends Method>(
   try {
     const sent = conn.sendRequest(method.type, wire, cancel.token);
     const raw = await (options.failed ? Promise.race([sent, options.failed]) : sent);
-    const parsed = method.result.safeParse(raw);
-    if (!parsed.success) {
-      throw new AgentlabError("PROTOCOL_MISMATCH", `unexpected answer from agentlabd to ${method.method}`, {
-        details: {
-          method: method.method,
-          issues: parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`),
-        },
-      });
-    }
+    // A caller with the schemas (the MCP endpoint) checks the answer here; the CLI calls through wire
+    // descriptors, so as not to load zod to start, and checks an answer it cannot show (checkAnswer).
+    if ("result" in method) checkAnswer(method as unknown as Method, raw);
     return raw as ResultOf<M>;
   } catch (error) {
     if (error instanceof ResponseError) throw fromResponseError(error, method.method);
@@ -77,5 +73,18 @@ export async function sendRequest<M extends Method>(
     progress?.dispose();
     options.signal?.removeEventListener("abort", onAbort);
     cancel.dispose();
+  }
+}
+
+/** A daemon's answer against the method's result schema: PROTOCOL_MISMATCH when it does not fit. */
+export function checkAnswer(method: Method, raw: unknown): void {
+  const parsed = method.result.safeParse(raw);
+  if (!parsed.success) {
+    throw new AgentlabError("PROTOCOL_MISMATCH", `unexpected answer from agentlabd to ${method.method}`, {
+      details: {
+        method: method.method,
+        issues: parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`),
+      },
+    });
   }
 }

@@ -4,6 +4,7 @@ import { boundedArray, boundedString, LIMITS, numberLimit } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { DNS_NAME_RE, DNS_NAME_RULE } from "./names.js";
 import { progressToken } from "./progress.js";
+import * as wire from "./wire.js";
 
 export const SANDBOX_STATE_NAMES = [
   "REQUESTED",
@@ -119,8 +120,7 @@ export const SandboxDetail = Sandbox.extend({
 });
 export type SandboxDetail = z.infer<typeof SandboxDetail>;
 
-export const sandboxCreate = defineMethod({
-  method: "sandbox.create",
+export const sandboxCreate = defineMethod(wire.sandboxCreate, {
   summary:
     "Provision a sandbox: reserve a VMID, clone the profile's template, configure and start it, wait for the guest, take the clean snapshot. Blocks until RUNNING or FAILED; reports each step as progress; cancellation rolls back.",
   params: z
@@ -141,24 +141,9 @@ export const sandboxCreate = defineMethod({
     })
     .strict(),
   result: Sandbox,
-  progress: true,
-  errors: [
-    "PROFILE_NOT_FOUND",
-    "CONFLICT",
-    "PROXMOX_ERROR",
-    "PROXMOX_PERMISSION",
-    "PROXMOX_TASK_FAILED",
-    "PROVISIONING_FAILED",
-    "CANCELLED",
-    "WORKSPACE_NOT_FOUND",
-    "WORKSPACE_ATTACHED",
-    "WORKSPACE_LEASE_HELD",
-    "WORKSPACE_BUSY",
-  ],
 });
 
-export const sandboxList = defineMethod({
-  method: "sandbox.list",
+export const sandboxList = defineMethod(wire.sandboxList, {
   summary: "Sandboxes from the database, by VMID. DESTROYED ones only with all (or state DESTROYED).",
   params: z
     .object({
@@ -168,31 +153,22 @@ export const sandboxList = defineMethod({
     })
     .strict(),
   result: z.object({ sandboxes: z.array(Sandbox) }),
-  progress: false,
-  errors: [],
 });
 
-export const sandboxShow = defineMethod({
-  method: "sandbox.show",
+export const sandboxShow = defineMethod(wire.sandboxShow, {
   summary: "One sandbox: its record, live Proxmox status and config, lease remaining, and its last events.",
   params: z.object({ vmid, events: z.number().int().min(0).max(1000).optional() }).strict(),
   result: SandboxDetail,
-  progress: false,
-  errors: ["SANDBOX_NOT_FOUND"],
 });
 
-export const sandboxDestroy = defineMethod({
-  method: "sandbox.destroy",
+export const sandboxDestroy = defineMethod(wire.sandboxDestroy, {
   summary:
     "Stop and destroy the sandbox's VM (with purge) and mark it DESTROYED. force also clears sandboxes whose VM is already gone or whose Proxmox calls fail.",
   params: z.object({ vmid, force: z.boolean().optional(), progress_token: progressToken }).strict(),
   result: Sandbox,
-  progress: true,
-  errors: ["SANDBOX_NOT_FOUND", "DESTROY_FAILED"],
 });
 
-export const sandboxPrune = defineMethod({
-  method: "sandbox.prune",
+export const sandboxPrune = defineMethod(wire.sandboxPrune, {
   summary:
     "Remove orphaned entries: TIMEOUT sandboxes, sandboxes whose VM no longer exists in Proxmox and FAILED sandboxes whose VM was never created are destroyed and marked DESTROYED. Those that could not be removed are listed in failed with the reason.",
   params: z.object({}).strict(),
@@ -210,39 +186,27 @@ export const sandboxPrune = defineMethod({
       )
       .describe("sandboxes that could not be removed, each with the reason; the CLI exits 1 when any"),
   }),
-  progress: false,
-  errors: [],
 });
 
-export const sandboxStart = defineMethod({
-  method: "sandbox.start",
+export const sandboxStart = defineMethod(wire.sandboxStart, {
   summary: "Start a STOPPED sandbox and re-discover its IP.",
   params: z.object({ vmid, progress_token: progressToken }).strict(),
   result: Sandbox,
-  progress: true,
-  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE"],
 });
 
-export const sandboxStop = defineMethod({
-  method: "sandbox.stop",
+export const sandboxStop = defineMethod(wire.sandboxStop, {
   summary: "Stop (power off) a READY, RUNNING or SUSPENDED sandbox.",
   params: z.object({ vmid, progress_token: progressToken }).strict(),
   result: Sandbox,
-  progress: true,
-  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE"],
 });
 
-export const sandboxLeaseRenew = defineMethod({
-  method: "sandbox.lease.renew",
+export const sandboxLeaseRenew = defineMethod(wire.sandboxLeaseRenew, {
   summary: "Set a RUNNING sandbox's lease to expire ttl_minutes from now.",
   params: z.object({ vmid, ttl_minutes: TtlMinutes }).strict(),
   result: z.object({ vmid: z.number().int(), lease_expires_at: z.string() }),
-  progress: false,
-  errors: ["SANDBOX_NOT_FOUND", "LEASE_NOT_RENEWABLE"],
 });
 
-export const sandboxTouch = defineMethod({
-  method: "sandbox.touch",
+export const sandboxTouch = defineMethod(wire.sandboxTouch, {
   summary:
     "Record that the sandbox is in use now (its last_used_at), so idle stop leaves it running: agentlab ssh calls it when a session opens and while it lasts. Returns the idle window to touch within (0: idle stop does not apply).",
   params: z.object({ vmid }).strict(),
@@ -256,12 +220,9 @@ export const sandboxTouch = defineMethod({
         "how long the sandbox may sit unused before idle stop stops it; 0 when idle stop does not apply",
       ),
   }),
-  progress: false,
-  errors: ["SANDBOX_NOT_FOUND"],
 });
 
-export const sandboxLogs = defineMethod({
-  method: "sandbox.logs",
+export const sandboxLogs = defineMethod(wire.sandboxLogs, {
   summary: "A sandbox's events: the last `tail` (default 50), or those after `after_id` for following.",
   params: z
     .object({
@@ -271,33 +232,24 @@ export const sandboxLogs = defineMethod({
     })
     .strict(),
   result: z.object({ events: z.array(SandboxEvent), last_id: z.number().int() }),
-  progress: false,
-  errors: ["SANDBOX_NOT_FOUND"],
 });
 
-export const sandboxPause = defineMethod({
-  method: "sandbox.pause",
+export const sandboxPause = defineMethod(wire.sandboxPause, {
   summary: "Suspend a READY or RUNNING sandbox's VM to RAM (SUSPENDED); its memory and address are kept.",
   params: z.object({ vmid, progress_token: progressToken }).strict(),
   result: Sandbox,
-  progress: true,
-  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "PROXMOX_ERROR"],
 });
 
-export const sandboxResume = defineMethod({
-  method: "sandbox.resume",
+export const sandboxResume = defineMethod(wire.sandboxResume, {
   summary: "Resume a SUSPENDED sandbox's VM from RAM (RUNNING).",
   params: z.object({ vmid, progress_token: progressToken }).strict(),
   result: Sandbox,
-  progress: true,
-  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "PROXMOX_ERROR"],
 });
 
 /** Fields of sandbox.update that change something; at least one must be given. */
 export const SANDBOX_UPDATE_FIELDS = ["cores", "memory_mb", "tags"] as const;
 
-export const sandboxUpdate = defineMethod({
-  method: "sandbox.update",
+export const sandboxUpdate = defineMethod(wire.sandboxUpdate, {
   summary:
     "Change a sandbox's cores, memory and tags. tags replaces the whole list (empty clears it; the managed agentlab tag stays on the VM). A running VM gets new cores and memory at its next cold start: they are reported as pending.",
   params: z
@@ -328,8 +280,6 @@ export const sandboxUpdate = defineMethod({
         "changes Proxmox holds until the VM's next cold start (stop, then start); the running VM keeps its old values until then",
       ),
   }),
-  progress: false,
-  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "PROXMOX_ERROR", "PROXMOX_INVALID"],
 });
 
 /** The snapshot `sandbox revert` goes back to, taken right after provisioning. */
@@ -375,8 +325,7 @@ export const SandboxSnapshot = z.object({
 });
 export type SandboxSnapshot = z.infer<typeof SandboxSnapshot>;
 
-export const sandboxRevert = defineMethod({
-  method: "sandbox.revert",
+export const sandboxRevert = defineMethod(wire.sandboxRevert, {
   summary:
     'Roll the sandbox\'s root disk back to the "clean" snapshot taken after provisioning. Stops the VM first; restarts it (and re-discovers its address) when restart is true, by default when it was running. Never touches a workspace disk: a VM with disks besides its root disk is refused.',
   params: z
@@ -393,12 +342,9 @@ export const sandboxRevert = defineMethod({
     was_running: z.boolean(),
     restarted: z.boolean(),
   }),
-  progress: true,
-  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "SNAPSHOT_NOT_FOUND", "CONFLICT", "PROXMOX_ERROR"],
 });
 
-export const sandboxSnapshotSave = defineMethod({
-  method: "sandbox.snapshot.save",
+export const sandboxSnapshotSave = defineMethod(wire.sandboxSnapshotSave, {
   summary:
     "Take a disk snapshot of a STOPPED sandbox (force: of a running one too, crash-consistent, without RAM).",
   params: z
@@ -410,21 +356,15 @@ export const sandboxSnapshotSave = defineMethod({
     })
     .strict(),
   result: z.object({ vmid: z.number().int(), name: z.string(), created_at: z.string() }),
-  progress: true,
-  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "CONFLICT", "WORKSPACE_ATTACHED", "PROXMOX_ERROR"],
 });
 
-export const sandboxSnapshotList = defineMethod({
-  method: "sandbox.snapshot.list",
+export const sandboxSnapshotList = defineMethod(wire.sandboxSnapshotList, {
   summary: "The sandbox's snapshots as Proxmox lists them (without its `current` entry), oldest first.",
   params: z.object({ vmid }).strict(),
   result: z.object({ vmid: z.number().int(), snapshots: z.array(SandboxSnapshot) }),
-  progress: false,
-  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "PROXMOX_ERROR"],
 });
 
-export const sandboxSnapshotRestore = defineMethod({
-  method: "sandbox.snapshot.restore",
+export const sandboxSnapshotRestore = defineMethod(wire.sandboxSnapshotRestore, {
   summary:
     "Roll a STOPPED sandbox (force: any sandbox with a VM) back to a snapshot. Afterwards it is STOPPED with no address if the VM is not running, else RUNNING with its address refreshed.",
   params: z
@@ -436,8 +376,6 @@ export const sandboxSnapshotRestore = defineMethod({
     })
     .strict(),
   result: z.object({ sandbox: Sandbox, snapshot: z.string() }),
-  progress: true,
-  errors: ["SANDBOX_NOT_FOUND", "INVALID_STATE", "SNAPSHOT_NOT_FOUND", "WORKSPACE_ATTACHED", "PROXMOX_ERROR"],
 });
 
 export const StopAllEntry = z.object({
@@ -448,8 +386,7 @@ export const StopAllEntry = z.object({
   reason: z.string().optional().describe("why it was skipped or failed"),
 });
 
-export const sandboxStopAll = defineMethod({
-  method: "sandbox.stop_all",
+export const sandboxStopAll = defineMethod(wire.sandboxStopAll, {
   summary:
     "Stop every READY and RUNNING sandbox. One that changed state meanwhile is skipped; one whose stop fails is reported and the rest still stop.",
   params: z.object({ progress_token: progressToken }).strict(),
@@ -460,8 +397,6 @@ export const sandboxStopAll = defineMethod({
     failed: z.number().int(),
     results: z.array(StopAllEntry),
   }),
-  progress: true,
-  errors: [],
 });
 
 export const PlanIssue = z.object({
@@ -495,8 +430,7 @@ export const SandboxPlan = z.object({
 });
 export type SandboxPlan = z.infer<typeof SandboxPlan>;
 
-export const sandboxValidate = defineMethod({
-  method: "sandbox.validate",
+export const sandboxValidate = defineMethod(wire.sandboxValidate, {
   summary:
     "Check a sandbox.create request without creating anything: the plan (profile, template, node, VMID, resources, lease) and every problem found. ok is false when a create would be refused or fail.",
   params: z
@@ -519,6 +453,4 @@ export const sandboxValidate = defineMethod({
     warnings: z.array(PlanIssue),
     plan: SandboxPlan,
   }),
-  progress: false,
-  errors: ["PROXMOX_ERROR", "PROXMOX_UNREACHABLE"],
 });

@@ -3,6 +3,7 @@ import { boundedString, LIMITS } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { progressToken } from "./progress.js";
 import { ProfileName, Sandbox, TtlMinutes } from "./sandbox.js";
+import * as wire from "./wire.js";
 import { Workspace, WorkspaceName } from "./workspace.js";
 
 /**
@@ -36,8 +37,7 @@ export type Session = z.infer<typeof Session>;
 
 const sizeGb = z.number().int().positive("workspace size must be a positive whole number of GiB").max(65536);
 
-export const sessionCreate = defineMethod({
-  method: "session.create",
+export const sessionCreate = defineMethod(wire.sessionCreate, {
   summary:
     "Create a session and start its sandbox with the workspace attached. Give workspace (an existing, detached one) or workspace_create (the name of a new one).",
   params: z
@@ -57,46 +57,27 @@ export const sessionCreate = defineMethod({
       message: "give exactly one of workspace (existing) or workspace_create (new)",
     }),
   result: z.object({ session: Session, workspace: Workspace, sandbox: Sandbox }),
-  progress: true,
-  errors: [
-    "CONFLICT",
-    "PROFILE_NOT_FOUND",
-    "WORKSPACE_NOT_FOUND",
-    "WORKSPACE_ATTACHED",
-    "WORKSPACE_LEASE_HELD",
-    "PROVISIONING_FAILED",
-  ],
 });
 
-export const sessionList = defineMethod({
-  method: "session.list",
+export const sessionList = defineMethod(wire.sessionList, {
   summary: "Every session with its state, workspace, profile, branch and current sandbox.",
   params: z.object({}).strict(),
   result: z.object({ sessions: z.array(Session) }),
-  progress: false,
-  errors: [],
 });
 
-export const sessionShow = defineMethod({
-  method: "session.show",
+export const sessionShow = defineMethod(wire.sessionShow, {
   summary: "One session with its workspace and current sandbox.",
   params: z.object({ session: sessionRef }).strict(),
   result: z.object({ session: Session, workspace: Workspace.optional(), sandbox: Sandbox.optional() }),
-  progress: false,
-  errors: ["SESSION_NOT_FOUND"],
 });
 
-export const sessionStop = defineMethod({
-  method: "session.stop",
+export const sessionStop = defineMethod(wire.sessionStop, {
   summary: "Destroy the session's sandbox. The workspace and the session stay; resume starts a new sandbox.",
   params: z.object({ session: sessionRef, progress_token: progressToken }).strict(),
   result: z.object({ session: Session, destroyed_vmid: z.number().int().optional() }),
-  progress: true,
-  errors: ["SESSION_NOT_FOUND", "DESTROY_FAILED"],
 });
 
-export const sessionResume = defineMethod({
-  method: "session.resume",
+export const sessionResume = defineMethod(wire.sessionResume, {
   summary: "Start a new sandbox for a stopped session with its workspace attached before the first boot.",
   params: z
     .object({
@@ -106,18 +87,9 @@ export const sessionResume = defineMethod({
     })
     .strict(),
   result: z.object({ session: Session, workspace: Workspace, sandbox: Sandbox }),
-  progress: true,
-  errors: [
-    "SESSION_NOT_FOUND",
-    "CONFLICT",
-    "WORKSPACE_ATTACHED",
-    "WORKSPACE_LEASE_HELD",
-    "PROVISIONING_FAILED",
-  ],
 });
 
-export const sessionFork = defineMethod({
-  method: "session.fork",
+export const sessionFork = defineMethod(wire.sessionFork, {
   summary:
     "New session on a fork of a stopped session's workspace (the data is copied, copy-on-write where the storage allows), started with its own sandbox.",
   params: z
@@ -130,12 +102,9 @@ export const sessionFork = defineMethod({
     })
     .strict(),
   result: z.object({ session: Session, workspace: Workspace, sandbox: Sandbox }),
-  progress: true,
-  errors: ["SESSION_NOT_FOUND", "CONFLICT", "WORKSPACE_ATTACHED", "PROVISIONING_FAILED"],
 });
 
-export const sessionBranch = defineMethod({
-  method: "session.branch",
+export const sessionBranch = defineMethod(wire.sessionBranch, {
   summary:
     "The session for a branch, named branch-<slug>: resumed if it exists and is stopped, otherwise created with a new 80 GiB workspace of the same name on the default storage.",
   params: z.object({ branch, profile: ProfileName, progress_token: progressToken }).strict(),
@@ -147,6 +116,4 @@ export const sessionBranch = defineMethod({
       .enum(["created", "resumed", "running"])
       .describe("running: it was already running; nothing changed"),
   }),
-  progress: true,
-  errors: ["CONFLICT", "PROFILE_NOT_FOUND", "PROVISIONING_FAILED"],
 });

@@ -2,6 +2,7 @@ import { z } from "zod";
 import { boundedString, LIMITS } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { TtlMinutes } from "./sandbox.js";
+import * as wire from "./wire.js";
 
 /**
  * Tokens for the remote control listener (docs/remote.md). A token's secret is shown once, at create;
@@ -43,8 +44,7 @@ export const ApiToken = z.object({
 });
 export type ApiToken = z.infer<typeof ApiToken>;
 
-export const tokenCreate = defineMethod({
-  method: "token.create",
+export const tokenCreate = defineMethod(wire.tokenCreate, {
   summary:
     "Create a token for the remote control listener. The secret is in this answer only; the daemon keeps its hash.",
   params: z
@@ -63,24 +63,16 @@ export const tokenCreate = defineMethod({
       path: ["all"],
     }),
   result: ApiToken.extend({ secret: z.string().describe("the bearer token; shown once") }),
-  progress: false,
-  errors: ["CONFLICT", "INVALID_PARAMS"],
 });
 
-export const tokenList = defineMethod({
-  method: "token.list",
+export const tokenList = defineMethod(wire.tokenList, {
   summary: "List the remote control tokens (never their secrets), revoked and expired ones included.",
   params: z.object({}).strict(),
   result: z.object({ tokens: z.array(ApiToken) }),
-  progress: false,
-  errors: [],
 });
 
-export const tokenRevoke = defineMethod({
-  method: "token.revoke",
+export const tokenRevoke = defineMethod(wire.tokenRevoke, {
   summary: "Revoke a token by name or id: every later call with it is refused, open connections included.",
   params: z.object({ token: boundedString(LIMITS.REF).min(1).describe("token name or id") }).strict(),
   result: ApiToken,
-  progress: false,
-  errors: ["NOT_FOUND"],
 });

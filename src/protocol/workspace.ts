@@ -3,6 +3,7 @@ import { boundedString, LIMITS } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { progressToken } from "./progress.js";
 import { ProfileName, Sandbox, TtlMinutes } from "./sandbox.js";
+import * as wire from "./wire.js";
 
 /**
  * Workspaces: persistent disks that outlive sandboxes. Each one is a volume owned by a stopped
@@ -90,8 +91,7 @@ export const WorkspaceDetail = Workspace.extend({
 });
 export type WorkspaceDetail = z.infer<typeof WorkspaceDetail>;
 
-export const workspaceCreate = defineMethod({
-  method: "workspace.create",
+export const workspaceCreate = defineMethod(wire.workspaceCreate, {
   summary:
     "Create a workspace: a holder VM owning one new disk of size_gb on storage (default: config workspace_storage). zfspool, lvmthin and dir (qcow2) storages are supported.",
   params: z
@@ -103,31 +103,22 @@ export const workspaceCreate = defineMethod({
     })
     .strict(),
   result: Workspace,
-  progress: true,
-  errors: ["CONFLICT", "STORAGE_UNSUPPORTED", "PROXMOX_ERROR", "PROXMOX_TASK_FAILED"],
 });
 
-export const workspaceList = defineMethod({
-  method: "workspace.list",
+export const workspaceList = defineMethod(wire.workspaceList, {
   summary: "Every workspace with its state, storage, attachment and lease.",
   params: z.object({}).strict(),
   result: z.object({ workspaces: z.array(Workspace) }),
-  progress: false,
-  errors: [],
 });
 
-export const workspaceShow = defineMethod({
-  method: "workspace.show",
+export const workspaceShow = defineMethod(wire.workspaceShow, {
   summary:
     "One workspace: its record, the holder VM's live status, volume path, snapshots, forks, sessions, operation in flight and last fsck.",
   params: z.object({ workspace: workspaceRef }).strict(),
   result: WorkspaceDetail,
-  progress: false,
-  errors: ["WORKSPACE_NOT_FOUND"],
 });
 
-export const workspaceAttach = defineMethod({
-  method: "workspace.attach",
+export const workspaceAttach = defineMethod(wire.workspaceAttach, {
   summary:
     "Attach the workspace to a sandbox as scsi1. A stopped sandbox sees it at its next start; a running one gets it hot-plugged and mounts it at /work at its next boot.",
   params: z.object({ workspace: workspaceRef, vmid, progress_token: progressToken }).strict(),
@@ -138,19 +129,9 @@ export const workspaceAttach = defineMethod({
     live: z.boolean().describe("true when the running VM already has the disk"),
     message: z.string(),
   }),
-  progress: true,
-  errors: [
-    "WORKSPACE_NOT_FOUND",
-    "SANDBOX_NOT_FOUND",
-    "WORKSPACE_ATTACHED",
-    "WORKSPACE_LEASE_HELD",
-    "WORKSPACE_BUSY",
-    "CONFLICT",
-  ],
 });
 
-export const workspaceDetach = defineMethod({
-  method: "workspace.detach",
+export const workspaceDetach = defineMethod(wire.workspaceDetach, {
   summary:
     "Detach the workspace from its sandbox. A running sandbox is shut down first (it is STOPPED afterwards) unless hot is true; hot succeeds only when Proxmox confirms the unplug.",
   params: z
@@ -166,8 +147,6 @@ export const workspaceDetach = defineMethod({
     sandbox_stopped: z.boolean().describe("true when the sandbox was shut down to detach safely"),
     message: z.string(),
   }),
-  progress: true,
-  errors: ["WORKSPACE_NOT_FOUND", "WORKSPACE_BUSY", "CONFLICT"],
 });
 
 export const WorkspaceFinding = z.object({
@@ -178,8 +157,7 @@ export const WorkspaceFinding = z.object({
 });
 export type WorkspaceFinding = z.infer<typeof WorkspaceFinding>;
 
-export const workspaceCheck = defineMethod({
-  method: "workspace.check",
+export const workspaceCheck = defineMethod(wire.workspaceCheck, {
   summary:
     "Read-only drift report between the database, the holder VM, the volume and every VM config that references it. Changes nothing.",
   params: z.object({ workspace: workspaceRef }).strict(),
@@ -188,14 +166,6 @@ export const workspaceCheck = defineMethod({
     ok: z.boolean().describe("false when any finding is an error"),
     findings: z.array(WorkspaceFinding),
   }),
-  progress: false,
-  errors: [
-    "WORKSPACE_NOT_FOUND",
-    "PROXMOX_UNREACHABLE",
-    "PROXMOX_PERMISSION",
-    "PROXMOX_AUTH",
-    "PROXMOX_ERROR",
-  ],
 });
 
 export const FSCK_STATUSES = ["clean", "repaired", "needs_repair", "failed"] as const;
@@ -221,22 +191,13 @@ export const FsckResult = z.object({
 });
 export type FsckResult = z.infer<typeof FsckResult>;
 
-export const workspaceFsck = defineMethod({
-  method: "workspace.fsck",
+export const workspaceFsck = defineMethod(wire.workspaceFsck, {
   summary:
     "Check the detached workspace's ext4 filesystem on the host with e2fsck: read-only by default (-f -n), repair with repair true (-f -y). The result's status is clean, repaired, needs_repair or failed.",
   params: z
     .object({ workspace: workspaceRef, repair: z.boolean().optional(), progress_token: progressToken })
     .strict(),
   result: FsckResult,
-  progress: true,
-  errors: [
-    "WORKSPACE_NOT_FOUND",
-    "WORKSPACE_ATTACHED",
-    "WORKSPACE_LEASE_HELD",
-    "WORKSPACE_BUSY",
-    "HOST_TOOLS_UNAVAILABLE",
-  ],
 });
 
 const snapshotName = boundedString(LIMITS.SNAPSHOT)
@@ -244,25 +205,14 @@ const snapshotName = boundedString(LIMITS.SNAPSHOT)
   .max(40, "snapshot names: a letter, then letters, digits, _ or - (2 to 40)")
   .describe("snapshot name");
 
-export const workspaceSnapshotCreate = defineMethod({
-  method: "workspace.snapshot.create",
+export const workspaceSnapshotCreate = defineMethod(wire.workspaceSnapshotCreate, {
   summary:
     "Snapshot a detached workspace (a snapshot of its holder VM, which covers exactly the workspace disk).",
   params: z.object({ workspace: workspaceRef, name: snapshotName, progress_token: progressToken }).strict(),
   result: z.object({ workspace: z.string(), workspace_id: z.string(), snapshot: WorkspaceSnapshot }),
-  progress: true,
-  errors: [
-    "WORKSPACE_NOT_FOUND",
-    "WORKSPACE_ATTACHED",
-    "WORKSPACE_LEASE_HELD",
-    "WORKSPACE_BUSY",
-    "CONFLICT",
-    "STORAGE_UNSUPPORTED",
-  ],
 });
 
-export const workspaceSnapshotList = defineMethod({
-  method: "workspace.snapshot.list",
+export const workspaceSnapshotList = defineMethod(wire.workspaceSnapshotList, {
   summary:
     "The workspace's snapshots as Proxmox lists them on the holder, joined with agentlab's records, oldest first.",
   params: z.object({ workspace: workspaceRef }).strict(),
@@ -271,29 +221,16 @@ export const workspaceSnapshotList = defineMethod({
     workspace_id: z.string(),
     snapshots: z.array(WorkspaceSnapshot),
   }),
-  progress: false,
-  errors: ["WORKSPACE_NOT_FOUND"],
 });
 
-export const workspaceSnapshotRestore = defineMethod({
-  method: "workspace.snapshot.restore",
+export const workspaceSnapshotRestore = defineMethod(wire.workspaceSnapshotRestore, {
   summary:
     "Roll a detached workspace back to a snapshot. On ZFS only the newest snapshot can be restored: older ones are refused with SNAPSHOT_NOT_LATEST and nothing changes (fork from them instead).",
   params: z.object({ workspace: workspaceRef, name: snapshotName, progress_token: progressToken }).strict(),
   result: z.object({ workspace: z.string(), workspace_id: z.string(), snapshot: z.string() }),
-  progress: true,
-  errors: [
-    "WORKSPACE_NOT_FOUND",
-    "WORKSPACE_ATTACHED",
-    "WORKSPACE_LEASE_HELD",
-    "WORKSPACE_BUSY",
-    "SNAPSHOT_NOT_FOUND",
-    "SNAPSHOT_NOT_LATEST",
-  ],
 });
 
-export const workspaceFork = defineMethod({
-  method: "workspace.fork",
+export const workspaceFork = defineMethod(wire.workspaceFork, {
   summary:
     "Make a new workspace holding a copy of a detached workspace (its current state, or from_snapshot): copy-on-write where the storage allows it (lvmthin; zfspool with host tools), a full copy otherwise. copy_mode says which.",
   params: z
@@ -305,30 +242,15 @@ export const workspaceFork = defineMethod({
     })
     .strict(),
   result: Workspace,
-  progress: true,
-  errors: [
-    "WORKSPACE_NOT_FOUND",
-    "WORKSPACE_ATTACHED",
-    "WORKSPACE_LEASE_HELD",
-    "WORKSPACE_BUSY",
-    "CONFLICT",
-    "SNAPSHOT_NOT_FOUND",
-    "STORAGE_UNSUPPORTED",
-    "HOST_TOOLS_UNAVAILABLE",
-  ],
 });
 
-export const workspaceLeaseClear = defineMethod({
-  method: "workspace.lease.clear",
+export const workspaceLeaseClear = defineMethod(wire.workspaceLeaseClear, {
   summary: "Administratively clear the workspace's lease, whoever holds it. Returns the previous owner.",
   params: z.object({ workspace: workspaceRef }).strict(),
   result: z.object({ workspace: Workspace, previous_owner: z.string().optional() }),
-  progress: false,
-  errors: ["WORKSPACE_NOT_FOUND"],
 });
 
-export const workspaceRebind = defineMethod({
-  method: "workspace.rebind",
+export const workspaceRebind = defineMethod(wire.workspaceRebind, {
   summary:
     "Move the workspace to a new sandbox of profile: provision it, detach from the old sandbox (shutting it down), attach to the new one, start it, then destroy the old one unless keep_old.",
   params: z
@@ -341,18 +263,9 @@ export const workspaceRebind = defineMethod({
     })
     .strict(),
   result: z.object({ workspace: Workspace, sandbox: Sandbox, old_vmid: z.number().int().optional() }),
-  progress: true,
-  errors: [
-    "WORKSPACE_NOT_FOUND",
-    "WORKSPACE_LEASE_HELD",
-    "WORKSPACE_BUSY",
-    "PROFILE_NOT_FOUND",
-    "PROVISIONING_FAILED",
-  ],
 });
 
-export const workspaceDestroy = defineMethod({
-  method: "workspace.destroy",
+export const workspaceDestroy = defineMethod(wire.workspaceDestroy, {
   summary:
     "Destroy a detached workspace: its holder VM, its disk and its snapshots. Stopped sessions using it are deleted with it. The CLI asks for confirmation unless --force.",
   params: z.object({ workspace: workspaceRef, progress_token: progressToken }).strict(),
@@ -361,6 +274,4 @@ export const workspaceDestroy = defineMethod({
     name: z.string(),
     deleted_sessions: z.array(z.string()),
   }),
-  progress: true,
-  errors: ["WORKSPACE_NOT_FOUND", "WORKSPACE_ATTACHED", "WORKSPACE_LEASE_HELD", "WORKSPACE_BUSY", "CONFLICT"],
 });

@@ -4,7 +4,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { pathToFileURL } from "node:url";
-import { buildCli, COMMAND_WORDS, commandsFor, commandWord } from "../../src/cli/main.js";
+import { pino } from "pino";
+import { COMMAND_WORDS, commandsFor, commandWord } from "../../src/cli/command-table.js";
+import type { GlobalArgs } from "../../src/cli/context.js";
+import { directArgs } from "../../src/cli/direct.js";
+import { buildCli } from "../../src/cli/parser.js";
+import { RpcServer } from "../../src/daemon/rpc/server.js";
+import { type DaemonStatus, daemonStatus } from "../../src/protocol/daemon.js";
 import { runCli } from "../helpers/daemon.js";
 import { REPO_ROOT } from "../helpers/paths.js";
 
@@ -30,11 +36,28 @@ describe("CLI start-up loads only what the command needs", () => {
     );
     hookArgs = [process.execPath, "--import", pathToFileURL(join(dir, "register.mjs")).href];
   });
-  after(() => rmSync(dir, { recursive: true, force: true }));
+  /** A daemon that answers daemon.status with `answer` (the real method, so its params are checked). */
+  let answer: unknown;
+  let server: RpcServer;
+  let daemonSocket: string;
+  before(async () => {
+    daemonSocket = join(dir, "stub.sock");
+    server = new RpcServer({ log: pino({ level: "silent" }), maxFrameBytes: 64 * 1024 });
+    server.register(daemonStatus, () => answer as DaemonStatus);
+    await server.listen(daemonSocket);
+  });
+  after(async () => {
+    await server.close(100);
+    rmSync(dir, { recursive: true, force: true });
+  });
 
   /** The CLI's output without the hook's lines, and the repository paths (or package names) loaded. */
-  async function loaded(args: string[]): Promise<{
+  async function loaded(
+    args: string[],
+    socket = join(dir, "nobody-listens.sock"),
+  ): Promise<{
     code: number | null;
+    stdout: string;
     stderr: string;
     ours: string[];
     packages: Set<string>;
@@ -42,7 +65,7 @@ describe("CLI start-up loads only what the command needs", () => {
   }> {
     const result = await runCli(args, {
       command: hookArgs,
-      env: { AGENTLAB_SOCKET: join(dir, "nobody-listens.sock"), HOME: dir },
+      env: { AGENTLAB_SOCKET: socket, HOME: dir },
     });
     const urls = result.stderr
       .split("\n")
@@ -61,7 +84,7 @@ describe("CLI start-up loads only what the command needs", () => {
       .filter((line) => !line.startsWith("LOADED "))
       .join("\n");
     const builtins = urls.filter((u) => u.startsWith("node:"));
-    return { code: result.code, stderr, ours, packages, builtins };
+    return { code: result.code, stdout: result.stdout, stderr, ours, packages, builtins };
   }
 
   test("agentlab status loads its command and the status schema: no other command, protocol index or daemon code", async () => {
@@ -87,6 +110,43 @@ describe("CLI start-up loads only what the command needs", () => {
     for (const builtin of ["node:tls", "node:https"]) assert.ok(!run.builtins.includes(builtin), builtin);
   });
 
+  test("agentlab status shows a daemon's status without loading zod or yargs", async () => {
+    answer = STATUS;
+    const run = await loaded(["status"], daemonSocket);
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stdout, /^daemon: +agentlabd 9\.9\.9 \(pid 4242/m);
+    assert.match(run.stdout, /^sandboxes: +RUNNING 2$/m);
+    // zod and every method's schemas were most of its start-up, yargs most of the rest (issue 15).
+    assert.ok(!run.packages.has("zod"), "zod is loaded: something on the status path imports a schema");
+    assert.ok(!run.packages.has("yargs"), "yargs is loaded: status no longer runs without it");
+    assert.deepEqual(run.ours.filter((p) => p.startsWith("dist/src/protocol/")).sort(), [
+      "dist/src/protocol/errors.js",
+      "dist/src/protocol/method.js",
+      "dist/src/protocol/request.js",
+      "dist/src/protocol/socket.js",
+      "dist/src/protocol/units.js",
+      "dist/src/protocol/wire.js",
+    ]);
+  });
+
+  test("agentlab status --json against a daemon: the answer and the connection, still without zod", async () => {
+    answer = STATUS;
+    const run = await loaded(["--json", "status", `--socket=${daemonSocket}`], join(dir, "elsewhere.sock"));
+    assert.equal(run.code, 0, run.stderr);
+    const shown = JSON.parse(run.stdout) as Record<string, unknown>;
+    assert.equal(shown.version, "9.9.9");
+    assert.deepEqual(shown.connection, { kind: "socket", path: daemonSocket, source: "--socket" });
+    assert.ok(!run.packages.has("zod"));
+  });
+
+  test("an answer status cannot show is reported as a protocol mismatch, not as a CLI bug", async () => {
+    answer = { version: "0.0.1" };
+    const run = await loaded(["status"], daemonSocket);
+    assert.equal(run.code, 1, run.stderr);
+    assert.match(run.stderr, /^error: unexpected answer from agentlabd to daemon\.status$/m);
+    assert.doesNotMatch(run.stderr, /bug in the agentlab CLI/);
+  });
+
   test("agentlab --version loads none of the CLI: no yargs, no zod", async () => {
     const run = await loaded(["--version"]);
     assert.equal(run.code, 0, run.stderr);
@@ -99,6 +159,94 @@ describe("CLI start-up loads only what the command needs", () => {
     assert.equal(run.code, 0, run.stderr);
     assert.ok(run.ours.includes("dist/src/cli/commands/workspace.js"));
     assert.ok(run.ours.includes("dist/src/cli/commands/job.js"));
+  });
+});
+
+/** A daemon.status answer as a daemon gives it (checked against the schema below). */
+const STATUS: DaemonStatus = {
+  version: "9.9.9",
+  pid: 4242,
+  started_at: "2026-01-02T03:04:05Z",
+  uptime_seconds: 61,
+  node_version: "20.19.0",
+  schema_version: 7,
+  backend: {
+    kind: "api",
+    reachable: true,
+    calls: 3,
+    version: "9.0.3",
+    nodes: [{ node: "pve", online: true }],
+  },
+  privileges: { name: "privileges", status: "ok", detail: "all granted" },
+  database: { path: "/var/lib/agentlab/agentlab.db", size_bytes: 4096 },
+  guest_listener: { address: "10.77.0.1:8844", listening: true },
+  socket_path: "/run/agentlab/agentlabd.sock",
+  config_path: "/etc/agentlab/config.yaml",
+  profiles: 3,
+  sandboxes: { RUNNING: 2 },
+};
+
+describe("commands run without yargs", () => {
+  test("the status fixture is a valid daemon.status answer", () => {
+    assert.ok(daemonStatus.result.safeParse(STATUS).success);
+  });
+
+  /** What yargs makes of a command line: the global flags status's handler receives. */
+  async function yargsArgs(argv: string[]): Promise<GlobalArgs> {
+    let got: GlobalArgs | undefined;
+    const status = {
+      command: "status",
+      describe: "x",
+      handler: (args: GlobalArgs) => {
+        got = args;
+      },
+    };
+    await (await buildCli(argv, [], [status])).parseAsync(argv, {});
+    assert.ok(got, `yargs ran no status for ${argv.join(" ")}`);
+    const { socket, json, timeout, endpoint, token, socketGiven } = got;
+    return { socket, json, timeout, endpoint, token, socketGiven };
+  }
+
+  test("the plain forms give the same global flags as yargs does", async () => {
+    for (const argv of [
+      ["status"],
+      ["status", "--json"],
+      ["--json", "status"],
+      ["status", "--socket", "/tmp/a.sock"],
+      ["--socket=/tmp/a.sock", "status", "--timeout", "5s"],
+      ["status", "--endpoint", "https://h:8845", "--token=t0k"],
+      ["--timeout=2m", "--json", "status", "--endpoint=https://h:8845"],
+    ]) {
+      const direct = directArgs(argv);
+      assert.ok(direct, argv.join(" "));
+      assert.equal(direct.word, "status");
+      assert.deepEqual(direct.args, await yargsArgs(argv), argv.join(" "));
+    }
+  });
+
+  test("anything but the plain forms is left to yargs", () => {
+    for (const argv of [
+      [],
+      ["--json"],
+      ["status", "--help"],
+      ["status", "-h"],
+      ["status", "extra"],
+      ["status", "--json", "--json"],
+      ["status", "--json=false"],
+      ["status", "--no-json"],
+      ["status", "--socket"],
+      ["status", "--socket", "--json"],
+      ["status", "--socket="],
+      ["status", "--socket", "/a", "--socket", "/b"],
+      ["status", "--timeout", "soon"],
+      ["status", "--timeout=0s"],
+      ["status", "--verbose"],
+      ["status", "--", "x"],
+      ["sandbox", "list"],
+      ["stauts"],
+    ]) {
+      assert.equal(directArgs(argv), undefined, argv.join(" "));
+    }
   });
 });
 

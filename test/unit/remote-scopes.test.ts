@@ -15,6 +15,7 @@ import {
   sandboxList,
   sessionStop,
   tokenList,
+  wire,
 } from "../../src/protocol/index.js";
 
 /** A gate over fakes: every target is owned by `owner`, the token always re-checks fine. */
@@ -68,13 +69,10 @@ describe("remote scopes: the one table", () => {
   });
 
   test("a method missing from the table is refused remotely, even to an admin token (deny by default)", () => {
-    const unknown = defineMethod({
-      method: "sandbox.brand_new",
+    const unknown = defineMethod(wire("sandbox.brand_new", { progress: false, errors: [] }), {
       summary: "x",
       params: z.object({}),
       result: z.object({}),
-      progress: false,
-      errors: [],
     });
     const error = refusal(() => gate(token("admin")).gate.authorize(unknown, {}));
     assert.equal(error.code, "REMOTE_NOT_ALLOWED");

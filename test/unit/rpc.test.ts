@@ -9,31 +9,28 @@ import { createMessageConnection, StreamMessageReader, StreamMessageWriter } fro
 import { z } from "zod";
 import { call } from "../../src/cli/client.js";
 import { RpcServer } from "../../src/daemon/rpc/server.js";
-import { AgentlabError, defineMethod, type ProgressValue, progressToken } from "../../src/protocol/index.js";
+import {
+  AgentlabError,
+  defineMethod,
+  type ProgressValue,
+  progressToken,
+  wire,
+} from "../../src/protocol/index.js";
 
-const echo = defineMethod({
-  method: "test.echo",
+const echo = defineMethod(wire("test.echo", { progress: false, errors: [] }), {
   summary: "echo",
   params: z.object({ text: z.string().min(1) }).strict(),
   result: z.object({ text: z.string() }),
-  progress: false,
-  errors: [],
 });
-const boom = defineMethod({
-  method: "test.boom",
+const boom = defineMethod(wire("test.boom", { progress: false, errors: [] }), {
   summary: "throws a plain Error",
   params: z.object({}),
   result: z.object({}),
-  progress: false,
-  errors: [],
 });
-const slow = defineMethod({
-  method: "test.slow",
+const slow = defineMethod(wire("test.slow", { progress: true, errors: ["CANCELLED"] }), {
   summary: "reports progress, then waits for release or cancellation",
   params: z.object({ steps: z.number().int(), progress_token: progressToken }),
   result: z.object({ finished: z.boolean() }),
-  progress: true,
-  errors: ["CANCELLED"],
 });
 
 const silent = pino({ level: "silent" });

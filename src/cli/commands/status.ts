@@ -1,6 +1,7 @@
 import type { CommandModule } from "yargs";
-import { type DaemonStatus, daemonStatus } from "../../protocol/daemon.js";
+import type { DaemonStatus } from "../../protocol/daemon.js";
 import { formatDuration } from "../../protocol/units.js";
+import { daemonStatus } from "../../protocol/wire.js";
 import { connectionOf, execute, type GlobalArgs } from "../context.js";
 import { describeConnection } from "../remote/connection.js";
 import { fields, formatBytes } from "../render.js";
@@ -88,27 +89,31 @@ function maintenanceLine(m: NonNullable<DaemonStatus["maintenance"]>): string {
   return `${m.last_run_at} (${outcome}, freed ${formatBytes(m.freed_bytes ?? 0)})`;
 }
 
+/** `agentlab status`: it takes only the global flags, so it also runs without yargs (cli/direct.ts). */
+export function showStatus(argv: GlobalArgs): Promise<void> {
+  return execute(argv, async (ctx) => {
+    const connection = connectionOf(argv);
+    const status = await ctx.call(daemonStatus, {});
+    // The JSON says where the CLI connected, never with the token or the pinned certificate's PEM.
+    const shown =
+      connection.kind === "socket"
+        ? { kind: connection.kind, path: connection.path, source: connection.source }
+        : {
+            kind: connection.kind,
+            endpoint: connection.endpoint,
+            source: connection.source,
+            token_source: connection.tokenSource,
+            ...(connection.pin ? { fingerprint: connection.pin.fingerprint } : {}),
+          };
+    return {
+      data: { ...status, connection: shown },
+      text: statusText(status, describeConnection(connection)),
+    };
+  });
+}
+
 export const statusCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: "status",
   describe: "Show the daemon's version, uptime, schema version, backend, database and sandbox counts",
-  handler: (argv) =>
-    execute(argv, async (ctx) => {
-      const connection = connectionOf(argv);
-      const status = await ctx.call(daemonStatus, {});
-      // The JSON says where the CLI connected, never with the token or the pinned certificate's PEM.
-      const shown =
-        connection.kind === "socket"
-          ? { kind: connection.kind, path: connection.path, source: connection.source }
-          : {
-              kind: connection.kind,
-              endpoint: connection.endpoint,
-              source: connection.source,
-              token_source: connection.tokenSource,
-              ...(connection.pin ? { fingerprint: connection.pin.fingerprint } : {}),
-            };
-      return {
-        data: { ...status, connection: shown },
-        text: statusText(status, describeConnection(connection)),
-      };
-    }),
+  handler: showStatus,
 };

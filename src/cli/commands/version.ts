@@ -1,6 +1,6 @@
 import type { CommandModule } from "yargs";
-import { daemonStatus } from "../../protocol/daemon.js";
 import { AgentlabError } from "../../protocol/errors.js";
+import { daemonStatus } from "../../protocol/wire.js";
 import { VERSION } from "../../version.js";
 import { execute, type GlobalArgs } from "../context.js";
 

@@ -19,12 +19,12 @@ import {
   type JobDetail,
   jobRun,
   jobShow,
-  type Method,
   type ParamsOf,
   profileList,
   type ResultOf,
   sandboxDestroy,
   sandboxShow,
+  type Wire,
 } from "../../protocol/index.js";
 import { call } from "../client.js";
 import { type CommandContext, DEFAULT_PROGRESS_TIMEOUT_MS, DEFAULT_TIMEOUT_MS } from "../context.js";
@@ -181,7 +181,7 @@ export async function runSmokeTest(env: SmokeEnv): Promise<SmokeReport> {
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
 
-  const rpc = <M extends Method>(
+  const rpc = <M extends Wire>(
     method: M,
     params: Omit<ParamsOf<M>, "progress_token">,
     options: { signal?: AbortSignal; progress?: boolean } = {},

@@ -6,27 +6,45 @@
 import { chmodSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
-import { z } from "zod";
 import { AgentlabError } from "../../protocol/errors.js";
 
-export const SavedConnection = z.object({
-  endpoint: z.string(),
-  token: z.string(),
+export interface SavedConnection {
+  endpoint: string;
+  token: string;
   /** SHA-256 fingerprint of the certificate seen at connect, "AB:CD:...". */
-  fingerprint: z.string(),
+  fingerprint: string;
   /**
    * pin: trust exactly this certificate (self-signed ones, or any given with --fingerprint); ca: the
    * system's CAs vouched for it and the host name, so it is checked that way again and may be renewed
    * (Let's Encrypt certificates of `tailscale serve` change every few weeks).
    */
-  trust: z.enum(["pin", "ca"]),
+  trust: "pin" | "ca";
   /** The pinned certificate (PEM), so a self-signed one can be trusted exactly and nothing else. */
-  certificate: z.string(),
-  jump_host: z.string().optional(),
-  jump_user: z.string().optional(),
-  saved_at: z.string(),
-});
-export type SavedConnection = z.infer<typeof SavedConnection>;
+  certificate: string;
+  jump_host?: string;
+  jump_user?: string;
+  saved_at: string;
+}
+
+const REQUIRED = ["endpoint", "token", "fingerprint", "certificate", "saved_at"] as const;
+const OPTIONAL = ["jump_host", "jump_user"] as const;
+
+/**
+ * The file's fields when it is a saved connection (other keys are dropped). Checked by hand, not with
+ * zod: every command that talks to a daemon reads this file, and loading zod was a large part of the
+ * CLI's start-up (docs/performance.md).
+ */
+function asSaved(value: unknown): SavedConnection | undefined {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return undefined;
+  const record = value as Record<string, unknown>;
+  if (!REQUIRED.every((key) => typeof record[key] === "string")) return undefined;
+  if (!OPTIONAL.every((key) => record[key] === undefined || typeof record[key] === "string"))
+    return undefined;
+  if (record.trust !== "pin" && record.trust !== "ca") return undefined;
+  const saved: Record<string, unknown> = { trust: record.trust };
+  for (const key of [...REQUIRED, ...OPTIONAL]) if (record[key] !== undefined) saved[key] = record[key];
+  return saved as unknown as SavedConnection;
+}
 
 export function clientConfigPath(env: NodeJS.ProcessEnv = process.env): string {
   const base =
@@ -50,14 +68,14 @@ export function loadSaved(path: string = clientConfigPath()): SavedConnection | 
   } catch {
     parsed = undefined;
   }
-  const checked = SavedConnection.safeParse(parsed);
-  if (!checked.success) {
+  const saved = asSaved(parsed);
+  if (!saved) {
     throw new AgentlabError("USAGE", `${path} is not a connection saved by agentlab connect`, {
       hint: "remove it (agentlab disconnect) and connect again: agentlab connect --endpoint <url> --token <token>",
       details: { file: path },
     });
   }
-  return checked.data;
+  return saved;
 }
 
 export function saveConnection(saved: SavedConnection, path: string = clientConfigPath()): void {
