@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { createSim, type Sim, setControl } from "../pvesim/harness.js";
+import { createSim, type Sim, setControl, toolsEnv } from "../pvesim/harness.js";
 import { type CliResult, makeHostDir, type RunningDaemon, runCli, startDaemon } from "./daemon.js";
 import { FAST_KNOBS, jsonCli } from "./simhost.js";
 
@@ -74,7 +74,7 @@ export async function startGuestRig(name: string): Promise<GuestRig> {
       // The namespace has its own ports: the remote listener cannot clash with anything outside.
       "control_listen: 127.0.0.1:8845",
     ].join("\n"),
-    { PATH: sim.env.PATH, PVESIM_DIR: sim.dir, PVESIM_NODE_BIN: process.execPath },
+    toolsEnv(sim),
   );
   const daemon = await startDaemon(host, [], undefined, ["ip", "netns", "exec", ns]);
 

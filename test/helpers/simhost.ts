@@ -1,6 +1,13 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { createSim, type Sim, type SimApi, type SimOptions, startApiProcess } from "../pvesim/harness.js";
+import {
+  createSim,
+  type Sim,
+  type SimApi,
+  type SimOptions,
+  startApiProcess,
+  toolsEnv,
+} from "../pvesim/harness.js";
 import { type HostDir, makeHostDir, type RunningDaemon, runCli, startDaemon } from "./daemon.js";
 
 export type BackendKind = "shell" | "api";
@@ -72,9 +79,7 @@ export async function startSimHost(
   const simTools = kind === "shell" || /^host_tools: on$/m.test(extraConfig);
   const host = makeHostDir(
     `${base}\n${extraConfig}`,
-    simTools
-      ? { PATH: sim.env.PATH, PVESIM_DIR: sim.dir, PVESIM_NODE_BIN: process.execPath, ...daemonEnv }
-      : daemonEnv,
+    simTools ? { ...toolsEnv(sim), ...daemonEnv } : daemonEnv,
   );
   for (const [file, yaml] of Object.entries(profiles)) writeFileSync(join(host.profilesDir, file), yaml);
   const daemon = await startDaemon(host);

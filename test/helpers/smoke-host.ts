@@ -7,7 +7,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { join } from "node:path";
-import { createSim, type Sim, type SimOptions } from "../pvesim/harness.js";
+import { createSim, type Sim, type SimOptions, toolsEnv } from "../pvesim/harness.js";
 import { type CliResult, canConnect, type HostDir, makeHostDir, runCli } from "./daemon.js";
 import { AGENTLAB_BIN, AGENTLABD_BIN } from "./paths.js";
 
@@ -30,7 +30,7 @@ export async function startSimHostInNetns(
   simOptions: SimOptions = {},
 ): Promise<NetnsSimHost> {
   const sim = createSim(simOptions);
-  const simEnv = { PATH: sim.env.PATH, PVESIM_DIR: sim.dir, PVESIM_NODE_BIN: process.execPath };
+  const simEnv = toolsEnv(sim);
   const defaults = [
     `snippets_dir: ${join(sim.dir, "storage", "local", "snippets")}`,
     "snippet_storage: local",

@@ -4,18 +4,12 @@
  */
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { addAcl, addRole, addToken } from "./access.js";
-import { armForegroundInterrupt, exitIfInterrupted, processIo } from "./cli-common.js";
-import { type Control, parseFault, parseKnob, readControl, updateControl } from "./control.js";
-import { lvchangeMain, lvsMain, rebootNodes, zfsMain } from "./host-cli.js";
-import { removeVmBehindBack } from "./lifecycle.js";
-import { dirFromEnv } from "./paths.js";
-import { pveshMain } from "./pvesh.js";
-import { pvesmMain } from "./pvesm.js";
-import { qmMain } from "./qm.js";
-import { withModel } from "./runner.js";
-import { initCluster } from "./seed.js";
-import { startServer } from "./server.js";
+
+// Every other module is imported by the command that needs it: a `pvesh` run is a fresh process whose
+// start-up is mostly module loading (test/pvesim/README.md, "The shell face's cost"), and it must not
+// pay for the HTTPS server, the seeding or the host tools. Types cost nothing at run time.
+import type { Io } from "./cli-common.js";
+import type { Control } from "./control.js";
 
 const USAGE = `usage:
   pvesim init DIR [--nodes pve,pve2] [--template 9000|0] [--cluster NAME] [--force]
@@ -85,6 +79,7 @@ async function init(argv: string[]): Promise<number> {
   if (!Number.isInteger(template) || (template !== 0 && (template < 100 || template > 999_999_999))) {
     throw new CliError("--template wants a VMID (>= 100) or 0");
   }
+  const { initCluster } = await import("./seed.js");
   const token = initCluster(dir, {
     nodes,
     template,
@@ -102,6 +97,7 @@ async function serve(argv: string[]): Promise<number> {
   checkKnown(opts, ["port", "host"]);
   const dir = needDir(positional);
   const port = Number(one(opts, "port") ?? "0");
+  const { startServer } = await import("./server.js");
   const running = await startServer(dir, { port, host: one(opts, "host") ?? "127.0.0.1" });
   const info = { url: running.url, port: running.port, ca_path: running.caPath };
   process.stdout.write(`${JSON.stringify(info)}\n`);
@@ -129,6 +125,7 @@ async function control(argv: string[]): Promise<number> {
     "show",
   ]);
   const dir = needDir(positional);
+  const { parseFault, parseKnob, readControl, updateControl } = await import("./control.js");
   const knobs = (opts.get("set") ?? []).map((a) => parseKnob(a));
   const faults = (opts.get("fault") ?? []).map((f) => parseFault(f));
   const clearAll = opts.has("clear-faults");
@@ -148,6 +145,11 @@ async function control(argv: string[]): Promise<number> {
   const roles = opts.get("add-role") ?? [];
   const printed: Record<string, unknown> = {};
   if (removals.length || tokenId || acls.length || roles.length) {
+    const [{ addAcl, addRole, addToken }, { removeVmBehindBack }, { withModel }] = await Promise.all([
+      import("./access.js"),
+      import("./lifecycle.js"),
+      import("./runner.js"),
+    ]);
     await withModel(dir, (ctx) => {
       // Like `pveum role add NAME -privs "A,B"`; roles come first so the ACLs below can name them.
       for (const role of roles) {
@@ -174,18 +176,38 @@ async function control(argv: string[]): Promise<number> {
     });
   }
   const reboot = one(opts, "host-reboot");
-  if (reboot !== undefined) await rebootNodes(dir, reboot === "all" ? undefined : reboot);
+  if (reboot !== undefined) {
+    const { rebootNodes } = await import("./host-cli.js");
+    await rebootNodes(dir, reboot === "all" ? undefined : reboot);
+  }
   if (opts.has("show")) printed["control"] = result ?? readControl(dir);
   if (Object.keys(printed).length > 0) process.stdout.write(`${JSON.stringify(printed)}\n`);
   return 0;
 }
 
-/** A CLI that may run a worker in the foreground: signals stop the worker, not the CLI (cli-common.ts). */
-async function foreground(run: () => Promise<number>): Promise<number> {
+/**
+ * A CLI that may run a worker in the foreground: signals stop the worker, not the CLI (cli-common.ts).
+ * The handlers are armed once its modules are loaded, as when they were all imported before `main`.
+ */
+async function foreground(
+  load: () => Promise<(dir: string, argv: string[], io: Io) => Promise<number>>,
+  argv: string[],
+): Promise<number> {
+  const run = await load();
+  const { armForegroundInterrupt, exitIfInterrupted, processIo } = await import("./cli-common.js");
+  const { dirFromEnv } = await import("./paths.js");
   armForegroundInterrupt();
-  const code = await run();
+  const code = await run(dirFromEnv(), argv, processIo);
   exitIfInterrupted();
   return code;
+}
+
+/** A host tool (zfs, lvs, lvchange): no foreground worker, so no signal handling of its own. */
+async function hostTool(name: "zfsMain" | "lvsMain" | "lvchangeMain", argv: string[]): Promise<number> {
+  const tools = await import("./host-cli.js");
+  const { processIo } = await import("./cli-common.js");
+  const { dirFromEnv } = await import("./paths.js");
+  return await tools[name](dirFromEnv(), argv, processIo);
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -199,17 +221,17 @@ export async function main(argv: string[]): Promise<number> {
       case "control":
         return await control(rest);
       case "qm":
-        return await foreground(() => qmMain(dirFromEnv(), rest, processIo));
+        return await foreground(async () => (await import("./qm.js")).qmMain, rest);
       case "pvesh":
-        return await foreground(() => pveshMain(dirFromEnv(), rest, processIo));
+        return await foreground(async () => (await import("./pvesh.js")).pveshMain, rest);
       case "pvesm":
-        return await foreground(() => pvesmMain(dirFromEnv(), rest, processIo));
+        return await foreground(async () => (await import("./pvesm.js")).pvesmMain, rest);
       case "zfs":
-        return await zfsMain(dirFromEnv(), rest, processIo);
+        return await hostTool("zfsMain", rest);
       case "lvs":
-        return await lvsMain(dirFromEnv(), rest, processIo);
+        return await hostTool("lvsMain", rest);
       case "lvchange":
-        return await lvchangeMain(dirFromEnv(), rest, processIo);
+        return await hostTool("lvchangeMain", rest);
       default:
         process.stderr.write(`${USAGE}\n`);
         return 2;

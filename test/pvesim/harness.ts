@@ -72,6 +72,8 @@ export function createSim(opts: SimOptions = {}): Sim {
     PATH: `${PVESIM_BIN_DIR}:${process.env["PATH"] ?? "/usr/bin:/bin"}`,
     PVESIM_DIR: dir,
     PVESIM_NODE_BIN: process.execPath,
+    // The launchers in bin/ find the program without a readlink and a dirname process per call.
+    PVESIM_CLI,
   };
   delete env["PVESIM_NODE"];
   const cleanup = (): void => {
@@ -80,6 +82,12 @@ export function createSim(opts: SimOptions = {}): Sim {
   };
   const sim: Sim = { dir, token, env, cleanup };
   return sim;
+}
+
+/** What a daemon needs in its environment to run the simulator's CLIs (shell backend, host tools). */
+export function toolsEnv(sim: Sim): NodeJS.ProcessEnv {
+  const { PATH, PVESIM_DIR, PVESIM_NODE_BIN, PVESIM_CLI } = sim.env;
+  return { PATH, PVESIM_DIR, PVESIM_NODE_BIN, PVESIM_CLI };
 }
 
 /** Sets knobs and adds faults (`name[=args]`, as `pvesim control --fault`). */
