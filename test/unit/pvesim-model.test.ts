@@ -52,7 +52,9 @@ async function linkedClone(sim: Sim, newid: number, name = `sbx-${newid}`): Prom
 describe("pvesim: UPIDs and the task lifecycle", () => {
   let sim: Sim;
   before(() => {
-    sim = createSim({ knobs: { ...FAST, clone_ms: 150 } });
+    // Long enough that the clone is still running when the test reads its status, however loaded the
+    // machine; the describe makes one clone.
+    sim = createSim({ knobs: { ...FAST, clone_ms: 3000 } });
   });
   after(() => sim.cleanup());
 
