@@ -136,7 +136,8 @@ export class SandboxService {
     }
     try {
       const claimed = await claimPoolMember(this.scope, resolveProfile(this.ctx, profile.name), params, op);
-      if (!claimed) op.step("pool", `the warm pool of ${profile.name} has no ready sandbox: provisioning one`);
+      if (!claimed)
+        op.step("pool", `the warm pool of ${profile.name} has no ready sandbox: provisioning one`);
       return claimed;
     } finally {
       this.poolChanged?.();

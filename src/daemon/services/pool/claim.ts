@@ -8,8 +8,8 @@
 import type { Profile } from "../../../config/profiles.js";
 import type { Sandbox as SandboxJson } from "../../../protocol/sandbox.js";
 import type { DaemonContext } from "../../context.js";
-import type { Sandbox } from "../../store/sandboxes.js";
 import { transitionSandbox } from "../../state/sandbox.js";
+import type { Sandbox } from "../../store/sandboxes.js";
 import { describe, isVmNotFound, vmRefOf } from "../maintenance-steps.js";
 import type { Operation } from "../operation.js";
 import type { SandboxScope } from "../sandbox/guards.js";
@@ -52,7 +52,8 @@ export async function claimPoolMember(
     const member = ctx.store.sandboxes
       .list({ poolOf: profile.name, state: "RUNNING" })
       .find(
-        (row) => !tried.has(row.vmid) && !locks.isBusy(String(row.vmid)) && !ctx.store.sandboxOps.get(row.vmid),
+        (row) =>
+          !tried.has(row.vmid) && !locks.isBusy(String(row.vmid)) && !ctx.store.sandboxOps.get(row.vmid),
       );
     if (!member) return undefined;
     tried.add(member.vmid);
