@@ -4,7 +4,8 @@
  * the VM renamed in Proxmox), the pool refills, concurrent claims get different members, an empty pool
  * falls back to a normal create, and kill -9 during a fill or a claim loses and duplicates nothing.
  * Dead members (VM stopped) are never handed out and are removed and replaced; lowering warm_pool and
- * reloading removes the surplus, and claims racing those removals keep their sandboxes.
+ * reloading removes the surplus, and claims racing those removals keep their sandboxes;
+ * `warm_pool_state: paused` keeps members paused and a claim resumes one.
  */
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
@@ -306,5 +307,44 @@ describe("warm pool (api backend)", () => {
     for (const r of claims)
       assert.equal((await m.h.cli(["sandbox", "destroy", String(r.body.vmid)])).code, 0);
     await m.assertNothingStuckOrOrphaned();
+  });
+
+  test("warm_pool_state: paused keeps members paused in Proxmox; a claim resumes one", async () => {
+    const path = join(m.h.host.profilesDir, "pooled.yaml");
+    writeFileSync(path, `${readFileSync(path, "utf8")}warm_pool_state: paused\n`);
+    setWarmPool(1);
+    const member = await until(
+      "a paused member",
+      async () => {
+        const [p] = await pools();
+        const [row] = await members();
+        return p?.ready === 1 && p.filling === 0 && row?.state === "SUSPENDED" ? row : undefined;
+      },
+      60_000,
+    );
+    const qmp = (vmid: number) => inspect(m.h.sim.dir, (ctx) => ctx.state.vms[vmid]?.runtime.qmpstatus);
+    assert.equal(await qmp(member.vmid), "paused", "paused in RAM, not stopped");
+    // A drift report (what the reconciler acts on) does not take a paused member for drift.
+    const inventory = await m.h.json<{ findings: Array<{ vmid: number }> }>(["sandbox", "inventory"]);
+    assert.equal(inventory.code, 0, inventory.stderr);
+    assert.deepEqual(
+      inventory.body.findings.filter((f) => f.vmid === member.vmid),
+      [],
+    );
+    const claim = await m.h.cli(["new", "--profile", "pooled", "--name", "woken"]);
+    assert.equal(claim.code, 0, claim.stderr);
+    assert.match(claim.stderr, new RegExp(`resuming sandbox ${member.vmid} of the warm pool of pooled`));
+    assert.equal((await m.show(member.vmid)).state, "RUNNING");
+    assert.equal(await qmp(member.vmid), "running");
+    // The pool refills with a paused member again.
+    await until(
+      "the next paused member",
+      async () => {
+        const [row] = await members();
+        return row && row.vmid !== member.vmid && row.state === "SUSPENDED" ? row : undefined;
+      },
+      60_000,
+    );
+    assert.equal((await m.h.cli(["sandbox", "destroy", String(member.vmid)])).code, 0);
   });
 });

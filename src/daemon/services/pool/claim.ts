@@ -17,6 +17,7 @@ import { recordEvent, reportStep } from "../sandbox/journal.js";
 import { sandboxJson } from "../sandbox/json.js";
 import type { CreateParams, WorkspacePlan } from "../sandbox/provision.js";
 import { sandboxTags, vmTags } from "../sandbox/vm-config.js";
+import { claimableStates } from "./removal.js";
 
 export const CLAIMED_EVENT = "sandbox.pool.claimed";
 
@@ -48,12 +49,16 @@ export async function claimPoolMember(
 ): Promise<SandboxJson | undefined> {
   const { ctx, locks } = scope;
   const tried = new Set<number>();
+  const claimable = claimableStates(profile.warm_pool_state === "paused");
   for (;;) {
     const member = ctx.store.sandboxes
-      .list({ poolOf: profile.name, state: "RUNNING" })
+      .list({ poolOf: profile.name })
       .find(
         (row) =>
-          !tried.has(row.vmid) && !locks.isBusy(String(row.vmid)) && !ctx.store.sandboxOps.get(row.vmid),
+          claimable.includes(row.state) &&
+          !tried.has(row.vmid) &&
+          !locks.isBusy(String(row.vmid)) &&
+          !ctx.store.sandboxOps.get(row.vmid),
       );
     if (!member) return undefined;
     tried.add(member.vmid);
@@ -117,7 +122,10 @@ function claimHeld(
   });
 }
 
-/** Under the member's lock: one status read, then the claim's transaction, or the member settled FAILED. */
+/**
+ * Under the member's lock: one status read, then the claim's transaction (a paused member resumed
+ * first), or the member settled FAILED.
+ */
 async function verifyAndClaim(
   ctx: DaemonContext,
   vmid: number,
@@ -125,8 +133,9 @@ async function verifyAndClaim(
   params: CreateParams,
   op: Operation,
 ): Promise<ClaimOutcome> {
+  const claimable = claimableStates(profile.warm_pool_state === "paused");
   const isFree = (row: Sandbox | undefined): row is Sandbox =>
-    row?.pool === profile.name && row.state === "RUNNING" && !ctx.store.sandboxOps.get(vmid);
+    row?.pool === profile.name && claimable.includes(row.state) && !ctx.store.sandboxOps.get(vmid);
   const seen = ctx.store.sandboxes.get(vmid);
   if (!isFree(seen)) return { kind: "taken" };
   let state: string;
@@ -135,6 +144,13 @@ async function verifyAndClaim(
   } catch (error) {
     if (!isVmNotFound(error)) throw error;
     state = "missing";
+  }
+  if (state === "paused" && profile.warm_pool_state === "paused") {
+    // Paused by the pool (paused.ts; its row may still say RUNNING if a crash came between the pause
+    // and its record): resumed, the guest carries on with its address and network binding.
+    reportStep(op, vmid, "resume", `resuming sandbox ${vmid} of the warm pool of ${profile.name}`);
+    await ctx.backend.resume(vmRefOf(ctx, seen), { signal: op.signal });
+    state = "running";
   }
   if (state !== "running") {
     // Nobody's sandbox: no confirming pass is needed, and FAILED makes the pool remove and replace it.
@@ -155,18 +171,19 @@ async function verifyAndClaim(
     if (!isFree(member)) return undefined;
     const now = ctx.clock.now();
     const name = params.name ?? member.name;
-    const row = ctx.store.sandboxes.update(
-      member.vmid,
-      {
-        pool: null,
-        name,
-        tags,
-        keepalive: params.keepalive ?? profile.behavior.keepalive_default,
-        lease_expires_at: ttl !== undefined && ttl > 0 ? new Date(now.getTime() + ttl * 60_000) : null,
-        last_used_at: now,
-      },
-      "RUNNING",
-    );
+    const patch = {
+      pool: null,
+      name,
+      tags,
+      keepalive: params.keepalive ?? profile.behavior.keepalive_default,
+      lease_expires_at: ttl !== undefined && ttl > 0 ? new Date(now.getTime() + ttl * 60_000) : null,
+      last_used_at: now,
+    };
+    // A paused member was resumed above (or by a claim a crash interrupted): its VM runs.
+    const row =
+      member.state === "SUSPENDED"
+        ? transitionSandbox(ctx.store, vmid, "RUNNING", { patch })
+        : ctx.store.sandboxes.update(vmid, patch, "RUNNING");
     if (!row) return undefined;
     ctx.store.sandboxOps.begin(row.vmid, "pool_claim", { name, tags });
     recordEvent(ctx, row.vmid, CLAIMED_EVENT, `claimed from the warm pool of profile ${profile.name}`, {

@@ -12,21 +12,30 @@
  *
  * It also removes members (removal.ts decides which): dead ones (no claim can take them) are destroyed
  * and replaced, surplus ones (warm_pool lowered, profile removed) destroyed. One removal at a time per
- * pool, each under the member's lock and only if it still holds there (a user's claim wins).
+ * pool, each under the member's lock and only if it still holds there (a user's claim wins). With
+ * `warm_pool_state: paused` it pauses each member that reached RUNNING (paused.ts), in the same slot.
  */
 import type { DaemonContext } from "../../context.js";
 import type { SandboxState } from "../../store/sandboxes.js";
 import { describe } from "../maintenance-steps.js";
 import { backgroundOperation } from "../operation.js";
 import type { SandboxService } from "../sandboxes.js";
-import { nextRemoval, REMOVED_EVENT, type Removal, stillRemovable, type Wanted } from "./removal.js";
+import { pauseMember } from "./paused.js";
+import {
+  claimableStates,
+  nextRemoval,
+  type PoolSpec,
+  REMOVED_EVENT,
+  type Removal,
+  stillRemovable,
+} from "./removal.js";
 
 /** One pool's fill, as `agentlab status` shows it. */
 export interface PoolFill {
   profile: string;
   /** warm_pool from the profile. */
   wanted: number;
-  /** Members RUNNING and free to claim. */
+  /** Members free to claim: RUNNING, or paused (SUSPENDED) in a pool with warm_pool_state: paused. */
   ready: number;
   /** Members being provisioned (reserved, cloning, booting). */
   filling: number;
@@ -46,10 +55,10 @@ export class WarmPool {
   readonly #unreserved = new Map<string, number>();
   readonly #inFlight = new Set<Promise<void>>();
   readonly #failures = new Map<string, { count: number; retryAt: number; error: string }>();
-  /** Profiles with a removal in flight (one at a time per pool), and the removals themselves. */
+  /** Profiles with a removal or pause in flight (one at a time per pool), and those in flight. */
   readonly #removing = new Set<string>();
   readonly #removals = new Set<Promise<void>>();
-  /** Members whose removal failed, with when to try again (Proxmox down must not become a busy loop). */
+  /** Members whose removal or pause failed, with when to try again (Proxmox down must not busy-loop). */
   readonly #removalRetryAt = new Map<number, number>();
   #started = false;
 
@@ -78,7 +87,8 @@ export class WarmPool {
         return {
           profile,
           wanted: n,
-          ready: members.filter((row) => row.state === "RUNNING").length,
+          ready: members.filter((row) => claimableStates(this.#spec(profile).paused).includes(row.state))
+            .length,
           filling:
             members.filter((row) => FILLING_STATES.includes(row.state)).length +
             (this.#unreserved.get(profile) ?? 0),
@@ -114,9 +124,10 @@ export class WarmPool {
     }
   }
 
-  /** warm_pool of the profile now (a reload may have changed it), undefined when it no longer exists. */
-  #wantedOf(profile: string): Wanted {
-    return this.#ctx.profiles.find((p) => p.name === profile)?.warm_pool;
+  /** The pool as its profile says now (a reload may have changed or removed it). */
+  #spec(profile: string): PoolSpec {
+    const found = this.#ctx.profiles.find((p) => p.name === profile);
+    return { profile, wanted: found?.warm_pool, paused: found?.warm_pool_state === "paused" };
   }
 
   #members(profile: string) {
@@ -125,27 +136,62 @@ export class WarmPool {
 
   #removeNext(profile: string, now: number): void {
     if (this.#removing.has(profile)) return;
-    const removal = nextRemoval(
+    const spec = this.#spec(profile);
+    const members = this.#members(profile);
+    const skip = (vmid: number) =>
+      this.#sandboxes.isBusy(vmid) ||
+      this.#ctx.store.sandboxOps.get(vmid) !== undefined ||
+      (this.#removalRetryAt.get(vmid) ?? 0) > now;
+    const removal = nextRemoval(spec, members, skip);
+    if (removal) {
+      this.#remove(removal);
+      return;
+    }
+    const unpaused = spec.paused && members.find((row) => row.state === "RUNNING" && !skip(row.vmid));
+    if (unpaused) this.#pause(profile, unpaused.vmid);
+  }
+
+  #pause(profile: string, vmid: number): void {
+    const log = this.#ctx.log.child({ task: "warm-pool", profile });
+    const op = backgroundOperation(log, this.#abort.signal);
+    this.#track(
       profile,
-      this.#wantedOf(profile),
-      this.#members(profile),
-      (vmid) =>
-        this.#sandboxes.isBusy(vmid) ||
-        this.#ctx.store.sandboxOps.get(vmid) !== undefined ||
-        (this.#removalRetryAt.get(vmid) ?? 0) > now,
+      this.#sandboxes
+        .exclusive(vmid, () => pauseMember(this.#ctx, vmid, profile, op))
+        .then(
+          () => this.#removalRetryAt.delete(vmid),
+          (error) => {
+            this.#removalRetryAt.set(vmid, this.#ctx.clock.now().getTime() + RETRY_MIN_MS);
+            log.warn(
+              { vmid, err: error },
+              `warm pool of ${profile}: could not pause sandbox ${vmid}: ${describe(error)}; retrying in ${RETRY_MIN_MS / 1000}s`,
+            );
+          },
+        ),
     );
-    if (removal) this.#remove(removal);
+  }
+
+  /** Hold the pool's upkeep slot until `work` ends, then look again. */
+  #track(profile: string, work: Promise<unknown>): void {
+    this.#removing.add(profile);
+    const done = work
+      .then(() => undefined)
+      .finally(() => {
+        this.#removing.delete(profile);
+        this.#removals.delete(done);
+        this.kick();
+      });
+    this.#removals.add(done);
   }
 
   #remove(removal: Removal): void {
     const { profile, vmid, reason } = removal;
-    this.#removing.add(profile);
     const log = this.#ctx.log.child({ task: "warm-pool", profile });
     const op = backgroundOperation(log, this.#abort.signal);
     const message = `removed from the warm pool of ${profile}: ${reason}`;
-    const done = this.#sandboxes
+    const removed = this.#sandboxes
       .destroyIf(vmid, op, {
-        ifStill: (row) => stillRemovable(removal, row, this.#members(profile), this.#wantedOf(profile)),
+        ifStill: (row) => stillRemovable(removal, row, this.#members(profile), this.#spec(profile)),
         record: { kind: REMOVED_EVENT, message, payload: { profile, kind: removal.kind, reason } },
       })
       .then(
@@ -160,13 +206,8 @@ export class WarmPool {
             `warm pool of ${profile}: could not remove sandbox ${vmid} (${reason}): ${describe(error)}; retrying in ${RETRY_MIN_MS / 1000}s`,
           );
         },
-      )
-      .finally(() => {
-        this.#removing.delete(profile);
-        this.#removals.delete(done);
-        this.kick();
-      });
-    this.#removals.add(done);
+      );
+    this.#track(profile, removed);
   }
 
   #launch(profile: string): void {
