@@ -35,6 +35,8 @@ import {
 import { readYamlDocuments } from "./yaml.js";
 
 export const NETWORK_MODES = ["off", "nat", "allowlist"] as const;
+/** How warm pool members wait for their claim (docs/warm-pool.md): running, or paused in RAM. */
+export const WARM_POOL_STATES = ["running", "paused"] as const;
 export type NetworkMode = (typeof NETWORK_MODES)[number];
 
 /** The host firewall group each network mode stands for. */
@@ -215,6 +217,8 @@ export const ProfileSchema = z.strictObject({
   artifacts: ArtifactsSchema.prefault({}),
   /** Sandboxes of this profile the daemon keeps provisioned ahead, for `sandbox new` to claim (docs/warm-pool.md). */
   warm_pool: nonNegativeInt("expected how many sandboxes to keep ready: an integer >= 0").default(0),
+  /** Members wait running, or paused in RAM (no guest CPU used; a claim resumes them). */
+  warm_pool_state: oneOf(WARM_POOL_STATES).default("running"),
   /**
    * How long a RUNNING sandbox of this profile may sit idle before the daemon stops it (docs/runbook.md
    * "Idle stop"); 0 disables it. Another spelling of behavior.idle_stop_minutes_default (upstream's key):

@@ -30,6 +30,8 @@ export interface Daemon {
   ctx: DaemonContext;
   /** Stop accepting, drain in-flight calls within shutdown_timeout, close the DB, remove the socket. */
   stop(reason: string): Promise<void>;
+  /** SIGHUP: read config.yaml and the profiles again (reload.ts). */
+  reload(): void;
 }
 
 export interface StartOptions {
@@ -178,6 +180,10 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     let stopping: Promise<void> | undefined;
     return {
       ctx,
+      reload() {
+        // A warm_pool lowered or a profile removed leaves surplus members: the pool removes them now.
+        if (reloadDaemon(ctx).ok) pool.kick();
+      },
       stop(reason) {
         stopping ??= (async () => {
           log.info({ reason, active_calls: server.activeCalls }, "agentlabd stopping");
@@ -287,7 +293,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
   // Without a handler SIGHUP would end the process silently and leave the socket behind. A reload
   // during start-up has nothing to do: start-up reads the files it would read.
   process.on("SIGHUP", () => {
-    if (daemon && stopSignal === undefined) reloadDaemon(daemon.ctx);
+    if (daemon && stopSignal === undefined) daemon.reload();
   });
   try {
     daemon = await startDaemon({ configPath: resolve(values.config ?? configPathFromEnv()) });

@@ -3,12 +3,15 @@
  * a profile with `warm_pool: 2` is filled ahead, `sandbox new` claims a member (name, tags, lease set,
  * the VM renamed in Proxmox), the pool refills, concurrent claims get different members, an empty pool
  * falls back to a normal create, and kill -9 during a fill or a claim loses and duplicates nothing.
+ * Dead members (VM stopped) are never handed out and are removed and replaced; lowering warm_pool and
+ * reloading removes the surplus, and claims racing those removals keep their sandboxes;
+ * `warm_pool_state: paused` keeps members paused and a claim resumes one.
  */
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { inspect, setControl } from "../pvesim/harness.js";
+import { inspect, runTool, setControl } from "../pvesim/harness.js";
 import { DEFAULT_KNOBS, MaintenanceHost, until } from "./maintenance-host.js";
 
 interface Body {
@@ -19,6 +22,7 @@ interface Body {
   pool?: string;
   from_pool?: boolean;
   lease_expires_at?: string;
+  created_at: string;
 }
 interface Pool {
   profile: string;
@@ -52,6 +56,16 @@ describe("warm pool (api backend)", () => {
       },
       60_000,
     );
+  /** Rewrite the profile's warm_pool and reload the daemon (SIGHUP). */
+  const setWarmPool = (n: number) => {
+    const path = join(m.h.host.profilesDir, "pooled.yaml");
+    writeFileSync(path, readFileSync(path, "utf8").replace(/^warm_pool: \d+$/m, `warm_pool: ${n}`));
+    m.daemon.proc.kill("SIGHUP");
+  };
+  const removedEvent = async (vmid: number) => {
+    const logs = await m.h.cli(["logs", String(vmid)]);
+    return logs.stdout.split("\n").find((line) => line.includes("removed from the warm pool of pooled"));
+  };
   const vmName = (vmid: number) =>
     inspect(m.h.sim.dir, (ctx) => ({
       name: ctx.state.vms[vmid]?.config.name,
@@ -152,6 +166,45 @@ describe("warm pool (api backend)", () => {
     await m.assertNothingStuckOrOrphaned();
   });
 
+  test("a claim is never handed a member whose VM stopped; dead members are removed and replaced", async () => {
+    await full();
+    const [first, second] = await members();
+    // Stopped behind agentlab's back: the database still says RUNNING, only Proxmox knows.
+    const qm = await runTool(m.h.sim, "qm", ["stop", String(first!.vmid)]);
+    assert.equal(qm.code, 0, qm.stderr);
+    // Text output: the progress lines say which member was passed over.
+    const claim = await m.h.cli(["new", "--profile", "pooled", "--name", "checked"]);
+    assert.equal(claim.code, 0, claim.stderr);
+    assert.match(
+      claim.stderr,
+      new RegExp(
+        `sandbox ${first!.vmid} of the warm pool of pooled is not running in Proxmox \\(stopped\\): trying the next`,
+      ),
+    );
+    assert.match(claim.stderr, new RegExp(`claimed sandbox ${second!.vmid} from the warm pool of pooled`));
+    const mine = await m.h.json<{ sandboxes: Body[] }>(["sandbox", "list"]);
+    const r = { body: mine.body.sandboxes.find((s) => s.name === "checked")! };
+    assert.equal(r.body.vmid, second!.vmid, "the member whose VM runs");
+    const vms = await m.simVms();
+    assert.equal(vms[r.body.vmid]?.status, "running");
+    // The stopped member is removed (its VM destroyed) and the pool is full again without it.
+    const removed = await until("the stopped member's removal", () => removedEvent(first!.vmid));
+    assert.match(removed, /it is FAILED \(its VM was found stopped by a claim\), so no claim can take it/);
+    assert.equal((await m.simVms())[first!.vmid], undefined, "its VM is gone");
+    await full();
+    // A member an operator stops is dead weight too: removed and replaced at once.
+    const [stopped] = await members();
+    assert.equal((await m.h.cli(["sandbox", "stop", String(stopped!.vmid)])).code, 0);
+    assert.match(
+      await until("the stopped member's removal", () => removedEvent(stopped!.vmid)),
+      /it is STOPPED, so no claim can take it/,
+    );
+    const pool = await full();
+    assert.equal(pool.ready, 2);
+    assert.ok(!(await members()).some((s) => s.vmid === first!.vmid || s.vmid === stopped!.vmid));
+    assert.equal((await m.h.cli(["sandbox", "destroy", String(r.body.vmid)])).code, 0);
+  });
+
   test("kill -9 after a claim committed, before the VM was renamed: the restart finishes the claim", async () => {
     await full();
     // The VM config write after the claim hangs (Proxmox stuck), so the daemon dies with it pending.
@@ -200,5 +253,98 @@ describe("warm pool (api backend)", () => {
     await full();
     await m.assertNothingStuckOrOrphaned();
     assert.equal((await members()).length, 2);
+  });
+
+  test("lowering warm_pool (SIGHUP) removes the surplus, oldest first, each with an event", async () => {
+    await full();
+    const before = (await members()).sort((a, b) => a.created_at.localeCompare(b.created_at));
+    setWarmPool(1);
+    const pool = await until("the surplus member's removal", async () => {
+      const [p] = await pools();
+      return p?.wanted === 1 && p.ready === 1 && (await members()).length === 1 ? p : undefined;
+    });
+    assert.deepEqual(pool, { profile: "pooled", wanted: 1, ready: 1, filling: 0 });
+    assert.equal((await members())[0]?.vmid, before[1]!.vmid, "the newer member stays");
+    assert.match(
+      (await removedEvent(before[0]!.vmid)) ?? "",
+      /surplus: warm_pool of pooled is 1 and 2 members are ready/,
+    );
+    assert.equal((await m.simVms())[before[0]!.vmid], undefined, "its VM is destroyed");
+  });
+
+  test("claims racing the removal of a whole pool never lose the user's sandbox", async () => {
+    setWarmPool(3);
+    await until(
+      "three members",
+      async () => {
+        const [p] = await pools();
+        return p?.ready === 3 && p.filling === 0 ? p : undefined;
+      },
+      90_000,
+    );
+    // Every Proxmox call slower, so the removals are still under way while the claims arrive.
+    await setControl(m.h.sim.dir, { call_latency_ms: 150 } as never);
+    let claims: Array<{ code: number | null; body: Body; stderr: string }>;
+    try {
+      setWarmPool(0);
+      claims = await Promise.all([1, 2].map(() => m.h.json<Body>(["new", "--profile", "pooled"])));
+      for (const r of claims) assert.equal(r.code, 0, r.stderr);
+      await until("the pool to be gone", async () =>
+        (await pools()).length === 0 && (await members()).length === 0 ? true : undefined,
+      );
+    } finally {
+      await setControl(m.h.sim.dir, { call_latency_ms: 0 } as never);
+    }
+    const vms = await m.simVms();
+    for (const r of claims) {
+      const show = await m.show(r.body.vmid);
+      assert.equal(show.state, "RUNNING", `sandbox ${r.body.vmid} is the user's and runs`);
+      assert.equal(vms[r.body.vmid]?.status, "running");
+      assert.equal(await removedEvent(r.body.vmid), undefined, "a claimed sandbox is never removed");
+    }
+    const list = await m.h.json<{ sandboxes: Body[] }>(["sandbox", "list"]);
+    assert.deepEqual(list.body.sandboxes.map((s) => s.vmid).sort(), claims.map((r) => r.body.vmid).sort());
+    for (const r of claims)
+      assert.equal((await m.h.cli(["sandbox", "destroy", String(r.body.vmid)])).code, 0);
+    await m.assertNothingStuckOrOrphaned();
+  });
+
+  test("warm_pool_state: paused keeps members paused in Proxmox; a claim resumes one", async () => {
+    const path = join(m.h.host.profilesDir, "pooled.yaml");
+    writeFileSync(path, `${readFileSync(path, "utf8")}warm_pool_state: paused\n`);
+    setWarmPool(1);
+    const member = await until(
+      "a paused member",
+      async () => {
+        const [p] = await pools();
+        const [row] = await members();
+        return p?.ready === 1 && p.filling === 0 && row?.state === "SUSPENDED" ? row : undefined;
+      },
+      60_000,
+    );
+    const qmp = (vmid: number) => inspect(m.h.sim.dir, (ctx) => ctx.state.vms[vmid]?.runtime.qmpstatus);
+    assert.equal(await qmp(member.vmid), "paused", "paused in RAM, not stopped");
+    // A drift report (what the reconciler acts on) does not take a paused member for drift.
+    const inventory = await m.h.json<{ findings: Array<{ vmid: number }> }>(["sandbox", "inventory"]);
+    assert.equal(inventory.code, 0, inventory.stderr);
+    assert.deepEqual(
+      inventory.body.findings.filter((f) => f.vmid === member.vmid),
+      [],
+    );
+    const claim = await m.h.cli(["new", "--profile", "pooled", "--name", "woken"]);
+    assert.equal(claim.code, 0, claim.stderr);
+    assert.match(claim.stderr, new RegExp(`resuming sandbox ${member.vmid} of the warm pool of pooled`));
+    assert.equal((await m.show(member.vmid)).state, "RUNNING");
+    assert.equal(await qmp(member.vmid), "running");
+    // The pool refills with a paused member again.
+    await until(
+      "the next paused member",
+      async () => {
+        const [row] = await members();
+        return row && row.vmid !== member.vmid && row.state === "SUSPENDED" ? row : undefined;
+      },
+      60_000,
+    );
+    assert.equal((await m.h.cli(["sandbox", "destroy", String(member.vmid)])).code, 0);
   });
 });

@@ -3,32 +3,16 @@ import { describe, test } from "node:test";
 import type { ClusterVm } from "../../src/daemon/proxmox/types.js";
 import { type AssessInput, assessDrift } from "../../src/daemon/services/drift.js";
 import type { Sandbox, SandboxState } from "../../src/daemon/store/sandboxes.js";
+import { sandboxRow } from "../helpers/sandbox-row.js";
 
 const NOW = new Date("2026-03-01T12:00:00.000Z");
 const MINUTE = 60_000;
 
 function row(vmid: number, state: SandboxState, extra: Partial<Sandbox> = {}): Sandbox {
-  return {
-    vmid,
-    name: `sandbox-${vmid}`,
-    profile: "yolo-ephemeral",
-    state,
-    node: "pve",
-    ip: null,
-    workspace_id: null,
-    keepalive: false,
-    lease_expires_at: null,
-    tags: [],
-    failure_reason: null,
-    vm_created: true,
-    snippet_path: null,
-    ssh_host_keys: null,
-    created_at: new Date(NOW.getTime() - 10 * MINUTE),
+  return sandboxRow(vmid, state, new Date(NOW.getTime() - 10 * MINUTE), {
     updated_at: new Date(NOW.getTime() - MINUTE),
-    last_used_at: null,
-    pool: null,
     ...extra,
-  };
+  });
 }
 
 function vm(vmid: number, state: ClusterVm["state"], extra: Partial<ClusterVm> = {}): ClusterVm {

@@ -81,7 +81,7 @@ export function registerHandlers(
   // The warm pool fills after each maintenance pass (the first one settles what a crash left) and claims.
   const pool = new WarmPool(ctx, sandboxes);
   maintenance.afterEachPass(() => pool.start());
-  sandboxes.onPoolClaim(() => pool.kick());
+  sandboxes.onPoolChange(() => pool.kick());
   server.register(daemonStatus, () => statusOf(ctx, pool));
   server.register(daemonChecks, () => checksOf(ctx));
   server.register(profileList, () => listProfiles(ctx));

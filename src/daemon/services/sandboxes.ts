@@ -14,7 +14,7 @@ import type { Workspace } from "../store/workspaces.js";
 import type { Operation } from "./operation.js";
 import { claimPoolMember, poolRefusal } from "./pool/claim.js";
 import { idlePolicy, SandboxActivity } from "./sandbox/activity.js";
-import { destroySandbox, pruneSandboxes, removeVm } from "./sandbox/destroy.js";
+import { destroySandbox, destroySandboxIf, pruneSandboxes, removeVm } from "./sandbox/destroy.js";
 import { getSandbox, type SandboxScope } from "./sandbox/guards.js";
 import { renewLease } from "./sandbox/lease.js";
 import { resyncNetwork } from "./sandbox/network-binding.js";
@@ -57,8 +57,11 @@ export class SandboxService {
   readonly activity: SandboxActivity;
   /** Bound once the workspace service exists (it needs this service first, for attach and detach). */
   private workspaces: SandboxWorkspaces | undefined;
-  /** Told when a warm pool member was claimed or destroyed, so the pool refills (bound by the daemon). */
-  private poolClaimed: (() => void) | undefined;
+  /**
+   * Told when a warm pool member was claimed, destroyed, stopped or paused, so the pool removes and
+   * refills at once (bound by the daemon).
+   */
+  private poolChanged: (() => void) | undefined;
 
   /**
    * @param vmids the daemon's one VMID allocator; pass it when another service creates VMs too, so
@@ -86,9 +89,16 @@ export class SandboxService {
     };
   }
 
-  /** Let claims from the warm pool tell it to refill. */
-  onPoolClaim(refill: () => void): void {
-    this.poolClaimed = refill;
+  /** Let claims and operations on warm pool members tell the pool to look again. */
+  onPoolChange(kick: () => void): void {
+    this.poolChanged = kick;
+  }
+
+  /** After an operation on `vmid`: a warm pool member's pool looks again (a stopped one is replaced). */
+  private afterMemberOp<T>(vmid: number, work: Promise<T>): Promise<T> {
+    return work.finally(() => {
+      if (this.ctx.store.sandboxes.get(vmid)?.pool) this.poolChanged?.();
+    });
   }
 
   /**
@@ -98,7 +108,7 @@ export class SandboxService {
    */
   create(params: CreateParams, op: Operation, plan?: WorkspacePlan): Promise<SandboxJson> {
     const work = async () => {
-      const claimed = this.claim(params, op, plan);
+      const claimed = await this.claim(params, op, plan);
       return claimed ?? createSandbox(this.scope, this.vmids, this.workspaces, params, op, plan);
     };
     const metrics = this.ctx.metrics;
@@ -109,7 +119,11 @@ export class SandboxService {
   }
 
   /** A pool member for this request, or undefined (with the reason as a progress step when it has a pool). */
-  private claim(params: CreateParams, op: Operation, plan?: WorkspacePlan): SandboxJson | undefined {
+  private async claim(
+    params: CreateParams,
+    op: Operation,
+    plan?: WorkspacePlan,
+  ): Promise<SandboxJson | undefined> {
     const profile = this.ctx.profiles.find((p) => p.name === params.profile);
     if (!profile) return undefined;
     const hasMembers =
@@ -120,10 +134,14 @@ export class SandboxService {
       if (params.pool === undefined) op.step("pool", `not from the warm pool of ${profile.name}: ${refusal}`);
       return undefined;
     }
-    const claimed = claimPoolMember(this.scope, resolveProfile(this.ctx, profile.name), params, op);
-    if (!claimed) op.step("pool", `the warm pool of ${profile.name} has no ready sandbox: provisioning one`);
-    this.poolClaimed?.();
-    return claimed;
+    try {
+      const claimed = await claimPoolMember(this.scope, resolveProfile(this.ctx, profile.name), params, op);
+      if (!claimed)
+        op.step("pool", `the warm pool of ${profile.name} has no ready sandbox: provisioning one`);
+      return claimed;
+    } finally {
+      this.poolChanged?.();
+    }
   }
 
   /**
@@ -194,12 +212,21 @@ export class SandboxService {
 
   destroy(vmid: number, force: boolean, op: Operation): Promise<SandboxJson> {
     // A destroyed warm pool member is replaced at once.
-    const work = () =>
-      destroySandbox(this.scope, vmid, force, op).finally(() => {
-        if (this.ctx.store.sandboxes.get(vmid)?.pool) this.poolClaimed?.();
-      });
+    const work = () => this.afterMemberOp(vmid, destroySandbox(this.scope, vmid, force, op));
     const metrics = this.ctx.metrics;
     return metrics ? observed((outcome) => metrics.sandboxDestroy(outcome), work) : work();
+  }
+
+  /**
+   * A forced destroy the daemon decided on from a row read earlier (a warm pool removal), made only if
+   * `ifStill` holds on the row read under the sandbox's lock: see destroySandboxIf.
+   */
+  destroyIf(
+    vmid: number,
+    op: Operation,
+    options: Parameters<typeof destroySandboxIf>[4],
+  ): Promise<SandboxJson | undefined> {
+    return destroySandboxIf(this.scope, vmid, true, op, options);
   }
 
   prune(op: Operation): ReturnType<typeof pruneSandboxes> {
@@ -211,7 +238,8 @@ export class SandboxService {
   }
 
   stop(vmid: number, op: Operation): Promise<SandboxJson> {
-    return stopSandbox(this.scope, vmid, op);
+    // A stopped warm pool member cannot be claimed: the pool replaces it at once.
+    return this.afterMemberOp(vmid, stopSandbox(this.scope, vmid, op));
   }
 
   /** The idle stopper's stop: see idleStopSandbox. */
@@ -228,7 +256,7 @@ export class SandboxService {
   }
 
   pause(vmid: number, op: Operation): Promise<SandboxJson> {
-    return pauseSandbox(this.scope, vmid, op);
+    return this.afterMemberOp(vmid, pauseSandbox(this.scope, vmid, op));
   }
 
   resume(vmid: number, op: Operation): Promise<SandboxJson> {

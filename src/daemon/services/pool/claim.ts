@@ -2,20 +2,22 @@
  * `sandbox new` from the warm pool (docs/warm-pool.md): a RUNNING member of the profile's pool becomes
  * the caller's sandbox in one transaction (name, tags, keepalive, lease, the `pool_claim` intent and
  * the event), so two claims can never get the same member and a kill -9 leaves it either in the pool or
- * claimed, never both. The VM's name and tags in Proxmox follow under the sandbox's lock; the intent
+ * claimed, never both. Before that transaction one status read makes sure its VM still runs. The VM's name and tags in Proxmox follow under the sandbox's lock; the intent
  * makes start-up recovery set them if the daemon died first (sandbox/recovery/pool-claim.ts).
  */
 import type { Profile } from "../../../config/profiles.js";
 import type { Sandbox as SandboxJson } from "../../../protocol/sandbox.js";
 import type { DaemonContext } from "../../context.js";
+import { transitionSandbox } from "../../state/sandbox.js";
 import type { Sandbox } from "../../store/sandboxes.js";
-import { describe, vmRefOf } from "../maintenance-steps.js";
+import { describe, isVmNotFound, vmRefOf } from "../maintenance-steps.js";
 import type { Operation } from "../operation.js";
 import type { SandboxScope } from "../sandbox/guards.js";
 import { recordEvent, reportStep } from "../sandbox/journal.js";
 import { sandboxJson } from "../sandbox/json.js";
 import type { CreateParams, WorkspacePlan } from "../sandbox/provision.js";
 import { sandboxTags, vmTags } from "../sandbox/vm-config.js";
+import { claimableStates } from "./removal.js";
 
 export const CLAIMED_EVENT = "sandbox.pool.claimed";
 
@@ -34,36 +36,154 @@ export function poolRefusal(params: CreateParams, plan: WorkspacePlan | undefine
 
 /**
  * Claim a RUNNING member of `profile`'s pool for this request, or undefined when none is free (the
- * caller then creates one the usual way). Members another operation holds (the reconciler, a destroy)
- * are passed over.
+ * caller then creates one the usual way). Members another operation holds (the reconciler, a removal)
+ * are passed over. Each member tried is first checked in Proxmox (one status read, under its lock): a
+ * member whose VM does not run is marked FAILED (the pool then removes and replaces it) and the next
+ * one is tried.
  */
-export function claimPoolMember(
-  { ctx, locks }: SandboxScope,
+export async function claimPoolMember(
+  scope: SandboxScope,
   profile: Profile,
   params: CreateParams,
   op: Operation,
-): SandboxJson | undefined {
+): Promise<SandboxJson | undefined> {
+  const { ctx, locks } = scope;
+  const tried = new Set<number>();
+  const claimable = claimableStates(profile.warm_pool_state === "paused");
+  for (;;) {
+    const member = ctx.store.sandboxes
+      .list({ poolOf: profile.name })
+      .find(
+        (row) =>
+          claimable.includes(row.state) &&
+          !tried.has(row.vmid) &&
+          !locks.isBusy(String(row.vmid)) &&
+          !ctx.store.sandboxOps.get(row.vmid),
+      );
+    if (!member) return undefined;
+    tried.add(member.vmid);
+    const outcome = await claimHeld(scope, member.vmid, profile, params, op);
+    if (outcome.kind === "claimed") return { ...sandboxJson(outcome.row), from_pool: true };
+    if (outcome.kind === "unchecked") {
+      // Proxmox did not answer the one read: the next member would fare no better, and a cold create
+      // reports Proxmox's trouble with its own retries and hints.
+      op.step(
+        "pool",
+        `could not check sandbox ${member.vmid} of the warm pool of ${profile.name} in Proxmox (${outcome.error}): provisioning one`,
+      );
+      return undefined;
+    }
+    if (outcome.kind === "not_running")
+      op.step(
+        "pool",
+        `sandbox ${member.vmid} of the warm pool of ${profile.name} is not running in Proxmox (${outcome.state}): trying the next`,
+      );
+  }
+}
+
+type ClaimOutcome =
+  | { kind: "claimed"; row: Sandbox }
+  /** Claimed or removed by someone else between the pick and the lock. */
+  | { kind: "taken" }
+  | { kind: "not_running"; state: string }
+  | { kind: "unchecked"; error: string };
+
+/**
+ * Take the member's lock (synchronously, before anything awaits: no other claim or removal picks it
+ * from here on), check its VM runs, and claim it in one transaction. The lock is kept after the answer
+ * until the VM's name and tags are set in Proxmox, so no other operation on it runs first; the caller
+ * has its answer as soon as the claim commits.
+ */
+function claimHeld(
+  { ctx, locks }: SandboxScope,
+  vmid: number,
+  profile: Profile,
+  params: CreateParams,
+  op: Operation,
+): Promise<ClaimOutcome> {
+  return new Promise<ClaimOutcome>((resolve) => {
+    void locks.run(String(vmid), async () => {
+      let outcome: ClaimOutcome;
+      try {
+        outcome = await verifyAndClaim(ctx, vmid, profile, params, op);
+      } catch (error) {
+        outcome = { kind: "unchecked", error: describe(error) };
+      }
+      if (outcome.kind === "claimed")
+        reportStep(
+          op,
+          vmid,
+          "claim",
+          `claimed sandbox ${vmid} from the warm pool of ${profile.name}: running at ${outcome.row.ip ?? "an unknown address"}`,
+        );
+      resolve(outcome);
+      if (outcome.kind === "claimed") await applyClaimedIdentity(ctx, outcome.row, op);
+    });
+  });
+}
+
+/**
+ * Under the member's lock: one status read, then the claim's transaction (a paused member resumed
+ * first), or the member settled FAILED.
+ */
+async function verifyAndClaim(
+  ctx: DaemonContext,
+  vmid: number,
+  profile: Profile,
+  params: CreateParams,
+  op: Operation,
+): Promise<ClaimOutcome> {
+  const claimable = claimableStates(profile.warm_pool_state === "paused");
+  const isFree = (row: Sandbox | undefined): row is Sandbox =>
+    row?.pool === profile.name && claimable.includes(row.state) && !ctx.store.sandboxOps.get(vmid);
+  const seen = ctx.store.sandboxes.get(vmid);
+  if (!isFree(seen)) return { kind: "taken" };
+  let state: string;
+  try {
+    state = (await ctx.backend.status(vmRefOf(ctx, seen))).state;
+  } catch (error) {
+    if (!isVmNotFound(error)) throw error;
+    state = "missing";
+  }
+  if (state === "paused" && profile.warm_pool_state === "paused") {
+    // Paused by the pool (paused.ts; its row may still say RUNNING if a crash came between the pause
+    // and its record): resumed, the guest carries on with its address and network binding.
+    reportStep(op, vmid, "resume", `resuming sandbox ${vmid} of the warm pool of ${profile.name}`);
+    await ctx.backend.resume(vmRefOf(ctx, seen), { signal: op.signal });
+    state = "running";
+  }
+  if (state !== "running") {
+    // Nobody's sandbox: no confirming pass is needed, and FAILED makes the pool remove and replace it.
+    const reason =
+      state === "missing"
+        ? "its VM no longer exists in Proxmox (found by a claim)"
+        : `its VM was found ${state} by a claim`;
+    ctx.store.tx(() => {
+      if (isFree(ctx.store.sandboxes.get(vmid))) transitionSandbox(ctx.store, vmid, "FAILED", { reason });
+    });
+    op.log.warn({ vmid, state }, `warm pool of ${profile.name}: sandbox ${vmid} ${reason}`);
+    return { kind: "not_running", state };
+  }
   const ttl = params.ttl_minutes ?? profile.behavior.ttl_minutes_default;
   const tags = sandboxTags(params.tags ?? []);
   const claimed = ctx.store.tx((): Sandbox | undefined => {
-    const member = ctx.store.sandboxes
-      .list({ poolOf: profile.name, state: "RUNNING" })
-      .find((row) => !locks.isBusy(String(row.vmid)) && !ctx.store.sandboxOps.get(row.vmid));
-    if (!member) return undefined;
+    const member = ctx.store.sandboxes.get(vmid);
+    if (!isFree(member)) return undefined;
     const now = ctx.clock.now();
     const name = params.name ?? member.name;
-    const row = ctx.store.sandboxes.update(
-      member.vmid,
-      {
-        pool: null,
-        name,
-        tags,
-        keepalive: params.keepalive ?? profile.behavior.keepalive_default,
-        lease_expires_at: ttl !== undefined && ttl > 0 ? new Date(now.getTime() + ttl * 60_000) : null,
-        last_used_at: now,
-      },
-      "RUNNING",
-    );
+    const patch = {
+      pool: null,
+      name,
+      tags,
+      keepalive: params.keepalive ?? profile.behavior.keepalive_default,
+      lease_expires_at: ttl !== undefined && ttl > 0 ? new Date(now.getTime() + ttl * 60_000) : null,
+      last_used_at: now,
+    };
+    // A paused member was resumed above (or by a claim a crash interrupted): its VM runs.
+    const row =
+      member.state === "SUSPENDED"
+        ? transitionSandbox(ctx.store, vmid, "RUNNING", { patch })
+        : ctx.store.sandboxes.update(vmid, patch, "RUNNING");
     if (!row) return undefined;
     ctx.store.sandboxOps.begin(row.vmid, "pool_claim", { name, tags });
     recordEvent(ctx, row.vmid, CLAIMED_EVENT, `claimed from the warm pool of profile ${profile.name}`, {
@@ -74,16 +194,7 @@ export function claimPoolMember(
     });
     return row;
   });
-  if (!claimed) return undefined;
-  reportStep(
-    op,
-    claimed.vmid,
-    "claim",
-    `claimed sandbox ${claimed.vmid} from the warm pool of ${profile.name}: running at ${claimed.ip ?? "an unknown address"}`,
-  );
-  // Taken now, before anything can await: no other operation gets the VM before its identity is set.
-  void locks.run(String(claimed.vmid), () => applyClaimedIdentity(ctx, claimed, op));
-  return { ...sandboxJson(claimed), from_pool: true };
+  return claimed ? { kind: "claimed", row: claimed } : { kind: "taken" };
 }
 
 /**

@@ -9,19 +9,33 @@
  * filler starts only after that first pass). It tops up after each maintenance pass, each claim and
  * each fill that ends. A profile whose fill failed waits before the next try (doubling from 30 s to
  * 10 min), so a missing template does not become a busy loop.
+ *
+ * It also removes members (removal.ts decides which): dead ones (no claim can take them) are destroyed
+ * and replaced, surplus ones (warm_pool lowered, profile removed) destroyed. One removal at a time per
+ * pool, each under the member's lock and only if it still holds there (a user's claim wins). With
+ * `warm_pool_state: paused` it pauses each member that reached RUNNING (paused.ts), in the same slot.
  */
 import type { DaemonContext } from "../../context.js";
 import type { SandboxState } from "../../store/sandboxes.js";
 import { describe } from "../maintenance-steps.js";
 import { backgroundOperation } from "../operation.js";
 import type { SandboxService } from "../sandboxes.js";
+import { pauseMember } from "./paused.js";
+import {
+  claimableStates,
+  nextRemoval,
+  type PoolSpec,
+  REMOVED_EVENT,
+  type Removal,
+  stillRemovable,
+} from "./removal.js";
 
 /** One pool's fill, as `agentlab status` shows it. */
 export interface PoolFill {
   profile: string;
   /** warm_pool from the profile. */
   wanted: number;
-  /** Members RUNNING and free to claim. */
+  /** Members free to claim: RUNNING, or paused (SUSPENDED) in a pool with warm_pool_state: paused. */
   ready: number;
   /** Members being provisioned (reserved, cloning, booting). */
   filling: number;
@@ -41,6 +55,11 @@ export class WarmPool {
   readonly #unreserved = new Map<string, number>();
   readonly #inFlight = new Set<Promise<void>>();
   readonly #failures = new Map<string, { count: number; retryAt: number; error: string }>();
+  /** Profiles with a removal or pause in flight (one at a time per pool), and those in flight. */
+  readonly #removing = new Set<string>();
+  readonly #removals = new Set<Promise<void>>();
+  /** Members whose removal or pause failed, with when to try again (Proxmox down must not busy-loop). */
+  readonly #removalRetryAt = new Map<number, number>();
   #started = false;
 
   constructor(ctx: DaemonContext, sandboxes: SandboxService) {
@@ -68,7 +87,8 @@ export class WarmPool {
         return {
           profile,
           wanted: n,
-          ready: members.filter((row) => row.state === "RUNNING").length,
+          ready: members.filter((row) => claimableStates(this.#spec(profile).paused).includes(row.state))
+            .length,
           filling:
             members.filter((row) => FILLING_STATES.includes(row.state)).length +
             (this.#unreserved.get(profile) ?? 0),
@@ -83,11 +103,15 @@ export class WarmPool {
     this.kick();
   }
 
-  /** Start as many fills as the pools lack and the budget allows. Cheap: database reads only. */
+  /**
+   * Start the next removal of each pool that has one to do, and as many fills as the pools lack and the
+   * budget allows. Cheap: database reads only.
+   */
   kick(): void {
     if (!this.#started || this.#abort.signal.aborted) return;
     const now = this.#ctx.clock.now().getTime();
     for (const pool of this.fill()) {
+      this.#removeNext(pool.profile, now);
       const failure = this.#failures.get(pool.profile);
       if (failure && failure.retryAt > now) continue;
       let lacking = pool.wanted - pool.ready - pool.filling;
@@ -98,6 +122,92 @@ export class WarmPool {
         if (failure) break;
       }
     }
+  }
+
+  /** The pool as its profile says now (a reload may have changed or removed it). */
+  #spec(profile: string): PoolSpec {
+    const found = this.#ctx.profiles.find((p) => p.name === profile);
+    return { profile, wanted: found?.warm_pool, paused: found?.warm_pool_state === "paused" };
+  }
+
+  #members(profile: string) {
+    return this.#ctx.store.sandboxes.list({ poolOf: profile });
+  }
+
+  #removeNext(profile: string, now: number): void {
+    if (this.#removing.has(profile)) return;
+    const spec = this.#spec(profile);
+    const members = this.#members(profile);
+    const skip = (vmid: number) =>
+      this.#sandboxes.isBusy(vmid) ||
+      this.#ctx.store.sandboxOps.get(vmid) !== undefined ||
+      (this.#removalRetryAt.get(vmid) ?? 0) > now;
+    const removal = nextRemoval(spec, members, skip);
+    if (removal) {
+      this.#remove(removal);
+      return;
+    }
+    const unpaused = spec.paused && members.find((row) => row.state === "RUNNING" && !skip(row.vmid));
+    if (unpaused) this.#pause(profile, unpaused.vmid);
+  }
+
+  #pause(profile: string, vmid: number): void {
+    const log = this.#ctx.log.child({ task: "warm-pool", profile });
+    const op = backgroundOperation(log, this.#abort.signal);
+    this.#track(
+      profile,
+      this.#sandboxes
+        .exclusive(vmid, () => pauseMember(this.#ctx, vmid, profile, op))
+        .then(
+          () => this.#removalRetryAt.delete(vmid),
+          (error) => {
+            this.#removalRetryAt.set(vmid, this.#ctx.clock.now().getTime() + RETRY_MIN_MS);
+            log.warn(
+              { vmid, err: error },
+              `warm pool of ${profile}: could not pause sandbox ${vmid}: ${describe(error)}; retrying in ${RETRY_MIN_MS / 1000}s`,
+            );
+          },
+        ),
+    );
+  }
+
+  /** Hold the pool's upkeep slot until `work` ends, then look again. */
+  #track(profile: string, work: Promise<unknown>): void {
+    this.#removing.add(profile);
+    const done = work
+      .then(() => undefined)
+      .finally(() => {
+        this.#removing.delete(profile);
+        this.#removals.delete(done);
+        this.kick();
+      });
+    this.#removals.add(done);
+  }
+
+  #remove(removal: Removal): void {
+    const { profile, vmid, reason } = removal;
+    const log = this.#ctx.log.child({ task: "warm-pool", profile });
+    const op = backgroundOperation(log, this.#abort.signal);
+    const message = `removed from the warm pool of ${profile}: ${reason}`;
+    const removed = this.#sandboxes
+      .destroyIf(vmid, op, {
+        ifStill: (row) => stillRemovable(removal, row, this.#members(profile), this.#spec(profile)),
+        record: { kind: REMOVED_EVENT, message, payload: { profile, kind: removal.kind, reason } },
+      })
+      .then(
+        (destroyed) => {
+          this.#removalRetryAt.delete(vmid);
+          if (destroyed) log.info({ vmid, reason }, `warm pool of ${profile}: sandbox ${vmid} ${message}`);
+        },
+        (error) => {
+          this.#removalRetryAt.set(vmid, this.#ctx.clock.now().getTime() + RETRY_MIN_MS);
+          log.warn(
+            { vmid, err: error },
+            `warm pool of ${profile}: could not remove sandbox ${vmid} (${reason}): ${describe(error)}; retrying in ${RETRY_MIN_MS / 1000}s`,
+          );
+        },
+      );
+    this.#track(profile, removed);
   }
 
   #launch(profile: string): void {
@@ -141,18 +251,20 @@ export class WarmPool {
   }
 
   /**
-   * No more fills; the ones in flight are cancelled (their provisioning rolls back like a cancelled
-   * `sandbox new`) and waited for up to `graceMs`. True when they all ended in time.
+   * No more fills or removals; the fills in flight are cancelled (their provisioning rolls back like a
+   * cancelled `sandbox new`), and they and the removals in flight waited for up to `graceMs`. True
+   * when they all ended in time.
    */
   async stop(graceMs: number): Promise<boolean> {
     this.#abort.abort(new Error("the daemon is stopping"));
-    if (this.#inFlight.size === 0) return true;
+    const running = [...this.#inFlight, ...this.#removals];
+    if (running.length === 0) return true;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<false>((resolve) => {
       timer = setTimeout(() => resolve(false), graceMs);
     });
     try {
-      return await Promise.race([Promise.all([...this.#inFlight]).then(() => true), timeout]);
+      return await Promise.race([Promise.all(running).then(() => true), timeout]);
     } finally {
       clearTimeout(timer);
     }

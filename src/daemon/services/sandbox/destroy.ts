@@ -79,64 +79,99 @@ export function destroySandbox(
   force: boolean,
   op: Operation,
 ): Promise<SandboxJson> {
-  return withSandbox(ctx, locks, vmid, async (row) => {
-    if (row.state === "DESTROYED") return sandboxJson(row);
-    const refused: SandboxState[] = ["REQUESTED", "PROVISIONING", "BOOTING", "TIMEOUT"];
-    if (!force && refused.includes(row.state)) {
-      throw new AgentlabError(
-        "DESTROY_FAILED",
-        `failed to destroy sandbox: sandbox ${vmid} is in ${row.state} state`,
-        {
-          hint: `use --force: agentlab sandbox destroy --force ${vmid}`,
-          details: { vmid, state: row.state },
-        },
-      );
-    }
-    if (row.vm_created) {
-      // Intent first (one commit): a kill -9 from here on leaves a row start-up recovery finishes from.
-      ctx.store.sandboxOps.begin(vmid, "destroy", { force });
-      reportStep(op, vmid, "destroy", `destroying VM ${vmid}`);
-      try {
-        if (force) await removeVm(ctx, vmRefOf(ctx, row));
-        else {
-          const vm = await locateVm(ctx, vmRefOf(ctx, row));
-          await shutDownForWorkspace(ctx, vm, op.signal);
-          const status = await ctx.backend.status(vm);
-          if (status.state !== "stopped") await ctx.backend.stop(vm, { signal: op.signal });
-          await unplugWorkspaces(ctx, vm);
-          await ctx.backend.destroy(vm, { purge: true }, { signal: op.signal });
-        }
-      } catch (error) {
-        // The caller sees the failure and decides; a later restart must not finish it behind their back.
-        ctx.store.tx(() => {
-          ctx.store.sandboxOps.finish(vmid);
-          recordEvent(ctx, vmid, "sandbox.destroy.failed", describe(error));
-        });
-        throw new AgentlabError("DESTROY_FAILED", `failed to destroy sandbox: ${describe(error)}`, {
-          hint: isVmNotFound(error)
-            ? `the VM is already gone; clear the entry with agentlab sandbox destroy --force ${vmid} (or agentlab sandbox prune)`
-            : force
-              ? // --force already failed: repeating it is no advice. What blocks Proxmox must be looked at.
-                `Proxmox refused to remove VM ${vmid}: see why with qm status ${vmid} --verbose and qm config ${vmid} on the Proxmox host (qm unlock ${vmid} if a dead task left a lock), then run agentlab sandbox destroy --force ${vmid} again`
-              : `use --force: agentlab sandbox destroy --force ${vmid}; if that fails too, qm destroy ${vmid} on the Proxmox host`,
-          details: {
-            vmid,
-            state: row.state,
-            ...(error instanceof AgentlabError ? { cause_code: error.code } : {}),
-          },
-          cause: error,
-        });
-      }
-    }
-    return sandboxJson(
-      await recordDestroyed(
-        ctx,
-        row,
-        force ? "destroyed (forced)" : "destroyed",
-        "sandbox.destroy.completed",
-      ),
+  return withSandbox(ctx, locks, vmid, (row) => destroyHeld(ctx, row, force, op));
+}
+
+/** The event a destroy ends with, when it is not a user's `sandbox destroy` (e.g. a warm pool removal). */
+export interface DestroyRecord {
+  kind: string;
+  message: string;
+  payload?: Record<string, unknown>;
+}
+
+/**
+ * destroySandbox for a destroy the daemon decided on from a row read before it held the lock (a warm
+ * pool member found surplus or dead): `ifStill` is asked again on the row read under the lock, so a
+ * sandbox that changed meanwhile (claimed by a user) is left alone and undefined returned.
+ */
+export function destroySandboxIf(
+  { ctx, locks }: SandboxScope,
+  vmid: number,
+  force: boolean,
+  op: Operation,
+  options: { ifStill: (row: Sandbox) => boolean; record: DestroyRecord },
+): Promise<SandboxJson | undefined> {
+  return withSandbox(ctx, locks, vmid, async (row) =>
+    options.ifStill(row) ? destroyHeld(ctx, row, force, op, options.record) : undefined,
+  );
+}
+
+/** The destroy itself, holding the sandbox's lock, on the row read under it. */
+async function destroyHeld(
+  ctx: DaemonContext,
+  row: Sandbox,
+  force: boolean,
+  op: Operation,
+  record?: DestroyRecord,
+): Promise<SandboxJson> {
+  const { vmid } = row;
+  if (row.state === "DESTROYED") return sandboxJson(row);
+  const refused: SandboxState[] = ["REQUESTED", "PROVISIONING", "BOOTING", "TIMEOUT"];
+  if (!force && refused.includes(row.state)) {
+    throw new AgentlabError(
+      "DESTROY_FAILED",
+      `failed to destroy sandbox: sandbox ${vmid} is in ${row.state} state`,
+      {
+        hint: `use --force: agentlab sandbox destroy --force ${vmid}`,
+        details: { vmid, state: row.state },
+      },
     );
-  });
+  }
+  if (row.vm_created) {
+    // Intent first (one commit): a kill -9 from here on leaves a row start-up recovery finishes from.
+    ctx.store.sandboxOps.begin(vmid, "destroy", { force });
+    reportStep(op, vmid, "destroy", `destroying VM ${vmid}`);
+    try {
+      if (force) await removeVm(ctx, vmRefOf(ctx, row));
+      else {
+        const vm = await locateVm(ctx, vmRefOf(ctx, row));
+        await shutDownForWorkspace(ctx, vm, op.signal);
+        const status = await ctx.backend.status(vm);
+        if (status.state !== "stopped") await ctx.backend.stop(vm, { signal: op.signal });
+        await unplugWorkspaces(ctx, vm);
+        await ctx.backend.destroy(vm, { purge: true }, { signal: op.signal });
+      }
+    } catch (error) {
+      // The caller sees the failure and decides; a later restart must not finish it behind their back.
+      ctx.store.tx(() => {
+        ctx.store.sandboxOps.finish(vmid);
+        recordEvent(ctx, vmid, "sandbox.destroy.failed", describe(error));
+      });
+      throw new AgentlabError("DESTROY_FAILED", `failed to destroy sandbox: ${describe(error)}`, {
+        hint: isVmNotFound(error)
+          ? `the VM is already gone; clear the entry with agentlab sandbox destroy --force ${vmid} (or agentlab sandbox prune)`
+          : force
+            ? // --force already failed: repeating it is no advice. What blocks Proxmox must be looked at.
+              `Proxmox refused to remove VM ${vmid}: see why with qm status ${vmid} --verbose and qm config ${vmid} on the Proxmox host (qm unlock ${vmid} if a dead task left a lock), then run agentlab sandbox destroy --force ${vmid} again`
+            : `use --force: agentlab sandbox destroy --force ${vmid}; if that fails too, qm destroy ${vmid} on the Proxmox host`,
+        details: {
+          vmid,
+          state: row.state,
+          ...(error instanceof AgentlabError ? { cause_code: error.code } : {}),
+        },
+        cause: error,
+      });
+    }
+  }
+  return sandboxJson(
+    await recordDestroyed(
+      ctx,
+      row,
+      record?.message ?? (force ? "destroyed (forced)" : "destroyed"),
+      record?.kind ?? "sandbox.destroy.completed",
+      record?.payload ? { payload: record.payload } : {},
+    ),
+  );
 }
 
 /**
