@@ -10,6 +10,16 @@ import type { Scale } from "./bench.js";
 
 export const PROFILE = "yolo-ephemeral";
 
+/**
+ * With AGENTLAB_BENCH_PROFILE_DIR set, each benchmark's daemon (and it alone: not the simulator, the CLI
+ * or this process) writes a CPU profile and its event-loop delay there when it exits (daemon-profile.ts).
+ */
+function profiledDaemonEnv(): NodeJS.ProcessEnv {
+  if (!process.env.AGENTLAB_BENCH_PROFILE_DIR) return {};
+  const preload = new URL("./daemon-profile.js", import.meta.url).href;
+  return { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ""} --import ${preload}`.trim() };
+}
+
 export async function startBenchHost(
   kind: BackendKind,
   knobs: Record<string, number>,
@@ -18,6 +28,8 @@ export async function startBenchHost(
   const h = await startSimHost(
     kind,
     `bootstrap_listen: 127.0.0.1:0\nagent_subnet: 0.0.0.0/1\nlog_level: info\n${extraConfig}`,
+    {},
+    { daemonEnv: profiledDaemonEnv() },
   );
   try {
     await setControl(h.sim.dir, knobs);

@@ -81,12 +81,17 @@ export class WebSocketMessageWriter extends AbstractMessageWriter implements Mes
   }
 
   write(message: Message): Promise<void> {
+    return this.writeEncoded(message, JSON.stringify(message));
+  }
+
+  /** Writes `message`, of which `json` is the JSON text (the daemon's bounded writer measured it). */
+  writeEncoded(message: Message, json: string): Promise<void> {
     const written = new Promise<void>((resolve, reject) => {
       if (this.socket.readyState !== OPEN) {
         reject(new Error("the WebSocket is closed"));
         return;
       }
-      this.socket.send(JSON.stringify(message), (error) => {
+      this.socket.send(json, (error) => {
         if (error) {
           this.errorCount++;
           this.fireError(error, message, this.errorCount);

@@ -8,7 +8,7 @@ import { pino } from "pino";
 import { createMessageConnection, StreamMessageReader, StreamMessageWriter } from "vscode-jsonrpc/node.js";
 import { z } from "zod";
 import { call } from "../../src/cli/client.js";
-import { RpcServer } from "../../src/daemon/rpc/server.js";
+import { RpcServer, SLOW_CALL_MS } from "../../src/daemon/rpc/server.js";
 import {
   AgentlabError,
   defineMethod,
@@ -286,5 +286,45 @@ describe("socket group", () => {
     assert.equal(groupId("agent", file), undefined);
     assert.equal(groupId("agentlab", join(dir, "missing")), undefined);
     rmSync(dir, { recursive: true, force: true });
+  });
+});
+
+describe("RPC server: the per-call log line", () => {
+  test("at info a quick success writes no line, a slow one and a failure write theirs with method and request id", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "agentlab-rpc-log-"));
+    const socketPath = join(dir, "rpc.sock");
+    const lines: Array<Record<string, unknown>> = [];
+    const log = pino(
+      { level: "info" },
+      { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) },
+    );
+    const server = new RpcServer({ log });
+    server.register(echo, (params) => ({ text: params.text }));
+    server.register(boom, () => {
+      throw new Error("kaput");
+    });
+    server.register(slow, async () => {
+      await new Promise((resolve) => setTimeout(resolve, SLOW_CALL_MS + 50));
+      return { finished: true };
+    });
+    await server.listen(socketPath);
+    try {
+      const opts = { socketPath, timeoutMs: 10_000 };
+      await call(opts, echo, { text: "quick" });
+      await errorOf(call(opts, boom, {}));
+      await call(opts, slow, { steps: 0 });
+      const calls = lines.filter((line) => line.msg === "rpc ok" || line.msg === "rpc failed");
+      assert.deepEqual(
+        calls.map((line) => [line.msg, line.method]),
+        [
+          ["rpc failed", "test.boom"],
+          ["rpc ok", "test.slow"],
+        ],
+      );
+      for (const line of calls) assert.match(String(line.req), /^r\d+$/);
+    } finally {
+      await server.close(100);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

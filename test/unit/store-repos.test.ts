@@ -308,6 +308,33 @@ describe("store: events", () => {
     }
   });
 
+  it("listForSandbox with a kind gives that kind's events only (the last one with tail 1)", () => {
+    const store = freshStore();
+    try {
+      for (let i = 1; i <= 5; i++) {
+        store.events.append({ kind: "sandbox.idle_stop", sandbox_vmid: 1, msg: `stop-${i}` });
+        store.events.append({ kind: "k", sandbox_vmid: 1, msg: `other-${i}` });
+        store.events.append({ kind: "sandbox.idle_stop", sandbox_vmid: 2, msg: `two-${i}` });
+      }
+      const msgs = (rows: Array<{ msg: string | null }>) => rows.map((r) => r.msg);
+      const kind = "sandbox.idle_stop";
+      assert.deepEqual(msgs(store.events.listForSandbox(1, { kind, tail: 1 })), ["stop-5"]);
+      assert.deepEqual(msgs(store.events.listForSandbox(1, { kind, tail: 2 })), ["stop-4", "stop-5"]);
+      assert.deepEqual(msgs(store.events.listForSandbox(1, { kind })), [
+        "stop-1",
+        "stop-2",
+        "stop-3",
+        "stop-4",
+        "stop-5",
+      ]);
+      assert.deepEqual(store.events.listForSandbox(1, { kind: "none", tail: 1 }), []);
+      assert.deepEqual(store.events.listForSandbox(3, { kind, tail: 1 }), []);
+      assert.equal(store.events.listForSandbox(1).length, 10);
+    } finally {
+      store.close();
+    }
+  });
+
   it("listForSandbox returns one sandbox's events oldest first, with tail and afterId", () => {
     const store = freshStore();
     try {

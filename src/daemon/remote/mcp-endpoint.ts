@@ -11,7 +11,8 @@ import { createMessageConnection, StreamMessageReader, StreamMessageWriter } fro
 import { AgentlabError } from "../../protocol/errors.js";
 import { sendRequest } from "../../protocol/request.js";
 import type { Logger } from "../log.js";
-import { type CallGate, type RpcServer, TrackingMessageWriter } from "../rpc/server.js";
+import { FramedMessageWriter } from "../rpc/message-writer.js";
+import type { CallGate, RpcServer } from "../rpc/server.js";
 import type { VerifiedToken } from "./tokens.js";
 
 export const MCP_PATH = "/mcp";
@@ -94,7 +95,7 @@ export async function serveMcp(request: McpRequest): Promise<void> {
   const fromDaemon = new PassThrough();
   const attached = request.server.attach({
     reader: new StreamMessageReader(toDaemon),
-    writer: new TrackingMessageWriter(fromDaemon),
+    writer: new FramedMessageWriter(fromDaemon),
     destroy: () => {
       toDaemon.destroy();
       fromDaemon.destroy();

@@ -5,6 +5,7 @@
  */
 import type { Disposable, Message, MessageWriter } from "vscode-jsonrpc";
 import { AgentlabError } from "../../protocol/errors.js";
+import type { EncodedMessageWriter } from "./message-writer.js";
 
 export interface ConnectionLimits {
   /** Clients served at once (Unix socket and remote listener together). */
@@ -71,10 +72,13 @@ export class BoundedWriter<W extends MessageWriter & { flushed(): Promise<void> 
   }
 
   write(message: Message): Promise<void> {
-    // Measured as the JSON text: the framing adds a few header bytes, the WebSocket a few more.
-    const size = JSON.stringify(message).length;
+    // Measured as the JSON text: the framing adds a few header bytes, the WebSocket a few more. A writer
+    // that takes the text is given it, so the message is serialised once.
+    const json = JSON.stringify(message);
+    const size = json.length;
     this.unsent += size;
-    const written = this.inner.write(message);
+    const inner = this.inner as W & Partial<EncodedMessageWriter>;
+    const written = inner.writeEncoded ? inner.writeEncoded(message, json) : inner.write(message);
     const settle = () => {
       this.unsent -= size;
       this.afterWrite?.();

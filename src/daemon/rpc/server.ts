@@ -11,7 +11,6 @@ import {
   type MessageWriter,
   type ProgressToken,
   StreamMessageReader,
-  StreamMessageWriter,
 } from "vscode-jsonrpc/node.js";
 import type { z } from "zod";
 import { AgentlabError } from "../../protocol/errors.js";
@@ -29,6 +28,7 @@ import {
   IdleTimer,
 } from "./connection-limits.js";
 import { FrameError, FrameGuard } from "./frame-guard.js";
+import { FramedMessageWriter } from "./message-writer.js";
 import { claimSocketPath, restrictSocket } from "./socket.js";
 import { SocketPeers } from "./socket-peers.js";
 import { toRpcError } from "./to-rpc-error.js";
@@ -104,6 +104,15 @@ export interface RpcServerOptions {
   peers?: SocketPeers;
 }
 
+/**
+ * A call that succeeds in less time is logged (`rpc ok`) at debug, a slower one at info. At info for
+ * every call, 200 clients reading sandboxes made the line a fifth of the daemon's time (a synchronous
+ * write, the redactor, a child logger per call), and a few hundred calls a second pass journald's
+ * default rate limit (10,000 lines per 30 s per service), past which it drops the daemon's warnings too.
+ * Failures (`rpc failed`) stay at info or error, and what a call changes is logged by its own steps.
+ */
+export const SLOW_CALL_MS = 1000;
+
 /** Issues named in one INVALID_PARAMS answer; a request with thousands of bad fields gets the first few. */
 const MAX_ISSUES_SHOWN = 5;
 
@@ -154,26 +163,6 @@ class StrictMessageReader extends StreamMessageReader {
       }
       callback(message);
     });
-  }
-}
-
-/**
- * A writer that remembers the writes still in progress, so shutdown can let the last answers reach
- * their clients before the sockets close.
- */
-export class TrackingMessageWriter extends StreamMessageWriter {
-  private readonly pending = new Set<Promise<void>>();
-
-  override write(message: Message): Promise<void> {
-    const written = super.write(message);
-    this.pending.add(written);
-    const forget = () => this.pending.delete(written);
-    written.then(forget, forget);
-    return written;
-  }
-
-  async flushed(): Promise<void> {
-    await Promise.allSettled([...this.pending]);
   }
 }
 
@@ -352,7 +341,7 @@ export class RpcServer {
     guard.on("error", (error) => connection?.drop((error as Error).message, error));
     const transport: RpcTransport = {
       reader: new StrictMessageReader(guard),
-      writer: new TrackingMessageWriter(socket),
+      writer: new FramedMessageWriter(socket),
       destroy: () => socket.destroy(),
       end: () => {
         socket.end();
@@ -518,7 +507,10 @@ export class RpcServer {
     token: CancellationToken,
   ): Promise<unknown> {
     const requestId = `r${++this.nextRequest}`;
-    const log = connectionLog.child({ req: requestId, method: method.method });
+    // Made on first use: a quick read that succeeds writes no line at info, and a child logger per call
+    // was a measurable share of such a call's time.
+    let callLog: Logger | undefined;
+    const log = () => (callLog ??= connectionLog.child({ req: requestId, method: method.method }));
     const started = performance.now();
     const abort = new AbortController();
     const cancelListener = token.onCancellationRequested(() =>
@@ -550,15 +542,23 @@ export class RpcServer {
         method: method.method,
         requestId,
         caller: transport.caller,
-        signal: abort.signal,
-        log,
+        // Node makes a controller's signal on first use, and making one costs more than a quick read:
+        // only handlers that look at it pay (abort() still reaches a signal read afterwards).
+        get signal() {
+          return abort.signal;
+        },
+        get log() {
+          return log();
+        },
         progress: (value) => {
           if (progressToken === undefined || abort.signal.aborted) return;
           void conn.sendProgress(progressType, progressToken, value).catch(() => {});
         },
       };
       const result = await handler(parsed.data, ctx);
-      log.info({ ms: Math.round(performance.now() - started) }, "rpc ok");
+      const ms = Math.round(performance.now() - started);
+      if (ms >= SLOW_CALL_MS) log().info({ ms }, "rpc ok");
+      else if (connectionLog.isLevelEnabled("debug")) log().debug({ ms }, "rpc ok");
       this.metrics?.rpcCall(method.method, "success", secondsSince(started));
       transport.gate?.finished(method.method, parsed.data, { result });
       return result;
@@ -567,7 +567,7 @@ export class RpcServer {
       const rpcError = toRpcError(error, method.method, requestId);
       this.metrics?.rpcCall(method.method, String(rpcError.data?.code ?? "INTERNAL"), secondsSince(started));
       const level = rpcError.data?.code === "INTERNAL" ? "error" : "info";
-      log[level](
+      log()[level](
         { ms: Math.round(performance.now() - started), code: rpcError.data?.code, err: error },
         "rpc failed",
       );

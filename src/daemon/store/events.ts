@@ -33,6 +33,8 @@ export interface EventListOptions {
   tail?: number;
   /** Only events with an id greater than this. */
   afterId?: number;
+  /** Only events of this kind (with tail 1: the last of that kind, without reading the others). */
+  kind?: string;
 }
 
 export interface EventRepo {
@@ -96,6 +98,12 @@ function fromRow(row: EventDbRow): EventRecord {
   };
 }
 
+interface KeyedParams<K> {
+  key: K;
+  after: number;
+  kind: string | null;
+}
+
 function checkCount(name: string, value: number | undefined): void {
   if (value !== undefined && (!Number.isSafeInteger(value) || value < 0)) {
     throw new AgentlabError("INVALID_PARAMS", `${name} must be a non-negative integer, got ${String(value)}`);
@@ -107,21 +115,23 @@ export function createEventRepo(db: Database.Database, now: () => Date): EventRe
     "INSERT INTO events (ts, kind, sandbox_vmid, job_id, workspace_id, msg, json) " +
       `VALUES (@ts, @kind, @sandbox_vmid, @job_id, @workspace_id, @msg, @json) RETURNING ${COLUMNS}`,
   );
-  // Every listing is "the events with this key, oldest first", all of them or only the last `tail`.
+  // Every listing is "the events with this key (and kind), oldest first", all of them or only the last
+  // `tail`.
   const keyedList = <K extends number | string>(column: "sandbox_vmid" | "workspace_id" | "job_id") => {
-    const all = db.prepare<[K, number], EventDbRow>(
-      `SELECT ${COLUMNS} FROM events WHERE ${column} = ? AND id > ? ORDER BY id`,
+    const where = `${column} = @key AND id > @after AND (@kind IS NULL OR kind = @kind)`;
+    const all = db.prepare<KeyedParams<K>, EventDbRow>(
+      `SELECT ${COLUMNS} FROM events WHERE ${where} ORDER BY id`,
     );
-    const tail = db.prepare<[K, number, number], EventDbRow>(
+    const tail = db.prepare<KeyedParams<K> & { tail: number }, EventDbRow>(
       `SELECT ${COLUMNS} FROM (
-         SELECT ${COLUMNS} FROM events WHERE ${column} = ? AND id > ? ORDER BY id DESC LIMIT ?
+         SELECT ${COLUMNS} FROM events WHERE ${where} ORDER BY id DESC LIMIT @tail
        ) ORDER BY id`,
     );
     return (key: K, options: EventListOptions): EventRecord[] => {
       checkCount("tail", options.tail);
       checkCount("afterId", options.afterId);
-      const after = options.afterId ?? 0;
-      const rows = options.tail === undefined ? all.all(key, after) : tail.all(key, after, options.tail);
+      const params = { key, after: options.afterId ?? 0, kind: options.kind ?? null };
+      const rows = options.tail === undefined ? all.all(params) : tail.all({ ...params, tail: options.tail });
       return rows.map(fromRow);
     };
   };

@@ -80,10 +80,8 @@ function idleStopView(ctx: DaemonContext, row: SandboxRow): SandboxDetail["idle_
   const policy = idlePolicy(ctx, row);
   const view: SandboxDetail["idle_stop"] = { after_ms: policy.windowMs };
   if ("off" in policy) view.off = policy.off;
-  const last = ctx.store.events
-    .listForSandbox(row.vmid)
-    .filter((e) => e.kind === IDLE_STOP_EVENT)
-    .at(-1);
+  // The last one only: every show read all of the sandbox's events for it, a cost that grew with its age.
+  const [last] = ctx.store.events.listForSandbox(row.vmid, { kind: IDLE_STOP_EVENT, tail: 1 });
   if (last) {
     const payload = (last.payload ?? {}) as { idle_for_minutes?: unknown; cpu_usage?: unknown };
     view.last = {
