@@ -167,9 +167,12 @@ async function pveshRun(
     seen.returnsNull = !result.task && (result.data === null || result.data === undefined);
     if (result.task) {
       // pvesh runs the worker in the foreground, prints its log, then the UPID; it never checks the result.
+      // tee_worker reads the worker's end from its control pipe: TASK OK is not printed, the error text
+      // of TASK ERROR and a warning count go to stderr (pve-common RESTEnvironment.pm:489-501).
       const task = await waitForTask(dir, result.task.upid, io);
-      if (task.exitstatus !== "OK" && !task.exitstatus?.startsWith("WARNINGS"))
-        io.err(`${task.exitstatus}\n`);
+      const warnings = /^WARNINGS: (\d+)$/.exec(task.exitstatus ?? "");
+      if (warnings) io.err(`Task finished with ${warnings[1]} warning(s)!\n`);
+      else if (task.exitstatus !== "OK") io.err(`${task.exitstatus}\n`);
       io.out(format === "text" ? `${result.task.upid}\n` : render(result.task.upid, format));
       return 0;
     }

@@ -23,6 +23,7 @@ import {
   type Params,
   PveRequestError,
   type PveTransport,
+  TaskEndedOk,
   TaskInterruptedError,
 } from "./transport.js";
 import type {
@@ -323,6 +324,11 @@ export class PveBackend implements ProxmoxBackend {
               await this.giveUp(error.upid, error.reason, limit, action);
               return;
             }
+            if (data instanceof TaskEndedOk) {
+              // pvesh ran the task and its output proved it ended OK: there is nothing left to ask.
+              await this.timedTask(data.upid, sent, async () => {});
+              return;
+            }
             const upid = workerUpid(data);
             if (upid)
               await this.timedTask(upid, sent, () =>
@@ -417,11 +423,11 @@ export class PveBackend implements ProxmoxBackend {
         sleep: this.sleep,
         now: this.now,
         timeoutMs: limit.ms,
-        // pvesh returned only after running the task, so it is over: ask at once. The API only started
-        // it: ask about when the last task of its kind ended.
+        // pvesh returned only after running the task, so it is over: ask at once (its output did not
+        // prove it ended OK). The API only started it: ask about when the last task of its kind ended.
         ...(this.kind === "api"
           ? {
-              firstPollAfterMs: this.taskDurations.firstPollAfter(kind),
+              ...this.taskDurations.schedule(kind),
               onStopped: (trace: PollTrace) => this.taskDurations.learn(kind, trace),
             }
           : {}),

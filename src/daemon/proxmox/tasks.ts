@@ -1,8 +1,9 @@
 /**
  * Proxmox worker tasks: UPID parsing and waiting for a task to end. Waiting polls soon (a task the API
  * just started is asked about after 50 ms) and backs off, doubling from 100 ms to a cap of 500 ms, so
- * a 2 s clone is noticed at most half a second after it ended with 7 polls (it used to be 0.5 s
- * doubling to 5 s: 4 polls, the same clone noticed 1.5 s late) and a long task costs two polls a second.
+ * a 2 s clone of a kind never seen is noticed at most half a second after it ended with 7 polls (it used
+ * to be 0.5 s doubling to 5 s: 4 polls, the same clone noticed 1.5 s late) and a long task costs two
+ * polls a second; a task of a known kind is first asked about near its expected end (TaskDurations).
  */
 
 export interface Upid {
@@ -81,34 +82,57 @@ export interface PollTrace {
  * How long tasks of a kind took, so that the first poll of the next one lands near its end: Proxmox's
  * API has no call that waits for a task, and polling a 2 s clone from 50 ms on costs 7 calls. A task
  * of a known kind is asked about first when the last one of its kind ended (at most maxFirstPollMs, so
- * a misjudged task is noticed at most that late), then as usual (100 ms doubling to 500 ms). The
- * estimate is the midpoint between the last "running" and the "stopped" answer; a task already over at
- * the first poll moves the estimate 100 ms earlier, so it cannot only grow. A task that keeps its
- * duration then costs one or two polls and is noticed within 100 ms of its end.
+ * a misjudged task is noticed at most that late; at once when the last one had ended by the time its
+ * call was answered), then 50 ms later, then doubling to 500 ms: it is expected to end about then, so
+ * one more short look notices it soon. The estimate lies between the last "running" and the "stopped"
+ * answer (see learn); a task already over at the first poll moves the estimate 50 ms earlier, so it
+ * cannot only grow. A task that keeps its duration then costs one or two polls and is noticed within
+ * 100 ms of its end; one that is over before its call is answered costs one poll and no wait.
  */
 export class TaskDurations {
   private readonly expected = new Map<string, number>();
 
-  constructor(private readonly maxFirstPollMs = 2000) {}
+  /**
+   * maxFirstPollMs: 3 s, above a linked clone's usual 1-2 s (full clones are a kind of their own), so the
+   * cap does not cut into a clone's estimate; a kind whose tasks suddenly got much shorter is noticed at
+   * most that late.
+   */
+  constructor(private readonly maxFirstPollMs = 3000) {}
 
-  firstPollAfter(kind: string): number {
+  /** When to send the first poll of a task of this kind, and the wait after it when it is still running. */
+  schedule(kind: string): { firstPollAfterMs: number; initialDelayMs: number } {
     const estimate = this.expected.get(kind);
-    if (estimate === undefined) return TASK_POLL.firstPollAfterMs;
-    return Math.round(Math.min(Math.max(estimate, TASK_POLL.firstPollAfterMs), this.maxFirstPollMs));
+    if (estimate === undefined)
+      return { firstPollAfterMs: TASK_POLL.firstPollAfterMs, initialDelayMs: TASK_POLL.initialDelayMs };
+    return {
+      firstPollAfterMs: Math.round(Math.min(Math.max(estimate, 0), this.maxFirstPollMs)),
+      initialDelayMs: TASK_POLL.knownDelayMs,
+    };
   }
 
   learn(kind: string, trace: PollTrace): void {
-    // Already over at the first poll: it may end sooner, so ask one step (100 ms) earlier next time.
+    // Already over at the first poll: it may end sooner, so ask one step (50 ms) earlier next time.
+    // Else it ended between the last "running" answer and the "stopped" one: aim two thirds of the way,
+    // so that a task as long as this one is mostly seen over at the first poll (a poll that finds it
+    // running costs a call), yet noticed within a third of that stretch of its end.
     const end =
       trace.lastRunningMs === undefined
-        ? trace.stoppedMs - TASK_POLL.initialDelayMs
-        : (trace.lastRunningMs + trace.stoppedMs) / 2;
+        ? trace.stoppedMs - TASK_POLL.knownDelayMs
+        : trace.lastRunningMs + ((trace.stoppedMs - trace.lastRunningMs) * 2) / 3;
     this.expected.set(kind, end);
   }
 }
 
-/** Defaults of WaitOptions for a task that has just been started through the API. */
-export const TASK_POLL = { firstPollAfterMs: 50, initialDelayMs: 100, maxDelayMs: 500 } as const;
+/**
+ * Defaults of WaitOptions for a task that has just been started through the API; `knownDelayMs` is the
+ * wait after a first poll that found a task of a known kind still running (TaskDurations).
+ */
+export const TASK_POLL = {
+  firstPollAfterMs: 50,
+  initialDelayMs: 100,
+  maxDelayMs: 500,
+  knownDelayMs: 50,
+} as const;
 
 export class TaskTimeoutError extends Error {
   constructor(

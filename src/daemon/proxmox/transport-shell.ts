@@ -1,12 +1,13 @@
 import { execa } from "execa";
 import { AgentlabError } from "../../protocol/errors.js";
-import { workerUpid } from "./tasks.js";
+import { parseUpid, workerUpid } from "./tasks.js";
 import {
   type ApiPath,
   type HttpMethod,
   type Params,
   PveRequestError,
   type PveTransport,
+  TaskEndedOk,
   TaskInterruptedError,
 } from "./transport.js";
 
@@ -90,6 +91,34 @@ export function parsePveshError(
   return new PveRequestError(method, path, lines.join(" "));
 }
 
+/**
+ * Whether a worker run of pvesh that exited 0 proves its task ended with `TASK OK`, so that its status
+ * need not be read. pvesh runs the worker in the foreground (`$sync` for the 'cli' environment,
+ * pve-common RESTEnvironment.pm:529; pvesh sets that environment up, pve-manager PVE/CLI/pvesh.pm:45-47 →
+ * RESTEnvironment.pm:169). When the worker ends, `tee_worker` reads its control message
+ * (RESTEnvironment.pm:489-501): `TASK OK` is printed nowhere but the task log; `TASK ERROR: <text>`
+ * prints the text on stderr, `TASK WARNINGS: N` prints `Task finished with N warning(s)!` there, and
+ * anything else (no message: the worker was killed; a broken pipe) dies into an error that is printed
+ * on stderr too (:500, 504-513). pvesh then prints the UPID and exits 0 in every case (pvesh.pm:461,
+ * CLIHandler.pm:717). So an empty stderr after an exit 0 with a UPID for its last line means `TASK OK`.
+ * On a cluster the call may run on another node through `pvesh --noproxy` over SSH; run_command passes
+ * that run's stderr on (pve-common Cmd.pm:148-160, 305-306), so the same holds, but its stdout then
+ * comes back as one string that is not a bare UPID (pvesh.pm:139-141): that case, and any stderr at all
+ * (a warning, a Perl locale complaint), is left to the status read.
+ */
+export function endedOk(
+  method: HttpMethod,
+  path: string,
+  stdout: string,
+  stderr: string,
+): TaskEndedOk | undefined {
+  if (stderr !== "") return undefined;
+  const printed = parsePveshOutput(method, path, stdout);
+  if (typeof printed !== "string") return undefined;
+  const upid = parseUpid(printed);
+  return upid && upid.upid === printed ? new TaskEndedOk(upid.upid) : undefined;
+}
+
 /** The shell backend's transport: one `pvesh` process per call, JSON out, never a shell string. */
 export class ShellTransport implements PveTransport {
   readonly kind = "shell" as const;
@@ -166,6 +195,10 @@ export class ShellTransport implements PveTransport {
       );
     }
     if (result.exitCode !== 0) throw parsePveshError(method, raw, String(result.stderr), result.exitCode);
+    if (worker) {
+      const ok = endedOk(method, raw, String(result.stdout), String(result.stderr));
+      if (ok) return ok;
+    }
     return parsePveshOutput(method, raw, String(result.stdout));
   }
 }

@@ -106,7 +106,8 @@ export interface PveTransport {
   readonly kind: "shell" | "api";
   /**
    * Perform one call and return the `data` value. For worker endpoints that is the UPID string; the
-   * shell transport returns it only after the worker ran (pvesh runs workers in the foreground).
+   * shell transport returns it only after the worker ran (pvesh runs workers in the foreground), as a
+   * TaskEndedOk when pvesh's output proves the task ended OK.
    * `taskTimeoutMs` is given for worker endpoints: a transport that runs the worker within the call
    * (shell) bounds the call by it instead of the per-call timeout; one that only starts it (api) ignores it.
    */
@@ -153,6 +154,15 @@ export class PveRequestError extends Error {
     this.name = "PveRequestError";
     this.path = String(path);
   }
+}
+
+/**
+ * The answer of a worker call whose transport saw its task end, and end with `TASK OK`: pvesh runs the
+ * worker in the foreground and says how it ended (transport-shell.ts, `endedOk`). The backend then
+ * knows the outcome without reading the task's status. `upid` is the task's id, as pvesh printed it.
+ */
+export class TaskEndedOk {
+  constructor(readonly upid: string) {}
 }
 
 /**
