@@ -45,6 +45,9 @@ export async function removeVm(ctx: DaemonContext, recorded: VmRef): Promise<voi
   }
 }
 
+/** States whose VM runs: a failed destroy that stopped it moves such a row to STOPPED. */
+const IN_USE: readonly SandboxState[] = ["READY", "RUNNING", "SUSPENDED"];
+
 /** Why a job ends when its sandbox's VM disappeared from Proxmox behind agentlab's back. */
 export const JOB_VM_MISSING_REASON = "its sandbox's VM disappeared from Proxmox";
 
@@ -142,8 +145,15 @@ async function destroyHeld(
         await ctx.backend.destroy(vm, { purge: true }, { signal: op.signal });
       }
     } catch (error) {
+      // A destroy that failed after its stop (the DELETE refused, its task failed) leaves the VM
+      // stopped: the row says so, or it would claim a running sandbox until the reconciler FAILED it
+      // as "stopped outside agentlab". The user can start it again or retry the destroy.
+      const now = IN_USE.includes(row.state)
+        ? await ctx.backend.status(vmRefOf(ctx, row)).catch(() => undefined)
+        : undefined;
       // The caller sees the failure and decides; a later restart must not finish it behind their back.
       ctx.store.tx(() => {
+        if (now?.state === "stopped") transitionSandbox(ctx.store, vmid, "STOPPED", { patch: { ip: null } });
         ctx.store.sandboxOps.finish(vmid);
         recordEvent(ctx, vmid, "sandbox.destroy.failed", describe(error));
       });

@@ -58,7 +58,7 @@ export async function bootSandbox(
   try {
     reportStep(op, vmid, "start", `starting VM ${vmid}`);
     await ctx.network?.beforeStart(vmid);
-    await ctx.backend.start(vm, { signal: op.signal });
+    await powerCall(ctx, vm, "running", () => ctx.backend.start(vm, { signal: op.signal }));
     reportStep(op, vmid, "wait-guest", "waiting for the guest to report its address");
     const ip = await waitForIp(ctx, vm, ctx.clock.now().getTime() + ctx.config.provisioning_timeout_ms, op);
     const ready = transitionSandbox(ctx.store, vmid, "READY", { patch: { ip } });
@@ -70,6 +70,32 @@ export async function bootSandbox(
   } catch (error) {
     settleSandbox(ctx, vmid, "FAILED", { reason: `${what} failed: ${describe(error)}` });
     throw error;
+  }
+}
+
+/**
+ * Run a start or stop call and, when it fails, ask the VM whether it was carried out anyway: Proxmox
+ * may have run the task while its answer was lost (a 500 or a dropped connection on the task's poll, a
+ * task stopped for outliving proxmox_task_timeout after it had done its work). A VM found `want` is the
+ * call's success; otherwise, or when the status cannot be read, the call's own error stands. Without
+ * this, a stop whose poll failed left the row RUNNING over a stopped VM (and the reconciler later
+ * called it "stopped outside agentlab" and FAILED it), a start the row FAILED over a running VM.
+ */
+export async function powerCall(
+  ctx: DaemonContext,
+  vm: VmRef,
+  want: "running" | "stopped",
+  call: () => Promise<void>,
+): Promise<void> {
+  try {
+    await call();
+  } catch (error) {
+    const now = await ctx.backend.status(vm).catch(() => undefined);
+    if (now?.state !== want) throw error;
+    ctx.log.warn(
+      { vmid: vm.vmid, err: error },
+      `the call failed, but VM ${vm.vmid} is ${want}: it was carried out (${describe(error)})`,
+    );
   }
 }
 
@@ -108,8 +134,9 @@ export async function withIntent<T>(
 async function powerOff(ctx: DaemonContext, row: Sandbox, op: Operation, progress = ""): Promise<Sandbox> {
   reportStep(op, row.vmid, "stop", `stopping VM ${row.vmid}${progress}`);
   return withIntent(ctx, row.vmid, "stop", {}, async () => {
+    const vm = vmRefOf(ctx, row);
     await recorded(ctx, row.vmid, "sandbox.stop", "stopped", () =>
-      ctx.backend.stop(vmRefOf(ctx, row), { signal: op.signal }),
+      powerCall(ctx, vm, "stopped", () => ctx.backend.stop(vm, { signal: op.signal })),
     );
     return settleSandbox(ctx, row.vmid, "STOPPED");
   });

@@ -12,7 +12,7 @@ import { WORKSPACE_SHUTDOWN_SECONDS } from "./destroy.js";
 import { getSandbox, requireState, requireVm, type SandboxScope, withSandbox } from "./guards.js";
 import { recordEvent, reportStep } from "./journal.js";
 import { sandboxJson } from "./json.js";
-import { bootSandbox } from "./power.js";
+import { bootSandbox, powerCall } from "./power.js";
 import { isSnapshotMissing, reapplySettings, requireRollbackable } from "./snapshot-rollback.js";
 import { nonRootDisks } from "./vm-config.js";
 import { foreignVolumes, type SandboxWorkspaces, workspaceSnapshotRefusal } from "./workspace.js";
@@ -167,14 +167,16 @@ function revertHolding(
         if (guard) {
           // /work is mounted: a clean shutdown writes it back; the root disk is rolled back anyway.
           reportStep(op, vmid, "stop", `shutting VM ${vmid} down so /work is unmounted cleanly`);
-          await backend.shutdown(
-            vm,
-            { timeoutSeconds: WORKSPACE_SHUTDOWN_SECONDS, forceStop: true },
-            { signal: op.signal },
+          await powerCall(ctx, vm, "stopped", () =>
+            backend.shutdown(
+              vm,
+              { timeoutSeconds: WORKSPACE_SHUTDOWN_SECONDS, forceStop: true },
+              { signal: op.signal },
+            ),
           );
         } else {
           reportStep(op, vmid, "stop", `stopping VM ${vmid}`);
-          await backend.stop(vm, { signal: op.signal });
+          await powerCall(ctx, vm, "stopped", () => backend.stop(vm, { signal: op.signal }));
         }
       }
       transitionSandbox(ctx.store, vmid, "STOPPED", { patch: { ip: null, failure_reason: null } });

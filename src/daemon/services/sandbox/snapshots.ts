@@ -170,9 +170,19 @@ export function restoreSnapshot(
     reportStep(op, vmid, "rollback", `rolling VM ${vmid} back to snapshot "${name}"`);
     // Intent first: a kill -9 from here leaves a row recovery finishes (the rollback is redone).
     ctx.store.sandboxOps.begin(vmid, "snapshot_restore", { name });
+    // Every failure from here closes the intent, including one after the rollback (reading the VM's
+    // status to settle the row): an intent left open would hold the sandbox until a daemon restart.
     try {
       await backend.snapshotRollback(vm, name, { signal: op.signal });
       await reapplySettings(ctx, vm, undefined, row.tags);
+      const sandbox = await settleAfterRollback(ctx, vm, op, (settled) =>
+        recordEvent(ctx, vmid, "sandbox.snapshot.restored", `restored snapshot "${name}"`, {
+          name,
+          force,
+          running: settled.state === "RUNNING",
+        }),
+      );
+      return { sandbox: sandboxJson(sandbox), snapshot: name };
     } catch (error) {
       ctx.store.tx(() => {
         ctx.store.sandboxOps.finish(vmid);
@@ -183,14 +193,6 @@ export function restoreSnapshot(
       });
       throw isSnapshotMissing(error) ? snapshotMissing(vmid, name, error) : error;
     }
-    const sandbox = await settleAfterRollback(ctx, vm, op, (settled) =>
-      recordEvent(ctx, vmid, "sandbox.snapshot.restored", `restored snapshot "${name}"`, {
-        name,
-        force,
-        running: settled.state === "RUNNING",
-      }),
-    );
-    return { sandbox: sandboxJson(sandbox), snapshot: name };
   });
 }
 
