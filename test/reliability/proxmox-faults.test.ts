@@ -54,14 +54,19 @@ const LIVE = new Set(["READY", "RUNNING", "SUSPENDED", "STOPPED", "COMPLETED"]);
 
 const escapeRegex = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
-/** A pattern for a recorded call that matches it on another run: any VMID but the template's, any UPID of the same task type. */
+/**
+ * A pattern for a recorded call that matches it on another run: any VMID but the template's, any UPID of
+ * the same task type, any snapshot name.
+ */
 export function selectorOf(call: string, vmid: number): string {
   const space = call.indexOf(" ");
   const segments = call
     .slice(space + 1)
     .split("/")
-    .map((seg) => {
+    .map((seg, i, all) => {
       if (seg.startsWith("UPID:")) return `UPID:[^/]*:${escapeRegex(seg.split(":")[5] ?? "")}:[^/]*`;
+      // Each run names its own snapshot (the recording's `s0` is not the next run's): any name.
+      if (all[i - 1] === "snapshot") return "[^/]+";
       return seg === String(vmid) ? "\\d+" : escapeRegex(seg);
     });
   return `^${call.slice(0, space)} ${segments.join("/")}$`;
