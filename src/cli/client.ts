@@ -6,8 +6,9 @@ import {
   StreamMessageReader,
   StreamMessageWriter,
 } from "vscode-jsonrpc/node.js";
+import type { ParamsOf, ResultOf } from "../protocol/call-types.js";
 import { AgentlabError } from "../protocol/errors.js";
-import type { ParamsOf, ResultOf, Wire } from "../protocol/method.js";
+import type { Wire } from "../protocol/method.js";
 import type { ProgressValue } from "../protocol/progress.js";
 import { fromResponseError, sendRequest } from "../protocol/request.js";
 import { formatDuration } from "../protocol/units.js";

@@ -1,5 +1,6 @@
+import type { ParamsOf, ResultOf } from "../protocol/call-types.js";
 import { AgentlabError } from "../protocol/errors.js";
-import type { ParamsOf, ResultOf, Wire } from "../protocol/method.js";
+import type { Wire } from "../protocol/method.js";
 import type { ProgressValue } from "../protocol/progress.js";
 import { DEFAULT_SOCKET_PATH } from "../protocol/socket.js";
 import { parseDuration } from "../protocol/units.js";

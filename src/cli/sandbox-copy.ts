@@ -8,11 +8,10 @@ import { createHash, randomBytes } from "node:crypto";
 import { closeSync, fsyncSync, openSync, readSync, rmSync, writeSync } from "node:fs";
 import { chmod, lstat, mkdir, readdir, rename, stat } from "node:fs/promises";
 import { basename, dirname, join, posix } from "node:path";
+import type { ParamsOf, ResultOf } from "../protocol/call-types.js";
 import {
   AgentlabError,
   FILE_CHUNK_BYTES,
-  type ParamsOf,
-  type ResultOf,
   sandboxFileCancel,
   sandboxFileList,
   sandboxFileMkdir,

@@ -4,7 +4,8 @@
  * token); the control listener's /mcp passes a connection into the daemon's own dispatcher under the
  * caller's token, so scopes and owners are checked exactly as for /rpc.
  */
-import type { ParamsOf, ResultOf, Wire } from "../protocol/method.js";
+import type { ParamsOf, ResultOf } from "../protocol/call-types.js";
+import type { Wire } from "../protocol/method.js";
 import type { ProgressValue } from "../protocol/progress.js";
 
 export interface DaemonCallOptions {

@@ -1,7 +1,6 @@
 import { ParameterStructures, RequestType } from "vscode-jsonrpc";
 import type { z } from "zod";
 import type { ErrorCode } from "./errors.js";
-import type * as protocol from "./index.js";
 
 /**
  * One RPC method as it travels, without schemas (wire.ts declares every one): its name, whether it
@@ -43,11 +42,3 @@ export function defineMethod<N extends string, P extends z.ZodType, R extends z.
 ): Method<P, R, N> {
   return { ...wire, ...spec };
 }
-
-/** The method with schemas that a wire name belongs to: where a wire descriptor's types come from. */
-type Named<N extends string> = Extract<(typeof protocol)[keyof typeof protocol], Method & { method: N }>;
-
-export type ParamsOf<M> =
-  M extends Method<infer P, z.ZodType> ? z.output<P> : M extends Wire<infer N> ? ParamsOf<Named<N>> : never;
-export type ResultOf<M> =
-  M extends Method<z.ZodType, infer R> ? z.output<R> : M extends Wire<infer N> ? ResultOf<Named<N>> : never;

@@ -16,8 +16,6 @@ export const ProgressValue = z.object({
 });
 export type ProgressValue = z.infer<typeof ProgressValue>;
 
-export { progressType } from "./wire.js";
-
 /** The param every progress-reporting method accepts. */
 export const progressToken = z
   .union([

@@ -7,8 +7,9 @@
  */
 import { randomUUID } from "node:crypto";
 import { CancellationTokenSource, ErrorCodes, type MessageConnection, ResponseError } from "vscode-jsonrpc";
+import type { ParamsOf, ResultOf } from "./call-types.js";
 import { AgentlabError, type ErrorCode, isErrorCode } from "./errors.js";
-import type { Method, ParamsOf, ResultOf, Wire } from "./method.js";
+import type { Method, Wire } from "./method.js";
 import type { ProgressValue } from "./progress.js";
 import { progressType } from "./wire.js";
 

@@ -194,6 +194,14 @@ describe("kill -9 inside a Proxmox call, both backends", { concurrency: 2 }, () 
         assert.equal((await m.simVms())[vmid], undefined);
       }
 
+      // Held at the task-status read after the task: the shell backend makes none when pvesh's stderr
+      // proves TASK OK (transport-shell.ts endedOk), so it records the outcome right after pvesh exits and
+      // there is no Proxmox call to hold in between.
+      const afterTaskSkip =
+        kind === "shell"
+          ? "shell: no Proxmox call between pvesh's exit and the record (no status read after TASK OK)"
+          : false;
+
       test("destroy, killed before its stop reached Proxmox: the destroy is finished", async () => {
         const vmid = await newSandbox();
         await killInside(["sandbox", "destroy", String(vmid)], CALL.stop);
@@ -214,7 +222,9 @@ describe("kill -9 inside a Proxmox call, both backends", { concurrency: 2 }, () 
         );
       });
 
-      test("destroy, killed after Proxmox removed the VM, before the record: DESTROYED", async () => {
+      test("destroy, killed after Proxmox removed the VM, before the record: DESTROYED", {
+        skip: afterTaskSkip,
+      }, async () => {
         const vmid = await newSandbox();
         await killInside(
           ["sandbox", "destroy", String(vmid)],
@@ -242,7 +252,9 @@ describe("kill -9 inside a Proxmox call, both backends", { concurrency: 2 }, () 
         await destroyWorks(vmid);
       });
 
-      test("stop, killed after Proxmox stopped the VM (row still RUNNING): STOPPED, not FAILED", async () => {
+      test("stop, killed after Proxmox stopped the VM (row still RUNNING): STOPPED, not FAILED", {
+        skip: afterTaskSkip,
+      }, async () => {
         const vmid = await newSandbox();
         await killInside(["sandbox", "stop", String(vmid)], CALL.stopDone, async () =>
           (await m.simVms())[vmid]?.status === "stopped" ? true : false,

@@ -1,14 +1,13 @@
 import type { Argv, CommandModule } from "yargs";
 import { resolveModifiers } from "../../config/modifiers.js";
+import type { ParamsOf, ResultOf } from "../../protocol/call-types.js";
 import { describeHostKey } from "../../protocol/host-keys.js";
 import {
   AgentlabError,
   formatDuration,
-  type ParamsOf,
   parseMemoryMb,
   parseTtlMinutes,
   profileList,
-  type ResultOf,
   SANDBOX_STATE_NAMES,
   type Sandbox,
   type SandboxDetail,

@@ -1,7 +1,7 @@
 import type { Argv, CommandModule } from "yargs";
+import type { ResultOf } from "../../protocol/call-types.js";
 import {
   type FsckResult,
-  type ResultOf,
   type Workspace,
   type WorkspaceDetail,
   type WorkspaceSnapshot,

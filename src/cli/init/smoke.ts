@@ -13,15 +13,14 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import type { ParamsOf, ResultOf } from "../../protocol/call-types.js";
 import {
   AgentlabError,
   daemonStatus,
   type JobDetail,
   jobRun,
   jobShow,
-  type ParamsOf,
   profileList,
-  type ResultOf,
   sandboxDestroy,
   sandboxShow,
   type Wire,

@@ -13,10 +13,12 @@ import {
   StreamMessageReader,
 } from "vscode-jsonrpc/node.js";
 import type { z } from "zod";
+import type { ParamsOf, ResultOf } from "../../protocol/call-types.js";
 import { AgentlabError } from "../../protocol/errors.js";
 import { MAX_FRAME_BYTES, preview } from "../../protocol/index.js";
-import type { Method, ParamsOf, ResultOf } from "../../protocol/method.js";
-import { type ProgressValue, progressType } from "../../protocol/progress.js";
+import type { Method } from "../../protocol/method.js";
+import type { ProgressValue } from "../../protocol/progress.js";
+import { progressType } from "../../protocol/wire.js";
 import type { Logger } from "../log.js";
 import { type DaemonMetrics, secondsSince } from "../metrics/observer.js";
 import {

@@ -4,8 +4,10 @@
  * arrives. It takes no sandbox lock: a command may run for hours and must not hold up stop or destroy
  * (which end it, as they end any login).
  */
+
+import type { ParamsOf, ResultOf } from "../../../protocol/call-types.js";
 import { AgentlabError } from "../../../protocol/errors.js";
-import type { ParamsOf, ResultOf, sandboxExec } from "../../../protocol/index.js";
+import type { sandboxExec } from "../../../protocol/index.js";
 import type { DaemonContext } from "../../context.js";
 import { connectGuest, type GuestTarget } from "../../ssh/client.js";
 import { commandLine, runCommand } from "../../ssh/exec.js";

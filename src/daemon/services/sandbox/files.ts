@@ -7,11 +7,10 @@
  */
 import { createHash, type Hash, randomBytes } from "node:crypto";
 import { posix } from "node:path";
+import type { ParamsOf, ResultOf } from "../../../protocol/call-types.js";
 import { AgentlabError } from "../../../protocol/errors.js";
 import {
   FILE_LIST_PAGE,
-  type ParamsOf,
-  type ResultOf,
   type sandboxFileList,
   type sandboxFileMkdir,
   type sandboxFileRead,

@@ -3,6 +3,7 @@
  * Each operation holds the sandbox's lock; bootSandbox and powerOff are the steps revert and stop
  * --all reuse, and expect the caller to hold it.
  */
+import { setTimeout as sleep } from "node:timers/promises";
 import { AgentlabError } from "../../../protocol/errors.js";
 import type { Sandbox as SandboxJson } from "../../../protocol/sandbox.js";
 import type { DaemonContext } from "../../context.js";
@@ -10,7 +11,7 @@ import type { VmRef } from "../../proxmox/types.js";
 import { type TransitionOptions, transitionSandbox } from "../../state/sandbox.js";
 import type { SandboxOpKind } from "../../store/sandbox-ops.js";
 import type { Sandbox, SandboxState } from "../../store/sandboxes.js";
-import { describe, vmRefOf } from "../maintenance-steps.js";
+import { describe, vmRefOf, waitForVmTasks } from "../maintenance-steps.js";
 import { mapLimit } from "../map-limit.js";
 import type { Operation } from "../operation.js";
 import { IDLE_STOP_EVENT } from "./activity.js";
@@ -90,7 +91,16 @@ export async function powerCall(
   try {
     await call();
   } catch (error) {
-    const now = await ctx.backend.status(vm).catch(() => undefined);
+    // The task may still be running (its poll is what failed, as soon as it was sent): let the VM's
+    // tasks end before asking, within the daemon's task limit; if that cannot be learned, the call's
+    // error stands.
+    const now = await waitForVmTasks(ctx.backend, vm, {
+      waitMs: ctx.config.proxmox_task_timeout_ms,
+      sleep: (ms, signal) => sleep(ms, undefined, { signal }),
+      signal: AbortSignal.timeout(ctx.config.proxmox_task_timeout_ms + 5_000),
+    })
+      .then(() => ctx.backend.status(vm))
+      .catch(() => undefined);
     if (now?.state !== want) throw error;
     ctx.log.warn(
       { vmid: vm.vmid, err: error },
