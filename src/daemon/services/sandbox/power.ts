@@ -74,6 +74,9 @@ export async function bootSandbox(
   }
 }
 
+/** How long a failed start or stop waits for the VM's tasks to end before it reads the VM's status. */
+const POWER_TASK_WAIT_MS = 60_000;
+
 /**
  * Run a start or stop call and, when it fails, ask the VM whether it was carried out anyway: Proxmox
  * may have run the task while its answer was lost (a 500 or a dropped connection on the task's poll, a
@@ -92,12 +95,13 @@ export async function powerCall(
     await call();
   } catch (error) {
     // The task may still be running (its poll is what failed, as soon as it was sent): let the VM's
-    // tasks end before asking, within the daemon's task limit; if that cannot be learned, the call's
-    // error stands.
+    // tasks end before asking, for at most a minute (a start or stop whose answer was lost is at or near
+    // its end); if that cannot be learned, the call's error stands.
+    const waitMs = Math.min(ctx.config.proxmox_task_timeout_ms, POWER_TASK_WAIT_MS);
     const now = await waitForVmTasks(ctx.backend, vm, {
-      waitMs: ctx.config.proxmox_task_timeout_ms,
+      waitMs,
       sleep: (ms, signal) => sleep(ms, undefined, { signal }),
-      signal: AbortSignal.timeout(ctx.config.proxmox_task_timeout_ms + 5_000),
+      signal: AbortSignal.timeout(waitMs + 5_000),
     })
       .then(() => ctx.backend.status(vm))
       .catch(() => undefined);
