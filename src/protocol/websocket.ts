@@ -13,6 +13,7 @@ import {
   type MessageReader,
   type MessageWriter,
 } from "vscode-jsonrpc";
+import { PendingWrites } from "./pending-writes.js";
 
 /** Where the control listener serves the JSON-RPC WebSocket, and its one unauthenticated route. */
 export const RPC_PATH = "/rpc";
@@ -73,7 +74,7 @@ export class WebSocketMessageReader extends AbstractMessageReader implements Mes
 
 export class WebSocketMessageWriter extends AbstractMessageWriter implements MessageWriter {
   private errorCount = 0;
-  private readonly pending = new Set<Promise<void>>();
+  private readonly pending = new PendingWrites();
 
   constructor(private readonly socket: WebSocketLike) {
     super();
@@ -102,15 +103,12 @@ export class WebSocketMessageWriter extends AbstractMessageWriter implements Mes
         }
       });
     });
-    this.pending.add(written);
-    const forget = () => this.pending.delete(written);
-    written.then(forget, forget);
-    return written;
+    return this.pending.track(written);
   }
 
   /** Resolves once every write so far has reached the socket (or failed): used by the daemon's drain. */
   async flushed(): Promise<void> {
-    await Promise.allSettled([...this.pending]);
+    await this.pending.settled();
   }
 
   end(): void {}

@@ -1,5 +1,6 @@
 import type { Writable } from "node:stream";
 import { AbstractMessageWriter, type Message, type MessageWriter } from "vscode-jsonrpc/node.js";
+import { PendingWrites } from "../../protocol/pending-writes.js";
 
 /** A writer that takes a message already serialised, so a caller that measured the JSON sends it as is. */
 export interface EncodedMessageWriter extends MessageWriter {
@@ -17,7 +18,7 @@ export interface EncodedMessageWriter extends MessageWriter {
  * their clients before the sockets close.
  */
 export class FramedMessageWriter extends AbstractMessageWriter implements EncodedMessageWriter {
-  private readonly pending = new Set<Promise<void>>();
+  private readonly pending = new PendingWrites();
   private errorCount = 0;
 
   constructor(private readonly stream: Writable) {
@@ -43,14 +44,11 @@ export class FramedMessageWriter extends AbstractMessageWriter implements Encode
         }
       });
     });
-    this.pending.add(written);
-    const forget = () => this.pending.delete(written);
-    written.then(forget, forget);
-    return written;
+    return this.pending.track(written);
   }
 
   async flushed(): Promise<void> {
-    await Promise.allSettled([...this.pending]);
+    await this.pending.settled();
   }
 
   end(): void {
