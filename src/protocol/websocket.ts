@@ -6,14 +6,12 @@
  */
 import {
   AbstractMessageReader,
-  AbstractMessageWriter,
   type DataCallback,
   type Disposable,
   type Message,
   type MessageReader,
-  type MessageWriter,
 } from "vscode-jsonrpc";
-import { PendingWrites } from "./pending-writes.js";
+import { TrackedMessageWriter } from "./tracked-writer.js";
 
 /** Where the control listener serves the JSON-RPC WebSocket, and its one unauthenticated route. */
 export const RPC_PATH = "/rpc";
@@ -72,43 +70,17 @@ export class WebSocketMessageReader extends AbstractMessageReader implements Mes
   }
 }
 
-export class WebSocketMessageWriter extends AbstractMessageWriter implements MessageWriter {
-  private errorCount = 0;
-  private readonly pending = new PendingWrites();
-
+export class WebSocketMessageWriter extends TrackedMessageWriter {
   constructor(private readonly socket: WebSocketLike) {
     super();
     socket.on("close", () => this.fireClose());
   }
 
-  write(message: Message): Promise<void> {
-    return this.writeEncoded(message, JSON.stringify(message));
-  }
-
   /** Writes `message`, of which `json` is the JSON text (the daemon's bounded writer measured it). */
   writeEncoded(message: Message, json: string): Promise<void> {
-    const written = new Promise<void>((resolve, reject) => {
-      if (this.socket.readyState !== OPEN) {
-        reject(new Error("the WebSocket is closed"));
-        return;
-      }
-      this.socket.send(json, (error) => {
-        if (error) {
-          this.errorCount++;
-          this.fireError(error, message, this.errorCount);
-          reject(error);
-        } else {
-          this.errorCount = 0;
-          resolve();
-        }
-      });
-    });
-    return this.pending.track(written);
-  }
-
-  /** Resolves once every write so far has reached the socket (or failed): used by the daemon's drain. */
-  async flushed(): Promise<void> {
-    await this.pending.settled();
+    // Not a transport failure to count: the socket is gone, and its close event said so.
+    if (this.socket.readyState !== OPEN) return Promise.reject(new Error("the WebSocket is closed"));
+    return this.tracked(message, (done) => this.socket.send(json, done));
   }
 
   end(): void {}

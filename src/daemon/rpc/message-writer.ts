@@ -1,12 +1,8 @@
 import type { Writable } from "node:stream";
-import { AbstractMessageWriter, type Message, type MessageWriter } from "vscode-jsonrpc/node.js";
-import { PendingWrites } from "../../protocol/pending-writes.js";
+import type { Message } from "vscode-jsonrpc/node.js";
+import { TrackedMessageWriter } from "../../protocol/tracked-writer.js";
 
-/** A writer that takes a message already serialised, so a caller that measured the JSON sends it as is. */
-export interface EncodedMessageWriter extends MessageWriter {
-  /** Writes `message`, of which `json` is the JSON text. */
-  writeEncoded(message: Message, json: string): Promise<void>;
-}
+export type { EncodedMessageWriter } from "../../protocol/tracked-writer.js";
 
 /**
  * The daemon's JSON-RPC writer for a byte stream (the Unix socket, the MCP endpoint's in-memory pipe):
@@ -14,41 +10,19 @@ export interface EncodedMessageWriter extends MessageWriter {
  * but in one write of one string, serialised once. StreamMessageWriter queues each message behind a
  * semaphore and an asynchronous encoder, then writes the header and the body separately, each awaited:
  * with hundreds of clients that churn was a tenth of the daemon's time. Order is kept by the stream
- * itself. It also remembers the writes still in progress, so shutdown can let the last answers reach
- * their clients before the sockets close.
+ * itself.
  */
-export class FramedMessageWriter extends AbstractMessageWriter implements EncodedMessageWriter {
-  private readonly pending = new PendingWrites();
-  private errorCount = 0;
-
+export class FramedMessageWriter extends TrackedMessageWriter {
   constructor(private readonly stream: Writable) {
     super();
     stream.on("error", (error) => this.fireError(error));
     stream.on("close", () => this.fireClose());
   }
 
-  write(message: Message): Promise<void> {
-    return this.writeEncoded(message, JSON.stringify(message));
-  }
-
   writeEncoded(message: Message, json: string): Promise<void> {
-    const written = new Promise<void>((resolve, reject) => {
-      this.stream.write(`Content-Length: ${Buffer.byteLength(json)}\r\n\r\n${json}`, "utf8", (error) => {
-        if (error) {
-          this.errorCount++;
-          this.fireError(error, message, this.errorCount);
-          reject(error);
-        } else {
-          this.errorCount = 0;
-          resolve();
-        }
-      });
-    });
-    return this.pending.track(written);
-  }
-
-  async flushed(): Promise<void> {
-    await this.pending.settled();
+    return this.tracked(message, (done) =>
+      this.stream.write(`Content-Length: ${Buffer.byteLength(json)}\r\n\r\n${json}`, "utf8", done),
+    );
   }
 
   end(): void {
