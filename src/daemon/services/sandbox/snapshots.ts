@@ -5,7 +5,7 @@
 import { AgentlabError } from "../../../protocol/errors.js";
 import type { Sandbox as SandboxJson, SandboxSnapshot } from "../../../protocol/sandbox.js";
 import type { DaemonContext } from "../../context.js";
-import type { VmRef } from "../../proxmox/types.js";
+import type { SnapshotInfo, VmConfig, VmRef } from "../../proxmox/types.js";
 import { canTransition, transitionSandbox } from "../../state/sandbox.js";
 import type { Sandbox } from "../../store/sandboxes.js";
 import { describe, vmRefOf } from "../maintenance-steps.js";
@@ -48,7 +48,8 @@ function unsettledHint(row: Sandbox): string {
  * not even with force, while the sandbox's config (or, for a restore, the snapshot's config) references
  * a volume another VM owns, such as a workspace (design §5.5, invariant I4): the snapshot or rollback
  * would cover that disk too. Without force only a STOPPED sandbox whose VM is really stopped and has no
- * disk besides its root disk.
+ * disk besides its root disk. Gives back what it read (the VM's config; for a restore its snapshots),
+ * so the operation does not ask Proxmox again under the same lock.
  */
 async function snapshotGuard(
   ctx: DaemonContext,
@@ -56,7 +57,7 @@ async function snapshotGuard(
   verb: "snapshot" | "restore",
   force: boolean,
   snapshot?: string,
-): Promise<void> {
+): Promise<{ config: VmConfig; snapshots?: SnapshotInfo[] }> {
   requireState(row, verb, ["STOPPED"], { accepted: SETTLED_STATES, hint: unsettledHint(row) });
   requireVm(row, verb);
   const vm = vmRefOf(ctx, row);
@@ -74,11 +75,13 @@ async function snapshotGuard(
   }
   if (foreign.length > 0) throw workspaceSnapshotRefusal(ctx, row.vmid, foreign, "config");
   // A snapshot that does not exist is reported by the restore itself, in its own words.
-  if (snapshot !== undefined && (await ctx.backend.snapshotList(vm)).some((s) => s.name === snapshot)) {
+  const snapshots = snapshot !== undefined ? await ctx.backend.snapshotList(vm) : undefined;
+  if (snapshot !== undefined && snapshots?.some((s) => s.name === snapshot)) {
     const inSnapshot = foreignVolumes(ctx, await ctx.backend.getConfig(vm, { snapshot }), row.vmid);
     if (inSnapshot.length > 0) throw workspaceSnapshotRefusal(ctx, row.vmid, inSnapshot, { snapshot });
   }
-  if (force) return;
+  const read = snapshots ? { config, snapshots } : { config };
+  if (force) return read;
   const mustStop = () =>
     new AgentlabError("INVALID_STATE", "sandbox must be stopped for snapshots", {
       hint: `stop it first (agentlab sandbox stop ${row.vmid}), or use --force`,
@@ -98,6 +101,7 @@ async function snapshotGuard(
       },
     );
   }
+  return read;
 }
 
 export function saveSnapshot(
@@ -161,12 +165,11 @@ export function restoreSnapshot(
   op: Operation,
 ): Promise<{ sandbox: SandboxJson; snapshot: string }> {
   return withSandbox(ctx, locks, vmid, async (row) => {
-    await snapshotGuard(ctx, row, "restore", force, name);
+    const { config, snapshots = [] } = await snapshotGuard(ctx, row, "restore", force, name);
     const vm = vmRefOf(ctx, row);
     const { backend } = ctx;
-    const snapshots = await backend.snapshotList(vm);
     if (!snapshots.some((snapshot) => snapshot.name === name)) throw snapshotMissing(vmid, name);
-    await requireRollbackable(ctx, vm, await backend.getConfig(vm), snapshots, name);
+    await requireRollbackable(ctx, vm, config, snapshots, name);
     reportStep(op, vmid, "rollback", `rolling VM ${vmid} back to snapshot "${name}"`);
     // Intent first: a kill -9 from here leaves a row recovery finishes (the rollback is redone).
     ctx.store.sandboxOps.begin(vmid, "snapshot_restore", { name });
