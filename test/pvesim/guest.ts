@@ -265,7 +265,9 @@ export function startGuestHook(ctx: Ctx, vm: VmRec): void {
           [
             "--input-type=module",
             "-e",
-            `import { runGuest } from ${JSON.stringify(import.meta.url)}; await runGuest();`,
+            // This module by name, not import.meta.url: the simulator runs bundled (cli.bundle.js), which exports
+            // no runGuest.
+            `import { runGuest } from ${JSON.stringify(new URL("./guest.js", import.meta.url).href)}; await runGuest();`,
           ],
         ]
       : ["sh", ["-c", command]];

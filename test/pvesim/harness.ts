@@ -29,7 +29,12 @@ import type { TaskRec } from "./types.js";
 /** Repository root, from dist/test/pvesim/. */
 const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url)).replace(/\/$/, "");
 export const PVESIM_BIN_DIR = join(REPO_ROOT, "test", "pvesim", "bin");
-export const PVESIM_CLI = join(REPO_ROOT, "dist", "test", "pvesim", "cli.js");
+/**
+ * The simulator's CLI as one file (`npm run build` bundles dist/test/pvesim/cli.js with esbuild): every
+ * simulated `pvesh`, `qm` and `pvesm` is a new Node process, and loading ~45 modules that import each
+ * other cost more CPU than the call itself (README, "The shell faces' cost").
+ */
+export const PVESIM_CLI = join(REPO_ROOT, "dist", "test", "pvesim", "cli.bundle.js");
 
 export interface SimOptions {
   nodes?: string[];

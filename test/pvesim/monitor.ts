@@ -223,7 +223,9 @@ export function monitorSync(
     [
       "--input-type=module",
       "-e",
-      `import { monitorChild } from ${JSON.stringify(import.meta.url)}; await monitorChild();`,
+      // This module by name, not import.meta.url: the simulator runs bundled (cli.bundle.js), which exports
+      // no monitorChild.
+      `import { monitorChild } from ${JSON.stringify(new URL("./monitor.js", import.meta.url).href)}; await monitorChild();`,
     ],
     { input: request, encoding: "utf8", timeout: timeoutMs + 5_000, killSignal: "SIGKILL" },
   );
