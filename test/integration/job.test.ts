@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -57,8 +57,13 @@ const RUN_FAIL = `#!/bin/sh
 echo "about to fail"
 exit 3
 `;
-const RUN_SLOW = `#!/bin/sh
-sleep 6
+/**
+ * An agent that runs until the test releases it (a file appears), at most two minutes: a fixed sleep
+ * could end, and its sandbox be destroyed, before a loaded machine let the test see the job running.
+ */
+const runSlow = (release: string) => `#!/bin/sh
+i=0
+while [ ! -e '${release}' ] && [ "$i" -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
 echo "slow job finished"
 `;
 
@@ -117,7 +122,7 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       });
       await serve("ok", RUN_OK);
       await serve("fail", RUN_FAIL);
-      await serve("slow", RUN_SLOW);
+      await serve("slow", runSlow(join(root, "release-slow")));
     });
     after(async () => {
       for (const server of servers) await server.stop();
@@ -301,6 +306,8 @@ for (const kind of ["shell", "api"] as BackendKind[]) {
       );
       await h.daemon.stop("SIGKILL");
       h.daemon = await startDaemon(h.host);
+      assert.equal((await show(run.body.id)).status, "RUNNING", "the job outlived the daemon");
+      writeFileSync(join(root, "release-slow"), "");
       const ended = await until("the slow job to end after the restart", async () => {
         const job = await show(run.body.id);
         return job.status === "RUNNING" ? undefined : job;
