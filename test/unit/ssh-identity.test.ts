@@ -14,7 +14,8 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), "agentlab-ssh-identity-"));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 const usable = (pair: { private: string; public: string }) =>
-  !(ssh2.utils.parseKey(pair.private) instanceof Error) && !(ssh2.utils.parseKey(pair.public) instanceof Error);
+  !(ssh2.utils.parseKey(pair.private) instanceof Error) &&
+  !(ssh2.utils.parseKey(pair.public) instanceof Error);
 
 describe("agentlabd's SSH identity", () => {
   it("is made once under data_dir/ssh (0700, key 0600), kept across starts, and is a key OpenSSH reads", () => {
