@@ -3,7 +3,7 @@
  * profile names. Asked quickly and silently: completion must never hang a shell or print an error, so a
  * daemon that is down or slow gives no names (yargs' own candidates still come).
  */
-import { jobList, profileList, sandboxList, sessionList, workspaceList } from "../protocol/index.js";
+import { jobList, profileList, sandboxList, sessionList, workspaceList } from "../protocol/wire.js";
 import { commandContext, defaultSocket, type GlobalArgs } from "./context.js";
 import type { Output } from "./render.js";
 

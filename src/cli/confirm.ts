@@ -1,5 +1,5 @@
 import { createInterface } from "node:readline";
-import { AgentlabError } from "../protocol/index.js";
+import { AgentlabError } from "../protocol/errors.js";
 import type { Output } from "./render.js";
 
 export interface ConfirmOptions {

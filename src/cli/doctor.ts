@@ -7,14 +7,9 @@ import { chmodSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } fro
 import { dirname, join, resolve } from "node:path";
 import { crc32, deflateRawSync } from "node:zlib";
 import type { Argv, CommandModule } from "yargs";
-import {
-  AgentlabError,
-  type DoctorBundle,
-  type DoctorKind,
-  jobDoctor,
-  sandboxDoctor,
-  sessionDoctor,
-} from "../protocol/index.js";
+import type { DoctorBundle, DoctorKind } from "../protocol/doctor.js";
+import { AgentlabError } from "../protocol/errors.js";
+import { jobDoctor, sandboxDoctor, sessionDoctor } from "../protocol/wire.js";
 import { type CommandContext, execute, type GlobalArgs } from "./context.js";
 
 const BLOCK = 512;

@@ -3,13 +3,11 @@
  * progress), and return the final job. Used by `job run --wait`, `job show --wait` and the init smoke test.
  */
 import { setTimeout as sleep } from "node:timers/promises";
-import {
-  AgentlabError,
-  type JobDetail,
-  jobShow,
-  type SandboxEvent,
-  TERMINAL_JOB_STATUSES,
-} from "../protocol/index.js";
+import { AgentlabError } from "../protocol/errors.js";
+import type { JobDetail } from "../protocol/job.js";
+import type { SandboxEvent } from "../protocol/sandbox.js";
+import { TERMINAL_JOB_STATUSES } from "../protocol/states.js";
+import { jobShow } from "../protocol/wire.js";
 import type { CommandContext } from "./context.js";
 
 export interface FollowOptions {

@@ -1,4 +1,5 @@
-import { AgentlabError, parseSizeGb, parseTtlMinutes } from "../protocol/index.js";
+import { AgentlabError } from "../protocol/errors.js";
+import { parseSizeGb, parseTtlMinutes } from "../protocol/units.js";
 
 /** A flag value the command parses itself; a bad one is a usage error naming the flag and the forms. */
 function parsed(flag: string, parse: () => number, hint: string): number {

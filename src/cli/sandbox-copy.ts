@@ -9,17 +9,17 @@ import { closeSync, fsyncSync, openSync, readSync, rmSync, writeSync } from "nod
 import { chmod, lstat, mkdir, readdir, rename, stat } from "node:fs/promises";
 import { basename, dirname, join, posix } from "node:path";
 import type { ParamsOf, ResultOf } from "../protocol/call-types.js";
+import { FILE_CHUNK_BYTES } from "../protocol/chunk-sizes.js";
+import { AgentlabError } from "../protocol/errors.js";
+import type { Wire } from "../protocol/method.js";
 import {
-  AgentlabError,
-  FILE_CHUNK_BYTES,
   sandboxFileCancel,
   sandboxFileList,
   sandboxFileMkdir,
   sandboxFileRead,
   sandboxFileStat,
   sandboxFileWrite,
-  type Wire,
-} from "../protocol/index.js";
+} from "../protocol/wire.js";
 import type { CallOptions, CommandContext } from "./context.js";
 
 /** One side of a copy: a local path, or a path in a sandbox. */

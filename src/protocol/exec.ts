@@ -8,13 +8,11 @@ import { defineMethod } from "./method.js";
 import { progressToken } from "./progress.js";
 import * as wire from "./wire.js";
 
+export { EXEC_STDERR_STEP, EXEC_STDOUT_STEP } from "./exec-steps.js";
+
 /** A sandbox's VMID in the methods that reach into its guest (exec, and the file methods in files.ts). */
 export const guestVmid = z.number().int().min(100).max(999_999_999).describe("Proxmox VMID of the sandbox");
 const vmid = guestVmid;
-
-/** Progress steps that carry the command's output (`data`: base64 bytes, in the order they came). */
-export const EXEC_STDOUT_STEP = "stdout";
-export const EXEC_STDERR_STEP = "stderr";
 
 /** A login name as useradd accepts it. */
 export const GUEST_USER_RE = /^[a-z_][a-z0-9_-]{0,31}$/;

@@ -5,16 +5,13 @@
  * Uploads go to a temporary beside the target, renamed over it on the last chunk.
  */
 import { z } from "zod";
+import { FILE_CHUNK_BYTES } from "./chunk-sizes.js";
 import { GUEST_USER_RE, guestVmid } from "./exec.js";
 import { boundedString, LIMITS, numberLimit } from "./limits.js";
 import { defineMethod } from "./method.js";
 import * as wire from "./wire.js";
 
-/**
- * Bytes per chunk, both ways. Base64 makes 4/3 of it, and a request must fit MAX_FRAME_BYTES (1 MiB)
- * with its other fields: 512 KiB is 683 KiB on the wire.
- */
-export const FILE_CHUNK_BYTES = 512 * 1024;
+export { FILE_CHUNK_BYTES } from "./chunk-sizes.js";
 
 /** Directory entries per file_list answer; a larger directory is read in pages (offset). */
 export const FILE_LIST_PAGE = 1000;

@@ -1,10 +1,15 @@
 import { z } from "zod";
+import { ARTIFACT_READ_MAX } from "./chunk-sizes.js";
 import { gitBranchNameError } from "./git-branch.js";
 import { boundedString, LIMITS, numberLimit, preview } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { progressToken } from "./progress.js";
 import { ProfileName, SandboxEvent, TtlMinutes } from "./sandbox.js";
+import { JOB_STATUSES } from "./states.js";
 import * as wire from "./wire.js";
+
+export { ARTIFACT_READ_MAX } from "./chunk-sizes.js";
+export { JOB_STATUSES, TERMINAL_JOB_STATUSES } from "./states.js";
 
 /**
  * Jobs: a repository and a task, run unattended by the guest runner inside a sandbox of their own.
@@ -16,9 +21,6 @@ import * as wire from "./wire.js";
 const jobRef = boundedString(LIMITS.REF).min(1);
 /** A byte offset into a job's log or an artifact. */
 const offset = z.number().int().nonnegative().max(LIMITS.OFFSET.max, numberLimit(LIMITS.OFFSET));
-
-export const JOB_STATUSES = ["QUEUED", "RUNNING", "COMPLETED", "FAILED", "TIMEOUT"] as const;
-export const TERMINAL_JOB_STATUSES: readonly string[] = ["COMPLETED", "FAILED", "TIMEOUT"];
 
 export const JobResult = z
   .object({
@@ -210,9 +212,6 @@ export const jobArtifacts = defineMethod(wire.jobArtifacts, {
   params: z.object({ id: jobRef }).strict(),
   result: z.object({ job_id: z.string(), artifacts: z.array(JobArtifact) }),
 });
-
-/** Largest chunk job.artifact_read returns. */
-export const ARTIFACT_READ_MAX = 1024 * 1024;
 
 export const jobArtifactRead = defineMethod(wire.jobArtifactRead, {
   summary:

@@ -5,15 +5,15 @@
  * in; docs/rpc.md prints this table (scripts/gen-docs.ts) and docs/reliability.md explains it.
  */
 import { z } from "zod";
+import { EXEC_MAX_STDIN_BYTES } from "./chunk-sizes.js";
+
+export { EXEC_MAX_STDIN_BYTES } from "./chunk-sizes.js";
 
 export interface Limit {
   max: number;
   unit: "characters" | "items" | "entries" | "";
   why: string;
 }
-
-/** stdin travels inside the request, so it must fit a frame (MAX_FRAME_BYTES) with room for the rest. */
-export const EXEC_MAX_STDIN_BYTES = 512 * 1024;
 
 /** Every bound the protocol's params use, by name; the schemas refer to these, never to bare numbers. */
 export const LIMITS = {

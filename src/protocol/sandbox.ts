@@ -4,21 +4,13 @@ import { boundedArray, boundedString, LIMITS, numberLimit } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { DNS_NAME_RE, DNS_NAME_RULE } from "./names.js";
 import { progressToken } from "./progress.js";
+import { snapshotNameProblem } from "./snapshot-names.js";
+import { SANDBOX_STATE_NAMES } from "./states.js";
 import * as wire from "./wire.js";
 
-export const SANDBOX_STATE_NAMES = [
-  "REQUESTED",
-  "PROVISIONING",
-  "BOOTING",
-  "READY",
-  "RUNNING",
-  "SUSPENDED",
-  "COMPLETED",
-  "FAILED",
-  "TIMEOUT",
-  "STOPPED",
-  "DESTROYED",
-] as const;
+export { CLEAN_SNAPSHOT_NAME, SNAPSHOT_NAME_MAX, snapshotNameProblem } from "./snapshot-names.js";
+export { SANDBOX_STATE_NAMES } from "./states.js";
+
 export const SandboxStateName = z.enum(SANDBOX_STATE_NAMES);
 
 const vmid = z.number().int().min(100).max(999_999_999).describe("Proxmox VMID of the sandbox");
@@ -281,28 +273,6 @@ export const sandboxUpdate = defineMethod(wire.sandboxUpdate, {
       ),
   }),
 });
-
-/** The snapshot `sandbox revert` goes back to, taken right after provisioning. */
-export const CLEAN_SNAPSHOT_NAME = "clean";
-export const SNAPSHOT_NAME_MAX = 40;
-const RESERVED_SNAPSHOT_NAMES = ["current", "pending", CLEAN_SNAPSHOT_NAME];
-
-/**
- * Why a snapshot name cannot be used, or undefined. Proxmox's rule (pve-configid): a letter, then at
- * least one letter, digit, `_` or `-`, at most 40 in all. Saving also refuses Proxmox's reserved names
- * (`current`, `pending`) and `clean`, which belongs to `sandbox revert`.
- */
-export function snapshotNameProblem(name: string, purpose: "save" | "restore"): string | undefined {
-  if (!/^[a-z][a-z0-9_-]+$/i.test(name) || name.length > SNAPSHOT_NAME_MAX) {
-    return `invalid snapshot name "${name}": 2 to ${SNAPSHOT_NAME_MAX} letters, digits, _ or -, starting with a letter`;
-  }
-  if (purpose === "save" && RESERVED_SNAPSHOT_NAMES.includes(name.toLowerCase())) {
-    return name.toLowerCase() === CLEAN_SNAPSHOT_NAME
-      ? `snapshot name "${name}" is reserved: sandbox revert goes back to the "${CLEAN_SNAPSHOT_NAME}" snapshot`
-      : `snapshot name "${name}" is reserved by Proxmox`;
-  }
-  return undefined;
-}
 
 const snapshotName = (purpose: "save" | "restore") =>
   boundedString(LIMITS.SNAPSHOT)

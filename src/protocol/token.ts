@@ -2,23 +2,18 @@ import { z } from "zod";
 import { boundedString, LIMITS } from "./limits.js";
 import { defineMethod } from "./method.js";
 import { TtlMinutes } from "./sandbox.js";
+import { TOKEN_SCOPES } from "./token-scopes.js";
 import * as wire from "./wire.js";
+
+export { scopeCovers, TOKEN_SCOPES, type TokenScope } from "./token-scopes.js";
 
 /**
  * Tokens for the remote control listener (docs/remote.md). A token's secret is shown once, at create;
  * the daemon keeps only its SHA-256. Scopes nest: read < operate < admin.
  */
 
-export const TOKEN_SCOPES = ["read", "operate", "admin"] as const;
-export type TokenScope = (typeof TOKEN_SCOPES)[number];
-
 /** Every secret starts with this, so a leaked one is recognisable (secret scanners, logs, shell history). */
 export const TOKEN_PREFIX = "alt_";
-
-/** Whether `held` includes what `needed` requires. */
-export function scopeCovers(held: TokenScope, needed: TokenScope): boolean {
-  return TOKEN_SCOPES.indexOf(held) >= TOKEN_SCOPES.indexOf(needed);
-}
 
 export const TokenName = boundedString(LIMITS.NAME).regex(
   /^[a-z0-9][a-z0-9._-]{0,62}$/,

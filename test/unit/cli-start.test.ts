@@ -11,6 +11,14 @@ import { directArgs } from "../../src/cli/direct.js";
 import { buildCli } from "../../src/cli/parser.js";
 import { RpcServer } from "../../src/daemon/rpc/server.js";
 import { type DaemonStatus, daemonStatus } from "../../src/protocol/daemon.js";
+import {
+  jobList,
+  profileList,
+  sandboxList,
+  sessionList,
+  tokenList,
+  workspaceList,
+} from "../../src/protocol/index.js";
 import { runCli } from "../helpers/daemon.js";
 import { REPO_ROOT } from "../helpers/paths.js";
 
@@ -44,6 +52,13 @@ describe("CLI start-up loads only what the command needs", () => {
     daemonSocket = join(dir, "stub.sock");
     server = new RpcServer({ log: pino({ level: "silent" }), maxFrameBytes: 64 * 1024 });
     server.register(daemonStatus, () => answer as DaemonStatus);
+    // Empty lists, so the list commands below run to the daemon's answer and render it.
+    server.register(sandboxList, () => ({ sandboxes: [] }));
+    server.register(workspaceList, () => ({ workspaces: [] }));
+    server.register(sessionList, () => ({ sessions: [] }));
+    server.register(jobList, () => ({ jobs: [] }));
+    server.register(profileList, () => ({ profiles: [] }));
+    server.register(tokenList, () => ({ tokens: [] }));
     await server.listen(daemonSocket);
   });
   after(async () => {
@@ -145,6 +160,71 @@ describe("CLI start-up loads only what the command needs", () => {
     assert.equal(run.code, 1, run.stderr);
     assert.match(run.stderr, /^error: unexpected answer from agentlabd to daemon\.status$/m);
     assert.doesNotMatch(run.stderr, /bug in the agentlab CLI/);
+  });
+
+  /**
+   * A command line for every top-level command module (command-table.ts), with what its user sees: the
+   * list commands run to the stub daemon's answer, the others fail on the socket nobody listens on (or
+   * show their help) after their module and everything it imports are loaded. The sandbox shortcuts
+   * (new, ls, show, ...) and disconnect share a module with a line here.
+   */
+  const NOBODY = /^error: invalid socket path .*nobody-listens\.sock: no such socket file/;
+  const EVERY_COMMAND: ReadonlyArray<{ args: string[]; daemon?: true; code: number; shows: RegExp }> = [
+    { args: ["status"], code: 1, shows: NOBODY },
+    { args: ["init", "--help"], code: 0, shows: /^agentlab init\n/ },
+    { args: ["sandbox", "new", "--profile", "x"], code: 1, shows: NOBODY },
+    { args: ["sandbox", "list"], daemon: true, code: 0, shows: /^no sandboxes \(create one/ },
+    { args: ["sandbox", "show", "101"], code: 1, shows: NOBODY },
+    { args: ["workspace", "list"], daemon: true, code: 0, shows: /^no workspaces \(create one/ },
+    { args: ["session", "list"], daemon: true, code: 0, shows: /^no sessions \(create one/ },
+    { args: ["ssh", "101"], code: 1, shows: NOBODY },
+    { args: ["job", "list"], daemon: true, code: 0, shows: /^no jobs \(run one/ },
+    { args: ["profile", "list"], daemon: true, code: 0, shows: /^no profiles loaded/ },
+    {
+      args: ["connect", "--endpoint", "https://127.0.0.1:9", "--token", "t"],
+      code: 1,
+      shows: /^error: cannot reach agentlabd at https:\/\/127\.0\.0\.1:9: connection refused/,
+    },
+    { args: ["token", "list"], daemon: true, code: 0, shows: /^no tokens \(create one/ },
+    { args: ["mcp", "--help"], code: 0, shows: /^agentlab mcp\n/ },
+    { args: ["maintenance", "run"], code: 1, shows: NOBODY },
+    { args: ["db", "check"], code: 1, shows: NOBODY },
+    {
+      args: ["version"],
+      code: 0,
+      shows: /^agentlabd: not reachable \(invalid socket path .*no such socket file/m,
+    },
+    { args: ["completion", "bash"], code: 0, shows: /^# agentlab bash completion/ },
+  ];
+
+  test("every command word's module has a command line below (a new command gets one)", async () => {
+    const covered = new Set((await Promise.all(EVERY_COMMAND.map((c) => commandsFor(c.args)))).flat());
+    for (const word of COMMAND_WORDS) {
+      const modules = await commandsFor([word]);
+      assert.ok(
+        modules.every((m) => covered.has(m)),
+        `no command line below loads the module of ${word}`,
+      );
+    }
+  });
+
+  test("no command loads zod, the protocol index or daemon code to start (only mcp, once it serves)", async () => {
+    // Two at a time: each is a Node process start-up, and the machine is shared.
+    const queue = [...EVERY_COMMAND];
+    const worker = async (): Promise<void> => {
+      for (let c = queue.shift(); c; c = queue.shift()) {
+        const line = c.args.join(" ");
+        const run = await loaded(c.args, c.daemon ? daemonSocket : undefined);
+        assert.equal(run.code, c.code, `${line}: ${run.stderr}`);
+        assert.match(c.code === 0 ? run.stdout : run.stderr, c.shows, line);
+        // zod and every method's schemas were most of a command's start-up after yargs (issue 15).
+        assert.ok(!run.packages.has("zod"), `${line} loads zod`);
+        assert.ok(!run.ours.includes("dist/src/protocol/index.js"), `${line} loads protocol/index.js`);
+        const daemon = run.ours.filter((p) => p.startsWith("dist/src/daemon/"));
+        assert.deepEqual(daemon, [], `${line} loads daemon code`);
+      }
+    };
+    await Promise.all([worker(), worker()]);
   });
 
   test("agentlab --version loads none of the CLI: no yargs, no zod", async () => {

@@ -1,5 +1,6 @@
 import type { Argv, CommandModule } from "yargs";
-import { AgentlabError, daemonStatus } from "../../protocol/index.js";
+import { AgentlabError } from "../../protocol/errors.js";
+import { daemonStatus } from "../../protocol/wire.js";
 import { call } from "../client.js";
 import { DEFAULT_TIMEOUT_MS, execute, type GlobalArgs, parseTimeout } from "../context.js";
 import { normaliseEndpoint } from "../remote/connection.js";

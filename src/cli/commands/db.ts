@@ -1,6 +1,7 @@
 import { resolve } from "node:path";
 import type { Argv, CommandModule } from "yargs";
-import { AgentlabError, dbBackup, dbCheck } from "../../protocol/index.js";
+import { AgentlabError } from "../../protocol/errors.js";
+import { dbBackup, dbCheck } from "../../protocol/wire.js";
 import { execute, type GlobalArgs } from "../context.js";
 import { formatBytes } from "../render.js";
 

@@ -1,10 +1,11 @@
 import { type Stats, statSync } from "node:fs";
 import path from "node:path";
 import type { Argv, CommandModule } from "yargs";
-import { configPathFromEnv, loadConfig, parseConfig } from "../../config/config.js";
 import { hostSettings } from "../../config/host-settings.js";
 import { groupId, SOCKET_GROUP } from "../../config/socket-group.js";
-import { AgentlabError, type DaemonChecks, daemonChecks, type InitCheck } from "../../protocol/index.js";
+import { AgentlabError } from "../../protocol/errors.js";
+import type { DaemonChecks, InitCheck } from "../../protocol/init.js";
+import { daemonChecks } from "../../protocol/wire.js";
 import { type CommandContext, execute, type GlobalArgs, parseTimeout } from "../context.js";
 import {
   type HostEnv,
@@ -71,8 +72,12 @@ export function smokeOptions(argv: Omit<InitArgs, keyof GlobalArgs>): SmokeOptio
 /** The checks --apply can fix by running scripts/net; everything else only gets its fix printed. */
 const SETUP_CHECKS = new Set(["ip_forward"]);
 
-/** Settings for the host checks when the daemon cannot say: its config file, else the defaults. */
-function settingsWithoutDaemon(): HostSettings {
+/**
+ * Settings for the host checks when the daemon cannot say: its config file, else the defaults. The
+ * config loader (zod schemas) is imported only on this path, so `init` does not pay for it to start.
+ */
+async function settingsWithoutDaemon(): Promise<HostSettings> {
+  const { configPathFromEnv, loadConfig, parseConfig } = await import("../../config/config.js");
   try {
     return hostSettings(loadConfig(configPathFromEnv()).config);
   } catch {
@@ -145,7 +150,7 @@ export async function runChecks(
   } catch (error) {
     failure = asAgentlabError(error);
   }
-  const settings = daemon?.host ?? settingsWithoutDaemon();
+  const settings = daemon?.host ?? (await settingsWithoutDaemon());
   const checks = await hostChecks(host, settings);
   const socketFailure =
     failure && (failure.code === "DAEMON_UNREACHABLE" || failure.code === "SOCKET_PERMISSION");

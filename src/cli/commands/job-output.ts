@@ -7,14 +7,10 @@ import { createHash } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import type { Argv, CommandModule } from "yargs";
-import {
-  AgentlabError,
-  ARTIFACT_READ_MAX,
-  type JobArtifact,
-  jobArtifactRead,
-  jobArtifacts,
-  jobLogs,
-} from "../../protocol/index.js";
+import { ARTIFACT_READ_MAX } from "../../protocol/chunk-sizes.js";
+import { AgentlabError } from "../../protocol/errors.js";
+import type { JobArtifact } from "../../protocol/job.js";
+import { jobArtifactRead, jobArtifacts, jobLogs } from "../../protocol/wire.js";
 import { type CommandContext, execute, type GlobalArgs } from "../context.js";
 import { table } from "../render.js";
 

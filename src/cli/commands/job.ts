@@ -1,17 +1,9 @@
 import type { Argv, CommandModule } from "yargs";
-import {
-  AgentlabError,
-  JOB_STATUSES,
-  type Job,
-  type JobDetail,
-  jobCancel,
-  jobList,
-  jobRun,
-  jobShow,
-  jobValidate,
-  type SandboxEvent,
-  workspaceCreate,
-} from "../../protocol/index.js";
+import { AgentlabError } from "../../protocol/errors.js";
+import type { Job, JobDetail } from "../../protocol/job.js";
+import type { SandboxEvent } from "../../protocol/sandbox.js";
+import { JOB_STATUSES } from "../../protocol/states.js";
+import { jobCancel, jobList, jobRun, jobShow, jobValidate, workspaceCreate } from "../../protocol/wire.js";
 import { type CommandContext, execute, type GlobalArgs, parseTimeout } from "../context.js";
 import { doctorCommand } from "../doctor.js";
 import { followJob } from "../job-follow.js";

@@ -1,5 +1,6 @@
 import type { Argv, CommandModule } from "yargs";
-import { type HousekeepingResult, maintenanceRun } from "../../protocol/index.js";
+import type { HousekeepingResult } from "../../protocol/maintenance.js";
+import { maintenanceRun } from "../../protocol/wire.js";
 import { execute, type GlobalArgs } from "../context.js";
 import { formatBytes } from "../render.js";
 

@@ -1,5 +1,5 @@
 import type { Argv, CommandModule } from "yargs";
-import { profileList } from "../../protocol/index.js";
+import { profileList } from "../../protocol/wire.js";
 import { execute, type GlobalArgs } from "../context.js";
 import { table } from "../render.js";
 

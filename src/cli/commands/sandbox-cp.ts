@@ -4,7 +4,7 @@
  * so the copy works the same on the host and through `agentlab connect`.
  */
 import type { Argv, CommandModule } from "yargs";
-import { AgentlabError } from "../../protocol/index.js";
+import { AgentlabError } from "../../protocol/errors.js";
 import { execute, type GlobalArgs } from "../context.js";
 import { formatBytes } from "../render.js";
 import { type CopySummary, PROGRESS_MIN_BYTES, parseCopyEnd, SandboxCopier } from "../sandbox-copy.js";

@@ -4,15 +4,12 @@
  * written here as they come, byte for byte; the exit code is the command's.
  */
 import type { Argv, CommandModule } from "yargs";
-import {
-  AgentlabError,
-  EXEC_MAX_STDIN_BYTES,
-  EXEC_STDERR_STEP,
-  EXEC_STDOUT_STEP,
-  type ProgressValue,
-  parseDuration,
-  sandboxExec,
-} from "../../protocol/index.js";
+import { EXEC_MAX_STDIN_BYTES } from "../../protocol/chunk-sizes.js";
+import { AgentlabError } from "../../protocol/errors.js";
+import { EXEC_STDERR_STEP, EXEC_STDOUT_STEP } from "../../protocol/exec-steps.js";
+import type { ProgressValue } from "../../protocol/progress.js";
+import { parseDuration } from "../../protocol/units.js";
+import { sandboxExec } from "../../protocol/wire.js";
 import { execute, type GlobalArgs } from "../context.js";
 import { vmidArg } from "../options.js";
 

@@ -1,12 +1,11 @@
 import type { CommandModule } from "yargs";
-import {
-  type DriftFinding,
-  type Inventory,
-  type ReconcileChange,
-  type ReconcileResult,
-  sandboxInventory,
-  sandboxReconcile,
-} from "../../protocol/index.js";
+import type {
+  DriftFinding,
+  Inventory,
+  ReconcileChange,
+  ReconcileResult,
+} from "../../protocol/maintenance.js";
+import { sandboxInventory, sandboxReconcile } from "../../protocol/wire.js";
 import { execute, type GlobalArgs } from "../context.js";
 
 type Args<T> = GlobalArgs & T;

@@ -1,18 +1,14 @@
 import type { Argv, CommandModule } from "yargs";
 import { resolveModifiers } from "../../config/modifiers.js";
 import type { ParamsOf, ResultOf } from "../../protocol/call-types.js";
+import { AgentlabError } from "../../protocol/errors.js";
 import { describeHostKey } from "../../protocol/host-keys.js";
+import type { Sandbox, SandboxDetail, SandboxEvent, SandboxSnapshot } from "../../protocol/sandbox.js";
+import { snapshotNameProblem } from "../../protocol/snapshot-names.js";
+import { SANDBOX_STATE_NAMES } from "../../protocol/states.js";
+import { formatDuration, parseMemoryMb, parseTtlMinutes } from "../../protocol/units.js";
 import {
-  AgentlabError,
-  formatDuration,
-  parseMemoryMb,
-  parseTtlMinutes,
   profileList,
-  SANDBOX_STATE_NAMES,
-  type Sandbox,
-  type SandboxDetail,
-  type SandboxEvent,
-  type SandboxSnapshot,
   sandboxCreate,
   sandboxDestroy,
   sandboxLeaseRenew,
@@ -31,8 +27,7 @@ import {
   sandboxStopAll,
   sandboxUpdate,
   sandboxValidate,
-  snapshotNameProblem,
-} from "../../protocol/index.js";
+} from "../../protocol/wire.js";
 import { confirm } from "../confirm.js";
 import { type CommandContext, execute, type GlobalArgs } from "../context.js";
 import { doctorCommand } from "../doctor.js";

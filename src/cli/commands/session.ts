@@ -1,8 +1,8 @@
 import type { Argv, CommandModule } from "yargs";
+import { AgentlabError } from "../../protocol/errors.js";
+import type { Sandbox } from "../../protocol/sandbox.js";
+import type { Session } from "../../protocol/session.js";
 import {
-  AgentlabError,
-  type Sandbox,
-  type Session,
   sessionBranch,
   sessionCreate,
   sessionFork,
@@ -10,8 +10,8 @@ import {
   sessionResume,
   sessionShow,
   sessionStop,
-  type Workspace,
-} from "../../protocol/index.js";
+} from "../../protocol/wire.js";
+import type { Workspace } from "../../protocol/workspace.js";
 import { execute, type GlobalArgs } from "../context.js";
 import { doctorCommand } from "../doctor.js";
 import { sizeOption, ttlOption } from "../options.js";

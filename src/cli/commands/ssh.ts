@@ -1,6 +1,8 @@
 import { userInfo } from "node:os";
 import type { Argv, CommandModule } from "yargs";
-import { AgentlabError, type SandboxDetail, sandboxShow, sandboxStart } from "../../protocol/index.js";
+import { AgentlabError } from "../../protocol/errors.js";
+import type { SandboxDetail } from "../../protocol/sandbox.js";
+import { sandboxShow, sandboxStart } from "../../protocol/wire.js";
 import { type CommandContext, connectionOf, execute, type GlobalArgs, parseTimeout } from "../context.js";
 import { vmidArg } from "../options.js";
 import { loadSaved } from "../remote/saved.js";

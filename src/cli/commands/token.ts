@@ -1,5 +1,7 @@
 import type { Argv, CommandModule } from "yargs";
-import { type ApiToken, TOKEN_SCOPES, tokenCreate, tokenList, tokenRevoke } from "../../protocol/index.js";
+import type { ApiToken } from "../../protocol/token.js";
+import { TOKEN_SCOPES } from "../../protocol/token-scopes.js";
+import { tokenCreate, tokenList, tokenRevoke } from "../../protocol/wire.js";
 import { execute, type GlobalArgs } from "../context.js";
 import { ttlOption } from "../options.js";
 import { fields, table } from "../render.js";

@@ -1,10 +1,6 @@
 import type { Argv, CommandModule } from "yargs";
 import type { ResultOf } from "../../protocol/call-types.js";
 import {
-  type FsckResult,
-  type Workspace,
-  type WorkspaceDetail,
-  type WorkspaceSnapshot,
   workspaceAttach,
   workspaceCheck,
   workspaceCreate,
@@ -19,7 +15,8 @@ import {
   workspaceSnapshotCreate,
   workspaceSnapshotList,
   workspaceSnapshotRestore,
-} from "../../protocol/index.js";
+} from "../../protocol/wire.js";
+import type { FsckResult, Workspace, WorkspaceDetail, WorkspaceSnapshot } from "../../protocol/workspace.js";
 import { confirm } from "../confirm.js";
 import { execute, type GlobalArgs } from "../context.js";
 import { sizeOption, ttlOption, vmidArg } from "../options.js";

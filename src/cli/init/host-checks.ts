@@ -8,7 +8,7 @@ import { isIPv4 } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { checkNftParams, DEFAULT_NFT_PARAMS } from "../../config/nft-params.js";
-import type { DaemonChecks, InitCheck } from "../../protocol/index.js";
+import type { DaemonChecks, InitCheck } from "../../protocol/init.js";
 import { type RunResult, runCommand } from "./spawn.js";
 
 export type { RunResult } from "./spawn.js";

@@ -4,7 +4,9 @@
  * so the unit tests pin every rule without a daemon.
  */
 import { isIPv4, isIPv6 } from "node:net";
-import { AgentlabError, type DaemonStatus, type JobDetail } from "../../protocol/index.js";
+import type { DaemonStatus } from "../../protocol/daemon.js";
+import { AgentlabError } from "../../protocol/errors.js";
+import type { JobDetail } from "../../protocol/job.js";
 
 export interface SmokeOptions {
   /** --smoke-profile: required when the daemon has more than one profile. */

@@ -14,17 +14,17 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import type { ParamsOf, ResultOf } from "../../protocol/call-types.js";
+import { AgentlabError } from "../../protocol/errors.js";
+import type { JobDetail } from "../../protocol/job.js";
+import type { Wire } from "../../protocol/method.js";
 import {
-  AgentlabError,
   daemonStatus,
-  type JobDetail,
   jobRun,
   jobShow,
   profileList,
   sandboxDestroy,
   sandboxShow,
-  type Wire,
-} from "../../protocol/index.js";
+} from "../../protocol/wire.js";
 import { call } from "../client.js";
 import { type CommandContext, DEFAULT_PROGRESS_TIMEOUT_MS, DEFAULT_TIMEOUT_MS } from "../context.js";
 import { followJob } from "../job-follow.js";

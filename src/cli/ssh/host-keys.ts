@@ -3,8 +3,9 @@
  * known_hosts entry without its host field) and their OpenSSH fingerprints, so the keys a sandbox
  * reported at phone-home are compared byte for byte with the one its sshd presents.
  */
+
+import { AgentlabError } from "../../protocol/errors.js";
 import { blobFingerprint } from "../../protocol/host-keys.js";
-import { AgentlabError } from "../../protocol/index.js";
 
 export interface HostKey {
   /** The key's type as named inside its blob, e.g. ssh-ed25519, ssh-rsa, ecdsa-sha2-nistp256. */

@@ -9,7 +9,7 @@ import { readdirSync, readFileSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import ssh2, { type ParsedKey } from "ssh2";
-import { AgentlabError } from "../../protocol/index.js";
+import { AgentlabError } from "../../protocol/errors.js";
 
 export const DEFAULT_KEYS_DIR = "/etc/agentlab/keys";
 /** The installer's and upstream agentlab's names for that pair, tried before other files there. */

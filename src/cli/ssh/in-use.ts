@@ -4,7 +4,7 @@
  * so idle stop never stops a sandbox someone is logged in to. A touch that fails (an older daemon, a token
  * without operate scope) only costs that protection, never the session.
  */
-import { sandboxTouch } from "../../protocol/index.js";
+import { sandboxTouch } from "../../protocol/wire.js";
 import type { CommandContext } from "../context.js";
 
 /** Touch at most this often, and at least three times per idle window. */

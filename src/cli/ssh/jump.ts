@@ -1,5 +1,5 @@
 /** The jump host of agentlab ssh --jump-host, in OpenSSH's -J form. */
-import { AgentlabError } from "../../protocol/index.js";
+import { AgentlabError } from "../../protocol/errors.js";
 
 export interface JumpHost {
   user: string;

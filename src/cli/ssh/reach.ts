@@ -4,7 +4,7 @@
  * verbatim, with this sandbox's VMID), and the wait for port 22 behind --wait.
  */
 import { setTimeout as sleep } from "node:timers/promises";
-import { AgentlabError } from "../../protocol/index.js";
+import { AgentlabError } from "../../protocol/errors.js";
 import type { ReachError } from "./transport.js";
 
 /** The agent subnet the guide names; an address outside it is named as itself. */

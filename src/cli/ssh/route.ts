@@ -4,8 +4,8 @@
  */
 import type { Duplex } from "node:stream";
 import type { Client } from "ssh2";
+import { AgentlabError } from "../../protocol/errors.js";
 import { blobFingerprint } from "../../protocol/host-keys.js";
-import { AgentlabError } from "../../protocol/index.js";
 import { blobType, type HostKey, hostKeyMismatch } from "./host-keys.js";
 import type { Identity, PassphrasePrompt } from "./identities.js";
 import type { JumpHost } from "./jump.js";

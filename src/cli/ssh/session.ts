@@ -5,7 +5,7 @@
  * side ended without one (killed by a signal, connection lost), as ssh(1).
  */
 import type { Client, ClientChannel, PseudoTtyOptions } from "ssh2";
-import { AgentlabError } from "../../protocol/index.js";
+import { AgentlabError } from "../../protocol/errors.js";
 import { enterRawMode } from "./terminal.js";
 
 /** OpenSSH's status when the remote side gives none. */

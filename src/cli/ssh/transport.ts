@@ -7,8 +7,8 @@
 import { type Socket, connect as tcpConnect } from "node:net";
 import type { Duplex } from "node:stream";
 import ssh2, { type AnyAuthMethod, type AuthenticationType, type Client, type ConnectConfig } from "ssh2";
+import { AgentlabError } from "../../protocol/errors.js";
 import { blobFingerprint } from "../../protocol/host-keys.js";
-import { AgentlabError } from "../../protocol/index.js";
 import { type HostKey, hostKeyAlgorithms, keyLine } from "./host-keys.js";
 import { type Identity, identityName, type PassphrasePrompt, unlock } from "./identities.js";
 import { knownHostsName } from "./known-hosts.js";
