@@ -40,9 +40,12 @@ interface CopySummary {
   bytes: number;
 }
 
-/** Names left in a directory by a copy: the temporaries are `.NAME.agentlab-*.part`. */
-function partials(dir: string): string[] {
-  return readdirSync(dir).filter((name) => name.includes(".agentlab-") && name.endsWith(".part"));
+/**
+ * Temporaries a copy of `file` left in `dir` (`.NAME.agentlab-*.part`): of that file only, so one test's
+ * failed copy is its own failure, not also the next test's.
+ */
+function partials(dir: string, file: string): string[] {
+  return readdirSync(dir).filter((name) => name.startsWith(`.${file}.agentlab-`) && name.endsWith(".part"));
 }
 
 describe("sandbox cp against a real sshd", { skip }, () => {
@@ -95,7 +98,7 @@ describe("sandbox cp against a real sshd", { skip }, () => {
     assert.match(up.stderr, /copied 50\.0 MiB \/ 50\.0 MiB \(100%\)\n$/, "progress on stderr");
     assert.equal(sha256(readFileSync(join(guest, "blob.bin"))), sha256(data));
     assert.equal(modeOf(join(guest, "blob.bin")), 0o750);
-    assert.deepEqual(partials(guest), []);
+    assert.deepEqual(partials(guest, "blob.bin"), []);
 
     chmodSync(join(guest, "blob.bin"), 0o604);
     const down = await cpJson([`${vmid}:${guest}/blob.bin`, join(local, "back.bin")]);
@@ -106,7 +109,7 @@ describe("sandbox cp against a real sshd", { skip }, () => {
       { path: join(local, "back.bin"), bytes: data.length, sha256: sha256(data), mode: 0o604 },
     ]);
     assert.equal(down.body.bytes, data.length);
-    assert.deepEqual(partials(local), []);
+    assert.deepEqual(partials(local, "back.bin"), []);
   });
 
   test("cp's rules: into an existing directory by name, a relative guest path from the user's home", async () => {
@@ -295,7 +298,7 @@ describe("sandbox cp against a real sshd", { skip }, () => {
     assert.equal(code, 130, stderr);
     assert.match(stderr, /the copy was interrupted; the file being copied was left as it was/);
     assert.equal(readFileSync(target, "utf8"), "before\n");
-    assert.deepEqual(partials(guest), []);
+    assert.deepEqual(partials(guest, "interrupted.bin"), []);
   });
 
   test("Ctrl-C in the middle of a download: exit 130, the local file intact, no partial file left", async () => {
