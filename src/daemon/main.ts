@@ -60,7 +60,11 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   let control: RunningControl | undefined;
   let metricsListener: MetricsListener | undefined;
   try {
-    store = openStore(config.db_path, { now: () => clock.now() });
+    store = openStore(config.db_path, {
+      now: () => clock.now(),
+      onCheckpointerLost: (err) =>
+        log.warn({ err }, "WAL checkpoint thread stopped; the main thread checkpoints from now on"),
+    });
     const openedStore = store;
     // prom-client is loaded only when metrics are served: without metrics_listen nothing is counted.
     let metrics: PrometheusMetrics | undefined;

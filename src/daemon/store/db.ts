@@ -12,6 +12,7 @@ import type { FileHandle } from "node:fs/promises";
 import nodePath from "node:path";
 import Database from "better-sqlite3";
 import { AgentlabError } from "../../protocol/errors.js";
+import { Checkpointer } from "./checkpointer.js";
 import {
   classifySqliteError,
   dbCorruptError,
@@ -47,6 +48,8 @@ export interface StoreOptions {
   now?: () => Date;
   /** Makes the write-ahead log durable (fsync of the -wal file); injected by tests to observe it. */
   syncWal?: (walPath: string) => Promise<void>;
+  /** Told once if the checkpoint thread dies (./checkpointer.ts); the main connection then checkpoints. */
+  onCheckpointerLost?: (err: Error) => void;
 }
 
 export interface Store {
@@ -86,17 +89,7 @@ export interface Store {
   close(): void;
 }
 
-/**
- * How often the daemon copies its write-ahead log into the database file. Operators back the database
- * up with a plain `cp agentlab.db` (troubleshooting guide, "Backup database"), which reads the main file
- * only: in WAL mode recent commits live in -wal until a checkpoint, and SQLite's own waits for 1000
- * pages, so a small database might never reach its main file. A checkpoint after every commit
- * (`wal_autocheckpoint = 1`, what this replaced) cost three fsyncs per commit (on the CI machine 1.4 ms
- * instead of 0.9 idle, 19 instead of 7.5 under load), a dozen times per `sandbox new` (issue 15). A timer keeps `cp` at most this
- * far behind the last commit; with `synchronous = NORMAL` each checkpoint also makes the commits before
- * it durable (it syncs the WAL before copying it).
- */
-export const CHECKPOINT_EVERY_MS = 250;
+export { CHECKPOINT_EVERY_MS } from "./checkpointer.js";
 
 /** fsync of a file that may not exist (no -wal yet, or a read-only open): nothing to make durable. */
 async function fsyncFile(file: string): Promise<void> {
@@ -129,7 +122,8 @@ class SqliteStore implements Store {
   readonly sessions: SessionRepo;
   readonly vmidAllocator: VmidAllocatorRepo;
   readonly #versionStmt: Database.Statement<[], { version: number }>;
-  readonly #checkpointTimer: NodeJS.Timeout | undefined;
+  /** Copies the WAL into the file every CHECKPOINT_EVERY_MS, off the main thread; none when readonly. */
+  readonly #checkpointer: Checkpointer | undefined;
   readonly #totalChanges: Database.Statement<[], number>;
   /** total_changes() that the last finished flush made durable. */
   #flushed = 0;
@@ -142,6 +136,7 @@ class SqliteStore implements Store {
     readonly readonly: boolean,
     readonly now: () => Date,
     private readonly syncWal: (walPath: string) => Promise<void> = fsyncFile,
+    onCheckpointerLost?: (err: Error) => void,
   ) {
     this.sandboxes = createSandboxRepo(db, now);
     this.events = createEventRepo(db, now);
@@ -160,8 +155,11 @@ class SqliteStore implements Store {
     // openStore checkpointed (and so synced) everything the migrations wrote before building this.
     this.#flushed = this.#totalChanges.get()!;
     if (!readonly) {
-      this.#checkpointTimer = setInterval(() => this.#checkpoint(), CHECKPOINT_EVERY_MS);
-      this.#checkpointTimer.unref();
+      this.#checkpointer = new Checkpointer(
+        db,
+        path,
+        onCheckpointerLost ? { onWorkerLost: onCheckpointerLost } : {},
+      );
     }
   }
 
@@ -178,20 +176,6 @@ class SqliteStore implements Store {
     };
     this.#flushing = this.#flushing.then(run, run);
     return this.#flushing;
-  }
-
-  /**
-   * Copies what the write-ahead log holds into the database file, off the commit path. Nothing to copy
-   * costs a read of the WAL index and no fsync. PASSIVE never waits for a reader (a `sqlite3` shell or
-   * an `agentlab db` command): what it cannot copy now, the next tick does.
-   */
-  #checkpoint(): void {
-    if (!this.db.open) return;
-    try {
-      this.db.pragma("wal_checkpoint(PASSIVE)");
-    } catch {
-      // A busy or closing database: the next tick tries again, and close() checkpoints anyway.
-    }
   }
 
   tx<T>(fn: () => T): T {
@@ -219,7 +203,9 @@ class SqliteStore implements Store {
   }
 
   close(): void {
-    clearInterval(this.#checkpointTimer);
+    // The checkpoint thread's connection closes first, so this one is the last: its close checkpoints
+    // the WAL into the file and deletes -wal.
+    this.#checkpointer?.stop();
     if (this.db.open) this.db.close();
   }
 }
@@ -310,7 +296,7 @@ export function openStore(path: string, opts: StoreOptions = {}): Store {
     }
     const result = migrate(db, { path: dbPath, now, readonly });
     if (!readonly) {
-      // Once now for what is already there; afterwards every CHECKPOINT_EVERY_MS (SqliteStore).
+      // Once now for what is already there; afterwards every CHECKPOINT_EVERY_MS (./checkpointer.ts).
       db.pragma("wal_checkpoint(TRUNCATE)");
     }
     if (!readonly && result.applied.length === 0) {
@@ -319,7 +305,7 @@ export function openStore(path: string, opts: StoreOptions = {}): Store {
       db.exec("BEGIN IMMEDIATE");
       db.exec("ROLLBACK");
     }
-    return new SqliteStore(db, dbPath, readonly, now, opts.syncWal);
+    return new SqliteStore(db, dbPath, readonly, now, opts.syncWal, opts.onCheckpointerLost);
   } catch (err) {
     db.close();
     const translated = translateSqliteError(err, dbPath, { readonly });
