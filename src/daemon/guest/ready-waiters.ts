@@ -233,7 +233,8 @@ export class GuestReadiness {
     entry.report = report;
     for (const waiter of entry.waiters) waiter.resolve(report);
     entry.waiters.clear();
-    this.#log.info({ vmid, ip }, "guest reported ready");
+    // At debug: the create it wakes logs "sandbox N is running at IP" at info right after.
+    this.#log.debug({ vmid, ip }, "guest reported ready");
     return true;
   }
 

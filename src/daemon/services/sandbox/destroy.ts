@@ -133,7 +133,7 @@ async function destroyHeld(
   if (row.vm_created) {
     // Intent first (one commit): a kill -9 from here on leaves a row start-up recovery finishes from.
     ctx.store.sandboxOps.begin(vmid, "destroy", { force });
-    reportStep(op, vmid, "destroy", `destroying VM ${vmid}`);
+    reportStep(op, vmid, "destroy", `destroying VM ${vmid}`, "info");
     try {
       if (force) await removeVm(ctx, vmRefOf(ctx, row));
       else {

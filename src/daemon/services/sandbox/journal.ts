@@ -17,10 +17,23 @@ export function recordEvent(
   ctx.store.events.append({ kind, sandbox_vmid: vmid, msg, ...(payload ? { payload } : {}) });
 }
 
-/** Report a step to the caller (progress) and to the log, with the sandbox it is about. */
-export function reportStep(op: Operation, vmid: number, step: string, message: string): void {
+/**
+ * Report a step to the caller (progress) and to the log, with the sandbox it is about. The log line is
+ * at debug unless `level` says otherwise: a `sandbox new` has eight steps, and each line at info was
+ * a synchronous write to the journal per step (issue 15: the daemon's own time per create), saying what
+ * the caller's progress and the sandbox's events (`sandbox logs`) already say. The lines that record a
+ * change an operator may look for later (a sandbox running, a VM destroyed, a disk rolled back) pass
+ * "info".
+ */
+export function reportStep(
+  op: Operation,
+  vmid: number,
+  step: string,
+  message: string,
+  level: "debug" | "info" = "debug",
+): void {
   op.step(step, message);
-  op.log.info({ vmid, step }, message);
+  op.log[level]({ vmid, step }, message);
 }
 
 /** Run one timed Proxmox-side action and record `<kind>.completed` or `<kind>.failed`. */

@@ -499,7 +499,7 @@ async function boot(run: Run, cleanAfter: boolean): Promise<SandboxJson> {
   });
   if (cleanAfter) await takeClean(run, "state right after provisioning");
   const running = transitionSandbox(ctx.store, row.vmid, "RUNNING");
-  reportStep(op, row.vmid, "ready", `sandbox ${row.vmid} is running at ${ip}`);
+  reportStep(op, row.vmid, "ready", `sandbox ${row.vmid} is running at ${ip}`, "info");
   return sandboxJson(running);
 }
 

@@ -181,7 +181,7 @@ function revertHolding(
       }
       transitionSandbox(ctx.store, vmid, "STOPPED", { patch: { ip: null, failure_reason: null } });
       await guard?.unplug(vm, op);
-      reportStep(op, vmid, "rollback", `rolling the root disk back to "${CLEAN_SNAPSHOT}"`);
+      reportStep(op, vmid, "rollback", `rolling the root disk back to "${CLEAN_SNAPSHOT}"`, "info");
       await backend.snapshotRollback(vm, CLEAN_SNAPSHOT, { signal: op.signal });
       await reapplySettings(ctx, vm, config, row.tags);
       await guard?.replug(vm, op);

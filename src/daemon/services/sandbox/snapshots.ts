@@ -170,7 +170,7 @@ export function restoreSnapshot(
     const { backend } = ctx;
     if (!snapshots.some((snapshot) => snapshot.name === name)) throw snapshotMissing(vmid, name);
     await requireRollbackable(ctx, vm, config, snapshots, name);
-    reportStep(op, vmid, "rollback", `rolling VM ${vmid} back to snapshot "${name}"`);
+    reportStep(op, vmid, "rollback", `rolling VM ${vmid} back to snapshot "${name}"`, "info");
     // Intent first: a kill -9 from here leaves a row recovery finishes (the rollback is redone).
     ctx.store.sandboxOps.begin(vmid, "snapshot_restore", { name });
     // Every failure from here closes the intent, including one after the rollback (reading the VM's
