@@ -133,7 +133,7 @@ async function resolveProfile(
   );
 }
 
-interface NewArgs {
+export interface NewArgs {
   modifiers?: string[];
   profile?: string;
   name?: string;
@@ -203,7 +203,19 @@ async function createParams(
   };
 }
 
-const newCommand = (command: string): CommandModule<GlobalArgs, Args<NewArgs>> => ({
+/** `sandbox new` (and `new`): create, wait until it runs, print it. The yargs path and direct.ts both run it. */
+export function runNew(argv: Args<NewArgs>): Promise<void> {
+  return execute(argv, async (ctx) => {
+    const sandbox = await ctx.call(sandboxCreate, await createParams(ctx, argv, ttlOption));
+    return { data: sandbox, text: fields(sandboxFields(sandbox)) };
+  });
+}
+
+/** `run` is what the parsed command line goes to: runNew, or a test's recorder of what yargs parsed. */
+export const newCommand = (
+  command: string,
+  run: (argv: Args<NewArgs>) => Promise<void> = runNew,
+): CommandModule<GlobalArgs, Args<NewArgs>> => ({
   command: `${command} [modifiers..]`,
   describe: "Create a sandbox from a profile and wait until it runs",
   builder: (yargs) =>
@@ -217,11 +229,7 @@ const newCommand = (command: string): CommandModule<GlobalArgs, Args<NewArgs>> =
         "agentlab sandbox new --profile yolo-workspace --workspace ws1",
         "a sandbox with the detached workspace ws1 mounted at /work",
       ),
-  handler: (argv) =>
-    execute(argv, async (ctx) => {
-      const sandbox = await ctx.call(sandboxCreate, await createParams(ctx, argv, ttlOption));
-      return { data: sandbox, text: fields(sandboxFields(sandbox)) };
-    }),
+  handler: run,
 });
 
 /** --ttl for validate: a value that is not positive is the daemon's to report among the problems. */
