@@ -194,7 +194,7 @@ describe("CLI start-up loads only what the command needs", () => {
   const EVERY_COMMAND: ReadonlyArray<{ args: string[]; daemon?: true; code: number; shows: RegExp }> = [
     { args: ["status"], code: 1, shows: NOBODY },
     { args: ["init", "--help"], code: 0, shows: /^agentlab init\n/ },
-    { args: ["sandbox", "new", "--profile", "x"], code: 1, shows: NOBODY },
+    { args: ["sandbox", "new", "--profile", "yolo-ephemeral"], code: 1, shows: NOBODY },
     { args: ["sandbox", "list"], daemon: true, code: 0, shows: /^no sandboxes \(create one/ },
     { args: ["sandbox", "show", "101"], code: 1, shows: NOBODY },
     { args: ["workspace", "list"], daemon: true, code: 0, shows: /^no workspaces \(create one/ },
