@@ -337,7 +337,7 @@ describe("warm pool (api backend)", () => {
     assert.equal((await m.show(member.vmid)).state, "RUNNING");
     assert.equal(await qmp(member.vmid), "running");
     // The pool refills with a paused member again.
-    await until(
+    const next = await until(
       "the next paused member",
       async () => {
         const [row] = await members();
@@ -345,6 +345,20 @@ describe("warm pool (api backend)", () => {
       },
       60_000,
     );
-    assert.equal((await m.h.cli(["sandbox", "destroy", String(member.vmid)])).code, 0);
+    // A claim resumes without reading the status first; a member whose VM was stopped behind
+    // agentlab's back is still never handed out: the refused resume makes the claim look, and pass it.
+    const qm = await runTool(m.h.sim, "qm", ["stop", String(next.vmid)]);
+    assert.equal(qm.code, 0, qm.stderr);
+    const fallback = await m.h.json<Body>(["new", "--profile", "pooled"]);
+    assert.equal(fallback.code, 0, fallback.stderr);
+    assert.notEqual(fallback.body.vmid, next.vmid, "not the stopped member");
+    assert.notEqual(fallback.body.from_pool, true, "a cold create: the pool's one member was dead");
+    // Paused members are SUSPENDED, which may not become FAILED (spec 4.1): STOPPED, then removed.
+    assert.match(
+      await until("the stopped member's removal", () => removedEvent(next.vmid)),
+      /it is STOPPED, so no claim can take it/,
+    );
+    for (const vmid of [member.vmid, fallback.body.vmid])
+      assert.equal((await m.h.cli(["sandbox", "destroy", String(vmid)])).code, 0);
   });
 });
