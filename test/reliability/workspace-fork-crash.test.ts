@@ -103,8 +103,11 @@ const POINTS: Point[] = [
   {
     path: "zfs",
     what: "giving the holder the zfs clone (after zfs clone)",
+    // No fixed outcome: a write held when the daemon dies is carried out once released if its body
+    // had arrived (as pveproxy carries out what it received), so the holder may or may not have the
+    // disk, and recovery may commit or roll back; the checks of both hold. (Fixed as rolled_back, the
+    // point failed once on a loaded machine where the body had arrived: committed.)
     call: String.raw`^PUT ${N}/qemu/F/config$`,
-    outcome: "rolled_back",
   },
   {
     path: "zfs",
