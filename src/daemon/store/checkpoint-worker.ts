@@ -8,6 +8,7 @@
  */
 import { workerData } from "node:worker_threads";
 import Database from "better-sqlite3";
+import { checkpointRounds } from "./checkpoint-round.js";
 import {
   type CheckpointWorkerData,
   CLOSED,
@@ -34,23 +35,11 @@ if (Atomics.compareExchange(sig, STATE, STARTING, OPEN) === STARTING) {
     // data_version changes when another connection (the daemon's) committed since this one last
     // looked: a read of the WAL index, so a quiet daemon costs no checkpoint and no fsync.
     const dataVersion = db.prepare<[], number>("PRAGMA data_version").pluck();
-    let seen: number | undefined;
-    // A PASSIVE checkpoint copies only frames no reader still needs; what it left is copied later even
-    // when nothing new was committed.
-    let behind = false;
+    const round = checkpointRounds(db, () => dataVersion.get()!);
     while (!stopped(sig)) {
       Atomics.wait(sig, STOP, 0, intervalMs);
       if (stopped(sig)) break;
-      try {
-        const version = dataVersion.get()!;
-        if (version === seen && !behind) continue;
-        seen = version;
-        const [result] = db.pragma("wal_checkpoint(PASSIVE)") as Array<{ log: number; checkpointed: number }>;
-        behind = result !== undefined && result.checkpointed < result.log;
-      } catch {
-        // A busy database (another process's checkpoint or recovery): the next round tries again.
-        behind = true;
-      }
+      round();
     }
   } finally {
     db?.close();

@@ -10,6 +10,7 @@
  */
 import { Worker } from "node:worker_threads";
 import type Database from "better-sqlite3";
+import { checkpointRounds } from "./checkpoint-round.js";
 import {
   CANCELLED,
   type CheckpointWorkerData,
@@ -110,25 +111,11 @@ export class Checkpointer {
     if (this.#stopped || this.#lost) return;
     this.#lost = true;
     this.#onWorkerLost(err);
+    // Commits on this connection (the daemon's are all on it) tell the rounds whether anything is new.
     const totalChanges = this.#db.prepare<[], number>("SELECT total_changes()").pluck();
-    let seen = -1;
-    let behind = false;
+    const round = checkpointRounds(this.#db, () => totalChanges.get()!);
     this.#fallback = setInterval(() => {
-      if (!this.#db.open) return;
-      try {
-        // Commits on this connection since the last round (the daemon's are all on it).
-        const changes = totalChanges.get()!;
-        if (changes === seen && !behind) return;
-        seen = changes;
-        const [result] = this.#db.pragma("wal_checkpoint(PASSIVE)") as Array<{
-          log: number;
-          checkpointed: number;
-        }>;
-        behind = result !== undefined && result.checkpointed < result.log;
-      } catch {
-        // A busy or closing database: the next round tries again, and close() checkpoints anyway.
-        behind = true;
-      }
+      if (this.#db.open) round();
     }, this.#intervalMs);
     this.#fallback.unref();
   }
