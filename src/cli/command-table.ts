@@ -5,9 +5,10 @@
 import type { CommandModule } from "yargs";
 import { COMPLETION_FLAG } from "./commands/completion.js";
 import type { GlobalArgs } from "./context.js";
+import { GLOBAL_VALUE_FLAGS } from "./direct.js";
 
 /** Global flags whose next argument is their value, not a command word. */
-export const VALUE_FLAGS = new Set(["--socket", "--timeout", "--endpoint", "--token"]);
+export const VALUE_FLAGS: ReadonlySet<string> = new Set(Object.keys(GLOBAL_VALUE_FLAGS));
 
 export type AnyCommand = CommandModule<GlobalArgs, never>;
 

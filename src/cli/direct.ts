@@ -13,8 +13,8 @@
 import type { NewArgs } from "./commands/sandbox.js";
 import { defaultSocket, type GlobalArgs, parseTimeout } from "./context.js";
 
-/** The global flags that take a value, by the GlobalArgs field each sets. */
-const GLOBAL_VALUE_FLAGS = {
+/** The global flags that take a value, by the GlobalArgs field each sets (command-table.ts skips their values). */
+export const GLOBAL_VALUE_FLAGS = {
   "--socket": "socket",
   "--timeout": "timeout",
   "--endpoint": "endpoint",
